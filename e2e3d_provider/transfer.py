@@ -1,0 +1,417 @@
+"""Parallel, checksummed, retried transfers between a local directory and a bucket prefix.
+
+Used by :class:`~e2e3d_provider.hooks.storage.StorageHook`; it works on a ``minio.Minio``
+client and never opens connections itself.
+
+Upload of one file: hash it (streamed), ``HEAD`` the key; an object whose stored
+``sha256`` and size equal the local file is skipped, anything else is (re)sent through a
+reader that hashes the bytes as they go out; if those differ from the first hash the file
+changed mid-upload and the object is removed. Download of one object: a local file whose
+size and sha256 already match is kept (read-through cache); otherwise the bytes go to a
+temporary name in the target folder, are checked against the stored sha256 (or the MD5
+ETag of single-part objects) and only then renamed to the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from e2e3d_provider.exceptions import ChecksumMismatchError, SourceChangedError, StorageError, TransferError
+from e2e3d_provider.layout import key_relpath, local_path_for, validate_relpath
+from e2e3d_provider.manifest import CHUNK_SIZE, HashingReader, sha256_file
+
+log = logging.getLogger(__name__)
+
+SHA256_META = "sha256"
+PARTIAL_SUFFIX = ".e2e3d-partial"
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+DEFAULT_WORKERS = 8
+DEFAULT_ATTEMPTS = 3
+PROGRESS_INTERVAL_SECONDS = 5.0
+_TRANSIENT_S3_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout"})
+
+T = TypeVar("T")
+Translate = Callable[[BaseException, str], BaseException]
+
+
+@dataclass
+class TransferResult:
+    """What one transfer moved: files and bytes sent, files and bytes skipped, wall seconds."""
+
+    direction: str
+    bucket: str
+    prefix: str
+    files: int = 0
+    bytes: int = 0
+    skipped_files: int = 0
+    skipped_bytes: int = 0
+    seconds: float = 0.0
+    removed_files: int = 0
+    keys: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def total_files(self) -> int:
+        return self.files + self.skipped_files
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A small JSON-safe summary (no per-file lists) for XCom, logs and PostgreSQL."""
+        data = asdict(self)
+        data.pop("keys")
+        data["seconds"] = round(self.seconds, 3)
+        data["mb_per_s"] = round(self.mb_per_s, 2)
+        return data
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """What a listing or ``HEAD`` says of one object."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    sha256: str | None = None
+    version_id: str | None = None
+
+
+class Progress:
+    """Thread-safe counter that logs files done/total, MB and MB/s every few seconds."""
+
+    def __init__(self, label: str, total_files: int, total_bytes: int,
+                 interval: float = PROGRESS_INTERVAL_SECONDS) -> None:
+        self.label = label
+        self.total_files = total_files
+        self.total_bytes = total_bytes
+        self.interval = interval
+        self.files = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+        self._last_log = self.started
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self.files += 1
+            self.bytes += nbytes
+            now = time.monotonic()
+            if now - self._last_log >= self.interval:
+                self._last_log = now
+                self._log(now)
+
+    def finish(self) -> float:
+        now = time.monotonic()
+        self._log(now)
+        return now - self.started
+
+    def _log(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-9)
+        log.info("%s: %d/%d files, %.1f/%.1f MB, %.1f MB/s", self.label, self.files, self.total_files,
+                 self.bytes / 1e6, self.total_bytes / 1e6, self.bytes / 1e6 / elapsed)
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for errors a retry may cure: dropped connections, timeouts, 5xx/SlowDown answers."""
+    if isinstance(err, S3Error):
+        return err.code in _TRANSIENT_S3_CODES
+    return isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+def with_retries(func: Callable[[], T], what: str, attempts: int = DEFAULT_ATTEMPTS,
+                 base_delay: float = 0.5) -> T:
+    """Run ``func``, retrying transient errors up to ``attempts`` times with exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return func()
+        except Exception as err:
+            if attempt == attempts or not is_transient(err):
+                raise
+            delay = base_delay * 2 ** (attempt - 1)
+            log.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(err).__name__, err,
+                        attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def run_parallel(items: Iterable[T], work: Callable[[T], Any], workers: int, name: Callable[[T], str],
+                 translate: Translate) -> list[Any]:
+    """Run ``work`` over ``items`` on a bounded pool; on failure stop queueing new items, let running
+    ones finish, and raise the translated error (or a :class:`TransferError` listing several)."""
+    items = list(items)
+    results: list[Any] = []
+    failures: dict[str, BaseException] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items) or 1)),
+                            thread_name_prefix="e2e3d-transfer") as pool:
+        futures = {pool.submit(work, item): name(item) for item in items}
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in list(done) + [f for f in pending if not f.cancelled()]:
+            try:
+                results.append(future.result())
+            except BaseException as err:
+                failures[futures[future]] = translate(err, futures[future])
+    if failures:
+        errors = list(failures.values())
+        if len(errors) == 1 or all(type(e) is type(errors[0]) and str(e) == str(errors[0]) for e in errors):
+            raise errors[0]
+        shown = "; ".join(f"{key}: {err}" for key, err in list(failures.items())[:5])
+        more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
+        raise TransferError(f"{len(failures)} of {len(items)} transfers failed: {shown}{more}", failures)
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Object metadata
+# ---------------------------------------------------------------------------------------
+
+
+def stat_remote(client: Minio, bucket: str, key: str) -> RemoteObject | None:
+    """Return what ``HEAD`` says of an object, or ``None`` if there is no such object."""
+    try:
+        stat = client.stat_object(bucket, key)
+    except S3Error as err:
+        if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+            return None
+        raise
+    meta = stat.metadata or {}
+    sha = meta.get(f"x-amz-meta-{SHA256_META}")
+    return RemoteObject(key=key, size=int(stat.size or 0), etag=(stat.etag or "").strip('"') or None,
+                        sha256=sha.lower() if sha else None, version_id=stat.version_id)
+
+
+def list_remote(client: Minio, bucket: str, prefix: str) -> list[RemoteObject]:
+    """List every object below ``prefix`` (recursively), without folder placeholders."""
+    return [
+        RemoteObject(key=obj.object_name, size=int(obj.size or 0), etag=(obj.etag or "").strip('"') or None)
+        for obj in client.list_objects(bucket, prefix=prefix, recursive=True)
+        if obj.object_name and not obj.object_name.endswith("/") and not obj.is_dir
+    ]
+
+
+def _simple_md5_etag(etag: str | None) -> str | None:
+    """The ETag if it is a plain MD5 (single-part upload), else None."""
+    if etag and len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower()):
+        return etag.lower()
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Upload
+# ---------------------------------------------------------------------------------------
+
+
+def upload_file(client: Minio, bucket: str, key: str, path: Path, *, part_size: int = DEFAULT_PART_SIZE,
+                part_workers: int = 2, metadata: dict[str, str] | None = None,
+                content_type: str = "application/octet-stream", sha256: str | None = None) -> tuple[bool, int]:
+    """Upload one file unless the object already holds the same bytes.
+
+    Returns ``(sent, size)``. The object carries the file's SHA-256 as ``x-amz-meta-sha256``.
+    """
+    size = path.stat().st_size
+    sha256 = sha256 or sha256_file(path)
+    existing = stat_remote(client, bucket, key)
+    if existing is not None and existing.sha256 == sha256 and existing.size == size:
+        log.debug("skip %s/%s: identical (sha256 %s)", bucket, key, sha256[:12])
+        return False, size
+    if existing is not None:
+        log.info("replace %s/%s: stored object differs from %s", bucket, key, path)
+    meta = {SHA256_META: sha256, **(metadata or {})}
+    with open(path, "rb") as handle:
+        reader = HashingReader(handle)
+        result = client.put_object(bucket, key, reader, length=size, part_size=max(part_size, 5 * 1024 * 1024),
+                                   metadata=meta, content_type=content_type,
+                                   num_parallel_uploads=part_workers)
+    if reader.sha256.hexdigest() != sha256 or reader.bytes_read != size:
+        client.remove_object(bucket, key)
+        raise SourceChangedError(f"{path} changed while it was uploaded to {bucket}/{key}; the object was "
+                                 "removed. Make sure nothing writes the file during the upload, then rerun.")
+    etag_md5 = _simple_md5_etag((result.etag or "").strip('"'))
+    if etag_md5 is not None and etag_md5 != reader.md5.hexdigest():
+        client.remove_object(bucket, key)
+        raise ChecksumMismatchError(f"{bucket}/{key}: the server stored bytes whose MD5 differs from what "
+                                    "was sent; the object was removed. Rerun the upload.")
+    return True, size
+
+
+def iter_local_files(local_dir: Path) -> list[tuple[str, Path]]:
+    """Every regular file below ``local_dir`` as ``(relpath, path)``, sorted; partial downloads and
+    symlinks leaving the directory are left out."""
+    root = local_dir.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(PARTIAL_SUFFIX):
+                continue
+            path = Path(dirpath) / name
+            if not path.resolve().is_relative_to(root) or not path.is_file():
+                log.warning("skip %s: not a regular file inside %s", path, root)
+                continue
+            found.append((validate_relpath(path.relative_to(root).as_posix()), path))
+    return found
+
+
+def upload_directory(client: Minio, bucket: str, local_dir: Path, prefix: str, *, translate: Translate,
+                     files: list[tuple[str, Path]] | None = None, workers: int = DEFAULT_WORKERS,
+                     part_size: int = DEFAULT_PART_SIZE, attempts: int = DEFAULT_ATTEMPTS,
+                     checksums: dict[str, str] | None = None) -> TransferResult:
+    """Upload every file below ``local_dir`` (or the given ``files``) to ``bucket`` under ``prefix``."""
+    files = iter_local_files(local_dir) if files is None else files
+    checksums = checksums or {}
+    sizes = {rel: path.stat().st_size for rel, path in files}
+    progress = Progress(f"upload {local_dir} -> {bucket}/{prefix}", len(files), sum(sizes.values()))
+    result = TransferResult("upload", bucket, prefix)
+    lock = threading.Lock()
+
+    def one(item: tuple[str, Path]) -> None:
+        rel, path = item
+        key = prefix + rel
+        sent, size = with_retries(
+            lambda: upload_file(client, bucket, key, path, part_size=part_size, sha256=checksums.get(rel)),
+            f"upload {bucket}/{key}", attempts)
+        with lock:
+            if sent:
+                result.files += 1
+                result.bytes += size
+            else:
+                result.skipped_files += 1
+                result.skipped_bytes += size
+            result.keys.append(key)
+        progress.add(size)
+
+    run_parallel(files, one, workers, lambda item: prefix + item[0], translate)
+    result.seconds = progress.finish()
+    result.keys.sort()
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Download
+# ---------------------------------------------------------------------------------------
+
+
+def local_matches(path: Path, remote: RemoteObject) -> bool:
+    """True if ``path`` already holds the object's bytes (size, then sha256 or single-part MD5)."""
+    if not path.is_file() or path.stat().st_size != remote.size:
+        return False
+    if remote.sha256:
+        return sha256_file(path) == remote.sha256
+    md5 = _simple_md5_etag(remote.etag)
+    if md5:
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK_SIZE):
+                digest.update(chunk)
+        return digest.hexdigest() == md5
+    return False
+
+
+def download_object(client: Minio, bucket: str, remote: RemoteObject, dest: Path) -> int:
+    """Stream one object to ``dest`` through a temporary name; verify; rename. Returns bytes written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
+    tmp = Path(tmp_name)
+    sha = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
+    written = 0
+    response = None
+    try:
+        response = client.get_object(bucket, remote.key, version_id=remote.version_id)
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in response.stream(CHUNK_SIZE):
+                handle.write(chunk)
+                sha.update(chunk)
+                md5.update(chunk)
+                written += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        problem = None
+        if written != remote.size:
+            problem = f"got {written} bytes, expected {remote.size}"
+        elif remote.sha256 and sha.hexdigest() != remote.sha256:
+            problem = f"sha256 {sha.hexdigest()} != recorded {remote.sha256}"
+        elif not remote.sha256 and _simple_md5_etag(remote.etag) not in (None, md5.hexdigest()):
+            problem = f"md5 {md5.hexdigest()} != ETag {remote.etag}"
+        if problem:
+            raise ChecksumMismatchError(
+                f"{bucket}/{remote.key}: downloaded bytes do not match the object's checksum ({problem}); "
+                f"nothing was written to {dest}. The stored object is damaged or was replaced without "
+                "its checksum: re-upload it.")
+        os.replace(tmp, dest)
+        return written
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if response is not None:
+            response.close()
+            response.release_conn()
+
+
+def download_prefix(client: Minio, bucket: str, prefix: str, local_dir: Path, *, translate: Translate,
+                    workers: int = DEFAULT_WORKERS, attempts: int = DEFAULT_ATTEMPTS,
+                    delete_extraneous: bool = False) -> TransferResult:
+    """Mirror every object below ``prefix`` into ``local_dir``; unchanged local files are kept.
+
+    With ``delete_extraneous``, local files that are no longer below the prefix are removed,
+    so the directory is an exact copy (a read-through cache of the prefix).
+    """
+    listing = with_retries(lambda: list_remote(client, bucket, prefix), f"list {bucket}/{prefix}", attempts)
+    planned = [(key_relpath(obj.key, prefix), obj) for obj in listing]  # rejects hostile keys first
+    progress = Progress(f"download {bucket}/{prefix} -> {local_dir}", len(planned),
+                        sum(obj.size for _, obj in planned))
+    result = TransferResult("download", bucket, prefix)
+    lock = threading.Lock()
+    local_dir.mkdir(parents=True, exist_ok=True)
+
+    def one(item: tuple[str, RemoteObject]) -> None:
+        rel, listed = item
+        dest = local_path_for(local_dir, rel)
+        remote = with_retries(lambda: stat_remote(client, bucket, listed.key), f"stat {bucket}/{listed.key}",
+                              attempts) or listed
+        if local_matches(dest, remote):
+            with lock:
+                result.skipped_files += 1
+                result.skipped_bytes += remote.size
+        else:
+            size = with_retries(lambda: download_object(client, bucket, remote, dest),
+                                f"download {bucket}/{remote.key}", attempts)
+            with lock:
+                result.files += 1
+                result.bytes += size
+        with lock:
+            result.keys.append(remote.key)
+        progress.add(remote.size)
+
+    run_parallel(planned, one, workers, lambda item: item[1].key, translate)
+    if delete_extraneous:
+        wanted = {rel for rel, _ in planned}
+        for rel, path in iter_local_files(local_dir):
+            if rel not in wanted:
+                path.unlink()
+                result.removed_files += 1
+    result.seconds = progress.finish()
+    result.keys.sort()
+    return result
+
+
+def wrap_error(err: BaseException) -> StorageError:
+    """Fallback translation: wrap anything unexpected in a :class:`StorageError`."""
+    return err if isinstance(err, StorageError) else StorageError(f"{type(err).__name__}: {err}")
