@@ -40,18 +40,16 @@ def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
 
 
 class HashingReader:
-    """A read-only file wrapper that hashes (SHA-256 and MD5) every byte as it is read."""
+    """A read-only file wrapper that hashes (SHA-256) every byte as it is read."""
 
     def __init__(self, handle: BinaryIO) -> None:
         self._handle = handle
         self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False)
         self.bytes_read = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._handle.read(size)
         self.sha256.update(data)
-        self.md5.update(data)
         self.bytes_read += len(data)
         return data
 

@@ -1,0 +1,106 @@
+"""Session fixtures: a real S3 server and a real PostgreSQL for the whole test run.
+
+By default the embedded stack (SeaweedFS + embedded PostgreSQL) starts on free loopback
+ports in a temporary directory, watched by a watchdog that stops it if pytest dies. Set
+``E2E3D_TEST_S3_ENDPOINT`` (+ ``E2E3D_TEST_S3_ACCESS_KEY`` / ``E2E3D_TEST_S3_SECRET_KEY``) and
+``E2E3D_TEST_PG_DSN`` to run against external servers instead (e.g. docker-compose's MinIO).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+# Airflow reads its configuration at import: give the whole session its own home and no examples.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="e2e3d-airflow-home-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.pop("E2E3D_DATA_ROOT", None)
+
+import pytest  # noqa: E402
+
+from e2e3d_provider import stack  # noqa: E402
+
+
+def _pg_conn_from_dsn(dsn: str) -> dict:
+    parts = urlsplit(dsn)
+    return {"conn_type": "postgres", "host": parts.hostname, "port": parts.port or 5432, "login": parts.username,
+            "password": parts.password, "schema": parts.path.lstrip("/") or "postgres"}
+
+
+@pytest.fixture(scope="session")
+def stack_info(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackInfo | None]:
+    """The embedded stack for this session (None when external servers are configured)."""
+    if os.environ.get("E2E3D_TEST_S3_ENDPOINT") and os.environ.get("E2E3D_TEST_PG_DSN"):
+        yield None
+        return
+    base = tmp_path_factory.mktemp("stack")
+    info = stack.start_stack(base, owner_pid=os.getpid())
+    try:
+        yield info
+    finally:
+        stack.stop_stack(base)
+
+
+@pytest.fixture(scope="session")
+def connections(stack_info: stack.StackInfo | None) -> dict[str, dict]:
+    """Airflow connections (``minio_default``, ``e2e3d_metadata``) for the session's servers,
+    exported as ``AIRFLOW_CONN_*`` variables."""
+    if stack_info is not None:
+        minio, metadata = stack_info.minio_conn(), stack_info.metadata_conn()
+    else:
+        minio = {"conn_type": "aws", "login": os.environ.get("E2E3D_TEST_S3_ACCESS_KEY", "minioadmin"),
+                 "password": os.environ.get("E2E3D_TEST_S3_SECRET_KEY", "minioadmin"),
+                 "extra": {"endpoint_url": os.environ["E2E3D_TEST_S3_ENDPOINT"], "region_name": "us-east-1"}}
+        metadata = _pg_conn_from_dsn(os.environ["E2E3D_TEST_PG_DSN"])
+    os.environ["AIRFLOW_CONN_MINIO_DEFAULT"] = json.dumps(minio)
+    os.environ["AIRFLOW_CONN_E2E3D_METADATA"] = json.dumps(metadata)
+    return {"minio_default": minio, "e2e3d_metadata": metadata}
+
+
+@pytest.fixture(scope="session")
+def storage(connections: dict[str, dict]):
+    from e2e3d_provider.hooks.storage import StorageHook
+
+    hook = StorageHook()
+    hook.bootstrap()
+    return hook
+
+
+@pytest.fixture(scope="session")
+def metadata(connections: dict[str, dict]):
+    from e2e3d_provider.hooks.metadata import MetadataHook
+
+    hook = MetadataHook()
+    hook.migrate()
+    return hook
+
+
+@pytest.fixture
+def bucket(storage) -> str:
+    """A fresh, empty bucket of this test's own."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    storage.client.make_bucket(name)
+    return name
+
+
+@pytest.fixture
+def unique_id() -> str:
+    return f"job-{uuid.uuid4().hex[:10]}"
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> dict[str, Path]:
+    """Create ``files`` (relpath -> bytes) below ``root``; return relpath -> path."""
+    out = {}
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        out[rel] = path
+    return out

@@ -1,0 +1,175 @@
+"""MetadataHook against the session's real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import psycopg2
+import pytest
+
+from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError
+from e2e3d_provider.hooks.metadata import SCHEMA, SCHEMA_VERSION, MetadataHook
+from e2e3d_provider.layout import InvalidNameError
+from e2e3d_provider.stack import free_ports
+
+STAMP = "20261124T120000Z"
+
+
+def _dsn(connections: dict) -> dict:
+    c = connections["e2e3d_metadata"]
+    return {"host": c["host"], "port": c["port"], "user": c["login"], "password": c["password"], "dbname": c["schema"]}
+
+
+def test_migrations_are_idempotent_versioned_and_safe_concurrently(connections: dict) -> None:
+    scratch = f"mig_{threading.get_ident() % 100000}"
+    admin = psycopg2.connect(**_dsn(connections))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {scratch}")
+    try:
+        conn = dict(connections["e2e3d_metadata"], schema=scratch)
+        os.environ["AIRFLOW_CONN_E2E3D_SCRATCH"] = json.dumps(conn)
+        fresh = MetadataHook("e2e3d_scratch")
+        assert fresh.schema_version() == 0
+        errors: list[BaseException] = []
+
+        def migrate() -> None:
+            try:
+                MetadataHook("e2e3d_scratch").migrate()
+            except BaseException as err:
+                errors.append(err)
+
+        threads = [threading.Thread(target=migrate) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert fresh.schema_version() == SCHEMA_VERSION
+        assert fresh.migrate() == SCHEMA_VERSION
+        with fresh.transaction() as cur:
+            cur.execute(f"SELECT count(*) FROM {SCHEMA}.schema_migrations")
+            assert cur.fetchone()[0] == SCHEMA_VERSION
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (SCHEMA,))
+            assert {r[0] for r in cur.fetchall()} == {"schema_migrations", "jobs", "job_files", "transfers",
+                                                      "storage_stats", "config"}
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
+        admin.close()
+
+
+def test_job_lifecycle_and_transitions(metadata: MetadataHook, unique_id: str) -> None:
+    row = metadata.record_job(unique_id, STAMP, "ds1", "queued")
+    assert row["status"] == "queued" and row["started_at"] is None
+    running = metadata.record_job(unique_id, STAMP, "ds1", "running")
+    assert running["started_at"] is not None
+    assert metadata.record_job(unique_id, STAMP, "ds1", "running")["started_at"] == running["started_at"]
+    done = metadata.record_job(unique_id, STAMP, "ds1", "succeeded", result_bucket="output",
+                               result_prefix=f"{unique_id}/", manifest_key=f"{unique_id}/metadata.json", files=4,
+                               bytes=1234, statistics={"upload_seconds": 1.5})
+    assert done["finished_at"] is not None and done["files"] == 4 and done["statistics"] == {"upload_seconds": 1.5}
+    again = metadata.record_job(unique_id, STAMP, "ds1", "succeeded", statistics={"faces": 10})
+    assert again["statistics"] == {"upload_seconds": 1.5, "faces": 10}
+    with pytest.raises(InvalidTransitionError, match="cannot become running"):
+        metadata.record_job(unique_id, STAMP, "ds1", "running")
+    assert metadata.record_job(unique_id, STAMP, "ds1", "archived", archive_key="a/b")["status"] == "archived"
+    assert metadata.get_job(unique_id)["status"] == "archived"
+
+
+def test_failed_jobs_keep_their_error_and_may_run_again(metadata: MetadataHook, unique_id: str) -> None:
+    metadata.record_job(unique_id, STAMP, "ds1", "running")
+    failed = metadata.record_job(unique_id, STAMP, "ds1", "failed", error="reconstruct exited 1")
+    assert failed["error"] == "reconstruct exited 1" and failed["finished_at"] is not None
+    rerun = metadata.record_job(unique_id, STAMP, "ds1", "running")
+    assert rerun["error"] is None and rerun["finished_at"] is None
+
+
+def test_latest_run_and_listing(metadata: MetadataHook, unique_id: str) -> None:
+    metadata.record_job(unique_id, "20260101T000000Z", "ds1", "failed", error="x")
+    metadata.record_job(unique_id, "20260102T000000Z", "ds1", "running")
+    assert metadata.get_job(unique_id)["stamp"] == "20260102T000000Z"
+    assert metadata.get_job(unique_id, "20260101T000000Z")["status"] == "failed"
+    assert metadata.get_job("never-seen") is None
+    assert any(j["job_id"] == unique_id for j in metadata.list_jobs("running"))
+    assert metadata.job_counts()["running"] >= 1
+
+
+def test_bad_input_is_rejected_before_the_database(metadata: MetadataHook) -> None:
+    with pytest.raises(InvalidNameError):
+        metadata.record_job("../x", STAMP, "ds1")
+    with pytest.raises(InvalidNameError):
+        metadata.record_job("job", "yesterday", "ds1")
+    with pytest.raises(ValueError, match="unknown job status"):
+        metadata.record_job("job", STAMP, "ds1", "done")
+    with pytest.raises(TypeError, match="unexpected fields"):
+        metadata.record_job("job", STAMP, "ds1", "running", colour="red")
+
+
+def test_file_inventory_is_bulk_replaced_without_duplicates(metadata: MetadataHook, unique_id: str) -> None:
+    metadata.record_job(unique_id, STAMP, "ds1", "running")
+    rows = [("images", f"{unique_id}/images/{i:05d}.jpg", i, f"{i:064x}") for i in range(5000)]
+    assert metadata.record_files(unique_id, STAMP, rows) == 5000
+    assert metadata.record_files(unique_id, STAMP, rows) == 5000  # a retry changes nothing
+    stored = metadata.job_files(unique_id, STAMP)
+    assert len(stored) == 5000 and stored[7] == {"kind": "images", "key": rows[7][1], "size": 7, "sha256": rows[7][3]}
+    metadata.record_files(unique_id, STAMP, [*rows[:2], ("mesh", f"{unique_id}/mesh/m.obj", 9, "f" * 64)])
+    assert [f["key"] for f in metadata.job_files(unique_id, STAMP)] == [
+        f"{unique_id}/images/00000.jpg", f"{unique_id}/images/00001.jpg", f"{unique_id}/mesh/m.obj"]
+
+
+def test_files_of_an_unknown_job_are_refused(metadata: MetadataHook) -> None:
+    with pytest.raises(MetadataError, match="record the job before its files"):
+        metadata.record_files("ghost-job", STAMP, [("mesh", "ghost-job/m.obj", 1, "a" * 64)])
+
+
+def test_transfers_are_idempotent_by_key_and_summarised(metadata: MetadataHook, unique_id: str) -> None:
+    key = f"dag/run/{unique_id}/1"
+    first = metadata.record_transfer("upload", "output", files=3, bytes=3_000_000, seconds=1.0, job_id=unique_id,
+                                     stamp=STAMP, transfer_key=key)
+    second = metadata.record_transfer("upload", "output", files=3, bytes=3_000_000, seconds=1.0, job_id=unique_id,
+                                      stamp=STAMP, transfer_key=key)
+    assert first == second
+    metadata.record_transfer("download", "input", ok=False, error="boom", job_id=unique_id)
+    summary = metadata.transfer_summary()
+    assert summary["upload"]["bytes"] >= 3_000_000 and summary["download"]["errors"] >= 1
+    with metadata.transaction() as cur:
+        cur.execute(f"SELECT count(*) FROM {SCHEMA}.transfers WHERE transfer_key = %s", (key,))
+        assert cur.fetchone()[0] == 1
+
+
+def test_storage_statistics_and_configuration(metadata: MetadataHook) -> None:
+    metadata.record_storage_stats([{"bucket": "input", "objects": 1, "bytes": 10},
+                                   {"bucket": "output", "prefix": "", "objects": 2, "bytes": 20}])
+    metadata.record_storage_stats([{"bucket": "input", "objects": 3, "bytes": 30}])
+    latest = {s["bucket"]: s for s in metadata.latest_storage_stats()}
+    assert latest["input"]["objects"] == 3 and latest["output"]["bytes"] == 20
+    metadata.set_config("retention_days", 30)
+    metadata.set_config("retention_days", {"output": 14})
+    assert metadata.get_config("retention_days") == {"output": 14}
+    assert metadata.get_config("absent", "dflt") == "dflt"
+
+
+def test_health(metadata: MetadataHook) -> None:
+    health = metadata.health()
+    assert health["ok"] and health["schema_version"] == SCHEMA_VERSION
+
+
+def test_wrong_password_names_the_connection(connections: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = dict(connections["e2e3d_metadata"], password="not-the-password")
+    monkeypatch.setenv("AIRFLOW_CONN_E2E3D_BADPW", json.dumps(bad))
+    with pytest.raises(MetadataError, match="'e2e3d_badpw'") as caught:
+        MetadataHook("e2e3d_badpw").migrate()
+    assert "not-the-password" not in str(caught.value)
+    assert MetadataHook("e2e3d_badpw").health()["ok"] is False
+
+
+def test_unreachable_database_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    (port,) = free_ports(1)
+    monkeypatch.setenv("AIRFLOW_CONN_E2E3D_NOWHERE", json.dumps(
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": port, "login": "u", "password": "p", "schema": "d",
+         "extra": {"connect_timeout": 5}}))
+    with pytest.raises(MetadataError, match=r"cannot connect.*'e2e3d_nowhere'"):
+        MetadataHook("e2e3d_nowhere").get_job("job1")

@@ -1,0 +1,74 @@
+"""Registration with Airflow, packaging conventions and lint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+
+import e2e3d_provider
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_provider_info_matches_airflows_schema() -> None:
+    import airflow
+
+    schema_path = Path(airflow.__file__).parent / "provider_info.schema.json"
+    info = e2e3d_provider.get_provider_info()
+    jsonschema.validate(info, json.loads(schema_path.read_text()))
+    assert info["package-name"] == "e2e3d-provider"
+    modules = info["hooks"][0]["python-modules"]
+    for module in modules:
+        __import__(module)
+
+
+def test_airflow_providers_list_shows_the_provider(tmp_path: Path) -> None:
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path))
+    airflow_cli = shutil.which("airflow", path=str(Path(sys.executable).parent)) or "airflow"
+    result = subprocess.run([airflow_cli, "providers", "list", "-o", "json"], capture_output=True, text=True,
+                            env=env, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = {p["package_name"]: p for p in json.loads(result.stdout)}
+    assert listed["e2e3d-provider"]["version"] == e2e3d_provider.__version__
+
+
+def test_hooks_follow_airflow_conventions() -> None:
+    from e2e3d_provider.hooks.metadata import MetadataHook
+    from e2e3d_provider.hooks.storage import StorageHook
+
+    assert StorageHook.default_conn_name == "minio_default" and StorageHook.conn_type == "aws"
+    assert MetadataHook.default_conn_name == "e2e3d_metadata" and MetadataHook.conn_type == "postgres"
+    # building a hook opens nothing: DAG files are parsed constantly
+    hook = StorageHook("does-not-exist")
+    assert "client" not in hook.__dict__ and "settings" not in hook.__dict__
+
+
+def test_ruff_is_clean() -> None:
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or "ruff"
+    result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_layering_dependencies_point_one_way() -> None:
+    """layout imports nothing of ours; manifest only layout; nothing imports dags/ or plugins/."""
+    package = ROOT / "e2e3d_provider"
+    allowed = {
+        "layout.py": set(),
+        "manifest.py": {"layout"},
+        "exceptions.py": set(),
+        "transfer.py": {"layout", "manifest", "exceptions"},
+    }
+    for name, deps in allowed.items():
+        text = (package / name).read_text()
+        imported = {line.split()[1].split(".")[1] for line in text.splitlines()
+                    if line.startswith(("from e2e3d_provider.", "import e2e3d_provider."))}
+        assert imported <= deps, f"{name} imports {imported - deps}"
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert "from dags" not in text and "import plugins" not in text, path

@@ -1,0 +1,309 @@
+"""StorageHook against the session's real S3 server: every method, bad input and integrity."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import tracemalloc
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from e2e3d_provider.exceptions import (
+    BucketNotFoundError,
+    ChecksumMismatchError,
+    ObjectNotFoundError,
+    SourceChangedError,
+    StorageAuthError,
+    StorageUnreachableError,
+)
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.layout import InvalidNameError
+from e2e3d_provider.stack import free_ports
+from e2e3d_provider.transfer import PARTIAL_SUFFIX
+from tests.conftest import write_files
+
+MiB = 1024 * 1024
+
+
+def sample_files(count: int = 12) -> dict[str, bytes]:
+    files = {f"images/img_{i:03d}.jpg": os.urandom(2000 + 997 * i) for i in range(count)}
+    files["cameras/intrinsics.json"] = b'{"fx": 1000}'
+    return files
+
+
+def test_bootstrap_is_idempotent_with_versioning_and_lifecycle(storage: StorageHook) -> None:
+    states = storage.bootstrap()
+    assert set(states) == {"input", "output", "models", "archive"}
+    assert set(states.values()) == {"exists"}  # the session fixture created them already
+    assert storage.versioning_enabled("output") and storage.versioning_enabled("models")
+    assert not storage.versioning_enabled("input")
+    assert storage.noncurrent_expiry_days("output") == 30
+    storage.bootstrap(buckets=("models",), versioned=("models",), noncurrent_days=7)
+    assert storage.noncurrent_expiry_days("models") == 7
+    storage.bootstrap(buckets=("models",), versioned=("models",))
+
+
+def test_bootstrap_creates_missing_buckets(storage: StorageHook) -> None:
+    name = f"boot-{os.urandom(4).hex()}"
+    assert storage.bootstrap(buckets=(name,), versioned=(name,)) == {name: "created"}
+    assert storage.versioning_enabled(name)
+
+
+def test_upload_then_rerun_sends_only_what_changed(storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    files = sample_files()
+    write_files(tmp_path, files)
+    first = storage.upload_dir(tmp_path, bucket, "ds1")
+    assert (first.files, first.bytes, first.skipped_files) == (len(files), sum(map(len, files.values())), 0)
+    assert sorted(storage.list_keys(bucket, "ds1")) == sorted(f"ds1/{rel}" for rel in files)
+    for rel, data in files.items():
+        assert storage.stat(bucket, f"ds1/{rel}").sha256 == hashlib.sha256(data).hexdigest()
+
+    second = storage.upload_dir(tmp_path, bucket, "ds1")
+    assert (second.files, second.bytes, second.skipped_files) == (0, 0, len(files))
+
+    (tmp_path / "images/img_000.jpg").write_bytes(b"changed")
+    third = storage.upload_dir(tmp_path, bucket, "ds1")
+    assert (third.files, third.bytes, third.skipped_files) == (1, 7, len(files) - 1)
+    assert storage.get_bytes(bucket, "ds1/images/img_000.jpg") == b"changed"
+    assert third.to_dict()["files"] == 1 and "keys" not in third.to_dict()
+
+
+def test_second_download_of_an_unchanged_prefix_moves_zero_bytes(
+        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    files = sample_files()
+    write_files(tmp_path / "src", files)
+    storage.upload_dir(tmp_path / "src", bucket, "ds2")
+    first = storage.download_prefix(bucket, "ds2", tmp_path / "dst")
+    assert first.files == len(files) and first.bytes == sum(map(len, files.values()))
+    for rel, data in files.items():
+        assert (tmp_path / "dst" / rel).read_bytes() == data
+
+    second = storage.download_prefix(bucket, "ds2", tmp_path / "dst")
+    assert second.bytes == 0 and second.files == 0
+    assert second.skipped_files == len(files)
+
+    (tmp_path / "dst/images/img_003.jpg").write_bytes(b"local damage")  # a damaged cache entry is refetched
+    third = storage.download_prefix(bucket, "ds2", tmp_path / "dst")
+    assert third.files == 1 and third.bytes == len(files["images/img_003.jpg"])
+    assert (tmp_path / "dst/images/img_003.jpg").read_bytes() == files["images/img_003.jpg"]
+
+
+def test_download_mirror_removes_files_gone_from_the_prefix(
+        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    write_files(tmp_path / "src", {"a.jpg": b"a", "b.jpg": b"b"})
+    storage.upload_dir(tmp_path / "src", bucket, "ds")
+    storage.download_prefix(bucket, "ds", tmp_path / "dst")
+    storage.delete_object(bucket, "ds/b.jpg")
+    result = storage.download_prefix(bucket, "ds", tmp_path / "dst", delete_extraneous=True)
+    assert result.removed_files == 1
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["a.jpg"]
+
+
+def test_multipart_upload_round_trips_with_checksum(connections: dict, bucket: str, tmp_path: Path) -> None:
+    hook = StorageHook(part_size=5 * MiB)
+    data = os.urandom(12 * MiB + 123)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(data)
+    hook.upload_dir(tmp_path / "src", bucket, "big")
+    remote = hook.stat(bucket, "big/big.bin")
+    assert remote.size == len(data)
+    assert remote.etag and "-" in remote.etag  # really multipart: the ETag is not an MD5
+    assert remote.sha256 == hashlib.sha256(data).hexdigest()
+    hook.download_prefix(bucket, "big", tmp_path / "dst")
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == data
+
+
+def test_memory_stays_flat_for_large_files(connections: dict, bucket: str, tmp_path: Path) -> None:
+    hook = StorageHook(part_size=5 * MiB)
+    size = 64 * MiB
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "large.bin", "wb") as handle:
+        for _ in range(size // MiB):
+            handle.write(os.urandom(MiB))
+    tracemalloc.start()
+    try:
+        hook.upload_dir(src, bucket, "large")
+        _, upload_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        hook.download_prefix(bucket, "large", tmp_path / "dst")
+        _, download_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "dst" / "large.bin").stat().st_size == size
+    # bounded by a few parts in flight, never by the file size
+    assert upload_peak < 32 * MiB, f"upload peak {upload_peak / MiB:.1f} MiB"
+    assert download_peak < 16 * MiB, f"download peak {download_peak / MiB:.1f} MiB"
+
+
+def test_corrupted_object_fails_download_and_leaves_no_file(
+        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    good = os.urandom(50_000)
+    write_files(tmp_path / "src", {"scan.jpg": good, "ok.jpg": b"fine"})
+    storage.upload_dir(tmp_path / "src", bucket, "ds")
+    # Behind the hook's back: other bytes of the same size, carrying the original checksum.
+    bad = bytes(b ^ 0xFF for b in good[:10]) + good[10:]
+    storage.client.put_object(bucket, "ds/scan.jpg", io.BytesIO(bad), len(bad),
+                              metadata={"sha256": hashlib.sha256(good).hexdigest()})
+    dest = tmp_path / "dst"
+    with pytest.raises(ChecksumMismatchError, match=r"ds/scan\.jpg"):
+        storage.download_prefix(bucket, "ds", dest)
+    assert not (dest / "scan.jpg").exists()
+    assert not [p for p in dest.rglob("*") if p.name.endswith(PARTIAL_SUFFIX)]
+    with pytest.raises(ChecksumMismatchError):
+        storage.download_file(bucket, "ds/scan.jpg", tmp_path / "single.jpg")
+    assert not (tmp_path / "single.jpg").exists()
+
+
+def test_object_replaced_without_checksum_is_checked_by_its_md5_etag(
+        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    storage.client.put_object(bucket, "ext/plain.jpg", io.BytesIO(b"plain bytes"), 11)  # no sha256 metadata
+    result = storage.download_prefix(bucket, "ext", tmp_path)
+    assert result.files == 1 and (tmp_path / "plain.jpg").read_bytes() == b"plain bytes"
+    assert storage.download_prefix(bucket, "ext", tmp_path).bytes == 0
+
+
+def test_a_file_that_changes_during_upload_leaves_no_object(
+        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    path = tmp_path / "moving.bin"
+    path.write_bytes(b"new content")
+    stale_hash = hashlib.sha256(b"old content").hexdigest()  # what was hashed before the file changed
+    with pytest.raises(SourceChangedError, match="changed while it was uploaded"):
+        storage.upload_file(path, bucket, "moving.bin", sha256=stale_hash)
+    assert not storage.exists(bucket, "moving.bin")
+
+
+def test_presigned_get_and_put_work_with_a_plain_http_client(storage: StorageHook, bucket: str) -> None:
+    storage.put_bytes(bucket, "p/a.bin", b"presigned payload")
+    with urllib.request.urlopen(storage.presigned_get(bucket, "p/a.bin", 300)) as response:
+        assert response.read() == b"presigned payload"
+    put = urllib.request.Request(storage.presigned_put(bucket, "p/up.bin", 300), data=b"uploaded", method="PUT")
+    with urllib.request.urlopen(put) as response:
+        assert response.status == 200
+    assert storage.get_bytes(bucket, "p/up.bin") == b"uploaded"
+
+
+def test_expired_presigned_url_is_refused(storage: StorageHook, bucket: str) -> None:
+    storage.put_bytes(bucket, "p/exp.bin", b"x")
+    url = storage.presigned_get(bucket, "p/exp.bin", 1)
+    time.sleep(2.5)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url)
+    assert caught.value.code == 403
+
+
+@pytest.mark.parametrize("expires", [0, -5, 8 * 24 * 3600])
+def test_presign_expiry_is_bounded(storage: StorageHook, expires: int) -> None:
+    with pytest.raises(ValueError, match="between 1 second and 7 days"):
+        storage.presigned_get("output", "job/SUCCESS", expires)
+
+
+def test_list_exists_stat_statistics_and_delete(storage: StorageHook, bucket: str) -> None:
+    for i in range(5):
+        storage.put_bytes(bucket, f"s/{i}.bin", b"x" * (i + 1))
+    storage.put_bytes(bucket, "other/x.bin", b"y")
+    assert storage.exists(bucket, "s/3.bin") and not storage.exists(bucket, "s/9.bin")
+    assert storage.stat(bucket, "s/9.bin") is None
+    assert storage.list_keys(bucket, "s") == [f"s/{i}.bin" for i in range(5)]
+    assert storage.statistics(bucket, "s") == {"bucket": bucket, "prefix": "s/", "objects": 5, "bytes": 15}
+    assert storage.statistics(bucket)["objects"] == 6
+    assert storage.delete_prefix(bucket, "s") == 5
+    assert storage.list_keys(bucket, "s") == []
+    assert storage.list_keys(bucket) == ["other/x.bin"]
+    with pytest.raises(ValueError, match="non-empty prefix"):
+        storage.delete_prefix(bucket, "")
+    with pytest.raises(ObjectNotFoundError):
+        storage.get_bytes(bucket, "s/0.bin")
+
+
+def test_delete_prefix_on_a_versioned_bucket(storage: StorageHook) -> None:
+    prefix = f"v-{os.urandom(4).hex()}"
+    storage.put_bytes("output", f"{prefix}/a", b"1")
+    storage.put_bytes("output", f"{prefix}/a", b"2")
+    assert storage.delete_prefix("output", prefix) == 1
+    assert storage.list_keys("output", prefix) == []
+    assert storage.delete_prefix("output", prefix, all_versions=True) >= 2
+
+
+def test_health_and_test_connection(storage: StorageHook) -> None:
+    ok, message = storage.test_connection()
+    assert ok and "output" in message
+    health = storage.health()
+    assert health["ok"] and health["endpoint"].startswith("http")
+
+
+def test_missing_bucket_is_a_clear_error(storage: StorageHook, tmp_path: Path) -> None:
+    write_files(tmp_path, {"a.jpg": b"a"})
+    with pytest.raises(BucketNotFoundError, match=r"'no-such-bucket'.*bootstrap"):
+        storage.upload_dir(tmp_path, "no-such-bucket", "ds")
+    with pytest.raises(BucketNotFoundError):
+        storage.download_prefix("no-such-bucket", "ds", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../../x", "a//b", "a\x00b"])
+def test_bad_names_are_rejected_before_any_request(storage: StorageHook, bad: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidNameError):
+        storage.download_prefix("input", bad, tmp_path / "dst")
+    with pytest.raises(InvalidNameError):
+        storage.presigned_get("input", bad)
+    with pytest.raises(InvalidNameError):
+        storage.upload_file(tmp_path, "input", bad)
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("bad", ["UPPER", "a", "../x", "under_score"])
+def test_bad_bucket_names_are_rejected(storage: StorageHook, bad: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidNameError):
+        storage.download_prefix(bad, "ds", tmp_path)
+
+
+def test_prefix_slashes_are_normalised(storage: StorageHook, bucket: str) -> None:
+    storage.put_bytes(bucket, "abs/x", b"x")
+    assert storage.list_keys(bucket, "/abs/") == ["abs/x"]
+
+
+def test_wrong_credentials_name_the_connection(
+        connections: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bad = dict(connections["minio_default"], password="wrong-secret")
+    monkeypatch.setenv("AIRFLOW_CONN_MINIO_BADKEY", json.dumps(bad))
+    hook = StorageHook("minio_badkey")
+    with pytest.raises(StorageAuthError, match="credentials of connection 'minio_badkey'"):
+        hook.list_keys("input")
+    ok, message = hook.test_connection()
+    assert not ok and "minio_badkey" in message
+    assert "wrong-secret" not in message
+
+
+def test_unreachable_endpoint_fails_after_bounded_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    (port,) = free_ports(1)
+    conn = {"conn_type": "aws", "login": "k", "password": "s",
+            "extra": {"endpoint_url": f"http://127.0.0.1:{port}"}}
+    monkeypatch.setenv("AIRFLOW_CONN_MINIO_NOWHERE", json.dumps(conn))
+    hook = StorageHook("minio_nowhere", attempts=2)
+    started = time.monotonic()
+    with pytest.raises(StorageUnreachableError, match="unreachable through connection 'minio_nowhere'"):
+        hook.list_keys("input")
+    assert time.monotonic() - started < 60
+    assert hook.health()["ok"] is False
+
+
+def test_connection_without_endpoint_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MINIO_NOENDPOINT", json.dumps({"conn_type": "aws", "login": "k",
+                                                                    "password": "s"}))
+    with pytest.raises(Exception, match="endpoint_url"):
+        StorageHook("minio_noendpoint").list_keys("input")
+
+
+def test_parallel_upload_of_many_small_files(storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    files = {f"f/{i:04d}.bin": os.urandom(100 + i) for i in range(120)}
+    write_files(tmp_path, files)
+    result = storage.upload_dir(tmp_path, bucket, "many")
+    assert result.files == 120 and result.keys == sorted(f"many/{rel}" for rel in files)
+    assert storage.statistics(bucket, "many")["bytes"] == sum(map(len, files.values()))
