@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -51,6 +51,7 @@ class StackInfo:
     weed_pid: int
     pg_pid: int
     watchdog_pid: int | None = None
+    weed_args: list[str] = field(default_factory=list)
     pg_user: str = PG_USER
     pg_database: str = PG_DATABASE
 
@@ -200,8 +201,8 @@ def weed_binary() -> str:
     return found
 
 
-def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, int]:
-    """Start ``weed mini`` with every port assigned on loopback; return (pid, s3 port)."""
+def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, int, list[str]]:
+    """Start ``weed mini`` with every port assigned on loopback; return (pid, s3 port, its arguments)."""
     data = base / "weed"
     data.mkdir(parents=True, exist_ok=True)
     identities = base / "s3-identities.json"
@@ -222,17 +223,36 @@ def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, 
         f"-filer.localSocket={data / 'filer.sock'}", f"-s3.localSocket={data / 's3.sock'}",
         "-master.volumeSizeLimitMB=64",
     ]
+    return _launch_weed(base, args, s3, access_key, secret_key), s3, args
+
+
+def _launch_weed(base: Path, args: list[str], s3_port: int, access_key: str, secret_key: str) -> int:
+    data = base / "weed"
+    for sock in ("filer.sock", "s3.sock"):  # left behind by a killed server; weed refuses to bind over them
+        (data / sock).unlink(missing_ok=True)
     log_path = base / "weed.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=data, start_new_session=True)
     try:
-        wait_for_port(s3, proc.pid, "SeaweedFS", log_path)
-        _wait_s3_ready(s3, proc.pid, access_key, secret_key, log_path)
+        wait_for_port(s3_port, proc.pid, "SeaweedFS", log_path)
+        _wait_s3_ready(s3_port, proc.pid, access_key, secret_key, log_path)
     except BaseException:
         terminate(proc.pid)
         raise
-    return proc.pid, s3
+    return proc.pid
+
+
+def restart_s3(base_dir: Path) -> StackInfo:
+    """Start the stack's S3 server again on the same ports and data (after it was stopped or killed)."""
+    base = Path(base_dir).resolve()
+    info = read_state(base)
+    if info is None or not info.weed_args:
+        raise StackError(f"no stack recorded in {base}")
+    terminate(info.weed_pid)
+    info.weed_pid = _launch_weed(base, info.weed_args, info.s3_port, info.access_key, info.secret_key)
+    _write_state(base, info)
+    return info
 
 
 def _wait_s3_ready(port: int, pid: int, access_key: str, secret_key: str, log_path: Path) -> None:
@@ -381,23 +401,31 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -
     access_key, secret_key, pg_password = _credentials(base)
     weed_pid = pg_pid = 0
     try:
-        weed_pid, s3_port = start_seaweedfs(base, access_key, secret_key)
+        weed_pid, s3_port, weed_args = start_seaweedfs(base, access_key, secret_key)
         pg_pid, pg_port = start_postgres(base, pg_password)
     except BaseException:
         terminate(weed_pid)
         terminate(pg_pid, signal.SIGINT)
         raise
     info = StackInfo(base_dir=str(base), s3_port=s3_port, access_key=access_key, secret_key=secret_key,
-                     pg_port=pg_port, pg_password=pg_password, weed_pid=weed_pid, pg_pid=pg_pid)
+                     pg_port=pg_port, pg_password=pg_password, weed_pid=weed_pid, pg_pid=pg_pid,
+                     weed_args=weed_args)
     if owner_pid:
         info.watchdog_pid = subprocess.Popen(
             [sys.executable, "-m", "e2e3d_provider.stack", "watchdog", str(base), str(owner_pid)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True).pid
-    state = base / STATE_FILE
-    state.write_text(json.dumps(asdict(info), indent=2))
-    state.chmod(0o600)
+    _write_state(base, info)
     return info
+
+
+def _write_state(base: Path, info: StackInfo) -> None:
+    state = base / STATE_FILE
+    tmp = state.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(info), handle, indent=2)
+    os.replace(tmp, state)
 
 
 def stop_stack(base_dir: Path | None = None) -> bool:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +90,7 @@ class RemoteObject:
     etag: str | None = None
     sha256: str | None = None
     version_id: str | None = None
+    last_modified: datetime | None = None
 
 
 class Progress:
@@ -193,13 +195,15 @@ def stat_remote(client: Minio, bucket: str, key: str) -> RemoteObject | None:
     meta = stat.metadata or {}
     sha = meta.get(f"x-amz-meta-{SHA256_META}")
     return RemoteObject(key=key, size=int(stat.size or 0), etag=(stat.etag or "").strip('"') or None,
-                        sha256=sha.lower() if sha else None, version_id=stat.version_id)
+                        sha256=sha.lower() if sha else None, version_id=stat.version_id,
+                        last_modified=stat.last_modified)
 
 
 def list_remote(client: Minio, bucket: str, prefix: str) -> list[RemoteObject]:
     """List every object below ``prefix`` (recursively), without folder placeholders."""
     return [
-        RemoteObject(key=obj.object_name, size=int(obj.size or 0), etag=(obj.etag or "").strip('"') or None)
+        RemoteObject(key=obj.object_name, size=int(obj.size or 0), etag=(obj.etag or "").strip('"') or None,
+                     last_modified=obj.last_modified)
         for obj in client.list_objects(bucket, prefix=prefix, recursive=True)
         if obj.object_name and not obj.object_name.endswith("/") and not obj.is_dir
     ]

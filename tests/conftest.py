@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,6 +23,8 @@ _AIRFLOW_HOME = tempfile.mkdtemp(prefix="e2e3d-airflow-home-")
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parent / "dags")
+os.environ.setdefault("XDG_RUNTIME_DIR", _AIRFLOW_HOME)
 os.environ.pop("E2E3D_DATA_ROOT", None)
 
 import pytest  # noqa: E402
@@ -80,6 +84,33 @@ def metadata(connections: dict[str, dict]):
     hook = MetadataHook()
     hook.migrate()
     return hook
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's own metadata DB (SQLite in the session's AIRFLOW_HOME), for dag.test()."""
+    airflow = Path(sys.executable).parent / "airflow"
+    result = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture
+def run_dag(airflow_db, connections):
+    """Run a DAG of tests/dags with dag.test(run_conf=...); return the DagRun."""
+
+    def run(dag, conf: dict):
+        return dag.test(run_conf=conf)
+
+    return run
+
+
+def xcom(dag_run, task_id: str):
+    """The return value a task pushed in a finished DagRun."""
+    return dag_run.get_task_instance(task_id).xcom_pull(task_ids=task_id)
+
+
+def task_states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
 
 
 @pytest.fixture

@@ -59,6 +59,8 @@ class StorageHook(BaseHook):
     :param attempts: tries per file for transient errors (dropped connections, 5xx, timeouts).
     :param connect_timeout: seconds to wait for a TCP connection to the endpoint.
     :param read_timeout: seconds to wait for data on an open connection.
+    :param connection: an Airflow ``Connection`` already fetched (by a trigger, asynchronously);
+        when given, ``minio_conn_id`` only names it in messages.
     """
 
     conn_name_attr = "minio_conn_id"
@@ -68,9 +70,10 @@ class StorageHook(BaseHook):
 
     def __init__(self, minio_conn_id: str = default_conn_name, *, max_workers: int = transfer.DEFAULT_WORKERS,
                  part_size: int = transfer.DEFAULT_PART_SIZE, attempts: int = transfer.DEFAULT_ATTEMPTS,
-                 connect_timeout: float = 5.0, read_timeout: float = 120.0) -> None:
+                 connect_timeout: float = 5.0, read_timeout: float = 120.0, connection: Any = None) -> None:
         super().__init__()
         self.minio_conn_id = minio_conn_id
+        self._connection = connection  # an already fetched Connection (triggers fetch it asynchronously)
         self.max_workers = max_workers
         self.part_size = part_size
         self.attempts = attempts
@@ -84,7 +87,7 @@ class StorageHook(BaseHook):
     @cached_property
     def settings(self) -> dict[str, Any]:
         """Endpoint, TLS and region read from the Airflow connection (no secrets)."""
-        conn = self.get_connection(self.minio_conn_id)
+        conn = self._connection or self.get_connection(self.minio_conn_id)
         extra = conn.extra_dejson or {}
         endpoint = extra.get("endpoint_url") or extra.get("host")
         if not endpoint and conn.host:
@@ -245,7 +248,7 @@ class StorageHook(BaseHook):
         if not local_dir.is_dir():
             raise FileNotFoundError(f"cannot upload {local_dir}: no such directory")
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
-        self._require_bucket(bucket)
+        self.require_bucket(bucket)
         result = transfer.upload_directory(self.client, bucket, local_dir, prefix, translate=self.translate,
                                            files=files, workers=self.max_workers, part_size=self.part_size,
                                            attempts=self.attempts, checksums=checksums)
@@ -263,7 +266,7 @@ class StorageHook(BaseHook):
                         delete_extraneous: bool = False) -> TransferResult:
         """Mirror a prefix into ``local_dir`` in parallel, verified; unchanged local files move 0 bytes."""
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
-        self._require_bucket(bucket)
+        self.require_bucket(bucket)
         result = transfer.download_prefix(self.client, bucket, prefix, Path(local_dir), translate=self.translate,
                                           workers=self.max_workers, attempts=self.attempts,
                                           delete_extraneous=delete_extraneous)
@@ -286,7 +289,8 @@ class StorageHook(BaseHook):
                       result.direction, result.bucket, result.prefix, result.files, result.bytes / 1e6,
                       result.skipped_files, result.skipped_bytes / 1e6, result.seconds, result.mb_per_s)
 
-    def _require_bucket(self, bucket: str) -> None:
+    def require_bucket(self, bucket: str) -> None:
+        """Raise BucketNotFoundError (naming the connection and the fix) unless ``bucket`` exists."""
         if not self.bucket_exists(bucket):
             raise BucketNotFoundError(f"bucket {bucket!r} does not exist on connection {self.minio_conn_id!r} at "
                                       f"{self.endpoint_url}. Create the buckets with StorageHook.bootstrap() "

@@ -1,0 +1,112 @@
+"""The commit protocol (DESIGN §4): what makes a SUCCESS marker mean "complete and verified".
+
+1. Remove any old SUCCESS (locally and in the bucket) before anything else.
+2. Upload every file with its SHA-256 (identical objects are skipped), then verify each stored
+   object's size and sha256 against the manifest, and drop stale objects the manifest no longer lists.
+3. Upload the manifest (``metadata.json``), then write SUCCESS last, locally and in the bucket.
+
+A crash anywhere leaves no SUCCESS; a rerun is safe and sends only what is missing or changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e2e3d_provider.exceptions import ChecksumMismatchError
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.layout import (
+    MANIFEST_NAME,
+    SUCCESS_NAME,
+    manifest_key,
+    output_prefix,
+    success_key,
+)
+from e2e3d_provider.manifest import Manifest, build_manifest, sha256_file, write_atomic, write_manifest
+
+
+@dataclass
+class PublishResult:
+    """What a publish did: the manifest's totals and what actually crossed the wire."""
+
+    job_id: str
+    stamp: str
+    bucket: str
+    prefix: str
+    files: int
+    bytes: int
+    uploaded_files: int
+    uploaded_bytes: int
+    removed_stale: int
+    seconds: float
+    manifest_key: str
+    success_key: str
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "stamp": self.stamp, "bucket": self.bucket, "prefix": self.prefix,
+                "files": self.files, "bytes": self.bytes, "manifest_key": self.manifest_key,
+                "success_key": self.success_key, "uploaded_files": self.uploaded_files,
+                "uploaded_bytes": self.uploaded_bytes, "seconds": round(self.seconds, 3)}
+
+
+def verify_remote(storage: StorageHook, bucket: str, prefix: str, manifest: Manifest) -> None:
+    """Raise ChecksumMismatchError unless every manifest file is stored with its size and sha256."""
+    problems = []
+    for entry in manifest.files:
+        remote = storage.stat(bucket, prefix + entry.path)
+        if remote is None:
+            problems.append(f"{entry.path}: missing")
+        elif remote.size != entry.size or remote.sha256 != entry.sha256:
+            problems.append(f"{entry.path}: stored size/sha256 {remote.size}/{remote.sha256} != manifest")
+    if problems:
+        raise ChecksumMismatchError(f"{bucket}/{prefix} does not match the manifest: " + "; ".join(problems[:10]))
+
+
+def publish_run(storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bucket: str,
+                statistics: dict[str, Any] | None = None) -> PublishResult:
+    """Publish a run directory to ``bucket`` under ``<job_id>/`` following the commit protocol."""
+    prefix, marker, manifest_name = output_prefix(job_id), success_key(job_id), manifest_key(job_id)
+    (run_dir / SUCCESS_NAME).unlink(missing_ok=True)
+    storage.delete_object(bucket, marker)  # step 1: from here on, no reader trusts this job
+
+    manifest = build_manifest(run_dir, job_id, stamp, statistics)
+    if not manifest.files:
+        raise FileNotFoundError(f"run directory {run_dir} holds no result files to publish")
+    manifest.statistics.setdefault("files", len(manifest.files))
+    manifest.statistics.setdefault("bytes", manifest.total_bytes)
+    files = [(entry.path, run_dir.joinpath(*entry.path.split("/"))) for entry in manifest.files]
+    transfer = storage.upload_dir(run_dir, bucket, prefix, files=files,
+                                  checksums={entry.path: entry.sha256 for entry in manifest.files})
+    verify_remote(storage, bucket, prefix, manifest)
+
+    keep = {prefix + entry.path for entry in manifest.files} | {marker, manifest_name}
+    stale = [key for key in storage.list_keys(bucket, prefix) if key not in keep]
+    for key in stale:
+        storage.delete_object(bucket, key)
+
+    manifest_path = run_dir / MANIFEST_NAME
+    write_manifest(manifest, manifest_path)
+    manifest_sha = sha256_file(manifest_path)
+    storage.upload_file(manifest_path, bucket, manifest_name, sha256=manifest_sha)
+
+    marker_body = json.dumps({"job_id": job_id, "stamp": stamp, "manifest_sha256": manifest_sha,
+                              "files": len(manifest.files), "bytes": manifest.total_bytes}, sort_keys=True).encode()
+    storage.put_bytes(bucket, marker, marker_body, "application/json")  # step 3: SUCCESS last
+    write_atomic(run_dir / SUCCESS_NAME, marker_body)
+    return PublishResult(job_id, stamp, bucket, prefix, len(manifest.files), manifest.total_bytes,
+                         transfer.files, transfer.bytes, len(stale), transfer.seconds, manifest_name, marker)
+
+
+def read_published_manifest(storage: StorageHook, bucket: str, job_id: str) -> Manifest:
+    """The manifest of a completed job; refuses a job without SUCCESS or whose marker does not
+    name this manifest."""
+    marker = storage.get_bytes(bucket, success_key(job_id))  # ObjectNotFoundError when not complete
+    raw = storage.get_bytes(bucket, manifest_key(job_id))
+    import hashlib
+
+    expected = json.loads(marker or b"{}").get("manifest_sha256")
+    if expected and hashlib.sha256(raw).hexdigest() != expected:
+        raise ChecksumMismatchError(f"{bucket}/{manifest_key(job_id)} is not the manifest its SUCCESS marker names")
+    return Manifest.from_json(raw)

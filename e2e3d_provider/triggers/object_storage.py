@@ -1,0 +1,90 @@
+"""Async triggers behind the deferrable sensors: they poll object storage from the triggerer,
+holding no worker slot, and resume the task with one event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+from asgiref.sync import sync_to_async
+
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.input_check import check_input
+
+
+async def storage_hook(conn_id: str) -> StorageHook:
+    """A StorageHook whose connection was fetched asynchronously (no sync secrets call in the loop)."""
+    connection = await StorageHook.aget_connection(conn_id)
+    return StorageHook(conn_id, connection=connection)
+
+
+class SuccessMarkerTrigger(BaseTrigger):
+    """Fires once ``bucket/key`` (a SUCCESS marker) exists; errors come back as events."""
+
+    def __init__(self, bucket: str, key: str, manifest_key: str | None = None,
+                 minio_conn_id: str = StorageHook.default_conn_name, poke_interval: float = 5.0) -> None:
+        super().__init__()
+        self.bucket = bucket
+        self.key = key
+        self.manifest_key = manifest_key
+        self.minio_conn_id = minio_conn_id
+        self.poke_interval = poke_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"bucket": self.bucket, "key": self.key, "manifest_key": self.manifest_key,
+                 "minio_conn_id": self.minio_conn_id, "poke_interval": self.poke_interval})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            hook = await storage_hook(self.minio_conn_id)
+            await sync_to_async(hook.require_bucket)(self.bucket)
+            while True:
+                if await sync_to_async(hook.exists)(self.bucket, self.key):
+                    yield TriggerEvent({"status": "success", "bucket": self.bucket, "marker_key": self.key,
+                                        "manifest_key": self.manifest_key})
+                    return
+                self.log.info("waiting for %s/%s", self.bucket, self.key)
+                await asyncio.sleep(self.poke_interval)
+        except Exception as err:
+            yield TriggerEvent({"status": "error", "message": f"{type(err).__name__}: {err}"})
+
+
+class InputPresenceTrigger(BaseTrigger):
+    """Fires once a prefix holds ``min_files`` objects matching ``patterns``, unchanged for ``stable_for`` s."""
+
+    def __init__(self, bucket: str, prefix: str, patterns: Sequence[str], min_files: int = 1,
+                 stable_for: float = 0.0, minio_conn_id: str = StorageHook.default_conn_name,
+                 poke_interval: float = 5.0) -> None:
+        super().__init__()
+        self.bucket = bucket
+        self.prefix = prefix
+        self.patterns = list(patterns)
+        self.min_files = min_files
+        self.stable_for = stable_for
+        self.minio_conn_id = minio_conn_id
+        self.poke_interval = poke_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"bucket": self.bucket, "prefix": self.prefix, "patterns": self.patterns,
+                 "min_files": self.min_files, "stable_for": self.stable_for,
+                 "minio_conn_id": self.minio_conn_id, "poke_interval": self.poke_interval})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            hook = await storage_hook(self.minio_conn_id)
+            while True:
+                objects = await sync_to_async(hook.list_objects)(self.bucket, self.prefix)
+                state = check_input(objects, self.prefix, self.patterns, self.min_files, self.stable_for,
+                                    datetime.now(UTC))
+                if state.ready:
+                    yield TriggerEvent({"status": "success", **state.to_xcom()})
+                    return
+                self.log.info("not ready: %s", state.reason)
+                await asyncio.sleep(self.poke_interval)
+        except Exception as err:
+            yield TriggerEvent({"status": "error", "message": f"{type(err).__name__}: {err}"})
