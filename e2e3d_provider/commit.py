@@ -11,6 +11,7 @@ A crash anywhere leaves no SUCCESS; a rerun is safe and sends only what is missi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ def verify_remote(storage: StorageHook, bucket: str, prefix: str, manifest: Mani
 
 
 def publish_run(storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bucket: str,
-                statistics: dict[str, Any] | None = None) -> PublishResult:
+                statistics: dict[str, Any] | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> PublishResult:
     """Publish a run directory to ``bucket`` under ``<job_id>/`` following the commit protocol."""
     prefix, marker, manifest_name = output_prefix(job_id), success_key(job_id), manifest_key(job_id)
     (run_dir / SUCCESS_NAME).unlink(missing_ok=True)
@@ -78,7 +80,8 @@ def publish_run(storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bu
     manifest.statistics.setdefault("bytes", manifest.total_bytes)
     files = [(entry.path, run_dir.joinpath(*entry.path.split("/"))) for entry in manifest.files]
     transfer = storage.upload_dir(run_dir, bucket, prefix, files=files,
-                                  checksums={entry.path: entry.sha256 for entry in manifest.files})
+                                  checksums={entry.path: entry.sha256 for entry in manifest.files},
+                                  on_progress=on_progress)
     verify_remote(storage, bucket, prefix, manifest)
 
     keep = {prefix + entry.path for entry in manifest.files} | {marker, manifest_name}

@@ -272,8 +272,12 @@ def iter_local_files(local_dir: Path) -> list[tuple[str, Path]]:
 def upload_directory(client: Minio, bucket: str, local_dir: Path, prefix: str, *, translate: Translate,
                      files: list[tuple[str, Path]] | None = None, workers: int = DEFAULT_WORKERS,
                      part_size: int = DEFAULT_PART_SIZE, attempts: int = DEFAULT_ATTEMPTS,
-                     checksums: dict[str, str] | None = None) -> TransferResult:
-    """Upload every file below ``local_dir`` (or the given ``files``) to ``bucket`` under ``prefix``."""
+                     checksums: dict[str, str] | None = None,
+                     on_progress: Callable[[int, int], None] | None = None) -> TransferResult:
+    """Upload every file below ``local_dir`` (or the given ``files``) to ``bucket`` under ``prefix``.
+
+    ``on_progress(files_done, files_total)`` is called after each file (from worker threads).
+    """
     files = iter_local_files(local_dir) if files is None else files
     checksums = checksums or {}
     sizes = {rel: path.stat().st_size for rel, path in files}
@@ -295,7 +299,10 @@ def upload_directory(client: Minio, bucket: str, local_dir: Path, prefix: str, *
                 result.skipped_files += 1
                 result.skipped_bytes += size
             result.keys.append(key)
+            done = len(result.keys)
         progress.add(size)
+        if on_progress is not None:
+            on_progress(done, len(files))
 
     run_parallel(files, one, workers, lambda item: prefix + item[0], translate)
     result.seconds = progress.finish()

@@ -242,8 +242,13 @@ class StorageHook(BaseHook):
 
     def upload_dir(self, local_dir: str | Path, bucket: str, prefix: str = "", *,
                    files: list[tuple[str, Path]] | None = None,
-                   checksums: dict[str, str] | None = None) -> TransferResult:
-        """Upload a directory in parallel; files whose stored sha256 equals the local one are skipped."""
+                   checksums: dict[str, str] | None = None,
+                   on_progress: Any = None) -> TransferResult:
+        """Upload a directory in parallel; files whose stored sha256 equals the local one are skipped.
+
+        ``files`` limits the upload to ``(relpath, path)`` pairs; ``checksums`` maps relpath to a
+        sha256 already computed; ``on_progress(files_done, files_total)`` follows each file.
+        """
         local_dir = Path(local_dir)
         if not local_dir.is_dir():
             raise FileNotFoundError(f"cannot upload {local_dir}: no such directory")
@@ -251,7 +256,7 @@ class StorageHook(BaseHook):
         self.require_bucket(bucket)
         result = transfer.upload_directory(self.client, bucket, local_dir, prefix, translate=self.translate,
                                            files=files, workers=self.max_workers, part_size=self.part_size,
-                                           attempts=self.attempts, checksums=checksums)
+                                           attempts=self.attempts, checksums=checksums, on_progress=on_progress)
         self._log_result(result)
         return result
 
