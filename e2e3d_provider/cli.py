@@ -56,6 +56,23 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from e2e3d_provider.hooks.storage import StorageHook
+    from e2e3d_provider.ingest import ingest
+
+    result = ingest(StorageHook(args.minio_conn_id), args.directory, args.dataset, bucket=args.bucket,
+                    skip_invalid=args.skip_invalid)
+    print(f"dataset {args.dataset}: {result.files} images uploaded ({result.bytes} bytes), "
+          f"{result.skipped_files} already present, to {args.bucket}/{args.dataset}/")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from e2e3d_provider.demo import run_demo
+
+    return run_demo(keep_stack=args.keep_stack, stack_dir=Path(args.dir) if args.dir else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2e3d", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--noncurrent-days", type=int, default=30,
                       help="days after which noncurrent object versions expire")
     boot.set_defaults(func=cmd_bootstrap)
+
+    ing = sub.add_parser("ingest", help="upload a local folder of images to the input bucket as a dataset")
+    ing.add_argument("directory")
+    ing.add_argument("--dataset", required=True)
+    ing.add_argument("--bucket", default="input")
+    ing.add_argument("--minio-conn-id", default="minio_default")
+    ing.add_argument("--skip-invalid", action="store_true", help="skip non-image files instead of failing")
+    ing.set_defaults(func=cmd_ingest)
+
+    demo = sub.add_parser("demo", help="run the whole lifecycle DAG on the embedded stack with a sample dataset")
+    demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--dir", help="stack directory (default with --keep-stack: the default stack dir)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -13,7 +13,8 @@ from datetime import datetime
 
 from e2e3d_provider.transfer import RemoteObject
 
-DEFAULT_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+DEFAULT_PATTERNS = tuple(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
 
 
 def matches(key: str, patterns: Sequence[str]) -> bool:

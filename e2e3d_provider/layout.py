@@ -130,6 +130,15 @@ def resolve_data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(value or DEFAULT_DATA_ROOT).expanduser().resolve()
 
 
+def job_id_from_run_id(run_id: str) -> str:
+    """A valid job id derived from an Airflow run id (``manual__2026-11-24T10:00:00+00:00`` ->
+    ``manual__2026-11-24T10-00-00-00-00``): invalid characters become ``-``, ``..`` is collapsed."""
+    candidate = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-._")
+    while ".." in candidate:
+        candidate = candidate.replace("..", ".")
+    return validate_id(("job-" + candidate if not candidate[:1].isalnum() else candidate)[:128] or "job", "job_id")
+
+
 def run_name(job_id: str, stamp: str) -> str:
     """Return ``<job_id>_<stamp>``, the name of one run of a job."""
     return f"{validate_id(job_id, 'job_id')}_{validate_stamp(stamp)}"

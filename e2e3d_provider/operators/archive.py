@@ -22,6 +22,7 @@ from e2e3d_provider.layout import (
     success_key,
     validate_id,
 )
+from e2e3d_provider.operators.run_context import as_bool
 from e2e3d_provider.transfer import run_parallel
 
 
@@ -72,14 +73,14 @@ class ArchiveOperator(BaseOperator):
     Returns ``{"job_id", "archive_key", "archive_bucket", "stamp", "files", "bytes"}``.
 
     :param job_id: job id (templated).
-    :param remove_source: delete the job from the source bucket once archived.
+    :param remove_source: delete the job from the source bucket once archived (templated).
     """
 
-    template_fields: Sequence[str] = ("job_id", "source_bucket", "archive_bucket")
+    template_fields: Sequence[str] = ("job_id", "source_bucket", "archive_bucket", "remove_source")
     ui_color = "#d0d0d0"
 
     def __init__(self, *, job_id: str, source_bucket: str = BUCKET_OUTPUT, archive_bucket: str = BUCKET_ARCHIVE,
-                 remove_source: bool = False, minio_conn_id: str = StorageHook.default_conn_name,
+                 remove_source: bool | str = False, minio_conn_id: str = StorageHook.default_conn_name,
                  metadata_conn_id: str | None = MetadataHook.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job_id = job_id
@@ -95,7 +96,7 @@ class ArchiveOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         result = archive_job(self.storage, self.job_id, source_bucket=self.source_bucket,
-                             archive_bucket=self.archive_bucket, remove_source=self.remove_source)
+                             archive_bucket=self.archive_bucket, remove_source=as_bool(self.remove_source))
         if self.metadata_conn_id:
             meta = MetadataHook(self.metadata_conn_id)
             job = meta.get_job(result.job_id, result.stamp)

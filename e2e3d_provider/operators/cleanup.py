@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator, TriggerRule
 
 from e2e3d_provider.layout import RunLayout, resolve_data_root
 from e2e3d_provider.operators.local_paths import inside_root, remove_tree
+from e2e3d_provider.operators.run_context import as_bool
 
 
 class CleanupOperator(BaseOperator):
@@ -22,11 +23,11 @@ class CleanupOperator(BaseOperator):
     Returns ``{"removed": [...], "missing": [...]}``.
     """
 
-    template_fields: Sequence[str] = ("temp_dir", "run_dir", "job_id", "stamp", "data_root")
+    template_fields: Sequence[str] = ("temp_dir", "run_dir", "job_id", "stamp", "data_root", "remove_run_dir")
     ui_color = "#e8c5c5"
 
     def __init__(self, *, temp_dir: str | None = None, run_dir: str | None = None, job_id: str | None = None,
-                 stamp: str | None = None, remove_run_dir: bool = False, data_root: str | None = None,
+                 stamp: str | None = None, remove_run_dir: bool | str = False, data_root: str | None = None,
                  **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
         super().__init__(**kwargs)
@@ -46,7 +47,7 @@ class CleanupOperator(BaseOperator):
             layout = RunLayout(root, str(self.job_id), str(self.stamp))
         temp = self.temp_dir if given(self.temp_dir) else (str(layout.temp_dir) if layout else None)
         targets = [temp] if temp else []
-        if self.remove_run_dir:
+        if as_bool(self.remove_run_dir):
             run = self.run_dir if given(self.run_dir) else (str(layout.run_dir) if layout else None)
             if run:
                 targets.append(run)

@@ -1,4 +1,4 @@
-"""What an operator derives from its task context: the run stamp."""
+"""What an operator derives from its task context and rendered templates: the run stamp, flags."""
 
 from __future__ import annotations
 
@@ -18,3 +18,15 @@ def run_stamp(context: Any, explicit: str | None = None) -> str:
     if dag_run is not None:
         when = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None)
     return make_stamp(when)
+
+
+def as_bool(value: object) -> bool:
+    """A flag that may arrive rendered from a template (``"True"``, ``"false"``, ``"0"``...)."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off", "", "none"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    return bool(value)

@@ -24,33 +24,43 @@ class InputPresenceSensor(StorageSensor):
 
     :param dataset: dataset id (templated).
     :param patterns: file-name globs, case-insensitive (default: common image types).
-    :param min_files: how many matching objects make the dataset present.
-    :param stable_for: seconds without change required before firing (0: fire at once).
+    :param min_files: how many matching objects make the dataset present (templated).
+    :param stable_for: seconds without change required before firing (0: fire at once; templated).
     """
 
-    template_fields: Sequence[str] = ("dataset", "bucket")
+    template_fields: Sequence[str] = ("dataset", "bucket", "min_files", "stable_for")
     ui_color = "#c5d8e8"
 
     def __init__(self, *, dataset: str, bucket: str = BUCKET_INPUT, patterns: Sequence[str] = DEFAULT_PATTERNS,
-                 min_files: int = 1, stable_for: float = 0.0, **kwargs: Any) -> None:
+                 min_files: int | str = 1, stable_for: float | str = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if min_files < 1:
-            raise ValueError("min_files must be at least 1")
-        if stable_for < 0:
-            raise ValueError("stable_for must not be negative")
+        if not isinstance(min_files, str) or not isinstance(stable_for, str):
+            self._limits(min_files, stable_for)  # plain values are checked while parsing the DAG
         self.dataset = dataset
         self.bucket = bucket
         self.patterns = list(patterns)
         self.min_files = min_files
         self.stable_for = stable_for
 
+    @staticmethod
+    def _limits(min_files: int | str, stable_for: float | str) -> tuple[int, float]:
+        """``min_files`` and ``stable_for`` as numbers (they may arrive rendered from templates)."""
+        count, quiet = int(min_files), float(stable_for)
+        if count < 1:
+            raise ValueError("min_files must be at least 1")
+        if quiet < 0:
+            raise ValueError("stable_for must not be negative")
+        return count, quiet
+
     def poke(self, context: Any) -> PokeReturnValue:
         prefix = input_prefix(self.dataset)
+        min_files, stable_for = self._limits(self.min_files, self.stable_for)
         objects = self.hook.list_objects(validate_bucket(self.bucket), prefix)
-        state = check_input(objects, prefix, self.patterns, self.min_files, self.stable_for, datetime.now(UTC))
+        state = check_input(objects, prefix, self.patterns, min_files, stable_for, datetime.now(UTC))
         self.log.info("%s: %s", "ready" if state.ready else "not ready", state.reason)
         return PokeReturnValue(state.ready, state.to_xcom())
 
     def make_trigger(self) -> InputPresenceTrigger:
+        min_files, stable_for = self._limits(self.min_files, self.stable_for)
         return InputPresenceTrigger(validate_bucket(self.bucket), input_prefix(self.dataset), self.patterns,
-                                    self.min_files, self.stable_for, self.minio_conn_id, float(self.poke_interval))
+                                    min_files, stable_for, self.minio_conn_id, float(self.poke_interval))

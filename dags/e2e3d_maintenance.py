@@ -1,0 +1,69 @@
+"""E2E3D maintenance, daily: clean old temp dirs, archive completed jobs, apply output retention,
+record storage statistics and throughput, check health. Every task is idempotent.
+
+Thresholds come from the DAG params when set, else from PostgreSQL's ``e2e3d.config``
+(``temp_max_age_hours``, ``output_retention_days``), else 24 h and 30 days.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, task
+
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.layout import resolve_data_root
+from e2e3d_provider.operators import maintenance
+
+MINIO_CONN_ID = "minio_default"
+METADATA_CONN_ID = "e2e3d_metadata"
+
+
+@dag(
+    dag_id="e2e3d_maintenance",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["e2e3d"],
+    doc_md=__doc__,
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=5)},
+    params={
+        "temp_max_age_hours": Param(None, type=["null", "number"], minimum=0,
+                                    description="temp dirs untouched this long are removed (default: config)"),
+        "output_retention_days": Param(None, type=["null", "number"], minimum=0,
+                                       description="archived outputs older than this leave `output` (default: config)"),
+    },
+)
+def e2e3d_maintenance() -> None:
+    @task
+    def health() -> dict[str, Any]:
+        return maintenance.check_health(StorageHook(MINIO_CONN_ID), MetadataHook(METADATA_CONN_ID))
+
+    @task
+    def clean_temp(params: dict[str, Any]) -> dict[str, Any]:
+        hours = maintenance.setting(MetadataHook(METADATA_CONN_ID), maintenance.CONFIG_TEMP_MAX_AGE_HOURS,
+                                    params.get("temp_max_age_hours"))
+        return maintenance.clean_temp(resolve_data_root(), hours)
+
+    @task
+    def archive_completed() -> dict[str, Any]:
+        return maintenance.archive_completed(StorageHook(MINIO_CONN_ID), MetadataHook(METADATA_CONN_ID))
+
+    @task
+    def apply_retention(params: dict[str, Any]) -> dict[str, Any]:
+        metadata = MetadataHook(METADATA_CONN_ID)
+        days = maintenance.setting(metadata, maintenance.CONFIG_RETENTION_DAYS, params.get("output_retention_days"))
+        return maintenance.apply_retention(StorageHook(MINIO_CONN_ID), metadata, days)
+
+    @task
+    def storage_statistics() -> dict[str, Any]:
+        return maintenance.record_statistics(StorageHook(MINIO_CONN_ID), MetadataHook(METADATA_CONN_ID))
+
+    checked = health()
+    checked >> [clean_temp(), archive_completed() >> apply_retention() >> storage_statistics()]
+
+
+e2e3d_maintenance()

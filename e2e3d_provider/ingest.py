@@ -1,0 +1,59 @@
+"""Ingest: a local folder of images into the ``input`` bucket as a dataset, with checksums."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from e2e3d_provider.exceptions import E2E3DError
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.input_check import IMAGE_SUFFIXES
+from e2e3d_provider.layout import BUCKET_INPUT, input_prefix, validate_id
+from e2e3d_provider.transfer import TransferResult, iter_local_files
+
+
+class InvalidInputError(E2E3DError):
+    """The folder holds files that are not images (or no images at all)."""
+
+
+def classify(directory: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """Split the files below ``directory`` into images and ``(relpath, reason)`` rejects.
+
+    An image has an image suffix and bytes Pillow can identify and verify as an image.
+    """
+    images, rejected = [], []
+    for rel, path in iter_local_files(directory):
+        if rel.rsplit("/", 1)[-1].startswith("."):
+            continue  # hidden files (.DS_Store and friends) are not data
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            rejected.append((rel, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"))
+            continue
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            rejected.append((rel, f"not a readable image: {err}"))
+            continue
+        images.append((rel, path))
+    return images, rejected
+
+
+def ingest(storage: StorageHook, directory: str | Path, dataset: str, *, bucket: str = BUCKET_INPUT,
+           skip_invalid: bool = False) -> TransferResult:
+    """Upload every image below ``directory`` to ``<bucket>/<dataset>/``; files already there with the
+    same sha256 are skipped. Any non-image file fails the whole ingest (nothing is uploaded) unless
+    ``skip_invalid``."""
+    dataset = validate_id(dataset, "dataset")
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InvalidInputError(f"{directory} is not a directory")
+    images, rejected = classify(directory)
+    if rejected and not skip_invalid:
+        shown = "; ".join(f"{rel}: {reason}" for rel, reason in rejected[:10])
+        more = f" (+{len(rejected) - 10} more)" if len(rejected) > 10 else ""
+        raise InvalidInputError(f"{len(rejected)} file(s) in {directory} are not images, nothing was uploaded: "
+                                f"{shown}{more}. Remove them or pass --skip-invalid.")
+    if not images:
+        raise InvalidInputError(f"no images in {directory}")
+    return storage.upload_dir(directory, bucket, input_prefix(dataset), files=images)
