@@ -23,7 +23,12 @@ _AIRFLOW_HOME = tempfile.mkdtemp(prefix="e2e3d-airflow-home-")
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parent / "dags")
+REPO = Path(__file__).resolve().parents[1]
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+# dag.test() runs only DAGs found in a bundle: the product DAGs and the tests' own small DAGs.
+os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([
+    {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {"path": str(path)}}
+    for name, path in (("e2e3d-dags", REPO / "dags"), ("e2e3d-test-dags", REPO / "tests" / "dags"))])
 os.environ.setdefault("XDG_RUNTIME_DIR", _AIRFLOW_HOME)
 os.environ.pop("E2E3D_DATA_ROOT", None)
 
@@ -102,6 +107,16 @@ def run_dag(airflow_db, connections):
         return dag.test(run_conf=conf)
 
     return run
+
+
+def load_repo_dag(file_name: str, factory: str):
+    """Build a DAG of the repository's dags/ folder (tests may import what products must not)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"repo_dags_{Path(file_name).stem}", REPO / "dags" / file_name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, factory)()
 
 
 def xcom(dag_run, task_id: str):

@@ -1,0 +1,182 @@
+"""The example DAGs: they load, the lifecycle runs end to end, failures are recorded and cleaned,
+maintenance works on seeded old jobs; ingest and the demo command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.ingest import InvalidInputError, ingest
+from e2e3d_provider.layout import RunLayout, archive_prefix, job_id_from_run_id
+from tests.conftest import REPO, load_repo_dag, task_states, write_files, xcom
+
+SAMPLE = REPO / "e2e3d_provider" / "sample_data" / "terrain"
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("E2E3D_DATA_ROOT", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_every_dag_loads_without_import_errors() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    for folder, expected in ((REPO / "dags", {"e2e3d_reconstruction", "e2e3d_maintenance"}),
+                             (REPO / "tests" / "dags", {"e2e3d_test_blocks", "e2e3d_test_deferrable"})):
+        bag = DagBag(dag_folder=str(folder))
+        assert bag.import_errors == {}, bag.import_errors
+        assert expected <= set(bag.dag_ids)
+    lifecycle = DagBag(dag_folder=str(REPO / "dags")).dags["e2e3d_reconstruction"]
+    assert {"dataset", "job_id"} <= set(lifecycle.params)
+    assert lifecycle.get_task("cleanup").trigger_rule == "all_done"
+    assert lifecycle.get_task("mark_failed").trigger_rule == "one_failed"
+
+
+def test_job_ids_derived_from_run_ids_are_valid() -> None:
+    assert job_id_from_run_id("manual__2026-11-24T10:00:00+00:00") == "manual__2026-11-24T10-00-00-00-00"
+    assert job_id_from_run_id("__..x..") == "x"
+    assert len(job_id_from_run_id("a" * 300)) == 128
+
+
+def test_lifecycle_dag_end_to_end(run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path,
+                                  unique_id: str) -> None:
+    dataset = f"ds-{unique_id}"
+    ingest(storage, SAMPLE, dataset)
+    dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
+    dr = run_dag(dag, {"dataset": dataset, "job_id": unique_id})
+    states = task_states(dr)
+    assert str(dr.state) == "success", states
+    assert states.pop("mark_failed") == "skipped" and set(states.values()) == {"success"}, states
+
+    prepared = xcom(dr, "prepare")
+    stamp = prepared["stamp"]
+    run = RunLayout(data_root, unique_id, stamp)
+    manifest = json.loads(storage.get_bytes("output", f"{unique_id}/metadata.json"))
+    assert {e["path"] for e in manifest["files"]} == {"mesh/reconstructed_mesh.obj", "mesh/reconstructed_mesh.mtl",
+                                                      "textures/texture.png", "pointcloud/pointcloud.ply",
+                                                      "logs/reconstruct.log"}
+    for entry in manifest["files"]:
+        remote = storage.stat("output", f"{unique_id}/{entry['path']}")
+        assert (remote.size, remote.sha256) == (entry["size"], entry["sha256"])
+        assert hashlib.sha256((run.run_dir / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+        archived = storage.stat("archive", archive_prefix(unique_id, stamp) + entry["path"])
+        assert archived.sha256 == entry["sha256"]
+    assert storage.exists("output", f"{unique_id}/SUCCESS")
+    assert storage.exists("archive", archive_prefix(unique_id, stamp) + "SUCCESS")
+    assert manifest["statistics"]["images"] == 6 and manifest["statistics"]["faces"] > 0
+
+    job = metadata.get_job(unique_id, stamp)
+    assert job["status"] == "archived" and job["dataset"] == dataset and job["files"] == 5
+    assert job["archive_key"] == f"archive/{archive_prefix(unique_id, stamp)}"
+    assert len(metadata.job_files(unique_id, stamp)) == 5
+    with metadata.transaction() as cur:
+        cur.execute("SELECT direction, files FROM e2e3d.transfers WHERE job_id = %s ORDER BY direction",
+                    (unique_id,))
+        assert cur.fetchall() == [("download", 6), ("upload", 5)]
+    assert not run.temp_dir.exists() and run.run_dir.exists()  # temp cleaned, results kept locally
+    assert xcom(dr, "stage_in")["output_dir"] == str(run.run_dir)
+
+
+def test_failing_reconstruct_marks_the_job_failed_and_still_cleans(run_dag, storage: StorageHook,
+                                                                   metadata: MetadataHook, data_root: Path,
+                                                                   unique_id: str) -> None:
+    dataset = f"bad-{unique_id}"
+    for i in range(2):  # files named like images that are not images: the reconstruction cannot read them
+        storage.put_bytes("input", f"{dataset}/broken_{i}.jpg", b"definitely not a jpeg")
+    dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
+    dr = run_dag(dag, {"dataset": dataset, "job_id": unique_id})
+    states = task_states(dr)
+    assert str(dr.state) == "failed", states
+    assert states["reconstruct"] == "failed" and states["upload_results"] == "upstream_failed"
+    assert states["cleanup"] == "success" and states["mark_failed"] == "failed"
+    stamp = xcom(dr, "prepare")["stamp"]
+    job = metadata.get_job(unique_id, stamp)
+    assert job["status"] == "failed" and "reconstruct" in job["error"]
+    assert not RunLayout(data_root, unique_id, stamp).temp_dir.exists()
+    assert not storage.exists("output", f"{unique_id}/SUCCESS")
+
+
+def test_maintenance_dag_on_seeded_old_jobs(run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path,
+                                            unique_id: str) -> None:
+    from e2e3d_provider.commit import publish_run
+
+    stamp = "20260101T000000Z"
+    old, fresh, done = f"{unique_id}-old", f"{unique_id}-fresh", f"{unique_id}-done"
+    for job in (old, fresh, done):
+        run_dir = data_root / "output" / job / f"{job}_{stamp}"
+        write_files(run_dir, {"mesh/reconstructed_mesh.obj": f"v {job}".encode()})
+        publish_run(storage, run_dir, job, stamp, "output")
+        metadata.record_job(job, stamp, "ds", "running")
+        metadata.record_job(job, stamp, "ds", "succeeded")
+    with metadata.transaction() as cur:  # an old job, finished 90 days ago
+        cur.execute("UPDATE e2e3d.jobs SET finished_at = now() - interval '90 days' WHERE job_id IN (%s, %s)",
+                    (old, done))
+    # temp dirs: one abandoned two days ago, one in use
+    stale_temp, live_temp = data_root / "temp" / f"{old}_{stamp}", data_root / "temp" / f"{fresh}_{stamp}"
+    write_files(stale_temp, {"x.tmp": b"x"})
+    write_files(live_temp, {"y.tmp": b"y"})
+    two_days_ago = time.time() - 2 * 86400
+    for path in (stale_temp / "x.tmp", stale_temp):
+        os.utime(path, (two_days_ago, two_days_ago))
+    metadata.set_config("output_retention_days", 30)
+
+    dag = load_repo_dag("e2e3d_maintenance.py", "e2e3d_maintenance")
+    dr = run_dag(dag, {})
+    assert set(task_states(dr).values()) == {"success"}, task_states(dr)
+
+    assert not stale_temp.exists() and live_temp.exists()
+    for job in (old, fresh, done):
+        assert metadata.get_job(job, stamp)["status"] == "archived"
+        assert storage.exists("archive", archive_prefix(job, stamp) + "SUCCESS")
+    assert storage.list_keys("output", old) == [] and storage.list_keys("output", done) == []  # past retention
+    assert storage.exists("output", f"{fresh}/SUCCESS")  # within retention: kept
+    assert xcom(dr, "apply_retention")["removed"] >= 2
+    latest = {s["bucket"]: s for s in metadata.latest_storage_stats()}
+    assert set(latest) >= {"input", "output", "models", "archive"}
+    assert latest["archive"]["taken_at"] > datetime.now(UTC) - timedelta(minutes=5)
+    assert "upload" in metadata.get_config("transfer_throughput_24h")
+
+    again = run_dag(dag, {})  # idempotent: nothing left to do, nothing breaks
+    assert set(task_states(again).values()) == {"success"}
+    assert xcom(again, "apply_retention")["removed"] == 0
+
+
+def test_ingest_rejects_non_images_and_uploads_nothing(storage: StorageHook, tmp_path: Path, unique_id: str) -> None:
+    write_files(tmp_path, {"a.jpg": (SAMPLE / "view_01.jpg").read_bytes(), "notes.txt": b"hello",
+                           "fake.png": b"not a png", ".DS_Store": b"junk"})
+    with pytest.raises(InvalidInputError, match=r"2 file\(s\).*notes\.txt.*fake\.png|2 file\(s\).*fake\.png"):
+        ingest(storage, tmp_path, unique_id)
+    assert storage.list_keys("input", unique_id) == []
+    result = ingest(storage, tmp_path, unique_id, skip_invalid=True)
+    assert result.files == 1 and storage.list_keys("input", unique_id) == [f"{unique_id}/a.jpg"]
+
+
+def test_ingest_cli(connections: dict, tmp_path: Path, unique_id: str) -> None:
+    e2e3d = str(Path(sys.executable).parent / "e2e3d")
+    write_files(tmp_path, {"x.txt": b"x"})
+    bad = subprocess.run([e2e3d, "ingest", str(tmp_path), "--dataset", unique_id], capture_output=True, text=True)
+    assert bad.returncode == 2 and "x.txt" in bad.stderr and "Traceback" not in bad.stderr
+    good = subprocess.run([e2e3d, "ingest", str(SAMPLE), "--dataset", unique_id], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "6 images uploaded" in good.stdout
+
+
+@pytest.mark.slow
+def test_demo_command_runs_the_whole_lifecycle(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "E2E3D"))}
+    result = subprocess.run([str(Path(sys.executable).parent / "e2e3d"), "demo"], capture_output=True, text=True,
+                            env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("sha256 matches the manifest") == 3
+    assert "status         archived" in result.stdout
