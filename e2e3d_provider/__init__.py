@@ -16,6 +16,10 @@ def get_provider_info() -> dict[str, Any]:
     The object-storage and metadata hooks reuse Airflow's standard ``aws`` and ``postgres``
     connection types (registered by the amazon and postgres providers), so no connection
     type is claimed here: claiming them again would clash with those providers.
+
+    The results-API plugin is registered through the ``airflow.plugins`` entry point, not a
+    ``plugins`` entry here: Airflow loads provider-declared plugins only when
+    ``[core] lazy_discover_providers`` is off, and entry-point plugins always.
     """
     return {
         "package-name": PACKAGE_NAME,
@@ -35,5 +39,26 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": INTEGRATION_NAME,
                 "python-modules": ["e2e3d_provider.hooks.storage", "e2e3d_provider.hooks.metadata"],
             }
+        ],
+        "operators": [
+            {
+                "integration-name": INTEGRATION_NAME,
+                "python-modules": [
+                    "e2e3d_provider.operators.stage_in",
+                    "e2e3d_provider.operators.upload_results",
+                    "e2e3d_provider.operators.cleanup",
+                    "e2e3d_provider.operators.metadata_record",
+                    "e2e3d_provider.operators.archive",
+                ],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": INTEGRATION_NAME,
+                "python-modules": ["e2e3d_provider.sensors.success_marker", "e2e3d_provider.sensors.input_presence"],
+            }
+        ],
+        "triggers": [
+            {"integration-name": INTEGRATION_NAME, "python-modules": ["e2e3d_provider.triggers.object_storage"]}
         ],
     }

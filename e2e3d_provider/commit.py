@@ -10,6 +10,7 @@ A crash anywhere leaves no SUCCESS; a rerun is safe and sends only what is missi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,14 +103,16 @@ def publish_run(storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bu
                          transfer.files, transfer.bytes, len(stale), transfer.seconds, manifest_name, marker)
 
 
-def read_published_manifest(storage: StorageHook, bucket: str, job_id: str) -> Manifest:
-    """The manifest of a completed job; refuses a job without SUCCESS or whose marker does not
-    name this manifest."""
-    marker = storage.get_bytes(bucket, success_key(job_id))  # ObjectNotFoundError when not complete
-    raw = storage.get_bytes(bucket, manifest_key(job_id))
-    import hashlib
-
+def read_published_manifest(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> Manifest:
+    """The manifest of a completed job below ``prefix`` (default ``<job_id>/``); refuses a job without
+    SUCCESS (ObjectNotFoundError) or whose marker does not name this manifest."""
+    prefix = prefix if prefix is not None else output_prefix(job_id)
+    marker = storage.get_bytes(bucket, prefix + SUCCESS_NAME)
+    raw = storage.get_bytes(bucket, prefix + MANIFEST_NAME)
     expected = json.loads(marker or b"{}").get("manifest_sha256")
     if expected and hashlib.sha256(raw).hexdigest() != expected:
-        raise ChecksumMismatchError(f"{bucket}/{manifest_key(job_id)} is not the manifest its SUCCESS marker names")
-    return Manifest.from_json(raw)
+        raise ChecksumMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} is not the manifest its SUCCESS marker names")
+    manifest = Manifest.from_json(raw)
+    if manifest.job_id != job_id:
+        raise ChecksumMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} belongs to job {manifest.job_id}, not {job_id}")
+    return manifest

@@ -23,9 +23,10 @@ def test_provider_info_matches_airflows_schema() -> None:
     info = e2e3d_provider.get_provider_info()
     jsonschema.validate(info, json.loads(schema_path.read_text()))
     assert info["package-name"] == "e2e3d-provider"
-    modules = info["hooks"][0]["python-modules"]
-    for module in modules:
-        __import__(module)
+    for section in ("hooks", "operators", "sensors", "triggers"):
+        for module in info[section][0]["python-modules"]:
+            __import__(module)
+
 
 
 def test_airflow_providers_list_shows_the_provider(tmp_path: Path) -> None:
@@ -72,3 +73,14 @@ def test_layering_dependencies_point_one_way() -> None:
     for path in package.rglob("*.py"):
         text = path.read_text()
         assert "from dags" not in text and "import plugins" not in text, path
+
+
+def test_airflow_plugins_lists_the_results_api(tmp_path: Path) -> None:
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"))
+    airflow_cli = shutil.which("airflow", path=str(Path(sys.executable).parent)) or "airflow"
+    result = subprocess.run([airflow_cli, "plugins", "-o", "json"], capture_output=True, text=True, env=env,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert list(plugins) == ["e2e3d"]  # once: the plugins/ file stands down when the package is installed
+    assert plugins["e2e3d"]["fastapi_apps"][0]["url_prefix"] == "/e2e3d"

@@ -1,0 +1,1 @@
+"""The results API the E2E3D plugin mounts on Airflow's api-server."""

@@ -173,12 +173,15 @@ class StorageHook(BaseHook):
         try:
             return transfer.with_retries(lambda: func(*args, **kwargs), what, self.attempts)
         except Exception as err:
+            if type(err).__name__ == "AirflowNotFoundException":
+                raise StorageError(f"no Airflow connection {self.minio_conn_id!r}: define it (for example as "
+                                   f"AIRFLOW_CONN_{self.minio_conn_id.upper()})") from err
             raise self.translate(err, what) from err
 
     def test_connection(self) -> tuple[bool, str]:
         """List buckets (the amazon hook's STS call fails on MinIO, apache/airflow #43871)."""
         try:
-            names = [b.name for b in self._call("list buckets", self.client.list_buckets)]
+            names = [b.name for b in self._call("list buckets", lambda: self.client.list_buckets())]
         except Exception as err:
             return False, str(err)
         return True, f"connected to {self.endpoint_url}; buckets: {', '.join(names) or '(none)'}"
@@ -187,7 +190,11 @@ class StorageHook(BaseHook):
         """Reachability, latency and the buckets seen; never raises."""
         started = time.monotonic()
         ok, message = self.test_connection()
-        return {"ok": ok, "endpoint": self.endpoint_url, "latency_ms": round((time.monotonic() - started) * 1000, 1),
+        try:
+            endpoint = self.endpoint_url
+        except Exception:
+            endpoint = None  # the connection itself is missing or incomplete: the message says so
+        return {"ok": ok, "endpoint": endpoint, "latency_ms": round((time.monotonic() - started) * 1000, 1),
                 "message": message}
 
     # -----------------------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""The E2E3D results API: pre-signed result and upload URLs, storage statistics, health.
+
+Mounted by the Airflow plugin under ``/e2e3d`` (so ``/e2e3d/api/...`` on the api-server). Every
+route but ``/api/health`` requires an Airflow JWT with permission on the reconstruction DAG's runs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from e2e3d_provider import __version__
+from e2e3d_provider.api.auth import authorized_user
+from e2e3d_provider.api.schemas import (
+    BucketUsage,
+    Health,
+    JobResults,
+    ResultFile,
+    StorageStats,
+    UploadGrant,
+    UploadRequest,
+    UploadURL,
+)
+from e2e3d_provider.exceptions import MetadataError, ObjectNotFoundError, StorageError, StorageUnreachableError
+from e2e3d_provider.input_check import IMAGE_SUFFIXES
+from e2e3d_provider.layout import (
+    BUCKET_ARCHIVE,
+    BUCKET_INPUT,
+    BUCKET_OUTPUT,
+    DEFAULT_BUCKETS,
+    MESH_RELPATH,
+    POINTCLOUD_RELPATH,
+    TEXTURE_RELPATH,
+    InvalidNameError,
+    archive_prefix,
+    input_prefix,
+    output_prefix,
+    validate_id,
+    validate_relpath,
+)
+
+DEFAULT_EXPIRY = 24 * 3600
+MAX_EXPIRY = 7 * 24 * 3600
+
+
+class Backends:
+    """The hooks behind the API, created on first use (never at import or app creation)."""
+
+    def __init__(self, minio_conn_id: str, metadata_conn_id: str) -> None:
+        self.minio_conn_id = minio_conn_id
+        self.metadata_conn_id = metadata_conn_id
+
+    @cached_property
+    def storage(self):
+        from e2e3d_provider.hooks.storage import StorageHook
+
+        return StorageHook(self.minio_conn_id)
+
+    @cached_property
+    def metadata(self):
+        from e2e3d_provider.hooks.metadata import MetadataHook
+
+        return MetadataHook(self.metadata_conn_id)
+
+
+def backends(request: Request) -> Backends:
+    return request.app.state.backends
+
+
+BackendsDep = Annotated[Backends, Depends(backends)]
+
+
+def checked_id(value: str, kind: str) -> str:
+    """Validate an id before anything touches storage: 422 otherwise."""
+    try:
+        return validate_id(value, kind)
+    except InvalidNameError as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from None
+
+
+protected = APIRouter(prefix="/api", dependencies=[Depends(authorized_user)])
+public = APIRouter(prefix="/api")
+
+
+@protected.get("/job/{job_id}/results", response_model=JobResults, tags=["results"],
+               responses={404: {"description": "unknown job"}, 409: {"description": "job not complete (no SUCCESS)"},
+                          422: {"description": "malformed job id or expiry"}})
+def job_results(job_id: str, b: BackendsDep,
+                expires: Annotated[int, Query(ge=1, le=MAX_EXPIRY, description="seconds the URLs stay valid "
+                                              "(max 7 days)")] = DEFAULT_EXPIRY) -> JobResults:
+    """Status from PostgreSQL and pre-signed URLs for every file of the job's manifest."""
+    from e2e3d_provider.commit import read_published_manifest
+
+    job_id = checked_id(job_id, "job_id")
+    job = b.metadata.get_job(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown job {job_id!r}")
+    places = [(BUCKET_OUTPUT, output_prefix(job_id))]
+    if job["status"] == "archived":  # its output may be gone after retention: serve the archive copy
+        places.append((BUCKET_ARCHIVE, archive_prefix(job_id, job["stamp"])))
+    for bucket, prefix in places:
+        try:
+            manifest = read_published_manifest(b.storage, bucket, job_id, prefix)
+            break
+        except ObjectNotFoundError:
+            continue
+    else:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id!r} is {job['status']}: its results are not "
+                                                      "complete (no SUCCESS marker)")
+    ttl = timedelta(seconds=expires)
+    files = [ResultFile(path=e.path, key=prefix + e.path, size=e.size, sha256=e.sha256,
+                        url=b.storage.presigned_get(bucket, prefix + e.path, ttl)) for e in manifest.files]
+    by_path = {f.path: f.url for f in files}
+    return JobResults(job_id=job_id, stamp=manifest.stamp, dataset=job["dataset"], status=job["status"],
+                      bucket=bucket, prefix=prefix, expires_in=expires, mesh=by_path.get(MESH_RELPATH),
+                      texture=by_path.get(TEXTURE_RELPATH), pointcloud=by_path.get(POINTCLOUD_RELPATH), files=files,
+                      statistics=dict(job.get("statistics") or manifest.statistics))
+
+
+@protected.post("/datasets/{dataset}/uploads", response_model=UploadGrant, tags=["uploads"],
+                responses={422: {"description": "malformed dataset id or file names"}})
+def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> UploadGrant:
+    """Pre-signed PUT URLs so a client uploads input images straight to object storage."""
+    dataset = checked_id(dataset, "dataset")
+    problems, names = [], []
+    for name in body.files:
+        try:
+            rel = validate_relpath(name)
+        except InvalidNameError as err:
+            problems.append(str(err))
+            continue
+        if not rel.lower().endswith(IMAGE_SUFFIXES):
+            problems.append(f"{name!r} is not an image file name ({', '.join(IMAGE_SUFFIXES)})")
+        names.append(rel)
+    if problems or len(set(names)) != len(names):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems or ["duplicate file names"])
+    ttl = timedelta(seconds=body.expires)
+    prefix = input_prefix(dataset)
+    return UploadGrant(dataset=dataset, bucket=BUCKET_INPUT, expires_in=body.expires,
+                       uploads=[UploadURL(file=name, key=prefix + name,
+                                          url=b.storage.presigned_put(BUCKET_INPUT, prefix + name, ttl))
+                                for name in names])
+
+
+@protected.get("/storage/stats", response_model=StorageStats, tags=["storage"])
+def storage_stats(b: BackendsDep) -> StorageStats:
+    """Space per bucket (as last recorded by maintenance, else measured now), jobs by status, and the
+    last 24 h of transfer throughput and errors."""
+    recorded = [s for s in b.metadata.latest_storage_stats() if not s["prefix"]]
+    if recorded:
+        buckets = [BucketUsage(bucket=s["bucket"], objects=s["objects"], bytes=s["bytes"],
+                               taken_at=s["taken_at"].isoformat()) for s in recorded]
+    else:
+        buckets = [BucketUsage(taken_at=None, **{k: v for k, v in b.storage.statistics(name).items() if k != "prefix"})
+                   for name in DEFAULT_BUCKETS if b.storage.bucket_exists(name)]
+    return StorageStats(buckets=buckets, jobs=b.metadata.job_counts(),
+                        transfers_24h=b.metadata.transfer_summary(since=datetime.now(UTC) - timedelta(hours=24)))
+
+
+@public.get("/health", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+def health(b: BackendsDep) -> Any:
+    """Reachability of object storage and PostgreSQL (no authentication)."""
+    storage = b.storage.health()
+    metadata = b.metadata.health()
+    ok = storage["ok"] and metadata["ok"]
+    body = Health(status="ok" if ok else "degraded", storage={k: storage[k] for k in ("ok", "endpoint", "latency_ms")},
+                  metadata={k: v for k, v in metadata.items() if k != "error"})
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+def create_app(minio_conn_id: str = "minio_default", metadata_conn_id: str = "e2e3d_metadata") -> FastAPI:
+    """The results API as a FastAPI app (the plugin mounts one under ``/e2e3d``)."""
+    app = FastAPI(title="E2E3D results API", version=__version__,
+                  description="Pre-signed URLs for reconstruction results and input uploads, storage statistics "
+                              "and health. Authenticate with an Airflow JWT (POST /auth/token on the api-server).")
+    app.state.backends = Backends(minio_conn_id, metadata_conn_id)
+    app.include_router(public)
+    app.include_router(protected)
+
+    @app.exception_handler(StorageUnreachableError)
+    @app.exception_handler(MetadataError)
+    async def unavailable(request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.exception_handler(StorageError)
+    async def bad_gateway(request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=status.HTTP_502_BAD_GATEWAY)
+
+    return app

@@ -1,0 +1,68 @@
+"""Request and response models of the results API (they make its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ResultFile(BaseModel):
+    path: str = Field(description="path relative to the run directory")
+    key: str = Field(description="object key")
+    size: int
+    sha256: str
+    url: str = Field(description="pre-signed GET URL")
+
+
+class JobResults(BaseModel):
+    job_id: str
+    stamp: str
+    dataset: str
+    status: str
+    bucket: str
+    prefix: str
+    expires_in: int = Field(description="seconds the URLs stay valid")
+    mesh: str | None = Field(description="pre-signed URL of mesh/reconstructed_mesh.obj")
+    texture: str | None = Field(description="pre-signed URL of textures/texture.png")
+    pointcloud: str | None = Field(description="pre-signed URL of pointcloud/pointcloud.ply")
+    files: list[ResultFile]
+    statistics: dict[str, Any]
+
+
+class UploadRequest(BaseModel):
+    files: list[str] = Field(min_length=1, max_length=1000, description="file names (relative paths) to upload")
+    expires: int = Field(3600, ge=1, le=7 * 24 * 3600, description="seconds the URLs stay valid")
+
+
+class UploadURL(BaseModel):
+    file: str
+    key: str
+    url: str = Field(description="pre-signed PUT URL")
+
+
+class UploadGrant(BaseModel):
+    dataset: str
+    bucket: str
+    expires_in: int
+    uploads: list[UploadURL]
+
+
+class BucketUsage(BaseModel):
+    bucket: str
+    objects: int
+    bytes: int
+    taken_at: str | None = Field(description="when the maintenance DAG recorded it; null: measured now")
+
+
+class StorageStats(BaseModel):
+    buckets: list[BucketUsage]
+    jobs: dict[str, int] = Field(description="runs per status")
+    transfers_24h: dict[str, dict[str, Any]] = Field(description="per direction: transfers, files, bytes, "
+                                                                "seconds, mb_per_s, errors")
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or degraded when a dependency is unreachable")
+    storage: dict[str, Any]
+    metadata: dict[str, Any]

@@ -1,0 +1,205 @@
+"""The results API over real HTTP (uvicorn on loopback), wired to the real stack, with Airflow's
+auth manager issuing and checking the JWTs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from e2e3d_provider.api.app import create_app
+from e2e3d_provider.commit import publish_run
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.operators.archive import archive_job
+from e2e3d_provider.stack import free_ports
+from tests.conftest import write_files
+
+STAMP = "20261124T120000Z"
+
+
+def serve(app) -> tuple[str, uvicorn.Server, threading.Thread]:
+    (port,) = free_ports(1)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+@pytest.fixture(scope="module")
+def api(airflow_db, connections) -> Iterator[str]:
+    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,runner:user"
+    url, server, thread = serve(create_app())
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+def token(username: str, role: str | None) -> str:
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    from e2e3d_provider.api.auth import auth_manager
+
+    return auth_manager().generate_jwt(SimpleAuthManagerUser(username=username, role=role))
+
+
+ROLES = {"viewer": "viewer", "runner": "user", "admin": "admin"}  # user name -> SimpleAuthManager role
+
+
+def as_user(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(name, ROLES[name])}"}
+
+
+@pytest.fixture
+def published_job(storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str) -> dict:
+    files = {"mesh/reconstructed_mesh.obj": b"v 0 0 0\n", "mesh/reconstructed_mesh.mtl": b"newmtl t\n",
+             "textures/texture.png": os.urandom(2048), "pointcloud/pointcloud.ply": b"ply\n",
+             "logs/reconstruct.log": b"ok\n"}
+    write_files(tmp_path, files)
+    publish_run(storage, tmp_path, unique_id, STAMP, "output", {"faces": 1})
+    metadata.record_job(unique_id, STAMP, "ds1", "running")
+    metadata.record_job(unique_id, STAMP, "ds1", "succeeded", statistics={"faces": 1})
+    return files
+
+
+def test_results_give_working_presigned_urls_for_every_file(api: str, unique_id: str, published_job: dict) -> None:
+    response = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "succeeded" and body["stamp"] == STAMP and body["expires_in"] == 24 * 3600
+    assert {f["path"] for f in body["files"]} == set(published_job)
+    for item in body["files"]:
+        fetched = httpx.get(item["url"])  # a plain HTTP client, no credentials
+        assert fetched.status_code == 200 and fetched.content == published_job[item["path"]]
+        assert hashlib.sha256(fetched.content).hexdigest() == item["sha256"]
+    assert httpx.get(body["mesh"]).content == published_job["mesh/reconstructed_mesh.obj"]
+    assert httpx.get(body["pointcloud"]).content == published_job["pointcloud/pointcloud.ply"]
+    assert "X-Amz-Expires=86400" in body["texture"]
+
+
+def test_expiry_is_configurable_capped_and_expired_urls_are_refused(api: str, unique_id: str,
+                                                                    published_job: dict) -> None:
+    headers = as_user("viewer")
+    assert httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 8 * 24 * 3600},
+                     headers=headers).status_code == 422
+    assert httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 0}, headers=headers).status_code == 422
+    body = httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 1}, headers=headers).json()
+    assert body["expires_in"] == 1
+    time.sleep(2.5)
+    assert httpx.get(body["mesh"]).status_code == 403
+
+
+def test_unknown_incomplete_and_malformed_jobs(api: str, metadata: MetadataHook, unique_id: str) -> None:
+    headers = as_user("viewer")
+    assert httpx.get(f"{api}/api/job/{unique_id}-never/results", headers=headers).status_code == 404
+    metadata.record_job(unique_id, STAMP, "ds1", "running")  # known, but no SUCCESS yet
+    conflict = httpx.get(f"{api}/api/job/{unique_id}/results", headers=headers)
+    assert conflict.status_code == 409 and "no SUCCESS" in conflict.json()["detail"]
+    for bad in ("..%2F..%2Fetc", "a..b", "-x", "x" * 129, "bad%20id"):
+        assert httpx.get(f"{api}/api/job/{bad}/results", headers=headers).status_code in (404, 422), bad
+    assert httpx.get(f"{api}/api/job/a..b/results", headers=headers).status_code == 422
+
+
+def test_archived_jobs_are_served_from_the_archive_after_retention(api: str, storage: StorageHook,
+                                                                   metadata: MetadataHook, unique_id: str,
+                                                                   published_job: dict) -> None:
+    result = archive_job(storage, unique_id, remove_source=True)
+    metadata.record_job(unique_id, STAMP, "ds1", "archived", archive_key=f"archive/{result.archive_key}")
+    body = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer")).json()
+    assert body["bucket"] == "archive" and body["prefix"] == result.archive_key
+    assert httpx.get(body["texture"]).content == published_job["textures/texture.png"]
+
+
+def test_upload_urls_let_clients_put_inputs_straight_to_storage(api: str, storage: StorageHook,
+                                                                unique_id: str) -> None:
+    request = {"files": ["views/a.jpg", "b.PNG"], "expires": 600}
+    grant = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json=request, headers=as_user("runner"))
+    assert grant.status_code == 200, grant.text
+    body = grant.json()
+    assert [u["key"] for u in body["uploads"]] == [f"{unique_id}/views/a.jpg", f"{unique_id}/b.PNG"]
+    for upload in body["uploads"]:
+        assert httpx.put(upload["url"], content=b"image bytes of " + upload["file"].encode()).status_code == 200
+    assert storage.get_bytes("input", f"{unique_id}/views/a.jpg") == b"image bytes of views/a.jpg"
+
+
+@pytest.mark.parametrize("files", [["../escape.jpg"], ["/abs.jpg"], ["notes.txt"], ["a.jpg", "a.jpg"], [],
+                                   ["x\u0000.jpg"]])
+def test_bad_upload_names_are_refused(api: str, files: list[str], unique_id: str) -> None:
+    response = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": files}, headers=as_user("runner"))
+    assert response.status_code == 422
+
+
+def test_bad_ids_get_422_without_touching_storage(airflow_db, connections) -> None:
+    """An app whose connections do not even exist: any storage access would fail with 5xx."""
+    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,runner:user"
+    url, server, thread = serve(create_app("no_such_minio_conn", "no_such_metadata_conn"))
+    try:
+        assert httpx.get(f"{url}/api/job/a..b/results", headers=as_user("viewer")).status_code == 422
+        assert httpx.post(f"{url}/api/datasets/-bad/uploads", json={"files": ["a.jpg"]},
+                          headers=as_user("runner")).status_code == 422
+        assert httpx.post(f"{url}/api/datasets/ok/uploads", json={"files": ["../a.jpg"]},
+                          headers=as_user("runner")).status_code == 422
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_authentication_and_permissions(api: str, unique_id: str) -> None:
+    results = f"{api}/api/job/{unique_id}/results"
+    assert httpx.get(results).status_code == 401
+    assert httpx.get(results, headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
+    assert httpx.get(f"{api}/api/storage/stats").status_code == 401
+    assert httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": ["a.jpg"]}).status_code == 401
+    # a viewer may read but not hand out upload URLs (that needs the right to trigger runs)
+    denied = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": ["a.jpg"]},
+                        headers=as_user("viewer"))
+    assert denied.status_code == 403
+    assert httpx.get(f"{api}/api/job/{unique_id}/results", headers={"Authorization": f"Bearer {token('x', None)}"}
+                     ).status_code == 403  # authenticated, but with no role
+    assert httpx.get(f"{api}/api/health").status_code == 200  # the only anonymous route
+
+
+def test_storage_stats(api: str, storage: StorageHook, metadata: MetadataHook) -> None:
+    metadata.record_transfer("upload", "output", files=2, bytes=2_000_000, seconds=1.0)
+    metadata.record_transfer("download", "input", ok=False, error="boom")
+    body = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
+    assert {b["bucket"] for b in body["buckets"]} >= {"input", "output", "models", "archive"}
+    assert body["transfers_24h"]["upload"]["bytes"] >= 2_000_000 and body["transfers_24h"]["download"]["errors"] >= 1
+    assert isinstance(body["jobs"], dict)
+
+
+def test_health_reports_each_dependency(api: str, airflow_db, connections) -> None:
+    body = httpx.get(f"{api}/api/health").json()
+    assert body["status"] == "ok" and body["storage"]["ok"] and body["metadata"]["ok"]
+    url, server, thread = serve(create_app("no_such_minio_conn", "e2e3d_metadata"))
+    try:
+        degraded = httpx.get(f"{url}/api/health")
+        assert degraded.status_code == 503 and degraded.json()["storage"]["ok"] is False
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_openapi_schema_is_served_and_describes_every_route(api: str) -> None:
+    schema = httpx.get(f"{api}/openapi.json").json()
+    assert schema["info"]["title"] == "E2E3D results API"
+    assert set(schema["paths"]) == {"/api/job/{job_id}/results", "/api/datasets/{dataset}/uploads",
+                                    "/api/storage/stats", "/api/health"}
+    results = schema["paths"]["/api/job/{job_id}/results"]["get"]
+    assert {"200", "404", "409", "422"} <= set(results["responses"])
+    assert any(p["name"] == "expires" and p["schema"]["maximum"] == 7 * 24 * 3600 for p in results["parameters"])
+    assert "security" in results and "security" not in schema["paths"]["/api/health"]["get"]
+    assert "JobResults" in schema["components"]["schemas"]
+    json.dumps(schema)
