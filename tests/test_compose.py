@@ -1,0 +1,97 @@
+"""docker-compose.yaml, checked statically (no Docker engine runs here): the Compose Specification's
+own schema, the services and their healthchecks, and the connections and variables it sets against
+the ones the code reads, both ways."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yaml"
+LONG_RUNNING = {"postgres", "minio", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                "airflow-triggerer"}
+ONE_SHOT = {"minio-init", "airflow-init"}
+#: modules that are development tooling (local stack, demo, CLI), not what a deployment runs
+DEV_TOOLING = {"stack.py", "demo.py", "cli.py"}
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_file_validates_against_the_compose_specification() -> None:
+    tool = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent)) or "check-jsonschema"
+    result = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_services_healthchecks_images_and_volumes() -> None:
+    spec = compose()
+    services = spec["services"]
+    assert set(services) == LONG_RUNNING | ONE_SHOT
+    for name in LONG_RUNNING:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    for name in ONE_SHOT:
+        assert services[name]["restart"] == "no"
+    assert re.fullmatch(r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", services["minio"]["image"])
+    assert re.fullmatch(r"minio/mc:RELEASE\.[\dT:-]+Z", services["minio-init"]["image"])
+    assert "--console-address" in services["minio"]["command"]
+    init = "\n".join(services["minio-init"]["command"])
+    for bucket in ("input", "output", "models", "archive"):
+        assert bucket in init
+    assert "mc version enable" in init and "--noncurrent-expire-days" in init
+    assert set(spec["volumes"]) == {"postgres-data", "minio-data", "e2e3d-data"}
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        service = services[name]
+        assert service["build"] == "." and "e2e3d-data:/app/data" in service["volumes"]
+        assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert "pip install" in (ROOT / "Dockerfile").read_text()  # the provider, installed from this repository
+
+
+def airflow_env() -> dict[str, str]:
+    return compose()["services"]["airflow-apiserver"]["environment"]
+
+
+def code_conn_ids() -> set[str]:
+    """Connection ids the hooks default to and the DAGs name."""
+    ids = {StorageHook.default_conn_name, MetadataHook.default_conn_name}
+    for dag_file in (ROOT / "dags").glob("*.py"):
+        ids |= set(re.findall(r'_CONN_ID = "([a-z0-9_]+)"', dag_file.read_text()))
+    return ids
+
+
+def code_env_vars() -> set[str]:
+    """E2E3D_* variables the deployed code reads (not the dev tooling's, not the tests')."""
+    names: set[str] = set()
+    for path in (ROOT / "e2e3d_provider").rglob("*.py"):
+        if path.name not in DEV_TOOLING:
+            names |= set(re.findall(r'"(E2E3D_[A-Z_]+)"', path.read_text()))
+    return {n for n in names if not n.startswith("E2E3D_TEST_")}
+
+
+def test_connections_set_are_exactly_those_the_code_reads() -> None:
+    set_ids = {name.removeprefix("AIRFLOW_CONN_").lower() for name in airflow_env() if name.startswith("AIRFLOW_CONN_")}
+    assert set_ids == code_conn_ids()
+    assert '"conn_type": "aws"' in airflow_env()["AIRFLOW_CONN_MINIO_DEFAULT"]
+    assert airflow_env()["AIRFLOW_CONN_E2E3D_METADATA"].startswith("postgresql://")
+
+
+def test_e2e3d_variables_set_are_exactly_those_the_code_reads() -> None:
+    set_vars = {name for name in airflow_env() if name.startswith("E2E3D_")}
+    assert set_vars == code_env_vars() == {"E2E3D_DATA_ROOT"}
+
+
+def test_env_example_documents_every_variable_the_compose_file_uses() -> None:
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", COMPOSE.read_text()))  # not $$-escaped
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert used == documented
