@@ -12,19 +12,15 @@ It starts the embedded stack unless E2E3D_TEST_S3_ENDPOINT (+ keys) points at a 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import tarfile
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="e2e3d-bench-airflow-"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import BENCH_CONN_ID, bench_environment
 
 
 def main() -> int:
@@ -36,24 +32,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from e2e3d_provider import stack
-
-    base = Path(tempfile.mkdtemp(prefix="e2e3d-bench-archive-"))
-    info = None
-    if not os.environ.get("E2E3D_TEST_S3_ENDPOINT"):
-        info = stack.start_stack(base / "stack", owner_pid=os.getpid())
-        os.environ.update(info.env())
-    os.environ["AIRFLOW_CONN_MINIO_BENCH"] = json.dumps({
-        "conn_type": "aws", "login": os.environ["E2E3D_TEST_S3_ACCESS_KEY"],
-        "password": os.environ["E2E3D_TEST_S3_SECRET_KEY"],
-        "extra": {"endpoint_url": os.environ["E2E3D_TEST_S3_ENDPOINT"]}})
-    try:
+    with bench_environment("archive") as base:
         from e2e3d_provider.commit import publish_run, read_published_manifest
         from e2e3d_provider.hooks.storage import StorageHook
         from e2e3d_provider.manifest import sha256_file
         from e2e3d_provider.operators.archive import archive_job
 
-        storage = StorageHook("minio_bench")
+        storage = StorageHook(BENCH_CONN_ID)
         storage.bootstrap()
         run_dir = base / "run"
         for i in range(args.small):
@@ -93,10 +78,6 @@ def main() -> int:
         print(f"\n{'mode':<12}{'seconds':>9}{'MB/s':>9}{'x pack-tar':>12}")
         print(f"{'server-copy':<12}{copy_s:>9.2f}{mb / copy_s:>9.1f}{pack_s / copy_s:>12.2f}")
         print(f"{'pack-tar':<12}{pack_s:>9.2f}{mb / pack_s:>9.1f}{1.0:>12.2f}")
-    finally:
-        if info is not None:
-            stack.stop_stack(base / "stack")
-        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 

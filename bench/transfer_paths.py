@@ -16,20 +16,17 @@ Prints MB/s per path and the ratio against serial-minio. Never used as a test as
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="e2e3d-bench-airflow-"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import BENCH_CONN_ID, bench_environment
 
 MiB = 1024 * 1024
 WORKERS = int(os.environ.get("E2E3D_BENCH_WORKERS", "8"))
@@ -65,18 +62,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from e2e3d_provider import stack
-
-    base = Path(tempfile.mkdtemp(prefix="e2e3d-bench-"))
-    info = None
-    if not os.environ.get("E2E3D_TEST_S3_ENDPOINT"):
-        info = stack.start_stack(base / "stack", owner_pid=os.getpid())
-        os.environ.update(info.env())
-    endpoint = os.environ["E2E3D_TEST_S3_ENDPOINT"]
-    access, secret = os.environ["E2E3D_TEST_S3_ACCESS_KEY"], os.environ["E2E3D_TEST_S3_SECRET_KEY"]
-    os.environ["AIRFLOW_CONN_MINIO_BENCH"] = json.dumps({"conn_type": "aws", "login": access, "password": secret,
-                                                         "extra": {"endpoint_url": endpoint}})
-    try:
+    with bench_environment("transfer") as base:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -85,7 +71,10 @@ def main() -> int:
         from e2e3d_provider.hooks.storage import StorageHook
         from e2e3d_provider.manifest import sha256_file
 
-        hook = StorageHook("minio_bench", max_workers=WORKERS)
+        endpoint = os.environ["E2E3D_TEST_S3_ENDPOINT"]
+        access, secret = os.environ["E2E3D_TEST_S3_ACCESS_KEY"], os.environ["E2E3D_TEST_S3_SECRET_KEY"]
+
+        hook = StorageHook(BENCH_CONN_ID, max_workers=WORKERS)
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         hook.bootstrap(buckets=(bucket,), versioned=())
         minio = Minio(hook.settings["endpoint"], access_key=access, secret_key=secret, secure=False)
@@ -173,10 +162,6 @@ def main() -> int:
         print(f"\nhook-minio vs boto3-tm: upload x{up['boto3-tm'] / up['hook-minio']:.2f}, "
               f"download x{down['boto3-tm'] / down['hook-minio']:.2f} (>1 means hook-minio is faster)")
         print(f"rerun of an unchanged upload: {rerun:.2f}s (0 bytes sent); cached download: {cached:.2f}s (0 bytes)")
-    finally:
-        if info is not None:
-            stack.stop_stack(base / "stack")
-        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 

@@ -30,6 +30,7 @@ os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([
     {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {"path": str(path)}}
     for name, path in (("e2e3d-dags", REPO / "dags"), ("e2e3d-test-dags", REPO / "tests" / "dags"))])
 os.environ.setdefault("XDG_RUNTIME_DIR", _AIRFLOW_HOME)
+os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = "e2e3d-tests-" + "s" * 64  # >= 64 bytes, as HS512 wants
 os.environ.pop("E2E3D_DATA_ROOT", None)
 
 import pytest  # noqa: E402

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseOperator
-
 from e2e3d_provider.commit import read_published_manifest, verify_remote
-from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.layout import (
     BUCKET_ARCHIVE,
@@ -22,6 +18,7 @@ from e2e3d_provider.layout import (
     success_key,
     validate_id,
 )
+from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import as_bool
 from e2e3d_provider.transfer import run_parallel
 
@@ -64,7 +61,7 @@ def archive_job(storage: StorageHook, job_id: str, *, source_bucket: str = BUCKE
                          remove_source)
 
 
-class ArchiveOperator(BaseOperator):
+class ArchiveOperator(E2E3DOperator):
     """Copies a completed job (SUCCESS and manifest verified) into the archive bucket with
     server-side copies (no bytes pass through the worker), verifies every archived object's size
     and sha256 against the manifest, records the archive location and status ``archived`` in
@@ -80,28 +77,20 @@ class ArchiveOperator(BaseOperator):
     ui_color = "#d0d0d0"
 
     def __init__(self, *, job_id: str, source_bucket: str = BUCKET_OUTPUT, archive_bucket: str = BUCKET_ARCHIVE,
-                 remove_source: bool | str = False, minio_conn_id: str = StorageHook.default_conn_name,
-                 metadata_conn_id: str | None = MetadataHook.default_conn_name, **kwargs: Any) -> None:
+                 remove_source: bool | str = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job_id = job_id
         self.source_bucket = source_bucket
         self.archive_bucket = archive_bucket
         self.remove_source = remove_source
-        self.minio_conn_id = minio_conn_id
-        self.metadata_conn_id = metadata_conn_id
-
-    @cached_property
-    def storage(self) -> StorageHook:
-        return StorageHook(self.minio_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
         result = archive_job(self.storage, self.job_id, source_bucket=self.source_bucket,
                              archive_bucket=self.archive_bucket, remove_source=as_bool(self.remove_source))
-        if self.metadata_conn_id:
-            meta = MetadataHook(self.metadata_conn_id)
-            job = meta.get_job(result.job_id, result.stamp)
+        if self.metadata is not None:
+            job = self.metadata.get_job(result.job_id, result.stamp)
             if job is not None:
-                meta.record_job(result.job_id, result.stamp, job["dataset"], "archived",
+                self.metadata.record_job(result.job_id, result.stamp, job["dataset"], "archived",
                                 archive_key=f"{result.archive_bucket}/{result.archive_key}")
             else:
                 self.log.warning("job %s run %s is not in the metadata database; archive not recorded there",

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
-
-from airflow.sdk import BaseOperator
 
 from e2e3d_provider.commit import read_published_manifest
 from e2e3d_provider.hooks.metadata import STATUSES, MetadataHook
-from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.layout import (
     BUCKET_OUTPUT,
     manifest_key,
@@ -19,9 +15,10 @@ from e2e3d_provider.layout import (
     validate_id,
     validate_stamp,
 )
+from e2e3d_provider.operators.base import E2E3DOperator
 
 
-class MetadataRecordOperator(BaseOperator):
+class MetadataRecordOperator(E2E3DOperator):
     """Records a job run's status (``running``, ``succeeded``, ``failed``, ``archived``) in PostgreSQL.
 
     For ``succeeded`` it reads the published manifest (SUCCESS must exist) and stores the result
@@ -46,9 +43,8 @@ class MetadataRecordOperator(BaseOperator):
 
     def __init__(self, *, job_id: str, stamp: str, dataset: str, status: str, upload: dict[str, Any] | None = None,
                  statistics: dict[str, Any] | None = None, error: str | None = None, bucket: str = BUCKET_OUTPUT,
-                 metadata_conn_id: str = MetadataHook.default_conn_name,
-                 minio_conn_id: str = StorageHook.default_conn_name, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+                 metadata_conn_id: str = MetadataHook.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(metadata_conn_id=metadata_conn_id, **kwargs)
         self.job_id = job_id
         self.stamp = stamp
         self.dataset = dataset
@@ -57,20 +53,13 @@ class MetadataRecordOperator(BaseOperator):
         self.statistics = statistics
         self.error = error
         self.bucket = bucket
-        self.metadata_conn_id = metadata_conn_id
-        self.minio_conn_id = minio_conn_id
-
-    @cached_property
-    def metadata(self) -> MetadataHook:
-        return MetadataHook(self.metadata_conn_id)
-
-    @cached_property
-    def storage(self) -> StorageHook:
-        return StorageHook(self.minio_conn_id)
 
     def execute(self, context: Any) -> dict[str, str]:
         job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
         dataset = validate_id(self.dataset, "dataset")
+        metadata = self.metadata
+        if metadata is None:
+            raise ValueError("MetadataRecordOperator needs a metadata_conn_id")
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
         statistics = dict(self.statistics or {})
@@ -80,7 +69,7 @@ class MetadataRecordOperator(BaseOperator):
             statistics["upload_bytes"] = upload.get("uploaded_bytes", 0)
             statistics["upload_mb_per_s"] = round(upload.get("uploaded_bytes", 0) / 1e6 / upload["seconds"], 2)
         if self.status != "succeeded":
-            row = self.metadata.record_job(job_id, stamp, dataset, self.status, error=self.error,
+            row = metadata.record_job(job_id, stamp, dataset, self.status, error=self.error,
                                            statistics=statistics)
             return {"job_id": job_id, "status": row["status"]}
 
@@ -88,12 +77,12 @@ class MetadataRecordOperator(BaseOperator):
         if manifest.stamp != stamp:
             raise ValueError(f"the published manifest of {job_id} is for run {manifest.stamp}, not {stamp}")
         statistics = {**manifest.statistics, **statistics}
-        existing = self.metadata.get_job(job_id, stamp)
+        existing = metadata.get_job(job_id, stamp)
         if existing is None or existing["status"] in ("queued", "failed"):
-            self.metadata.record_job(job_id, stamp, dataset, "running")
-        self.metadata.record_files(job_id, stamp, [(e.kind, output_key(job_id, e.path), e.size, e.sha256)
+            metadata.record_job(job_id, stamp, dataset, "running")
+        metadata.record_files(job_id, stamp, [(e.kind, output_key(job_id, e.path), e.size, e.sha256)
                                                    for e in manifest.files])
-        row = self.metadata.record_job(job_id, stamp, dataset, "succeeded", statistics=statistics,
+        row = metadata.record_job(job_id, stamp, dataset, "succeeded", statistics=statistics,
                                        result_bucket=self.bucket, result_prefix=output_prefix(job_id),
                                        manifest_key=manifest_key(job_id),
                                        files=len(manifest.files), bytes=manifest.total_bytes)

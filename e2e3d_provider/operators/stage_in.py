@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseOperator
-
-from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.layout import (
     BUCKET_INPUT,
     BUCKET_MODELS,
@@ -22,10 +17,11 @@ from e2e3d_provider.layout import (
     resolve_data_root,
     validate_id,
 )
+from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import run_stamp
 
 
-class StageInOperator(BaseOperator):
+class StageInOperator(E2E3DOperator):
     """Copies ``input/<dataset>/`` (and optionally ``models/<models_prefix>/``) to the local data
     root, in parallel, checksum-verified and cached: files already present with the same sha256
     are not transferred again, and files gone from the bucket are removed locally. Creates the
@@ -49,9 +45,8 @@ class StageInOperator(BaseOperator):
 
     def __init__(self, *, dataset: str, job_id: str, stamp: str | None = None, models_prefix: str | None = None,
                  data_root: str | None = None, input_bucket: str = BUCKET_INPUT, models_bucket: str = BUCKET_MODELS,
-                 minio_conn_id: str = StorageHook.default_conn_name, metadata_conn_id: str | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+                 metadata_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(metadata_conn_id=metadata_conn_id, **kwargs)
         self.dataset = dataset
         self.job_id = job_id
         self.stamp = stamp
@@ -59,12 +54,6 @@ class StageInOperator(BaseOperator):
         self.data_root = data_root
         self.input_bucket = input_bucket
         self.models_bucket = models_bucket
-        self.minio_conn_id = minio_conn_id
-        self.metadata_conn_id = metadata_conn_id
-
-    @cached_property
-    def storage(self) -> StorageHook:
-        return StorageHook(self.minio_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
         dataset, job_id = validate_id(self.dataset, "dataset"), validate_id(self.job_id, "job_id")
@@ -93,14 +82,11 @@ class StageInOperator(BaseOperator):
         for sub in RUN_SUBDIRS:
             (run.run_dir / sub).mkdir(parents=True, exist_ok=True)
         run.temp_dir.mkdir(parents=True, exist_ok=True)
-        if self.metadata_conn_id:
-            ti = context.get("ti")
-            meta = MetadataHook(self.metadata_conn_id)
-            for transfer in transfers:
-                key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{transfer.bucket}" if ti else None
-                meta.record_transfer("download", transfer.bucket, prefix=transfer.prefix, files=transfer.files,
-                                     bytes=transfer.bytes, skipped_files=transfer.skipped_files,
-                                     seconds=transfer.seconds, job_id=job_id, stamp=stamp, transfer_key=key)
+        for transfer in transfers:
+            self.record_transfer(context, "download", suffix=f"/{transfer.bucket}", bucket=transfer.bucket,
+                                 prefix=transfer.prefix, files=transfer.files, bytes=transfer.bytes,
+                                 skipped_files=transfer.skipped_files, seconds=transfer.seconds, job_id=job_id,
+                                 stamp=stamp)
         self.log.info("staged %s: %d files (%d bytes transferred) into %s; run dir %s", dataset, result["files"],
                       staged.bytes, local_input, run.run_dir)
         return result

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 
-from airflow.sdk import Asset, BaseOperator
+from airflow.sdk import Asset
 
 from e2e3d_provider.commit import publish_run
-from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.layout import BUCKET_OUTPUT, validate_id, validate_stamp
+from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.local_paths import require_local_dir
 
 RESULTS_ASSET_NAME = "e2e3d_results"
@@ -23,7 +21,7 @@ def results_asset(bucket: str = BUCKET_OUTPUT) -> Asset:
                  uri=f"s3://{bucket}/")
 
 
-class UploadResultsOperator(BaseOperator):
+class UploadResultsOperator(E2E3DOperator):
     """Publishes a run directory to ``output/<job_id>/`` so that SUCCESS means complete and verified:
     removes an old SUCCESS first, uploads every file with its sha256 (identical objects are skipped),
     verifies each stored object against the manifest, uploads ``metadata.json``, writes SUCCESS last
@@ -47,35 +45,25 @@ class UploadResultsOperator(BaseOperator):
 
     def __init__(self, *, job_id: str, stamp: str, run_dir: str, origin_host: str | None = None,
                  bucket: str = BUCKET_OUTPUT, statistics: dict[str, Any] | None = None,
-                 minio_conn_id: str = StorageHook.default_conn_name, metadata_conn_id: str | None = None,
-                 **kwargs: Any) -> None:
+                 metadata_conn_id: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [results_asset(bucket)])
-        super().__init__(**kwargs)
+        super().__init__(metadata_conn_id=metadata_conn_id, **kwargs)
         self.job_id = job_id
         self.stamp = stamp
         self.run_dir = run_dir
         self.origin_host = origin_host
         self.bucket = bucket
         self.statistics = statistics
-        self.minio_conn_id = minio_conn_id
-        self.metadata_conn_id = metadata_conn_id
-
-    @cached_property
-    def storage(self) -> StorageHook:
-        return StorageHook(self.minio_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
         job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
         run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
         published = publish_run(self.storage, run_dir, job_id, stamp, self.bucket, dict(self.statistics or {}))
         xcom = published.to_xcom()
-        if self.metadata_conn_id:
-            ti = context.get("ti")
-            MetadataHook(self.metadata_conn_id).record_transfer(
-                "upload", self.bucket, prefix=published.prefix, files=published.uploaded_files,
-                bytes=published.uploaded_bytes, skipped_files=published.files - published.uploaded_files,
-                seconds=published.seconds, job_id=job_id, stamp=stamp,
-                transfer_key=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}" if ti else None)
+        self.record_transfer(context, "upload", bucket=self.bucket, prefix=published.prefix,
+                             files=published.uploaded_files, bytes=published.uploaded_bytes,
+                             skipped_files=published.files - published.uploaded_files, seconds=published.seconds,
+                             job_id=job_id, stamp=stamp)
         self.log.info("published %s: %d files, %d bytes (%d sent); SUCCESS at %s/%s", job_id, published.files,
                       published.bytes, published.uploaded_bytes, self.bucket, published.success_key)
         for outlet in self.outlets:

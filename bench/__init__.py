@@ -1,0 +1,1 @@
+"""Benchmarks: they print ratios against named baselines; never run as tests."""
