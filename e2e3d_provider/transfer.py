@@ -221,16 +221,25 @@ def _simple_md5_etag(etag: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------
 
 
+_UNKNOWN: Any = object()
+
+
 def upload_file(client: Minio, bucket: str, key: str, path: Path, *, part_size: int = DEFAULT_PART_SIZE,
                 part_workers: int = 2, metadata: dict[str, str] | None = None,
-                content_type: str = "application/octet-stream", sha256: str | None = None) -> tuple[bool, int]:
+                content_type: str = "application/octet-stream", sha256: str | None = None,
+                listed: RemoteObject | None = _UNKNOWN) -> tuple[bool, int]:
     """Upload one file unless the object already holds the same bytes.
 
-    Returns ``(sent, size)``. The object carries the file's SHA-256 as ``x-amz-meta-sha256``.
+    ``listed`` is what a listing of the prefix said of the key (``None``: absent); given, it saves
+    the ``HEAD`` for keys that are absent or differ in size. Returns ``(sent, size)``. The object
+    carries the file's SHA-256 as ``x-amz-meta-sha256``.
     """
     size = path.stat().st_size
     sha256 = sha256 or sha256_file(path)
-    existing = stat_remote(client, bucket, key)
+    if listed is _UNKNOWN or (listed is not None and listed.size == size):
+        existing = stat_remote(client, bucket, key)  # same size: only the stored sha256 can tell
+    else:
+        existing = listed
     if existing is not None and existing.sha256 == sha256 and existing.size == size:
         log.debug("skip %s/%s: identical (sha256 %s)", bucket, key, sha256[:12])
         return False, size
@@ -280,6 +289,9 @@ def upload_directory(client: Minio, bucket: str, local_dir: Path, prefix: str, *
     """
     files = iter_local_files(local_dir) if files is None else files
     checksums = checksums or {}
+    # One listing instead of a HEAD per file: absent keys and keys of another size need no HEAD.
+    listing = {obj.key: obj for obj in with_retries(lambda: list_remote(client, bucket, prefix),
+                                                     f"list {bucket}/{prefix}", attempts)}
     sizes = {rel: path.stat().st_size for rel, path in files}
     progress = Progress(f"upload {local_dir} -> {bucket}/{prefix}", len(files), sum(sizes.values()))
     result = TransferResult("upload", bucket, prefix)
@@ -289,7 +301,8 @@ def upload_directory(client: Minio, bucket: str, local_dir: Path, prefix: str, *
         rel, path = item
         key = prefix + rel
         sent, size = with_retries(
-            lambda: upload_file(client, bucket, key, path, part_size=part_size, sha256=checksums.get(rel)),
+            lambda: upload_file(client, bucket, key, path, part_size=part_size, sha256=checksums.get(rel),
+                                listed=listing.get(key)),
             f"upload {bucket}/{key}", attempts)
         with lock:
             if sent:
@@ -332,17 +345,24 @@ def local_matches(path: Path, remote: RemoteObject) -> bool:
 
 
 def download_object(client: Minio, bucket: str, remote: RemoteObject, dest: Path) -> int:
-    """Stream one object to ``dest`` through a temporary name; verify; rename. Returns bytes written."""
+    """Stream one object to ``dest`` through a temporary name; verify; rename. Returns bytes written.
+
+    The checks use the GET response's own headers (size, ``x-amz-meta-sha256``, ETag), so the bytes
+    are verified against what the server says of exactly these bytes, with no extra ``HEAD``.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
     tmp = Path(tmp_name)
-    sha = hashlib.sha256()
-    expected_md5 = None if remote.sha256 else _simple_md5_etag(remote.etag)
-    md5 = hashlib.md5(usedforsecurity=False) if expected_md5 else None
     written = 0
     response = None
     try:
         response = client.get_object(bucket, remote.key, version_id=remote.version_id)
+        headers = response.headers
+        expected_sha = (headers.get(f"x-amz-meta-{SHA256_META}") or remote.sha256 or "").lower() or None
+        expected_size = int(headers.get("Content-Length", remote.size))
+        expected_md5 = None if expected_sha else _simple_md5_etag((headers.get("ETag") or "").strip('"'))
+        sha = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False) if expected_md5 else None
         with os.fdopen(fd, "wb") as handle:
             for chunk in response.stream(CHUNK_SIZE):
                 handle.write(chunk)
@@ -353,12 +373,12 @@ def download_object(client: Minio, bucket: str, remote: RemoteObject, dest: Path
             handle.flush()
             os.fsync(handle.fileno())
         problem = None
-        if written != remote.size:
-            problem = f"got {written} bytes, expected {remote.size}"
-        elif remote.sha256 and sha.hexdigest() != remote.sha256:
-            problem = f"sha256 {sha.hexdigest()} != recorded {remote.sha256}"
+        if written != expected_size:
+            problem = f"got {written} bytes, expected {expected_size}"
+        elif expected_sha and sha.hexdigest() != expected_sha:
+            problem = f"sha256 {sha.hexdigest()} != recorded {expected_sha}"
         elif md5 is not None and md5.hexdigest() != expected_md5:
-            problem = f"md5 {md5.hexdigest()} != ETag {remote.etag}"
+            problem = f"md5 {md5.hexdigest()} != ETag {expected_md5}"
         if problem:
             raise ChecksumMismatchError(
                 f"{bucket}/{remote.key}: downloaded bytes do not match the object's checksum ({problem}); "
@@ -394,9 +414,11 @@ def download_prefix(client: Minio, bucket: str, prefix: str, local_dir: Path, *,
     def one(item: tuple[str, RemoteObject]) -> None:
         rel, listed = item
         dest = local_path_for(local_dir, rel)
-        remote = with_retries(lambda: stat_remote(client, bucket, listed.key), f"stat {bucket}/{listed.key}",
-                              attempts) or listed
-        if local_matches(dest, remote):
+        remote = listed
+        if dest.is_file() and dest.stat().st_size == listed.size:  # a cache candidate: compare checksums
+            remote = with_retries(lambda: stat_remote(client, bucket, listed.key), f"stat {bucket}/{listed.key}",
+                                  attempts) or listed
+        if dest.is_file() and local_matches(dest, remote):
             with lock:
                 result.skipped_files += 1
                 result.skipped_bytes += remote.size
