@@ -27,6 +27,7 @@ from e2e3d_provider.layout import (
     success_key,
 )
 from e2e3d_provider.manifest import Manifest, build_manifest, sha256_file, write_atomic, write_manifest
+from e2e3d_provider.transfer import RemoteObject
 
 
 @dataclass
@@ -53,7 +54,8 @@ class PublishResult:
                 "uploaded_bytes": self.uploaded_bytes, "seconds": round(self.seconds, 3)}
 
 
-def verify_remote(storage: StorageHook, bucket: str, prefix: str, manifest: Manifest, *, deep: bool = True) -> None:
+def verify_remote(storage: StorageHook, bucket: str, prefix: str, manifest: Manifest, *, deep: bool = True,
+                  listed: dict[str, RemoteObject] | None = None) -> None:
     """Raise ChecksumMismatchError unless every manifest file is stored with its size (one listing) and,
     with ``deep``, its recorded sha256 (a HEAD per file).
 
@@ -62,7 +64,8 @@ def verify_remote(storage: StorageHook, bucket: str, prefix: str, manifest: Mani
     stored sha256 compared. The archive checks deeply.
     """
     problems = []
-    listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}
+    if listed is None:
+        listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}
     for entry in manifest.files:
         found = listed.get(prefix + entry.path)
         if found is None:
@@ -94,10 +97,11 @@ def publish_run(storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bu
     transfer = storage.upload_dir(run_dir, bucket, prefix, files=files,
                                   checksums={entry.path: entry.sha256 for entry in manifest.files},
                                   on_progress=on_progress)
-    verify_remote(storage, bucket, prefix, manifest, deep=False)
+    listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}  # one listing for both steps
+    verify_remote(storage, bucket, prefix, manifest, deep=False, listed=listed)
 
     keep = {prefix + entry.path for entry in manifest.files} | {marker, manifest_name}
-    stale = [key for key in storage.list_keys(bucket, prefix) if key not in keep]
+    stale = [key for key in listed if key not in keep]
     for key in stale:
         storage.delete_object(bucket, key)
 

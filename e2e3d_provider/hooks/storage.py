@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 import urllib3
 from airflow.sdk import BaseHook
 from minio import Minio
-from minio.commonconfig import ENABLED, Filter
+from minio.commonconfig import ENABLED, CopySource, Filter
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.lifecycleconfig import LifecycleConfig, NoncurrentVersionExpiration, Rule
@@ -23,6 +24,7 @@ from minio.versioningconfig import VersioningConfig
 from e2e3d_provider import transfer
 from e2e3d_provider.exceptions import (
     BucketNotFoundError,
+    ChecksumMismatchError,
     ObjectNotFoundError,
     StorageAuthError,
     StorageError,
@@ -314,8 +316,6 @@ class StorageHook(BaseHook):
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Write a small object with its sha256 in metadata; returns the sha256."""
-        import hashlib
-
         bucket, key = validate_bucket(bucket), validate_relpath(key)
         sha = hashlib.sha256(data).hexdigest()
         self._call(f"put {bucket}/{key}", self.client.put_object, bucket, key, io.BytesIO(data), len(data),
@@ -327,8 +327,6 @@ class StorageHook(BaseHook):
 
     def get_bytes(self, bucket: str, key: str, max_bytes: int = 64 * 1024 * 1024) -> bytes:
         """Read a small object whole, verifying its sha256 metadata when present."""
-        import hashlib
-
         remote = self.stat(bucket, key)
         if remote is None:
             raise ObjectNotFoundError(f"no object {bucket}/{key} (connection {self.minio_conn_id!r})")
@@ -346,8 +344,6 @@ class StorageHook(BaseHook):
 
         data = self._call(f"get {bucket}/{key}", read)
         if remote.sha256 and hashlib.sha256(data).hexdigest() != remote.sha256:
-            from e2e3d_provider.exceptions import ChecksumMismatchError
-
             raise ChecksumMismatchError(f"{bucket}/{key}: bytes do not match the recorded sha256")
         return data
 
@@ -399,8 +395,6 @@ class StorageHook(BaseHook):
 
     def copy_object(self, src_bucket: str, src_key: str, dest_bucket: str, dest_key: str) -> None:
         """Server-side copy, keeping the object's metadata (and so its sha256)."""
-        from minio.commonconfig import CopySource
-
         src_bucket, src_key = validate_bucket(src_bucket), validate_relpath(src_key)
         dest_bucket, dest_key = validate_bucket(dest_bucket), validate_relpath(dest_key)
         self._call(f"copy {src_bucket}/{src_key}", self.client.copy_object, dest_bucket, dest_key,
