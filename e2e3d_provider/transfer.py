@@ -31,7 +31,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from e2e3d_provider.exceptions import ChecksumMismatchError, SourceChangedError, StorageError, TransferError
+from e2e3d_provider.exceptions import ChecksumMismatchError, SourceChangedError, TransferError
 from e2e3d_provider.layout import key_relpath, local_path_for, validate_relpath
 from e2e3d_provider.manifest import CHUNK_SIZE, HashingReader, sha256_file
 
@@ -442,8 +442,3 @@ def download_prefix(client: Minio, bucket: str, prefix: str, local_dir: Path, *,
     result.seconds = progress.finish()
     result.keys.sort()
     return result
-
-
-def wrap_error(err: BaseException) -> StorageError:
-    """Fallback translation: wrap anything unexpected in a :class:`StorageError`."""
-    return err if isinstance(err, StorageError) else StorageError(f"{type(err).__name__}: {err}")
