@@ -33,10 +33,10 @@ def main() -> int:
     args = parser.parse_args()
 
     with bench_environment("archive") as base:
-        from e2e3d_provider.commit import publish_run, read_published_manifest
+        from e2e3d_provider.core.manifest import sha256_file
         from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.manifest import sha256_file
-        from e2e3d_provider.operators.archive import archive_job
+        from e2e3d_provider.lifecycle.archive import archive_job
+        from e2e3d_provider.lifecycle.publish import publish_run, read_published_manifest
 
         storage = StorageHook(BENCH_CONN_ID)
         storage.bootstrap()

@@ -21,17 +21,21 @@ def bench_environment(name: str) -> Iterator[Path]:
     ``E2E3D_TEST_S3_ENDPOINT`` + keys name a server), and the ``minio_bench`` connection to it."""
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="e2e3d-bench-airflow-"))
-    from e2e3d_provider import stack
+    from e2e3d_provider.devstack import stack
 
     base = Path(tempfile.mkdtemp(prefix=f"e2e3d-bench-{name}-"))
     info = None
     if not os.environ.get("E2E3D_TEST_S3_ENDPOINT"):
         info = stack.start_stack(base / "stack", owner_pid=os.getpid())
         os.environ.update(info.env())
-    os.environ[f"AIRFLOW_CONN_{BENCH_CONN_ID.upper()}"] = json.dumps({
-        "conn_type": "aws", "login": os.environ["E2E3D_TEST_S3_ACCESS_KEY"],
-        "password": os.environ["E2E3D_TEST_S3_SECRET_KEY"],
-        "extra": {"endpoint_url": os.environ["E2E3D_TEST_S3_ENDPOINT"], "region_name": "us-east-1"}})
+    os.environ[f"AIRFLOW_CONN_{BENCH_CONN_ID.upper()}"] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": os.environ["E2E3D_TEST_S3_ACCESS_KEY"],
+            "password": os.environ["E2E3D_TEST_S3_SECRET_KEY"],
+            "extra": {"endpoint_url": os.environ["E2E3D_TEST_S3_ENDPOINT"], "region_name": "us-east-1"},
+        }
+    )
     try:
         yield base
     finally:

@@ -48,7 +48,8 @@ def main() -> int:
                                 f"INSERT INTO {SCHEMA}.job_files (job_id, stamp, kind, key, size, sha256) "
                                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, stamp, key) DO UPDATE "
                                 "SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256",
-                                (job, stamp, kind, key, size, sha))
+                                (job, stamp, kind, key, size, sha),
+                            )
                     row_times.append(time.perf_counter() - started)
                 assert len(hook.job_files(job, stamp)) == args.files
         bulk, row = statistics.median(bulk_times), statistics.median(row_times)

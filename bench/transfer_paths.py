@@ -68,8 +68,8 @@ def main() -> int:
         from botocore.config import Config
         from minio import Minio
 
+        from e2e3d_provider.core.manifest import sha256_file
         from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.manifest import sha256_file
 
         endpoint = os.environ["E2E3D_TEST_S3_ENDPOINT"]
         access, secret = os.environ["E2E3D_TEST_S3_ACCESS_KEY"], os.environ["E2E3D_TEST_S3_SECRET_KEY"]
@@ -78,20 +78,30 @@ def main() -> int:
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         hook.bootstrap(buckets=(bucket,), versioned=())
         minio = Minio(hook.settings["endpoint"], access_key=access, secret_key=secret, secure=False)
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access, aws_secret_access_key=secret,
-                          region_name="us-east-1",
-                          config=Config(request_checksum_calculation="when_required",
-                                        response_checksum_validation="when_required",
-                                        max_pool_connections=WORKERS * 2))
-        tm_config = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=2,
-                                   use_threads=True)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=Config(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                max_pool_connections=WORKERS * 2,
+            ),
+        )
+        tm_config = TransferConfig(
+            multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=2, use_threads=True
+        )
 
         src = base / "src"
         files = make_files(src, args.small, args.small_kib, args.large, args.large_mib)
         rels = [p.relative_to(src).as_posix() for p in files]
         total = sum(p.stat().st_size for p in files)
-        print(f"dataset: {len(files)} files, {total / 1e6:.1f} MB ({args.small} x {args.small_kib} KiB + "
-              f"{args.large} x {args.large_mib} MiB); {WORKERS} workers; best of {args.repeat}")
+        print(
+            f"dataset: {len(files)} files, {total / 1e6:.1f} MB ({args.small} x {args.small_kib} KiB + "
+            f"{args.large} x {args.large_mib} MiB); {WORKERS} workers; best of {args.repeat}"
+        )
 
         def timed(func: Callable[[], object]) -> float:
             started = time.perf_counter()
@@ -109,16 +119,25 @@ def main() -> int:
         def up_boto(i: int) -> float:
             def one(item: tuple[str, Path]) -> None:
                 rel, path = item
-                s3.upload_file(str(path), bucket, f"boto{i}/{rel}", Config=tm_config,
-                               ExtraArgs={"Metadata": {"sha256": sha256_file(path)}})
+                s3.upload_file(
+                    str(path),
+                    bucket,
+                    f"boto{i}/{rel}",
+                    Config=tm_config,
+                    ExtraArgs={"Metadata": {"sha256": sha256_file(path)}},
+                )
 
             def run() -> None:
                 with ThreadPoolExecutor(WORKERS) as pool:
                     list(pool.map(one, zip(rels, files, strict=True)))
+
             return timed(run)
 
-        up = {"serial-minio": best_of(args.repeat, up_serial), "hook-minio": best_of(args.repeat, up_hook),
-              "boto3-tm": best_of(args.repeat, up_boto)}
+        up = {
+            "serial-minio": best_of(args.repeat, up_serial),
+            "hook-minio": best_of(args.repeat, up_hook),
+            "boto3-tm": best_of(args.repeat, up_boto),
+        }
 
         # ---- downloads (a fresh directory per run, so nothing is cached) ---------------------
         def fresh(name: str) -> Path:
@@ -147,20 +166,28 @@ def main() -> int:
             def run() -> None:
                 with ThreadPoolExecutor(WORKERS) as pool:
                     list(pool.map(one, rels))
+
             return timed(run)
 
-        down = {"serial-minio": best_of(args.repeat, down_serial), "hook-minio": best_of(args.repeat, down_hook),
-                "boto3-tm": best_of(args.repeat, down_boto)}
+        down = {
+            "serial-minio": best_of(args.repeat, down_serial),
+            "hook-minio": best_of(args.repeat, down_hook),
+            "boto3-tm": best_of(args.repeat, down_boto),
+        }
 
         cached = timed(lambda: hook.download_prefix(bucket, "hook0", base / "d-hook"))
         rerun = timed(lambda: hook.upload_dir(src, bucket, "hook0"))
 
         print(f"\n{'path':<14}{'upload MB/s':>13}{'x serial':>10}{'download MB/s':>16}{'x serial':>10}")
         for name in ("serial-minio", "hook-minio", "boto3-tm"):
-            print(f"{name:<14}{total / 1e6 / up[name]:>13.1f}{up['serial-minio'] / up[name]:>10.2f}"
-                  f"{total / 1e6 / down[name]:>16.1f}{down['serial-minio'] / down[name]:>10.2f}")
-        print(f"\nhook-minio vs boto3-tm: upload x{up['boto3-tm'] / up['hook-minio']:.2f}, "
-              f"download x{down['boto3-tm'] / down['hook-minio']:.2f} (>1 means hook-minio is faster)")
+            print(
+                f"{name:<14}{total / 1e6 / up[name]:>13.1f}{up['serial-minio'] / up[name]:>10.2f}"
+                f"{total / 1e6 / down[name]:>16.1f}{down['serial-minio'] / down[name]:>10.2f}"
+            )
+        print(
+            f"\nhook-minio vs boto3-tm: upload x{up['boto3-tm'] / up['hook-minio']:.2f}, "
+            f"download x{down['boto3-tm'] / down['hook-minio']:.2f} (>1 means hook-minio is faster)"
+        )
         print(f"rerun of an unchanged upload: {rerun:.2f}s (0 bytes sent); cached download: {cached:.2f}s (0 bytes)")
     return 0
 

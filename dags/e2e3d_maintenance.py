@@ -14,11 +14,8 @@ from airflow.sdk import Param, dag, task
 
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.layout import resolve_data_root
-from e2e3d_provider.operators import maintenance
-
-MINIO_CONN_ID = "minio_default"
-METADATA_CONN_ID = "e2e3d_metadata"
+from e2e3d_provider.lifecycle import maintenance
+from e2e3d_provider.operators.run_context import data_root
 
 
 @dag(
@@ -29,38 +26,48 @@ METADATA_CONN_ID = "e2e3d_metadata"
     max_active_runs=1,
     tags=["e2e3d"],
     doc_md=__doc__,
+    render_template_as_native_obj=True,
     default_args={"retries": 1, "retry_delay": timedelta(minutes=5)},
     params={
-        "temp_max_age_hours": Param(None, type=["null", "number"], minimum=0,
-                                    description="temp dirs untouched this long are removed (default: config)"),
-        "output_retention_days": Param(None, type=["null", "number"], minimum=0,
-                                       description="archived outputs older than this leave `output` (default: config)"),
+        "temp_max_age_hours": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            description="temp dirs untouched this long are removed (default: config)",
+        ),
+        "output_retention_days": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            description="archived outputs older than this leave `output` (default: config)",
+        ),
     },
 )
 def e2e3d_maintenance() -> None:
     @task
     def health() -> dict[str, Any]:
-        return maintenance.check_health(StorageHook(MINIO_CONN_ID), MetadataHook(METADATA_CONN_ID))
+        return maintenance.check_health(StorageHook(), MetadataHook())
 
     @task
     def clean_temp(params: dict[str, Any]) -> dict[str, Any]:
-        hours = maintenance.setting(MetadataHook(METADATA_CONN_ID), maintenance.CONFIG_TEMP_MAX_AGE_HOURS,
-                                    params.get("temp_max_age_hours"))
-        return maintenance.clean_temp(resolve_data_root(), hours)
+        hours = maintenance.setting(
+            MetadataHook(), maintenance.CONFIG_TEMP_MAX_AGE_HOURS, params.get("temp_max_age_hours")
+        )
+        return maintenance.clean_temp(data_root(), hours)
 
     @task
     def archive_completed() -> dict[str, Any]:
-        return maintenance.archive_completed(StorageHook(MINIO_CONN_ID), MetadataHook(METADATA_CONN_ID))
+        return maintenance.archive_completed(StorageHook(), MetadataHook())
 
     @task
     def apply_retention(params: dict[str, Any]) -> dict[str, Any]:
-        metadata = MetadataHook(METADATA_CONN_ID)
+        metadata = MetadataHook()
         days = maintenance.setting(metadata, maintenance.CONFIG_RETENTION_DAYS, params.get("output_retention_days"))
-        return maintenance.apply_retention(StorageHook(MINIO_CONN_ID), metadata, days)
+        return maintenance.apply_retention(StorageHook(), metadata, days)
 
     @task
     def storage_statistics() -> dict[str, Any]:
-        return maintenance.record_statistics(StorageHook(MINIO_CONN_ID), MetadataHook(METADATA_CONN_ID))
+        return maintenance.record_statistics(StorageHook(), MetadataHook())
 
     checked = health()
     checked >> [clean_temp(), archive_completed() >> apply_retention() >> storage_statistics()]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+from types import ModuleType
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 PACKAGE_NAME = "e2e3d-provider"
 INTEGRATION_NAME = "E2E3D Storage"
@@ -62,3 +68,41 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": INTEGRATION_NAME, "python-modules": ["e2e3d_provider.triggers.object_storage"]}
         ],
     }
+
+
+#: Modules that moved when the package took its layered shape (0.2): old name -> new name. Importing
+#: an old name still works, with a DeprecationWarning; the old names go in a later release.
+MOVED_MODULES = {
+    "e2e3d_provider.layout": "e2e3d_provider.core.layout",
+    "e2e3d_provider.manifest": "e2e3d_provider.core.manifest",
+    "e2e3d_provider.transfer": "e2e3d_provider.core.transfer",
+    "e2e3d_provider.input_check": "e2e3d_provider.core.readiness",
+    "e2e3d_provider.commit": "e2e3d_provider.lifecycle.publish",
+    "e2e3d_provider.ingest": "e2e3d_provider.lifecycle.ingest",
+    "e2e3d_provider.operators.maintenance": "e2e3d_provider.lifecycle.maintenance",
+    "e2e3d_provider.operators.local_paths": "e2e3d_provider.lifecycle.local_paths",
+    "e2e3d_provider.stack": "e2e3d_provider.devstack.stack",
+    "e2e3d_provider.demo": "e2e3d_provider.devstack.demo",
+    "e2e3d_provider.reconstruct": "e2e3d_provider.devstack.reconstruct",
+}
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves an old module name to the module that now holds its code."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None  # a placeholder, swapped for the real module in exec_module
+
+    def exec_module(self, module: ModuleType) -> None:
+        new_name = MOVED_MODULES[module.__name__]
+        warnings.warn(f"{module.__name__} moved to {new_name}; import it from there", DeprecationWarning, stacklevel=2)
+        sys.modules[module.__name__] = importlib.import_module(new_name)
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())

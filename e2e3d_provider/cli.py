@@ -9,15 +9,19 @@ import shlex
 import sys
 from pathlib import Path
 
+from e2e3d_provider.core.layout import BUCKET_INPUT, DEFAULT_NONCURRENT_DAYS
+from e2e3d_provider.exceptions import E2E3DError
+from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID
+
 
 def _stack_dir(args: argparse.Namespace) -> Path:
-    from e2e3d_provider.stack import default_stack_dir
+    from e2e3d_provider.devstack.stack import default_stack_dir
 
     return Path(args.dir) if args.dir else default_stack_dir()
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from e2e3d_provider import stack
+    from e2e3d_provider.devstack import stack
 
     base = _stack_dir(args)
     if args.action == "up":
@@ -25,7 +29,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         print(f"S3 (SeaweedFS): {info.s3_endpoint}  pid {info.weed_pid}")
         print(f"PostgreSQL:     127.0.0.1:{info.pg_port}  pid {info.pg_pid}  database {info.pg_database}")
         print(f"stack dir:      {info.base_dir}")
-        print(f"connections:    eval \"$(e2e3d stack env{' --dir ' + shlex.quote(str(base)) if args.dir else ''})\"")
+        print(f'connections:    eval "$(e2e3d stack env{" --dir " + shlex.quote(str(base)) if args.dir else ""})"')
         return 0
     if args.action == "down":
         print("stopped" if stack.stop_stack(base) else f"no stack running in {base}")
@@ -58,17 +62,24 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.ingest import ingest
+    from e2e3d_provider.lifecycle.ingest import ingest
 
-    result = ingest(StorageHook(args.minio_conn_id), args.directory, args.dataset, bucket=args.bucket,
-                    skip_invalid=args.skip_invalid)
-    print(f"dataset {args.dataset}: {result.files} images uploaded ({result.bytes} bytes), "
-          f"{result.skipped_files} already present, to {args.bucket}/{args.dataset}/")
+    result = ingest(
+        StorageHook(args.minio_conn_id),
+        args.directory,
+        args.dataset,
+        bucket=args.bucket,
+        skip_invalid=args.skip_invalid,
+    )
+    print(
+        f"dataset {args.dataset}: {result.files} images uploaded ({result.bytes} bytes), "
+        f"{result.skipped_files} already present, to {args.bucket}/{args.dataset}/"
+    )
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from e2e3d_provider.demo import run_demo
+    from e2e3d_provider.devstack.demo import run_demo
 
     return run_demo(keep_stack=args.keep_stack, stack_dir=Path(args.dir) if args.dir else None)
 
@@ -83,17 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     stack_parser.set_defaults(func=cmd_stack)
 
     boot = sub.add_parser("bootstrap", help="create buckets (versioning, lifecycle) and the metadata schema")
-    boot.add_argument("--minio-conn-id", default="minio_default")
-    boot.add_argument("--metadata-conn-id", default="e2e3d_metadata")
-    boot.add_argument("--noncurrent-days", type=int, default=30,
-                      help="days after which noncurrent object versions expire")
+    boot.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
+    boot.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
+    boot.add_argument(
+        "--noncurrent-days",
+        type=int,
+        default=DEFAULT_NONCURRENT_DAYS,
+        help="days after which noncurrent object versions expire",
+    )
     boot.set_defaults(func=cmd_bootstrap)
 
     ing = sub.add_parser("ingest", help="upload a local folder of images to the input bucket as a dataset")
     ing.add_argument("directory")
     ing.add_argument("--dataset", required=True)
-    ing.add_argument("--bucket", default="input")
-    ing.add_argument("--minio-conn-id", default="minio_default")
+    ing.add_argument("--bucket", default=BUCKET_INPUT)
+    ing.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
     ing.add_argument("--skip-invalid", action="store_true", help="skip non-image files instead of failing")
     ing.set_defaults(func=cmd_ingest)
 
@@ -110,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except Exception as err:  # the CLI prints a clear error, never a traceback, for expected failures
-        from e2e3d_provider.exceptions import E2E3DError
-        from e2e3d_provider.stack import StackError
-
-        if isinstance(err, E2E3DError | StackError | ValueError):
+        if isinstance(err, E2E3DError | ValueError):
             print(f"e2e3d: error: {err}", file=sys.stderr)
             return 2
         raise

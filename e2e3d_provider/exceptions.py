@@ -1,10 +1,27 @@
-"""Errors the provider raises; each message says what failed and what to do about it."""
+"""Every error the provider raises, all under :class:`E2E3DError`; each message says what failed and
+what to do about it. No Airflow imports: the storage core raises these too."""
 
 from __future__ import annotations
 
 
 class E2E3DError(Exception):
     """Base class of every error this provider raises on purpose."""
+
+
+class InvalidNameError(E2E3DError, ValueError):
+    """An id, stamp, bucket or relative path that the naming contract rejects (before any I/O)."""
+
+
+class ManifestError(E2E3DError, ValueError):
+    """A manifest that cannot be read, or a run directory that does not match its manifest."""
+
+
+class InvalidInputError(E2E3DError):
+    """An input folder holds files that are not images (or no images at all)."""
+
+
+class LocalPathError(E2E3DError, FileNotFoundError):
+    """A local path handed on from another task does not exist on this host."""
 
 
 class StorageError(E2E3DError):
@@ -49,3 +66,11 @@ class MetadataError(E2E3DError):
 
 class InvalidTransitionError(MetadataError):
     """A job status change that the job lifecycle does not allow."""
+
+
+class StackError(E2E3DError, RuntimeError):
+    """The embedded local stack could not be started, found or stopped."""
+
+
+class ReconstructionError(E2E3DError, RuntimeError):
+    """The demo reconstruction cannot use its input (no images, unreadable images)."""

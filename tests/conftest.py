@@ -26,22 +26,35 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 REPO = Path(__file__).resolve().parents[1]
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 # dag.test() runs only DAGs found in a bundle: the product DAGs and the tests' own small DAGs.
-os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([
-    {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {"path": str(path)}}
-    for name, path in (("e2e3d-dags", REPO / "dags"), ("e2e3d-test-dags", REPO / "tests" / "dags"))])
+os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
+    [
+        {
+            "name": name,
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(path)},
+        }
+        for name, path in (("e2e3d-dags", REPO / "dags"), ("e2e3d-test-dags", REPO / "tests" / "dags"))
+    ]
+)
 os.environ.setdefault("XDG_RUNTIME_DIR", _AIRFLOW_HOME)
 os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = "e2e3d-tests-" + "s" * 64  # >= 64 bytes, as HS512 wants
 os.environ.pop("E2E3D_DATA_ROOT", None)
 
 import pytest  # noqa: E402
 
-from e2e3d_provider import stack  # noqa: E402
+from e2e3d_provider.devstack import stack  # noqa: E402
 
 
 def _pg_conn_from_dsn(dsn: str) -> dict:
     parts = urlsplit(dsn)
-    return {"conn_type": "postgres", "host": parts.hostname, "port": parts.port or 5432, "login": parts.username,
-            "password": parts.password, "schema": parts.path.lstrip("/") or "postgres"}
+    return {
+        "conn_type": "postgres",
+        "host": parts.hostname,
+        "port": parts.port or 5432,
+        "login": parts.username,
+        "password": parts.password,
+        "schema": parts.path.lstrip("/") or "postgres",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +78,12 @@ def connections(stack_info: stack.StackInfo | None) -> dict[str, dict]:
     if stack_info is not None:
         minio, metadata = stack_info.minio_conn(), stack_info.metadata_conn()
     else:
-        minio = {"conn_type": "aws", "login": os.environ.get("E2E3D_TEST_S3_ACCESS_KEY", "minioadmin"),
-                 "password": os.environ.get("E2E3D_TEST_S3_SECRET_KEY", "minioadmin"),
-                 "extra": {"endpoint_url": os.environ["E2E3D_TEST_S3_ENDPOINT"], "region_name": "us-east-1"}}
+        minio = {
+            "conn_type": "aws",
+            "login": os.environ.get("E2E3D_TEST_S3_ACCESS_KEY", "minioadmin"),
+            "password": os.environ.get("E2E3D_TEST_S3_SECRET_KEY", "minioadmin"),
+            "extra": {"endpoint_url": os.environ["E2E3D_TEST_S3_ENDPOINT"], "region_name": "us-east-1"},
+        }
         metadata = _pg_conn_from_dsn(os.environ["E2E3D_TEST_PG_DSN"])
     os.environ["AIRFLOW_CONN_MINIO_DEFAULT"] = json.dumps(minio)
     os.environ["AIRFLOW_CONN_E2E3D_METADATA"] = json.dumps(metadata)

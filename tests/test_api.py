@@ -16,11 +16,11 @@ import pytest
 import uvicorn
 
 from e2e3d_provider.api.app import create_app
-from e2e3d_provider.commit import publish_run
+from e2e3d_provider.devstack.stack import free_ports
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.operators.archive import archive_job
-from e2e3d_provider.stack import free_ports
+from e2e3d_provider.lifecycle.archive import archive_job
+from e2e3d_provider.lifecycle.publish import publish_run
 from tests.conftest import write_files
 
 STAMP = "20261124T120000Z"
@@ -64,9 +64,13 @@ def as_user(name: str) -> dict[str, str]:
 
 @pytest.fixture
 def published_job(storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str) -> dict:
-    files = {"mesh/reconstructed_mesh.obj": b"v 0 0 0\n", "mesh/reconstructed_mesh.mtl": b"newmtl t\n",
-             "textures/texture.png": os.urandom(2048), "pointcloud/pointcloud.ply": b"ply\n",
-             "logs/reconstruct.log": b"ok\n"}
+    files = {
+        "mesh/reconstructed_mesh.obj": b"v 0 0 0\n",
+        "mesh/reconstructed_mesh.mtl": b"newmtl t\n",
+        "textures/texture.png": os.urandom(2048),
+        "pointcloud/pointcloud.ply": b"ply\n",
+        "logs/reconstruct.log": b"ok\n",
+    }
     write_files(tmp_path, files)
     publish_run(storage, tmp_path, unique_id, STAMP, "output", {"faces": 1})
     metadata.record_job(unique_id, STAMP, "ds1", "running")
@@ -89,11 +93,14 @@ def test_results_give_working_presigned_urls_for_every_file(api: str, unique_id:
     assert "X-Amz-Expires=86400" in body["texture"]
 
 
-def test_expiry_is_configurable_capped_and_expired_urls_are_refused(api: str, unique_id: str,
-                                                                    published_job: dict) -> None:
+def test_expiry_is_configurable_capped_and_expired_urls_are_refused(
+    api: str, unique_id: str, published_job: dict
+) -> None:
     headers = as_user("viewer")
-    assert httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 8 * 24 * 3600},
-                     headers=headers).status_code == 422
+    assert (
+        httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 8 * 24 * 3600}, headers=headers).status_code
+        == 422
+    )
     assert httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 0}, headers=headers).status_code == 422
     body = httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 1}, headers=headers).json()
     assert body["expires_in"] == 1
@@ -112,9 +119,9 @@ def test_unknown_incomplete_and_malformed_jobs(api: str, metadata: MetadataHook,
     assert httpx.get(f"{api}/api/job/a..b/results", headers=headers).status_code == 422
 
 
-def test_archived_jobs_are_served_from_the_archive_after_retention(api: str, storage: StorageHook,
-                                                                   metadata: MetadataHook, unique_id: str,
-                                                                   published_job: dict) -> None:
+def test_archived_jobs_are_served_from_the_archive_after_retention(
+    api: str, storage: StorageHook, metadata: MetadataHook, unique_id: str, published_job: dict
+) -> None:
     result = archive_job(storage, unique_id, remove_source=True)
     metadata.record_job(unique_id, STAMP, "ds1", "archived", archive_key=f"archive/{result.archive_key}")
     body = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer")).json()
@@ -122,8 +129,7 @@ def test_archived_jobs_are_served_from_the_archive_after_retention(api: str, sto
     assert httpx.get(body["texture"]).content == published_job["textures/texture.png"]
 
 
-def test_upload_urls_let_clients_put_inputs_straight_to_storage(api: str, storage: StorageHook,
-                                                                unique_id: str) -> None:
+def test_upload_urls_let_clients_put_inputs_straight_to_storage(api: str, storage: StorageHook, unique_id: str) -> None:
     request = {"files": ["views/a.jpg", "b.PNG"], "expires": 600}
     grant = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json=request, headers=as_user("runner"))
     assert grant.status_code == 200, grant.text
@@ -134,8 +140,9 @@ def test_upload_urls_let_clients_put_inputs_straight_to_storage(api: str, storag
     assert storage.get_bytes("input", f"{unique_id}/views/a.jpg") == b"image bytes of views/a.jpg"
 
 
-@pytest.mark.parametrize("files", [["../escape.jpg"], ["/abs.jpg"], ["notes.txt"], ["a.jpg", "a.jpg"], [],
-                                   ["x\u0000.jpg"]])
+@pytest.mark.parametrize(
+    "files", [["../escape.jpg"], ["/abs.jpg"], ["notes.txt"], ["a.jpg", "a.jpg"], [], ["x\u0000.jpg"]]
+)
 def test_bad_upload_names_are_refused(api: str, files: list[str], unique_id: str) -> None:
     response = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": files}, headers=as_user("runner"))
     assert response.status_code == 422
@@ -147,10 +154,18 @@ def test_bad_ids_get_422_without_touching_storage(airflow_db, connections) -> No
     url, server, thread = serve(create_app("no_such_minio_conn", "no_such_metadata_conn"))
     try:
         assert httpx.get(f"{url}/api/job/a..b/results", headers=as_user("viewer")).status_code == 422
-        assert httpx.post(f"{url}/api/datasets/-bad/uploads", json={"files": ["a.jpg"]},
-                          headers=as_user("runner")).status_code == 422
-        assert httpx.post(f"{url}/api/datasets/ok/uploads", json={"files": ["../a.jpg"]},
-                          headers=as_user("runner")).status_code == 422
+        assert (
+            httpx.post(
+                f"{url}/api/datasets/-bad/uploads", json={"files": ["a.jpg"]}, headers=as_user("runner")
+            ).status_code
+            == 422
+        )
+        assert (
+            httpx.post(
+                f"{url}/api/datasets/ok/uploads", json={"files": ["../a.jpg"]}, headers=as_user("runner")
+            ).status_code
+            == 422
+        )
     finally:
         server.should_exit = True
         thread.join(10)
@@ -163,11 +178,14 @@ def test_authentication_and_permissions(api: str, unique_id: str) -> None:
     assert httpx.get(f"{api}/api/storage/stats").status_code == 401
     assert httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": ["a.jpg"]}).status_code == 401
     # a viewer may read but not hand out upload URLs (that needs the right to trigger runs)
-    denied = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": ["a.jpg"]},
-                        headers=as_user("viewer"))
+    denied = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": ["a.jpg"]}, headers=as_user("viewer"))
     assert denied.status_code == 403
-    assert httpx.get(f"{api}/api/job/{unique_id}/results", headers={"Authorization": f"Bearer {token('x', None)}"}
-                     ).status_code == 403  # authenticated, but with no role
+    assert (
+        httpx.get(
+            f"{api}/api/job/{unique_id}/results", headers={"Authorization": f"Bearer {token('x', None)}"}
+        ).status_code
+        == 403
+    )  # authenticated, but with no role
     assert httpx.get(f"{api}/api/health").status_code == 200  # the only anonymous route
 
 
@@ -195,8 +213,12 @@ def test_health_reports_each_dependency(api: str, airflow_db, connections) -> No
 def test_openapi_schema_is_served_and_describes_every_route(api: str) -> None:
     schema = httpx.get(f"{api}/openapi.json").json()
     assert schema["info"]["title"] == "E2E3D results API"
-    assert set(schema["paths"]) == {"/api/job/{job_id}/results", "/api/datasets/{dataset}/uploads",
-                                    "/api/storage/stats", "/api/health"}
+    assert set(schema["paths"]) == {
+        "/api/job/{job_id}/results",
+        "/api/datasets/{dataset}/uploads",
+        "/api/storage/stats",
+        "/api/health",
+    }
     results = schema["paths"]["/api/job/{job_id}/results"]["get"]
     assert {"200", "404", "409", "422"} <= set(results["responses"])
     assert any(p["name"] == "expires" and p["schema"]["maximum"] == 7 * 24 * 3600 for p in results["parameters"])

@@ -17,8 +17,14 @@ from e2e3d_provider.hooks.storage import StorageHook
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yaml"
-LONG_RUNNING = {"postgres", "minio", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                "airflow-triggerer"}
+LONG_RUNNING = {
+    "postgres",
+    "minio",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+}
 ONE_SHOT = {"minio-init", "airflow-init"}
 #: modules that are development tooling (local stack, demo, CLI), not what a deployment runs
 DEV_TOOLING = {"stack.py", "demo.py", "cli.py"}
@@ -30,8 +36,9 @@ def compose() -> dict:
 
 def test_compose_file_validates_against_the_compose_specification() -> None:
     tool = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent)) or "check-jsonschema"
-    result = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [tool, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

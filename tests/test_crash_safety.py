@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e3d_provider import stack
-from e2e3d_provider.commit import publish_run
+from e2e3d_provider.core.manifest import Manifest, build_manifest
+from e2e3d_provider.devstack import stack
 from e2e3d_provider.exceptions import StorageError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.manifest import Manifest, build_manifest
+from e2e3d_provider.lifecycle.publish import publish_run
 from tests.conftest import write_files
 
 MiB = 1024 * 1024
@@ -79,8 +79,14 @@ def kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def crash_and_rerun(crash_stack: stack.StackInfo, run_dir: Path, manifest: Manifest, job_id: str,
-                    after_files: int | None = None, after_seconds: float | None = None) -> tuple[bool, int]:
+def crash_and_rerun(
+    crash_stack: stack.StackInfo,
+    run_dir: Path,
+    manifest: Manifest,
+    job_id: str,
+    after_files: int | None = None,
+    after_seconds: float | None = None,
+) -> tuple[bool, int]:
     """Publish, SIGKILL the S3 server after ``after_files`` uploaded files (or ``after_seconds``),
     restart it, check the SUCCESS invariant, rerun, check what the rerun sent. Returns
     (publish crashed, files already verified before the rerun)."""
@@ -107,8 +113,11 @@ def crash_and_rerun(crash_stack: stack.StackInfo, run_dir: Path, manifest: Manif
     storage = hook()
     had_success = assert_no_success_over_an_incomplete_set(storage, job_id, manifest)
     assert not (crashed and had_success), f"{job_id}: a failed publish left SUCCESS behind"
-    verified = sum(1 for e in manifest.files
-                   if (r := storage.stat("output", f"{job_id}/{e.path}")) and (r.size, r.sha256) == (e.size, e.sha256))
+    verified = sum(
+        1
+        for e in manifest.files
+        if (r := storage.stat("output", f"{job_id}/{e.path}")) and (r.size, r.sha256) == (e.size, e.sha256)
+    )
     rerun = publish_run(storage, run_dir, job_id, STAMP, "output")
     assert rerun.uploaded_files == len(manifest.files) - verified, (job_id, verified, rerun)
     assert assert_no_success_over_an_incomplete_set(storage, job_id, manifest)
@@ -149,7 +158,11 @@ def test_rerun_replaces_a_changed_file_and_drops_stale_objects(crash_stack: stac
     (run_dir / "logs/old.log").unlink()
     second = publish_run(storage, run_dir, "rerun-job", STAMP, "output")
     assert (second.uploaded_files, second.removed_stale, second.files) == (1, 1, 2)
-    assert storage.list_keys("output", "rerun-job") == ["rerun-job/SUCCESS", "rerun-job/mesh/a.obj",
-                                                        "rerun-job/metadata.json", "rerun-job/textures/t.png"]
+    assert storage.list_keys("output", "rerun-job") == [
+        "rerun-job/SUCCESS",
+        "rerun-job/mesh/a.obj",
+        "rerun-job/metadata.json",
+        "rerun-job/textures/t.png",
+    ]
     assert storage.get_bytes("output", "rerun-job/mesh/a.obj") == b"v 2"
     assert (run_dir / "SUCCESS").exists() and json.loads((run_dir / "SUCCESS").read_text())["files"] == 2

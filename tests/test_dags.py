@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from e2e3d_provider.core.layout import RunLayout, archive_prefix, job_id_from_run_id
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.ingest import InvalidInputError, ingest
-from e2e3d_provider.layout import RunLayout, archive_prefix, job_id_from_run_id
+from e2e3d_provider.lifecycle.ingest import InvalidInputError, ingest
 from tests.conftest import REPO, load_repo_dag, task_states, write_files, xcom
 
-SAMPLE = REPO / "e2e3d_provider" / "sample_data" / "terrain"
+SAMPLE = REPO / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
 
 
 @pytest.fixture
@@ -32,8 +32,10 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_every_dag_loads_without_import_errors() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    for folder, expected in ((REPO / "dags", {"e2e3d_reconstruction", "e2e3d_maintenance"}),
-                             (REPO / "tests" / "dags", {"e2e3d_test_blocks", "e2e3d_test_deferrable"})):
+    for folder, expected in (
+        (REPO / "dags", {"e2e3d_reconstruction", "e2e3d_maintenance"}),
+        (REPO / "tests" / "dags", {"e2e3d_test_blocks", "e2e3d_test_deferrable"}),
+    ):
         bag = DagBag(dag_folder=str(folder))
         assert bag.import_errors == {}, bag.import_errors
         assert expected <= set(bag.dag_ids)
@@ -49,8 +51,9 @@ def test_job_ids_derived_from_run_ids_are_valid() -> None:
     assert len(job_id_from_run_id("a" * 300)) == 128
 
 
-def test_lifecycle_dag_end_to_end(run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path,
-                                  unique_id: str) -> None:
+def test_lifecycle_dag_end_to_end(
+    run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path, unique_id: str
+) -> None:
     dataset = f"ds-{unique_id}"
     ingest(storage, SAMPLE, dataset)
     dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
@@ -63,9 +66,13 @@ def test_lifecycle_dag_end_to_end(run_dag, storage: StorageHook, metadata: Metad
     stamp = prepared["stamp"]
     run = RunLayout(data_root, unique_id, stamp)
     manifest = json.loads(storage.get_bytes("output", f"{unique_id}/metadata.json"))
-    assert {e["path"] for e in manifest["files"]} == {"mesh/reconstructed_mesh.obj", "mesh/reconstructed_mesh.mtl",
-                                                      "textures/texture.png", "pointcloud/pointcloud.ply",
-                                                      "logs/reconstruct.log"}
+    assert {e["path"] for e in manifest["files"]} == {
+        "mesh/reconstructed_mesh.obj",
+        "mesh/reconstructed_mesh.mtl",
+        "textures/texture.png",
+        "pointcloud/pointcloud.ply",
+        "logs/reconstruct.log",
+    }
     for entry in manifest["files"]:
         remote = storage.stat("output", f"{unique_id}/{entry['path']}")
         assert (remote.size, remote.sha256) == (entry["size"], entry["sha256"])
@@ -81,16 +88,15 @@ def test_lifecycle_dag_end_to_end(run_dag, storage: StorageHook, metadata: Metad
     assert job["archive_key"] == f"archive/{archive_prefix(unique_id, stamp)}"
     assert len(metadata.job_files(unique_id, stamp)) == 5
     with metadata.transaction() as cur:
-        cur.execute("SELECT direction, files FROM e2e3d.transfers WHERE job_id = %s ORDER BY direction",
-                    (unique_id,))
+        cur.execute("SELECT direction, files FROM e2e3d.transfers WHERE job_id = %s ORDER BY direction", (unique_id,))
         assert cur.fetchall() == [("download", 6), ("upload", 5)]
     assert not run.temp_dir.exists() and run.run_dir.exists()  # temp cleaned, results kept locally
     assert xcom(dr, "stage_in")["output_dir"] == str(run.run_dir)
 
 
-def test_failing_reconstruct_marks_the_job_failed_and_still_cleans(run_dag, storage: StorageHook,
-                                                                   metadata: MetadataHook, data_root: Path,
-                                                                   unique_id: str) -> None:
+def test_failing_reconstruct_marks_the_job_failed_and_still_cleans(
+    run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path, unique_id: str
+) -> None:
     dataset = f"bad-{unique_id}"
     for i in range(2):  # files named like images that are not images: the reconstruction cannot read them
         storage.put_bytes("input", f"{dataset}/broken_{i}.jpg", b"definitely not a jpeg")
@@ -107,9 +113,10 @@ def test_failing_reconstruct_marks_the_job_failed_and_still_cleans(run_dag, stor
     assert not storage.exists("output", f"{unique_id}/SUCCESS")
 
 
-def test_maintenance_dag_on_seeded_old_jobs(run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path,
-                                            unique_id: str) -> None:
-    from e2e3d_provider.commit import publish_run
+def test_maintenance_dag_on_seeded_old_jobs(
+    run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path, unique_id: str
+) -> None:
+    from e2e3d_provider.lifecycle.publish import publish_run
 
     stamp = "20260101T000000Z"
     old, fresh, done = f"{unique_id}-old", f"{unique_id}-fresh", f"{unique_id}-done"
@@ -120,8 +127,9 @@ def test_maintenance_dag_on_seeded_old_jobs(run_dag, storage: StorageHook, metad
         metadata.record_job(job, stamp, "ds", "running")
         metadata.record_job(job, stamp, "ds", "succeeded")
     with metadata.transaction() as cur:  # an old job, finished 90 days ago
-        cur.execute("UPDATE e2e3d.jobs SET finished_at = now() - interval '90 days' WHERE job_id IN (%s, %s)",
-                    (old, done))
+        cur.execute(
+            "UPDATE e2e3d.jobs SET finished_at = now() - interval '90 days' WHERE job_id IN (%s, %s)", (old, done)
+        )
     # temp dirs: one abandoned two days ago, one in use
     stale_temp, live_temp = data_root / "temp" / f"{old}_{stamp}", data_root / "temp" / f"{fresh}_{stamp}"
     write_files(stale_temp, {"x.tmp": b"x"})
@@ -153,8 +161,15 @@ def test_maintenance_dag_on_seeded_old_jobs(run_dag, storage: StorageHook, metad
 
 
 def test_ingest_rejects_non_images_and_uploads_nothing(storage: StorageHook, tmp_path: Path, unique_id: str) -> None:
-    write_files(tmp_path, {"a.jpg": (SAMPLE / "view_01.jpg").read_bytes(), "notes.txt": b"hello",
-                           "fake.png": b"not a png", ".DS_Store": b"junk"})
+    write_files(
+        tmp_path,
+        {
+            "a.jpg": (SAMPLE / "view_01.jpg").read_bytes(),
+            "notes.txt": b"hello",
+            "fake.png": b"not a png",
+            ".DS_Store": b"junk",
+        },
+    )
     with pytest.raises(InvalidInputError, match=r"2 file\(s\).*notes\.txt.*fake\.png|2 file\(s\).*fake\.png"):
         ingest(storage, tmp_path, unique_id)
     assert storage.list_keys("input", unique_id) == []
@@ -175,8 +190,14 @@ def test_ingest_cli(connections: dict, tmp_path: Path, unique_id: str) -> None:
 @pytest.mark.slow
 def test_demo_command_runs_the_whole_lifecycle(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "E2E3D"))}
-    result = subprocess.run([str(Path(sys.executable).parent / "e2e3d"), "demo"], capture_output=True, text=True,
-                            env=env, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "e2e3d"), "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("sha256 matches the manifest") == 3
     assert "status         archived" in result.stdout

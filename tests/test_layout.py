@@ -7,14 +7,34 @@ from pathlib import Path
 
 import pytest
 
-from e2e3d_provider import layout
-from e2e3d_provider.layout import InvalidNameError
+from e2e3d_provider.core import layout
+from e2e3d_provider.core.layout import InvalidNameError
 
 VALID_IDS = ["a", "A1", "job-42", "scan_2026.11.24", "x" * 128, "0", "dataset.v2"]
 INVALID_IDS = [
-    "", " ", "..", "a..b", "../etc", "/abs", "a/b", "a\\b", ".hidden", "-dash", "_under",
-    "x" * 129, "tab\there", "nul\x00", "new\nline", "del\x7f", "spa ce", "é", "a;rm -rf", "$(id)",
-    "~root", "a:b", "C:\\x",
+    "",
+    " ",
+    "..",
+    "a..b",
+    "../etc",
+    "/abs",
+    "a/b",
+    "a\\b",
+    ".hidden",
+    "-dash",
+    "_under",
+    "x" * 129,
+    "tab\there",
+    "nul\x00",
+    "new\nline",
+    "del\x7f",
+    "spa ce",
+    "é",
+    "a;rm -rf",
+    "$(id)",
+    "~root",
+    "a:b",
+    "C:\\x",
 ]
 
 
@@ -36,10 +56,16 @@ def test_non_string_ids_are_rejected(value: object) -> None:
 
 
 def test_ids_are_validated_before_any_path_or_key_is_built(tmp_path: Path) -> None:
-    for build in (lambda v: layout.input_dir(tmp_path, v), layout.input_prefix, layout.output_prefix,
-                  lambda v: layout.output_key(v, "mesh/a.obj"), layout.success_key, layout.manifest_key,
-                  lambda v: layout.archive_prefix(v, "20260101T000000Z"),
-                  lambda v: layout.RunLayout(tmp_path, v, "20260101T000000Z")):
+    for build in (
+        lambda v: layout.input_dir(tmp_path, v),
+        layout.input_prefix,
+        layout.output_prefix,
+        lambda v: layout.output_key(v, "mesh/a.obj"),
+        layout.success_key,
+        layout.manifest_key,
+        lambda v: layout.archive_prefix(v, "20260101T000000Z"),
+        lambda v: layout.RunLayout(tmp_path, v, "20260101T000000Z"),
+    ):
         with pytest.raises(InvalidNameError):
             build("../escape")
 
@@ -52,8 +78,9 @@ def test_stamps_round_trip_in_utc() -> None:
     assert layout.STAMP_PATTERN.fullmatch(layout.make_stamp())
 
 
-@pytest.mark.parametrize("value", ["", "2026-11-24T20:05:09Z", "20261124T200509", "20261340T000000Z",
-                                   "20261124T250000Z", "x0261124T200509Z"])
+@pytest.mark.parametrize(
+    "value", ["", "2026-11-24T20:05:09Z", "20261124T200509", "20261340T000000Z", "20261124T250000Z", "x0261124T200509Z"]
+)
 def test_bad_stamps_are_rejected(value: str) -> None:
     with pytest.raises(InvalidNameError):
         layout.validate_stamp(value)
@@ -64,8 +91,9 @@ def test_naive_datetimes_make_no_stamp() -> None:
         layout.make_stamp(datetime(2026, 1, 1))
 
 
-@pytest.mark.parametrize("value", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/./b", "a\\b", "",
-                                   "a\x00b", "a\nb", "x" * 800, "a/"])
+@pytest.mark.parametrize(
+    "value", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/./b", "a\\b", "", "a\x00b", "a\nb", "x" * 800, "a/"]
+)
 def test_hostile_relative_paths_are_rejected(value: str) -> None:
     with pytest.raises(InvalidNameError):
         layout.validate_relpath(value)
@@ -100,14 +128,16 @@ def test_keys_that_would_escape_a_download_directory_are_rejected(tmp_path: Path
 
 
 def test_data_root_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from e2e3d_provider.operators.run_context import data_root
+
     monkeypatch.delenv(layout.DATA_ROOT_ENV, raising=False)
     monkeypatch.delenv("AIRFLOW_VAR_E2E3D_DATA_ROOT", raising=False)
-    assert layout.resolve_data_root() == Path(layout.DEFAULT_DATA_ROOT)
+    assert data_root() == Path(layout.DEFAULT_DATA_ROOT)
     monkeypatch.setenv("AIRFLOW_VAR_E2E3D_DATA_ROOT", str(tmp_path / "var"))
-    assert layout.resolve_data_root() == tmp_path / "var"
+    assert data_root() == tmp_path / "var"
     monkeypatch.setenv(layout.DATA_ROOT_ENV, str(tmp_path / "env"))
-    assert layout.resolve_data_root() == tmp_path / "env"
-    assert layout.resolve_data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert data_root() == tmp_path / "env"
+    assert data_root(tmp_path / "arg") == tmp_path / "arg"
 
 
 @pytest.mark.parametrize("name", ["input", "output", "my-bucket.v2"])

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from e2e3d_provider.core.layout import RunLayout
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.layout import RunLayout
 from tests.conftest import task_states, write_files, xcom
 from tests.dags.e2e3d_test_dags import blocks_dag, deferrable_dag, soft_fail_dag
 
@@ -26,8 +26,9 @@ def seed_dataset(storage: StorageHook, dataset: str, count: int = 4) -> dict[str
     return files
 
 
-def test_lifecycle_blocks_run_end_to_end(run_dag, storage: StorageHook, metadata: MetadataHook, unique_id: str,
-                                         tmp_path: Path) -> None:
+def test_lifecycle_blocks_run_end_to_end(
+    run_dag, storage: StorageHook, metadata: MetadataHook, unique_id: str, tmp_path: Path
+) -> None:
     dataset = f"ds-{unique_id}"
     files = seed_dataset(storage, dataset)
     storage.put_bytes("models", f"m-{unique_id}/weights.bin", b"weights")
@@ -37,8 +38,17 @@ def test_lifecycle_blocks_run_end_to_end(run_dag, storage: StorageHook, metadata
 
     assert xcom(dr, "input_present") == {"prefix": f"{dataset}/", "count": 4, "bytes": sum(map(len, files.values()))}
     staged = xcom(dr, "stage_in")
-    assert set(staged) >= {"dataset", "job_id", "stamp", "host", "input_dir", "temp_dir", "output_dir", "files",
-                           "bytes"}
+    assert set(staged) >= {
+        "dataset",
+        "job_id",
+        "stamp",
+        "host",
+        "input_dir",
+        "temp_dir",
+        "output_dir",
+        "files",
+        "bytes",
+    }
     run = RunLayout(tmp_path, unique_id, staged["stamp"])
     assert staged["host"] == socket.gethostname() and staged["files"] == 4
     assert staged["output_dir"] == str(run.run_dir) and staged["temp_dir"] == str(run.temp_dir)
@@ -47,10 +57,19 @@ def test_lifecycle_blocks_run_end_to_end(run_dag, storage: StorageHook, metadata
         assert (tmp_path / "input" / dataset / rel).read_bytes() == data
 
     upload = xcom(dr, "upload_results")
-    assert upload == {"job_id": unique_id, "stamp": staged["stamp"], "bucket": "output", "prefix": f"{unique_id}/",
-                      "files": 5, "bytes": upload["bytes"], "manifest_key": f"{unique_id}/metadata.json",
-                      "success_key": f"{unique_id}/SUCCESS", "uploaded_files": 5,
-                      "uploaded_bytes": upload["bytes"], "seconds": upload["seconds"]}
+    assert upload == {
+        "job_id": unique_id,
+        "stamp": staged["stamp"],
+        "bucket": "output",
+        "prefix": f"{unique_id}/",
+        "files": 5,
+        "bytes": upload["bytes"],
+        "manifest_key": f"{unique_id}/metadata.json",
+        "success_key": f"{unique_id}/SUCCESS",
+        "uploaded_files": 5,
+        "uploaded_bytes": upload["bytes"],
+        "seconds": upload["seconds"],
+    }
     manifest = json.loads(storage.get_bytes("output", f"{unique_id}/metadata.json"))
     assert manifest["statistics"]["images"] == 4
     for entry in manifest["files"]:
@@ -60,13 +79,17 @@ def test_lifecycle_blocks_run_end_to_end(run_dag, storage: StorageHook, metadata
     assert run.success_path.exists() and storage.exists("output", f"{unique_id}/SUCCESS")
 
     assert xcom(dr, "record_succeeded") == {"job_id": unique_id, "status": "succeeded"}
-    assert xcom(dr, "results_ready") == {"bucket": "output", "marker_key": f"{unique_id}/SUCCESS",
-                                         "manifest_key": f"{unique_id}/metadata.json"}
+    assert xcom(dr, "results_ready") == {
+        "bucket": "output",
+        "marker_key": f"{unique_id}/SUCCESS",
+        "manifest_key": f"{unique_id}/metadata.json",
+    }
     archived = xcom(dr, "archive")
     assert archived["archive_key"] == f"{unique_id}/{unique_id}_{staged['stamp']}/"
     assert sorted(storage.list_keys("archive", archived["archive_key"])) == sorted(
         [f"{archived['archive_key']}{e['path']}" for e in manifest["files"]]
-        + [f"{archived['archive_key']}metadata.json", f"{archived['archive_key']}SUCCESS"])
+        + [f"{archived['archive_key']}metadata.json", f"{archived['archive_key']}SUCCESS"]
+    )
 
     job = metadata.get_job(unique_id, staged["stamp"])
     assert job["status"] == "archived" and job["files"] == 5
@@ -81,8 +104,7 @@ def test_lifecycle_blocks_run_end_to_end(run_dag, storage: StorageHook, metadata
     assert str(dr2.state) == "success", task_states(dr2)
     assert xcom(dr2, "stage_in")["transferred_bytes"] == 0
     with metadata.transaction() as cur:
-        cur.execute("SELECT count(*) FROM e2e3d.transfers WHERE job_id = %s AND direction = 'download'",
-                    (unique_id,))
+        cur.execute("SELECT count(*) FROM e2e3d.transfers WHERE job_id = %s AND direction = 'download'", (unique_id,))
         assert cur.fetchone()[0] >= 2
 
 
@@ -102,8 +124,11 @@ def test_deferrable_sensors_wait_in_the_trigger(run_dag, storage: StorageHook, u
     assert str(dr.state) == "success", task_states(dr)
     assert time.monotonic() - started >= 4  # it really waited for the marker
     assert xcom(dr, "input_present")["count"] == 2
-    assert xcom(dr, "results_ready") == {"bucket": "output", "marker_key": f"{unique_id}/SUCCESS",
-                                         "manifest_key": f"{unique_id}/metadata.json"}
+    assert xcom(dr, "results_ready") == {
+        "bucket": "output",
+        "marker_key": f"{unique_id}/SUCCESS",
+        "manifest_key": f"{unique_id}/metadata.json",
+    }
 
 
 def test_sensor_timeout_with_soft_fail_skips(run_dag, unique_id: str) -> None:
@@ -114,15 +139,17 @@ def test_sensor_timeout_with_soft_fail_skips(run_dag, unique_id: str) -> None:
 def test_stage_in_of_a_missing_dataset_fails_clearly(storage: StorageHook, tmp_path: Path, unique_id: str) -> None:
     from e2e3d_provider.operators.stage_in import StageInOperator
 
-    op = StageInOperator(task_id="s", dataset=f"absent-{unique_id}", job_id=unique_id, data_root=str(tmp_path),
-                         stamp="20260101T000000Z")
+    op = StageInOperator(
+        task_id="s", dataset=f"absent-{unique_id}", job_id=unique_id, data_root=str(tmp_path), stamp="20260101T000000Z"
+    )
     with pytest.raises(FileNotFoundError, match=r"has no objects in bucket 'input'"):
         op.execute({})
     assert not (tmp_path / "output").exists()
 
 
 def test_stage_in_with_a_corrupted_object_fails_and_leaves_no_partial_file(
-        storage: StorageHook, tmp_path: Path, unique_id: str) -> None:
+    storage: StorageHook, tmp_path: Path, unique_id: str
+) -> None:
     import io
 
     from e2e3d_provider.exceptions import ChecksumMismatchError
@@ -132,10 +159,16 @@ def test_stage_in_with_a_corrupted_object_fails_and_leaves_no_partial_file(
     files = seed_dataset(storage, dataset)
     good = files["images/view_1.jpg"]
     bad = b"X" + good[1:]
-    storage.client.put_object("input", f"{dataset}/images/view_1.jpg", io.BytesIO(bad), len(bad),
-                              metadata={"sha256": hashlib.sha256(good).hexdigest()})
-    op = StageInOperator(task_id="s", dataset=dataset, job_id=unique_id, data_root=str(tmp_path),
-                         stamp="20260101T000000Z")
+    storage.client.put_object(
+        "input",
+        f"{dataset}/images/view_1.jpg",
+        io.BytesIO(bad),
+        len(bad),
+        metadata={"sha256": hashlib.sha256(good).hexdigest()},
+    )
+    op = StageInOperator(
+        task_id="s", dataset=dataset, job_id=unique_id, data_root=str(tmp_path), stamp="20260101T000000Z"
+    )
     with pytest.raises(ChecksumMismatchError, match=r"view_1\.jpg"):
         op.execute({})
     staged = tmp_path / "input" / dataset / "images"
@@ -146,8 +179,9 @@ def test_stage_in_with_a_corrupted_object_fails_and_leaves_no_partial_file(
 def test_upload_results_names_both_hosts_when_the_run_dir_is_elsewhere(tmp_path: Path) -> None:
     from e2e3d_provider.operators.upload_results import UploadResultsOperator
 
-    op = UploadResultsOperator(task_id="u", job_id="job1", stamp="20260101T000000Z",
-                               run_dir=str(tmp_path / "not-here"), origin_host="worker-7")
+    op = UploadResultsOperator(
+        task_id="u", job_id="job1", stamp="20260101T000000Z", run_dir=str(tmp_path / "not-here"), origin_host="worker-7"
+    )
     with pytest.raises(FileNotFoundError) as caught:
         op.execute({})
     message = str(caught.value)
@@ -155,9 +189,8 @@ def test_upload_results_names_both_hosts_when_the_run_dir_is_elsewhere(tmp_path:
     assert "shared PVC" in message and "per-worker queue" in message
 
 
-def test_cleanup_refuses_paths_outside_the_data_root(tmp_path: Path,
-                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
-    from e2e3d_provider.layout import InvalidNameError
+def test_cleanup_refuses_paths_outside_the_data_root(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from e2e3d_provider.core.layout import InvalidNameError
     from e2e3d_provider.operators.cleanup import CleanupOperator
 
     root = tmp_path / "root"
@@ -165,8 +198,14 @@ def test_cleanup_refuses_paths_outside_the_data_root(tmp_path: Path,
     write_files(outside, {"precious.txt": b"keep me"})
     (root / "temp").mkdir(parents=True)
     (root / "temp" / "link").symlink_to(outside, target_is_directory=True)
-    for bad in (str(root / "temp" / ".." / ".." / "x"), "../x", str(outside), str(root / "temp" / "link"),
-                str(root), "/"):
+    for bad in (
+        str(root / "temp" / ".." / ".." / "x"),
+        "../x",
+        str(outside),
+        str(root / "temp" / "link"),
+        str(root),
+        "/",
+    ):
         op = CleanupOperator(task_id="c", temp_dir=bad, data_root=str(root))
         with pytest.raises(InvalidNameError):
             op.execute({})
@@ -179,10 +218,13 @@ def test_cleanup_is_idempotent_and_removes_only_inside_the_root(tmp_path: Path) 
     run = RunLayout(tmp_path, "job1", "20260101T000000Z")
     write_files(run.temp_dir, {"a/b.tmp": b"x"})
     write_files(run.run_dir, {"mesh/m.obj": b"v"})
-    op = CleanupOperator(task_id="c", job_id="job1", stamp="20260101T000000Z", remove_run_dir=True,
-                         data_root=str(tmp_path))
+    op = CleanupOperator(
+        task_id="c", job_id="job1", stamp="20260101T000000Z", remove_run_dir=True, data_root=str(tmp_path)
+    )
     assert op.trigger_rule == "all_done"
     assert op.execute({}) == {"removed": [str(run.temp_dir), str(run.run_dir)], "missing": []}
     assert op.execute({}) == {"removed": [], "missing": [str(run.temp_dir), str(run.run_dir)]}
-    assert CleanupOperator(task_id="c2", temp_dir="None", data_root=str(tmp_path)).execute({}) == {
-        "removed": [], "missing": []}
+    assert CleanupOperator(task_id="c2", temp_dir=None, data_root=str(tmp_path)).execute({}) == {
+        "removed": [],
+        "missing": [],
+    }

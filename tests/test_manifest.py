@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e3d_provider import manifest as mf
+from e2e3d_provider.core import manifest as mf
 from tests.conftest import write_files
 
 FILES = {
@@ -62,15 +62,32 @@ def test_verify_names_changed_missing_and_unlisted_files(run_dir: Path) -> None:
     assert "extra.txt: not in the manifest" in message
 
 
-@pytest.mark.parametrize("text", ["not json", "[]", json.dumps({"job_id": "j"}),
-                                  json.dumps({"version": 1, "job_id": "../x", "stamp": "20260101T000000Z",
-                                              "files": []}),
-                                  json.dumps({"version": 1, "job_id": "j", "stamp": "20260101T000000Z",
-                                              "files": [{"path": "../x", "size": 1, "sha256": "0" * 64}]}),
-                                  json.dumps({"version": 1, "job_id": "j", "stamp": "20260101T000000Z",
-                                              "files": [{"path": "a", "size": 1, "sha256": "xyz"}]}),
-                                  json.dumps({"version": 9, "job_id": "j", "stamp": "20260101T000000Z",
-                                              "files": []})])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        json.dumps({"job_id": "j"}),
+        json.dumps({"version": 1, "job_id": "../x", "stamp": "20260101T000000Z", "files": []}),
+        json.dumps(
+            {
+                "version": 1,
+                "job_id": "j",
+                "stamp": "20260101T000000Z",
+                "files": [{"path": "../x", "size": 1, "sha256": "0" * 64}],
+            }
+        ),
+        json.dumps(
+            {
+                "version": 1,
+                "job_id": "j",
+                "stamp": "20260101T000000Z",
+                "files": [{"path": "a", "size": 1, "sha256": "xyz"}],
+            }
+        ),
+        json.dumps({"version": 9, "job_id": "j", "stamp": "20260101T000000Z", "files": []}),
+    ],
+)
 def test_malformed_manifests_raise_manifest_error(text: str) -> None:
     with pytest.raises(mf.ManifestError):
         mf.Manifest.from_json(text)

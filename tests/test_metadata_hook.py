@@ -9,10 +9,10 @@ import threading
 import psycopg2
 import pytest
 
+from e2e3d_provider.core.layout import InvalidNameError
+from e2e3d_provider.devstack.stack import free_ports
 from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError
 from e2e3d_provider.hooks.metadata import SCHEMA, SCHEMA_VERSION, MetadataHook
-from e2e3d_provider.layout import InvalidNameError
-from e2e3d_provider.stack import free_ports
 
 STAMP = "20261124T120000Z"
 
@@ -53,8 +53,14 @@ def test_migrations_are_idempotent_versioned_and_safe_concurrently(connections: 
             cur.execute(f"SELECT count(*) FROM {SCHEMA}.schema_migrations")
             assert cur.fetchone()[0] == SCHEMA_VERSION
             cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (SCHEMA,))
-            assert {r[0] for r in cur.fetchall()} == {"schema_migrations", "jobs", "job_files", "transfers",
-                                                      "storage_stats", "config"}
+            assert {r[0] for r in cur.fetchall()} == {
+                "schema_migrations",
+                "jobs",
+                "job_files",
+                "transfers",
+                "storage_stats",
+                "config",
+            }
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
@@ -67,9 +73,18 @@ def test_job_lifecycle_and_transitions(metadata: MetadataHook, unique_id: str) -
     running = metadata.record_job(unique_id, STAMP, "ds1", "running")
     assert running["started_at"] is not None
     assert metadata.record_job(unique_id, STAMP, "ds1", "running")["started_at"] == running["started_at"]
-    done = metadata.record_job(unique_id, STAMP, "ds1", "succeeded", result_bucket="output",
-                               result_prefix=f"{unique_id}/", manifest_key=f"{unique_id}/metadata.json", files=4,
-                               bytes=1234, statistics={"upload_seconds": 1.5})
+    done = metadata.record_job(
+        unique_id,
+        STAMP,
+        "ds1",
+        "succeeded",
+        result_bucket="output",
+        result_prefix=f"{unique_id}/",
+        manifest_key=f"{unique_id}/metadata.json",
+        files=4,
+        bytes=1234,
+        statistics={"upload_seconds": 1.5},
+    )
     assert done["finished_at"] is not None and done["files"] == 4 and done["statistics"] == {"upload_seconds": 1.5}
     again = metadata.record_job(unique_id, STAMP, "ds1", "succeeded", statistics={"faces": 10})
     assert again["statistics"] == {"upload_seconds": 1.5, "faces": 10}
@@ -117,7 +132,10 @@ def test_file_inventory_is_bulk_replaced_without_duplicates(metadata: MetadataHo
     assert len(stored) == 5000 and stored[7] == {"kind": "images", "key": rows[7][1], "size": 7, "sha256": rows[7][3]}
     metadata.record_files(unique_id, STAMP, [*rows[:2], ("mesh", f"{unique_id}/mesh/m.obj", 9, "f" * 64)])
     assert [f["key"] for f in metadata.job_files(unique_id, STAMP)] == [
-        f"{unique_id}/images/00000.jpg", f"{unique_id}/images/00001.jpg", f"{unique_id}/mesh/m.obj"]
+        f"{unique_id}/images/00000.jpg",
+        f"{unique_id}/images/00001.jpg",
+        f"{unique_id}/mesh/m.obj",
+    ]
 
 
 def test_files_of_an_unknown_job_are_refused(metadata: MetadataHook) -> None:
@@ -127,10 +145,12 @@ def test_files_of_an_unknown_job_are_refused(metadata: MetadataHook) -> None:
 
 def test_transfers_are_idempotent_by_key_and_summarised(metadata: MetadataHook, unique_id: str) -> None:
     key = f"dag/run/{unique_id}/1"
-    first = metadata.record_transfer("upload", "output", files=3, bytes=3_000_000, seconds=1.0, job_id=unique_id,
-                                     stamp=STAMP, transfer_key=key)
-    second = metadata.record_transfer("upload", "output", files=3, bytes=3_000_000, seconds=1.0, job_id=unique_id,
-                                      stamp=STAMP, transfer_key=key)
+    first = metadata.record_transfer(
+        "upload", "output", files=3, bytes=3_000_000, seconds=1.0, job_id=unique_id, stamp=STAMP, transfer_key=key
+    )
+    second = metadata.record_transfer(
+        "upload", "output", files=3, bytes=3_000_000, seconds=1.0, job_id=unique_id, stamp=STAMP, transfer_key=key
+    )
     assert first == second
     metadata.record_transfer("download", "input", ok=False, error="boom", job_id=unique_id)
     summary = metadata.transfer_summary()
@@ -141,8 +161,9 @@ def test_transfers_are_idempotent_by_key_and_summarised(metadata: MetadataHook, 
 
 
 def test_storage_statistics_and_configuration(metadata: MetadataHook) -> None:
-    metadata.record_storage_stats([{"bucket": "input", "objects": 1, "bytes": 10},
-                                   {"bucket": "output", "prefix": "", "objects": 2, "bytes": 20}])
+    metadata.record_storage_stats(
+        [{"bucket": "input", "objects": 1, "bytes": 10}, {"bucket": "output", "prefix": "", "objects": 2, "bytes": 20}]
+    )
     metadata.record_storage_stats([{"bucket": "input", "objects": 3, "bytes": 30}])
     latest = {s["bucket"]: s for s in metadata.latest_storage_stats()}
     assert latest["input"]["objects"] == 3 and latest["output"]["bytes"] == 20
@@ -168,8 +189,19 @@ def test_wrong_password_names_the_connection(connections: dict, monkeypatch: pyt
 
 def test_unreachable_database_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     (port,) = free_ports(1)
-    monkeypatch.setenv("AIRFLOW_CONN_E2E3D_NOWHERE", json.dumps(
-        {"conn_type": "postgres", "host": "127.0.0.1", "port": port, "login": "u", "password": "p", "schema": "d",
-         "extra": {"connect_timeout": 5}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_E2E3D_NOWHERE",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": port,
+                "login": "u",
+                "password": "p",
+                "schema": "d",
+                "extra": {"connect_timeout": 5},
+            }
+        ),
+    )
     with pytest.raises(MetadataError, match=r"cannot connect.*'e2e3d_nowhere'"):
         MetadataHook("e2e3d_nowhere").get_job("job1")

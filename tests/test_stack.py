@@ -11,15 +11,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from e2e3d_provider import stack
+from e2e3d_provider.devstack import stack
 
 #: Ports `weed mini` opens by default when not told otherwise (master, filer, S3, admin, lance, ...).
 WEED_DEFAULT_PORTS = {9333, 19333, 8888, 18888, 8333, 18333, 8080, 18080, 23646, 33646, 9101, 8181, 7333, 6060}
 
 
 def _listening(pid: int) -> set[tuple[str, int]]:
-    return {(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections(kind="inet")
-            if c.status == psutil.CONN_LISTEN}
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
 
 
 def _wait_gone(pids: list[int], timeout: float = 30.0) -> bool:
@@ -45,11 +48,18 @@ def test_session_stack_listens_on_loopback_only_with_assigned_ports(stack_info: 
 def test_stack_env_prints_connection_exports(stack_info: stack.StackInfo | None) -> None:
     if stack_info is None:
         pytest.skip("external servers configured (E2E3D_TEST_*): there is no embedded stack to inspect")
-    out = subprocess.run([sys.executable, "-m", "e2e3d_provider.cli", "stack", "env", "--dir", stack_info.base_dir],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "e2e3d_provider.cli", "stack", "env", "--dir", stack_info.base_dir],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "export AIRFLOW_CONN_MINIO_DEFAULT=" in out and "export AIRFLOW_CONN_E2E3D_METADATA=" in out
-    status = subprocess.run([sys.executable, "-m", "e2e3d_provider.cli", "stack", "status", "--dir",
-                             stack_info.base_dir], capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "e2e3d_provider.cli", "stack", "status", "--dir", stack_info.base_dir],
+        capture_output=True,
+        text=True,
+    )
     assert status.returncode == 0 and '"running": true' in status.stdout
 
 

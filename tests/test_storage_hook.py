@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from e2e3d_provider.core.layout import InvalidNameError
+from e2e3d_provider.core.transfer import PARTIAL_SUFFIX
+from e2e3d_provider.devstack.stack import free_ports
 from e2e3d_provider.exceptions import (
     BucketNotFoundError,
     ChecksumMismatchError,
@@ -23,9 +26,6 @@ from e2e3d_provider.exceptions import (
     StorageUnreachableError,
 )
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.layout import InvalidNameError
-from e2e3d_provider.stack import free_ports
-from e2e3d_provider.transfer import PARTIAL_SUFFIX
 from tests.conftest import write_files
 
 MiB = 1024 * 1024
@@ -75,7 +75,8 @@ def test_upload_then_rerun_sends_only_what_changed(storage: StorageHook, bucket:
 
 
 def test_second_download_of_an_unchanged_prefix_moves_zero_bytes(
-        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    storage: StorageHook, bucket: str, tmp_path: Path
+) -> None:
     files = sample_files()
     write_files(tmp_path / "src", files)
     storage.upload_dir(tmp_path / "src", bucket, "ds2")
@@ -94,8 +95,7 @@ def test_second_download_of_an_unchanged_prefix_moves_zero_bytes(
     assert (tmp_path / "dst/images/img_003.jpg").read_bytes() == files["images/img_003.jpg"]
 
 
-def test_download_mirror_removes_files_gone_from_the_prefix(
-        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+def test_download_mirror_removes_files_gone_from_the_prefix(storage: StorageHook, bucket: str, tmp_path: Path) -> None:
     write_files(tmp_path / "src", {"a.jpg": b"a", "b.jpg": b"b"})
     storage.upload_dir(tmp_path / "src", bucket, "ds")
     storage.download_prefix(bucket, "ds", tmp_path / "dst")
@@ -142,15 +142,15 @@ def test_memory_stays_flat_for_large_files(connections: dict, bucket: str, tmp_p
     assert download_peak < 16 * MiB, f"download peak {download_peak / MiB:.1f} MiB"
 
 
-def test_corrupted_object_fails_download_and_leaves_no_file(
-        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+def test_corrupted_object_fails_download_and_leaves_no_file(storage: StorageHook, bucket: str, tmp_path: Path) -> None:
     good = os.urandom(50_000)
     write_files(tmp_path / "src", {"scan.jpg": good, "ok.jpg": b"fine"})
     storage.upload_dir(tmp_path / "src", bucket, "ds")
     # Behind the hook's back: other bytes of the same size, carrying the original checksum.
     bad = bytes(b ^ 0xFF for b in good[:10]) + good[10:]
-    storage.client.put_object(bucket, "ds/scan.jpg", io.BytesIO(bad), len(bad),
-                              metadata={"sha256": hashlib.sha256(good).hexdigest()})
+    storage.client.put_object(
+        bucket, "ds/scan.jpg", io.BytesIO(bad), len(bad), metadata={"sha256": hashlib.sha256(good).hexdigest()}
+    )
     dest = tmp_path / "dst"
     with pytest.raises(ChecksumMismatchError, match=r"ds/scan\.jpg"):
         storage.download_prefix(bucket, "ds", dest)
@@ -162,15 +162,15 @@ def test_corrupted_object_fails_download_and_leaves_no_file(
 
 
 def test_object_replaced_without_checksum_is_checked_by_its_md5_etag(
-        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+    storage: StorageHook, bucket: str, tmp_path: Path
+) -> None:
     storage.client.put_object(bucket, "ext/plain.jpg", io.BytesIO(b"plain bytes"), 11)  # no sha256 metadata
     result = storage.download_prefix(bucket, "ext", tmp_path)
     assert result.files == 1 and (tmp_path / "plain.jpg").read_bytes() == b"plain bytes"
     assert storage.download_prefix(bucket, "ext", tmp_path).bytes == 0
 
 
-def test_a_file_that_changes_during_upload_leaves_no_object(
-        storage: StorageHook, bucket: str, tmp_path: Path) -> None:
+def test_a_file_that_changes_during_upload_leaves_no_object(storage: StorageHook, bucket: str, tmp_path: Path) -> None:
     path = tmp_path / "moving.bin"
     path.write_bytes(b"new content")
     stale_hash = hashlib.sha256(b"old content").hexdigest()  # what was hashed before the file changed
@@ -270,7 +270,8 @@ def test_prefix_slashes_are_normalised(storage: StorageHook, bucket: str) -> Non
 
 
 def test_wrong_credentials_name_the_connection(
-        connections: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    connections: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     bad = dict(connections["minio_default"], password="wrong-secret")
     monkeypatch.setenv("AIRFLOW_CONN_MINIO_BADKEY", json.dumps(bad))
     hook = StorageHook("minio_badkey")
@@ -283,8 +284,7 @@ def test_wrong_credentials_name_the_connection(
 
 def test_unreachable_endpoint_fails_after_bounded_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     (port,) = free_ports(1)
-    conn = {"conn_type": "aws", "login": "k", "password": "s",
-            "extra": {"endpoint_url": f"http://127.0.0.1:{port}"}}
+    conn = {"conn_type": "aws", "login": "k", "password": "s", "extra": {"endpoint_url": f"http://127.0.0.1:{port}"}}
     monkeypatch.setenv("AIRFLOW_CONN_MINIO_NOWHERE", json.dumps(conn))
     hook = StorageHook("minio_nowhere", attempts=2)
     started = time.monotonic()
@@ -295,8 +295,7 @@ def test_unreachable_endpoint_fails_after_bounded_retries(monkeypatch: pytest.Mo
 
 
 def test_connection_without_endpoint_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_MINIO_NOENDPOINT", json.dumps({"conn_type": "aws", "login": "k",
-                                                                    "password": "s"}))
+    monkeypatch.setenv("AIRFLOW_CONN_MINIO_NOENDPOINT", json.dumps({"conn_type": "aws", "login": "k", "password": "s"}))
     with pytest.raises(Exception, match="endpoint_url"):
         StorageHook("minio_noendpoint").list_keys("input")
 

@@ -25,9 +25,7 @@ from e2e3d_provider.api.schemas import (
     UploadRequest,
     UploadURL,
 )
-from e2e3d_provider.exceptions import MetadataError, ObjectNotFoundError, StorageError, StorageUnreachableError
-from e2e3d_provider.input_check import IMAGE_SUFFIXES
-from e2e3d_provider.layout import (
+from e2e3d_provider.core.layout import (
     BUCKET_ARCHIVE,
     BUCKET_INPUT,
     BUCKET_OUTPUT,
@@ -42,9 +40,15 @@ from e2e3d_provider.layout import (
     validate_id,
     validate_relpath,
 )
+from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY
+from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
+from e2e3d_provider.exceptions import MetadataError, ObjectNotFoundError, StorageError, StorageUnreachableError
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.publish import read_published_manifest
 
-DEFAULT_EXPIRY = 24 * 3600
-MAX_EXPIRY = 7 * 24 * 3600
+DEFAULT_EXPIRY = int(DEFAULT_PRESIGN_EXPIRY.total_seconds())
+MAX_EXPIRY = int(MAX_PRESIGN_EXPIRY.total_seconds())
 
 
 class Backends:
@@ -55,15 +59,11 @@ class Backends:
         self.metadata_conn_id = metadata_conn_id
 
     @cached_property
-    def storage(self):
-        from e2e3d_provider.hooks.storage import StorageHook
-
+    def storage(self) -> StorageHook:
         return StorageHook(self.minio_conn_id)
 
     @cached_property
-    def metadata(self):
-        from e2e3d_provider.hooks.metadata import MetadataHook
-
+    def metadata(self) -> MetadataHook:
         return MetadataHook(self.metadata_conn_id)
 
 
@@ -86,15 +86,24 @@ protected = APIRouter(prefix="/api", dependencies=[Depends(authorized_user)])
 public = APIRouter(prefix="/api")
 
 
-@protected.get("/job/{job_id}/results", response_model=JobResults, tags=["results"],
-               responses={404: {"description": "unknown job"}, 409: {"description": "job not complete (no SUCCESS)"},
-                          422: {"description": "malformed job id or expiry"}})
-def job_results(job_id: str, b: BackendsDep,
-                expires: Annotated[int, Query(ge=1, le=MAX_EXPIRY, description="seconds the URLs stay valid "
-                                              "(max 7 days)")] = DEFAULT_EXPIRY) -> JobResults:
+@protected.get(
+    "/job/{job_id}/results",
+    response_model=JobResults,
+    tags=["results"],
+    responses={
+        404: {"description": "unknown job"},
+        409: {"description": "job not complete (no SUCCESS)"},
+        422: {"description": "malformed job id or expiry"},
+    },
+)
+def job_results(
+    job_id: str,
+    b: BackendsDep,
+    expires: Annotated[
+        int, Query(ge=1, le=MAX_EXPIRY, description="seconds the URLs stay valid (max 7 days)")
+    ] = DEFAULT_EXPIRY,
+) -> JobResults:
     """Status from PostgreSQL and pre-signed URLs for every file of the job's manifest."""
-    from e2e3d_provider.commit import read_published_manifest
-
     job_id = checked_id(job_id, "job_id")
     job = b.metadata.get_job(job_id)
     if job is None:
@@ -109,20 +118,44 @@ def job_results(job_id: str, b: BackendsDep,
         except ObjectNotFoundError:
             continue
     else:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id!r} is {job['status']}: its results are not "
-                                                      "complete (no SUCCESS marker)")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id!r} is {job['status']}: its results are not complete (no SUCCESS marker)",
+        )
     ttl = timedelta(seconds=expires)
-    files = [ResultFile(path=e.path, key=prefix + e.path, size=e.size, sha256=e.sha256,
-                        url=b.storage.presigned_get(bucket, prefix + e.path, ttl)) for e in manifest.files]
+    files = [
+        ResultFile(
+            path=e.path,
+            key=prefix + e.path,
+            size=e.size,
+            sha256=e.sha256,
+            url=b.storage.presigned_get(bucket, prefix + e.path, ttl),
+        )
+        for e in manifest.files
+    ]
     by_path = {f.path: f.url for f in files}
-    return JobResults(job_id=job_id, stamp=manifest.stamp, dataset=job["dataset"], status=job["status"],
-                      bucket=bucket, prefix=prefix, expires_in=expires, mesh=by_path.get(MESH_RELPATH),
-                      texture=by_path.get(TEXTURE_RELPATH), pointcloud=by_path.get(POINTCLOUD_RELPATH), files=files,
-                      statistics=dict(job.get("statistics") or manifest.statistics))
+    return JobResults(
+        job_id=job_id,
+        stamp=manifest.stamp,
+        dataset=job["dataset"],
+        status=job["status"],
+        bucket=bucket,
+        prefix=prefix,
+        expires_in=expires,
+        mesh=by_path.get(MESH_RELPATH),
+        texture=by_path.get(TEXTURE_RELPATH),
+        pointcloud=by_path.get(POINTCLOUD_RELPATH),
+        files=files,
+        statistics=dict(job.get("statistics") or manifest.statistics),
+    )
 
 
-@protected.post("/datasets/{dataset}/uploads", response_model=UploadGrant, tags=["uploads"],
-                responses={422: {"description": "malformed dataset id or file names"}})
+@protected.post(
+    "/datasets/{dataset}/uploads",
+    response_model=UploadGrant,
+    tags=["uploads"],
+    responses={422: {"description": "malformed dataset id or file names"}},
+)
 def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> UploadGrant:
     """Pre-signed PUT URLs so a client uploads input images straight to object storage."""
     dataset = checked_id(dataset, "dataset")
@@ -140,10 +173,15 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> Upload
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems or ["duplicate file names"])
     ttl = timedelta(seconds=body.expires)
     prefix = input_prefix(dataset)
-    return UploadGrant(dataset=dataset, bucket=BUCKET_INPUT, expires_in=body.expires,
-                       uploads=[UploadURL(file=name, key=prefix + name,
-                                          url=b.storage.presigned_put(BUCKET_INPUT, prefix + name, ttl))
-                                for name in names])
+    return UploadGrant(
+        dataset=dataset,
+        bucket=BUCKET_INPUT,
+        expires_in=body.expires,
+        uploads=[
+            UploadURL(file=name, key=prefix + name, url=b.storage.presigned_put(BUCKET_INPUT, prefix + name, ttl))
+            for name in names
+        ],
+    )
 
 
 @protected.get("/storage/stats", response_model=StorageStats, tags=["storage"])
@@ -152,13 +190,21 @@ def storage_stats(b: BackendsDep) -> StorageStats:
     last 24 h of transfer throughput and errors."""
     recorded = [s for s in b.metadata.latest_storage_stats() if not s["prefix"]]
     if recorded:
-        buckets = [BucketUsage(bucket=s["bucket"], objects=s["objects"], bytes=s["bytes"],
-                               taken_at=s["taken_at"].isoformat()) for s in recorded]
+        buckets = [
+            BucketUsage(bucket=s["bucket"], objects=s["objects"], bytes=s["bytes"], taken_at=s["taken_at"].isoformat())
+            for s in recorded
+        ]
     else:
-        buckets = [BucketUsage(taken_at=None, **{k: v for k, v in b.storage.statistics(name).items() if k != "prefix"})
-                   for name in DEFAULT_BUCKETS if b.storage.bucket_exists(name)]
-    return StorageStats(buckets=buckets, jobs=b.metadata.job_counts(),
-                        transfers_24h=b.metadata.transfer_summary(since=datetime.now(UTC) - timedelta(hours=24)))
+        buckets = [
+            BucketUsage(taken_at=None, **{k: v for k, v in b.storage.statistics(name).items() if k != "prefix"})
+            for name in DEFAULT_BUCKETS
+            if b.storage.bucket_exists(name)
+        ]
+    return StorageStats(
+        buckets=buckets,
+        jobs=b.metadata.job_counts(),
+        transfers_24h=b.metadata.transfer_summary(since=datetime.now(UTC) - timedelta(hours=24)),
+    )
 
 
 @public.get("/health", response_model=Health, tags=["health"], responses={503: {"model": Health}})
@@ -167,16 +213,24 @@ def health(b: BackendsDep) -> Any:
     storage = b.storage.health()
     metadata = b.metadata.health()
     ok = storage["ok"] and metadata["ok"]
-    body = Health(status="ok" if ok else "degraded", storage={k: storage[k] for k in ("ok", "endpoint", "latency_ms")},
-                  metadata={k: v for k, v in metadata.items() if k != "error"})
+    body = Health(
+        status="ok" if ok else "degraded",
+        storage={k: storage[k] for k in ("ok", "endpoint", "latency_ms")},
+        metadata={k: v for k, v in metadata.items() if k != "error"},
+    )
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-def create_app(minio_conn_id: str = "minio_default", metadata_conn_id: str = "e2e3d_metadata") -> FastAPI:
+def create_app(
+    minio_conn_id: str = StorageHook.default_conn_name, metadata_conn_id: str = MetadataHook.default_conn_name
+) -> FastAPI:
     """The results API as a FastAPI app (the plugin mounts one under ``/e2e3d``)."""
-    app = FastAPI(title="E2E3D results API", version=__version__,
-                  description="Pre-signed URLs for reconstruction results and input uploads, storage statistics "
-                              "and health. Authenticate with an Airflow JWT (POST /auth/token on the api-server).")
+    app = FastAPI(
+        title="E2E3D results API",
+        version=__version__,
+        description="Pre-signed URLs for reconstruction results and input uploads, storage statistics "
+        "and health. Authenticate with an Airflow JWT (POST /auth/token on the api-server).",
+    )
     app.state.backends = Backends(minio_conn_id, metadata_conn_id)
     app.include_router(public)
     app.include_router(protected)

@@ -32,8 +32,9 @@ def auth_manager():
         return manager
 
 
-async def authorized_user(request: Request,
-                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]):
+async def authorized_user(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+):
     """The authenticated user, if allowed this request's method on the reconstruction DAG's runs."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
     from jwt import ExpiredSignatureError, InvalidTokenError
@@ -41,23 +42,30 @@ async def authorized_user(request: Request,
     token = credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
     token = token or request.cookies.get(JWT_COOKIE)
     if not token:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Not authenticated: send an Airflow JWT as a Bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "Not authenticated: send an Airflow JWT as a Bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     manager = auth_manager()
     try:
         user = await manager.get_user_from_token(token)
     except ExpiredSignatureError:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Token expired",
-                            headers={"WWW-Authenticate": "Bearer"}) from None
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "Token expired", headers={"WWW-Authenticate": "Bearer"}
+        ) from None
     except InvalidTokenError:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "Invalid JWT token") from None
     method = "GET" if request.method in ("GET", "HEAD") else "POST"
     try:
-        allowed = manager.is_authorized_dag(method=method, user=user, access_entity=DagAccessEntity.RUN,
-                                            details=DagDetails(id=RESULTS_DAG_ID))
+        allowed = manager.is_authorized_dag(
+            method=method, user=user, access_entity=DagAccessEntity.RUN, details=DagDetails(id=RESULTS_DAG_ID)
+        )
     except Exception:  # a user the auth manager cannot place (e.g. an unknown role) gets nothing
         allowed = False
     if not allowed:
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            f"user may not {'read' if method == 'GET' else 'create'} runs of {RESULTS_DAG_ID}")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"user may not {'read' if method == 'GET' else 'create'} runs of {RESULTS_DAG_ID}",
+        )
     return user

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from e2e3d_provider.core.presign import MAX_PRESIGN_EXPIRY
+
 
 class ResultFile(BaseModel):
     path: str = Field(description="path relative to the run directory")
@@ -32,7 +34,9 @@ class JobResults(BaseModel):
 
 class UploadRequest(BaseModel):
     files: list[str] = Field(min_length=1, max_length=1000, description="file names (relative paths) to upload")
-    expires: int = Field(3600, ge=1, le=7 * 24 * 3600, description="seconds the URLs stay valid")
+    expires: int = Field(
+        3600, ge=1, le=int(MAX_PRESIGN_EXPIRY.total_seconds()), description="seconds the URLs stay valid"
+    )
 
 
 class UploadURL(BaseModel):
@@ -58,8 +62,9 @@ class BucketUsage(BaseModel):
 class StorageStats(BaseModel):
     buckets: list[BucketUsage]
     jobs: dict[str, int] = Field(description="runs per status")
-    transfers_24h: dict[str, dict[str, Any]] = Field(description="per direction: transfers, files, bytes, "
-                                                                "seconds, mb_per_s, errors")
+    transfers_24h: dict[str, dict[str, Any]] = Field(
+        description="per direction: transfers, files, bytes, seconds, mb_per_s, errors"
+    )
 
 
 class Health(BaseModel):

@@ -11,94 +11,20 @@ from typing import Any
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+from e2e3d_provider.core.layout import validate_id, validate_stamp
 from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError
-from e2e3d_provider.layout import validate_id, validate_stamp
+from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID
+from e2e3d_provider.hooks.metadata_schema import (
+    JOB_COLUMNS,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STATUSES,
+    TRANSITIONS,
+)
 
-SCHEMA = "e2e3d"
-#: Advisory-lock key serialising migrations between concurrent workers ("e2e3d" as an int).
-MIGRATION_LOCK = 0x6532653364
-
-STATUSES = ("queued", "running", "succeeded", "failed", "archived")
-#: status -> statuses it may move to. Repeating a status is allowed so retries are idempotent;
-#: a failed job may run again; only a succeeded job may be archived.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"queued", "running", "failed"}),
-    "running": frozenset({"running", "succeeded", "failed"}),
-    "failed": frozenset({"failed", "running"}),
-    "succeeded": frozenset({"succeeded", "archived"}),
-    "archived": frozenset({"archived"}),
-}
-
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (1, "initial schema", f"""
-        CREATE TABLE IF NOT EXISTS {SCHEMA}.jobs (
-            job_id        text        NOT NULL,
-            stamp         text        NOT NULL,
-            dataset       text        NOT NULL,
-            status        text        NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
-            created_at    timestamptz NOT NULL DEFAULT now(),
-            updated_at    timestamptz NOT NULL DEFAULT now(),
-            started_at    timestamptz,
-            finished_at   timestamptz,
-            error         text,
-            result_bucket text,
-            result_prefix text,
-            manifest_key  text,
-            archive_key   text,
-            files         integer,
-            bytes         bigint,
-            statistics    jsonb       NOT NULL DEFAULT '{{}}'::jsonb,
-            PRIMARY KEY (job_id, stamp)
-        );
-        CREATE INDEX IF NOT EXISTS jobs_status_idx ON {SCHEMA}.jobs (status, updated_at);
-        CREATE TABLE IF NOT EXISTS {SCHEMA}.job_files (
-            job_id  text    NOT NULL,
-            stamp   text    NOT NULL,
-            kind    text    NOT NULL,
-            key     text    NOT NULL,
-            size    bigint  NOT NULL CHECK (size >= 0),
-            sha256  char(64) NOT NULL,
-            PRIMARY KEY (job_id, stamp, key),
-            FOREIGN KEY (job_id, stamp) REFERENCES {SCHEMA}.jobs (job_id, stamp) ON DELETE CASCADE
-        );
-        CREATE TABLE IF NOT EXISTS {SCHEMA}.transfers (
-            id            bigserial   PRIMARY KEY,
-            transfer_key  text        UNIQUE,
-            job_id        text,
-            stamp         text,
-            direction     text        NOT NULL CHECK (direction IN ('upload', 'download', 'copy')),
-            bucket        text        NOT NULL,
-            prefix        text        NOT NULL DEFAULT '',
-            files         integer     NOT NULL DEFAULT 0,
-            bytes         bigint      NOT NULL DEFAULT 0,
-            skipped_files integer     NOT NULL DEFAULT 0,
-            seconds       double precision NOT NULL DEFAULT 0,
-            ok            boolean     NOT NULL DEFAULT true,
-            error         text,
-            created_at    timestamptz NOT NULL DEFAULT now()
-        );
-        CREATE INDEX IF NOT EXISTS transfers_created_idx ON {SCHEMA}.transfers (created_at);
-        CREATE TABLE IF NOT EXISTS {SCHEMA}.storage_stats (
-            id       bigserial   PRIMARY KEY,
-            bucket   text        NOT NULL,
-            prefix   text        NOT NULL DEFAULT '',
-            objects  bigint      NOT NULL,
-            bytes    bigint      NOT NULL,
-            taken_at timestamptz NOT NULL DEFAULT now()
-        );
-        CREATE INDEX IF NOT EXISTS storage_stats_taken_idx ON {SCHEMA}.storage_stats (bucket, taken_at);
-        CREATE TABLE IF NOT EXISTS {SCHEMA}.config (
-            key        text        PRIMARY KEY,
-            value      jsonb       NOT NULL,
-            updated_at timestamptz NOT NULL DEFAULT now()
-        );
-    """),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-_JOB_COLUMNS = ("job_id", "stamp", "dataset", "status", "created_at", "updated_at", "started_at", "finished_at",
-                "error", "result_bucket", "result_prefix", "manifest_key", "archive_key", "files", "bytes",
-                "statistics")
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "STATUSES", "TRANSITIONS", "MetadataHook"]
 
 
 class MetadataHook(PostgresHook):
@@ -110,7 +36,7 @@ class MetadataHook(PostgresHook):
     """
 
     conn_name_attr = "metadata_conn_id"
-    default_conn_name = "e2e3d_metadata"
+    default_conn_name = DEFAULT_METADATA_CONN_ID
     conn_type = "postgres"
     hook_name = "E2E3D metadata (PostgreSQL)"
 
@@ -126,12 +52,13 @@ class MetadataHook(PostgresHook):
     def transaction(self) -> Iterator[Any]:
         """A cursor in one transaction: committed on success, rolled back on error, then closed."""
         try:
-            conn = self.get_conn()
+            conn: Any = self.get_conn()  # a DB-API connection (psycopg2)
         except Exception as err:
             raise MetadataError(
                 f"cannot connect to the metadata database through connection {self.get_conn_id()!r}: "
                 f"{str(err).strip()}. Check that PostgreSQL runs and the connection's host, port, login and "
-                "password.") from err
+                "password."
+            ) from err
         try:
             with conn.cursor() as cur:
                 yield cur
@@ -154,8 +81,9 @@ class MetadataHook(PostgresHook):
             for version, name, sql in MIGRATIONS:
                 if version not in applied:
                     cur.execute(sql)
-                    cur.execute(f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)",
-                                (version, name))
+                    cur.execute(
+                        f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+                    )
                     self.log.info("metadata schema: applied migration %d (%s)", version, name)
         self._migrated = True
         return SCHEMA_VERSION
@@ -169,7 +97,8 @@ class MetadataHook(PostgresHook):
             return int(cur.fetchone()[0])
 
     @contextmanager
-    def _write(self) -> Iterator[Any]:
+    def _migrated_transaction(self) -> Iterator[Any]:
+        """:meth:`transaction` on a schema brought up to date first (once per hook)."""
         if not self._migrated:
             self.migrate()
         with self.transaction() as cur:
@@ -189,9 +118,17 @@ class MetadataHook(PostgresHook):
     # Jobs
     # -----------------------------------------------------------------------------------
 
-    def record_job(self, job_id: str, stamp: str, dataset: str, status: str = "running", *,
-                   error: str | None = None, statistics: dict[str, Any] | None = None,
-                   **locations: Any) -> dict[str, Any]:
+    def record_job(
+        self,
+        job_id: str,
+        stamp: str,
+        dataset: str,
+        status: str = "running",
+        *,
+        error: str | None = None,
+        statistics: dict[str, Any] | None = None,
+        **locations: Any,
+    ) -> dict[str, Any]:
         """Create the job row or move it to ``status`` (checked against :data:`TRANSITIONS`).
 
         ``locations`` may set ``result_bucket``, ``result_prefix``, ``manifest_key``,
@@ -205,19 +142,25 @@ class MetadataHook(PostgresHook):
         unknown = set(locations) - {"result_bucket", "result_prefix", "manifest_key", "archive_key", "files", "bytes"}
         if unknown:
             raise TypeError(f"record_job got unexpected fields {sorted(unknown)}")
-        with self._write() as cur:
-            cur.execute(f"SELECT status FROM {SCHEMA}.jobs WHERE job_id = %s AND stamp = %s FOR UPDATE",
-                        (job_id, stamp))
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT status FROM {SCHEMA}.jobs WHERE job_id = %s AND stamp = %s FOR UPDATE", (job_id, stamp)
+            )
             row = cur.fetchone()
             if row is None:
-                cur.execute(f"INSERT INTO {SCHEMA}.jobs (job_id, stamp, dataset, status) VALUES (%s, %s, %s, %s) "
-                            "ON CONFLICT (job_id, stamp) DO NOTHING", (job_id, stamp, dataset, "queued"))
+                cur.execute(
+                    f"INSERT INTO {SCHEMA}.jobs (job_id, stamp, dataset, status) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (job_id, stamp) DO NOTHING",
+                    (job_id, stamp, dataset, "queued"),
+                )
                 current = "queued"
             else:
                 current = row[0]
             if status not in TRANSITIONS[current]:
-                raise InvalidTransitionError(f"job {job_id} run {stamp} is {current}; it cannot become {status} "
-                                             f"(allowed: {', '.join(sorted(TRANSITIONS[current]))})")
+                raise InvalidTransitionError(
+                    f"job {job_id} run {stamp} is {current}; it cannot become {status} "
+                    f"(allowed: {', '.join(sorted(TRANSITIONS[current]))})"
+                )
             sets = ["status = %s", "updated_at = now()", "statistics = statistics || %s::jsonb"]
             params: list[Any] = [status, json.dumps(statistics or {})]
             if status == "running" and current != "running":
@@ -230,35 +173,43 @@ class MetadataHook(PostgresHook):
             for column, value in locations.items():
                 sets.append(f"{column} = %s")
                 params.append(value)
-            cur.execute(f"UPDATE {SCHEMA}.jobs SET {', '.join(sets)} WHERE job_id = %s AND stamp = %s "
-                        f"RETURNING {', '.join(_JOB_COLUMNS)}", (*params, job_id, stamp))
-            return dict(zip(_JOB_COLUMNS, cur.fetchone(), strict=True))
+            cur.execute(
+                f"UPDATE {SCHEMA}.jobs SET {', '.join(sets)} WHERE job_id = %s AND stamp = %s "
+                f"RETURNING {', '.join(JOB_COLUMNS)}",
+                (*params, job_id, stamp),
+            )
+            return dict(zip(JOB_COLUMNS, cur.fetchone(), strict=True))
 
     def get_job(self, job_id: str, stamp: str | None = None) -> dict[str, Any] | None:
         """One run of a job (the latest when ``stamp`` is omitted), or None."""
         validate_id(job_id, "job_id")
-        with self._write() as cur:
+        with self._migrated_transaction() as cur:
             if stamp is None:
-                cur.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM {SCHEMA}.jobs WHERE job_id = %s "
-                            "ORDER BY stamp DESC LIMIT 1", (job_id,))
+                cur.execute(
+                    f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs WHERE job_id = %s ORDER BY stamp DESC LIMIT 1",
+                    (job_id,),
+                )
             else:
-                cur.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM {SCHEMA}.jobs WHERE job_id = %s AND stamp = %s",
-                            (job_id, validate_stamp(stamp)))
+                cur.execute(
+                    f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs WHERE job_id = %s AND stamp = %s",
+                    (job_id, validate_stamp(stamp)),
+                )
             row = cur.fetchone()
-        return dict(zip(_JOB_COLUMNS, row, strict=True)) if row else None
+        return dict(zip(JOB_COLUMNS, row, strict=True)) if row else None
 
     def list_jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Most recently updated runs first, optionally of one status."""
         where = "WHERE status = %s" if status else ""
         params: tuple[Any, ...] = (status, limit) if status else (limit,)
-        with self._write() as cur:
-            cur.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM {SCHEMA}.jobs {where} "
-                        "ORDER BY updated_at DESC LIMIT %s", params)
-            return [dict(zip(_JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs {where} ORDER BY updated_at DESC LIMIT %s", params
+            )
+            return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
     def job_counts(self) -> dict[str, int]:
         """Number of runs per status."""
-        with self._write() as cur:
+        with self._migrated_transaction() as cur:
             cur.execute(f"SELECT status, count(*) FROM {SCHEMA}.jobs GROUP BY status")
             return {status: int(count) for status, count in cur.fetchall()}
 
@@ -277,37 +228,54 @@ class MetadataHook(PostgresHook):
         keys = [r[1] for r in rows]
         sizes = [int(r[2]) for r in rows]
         shas = [r[3] for r in rows]
-        with self._write() as cur:
+        with self._migrated_transaction() as cur:
             cur.execute(f"SELECT 1 FROM {SCHEMA}.jobs WHERE job_id = %s AND stamp = %s", (job_id, stamp))
             if cur.fetchone() is None:
                 raise MetadataError(f"no job {job_id} run {stamp}: record the job before its files")
-            cur.execute(f"DELETE FROM {SCHEMA}.job_files WHERE job_id = %s AND stamp = %s AND NOT key = ANY(%s)",
-                        (job_id, stamp, keys))
+            cur.execute(
+                f"DELETE FROM {SCHEMA}.job_files WHERE job_id = %s AND stamp = %s AND NOT key = ANY(%s)",
+                (job_id, stamp, keys),
+            )
             cur.execute(
                 f"""INSERT INTO {SCHEMA}.job_files (job_id, stamp, kind, key, size, sha256)
                     SELECT %s, %s, k, key, s, h FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])
                          AS t(k, key, s, h)
                     ON CONFLICT (job_id, stamp, key)
                     DO UPDATE SET kind = EXCLUDED.kind, size = EXCLUDED.size, sha256 = EXCLUDED.sha256""",
-                (job_id, stamp, kinds, keys, sizes, shas))
+                (job_id, stamp, kinds, keys, sizes, shas),
+            )
         return len(rows)
 
     def job_files(self, job_id: str, stamp: str) -> list[dict[str, Any]]:
-        with self._write() as cur:
-            cur.execute(f"SELECT kind, key, size, sha256 FROM {SCHEMA}.job_files WHERE job_id = %s AND stamp = %s "
-                        "ORDER BY key", (job_id, stamp))
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT kind, key, size, sha256 FROM {SCHEMA}.job_files WHERE job_id = %s AND stamp = %s ORDER BY key",
+                (job_id, stamp),
+            )
             return [{"kind": k, "key": key, "size": int(s), "sha256": h} for k, key, s, h in cur.fetchall()]
 
     # -----------------------------------------------------------------------------------
     # Transfers and storage statistics
     # -----------------------------------------------------------------------------------
 
-    def record_transfer(self, direction: str, bucket: str, *, prefix: str = "", files: int = 0, bytes: int = 0,
-                        skipped_files: int = 0, seconds: float = 0.0, ok: bool = True, error: str | None = None,
-                        job_id: str | None = None, stamp: str | None = None,
-                        transfer_key: str | None = None) -> int:
+    def record_transfer(
+        self,
+        direction: str,
+        bucket: str,
+        *,
+        prefix: str = "",
+        files: int = 0,
+        bytes: int = 0,
+        skipped_files: int = 0,
+        seconds: float = 0.0,
+        ok: bool = True,
+        error: str | None = None,
+        job_id: str | None = None,
+        stamp: str | None = None,
+        transfer_key: str | None = None,
+    ) -> int:
         """Record one transfer; with ``transfer_key`` (e.g. dag/run/task/try) a retry updates its row."""
-        with self._write() as cur:
+        with self._migrated_transaction() as cur:
             cur.execute(
                 f"""INSERT INTO {SCHEMA}.transfers (transfer_key, job_id, stamp, direction, bucket, prefix, files,
                         bytes, skipped_files, seconds, ok, error)
@@ -316,42 +284,69 @@ class MetadataHook(PostgresHook):
                         skipped_files = EXCLUDED.skipped_files, seconds = EXCLUDED.seconds, ok = EXCLUDED.ok,
                         error = EXCLUDED.error, created_at = now()
                     RETURNING id""",
-                (transfer_key, job_id, stamp, direction, bucket, prefix, files, bytes, skipped_files, seconds, ok,
-                 error))
+                (
+                    transfer_key,
+                    job_id,
+                    stamp,
+                    direction,
+                    bucket,
+                    prefix,
+                    files,
+                    bytes,
+                    skipped_files,
+                    seconds,
+                    ok,
+                    error,
+                ),
+            )
             return int(cur.fetchone()[0])
 
     def transfer_summary(self, since: datetime | None = None) -> dict[str, Any]:
         """Transfers per direction since ``since``: count, files, bytes, seconds, MB/s, errors."""
-        with self._write() as cur:
+        with self._migrated_transaction() as cur:
             cur.execute(
                 f"""SELECT direction, count(*), coalesce(sum(files), 0), coalesce(sum(bytes), 0),
                            coalesce(sum(seconds), 0), count(*) FILTER (WHERE NOT ok)
                     FROM {SCHEMA}.transfers WHERE created_at >= coalesce(%s, '-infinity'::timestamptz)
-                    GROUP BY direction""", (since,))
+                    GROUP BY direction""",
+                (since,),
+            )
             out = {}
             for direction, count, files, nbytes, seconds, errors in cur.fetchall():
-                out[direction] = {"transfers": int(count), "files": int(files), "bytes": int(nbytes),
-                                  "seconds": float(seconds), "errors": int(errors),
-                                  "mb_per_s": round(int(nbytes) / 1e6 / float(seconds), 2) if seconds else 0.0}
+                out[direction] = {
+                    "transfers": int(count),
+                    "files": int(files),
+                    "bytes": int(nbytes),
+                    "seconds": float(seconds),
+                    "errors": int(errors),
+                    "mb_per_s": round(int(nbytes) / 1e6 / float(seconds), 2) if seconds else 0.0,
+                }
             return out
 
     def record_storage_stats(self, stats: Sequence[dict[str, Any]]) -> int:
         """Bulk-insert ``{bucket, prefix, objects, bytes}`` snapshots taken now."""
-        with self._write() as cur:
+        with self._migrated_transaction() as cur:
             cur.execute(
                 f"""INSERT INTO {SCHEMA}.storage_stats (bucket, prefix, objects, bytes)
                     SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])""",
-                ([s["bucket"] for s in stats], [s.get("prefix", "") for s in stats],
-                 [int(s["objects"]) for s in stats], [int(s["bytes"]) for s in stats]))
+                (
+                    [s["bucket"] for s in stats],
+                    [s.get("prefix", "") for s in stats],
+                    [int(s["objects"]) for s in stats],
+                    [int(s["bytes"]) for s in stats],
+                ),
+            )
         return len(stats)
 
     def latest_storage_stats(self) -> list[dict[str, Any]]:
         """The most recent snapshot per bucket and prefix."""
-        with self._write() as cur:
+        with self._migrated_transaction() as cur:
             cur.execute(f"""SELECT DISTINCT ON (bucket, prefix) bucket, prefix, objects, bytes, taken_at
                             FROM {SCHEMA}.storage_stats ORDER BY bucket, prefix, taken_at DESC""")
-            return [{"bucket": b, "prefix": p, "objects": int(o), "bytes": int(n), "taken_at": t}
-                    for b, p, o, n, t in cur.fetchall()]
+            return [
+                {"bucket": b, "prefix": p, "objects": int(o), "bytes": int(n), "taken_at": t}
+                for b, p, o, n, t in cur.fetchall()
+            ]
 
     # -----------------------------------------------------------------------------------
     # Configuration
@@ -359,13 +354,15 @@ class MetadataHook(PostgresHook):
 
     def set_config(self, key: str, value: Any) -> None:
         """Store a JSON value under ``key`` (upsert)."""
-        with self._write() as cur:
-            cur.execute(f"""INSERT INTO {SCHEMA}.config (key, value) VALUES (%s, %s::jsonb)
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"""INSERT INTO {SCHEMA}.config (key, value) VALUES (%s, %s::jsonb)
                             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()""",
-                        (key, json.dumps(value)))
+                (key, json.dumps(value)),
+            )
 
     def get_config(self, key: str, default: Any = None) -> Any:
-        with self._write() as cur:
+        with self._migrated_transaction() as cur:
             cur.execute(f"SELECT value::text FROM {SCHEMA}.config WHERE key = %s", (key,))
             row = cur.fetchone()
         return json.loads(row[0]) if row else default

@@ -6,10 +6,10 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Context
 
 from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.hooks.storage import StorageHook, TransferResult
 
 
 class E2E3DOperator(BaseOperator):
@@ -20,8 +20,13 @@ class E2E3DOperator(BaseOperator):
         where an operator may run without one.
     """
 
-    def __init__(self, *, minio_conn_id: str = StorageHook.default_conn_name,
-                 metadata_conn_id: str | None = MetadataHook.default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        minio_conn_id: str = StorageHook.default_conn_name,
+        metadata_conn_id: str | None = MetadataHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.minio_conn_id = minio_conn_id
         self.metadata_conn_id = metadata_conn_id
@@ -34,11 +39,21 @@ class E2E3DOperator(BaseOperator):
     def metadata(self) -> MetadataHook | None:
         return MetadataHook(self.metadata_conn_id) if self.metadata_conn_id else None
 
-    def record_transfer(self, context: Any, direction: str, *, suffix: str = "", **fields: Any) -> None:
+    def record_transfer(self, context: Context, transfer: TransferResult, *, suffix: str = "", **fields: Any) -> None:
         """Record a transfer in PostgreSQL (when a metadata connection is set), keyed by DAG run, task and
         ``suffix`` so a retry updates its row instead of adding one."""
         if self.metadata is None:
             return
-        ti = context.get("ti") if context else None
+        ti = context.get("ti")
         key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{suffix}" if ti else None
-        self.metadata.record_transfer(direction, transfer_key=key, **fields)
+        self.metadata.record_transfer(
+            transfer.direction,
+            transfer_key=key,
+            bucket=transfer.bucket,
+            prefix=transfer.prefix,
+            files=transfer.files,
+            bytes=transfer.bytes,
+            skipped_files=transfer.skipped_files,
+            seconds=transfer.seconds,
+            **fields,
+        )

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
-from typing import Any
+from pathlib import Path
 
-from e2e3d_provider.layout import make_stamp, validate_stamp
+from airflow.sdk import Context, Variable
+
+from e2e3d_provider.core.layout import DATA_ROOT_ENV, DATA_ROOT_VARIABLE, make_stamp, resolve_data_root, validate_stamp
 
 
-def run_stamp(context: Any, explicit: str | None = None) -> str:
+def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The local data root: the argument, ``$E2E3D_DATA_ROOT``, the Airflow Variable ``e2e3d_data_root``
+    (looked up only when the first two are unset), or ``/app/data``."""
+    if explicit or os.environ.get(DATA_ROOT_ENV):
+        return resolve_data_root(explicit)
+    return resolve_data_root(None, Variable.get(DATA_ROOT_VARIABLE, default=None))
+
+
+def run_stamp(context: Context, explicit: str | None = None) -> str:
     """The explicit stamp, else the DAG run's ``run_after`` (or logical date) as a UTC stamp, so
     every task and every retry of one DAG run agrees on the stamp without passing it around."""
-    if explicit and explicit != "None":
+    if explicit:
         return validate_stamp(explicit)
-    dag_run = context.get("dag_run") if context else None
+    dag_run = context.get("dag_run")
     when: datetime | None = None
     if dag_run is not None:
         when = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None)
@@ -26,7 +37,7 @@ def as_bool(value: object) -> bool:
         lowered = value.strip().lower()
         if lowered in ("true", "1", "yes", "on"):
             return True
-        if lowered in ("false", "0", "no", "off", "", "none"):
+        if lowered in ("false", "0", "no", "off", ""):
             return False
         raise ValueError(f"not a boolean: {value!r}")
     return bool(value)

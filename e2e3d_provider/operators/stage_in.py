@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from typing import Any
 
-from e2e3d_provider.layout import (
-    BUCKET_INPUT,
-    BUCKET_MODELS,
-    RUN_SUBDIRS,
-    RunLayout,
-    input_dir,
-    input_prefix,
-    models_dir,
-    resolve_data_root,
-    validate_id,
-)
+from airflow.sdk import Context
+
+from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_MODELS
+from e2e3d_provider.lifecycle.stage_in import stage_in
 from e2e3d_provider.operators.base import E2E3DOperator
-from e2e3d_provider.operators.run_context import run_stamp
+from e2e3d_provider.operators.run_context import data_root, run_stamp
 
 
 class StageInOperator(E2E3DOperator):
@@ -28,7 +20,8 @@ class StageInOperator(E2E3DOperator):
     run's output directory (with ``mesh/ textures/ pointcloud/ logs/ temp/``) and temp directory.
 
     Returns ``{"dataset", "job_id", "stamp", "host", "input_dir", "temp_dir", "output_dir",
-    "files", "bytes", "transferred_bytes", "seconds"}`` (plus ``models_dir`` with models).
+    "files", "bytes", "transferred_bytes", "seconds"}`` (plus ``models_dir`` with models), pushed
+    also key by key (``multiple_outputs``), so ``stage_in.output["output_dir"]`` is a native value.
 
     :param dataset: dataset id (templated).
     :param job_id: job id (templated).
@@ -39,13 +32,31 @@ class StageInOperator(E2E3DOperator):
     :param metadata_conn_id: when set, the transfer is recorded in PostgreSQL.
     """
 
-    template_fields: Sequence[str] = ("dataset", "job_id", "stamp", "models_prefix", "data_root", "input_bucket",
-                                      "models_bucket")
+    template_fields: Sequence[str] = (
+        "dataset",
+        "job_id",
+        "stamp",
+        "models_prefix",
+        "data_root",
+        "input_bucket",
+        "models_bucket",
+    )
     ui_color = "#e8dcc5"
 
-    def __init__(self, *, dataset: str, job_id: str, stamp: str | None = None, models_prefix: str | None = None,
-                 data_root: str | None = None, input_bucket: str = BUCKET_INPUT, models_bucket: str = BUCKET_MODELS,
-                 metadata_conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        job_id: str,
+        stamp: str | None = None,
+        models_prefix: str | None = None,
+        data_root: str | None = None,
+        input_bucket: str = BUCKET_INPUT,
+        models_bucket: str = BUCKET_MODELS,
+        metadata_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("multiple_outputs", True)
         super().__init__(metadata_conn_id=metadata_conn_id, **kwargs)
         self.dataset = dataset
         self.job_id = job_id
@@ -55,38 +66,28 @@ class StageInOperator(E2E3DOperator):
         self.input_bucket = input_bucket
         self.models_bucket = models_bucket
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        dataset, job_id = validate_id(self.dataset, "dataset"), validate_id(self.job_id, "job_id")
-        stamp = run_stamp(context, self.stamp)
-        root = resolve_data_root(self.data_root)
-        run = RunLayout(root, job_id, stamp)
-
-        if not self.storage.list_keys(self.input_bucket, input_prefix(dataset)):
-            raise FileNotFoundError(f"dataset {dataset!r} has no objects in bucket {self.input_bucket!r} (expected "
-                                    f"keys below {input_prefix(dataset)}); upload it first (e2e3d ingest)")
-        local_input = input_dir(root, dataset)
-        staged = self.storage.download_prefix(self.input_bucket, input_prefix(dataset), local_input,
-                                              delete_extraneous=True)
-        result = {"dataset": dataset, "job_id": job_id, "stamp": stamp, "host": socket.gethostname(),
-                  "input_dir": str(local_input), "temp_dir": str(run.temp_dir), "output_dir": str(run.run_dir),
-                  "files": staged.total_files, "bytes": staged.bytes + staged.skipped_bytes,
-                  "transferred_bytes": staged.bytes, "seconds": round(staged.seconds, 3)}
-        transfers = [staged]
-        if self.models_prefix:
-            local_models = models_dir(root, self.models_prefix)
-            models = self.storage.download_prefix(self.models_bucket, self.models_prefix, local_models,
-                                                  delete_extraneous=True)
-            transfers.append(models)
-            result["models_dir"] = str(local_models)
-
-        for sub in RUN_SUBDIRS:
-            (run.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        run.temp_dir.mkdir(parents=True, exist_ok=True)
-        for transfer in transfers:
-            self.record_transfer(context, "download", suffix=f"/{transfer.bucket}", bucket=transfer.bucket,
-                                 prefix=transfer.prefix, files=transfer.files, bytes=transfer.bytes,
-                                 skipped_files=transfer.skipped_files, seconds=transfer.seconds, job_id=job_id,
-                                 stamp=stamp)
-        self.log.info("staged %s: %d files (%d bytes transferred) into %s; run dir %s", dataset, result["files"],
-                      staged.bytes, local_input, run.run_dir)
-        return result
+    def execute(self, context: Context) -> dict[str, Any]:
+        staged = stage_in(
+            self.storage,
+            data_root(self.data_root),
+            self.dataset,
+            self.job_id,
+            run_stamp(context, self.stamp),
+            models_prefix=self.models_prefix,
+            input_bucket=self.input_bucket,
+            models_bucket=self.models_bucket,
+        )
+        for transfer in staged.transfers:
+            self.record_transfer(
+                context, transfer, suffix=f"/{transfer.bucket}", job_id=staged.job_id, stamp=staged.stamp
+            )
+        xcom = staged.to_xcom()
+        self.log.info(
+            "staged %s: %d files (%d bytes transferred) into %s; run dir %s",
+            staged.dataset,
+            xcom["files"],
+            xcom["transferred_bytes"],
+            staged.input_dir,
+            staged.output_dir,
+        )
+        return xcom

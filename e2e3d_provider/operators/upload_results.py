@@ -5,20 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Context
 
-from e2e3d_provider.commit import publish_run
-from e2e3d_provider.layout import BUCKET_OUTPUT, validate_id, validate_stamp
+from e2e3d_provider.core.layout import BUCKET_OUTPUT, validate_id, validate_stamp
+from e2e3d_provider.lifecycle.local_paths import require_local_dir
+from e2e3d_provider.lifecycle.publish import publish_run
 from e2e3d_provider.operators.base import E2E3DOperator
-from e2e3d_provider.operators.local_paths import require_local_dir
 
 RESULTS_ASSET_NAME = "e2e3d_results"
 
 
 def results_asset(bucket: str = BUCKET_OUTPUT) -> Asset:
     """The Asset every completed job updates; the event's extra names the job, stamp and manifest."""
-    return Asset(name=RESULTS_ASSET_NAME if bucket == BUCKET_OUTPUT else f"{RESULTS_ASSET_NAME}_{bucket}",
-                 uri=f"s3://{bucket}/")
+    return Asset(
+        name=RESULTS_ASSET_NAME if bucket == BUCKET_OUTPUT else f"{RESULTS_ASSET_NAME}_{bucket}", uri=f"s3://{bucket}/"
+    )
 
 
 class UploadResultsOperator(E2E3DOperator):
@@ -43,9 +44,18 @@ class UploadResultsOperator(E2E3DOperator):
     template_fields: Sequence[str] = ("job_id", "stamp", "run_dir", "origin_host", "bucket", "statistics")
     ui_color = "#c5e8d8"
 
-    def __init__(self, *, job_id: str, stamp: str, run_dir: str, origin_host: str | None = None,
-                 bucket: str = BUCKET_OUTPUT, statistics: dict[str, Any] | None = None,
-                 metadata_conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        stamp: str,
+        run_dir: str,
+        origin_host: str | None = None,
+        bucket: str = BUCKET_OUTPUT,
+        statistics: dict[str, Any] | None = None,
+        metadata_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("outlets", [results_asset(bucket)])
         super().__init__(metadata_conn_id=metadata_conn_id, **kwargs)
         self.job_id = job_id
@@ -55,19 +65,27 @@ class UploadResultsOperator(E2E3DOperator):
         self.bucket = bucket
         self.statistics = statistics
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any]:
         job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
         run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
         published = publish_run(self.storage, run_dir, job_id, stamp, self.bucket, dict(self.statistics or {}))
-        xcom = published.to_xcom()
-        self.record_transfer(context, "upload", bucket=self.bucket, prefix=published.prefix,
-                             files=published.uploaded_files, bytes=published.uploaded_bytes,
-                             skipped_files=published.files - published.uploaded_files, seconds=published.seconds,
-                             job_id=job_id, stamp=stamp)
-        self.log.info("published %s: %d files, %d bytes (%d sent); SUCCESS at %s/%s", job_id, published.files,
-                      published.bytes, published.uploaded_bytes, self.bucket, published.success_key)
+        if published.transfer is not None:
+            self.record_transfer(context, published.transfer, job_id=job_id, stamp=stamp)
+        self.log.info(
+            "published %s: %d files, %d bytes (%d sent); SUCCESS at %s/%s",
+            job_id,
+            published.files,
+            published.bytes,
+            published.uploaded_bytes,
+            self.bucket,
+            published.success_key,
+        )
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
-                context["outlet_events"][outlet].extra = {"job_id": job_id, "stamp": stamp, "bucket": self.bucket,
-                                                          "manifest_key": published.manifest_key}
-        return xcom
+                context["outlet_events"][outlet].extra = {
+                    "job_id": job_id,
+                    "stamp": stamp,
+                    "bucket": self.bucket,
+                    "manifest_key": published.manifest_key,
+                }
+        return published.to_xcom()

@@ -6,7 +6,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger
@@ -22,9 +22,13 @@ class StorageSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer instead of a worker slot.
     """
 
-    def __init__(self, *, minio_conn_id: str = StorageHook.default_conn_name,
-                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        minio_conn_id: str = StorageHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.minio_conn_id = minio_conn_id
         self.deferrable = deferrable
@@ -36,16 +40,17 @@ class StorageSensor(BaseSensorOperator):
     def make_trigger(self) -> BaseTrigger:
         raise NotImplementedError
 
-    def execute(self, context: Any) -> Any:
+    def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
         first = self.poke(context)  # often already true: no need to wait in the triggerer at all
         if first:
             return first.xcom_value if isinstance(first, PokeReturnValue) else None
-        self.defer(trigger=self.make_trigger(), method_name="execute_complete",
-                   timeout=timedelta(seconds=float(self.timeout)))
+        self.defer(
+            trigger=self.make_trigger(), method_name="execute_complete", timeout=timedelta(seconds=float(self.timeout))
+        )
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger fired; an error event fails (or, with soft_fail, skips) the task."""
         if not event or event.get("status") != "success":
             message = (event or {}).get("message", "the trigger ended without an event")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from airflow.sdk import PokeReturnValue
+from airflow.sdk import Context, PokeReturnValue
 
-from e2e3d_provider.input_check import DEFAULT_PATTERNS, check_input
-from e2e3d_provider.layout import BUCKET_INPUT, input_prefix, validate_bucket
+from e2e3d_provider.core.layout import BUCKET_INPUT, input_prefix, validate_bucket
+from e2e3d_provider.lifecycle.readiness import DEFAULT_PATTERNS, input_state
 from e2e3d_provider.sensors.base import StorageSensor
 from e2e3d_provider.triggers.object_storage import InputPresenceTrigger
 
@@ -31,8 +30,16 @@ class InputPresenceSensor(StorageSensor):
     template_fields: Sequence[str] = ("dataset", "bucket", "min_files", "stable_for")
     ui_color = "#c5d8e8"
 
-    def __init__(self, *, dataset: str, bucket: str = BUCKET_INPUT, patterns: Sequence[str] = DEFAULT_PATTERNS,
-                 min_files: int | str = 1, stable_for: float | str = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        bucket: str = BUCKET_INPUT,
+        patterns: Sequence[str] = DEFAULT_PATTERNS,
+        min_files: int | str = 1,
+        stable_for: float | str = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(min_files, str) or not isinstance(stable_for, str):
             self._limits(min_files, stable_for)  # plain values are checked while parsing the DAG
@@ -52,15 +59,20 @@ class InputPresenceSensor(StorageSensor):
             raise ValueError("stable_for must not be negative")
         return count, quiet
 
-    def poke(self, context: Any) -> PokeReturnValue:
-        prefix = input_prefix(self.dataset)
+    def poke(self, context: Context) -> PokeReturnValue:
         min_files, stable_for = self._limits(self.min_files, self.stable_for)
-        objects = self.hook.list_objects(validate_bucket(self.bucket), prefix)
-        state = check_input(objects, prefix, self.patterns, min_files, stable_for, datetime.now(UTC))
+        state = input_state(self.hook, self.bucket, input_prefix(self.dataset), self.patterns, min_files, stable_for)
         self.log.info("%s: %s", "ready" if state.ready else "not ready", state.reason)
         return PokeReturnValue(state.ready, state.to_xcom())
 
     def make_trigger(self) -> InputPresenceTrigger:
         min_files, stable_for = self._limits(self.min_files, self.stable_for)
-        return InputPresenceTrigger(validate_bucket(self.bucket), input_prefix(self.dataset), self.patterns,
-                                    min_files, stable_for, self.minio_conn_id, float(self.poke_interval))
+        return InputPresenceTrigger(
+            validate_bucket(self.bucket),
+            input_prefix(self.dataset),
+            self.patterns,
+            min_files,
+            stable_for,
+            self.minio_conn_id,
+            float(self.poke_interval),
+        )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import PokeReturnValue
+from airflow.sdk import Context, PokeReturnValue
 
-from e2e3d_provider.layout import BUCKET_OUTPUT, manifest_key, success_key, validate_bucket, validate_relpath
+from e2e3d_provider.core.layout import BUCKET_OUTPUT, manifest_key, success_key, validate_bucket, validate_relpath
+from e2e3d_provider.lifecycle.readiness import marker_present
 from e2e3d_provider.sensors.base import StorageSensor
 from e2e3d_provider.triggers.object_storage import SuccessMarkerTrigger
 
@@ -26,8 +27,9 @@ class SuccessMarkerSensor(StorageSensor):
     template_fields: Sequence[str] = ("job_id", "key", "bucket")
     ui_color = "#c5e8c5"
 
-    def __init__(self, *, job_id: str | None = None, key: str | None = None, bucket: str = BUCKET_OUTPUT,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, job_id: str | None = None, key: str | None = None, bucket: str = BUCKET_OUTPUT, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if not job_id and not key:
             raise ValueError("SuccessMarkerSensor needs job_id or key")
@@ -42,10 +44,9 @@ class SuccessMarkerSensor(StorageSensor):
         assert self.job_id is not None
         return success_key(self.job_id), manifest_key(self.job_id)
 
-    def poke(self, context: Any) -> PokeReturnValue:
+    def poke(self, context: Context) -> PokeReturnValue:
         marker, manifest = self._keys()
-        self.hook.require_bucket(self.bucket)  # a missing bucket is an error, not something to wait for
-        found = self.hook.exists(self.bucket, marker)
+        found = marker_present(self.hook, self.bucket, marker)
         if not found:
             self.log.info("no %s/%s yet", self.bucket, marker)
         return PokeReturnValue(found, {"bucket": self.bucket, "marker_key": marker, "manifest_key": manifest})

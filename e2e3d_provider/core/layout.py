@@ -2,7 +2,7 @@
 
 This is the only module that knows how paths and keys are spelled. Everything here is
 pure: validation happens before any I/O, and nothing touches the disk or the network
-except :func:`resolve_data_root`, which only reads configuration.
+except :func:`resolve_data_root`, which only reads the environment. No Airflow imports.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+
+from e2e3d_provider.exceptions import InvalidNameError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -28,6 +30,8 @@ BUCKET_MODELS = "models"
 BUCKET_ARCHIVE = "archive"
 DEFAULT_BUCKETS = (BUCKET_INPUT, BUCKET_OUTPUT, BUCKET_MODELS, BUCKET_ARCHIVE)
 VERSIONED_BUCKETS = (BUCKET_OUTPUT, BUCKET_MODELS)
+#: days a noncurrent version of an object in a versioned bucket is kept (bootstrap lifecycle rule)
+DEFAULT_NONCURRENT_DAYS = 30
 
 SUCCESS_NAME = "SUCCESS"
 MANIFEST_NAME = "metadata.json"
@@ -40,10 +44,6 @@ POINTCLOUD_RELPATH = "pointcloud/pointcloud.ply"
 #: Object-key segments are limited so a key stays under S3's 1024-byte key limit.
 MAX_RELPATH_LENGTH = 768
 _BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-class InvalidNameError(ValueError):
-    """An id, stamp, bucket or relative path that the naming contract rejects."""
 
 
 def validate_id(value: object, kind: str = "id") -> str:
@@ -113,21 +113,12 @@ def parse_stamp(stamp: str) -> datetime:
     return datetime.strptime(validate_stamp(stamp), STAMP_FORMAT).replace(tzinfo=UTC)
 
 
-def resolve_data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Return the local data root: the argument, ``$E2E3D_DATA_ROOT``, the Airflow Variable
-    ``e2e3d_data_root``, or ``/app/data``, in that order. The result is absolute."""
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    env = os.environ.get(DATA_ROOT_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    try:
-        from airflow.sdk import Variable
-
-        value = Variable.get(DATA_ROOT_VARIABLE, default=None)
-    except Exception:  # no Airflow context (CLI, tests): the Variable is simply not set
-        value = None
-    return Path(value or DEFAULT_DATA_ROOT).expanduser().resolve()
+def resolve_data_root(explicit: str | os.PathLike[str] | None = None, configured: str | None = None) -> Path:
+    """Return the local data root: the argument, ``$E2E3D_DATA_ROOT``, ``configured`` (the Airflow
+    Variable ``e2e3d_data_root``, which the Airflow layer looks up: ``operators.run_context.data_root``),
+    or ``/app/data``, in that order. The result is absolute."""
+    chosen = explicit or os.environ.get(DATA_ROOT_ENV) or configured or DEFAULT_DATA_ROOT
+    return Path(chosen).expanduser().resolve()
 
 
 def job_id_from_run_id(run_id: str) -> str:

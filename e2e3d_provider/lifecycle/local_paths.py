@@ -6,10 +6,12 @@ import shutil
 import socket
 from pathlib import Path
 
-from e2e3d_provider.layout import InvalidNameError
+from e2e3d_provider.exceptions import InvalidNameError, LocalPathError
 
-REMEDIES = ("mount the data root on every worker (NFS, a shared PVC), or run the tasks that share a run "
-            "directory on one host (a per-worker queue)")
+REMEDIES = (
+    "mount the data root on every worker (NFS, a shared PVC), or run the tasks that share a run "
+    "directory on one host (a per-worker queue)"
+)
 
 
 def require_local_dir(path: str | Path, origin_host: str | None = None, what: str = "directory") -> Path:
@@ -19,10 +21,12 @@ def require_local_dir(path: str | Path, origin_host: str | None = None, what: st
         return local
     here = socket.gethostname()
     if origin_host and origin_host != here:
-        raise FileNotFoundError(f"{what} {local} was written on host {origin_host!r}, but this task runs on "
-                                f"{here!r}, where it does not exist. Local paths only mean something on the "
-                                f"host that wrote them: {REMEDIES}.")
-    raise FileNotFoundError(f"{what} {local} does not exist on {here!r}")
+        raise LocalPathError(
+            f"{what} {local} was written on host {origin_host!r}, but this task runs on "
+            f"{here!r}, where it does not exist. Local paths only mean something on the "
+            f"host that wrote them: {REMEDIES}."
+        )
+    raise LocalPathError(f"{what} {local} does not exist on {here!r}")
 
 
 def inside_root(path: str | Path, root: Path) -> Path:
@@ -31,7 +35,7 @@ def inside_root(path: str | Path, root: Path) -> Path:
     Refuses ``..`` segments outright, and anything that resolves to the root itself or outside it.
     """
     raw = str(path)
-    if not raw or raw in ("None", "."):
+    if not raw or raw == ".":
         raise InvalidNameError(f"refusing to clean {raw!r}: not a path")
     if ".." in Path(raw).parts:
         raise InvalidNameError(f"refusing to clean {raw}: '..' segments are not allowed")

@@ -1,4 +1,5 @@
-"""The commit protocol (DESIGN §4): what makes a SUCCESS marker mean "complete and verified".
+"""Publish and unpublish a run under the commit protocol (DESIGN §4): what makes a SUCCESS marker
+mean "complete and verified", and how it stops meaning anything before a job's objects go.
 
 1. Remove any old SUCCESS (locally and in the bucket) before anything else.
 2. Upload every file with its SHA-256 (identical objects are skipped), then verify each stored
@@ -6,6 +7,8 @@
 3. Upload the manifest (``metadata.json``), then write SUCCESS last, locally and in the bucket.
 
 A crash anywhere leaves no SUCCESS; a rerun is safe and sends only what is missing or changed.
+Unpublishing runs the other way: SUCCESS first, then the rest, so no reader ever sees a marker over
+a partial set.
 """
 
 from __future__ import annotations
@@ -13,21 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2e3d_provider.exceptions import ChecksumMismatchError
-from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.layout import (
+from e2e3d_provider.core.layout import (
     MANIFEST_NAME,
     SUCCESS_NAME,
     manifest_key,
     output_prefix,
     success_key,
 )
-from e2e3d_provider.manifest import Manifest, build_manifest, sha256_file, write_atomic, write_manifest
-from e2e3d_provider.transfer import RemoteObject
+from e2e3d_provider.core.manifest import Manifest, build_manifest, sha256_file, write_atomic, write_manifest
+from e2e3d_provider.core.transfer import RemoteObject, TransferResult
+from e2e3d_provider.exceptions import ChecksumMismatchError
+from e2e3d_provider.hooks.storage import StorageHook
 
 
 @dataclass
@@ -46,16 +49,33 @@ class PublishResult:
     seconds: float
     manifest_key: str
     success_key: str
+    transfer: TransferResult | None = field(default=None, repr=False)  # what the upload step moved
 
     def to_xcom(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "stamp": self.stamp, "bucket": self.bucket, "prefix": self.prefix,
-                "files": self.files, "bytes": self.bytes, "manifest_key": self.manifest_key,
-                "success_key": self.success_key, "uploaded_files": self.uploaded_files,
-                "uploaded_bytes": self.uploaded_bytes, "seconds": round(self.seconds, 3)}
+        return {
+            "job_id": self.job_id,
+            "stamp": self.stamp,
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "files": self.files,
+            "bytes": self.bytes,
+            "manifest_key": self.manifest_key,
+            "success_key": self.success_key,
+            "uploaded_files": self.uploaded_files,
+            "uploaded_bytes": self.uploaded_bytes,
+            "seconds": round(self.seconds, 3),
+        }
 
 
-def verify_remote(storage: StorageHook, bucket: str, prefix: str, manifest: Manifest, *, deep: bool = True,
-                  listed: dict[str, RemoteObject] | None = None) -> None:
+def verify_remote(
+    storage: StorageHook,
+    bucket: str,
+    prefix: str,
+    manifest: Manifest,
+    *,
+    deep: bool = True,
+    listed: dict[str, RemoteObject] | None = None,
+) -> None:
     """Raise ChecksumMismatchError unless every manifest file is stored with its size (one listing) and,
     with ``deep``, its recorded sha256 (a HEAD per file).
 
@@ -80,9 +100,15 @@ def verify_remote(storage: StorageHook, bucket: str, prefix: str, manifest: Mani
         raise ChecksumMismatchError(f"{bucket}/{prefix} does not match the manifest: " + "; ".join(problems[:10]))
 
 
-def publish_run(storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bucket: str,
-                statistics: dict[str, Any] | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> PublishResult:
+def publish_run(
+    storage: StorageHook,
+    run_dir: Path,
+    job_id: str,
+    stamp: str,
+    bucket: str,
+    statistics: dict[str, Any] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> PublishResult:
     """Publish a run directory to ``bucket`` under ``<job_id>/`` following the commit protocol."""
     prefix, marker, manifest_name = output_prefix(job_id), success_key(job_id), manifest_key(job_id)
     (run_dir / SUCCESS_NAME).unlink(missing_ok=True)
@@ -94,9 +120,14 @@ def publish_run(storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bu
     manifest.statistics.setdefault("files", len(manifest.files))
     manifest.statistics.setdefault("bytes", manifest.total_bytes)
     files = [(entry.path, run_dir.joinpath(*entry.path.split("/"))) for entry in manifest.files]
-    transfer = storage.upload_dir(run_dir, bucket, prefix, files=files,
-                                  checksums={entry.path: entry.sha256 for entry in manifest.files},
-                                  on_progress=on_progress)
+    transfer = storage.upload_dir(
+        run_dir,
+        bucket,
+        prefix,
+        files=files,
+        checksums={entry.path: entry.sha256 for entry in manifest.files},
+        on_progress=on_progress,
+    )
     listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}  # one listing for both steps
     verify_remote(storage, bucket, prefix, manifest, deep=False, listed=listed)
 
@@ -110,12 +141,41 @@ def publish_run(storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bu
     manifest_sha = sha256_file(manifest_path)
     storage.upload_file(manifest_path, bucket, manifest_name, sha256=manifest_sha)
 
-    marker_body = json.dumps({"job_id": job_id, "stamp": stamp, "manifest_sha256": manifest_sha,
-                              "files": len(manifest.files), "bytes": manifest.total_bytes}, sort_keys=True).encode()
+    marker_body = json.dumps(
+        {
+            "job_id": job_id,
+            "stamp": stamp,
+            "manifest_sha256": manifest_sha,
+            "files": len(manifest.files),
+            "bytes": manifest.total_bytes,
+        },
+        sort_keys=True,
+    ).encode()
     storage.put_bytes(bucket, marker, marker_body, "application/json")  # step 3: SUCCESS last
     write_atomic(run_dir / SUCCESS_NAME, marker_body)
-    return PublishResult(job_id, stamp, bucket, prefix, len(manifest.files), manifest.total_bytes,
-                         transfer.files, transfer.bytes, len(stale), transfer.seconds, manifest_name, marker)
+    return PublishResult(
+        job_id,
+        stamp,
+        bucket,
+        prefix,
+        len(manifest.files),
+        manifest.total_bytes,
+        transfer.files,
+        transfer.bytes,
+        len(stale),
+        transfer.seconds,
+        manifest_name,
+        marker,
+        transfer,
+    )
+
+
+def unpublish(storage: StorageHook, bucket: str, prefix: str) -> int:
+    """Remove a published set below ``prefix``: its SUCCESS first, then everything else; returns how
+    many objects went after the marker. Idempotent: an absent set removes nothing."""
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    storage.delete_object(bucket, prefix + SUCCESS_NAME)  # from here on, no reader trusts this set
+    return storage.delete_prefix(bucket, prefix)
 
 
 def read_published_manifest(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> Manifest:

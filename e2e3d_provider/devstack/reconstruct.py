@@ -18,17 +18,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from e2e3d_provider.input_check import IMAGE_SUFFIXES
-from e2e3d_provider.layout import MATERIAL_RELPATH, MESH_RELPATH, POINTCLOUD_RELPATH, TEXTURE_RELPATH
+from e2e3d_provider.core.layout import MATERIAL_RELPATH, MESH_RELPATH, POINTCLOUD_RELPATH, TEXTURE_RELPATH
+from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
+from e2e3d_provider.exceptions import ReconstructionError
 
 GRID = 48  # mesh resolution (GRID x GRID vertices)
 TEXTURE_SIZE = 256
 POINT_STEP = 8  # one point every POINT_STEP pixels of each (resized) image
 WORK_SIZE = 256
-
-
-class ReconstructionError(RuntimeError):
-    """The input cannot be reconstructed (no images, unreadable images)."""
 
 
 def load_images(input_dir: Path) -> list[tuple[str, np.ndarray]]:
@@ -53,12 +50,19 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 def write_mesh(mean: np.ndarray, out: Path) -> int:
     """Height-field OBJ + MTL from the mean image; returns the number of faces."""
-    small = np.asarray(Image.fromarray((mean * 255).astype(np.uint8)).resize((GRID, GRID),
-                                                                             Image.Resampling.BILINEAR),
-                       dtype=np.float32) / 255.0
+    small = (
+        np.asarray(
+            Image.fromarray((mean * 255).astype(np.uint8)).resize((GRID, GRID), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
     height = _luminance(small) * 0.25
-    lines = ["# E2E3D demo reconstruction: height field of the mean image", "mtllib reconstructed_mesh.mtl",
-             "o reconstructed_mesh"]
+    lines = [
+        "# E2E3D demo reconstruction: height field of the mean image",
+        "mtllib reconstructed_mesh.mtl",
+        "o reconstructed_mesh",
+    ]
     for row in range(GRID):
         for col in range(GRID):
             lines.append(f"v {col / (GRID - 1) - 0.5:.5f} {height[row, col]:.5f} {row / (GRID - 1) - 0.5:.5f}")
@@ -78,15 +82,16 @@ def write_mesh(mean: np.ndarray, out: Path) -> int:
     (out / MESH_RELPATH).write_text("\n".join(lines) + "\n")
     (out / MATERIAL_RELPATH).write_text(
         "newmtl texture\nKa 1.000 1.000 1.000\nKd 1.000 1.000 1.000\nKs 0.000 0.000 0.000\n"
-        "d 1.0\nillum 1\nmap_Kd ../textures/texture.png\n")
+        "d 1.0\nillum 1\nmap_Kd ../textures/texture.png\n"
+    )
     return faces
 
 
 def write_texture(mean: np.ndarray, out: Path) -> None:
     (out / TEXTURE_RELPATH).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((mean * 255).round().astype(np.uint8)).resize(
-        (TEXTURE_SIZE, TEXTURE_SIZE), Image.Resampling.BILINEAR).save(out / TEXTURE_RELPATH, format="PNG",
-                                                                      optimize=False)
+        (TEXTURE_SIZE, TEXTURE_SIZE), Image.Resampling.BILINEAR
+    ).save(out / TEXTURE_RELPATH, format="PNG", optimize=False)
 
 
 def write_pointcloud(images: list[tuple[str, np.ndarray]], out: Path) -> int:
@@ -95,15 +100,32 @@ def write_pointcloud(images: list[tuple[str, np.ndarray]], out: Path) -> int:
     for index, (_, rgb) in enumerate(images):
         sample = rgb[::POINT_STEP, ::POINT_STEP]
         height = _luminance(sample) * 0.25
-        ys, xs = np.mgrid[0:sample.shape[0], 0:sample.shape[1]]
+        ys, xs = np.mgrid[0 : sample.shape[0], 0 : sample.shape[1]]
         colours = (sample * 255).round().astype(np.uint8).reshape(-1, 3)
-        coords = np.stack([xs.ravel() / (sample.shape[1] - 1) - 0.5, height.ravel(),
-                           ys.ravel() / (sample.shape[0] - 1) - 0.5 + index * 0.01], axis=1)
-        rows.extend(f"{x:.5f} {y:.5f} {z:.5f} {r} {g} {b}" for (x, y, z), (r, g, b) in zip(coords, colours,
-                                                                                           strict=True))
-    header = ["ply", "format ascii 1.0", "comment E2E3D demo point cloud", f"element vertex {len(rows)}",
-              "property float x", "property float y", "property float z", "property uchar red",
-              "property uchar green", "property uchar blue", "end_header"]
+        coords = np.stack(
+            [
+                xs.ravel() / (sample.shape[1] - 1) - 0.5,
+                height.ravel(),
+                ys.ravel() / (sample.shape[0] - 1) - 0.5 + index * 0.01,
+            ],
+            axis=1,
+        )
+        rows.extend(
+            f"{x:.5f} {y:.5f} {z:.5f} {r} {g} {b}" for (x, y, z), (r, g, b) in zip(coords, colours, strict=True)
+        )
+    header = [
+        "ply",
+        "format ascii 1.0",
+        "comment E2E3D demo point cloud",
+        f"element vertex {len(rows)}",
+        "property float x",
+        "property float y",
+        "property float z",
+        "property uchar red",
+        "property uchar green",
+        "property uchar blue",
+        "end_header",
+    ]
     (out / POINTCLOUD_RELPATH).parent.mkdir(parents=True, exist_ok=True)
     (out / POINTCLOUD_RELPATH).write_text("\n".join(header + rows) + "\n")
     return len(rows)
@@ -124,6 +146,8 @@ def reconstruct(input_dir: Path, run_dir: Path, temp_dir: Path | None = None) ->
     points = write_pointcloud(images, run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs" / "reconstruct.log").write_text(
-        "E2E3D demo reconstruction\n" + "".join(f"input {name}\n" for name, _ in images)
-        + f"mesh faces {faces}\npoint cloud points {points}\ntexture {TEXTURE_SIZE}x{TEXTURE_SIZE}\n")
+        "E2E3D demo reconstruction\n"
+        + "".join(f"input {name}\n" for name, _ in images)
+        + f"mesh faces {faces}\npoint cloud points {points}\ntexture {TEXTURE_SIZE}x{TEXTURE_SIZE}\n"
+    )
     return {"images": len(images), "faces": faces, "points": points}

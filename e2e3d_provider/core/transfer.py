@@ -25,15 +25,15 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
-import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from e2e3d_provider.core.layout import key_relpath, local_path_for, validate_relpath
+from e2e3d_provider.core.manifest import CHUNK_SIZE, HashingReader, sha256_file
+from e2e3d_provider.core.retry import DEFAULT_RETRY, RetryPolicy
 from e2e3d_provider.exceptions import ChecksumMismatchError, SourceChangedError, TransferError
-from e2e3d_provider.layout import key_relpath, local_path_for, validate_relpath
-from e2e3d_provider.manifest import CHUNK_SIZE, HashingReader, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,7 @@ SHA256_META = "sha256"
 PARTIAL_SUFFIX = ".e2e3d-partial"
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 DEFAULT_WORKERS = 8
-DEFAULT_ATTEMPTS = 3
 PROGRESS_INTERVAL_SECONDS = 5.0
-_TRANSIENT_S3_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout"})
 
 T = TypeVar("T")
 Translate = Callable[[BaseException, str], BaseException]
@@ -96,8 +94,9 @@ class RemoteObject:
 class Progress:
     """Thread-safe counter that logs files done/total, MB and MB/s every few seconds."""
 
-    def __init__(self, label: str, total_files: int, total_bytes: int,
-                 interval: float = PROGRESS_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self, label: str, total_files: int, total_bytes: int, interval: float = PROGRESS_INTERVAL_SECONDS
+    ) -> None:
         self.label = label
         self.total_files = total_files
         self.total_bytes = total_bytes
@@ -124,42 +123,28 @@ class Progress:
 
     def _log(self, now: float) -> None:
         elapsed = max(now - self.started, 1e-9)
-        log.info("%s: %d/%d files, %.1f/%.1f MB, %.1f MB/s", self.label, self.files, self.total_files,
-                 self.bytes / 1e6, self.total_bytes / 1e6, self.bytes / 1e6 / elapsed)
+        log.info(
+            "%s: %d/%d files, %.1f/%.1f MB, %.1f MB/s",
+            self.label,
+            self.files,
+            self.total_files,
+            self.bytes / 1e6,
+            self.total_bytes / 1e6,
+            self.bytes / 1e6 / elapsed,
+        )
 
 
-def is_transient(err: BaseException) -> bool:
-    """True for errors a retry may cure: dropped connections, timeouts, 5xx/SlowDown answers."""
-    if isinstance(err, S3Error):
-        return err.code in _TRANSIENT_S3_CODES
-    return isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
-
-
-def with_retries(func: Callable[[], T], what: str, attempts: int = DEFAULT_ATTEMPTS,
-                 base_delay: float = 0.5) -> T:
-    """Run ``func``, retrying transient errors up to ``attempts`` times with exponential backoff."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return func()
-        except Exception as err:
-            if attempt == attempts or not is_transient(err):
-                raise
-            delay = base_delay * 2 ** (attempt - 1)
-            log.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(err).__name__, err,
-                        attempt, attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def run_parallel(items: Iterable[T], work: Callable[[T], Any], workers: int, name: Callable[[T], str],
-                 translate: Translate) -> list[Any]:
+def run_parallel(
+    items: Iterable[T], work: Callable[[T], Any], workers: int, name: Callable[[T], str], translate: Translate
+) -> list[Any]:
     """Run ``work`` over ``items`` on a bounded pool; on failure stop queueing new items, let running
     ones finish, and raise the translated error (or a :class:`TransferError` listing several)."""
     items = list(items)
     results: list[Any] = []
     failures: dict[str, BaseException] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items) or 1)),
-                            thread_name_prefix="e2e3d-transfer") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(workers, len(items) or 1)), thread_name_prefix="e2e3d-transfer"
+    ) as pool:
         futures = {pool.submit(work, item): name(item) for item in items}
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
@@ -194,16 +179,25 @@ def stat_remote(client: Minio, bucket: str, key: str) -> RemoteObject | None:
         raise
     meta = stat.metadata or {}
     sha = meta.get(f"x-amz-meta-{SHA256_META}")
-    return RemoteObject(key=key, size=int(stat.size or 0), etag=(stat.etag or "").strip('"') or None,
-                        sha256=sha.lower() if sha else None, version_id=stat.version_id,
-                        last_modified=stat.last_modified)
+    return RemoteObject(
+        key=key,
+        size=int(stat.size or 0),
+        etag=(stat.etag or "").strip('"') or None,
+        sha256=sha.lower() if sha else None,
+        version_id=stat.version_id,
+        last_modified=stat.last_modified,
+    )
 
 
 def list_remote(client: Minio, bucket: str, prefix: str) -> list[RemoteObject]:
     """List every object below ``prefix`` (recursively), without folder placeholders."""
     return [
-        RemoteObject(key=obj.object_name, size=int(obj.size or 0), etag=(obj.etag or "").strip('"') or None,
-                     last_modified=obj.last_modified)
+        RemoteObject(
+            key=obj.object_name,
+            size=int(obj.size or 0),
+            etag=(obj.etag or "").strip('"') or None,
+            last_modified=obj.last_modified,
+        )
         for obj in client.list_objects(bucket, prefix=prefix, recursive=True)
         if obj.object_name and not obj.object_name.endswith("/") and not obj.is_dir
     ]
@@ -224,10 +218,19 @@ def _simple_md5_etag(etag: str | None) -> str | None:
 _UNKNOWN: Any = object()
 
 
-def upload_file(client: Minio, bucket: str, key: str, path: Path, *, part_size: int = DEFAULT_PART_SIZE,
-                part_workers: int = 2, metadata: dict[str, str] | None = None,
-                content_type: str = "application/octet-stream", sha256: str | None = None,
-                listed: RemoteObject | None = _UNKNOWN) -> tuple[bool, int]:
+def upload_file(
+    client: Minio,
+    bucket: str,
+    key: str,
+    path: Path,
+    *,
+    part_size: int = DEFAULT_PART_SIZE,
+    part_workers: int = 2,
+    metadata: dict[str, str] | None = None,
+    content_type: str = "application/octet-stream",
+    sha256: str | None = None,
+    listed: RemoteObject | None = _UNKNOWN,
+) -> tuple[bool, int]:
     """Upload one file unless the object already holds the same bytes.
 
     ``listed`` is what a listing of the prefix said of the key (``None``: absent); given, it saves
@@ -245,16 +248,25 @@ def upload_file(client: Minio, bucket: str, key: str, path: Path, *, part_size: 
         return False, size
     if existing is not None:
         log.info("replace %s/%s: stored object differs from %s", bucket, key, path)
-    meta = {SHA256_META: sha256, **(metadata or {})}
+    meta: dict[str, str | list[str] | tuple[str]] = {SHA256_META: sha256, **(metadata or {})}
     with open(path, "rb") as handle:
         reader = HashingReader(handle)
-        client.put_object(bucket, key, reader, length=size, part_size=max(part_size, 5 * 1024 * 1024),
-                                   metadata=meta, content_type=content_type,
-                                   num_parallel_uploads=part_workers)
+        client.put_object(
+            bucket,
+            key,
+            cast(BinaryIO, reader),  # put_object only calls read(), which HashingReader hashes
+            length=size,
+            part_size=max(part_size, 5 * 1024 * 1024),
+            metadata=meta,
+            content_type=content_type,
+            num_parallel_uploads=part_workers,
+        )
     if reader.sha256.hexdigest() != sha256 or reader.bytes_read != size:
         client.remove_object(bucket, key)
-        raise SourceChangedError(f"{path} changed while it was uploaded to {bucket}/{key}; the object was "
-                                 "removed. Make sure nothing writes the file during the upload, then rerun.")
+        raise SourceChangedError(
+            f"{path} changed while it was uploaded to {bucket}/{key}; the object was "
+            "removed. Make sure nothing writes the file during the upload, then rerun."
+        )
     # Transit integrity needs no extra hash here: over http the SDK signs the payload's SHA-256
     # (SigV4), which the server checks; over https TLS protects it.
     return True, size
@@ -278,11 +290,20 @@ def iter_local_files(local_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def upload_directory(client: Minio, bucket: str, local_dir: Path, prefix: str, *, translate: Translate,
-                     files: list[tuple[str, Path]] | None = None, workers: int = DEFAULT_WORKERS,
-                     part_size: int = DEFAULT_PART_SIZE, attempts: int = DEFAULT_ATTEMPTS,
-                     checksums: dict[str, str] | None = None,
-                     on_progress: Callable[[int, int], None] | None = None) -> TransferResult:
+def upload_directory(
+    client: Minio,
+    bucket: str,
+    local_dir: Path,
+    prefix: str,
+    *,
+    translate: Translate,
+    files: list[tuple[str, Path]] | None = None,
+    workers: int = DEFAULT_WORKERS,
+    part_size: int = DEFAULT_PART_SIZE,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    checksums: dict[str, str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TransferResult:
     """Upload every file below ``local_dir`` (or the given ``files``) to ``bucket`` under ``prefix``.
 
     ``on_progress(files_done, files_total)`` is called after each file (from worker threads).
@@ -290,8 +311,9 @@ def upload_directory(client: Minio, bucket: str, local_dir: Path, prefix: str, *
     files = iter_local_files(local_dir) if files is None else files
     checksums = checksums or {}
     # One listing instead of a HEAD per file: absent keys and keys of another size need no HEAD.
-    listing = {obj.key: obj for obj in with_retries(lambda: list_remote(client, bucket, prefix),
-                                                     f"list {bucket}/{prefix}", attempts)}
+    listing = {
+        obj.key: obj for obj in retry.call(lambda: list_remote(client, bucket, prefix), f"list {bucket}/{prefix}")
+    }
     sizes = {rel: path.stat().st_size for rel, path in files}
     progress = Progress(f"upload {local_dir} -> {bucket}/{prefix}", len(files), sum(sizes.values()))
     result = TransferResult("upload", bucket, prefix)
@@ -300,10 +322,12 @@ def upload_directory(client: Minio, bucket: str, local_dir: Path, prefix: str, *
     def one(item: tuple[str, Path]) -> None:
         rel, path = item
         key = prefix + rel
-        sent, size = with_retries(
-            lambda: upload_file(client, bucket, key, path, part_size=part_size, sha256=checksums.get(rel),
-                                listed=listing.get(key)),
-            f"upload {bucket}/{key}", attempts)
+        sent, size = retry.call(
+            lambda: upload_file(
+                client, bucket, key, path, part_size=part_size, sha256=checksums.get(rel), listed=listing.get(key)
+            ),
+            f"upload {bucket}/{key}",
+        )
         with lock:
             if sent:
                 result.files += 1
@@ -383,7 +407,8 @@ def download_object(client: Minio, bucket: str, remote: RemoteObject, dest: Path
             raise ChecksumMismatchError(
                 f"{bucket}/{remote.key}: downloaded bytes do not match the object's checksum ({problem}); "
                 f"nothing was written to {dest}. The stored object is damaged or was replaced without "
-                "its checksum: re-upload it.")
+                "its checksum: re-upload it."
+            )
         os.replace(tmp, dest)
         return written
     except BaseException:
@@ -395,18 +420,25 @@ def download_object(client: Minio, bucket: str, remote: RemoteObject, dest: Path
             response.release_conn()
 
 
-def download_prefix(client: Minio, bucket: str, prefix: str, local_dir: Path, *, translate: Translate,
-                    workers: int = DEFAULT_WORKERS, attempts: int = DEFAULT_ATTEMPTS,
-                    delete_extraneous: bool = False) -> TransferResult:
+def download_prefix(
+    client: Minio,
+    bucket: str,
+    prefix: str,
+    local_dir: Path,
+    *,
+    translate: Translate,
+    workers: int = DEFAULT_WORKERS,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    delete_extraneous: bool = False,
+) -> TransferResult:
     """Mirror every object below ``prefix`` into ``local_dir``; unchanged local files are kept.
 
     With ``delete_extraneous``, local files that are no longer below the prefix are removed,
     so the directory is an exact copy (a read-through cache of the prefix).
     """
-    listing = with_retries(lambda: list_remote(client, bucket, prefix), f"list {bucket}/{prefix}", attempts)
+    listing = retry.call(lambda: list_remote(client, bucket, prefix), f"list {bucket}/{prefix}")
     planned = [(key_relpath(obj.key, prefix), obj) for obj in listing]  # rejects hostile keys first
-    progress = Progress(f"download {bucket}/{prefix} -> {local_dir}", len(planned),
-                        sum(obj.size for _, obj in planned))
+    progress = Progress(f"download {bucket}/{prefix} -> {local_dir}", len(planned), sum(obj.size for _, obj in planned))
     result = TransferResult("download", bucket, prefix)
     lock = threading.Lock()
     local_dir.mkdir(parents=True, exist_ok=True)
@@ -416,15 +448,15 @@ def download_prefix(client: Minio, bucket: str, prefix: str, local_dir: Path, *,
         dest = local_path_for(local_dir, rel)
         remote = listed
         if dest.is_file() and dest.stat().st_size == listed.size:  # a cache candidate: compare checksums
-            remote = with_retries(lambda: stat_remote(client, bucket, listed.key), f"stat {bucket}/{listed.key}",
-                                  attempts) or listed
+            remote = (
+                retry.call(lambda: stat_remote(client, bucket, listed.key), f"stat {bucket}/{listed.key}") or listed
+            )
         if dest.is_file() and local_matches(dest, remote):
             with lock:
                 result.skipped_files += 1
                 result.skipped_bytes += remote.size
         else:
-            size = with_retries(lambda: download_object(client, bucket, remote, dest),
-                                f"download {bucket}/{remote.key}", attempts)
+            size = retry.call(lambda: download_object(client, bucket, remote, dest), f"download {bucket}/{remote.key}")
             with lock:
                 result.files += 1
                 result.bytes += size

@@ -6,15 +6,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from e2e3d_provider.exceptions import E2E3DError
+from e2e3d_provider.core.layout import BUCKET_INPUT, input_prefix, validate_id
+from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
+from e2e3d_provider.core.transfer import TransferResult, iter_local_files
+from e2e3d_provider.exceptions import InvalidInputError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.input_check import IMAGE_SUFFIXES
-from e2e3d_provider.layout import BUCKET_INPUT, input_prefix, validate_id
-from e2e3d_provider.transfer import TransferResult, iter_local_files
-
-
-class InvalidInputError(E2E3DError):
-    """The folder holds files that are not images (or no images at all)."""
 
 
 def classify(directory: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
@@ -39,8 +35,9 @@ def classify(directory: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, s
     return images, rejected
 
 
-def ingest(storage: StorageHook, directory: str | Path, dataset: str, *, bucket: str = BUCKET_INPUT,
-           skip_invalid: bool = False) -> TransferResult:
+def ingest(
+    storage: StorageHook, directory: str | Path, dataset: str, *, bucket: str = BUCKET_INPUT, skip_invalid: bool = False
+) -> TransferResult:
     """Upload every image below ``directory`` to ``<bucket>/<dataset>/``; files already there with the
     same sha256 are skipped. Any non-image file fails the whole ingest (nothing is uploaded) unless
     ``skip_invalid``."""
@@ -52,8 +49,10 @@ def ingest(storage: StorageHook, directory: str | Path, dataset: str, *, bucket:
     if rejected and not skip_invalid:
         shown = "; ".join(f"{rel}: {reason}" for rel, reason in rejected[:10])
         more = f" (+{len(rejected) - 10} more)" if len(rejected) > 10 else ""
-        raise InvalidInputError(f"{len(rejected)} file(s) in {directory} are not images, nothing was uploaded: "
-                                f"{shown}{more}. Remove them or pass --skip-invalid.")
+        raise InvalidInputError(
+            f"{len(rejected)} file(s) in {directory} are not images, nothing was uploaded: "
+            f"{shown}{more}. Remove them or pass --skip-invalid."
+        )
     if not images:
         raise InvalidInputError(f"no images in {directory}")
     return storage.upload_dir(directory, bucket, input_prefix(dataset), files=images)

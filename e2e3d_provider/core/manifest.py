@@ -12,22 +12,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from e2e3d_provider.layout import (
+from e2e3d_provider.core.layout import (
     MANIFEST_NAME,
     SUCCESS_NAME,
     validate_id,
     validate_relpath,
     validate_stamp,
 )
+from e2e3d_provider.exceptions import ManifestError
 
 CHUNK_SIZE = 1024 * 1024
 MANIFEST_VERSION = 1
 #: Files of a run directory that are never listed in its manifest.
 CONTROL_FILES = frozenset({MANIFEST_NAME, SUCCESS_NAME})
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be read, or a run directory that does not match its manifest."""
 
 
 def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
@@ -155,15 +152,15 @@ def iter_run_files(run_dir: Path) -> Iterator[tuple[str, Path]]:
                 yield validate_relpath(relpath), path
 
 
-def build_manifest(
-    run_dir: Path, job_id: str, stamp: str, statistics: dict[str, Any] | None = None
-) -> Manifest:
+def build_manifest(run_dir: Path, job_id: str, stamp: str, statistics: dict[str, Any] | None = None) -> Manifest:
     """Hash every file of a run directory into a :class:`Manifest`."""
-    entries = [
-        FileEntry(relpath, path.stat().st_size, sha256_file(path)) for relpath, path in iter_run_files(run_dir)
-    ]
-    return Manifest(job_id=validate_id(job_id, "job_id"), stamp=validate_stamp(stamp), files=entries,
-                    statistics=dict(statistics or {}))
+    entries = [FileEntry(relpath, path.stat().st_size, sha256_file(path)) for relpath, path in iter_run_files(run_dir)]
+    return Manifest(
+        job_id=validate_id(job_id, "job_id"),
+        stamp=validate_stamp(stamp),
+        files=entries,
+        statistics=dict(statistics or {}),
+    )
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from e2e3d_provider.transfer import RemoteObject
+from e2e3d_provider.core.transfer import RemoteObject
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 DEFAULT_PATTERNS = tuple(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
@@ -38,19 +38,37 @@ class InputState:
         return {"prefix": self.prefix, "count": self.count, "bytes": self.bytes}
 
 
-def check_input(objects: Sequence[RemoteObject], prefix: str, patterns: Sequence[str], min_files: int,
-                stable_for: float, now: datetime) -> InputState:
+def check_input(
+    objects: Sequence[RemoteObject],
+    prefix: str,
+    patterns: Sequence[str],
+    min_files: int,
+    stable_for: float,
+    now: datetime,
+) -> InputState:
     """Ready when at least ``min_files`` objects match and none changed in the last ``stable_for`` s."""
     matching = [obj for obj in objects if matches(obj.key, patterns)]
     count, total = len(matching), sum(obj.size for obj in matching)
     times = [obj.last_modified for obj in matching if obj.last_modified is not None]
     newest = max(times) if times else None
     if count < min_files:
-        return InputState(prefix, count, total, newest, False,
-                          f"{count} of {min_files} required files matching {list(patterns)} below {prefix}")
+        return InputState(
+            prefix,
+            count,
+            total,
+            newest,
+            False,
+            f"{count} of {min_files} required files matching {list(patterns)} below {prefix}",
+        )
     if stable_for > 0 and newest is not None:
         quiet = (now - newest).total_seconds()
         if quiet < stable_for:
-            return InputState(prefix, count, total, newest, False,
-                              f"{count} files, last change {quiet:.1f}s ago (< {stable_for:g}s): upload in progress?")
+            return InputState(
+                prefix,
+                count,
+                total,
+                newest,
+                False,
+                f"{count} files, last change {quiet:.1f}s ago (< {stable_for:g}s): upload in progress?",
+            )
     return InputState(prefix, count, total, newest, True, f"{count} files ({total} bytes) ready below {prefix}")

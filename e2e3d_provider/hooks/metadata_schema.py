@@ -1,0 +1,112 @@
+"""The metadata schema (DESIGN §6): tables, the job state machine, and versioned migrations.
+
+Migrations are applied in order by :meth:`MetadataHook.migrate`; each is idempotent DDL, and a new
+one is appended, never edited.
+"""
+
+from __future__ import annotations
+
+SCHEMA = "e2e3d"
+#: Advisory-lock key serialising migrations between concurrent workers ("e2e3d" as an int).
+MIGRATION_LOCK = 0x6532653364
+
+STATUSES = ("queued", "running", "succeeded", "failed", "archived")
+#: status -> statuses it may move to. Repeating a status is allowed so retries are idempotent;
+#: a failed job may run again; only a succeeded job may be archived.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"queued", "running", "failed"}),
+    "running": frozenset({"running", "succeeded", "failed"}),
+    "failed": frozenset({"failed", "running"}),
+    "succeeded": frozenset({"succeeded", "archived"}),
+    "archived": frozenset({"archived"}),
+}
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial schema",
+        f"""
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.jobs (
+            job_id        text        NOT NULL,
+            stamp         text        NOT NULL,
+            dataset       text        NOT NULL,
+            status        text        NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
+            created_at    timestamptz NOT NULL DEFAULT now(),
+            updated_at    timestamptz NOT NULL DEFAULT now(),
+            started_at    timestamptz,
+            finished_at   timestamptz,
+            error         text,
+            result_bucket text,
+            result_prefix text,
+            manifest_key  text,
+            archive_key   text,
+            files         integer,
+            bytes         bigint,
+            statistics    jsonb       NOT NULL DEFAULT '{{}}'::jsonb,
+            PRIMARY KEY (job_id, stamp)
+        );
+        CREATE INDEX IF NOT EXISTS jobs_status_idx ON {SCHEMA}.jobs (status, updated_at);
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.job_files (
+            job_id  text    NOT NULL,
+            stamp   text    NOT NULL,
+            kind    text    NOT NULL,
+            key     text    NOT NULL,
+            size    bigint  NOT NULL CHECK (size >= 0),
+            sha256  char(64) NOT NULL,
+            PRIMARY KEY (job_id, stamp, key),
+            FOREIGN KEY (job_id, stamp) REFERENCES {SCHEMA}.jobs (job_id, stamp) ON DELETE CASCADE
+        );
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.transfers (
+            id            bigserial   PRIMARY KEY,
+            transfer_key  text        UNIQUE,
+            job_id        text,
+            stamp         text,
+            direction     text        NOT NULL CHECK (direction IN ('upload', 'download', 'copy')),
+            bucket        text        NOT NULL,
+            prefix        text        NOT NULL DEFAULT '',
+            files         integer     NOT NULL DEFAULT 0,
+            bytes         bigint      NOT NULL DEFAULT 0,
+            skipped_files integer     NOT NULL DEFAULT 0,
+            seconds       double precision NOT NULL DEFAULT 0,
+            ok            boolean     NOT NULL DEFAULT true,
+            error         text,
+            created_at    timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS transfers_created_idx ON {SCHEMA}.transfers (created_at);
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.storage_stats (
+            id       bigserial   PRIMARY KEY,
+            bucket   text        NOT NULL,
+            prefix   text        NOT NULL DEFAULT '',
+            objects  bigint      NOT NULL,
+            bytes    bigint      NOT NULL,
+            taken_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS storage_stats_taken_idx ON {SCHEMA}.storage_stats (bucket, taken_at);
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.config (
+            key        text        PRIMARY KEY,
+            value      jsonb       NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+    """,
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+JOB_COLUMNS = (
+    "job_id",
+    "stamp",
+    "dataset",
+    "status",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "result_bucket",
+    "result_prefix",
+    "manifest_key",
+    "archive_key",
+    "files",
+    "bytes",
+    "statistics",
+)

@@ -1,0 +1,51 @@
+"""The scheduled maintenance steps in one namespace (the maintenance DAG calls one per task):
+thresholds, temp clean-up, archiving, retention, statistics and health. Each is idempotent."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from e2e3d_provider.core.layout import DEFAULT_BUCKETS
+from e2e3d_provider.exceptions import E2E3DError
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.archive import archive_completed as archive_completed
+from e2e3d_provider.lifecycle.retention import apply_retention as apply_retention
+from e2e3d_provider.lifecycle.scratch import clean_temp as clean_temp
+
+#: configuration keys read from PostgreSQL (e2e3d.config) when a DAG param does not set the value
+CONFIG_TEMP_MAX_AGE_HOURS = "temp_max_age_hours"
+CONFIG_RETENTION_DAYS = "output_retention_days"
+DEFAULTS = {CONFIG_TEMP_MAX_AGE_HOURS: 24, CONFIG_RETENTION_DAYS: 30}
+
+
+def setting(metadata: MetadataHook, key: str, override: float | None = None) -> float:
+    """A DAG param if given, else the value in the configuration table, else the default."""
+    if override is not None and override != "":
+        return float(override)
+    return float(metadata.get_config(key, DEFAULTS[key]))
+
+
+def record_statistics(
+    storage: StorageHook, metadata: MetadataHook, buckets: tuple[str, ...] = DEFAULT_BUCKETS
+) -> dict[str, Any]:
+    """Objects and bytes per bucket, and the last 24 h of transfer throughput, into PostgreSQL."""
+    stats = [storage.statistics(bucket) for bucket in buckets if storage.bucket_exists(bucket)]
+    metadata.record_storage_stats(stats)
+    throughput = metadata.transfer_summary(since=datetime.now(UTC) - timedelta(hours=24))
+    metadata.set_config(
+        "transfer_throughput_24h", {"taken_at": datetime.now(UTC).isoformat(timespec="seconds"), **throughput}
+    )
+    return {
+        "buckets": {s["bucket"]: {"objects": s["objects"], "bytes": s["bytes"]} for s in stats},
+        "throughput": throughput,
+    }
+
+
+def check_health(storage: StorageHook, metadata: MetadataHook) -> dict[str, Any]:
+    """Reachability of object storage and PostgreSQL; raises if either is down."""
+    health = {"storage": storage.health(), "metadata": metadata.health()}
+    if not (health["storage"]["ok"] and health["metadata"]["ok"]):
+        raise E2E3DError(f"unhealthy: {health}")
+    return {name: {"ok": part["ok"]} for name, part in health.items()}

@@ -1,0 +1,82 @@
+"""Record a job run in PostgreSQL: its status, and for a published run its locations, statistics and
+file inventory, read from the manifest its SUCCESS marker names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2e3d_provider.core.layout import (
+    BUCKET_OUTPUT,
+    manifest_key,
+    output_key,
+    output_prefix,
+    validate_id,
+    validate_stamp,
+)
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.metadata_schema import STATUSES
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.publish import read_published_manifest
+
+
+def upload_statistics(upload: dict[str, Any] | None) -> dict[str, Any]:
+    """Throughput figures from ``upload_results``' XCom dict (empty when it has none)."""
+    if not isinstance(upload, dict) or not upload.get("seconds"):
+        return {}
+    sent = upload.get("uploaded_bytes", 0)
+    return {
+        "upload_seconds": upload["seconds"],
+        "upload_bytes": sent,
+        "upload_mb_per_s": round(sent / 1e6 / upload["seconds"], 2),
+    }
+
+
+def record_job_run(
+    metadata: MetadataHook,
+    storage: StorageHook | None,
+    job_id: str,
+    stamp: str,
+    dataset: str,
+    status: str,
+    *,
+    statistics: dict[str, Any] | None = None,
+    error: str | None = None,
+    bucket: str = BUCKET_OUTPUT,
+) -> dict[str, Any]:
+    """Move a run to ``status``; returns its row.
+
+    ``succeeded`` is recorded only over a published run: the manifest that ``<job_id>/SUCCESS`` names
+    (so ``storage`` is needed) must be for this very run. Its totals, statistics and per-file inventory
+    are stored, the inventory in bulk. Every write is an upsert keyed by job id and stamp, so retries
+    never duplicate rows; a run recorded ``queued`` or ``failed`` passes through ``running`` first.
+    """
+    job_id, stamp, dataset = validate_id(job_id, "job_id"), validate_stamp(stamp), validate_id(dataset, "dataset")
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    statistics = dict(statistics or {})
+    if status != "succeeded":
+        return metadata.record_job(job_id, stamp, dataset, status, error=error, statistics=statistics)
+    if storage is None:
+        raise ValueError("recording a succeeded run needs object storage, to read its published manifest")
+
+    manifest = read_published_manifest(storage, bucket, job_id)
+    if manifest.stamp != stamp:
+        raise ValueError(f"the published manifest of {job_id} is for run {manifest.stamp}, not {stamp}")
+    existing = metadata.get_job(job_id, stamp)
+    if existing is None or existing["status"] in ("queued", "failed"):
+        metadata.record_job(job_id, stamp, dataset, "running")
+    metadata.record_files(
+        job_id, stamp, [(e.kind, output_key(job_id, e.path), e.size, e.sha256) for e in manifest.files]
+    )
+    return metadata.record_job(
+        job_id,
+        stamp,
+        dataset,
+        "succeeded",
+        statistics={**manifest.statistics, **statistics},
+        result_bucket=bucket,
+        result_prefix=output_prefix(job_id),
+        manifest_key=manifest_key(job_id),
+        files=len(manifest.files),
+        bytes=manifest.total_bytes,
+    )

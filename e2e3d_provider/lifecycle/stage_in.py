@@ -1,0 +1,101 @@
+"""Stage-in: a dataset (and optionally a models prefix) from object storage into a run's local layout."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2e3d_provider.core.layout import (
+    BUCKET_INPUT,
+    BUCKET_MODELS,
+    RUN_SUBDIRS,
+    RunLayout,
+    input_dir,
+    input_prefix,
+    models_dir,
+    validate_id,
+)
+from e2e3d_provider.core.transfer import TransferResult
+from e2e3d_provider.hooks.storage import StorageHook
+
+
+@dataclass
+class StageInResult:
+    """Where a run's input, output and temp directories are on this host, and what was moved."""
+
+    dataset: str
+    job_id: str
+    stamp: str
+    host: str
+    input_dir: Path
+    temp_dir: Path
+    output_dir: Path
+    models_dir: Path | None
+    transfers: list[TransferResult] = field(default_factory=list)
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The XCom contract of DESIGN §5 (plus counters): small, JSON-safe, paths as strings."""
+        staged = self.transfers[0]
+        xcom: dict[str, Any] = {
+            "dataset": self.dataset,
+            "job_id": self.job_id,
+            "stamp": self.stamp,
+            "host": self.host,
+            "input_dir": str(self.input_dir),
+            "temp_dir": str(self.temp_dir),
+            "output_dir": str(self.output_dir),
+            "files": staged.total_files,
+            "bytes": staged.bytes + staged.skipped_bytes,
+            "transferred_bytes": staged.bytes,
+            "seconds": round(staged.seconds, 3),
+        }
+        if self.models_dir is not None:
+            xcom["models_dir"] = str(self.models_dir)
+        return xcom
+
+
+def stage_in(
+    storage: StorageHook,
+    root: Path,
+    dataset: str,
+    job_id: str,
+    stamp: str,
+    *,
+    models_prefix: str | None = None,
+    input_bucket: str = BUCKET_INPUT,
+    models_bucket: str = BUCKET_MODELS,
+) -> StageInResult:
+    """Mirror ``input/<dataset>/`` (and ``models/<models_prefix>/``) below ``root``, verified and cached
+    (files already present with the same sha256 move 0 bytes, files gone from the bucket are removed
+    locally), then create the run's output directory (``mesh/ textures/ pointcloud/ logs/ temp/``) and
+    temp directory. A dataset with no objects is an error, not an empty run."""
+    dataset, job_id = validate_id(dataset, "dataset"), validate_id(job_id, "job_id")
+    run = RunLayout(root, job_id, stamp)
+    prefix = input_prefix(dataset)
+    if not storage.list_keys(input_bucket, prefix):
+        raise FileNotFoundError(
+            f"dataset {dataset!r} has no objects in bucket {input_bucket!r} (expected keys "
+            f"below {prefix}); upload it first (e2e3d ingest)"
+        )
+    local_input = input_dir(root, dataset)
+    transfers = [storage.download_prefix(input_bucket, prefix, local_input, delete_extraneous=True)]
+    local_models = None
+    if models_prefix:
+        local_models = models_dir(root, models_prefix)
+        transfers.append(storage.download_prefix(models_bucket, models_prefix, local_models, delete_extraneous=True))
+    for sub in RUN_SUBDIRS:
+        (run.run_dir / sub).mkdir(parents=True, exist_ok=True)
+    run.temp_dir.mkdir(parents=True, exist_ok=True)
+    return StageInResult(
+        dataset,
+        job_id,
+        run.stamp,
+        socket.gethostname(),
+        local_input,
+        run.temp_dir,
+        run.run_dir,
+        local_models,
+        transfers,
+    )
