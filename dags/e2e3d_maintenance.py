@@ -69,8 +69,10 @@ def e2e3d_maintenance() -> None:
     def storage_statistics() -> dict[str, Any]:
         return maintenance.record_statistics(StorageHook(), MetadataHook())
 
+    # health gates everything: nothing archives, deletes or counts while storage or PostgreSQL is down
     checked = health()
-    checked >> [clean_temp(), archive_completed() >> apply_retention() >> storage_statistics()]
+    checked >> clean_temp()
+    checked >> archive_completed() >> apply_retention() >> storage_statistics()
 
 
 e2e3d_maintenance()

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param, TriggerRule, dag, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from e2e3d_provider.core.layout import ID_PATTERN, job_id_from_run_id, validate_id
+from e2e3d_provider.exceptions import RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.lifecycle.record import begin_run
 from e2e3d_provider.operators.archive import ArchiveOperator
 from e2e3d_provider.operators.cleanup import CleanupOperator
 from e2e3d_provider.operators.metadata_record import MetadataRecordOperator
@@ -44,8 +46,15 @@ from e2e3d_provider.sensors.input_presence import InputPresenceSensor
     default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
     params={
         "dataset": Param("terrain", type="string", pattern=ID_PATTERN.pattern, description="dataset id in `input`"),
-        "job_id": Param("", type="string", description="job id; empty: derived from the run id"),
-        "models_prefix": Param("", type="string", description="prefix in `models` to stage too (optional)"),
+        # optional params admit null: the trigger form marks a non-null string required and keeps the
+        # Trigger button disabled while it is empty
+        "job_id": Param(
+            None,
+            type=["null", "string"],
+            pattern=ID_PATTERN.pattern,
+            description="job id; empty: derived from the run id",
+        ),
+        "models_prefix": Param(None, type=["null", "string"], description="prefix in `models` to stage too (optional)"),
         "min_files": Param(1, type="integer", minimum=1, description="images required before staging"),
         "stable_for": Param(0, type="number", minimum=0, description="seconds the input must be unchanged"),
         "remove_output_after_archive": Param(False, type="boolean"),
@@ -59,7 +68,10 @@ def e2e3d_reconstruction() -> None:
         dataset = validate_id(params["dataset"], "dataset")
         job_id = validate_id(params["job_id"], "job_id") if params.get("job_id") else job_id_from_run_id(run_id)
         stamp = run_stamp(context)
-        MetadataHook().record_job(job_id, stamp, dataset, "running")
+        try:
+            begin_run(MetadataHook(), job_id, stamp, dataset, run_id)
+        except RunFinishedError as err:  # a Clear of a finished run: a no-op that says why
+            raise AirflowSkipException(str(err)) from err
         return {
             "dataset": dataset,
             "job_id": job_id,
@@ -133,7 +145,7 @@ def e2e3d_reconstruction() -> None:
         ti, dag_run = context["ti"], context["dag_run"]
         try:
             states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
-            failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed") and t != ti.task_id)
+            failed = sorted(t for t, s in states.items() if s == "failed" and t != ti.task_id)  # not upstream_failed
         except Exception:  # older task SDKs: the failure is still recorded, without task names
             failed = []
         prepared_ids = ti.xcom_pull(task_ids="prepare")

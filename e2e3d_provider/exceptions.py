@@ -68,6 +68,14 @@ class InvalidTransitionError(MetadataError):
     """A job status change that the job lifecycle does not allow."""
 
 
+class RunFinishedError(MetadataError):
+    """A run of a job that already succeeded or was archived was started again (an Airflow Clear)."""
+
+
+class RunConflictError(MetadataError):
+    """Another DAG run is already working on this run of the job (same job id and stamp)."""
+
+
 class StackError(E2E3DError, RuntimeError):
     """The embedded local stack could not be started, found or stopped."""
 

@@ -109,6 +109,7 @@ def test_failing_reconstruct_marks_the_job_failed_and_still_cleans(
     stamp = xcom(dr, "prepare")["stamp"]
     job = metadata.get_job(unique_id, stamp)
     assert job["status"] == "failed" and "reconstruct" in job["error"]
+    assert job["error"].startswith("failed tasks: reconstruct (run ")  # not the upstream_failed ones
     assert not RunLayout(data_root, unique_id, stamp).temp_dir.exists()
     assert not storage.exists("output", f"{unique_id}/SUCCESS")
 
@@ -201,3 +202,34 @@ def test_demo_command_runs_the_whole_lifecycle(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("sha256 matches the manifest") == 3
     assert "status         archived" in result.stdout
+
+
+def test_lifecycle_params_leave_the_trigger_form_usable_with_defaults() -> None:
+    """The UI marks a param required unless its schema admits null; an empty-string default then
+    keeps the Trigger button disabled. Every optional param must admit null, and {} must validate."""
+    dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
+    for name, param in dag.params.items():
+        types = param.schema.get("type")
+        types = types if isinstance(types, list) else [types]
+        if param.value in ("", None):
+            assert "null" in types, f"param {name!r} has an empty default but does not admit null: {param.schema}"
+    dag.params.validate()
+
+
+def test_maintenance_runs_nothing_before_health() -> None:
+    dag = load_repo_dag("e2e3d_maintenance.py", "e2e3d_maintenance")
+    for task_id in dag.task_ids:
+        if task_id != "health":
+            assert "health" in {t.task_id for t in dag.get_task(task_id).get_flat_relatives(upstream=True)}, task_id
+
+
+def test_a_failed_prepare_is_cleaned_without_a_crash_and_named_alone(
+    run_dag, storage: StorageHook, data_root: Path, unique_id: str
+) -> None:
+    dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
+    dr = run_dag(dag, {"dataset": "terrain", "job_id": f"{unique_id}..bad"})  # passes the form, fails prepare
+    states = task_states(dr)
+    assert str(dr.state) == "failed", states
+    assert states["prepare"] == "failed" and states["cleanup"] == "success", states
+    assert states["mark_failed"] == "failed"
+    assert dr.get_task_instance("cleanup").try_number == 1  # no crash, so no retry

@@ -228,3 +228,58 @@ def test_cleanup_is_idempotent_and_removes_only_inside_the_root(tmp_path: Path) 
         "removed": [],
         "missing": [],
     }
+
+
+def test_stage_in_of_a_missing_models_prefix_fails_clearly(
+    storage: StorageHook, tmp_path: Path, unique_id: str
+) -> None:
+    from e2e3d_provider.lifecycle.stage_in import stage_in
+
+    dataset = f"ds-{unique_id}"
+    seed_dataset(storage, dataset)
+    with pytest.raises(FileNotFoundError, match=r"models prefix 'nothing-here/' has no objects in bucket 'models'"):
+        stage_in(storage, tmp_path, dataset, unique_id, "20260101T000000Z", models_prefix="nothing-here")
+
+
+def test_two_dag_runs_never_share_a_run_and_a_finished_run_is_not_redone(
+    metadata: MetadataHook, unique_id: str
+) -> None:
+    from e2e3d_provider.exceptions import RunConflictError, RunFinishedError
+    from e2e3d_provider.lifecycle.record import begin_run
+
+    stamp = "20260101T000000Z"
+    assert begin_run(metadata, unique_id, stamp, "ds", "manual__a")["status"] == "running"
+    with pytest.raises(RunConflictError, match="running in DAG run 'manual__a'"):
+        begin_run(metadata, unique_id, stamp, "ds", "manual__b")  # same second, another DAG run
+    assert begin_run(metadata, unique_id, stamp, "ds", "manual__a")["status"] == "running"  # its own retry
+    metadata.record_job(unique_id, stamp, "ds", "succeeded")
+    with pytest.raises(RunFinishedError, match="already succeeded; it is not redone"):
+        begin_run(metadata, unique_id, stamp, "ds", "manual__a")  # a Clear of the finished run
+    assert metadata.get_job(unique_id, stamp)["status"] == "succeeded"
+
+
+def test_clear_of_a_finished_run_skips_the_job_and_says_why(
+    airflow_db,
+    connections: dict,
+    metadata: MetadataHook,
+    tmp_path: Path,
+    unique_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What Airflow's Clear does to a succeeded run, replayed: the same run (same run_after, so the
+    same stamp) starts again over a job row that is already succeeded."""
+    from datetime import UTC, datetime
+
+    from tests.conftest import load_repo_dag, task_states
+
+    monkeypatch.setenv("E2E3D_DATA_ROOT", str(tmp_path))
+    when, stamp = datetime(2026, 1, 2, tzinfo=UTC), "20260102T000000Z"
+    metadata.record_job(unique_id, stamp, "terrain", "running")
+    metadata.record_job(unique_id, stamp, "terrain", "succeeded")
+    dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
+    dr = dag.test(run_conf={"job_id": unique_id}, run_after=when, logical_date=when)
+    states = task_states(dr)
+    assert str(dr.state) == "success", states
+    assert states["prepare"] == "skipped" and states["upload_results"] == "skipped", states
+    assert states["cleanup"] == "success" and states["mark_failed"] == "skipped", states
+    assert metadata.get_job(unique_id, stamp)["status"] == "succeeded"

@@ -204,3 +204,17 @@ def test_a_trigger_stuck_on_a_silent_endpoint_does_not_hold_up_another(
     assert still_stuck  # the silent endpoint really held its trigger
     assert event.payload["status"] == "success"
     assert waited < 10, f"the second trigger waited {waited:.1f}s behind the stuck one"
+
+
+def test_the_amazon_providers_deferrable_s3_key_trigger_works_on_our_connection(
+    storage: StorageHook, unique_id: str
+) -> None:
+    """A deferrable S3KeySensor on ``minio_default`` needs aiobotocore, which our install brings."""
+    from airflow.providers.amazon.aws.triggers.s3 import S3KeyTrigger
+
+    storage.put_bytes("output", f"{unique_id}/SUCCESS", b"{}")
+    trigger = S3KeyTrigger(
+        bucket_name="output", bucket_key=f"{unique_id}/SUCCESS", aws_conn_id="minio_default", poke_interval=0.5
+    )
+    event = asyncio.run(first_event(trigger, timeout=60))
+    assert event.payload["status"] == "success", event.payload

@@ -55,6 +55,8 @@ def test_stack_env_prints_connection_exports(stack_info: stack.StackInfo | None)
         check=True,
     ).stdout
     assert "export AIRFLOW_CONN_MINIO_DEFAULT=" in out and "export AIRFLOW_CONN_E2E3D_METADATA=" in out
+    # the data root goes with the stack: the default /app/data does not exist on a developer machine
+    assert f"export E2E3D_DATA_ROOT={Path(stack_info.base_dir) / 'data'}" in out
     status = subprocess.run(
         [sys.executable, "-m", "e2e3d_provider.cli", "stack", "status", "--dir", stack_info.base_dir],
         capture_output=True,

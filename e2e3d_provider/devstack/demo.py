@@ -62,7 +62,6 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None) -> int:
             "AIRFLOW_HOME": str(airflow_home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_dir()),
-            "E2E3D_DATA_ROOT": str(work / "data"),
             "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(work)),
         }
     )

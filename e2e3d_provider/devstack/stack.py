@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from e2e3d_provider.core.layout import DATA_ROOT_ENV
 from e2e3d_provider.exceptions import StackError
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID
 
@@ -85,11 +86,17 @@ class StackInfo:
             "schema": self.pg_database,
         }
 
+    @property
+    def data_root(self) -> Path:
+        """The local data root that goes with this stack (``<stack dir>/data``): run dirs, staged input, temp."""
+        return Path(self.base_dir) / "data"
+
     def env(self) -> dict[str, str]:
         """Environment variables that point Airflow and the tests at this stack."""
         return {
             f"AIRFLOW_CONN_{DEFAULT_MINIO_CONN_ID.upper()}": json.dumps(self.minio_conn()),
             f"AIRFLOW_CONN_{DEFAULT_METADATA_CONN_ID.upper()}": json.dumps(self.metadata_conn()),
+            DATA_ROOT_ENV: str(self.data_root),
             "E2E3D_TEST_S3_ENDPOINT": self.s3_endpoint,
             "E2E3D_TEST_S3_ACCESS_KEY": self.access_key,
             "E2E3D_TEST_S3_SECRET_KEY": self.secret_key,

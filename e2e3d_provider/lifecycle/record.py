@@ -13,10 +13,36 @@ from e2e3d_provider.core.layout import (
     validate_id,
     validate_stamp,
 )
+from e2e3d_provider.exceptions import RunConflictError, RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_schema import STATUSES
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import read_published_manifest
+
+
+def begin_run(metadata: MetadataHook, job_id: str, stamp: str, dataset: str, dag_run_id: str) -> dict[str, Any]:
+    """Record a run ``running`` for the DAG run ``dag_run_id``; returns its row.
+
+    Two DAG runs never share one run of a job (its run dir, temp dir and output prefix): a run whose
+    ``(job_id, stamp)`` another DAG run holds raises :class:`RunConflictError`. A run that already
+    ``succeeded`` or was ``archived`` is not redone (that is what an Airflow Clear of a finished run
+    asks): :class:`RunFinishedError` says so, and a new trigger makes a new run. The same DAG run
+    starting again (a Clear of a failed run, a retry) simply continues.
+    """
+    existing = metadata.get_job(job_id, stamp)
+    if existing is not None:
+        owner = (existing.get("statistics") or {}).get("dag_run_id")
+        if existing["status"] in ("succeeded", "archived"):
+            raise RunFinishedError(
+                f"job {job_id} run {stamp} is already {existing['status']}; it is not redone. Trigger a new "
+                "run of the DAG to reconstruct the job again."
+            )
+        if owner and owner != dag_run_id and existing["status"] == "running":
+            raise RunConflictError(
+                f"job {job_id} run {stamp} is running in DAG run {owner!r}; two runs of one job never share a "
+                "run directory. Wait for it, or trigger with another job_id."
+            )
+    return metadata.record_job(job_id, stamp, dataset, "running", statistics={"dag_run_id": dag_run_id})
 
 
 def upload_statistics(upload: dict[str, Any] | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from e2e3d_provider.core.layout import (
     input_dir,
     input_prefix,
     models_dir,
+    normalize_prefix,
     validate_id,
 )
 from e2e3d_provider.core.transfer import TransferResult
@@ -83,6 +84,11 @@ def stage_in(
     transfers = [storage.download_prefix(input_bucket, prefix, local_input, delete_extraneous=True)]
     local_models = None
     if models_prefix:
+        if not storage.list_keys(models_bucket, models_prefix):
+            raise FileNotFoundError(
+                f"models prefix {normalize_prefix(models_prefix)!r} has no objects in bucket {models_bucket!r}; "
+                "upload the models first, or leave models_prefix empty"
+            )
         local_models = models_dir(root, models_prefix)
         transfers.append(storage.download_prefix(models_bucket, models_prefix, local_models, delete_extraneous=True))
     for sub in RUN_SUBDIRS:
