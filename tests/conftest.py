@@ -116,6 +116,29 @@ def airflow_db() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.fixture(scope="session")
+def airflow_deployment(stack_info, connections, storage, metadata, tmp_path_factory: pytest.TempPathFactory):
+    """A real Airflow deployment (api-server, scheduler, dag-processor, triggerer; LocalExecutor; its own
+    database in the session's PostgreSQL) with dags/ and tests/dags/, started once for the session."""
+    if stack_info is None:
+        pytest.skip("the Airflow deployment runs on the embedded stack (its PostgreSQL holds Airflow's database)")
+    from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
+
+    base = tmp_path_factory.mktemp("airflow-deployment")
+    deployment = AirflowDeployment(
+        stack_info,
+        base / "home",
+        [REPO / "dags", REPO / "tests" / "dags"],
+        base / "data",
+        owner_pid=os.getpid(),
+    )
+    deployment.start()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
 @pytest.fixture
 def run_dag(airflow_db, connections):
     """Run a DAG of tests/dags with dag.test(run_conf=...); return the DagRun."""
