@@ -1,5 +1,6 @@
-"""E2E3D maintenance, daily: clean old temp dirs, archive completed jobs, apply output retention,
-record storage statistics and throughput, check health. Every task is idempotent.
+"""E2E3D maintenance, daily: check health first (it gates every other task), then clean old temp dirs,
+reconcile jobs whose DAG run ended from outside (marked failed in the UI or REST), archive completed
+jobs, apply output retention, record storage statistics and throughput. Every task is idempotent.
 
 Thresholds come from the DAG params when set, else from PostgreSQL's ``e2e3d.config``
 (``temp_max_age_hours``, ``output_retention_days``), else 24 h and 30 days.
@@ -11,6 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
+from airflow.sdk.api.client import ServerResponseError
+from airflow.sdk.exceptions import AirflowRuntimeError
 
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -56,6 +59,24 @@ def e2e3d_maintenance() -> None:
         return maintenance.clean_temp(data_root(), hours)
 
     @task
+    def reconcile_jobs(**context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+
+        def dag_run_state(dag_id: str, run_id: str) -> str | None:
+            """The run's state; None when Airflow has no such run; "unknown" when the lookup failed."""
+            try:
+                state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+            except ServerResponseError as err:  # dag.test() runs the execution API in-process
+                status_code = err.response.status_code
+            except AirflowRuntimeError as err:  # a supervised task gets the API's answer as an error
+                status_code = (err.error.detail or {}).get("status_code")
+            else:
+                return str(getattr(state, "value", state))  # an enum member or its plain value
+            return None if status_code == 404 else "unknown"
+
+        return maintenance.reconcile_running_jobs(MetadataHook(), dag_run_state)
+
+    @task
     def archive_completed() -> dict[str, Any]:
         return maintenance.archive_completed(StorageHook(), MetadataHook())
 
@@ -72,6 +93,7 @@ def e2e3d_maintenance() -> None:
     # health gates everything: nothing archives, deletes or counts while storage or PostgreSQL is down
     checked = health()
     checked >> clean_temp()
+    checked >> reconcile_jobs()
     checked >> archive_completed() >> apply_retention() >> storage_statistics()
 
 

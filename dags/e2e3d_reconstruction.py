@@ -69,7 +69,7 @@ def e2e3d_reconstruction() -> None:
         job_id = validate_id(params["job_id"], "job_id") if params.get("job_id") else job_id_from_run_id(run_id)
         stamp = run_stamp(context)
         try:
-            begin_run(MetadataHook(), job_id, stamp, dataset, run_id)
+            begin_run(MetadataHook(), job_id, stamp, dataset, run_id, context["dag"].dag_id)
         except RunFinishedError as err:  # a Clear of a finished run: a no-op that says why
             raise AirflowSkipException(str(err)) from err
         return {

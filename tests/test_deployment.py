@@ -73,12 +73,74 @@ def test_deferrable_sensors_resume_in_the_triggerer(airflow_deployment, storage)
     assert "SuccessMarkerTrigger" in log and "Trigger fired event" in log  # ... which ran the trigger
 
 
-def test_maintenance_tasks_are_listed_with_their_edges(airflow_deployment) -> None:
+def test_maintenance_runs_health_first_as_the_rest_api_lists_it(airflow_deployment) -> None:
     airflow_deployment.wait_for_dag("e2e3d_maintenance")
     body = airflow_deployment.get("/api/v2/dags/e2e3d_maintenance/tasks")
-    tasks = {task["task_id"]: task["downstream_task_ids"] for task in body["tasks"]}
-    assert len(tasks) == 5 and body["total_entries"] == 5, tasks
-    assert all(isinstance(downstream, list) and set(downstream) <= set(tasks) for downstream in tasks.values())
+    downstream = {task["task_id"]: set(task["downstream_task_ids"]) for task in body["tasks"]}
+    reached, frontier = set(), {"health"}
+    while frontier:  # everything must be reachable from health: nothing runs before it
+        task = frontier.pop()
+        reached.add(task)
+        frontier |= downstream[task] - reached
+    assert reached == set(downstream), downstream
+    assert not any("health" in targets for targets in downstream.values())  # and health is first
+
+
+def test_the_lifecycle_runs_with_the_trigger_forms_defaults(airflow_deployment, storage, metadata) -> None:
+    """``conf={}`` as the UI's form sends it with every default (dataset ``terrain``, no job id)."""
+    _ingest(storage, "terrain")
+    airflow_deployment.wait_for_dag("e2e3d_reconstruction")
+    airflow_deployment.unpause("e2e3d_reconstruction")
+    run_id = airflow_deployment.trigger("e2e3d_reconstruction", {})
+    state = airflow_deployment.wait_for_run("e2e3d_reconstruction", run_id, timeout=180)
+    assert state == "success", airflow_deployment.task_states("e2e3d_reconstruction", run_id)
+
+
+def test_clear_on_a_succeeded_run_is_a_no_op_that_says_why(airflow_deployment, storage, metadata) -> None:
+    _ingest(storage, "terrain")
+    dag_id, job_id = "e2e3d_reconstruction", f"clear-{uuid.uuid4().hex[:8]}"
+    airflow_deployment.wait_for_dag(dag_id)
+    airflow_deployment.unpause(dag_id)
+    run_id = airflow_deployment.trigger(dag_id, {"dataset": "terrain", "job_id": job_id})
+    assert airflow_deployment.wait_for_run(dag_id, run_id, timeout=180) == "success"
+    before = metadata.get_job(job_id)
+    airflow_deployment.post(  # what the UI's "Clear" on the run does
+        f"/api/v2/dags/{dag_id}/clearTaskInstances",
+        {"dag_run_id": run_id, "dry_run": False, "only_failed": False, "reset_dag_runs": True},
+    )
+    deadline = time.monotonic() + 60
+    while airflow_deployment.task_states(dag_id, run_id).get("prepare") not in ("skipped", "failed"):
+        assert time.monotonic() < deadline, airflow_deployment.task_states(dag_id, run_id)
+        time.sleep(1)
+    assert airflow_deployment.wait_for_run(dag_id, run_id, timeout=120) == "success"
+    states = airflow_deployment.task_states(dag_id, run_id)
+    assert states["prepare"] == "skipped" and states["upload_results"] == "skipped", states
+    assert states["cleanup"] == "success" and states["mark_failed"] == "skipped", states
+    assert "is not redone" in airflow_deployment.task_log(dag_id, run_id, "prepare", try_number=2)
+    after = metadata.get_job(job_id)
+    assert (after["stamp"], after["status"]) == (before["stamp"], before["status"])  # untouched
+
+
+def test_a_run_marked_failed_through_rest_ends_with_the_job_failed(airflow_deployment, storage, metadata) -> None:
+    dag_id, job_id = "e2e3d_reconstruction", f"ext-{uuid.uuid4().hex[:8]}"
+    empty = f"empty-{uuid.uuid4().hex[:8]}"  # no images: input_present waits (reschedule) until we intervene
+    airflow_deployment.wait_for_dag(dag_id)
+    airflow_deployment.unpause(dag_id)
+    run_id = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": job_id})
+    deadline = time.monotonic() + 90
+    while (job := metadata.get_job(job_id)) is None or job["status"] != "running":
+        assert time.monotonic() < deadline, airflow_deployment.task_states(dag_id, run_id)
+        time.sleep(1)
+    airflow_deployment.patch(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", {"state": "failed"})
+    assert airflow_deployment.run_state(dag_id, run_id) == "failed"
+
+    airflow_deployment.wait_for_dag("e2e3d_maintenance")
+    airflow_deployment.unpause("e2e3d_maintenance")
+    maintenance = airflow_deployment.trigger("e2e3d_maintenance", {})
+    state = airflow_deployment.wait_for_run("e2e3d_maintenance", maintenance, timeout=240)
+    assert state == "success", airflow_deployment.task_states("e2e3d_maintenance", maintenance)
+    job = metadata.get_job(job_id)
+    assert job["status"] == "failed" and f"DAG run {run_id} of {dag_id} ended failed" in job["error"], job
 
 
 def test_the_results_api_is_mounted_in_the_real_api_server(airflow_deployment: AirflowDeployment) -> None:

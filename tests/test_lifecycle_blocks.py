@@ -255,6 +255,8 @@ def test_two_dag_runs_never_share_a_run_and_a_finished_run_is_not_redone(
     metadata.record_job(unique_id, stamp, "ds", "succeeded")
     with pytest.raises(RunFinishedError, match="already succeeded; it is not redone"):
         begin_run(metadata, unique_id, stamp, "ds", "manual__a")  # a Clear of the finished run
+    with pytest.raises(RunConflictError, match="already completed by DAG run 'manual__a'"):
+        begin_run(metadata, unique_id, stamp, "ds", "manual__c")  # a run queued behind it, same second
     assert metadata.get_job(unique_id, stamp)["status"] == "succeeded"
 
 
@@ -283,3 +285,21 @@ def test_clear_of_a_finished_run_skips_the_job_and_says_why(
     assert states["prepare"] == "skipped" and states["upload_results"] == "skipped", states
     assert states["cleanup"] == "success" and states["mark_failed"] == "skipped", states
     assert metadata.get_job(unique_id, stamp)["status"] == "succeeded"
+
+
+def test_a_job_whose_dag_run_ended_from_outside_is_reconciled_failed(metadata: MetadataHook, unique_id: str) -> None:
+    """The DAG run's state is Airflow's to answer; here a table stands in for it (the real path runs in
+    tests/test_deployment.py against a real scheduler)."""
+    from e2e3d_provider.lifecycle.reconcile import reconcile_running_jobs
+    from e2e3d_provider.lifecycle.record import begin_run
+
+    runs = {"run-failed": "failed", "run-live": "running"}
+    stamp = "20260103T000000Z"
+    for job, run_id in ((f"{unique_id}-a", "run-failed"), (f"{unique_id}-b", "run-live"), (f"{unique_id}-c", "gone")):
+        begin_run(metadata, job, stamp, "ds", run_id, "e2e3d_reconstruction")
+    result = reconcile_running_jobs(metadata, lambda dag_id, run_id: runs.get(run_id))
+    assert f"{unique_id}-a" in result["jobs"] and f"{unique_id}-c" in result["jobs"]
+    failed = metadata.get_job(f"{unique_id}-a", stamp)
+    assert failed["status"] == "failed" and "run-failed of e2e3d_reconstruction ended failed" in failed["error"]
+    assert "no longer exists" in metadata.get_job(f"{unique_id}-c", stamp)["error"]
+    assert metadata.get_job(f"{unique_id}-b", stamp)["status"] == "running"  # its own tasks will finish it

@@ -1,5 +1,6 @@
 """The scheduled maintenance steps in one namespace (the maintenance DAG calls one per task):
-thresholds, temp clean-up, archiving, retention, statistics and health. Each is idempotent."""
+thresholds, temp clean-up, reconciling jobs with their DAG runs, archiving, retention, statistics and
+health. Each is idempotent."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.archive import archive_completed as archive_completed
+from e2e3d_provider.lifecycle.reconcile import reconcile_running_jobs as reconcile_running_jobs
 from e2e3d_provider.lifecycle.retention import apply_retention as apply_retention
 from e2e3d_provider.lifecycle.scratch import clean_temp as clean_temp
 

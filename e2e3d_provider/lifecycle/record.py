@@ -20,18 +20,27 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import read_published_manifest
 
 
-def begin_run(metadata: MetadataHook, job_id: str, stamp: str, dataset: str, dag_run_id: str) -> dict[str, Any]:
-    """Record a run ``running`` for the DAG run ``dag_run_id``; returns its row.
+def begin_run(
+    metadata: MetadataHook, job_id: str, stamp: str, dataset: str, dag_run_id: str, dag_id: str | None = None
+) -> dict[str, Any]:
+    """Record a run ``running`` for the DAG run ``dag_run_id`` (of ``dag_id``); returns its row.
 
     Two DAG runs never share one run of a job (its run dir, temp dir and output prefix): a run whose
     ``(job_id, stamp)`` another DAG run holds raises :class:`RunConflictError`. A run that already
-    ``succeeded`` or was ``archived`` is not redone (that is what an Airflow Clear of a finished run
-    asks): :class:`RunFinishedError` says so, and a new trigger makes a new run. The same DAG run
-    starting again (a Clear of a failed run, a retry) simply continues.
+    ``succeeded`` or was ``archived`` is not redone: started again by its own DAG run (what an Airflow
+    Clear of a finished run does), :class:`RunFinishedError` says so; by another DAG run (one queued
+    in the same second), :class:`RunConflictError`. The same DAG run starting again after a failure
+    (a Clear of a failed run, a retry) simply continues. The DAG run is kept in the job's statistics,
+    so a run ended from outside (marked failed in the UI) can be reconciled.
     """
     existing = metadata.get_job(job_id, stamp)
     if existing is not None:
         owner = (existing.get("statistics") or {}).get("dag_run_id")
+        if existing["status"] in ("succeeded", "archived") and owner and owner != dag_run_id:
+            raise RunConflictError(
+                f"job {job_id} run {stamp} was already completed by DAG run {owner!r}; trigger with another "
+                "job_id (or later) to reconstruct it again."
+            )
         if existing["status"] in ("succeeded", "archived"):
             raise RunFinishedError(
                 f"job {job_id} run {stamp} is already {existing['status']}; it is not redone. Trigger a new "
@@ -42,7 +51,8 @@ def begin_run(metadata: MetadataHook, job_id: str, stamp: str, dataset: str, dag
                 f"job {job_id} run {stamp} is running in DAG run {owner!r}; two runs of one job never share a "
                 "run directory. Wait for it, or trigger with another job_id."
             )
-    return metadata.record_job(job_id, stamp, dataset, "running", statistics={"dag_run_id": dag_run_id})
+    owner_ids = {"dag_run_id": dag_run_id, **({"dag_id": dag_id} if dag_id else {})}
+    return metadata.record_job(job_id, stamp, dataset, "running", statistics=owner_ids)
 
 
 def upload_statistics(upload: dict[str, Any] | None) -> dict[str, Any]:
