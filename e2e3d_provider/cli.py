@@ -85,67 +85,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_airflow(args: argparse.Namespace) -> int:
-    """Run a real Airflow (api-server, scheduler, dag-processor, triggerer) on the embedded stack until Ctrl-C."""
-    import signal
-    import time
+    from e2e3d_provider.devstack.local_airflow import run_local_airflow
 
-    from e2e3d_provider.devstack import stack
-    from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
-    from e2e3d_provider.devstack.demo import SAMPLE_DATASET, SAMPLE_DIR, dags_dir
-
-    base = _stack_dir(args).resolve()
-    ours = not stack.is_running(stack.read_state(base))  # stop only a stack this command started
-    print(f"starting the local stack in {base} (SeaweedFS S3 + PostgreSQL on 127.0.0.1)", flush=True)
-    info = stack.start_stack(base, owner_pid=os.getpid() if ours else None)
-    deployment: AirflowDeployment | None = None
-
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, interrupted)
-    try:
-        os.environ.update(info.env())
-        os.environ.setdefault("AIRFLOW_HOME", str(base / "airflow"))  # this process's own Airflow imports
-        from e2e3d_provider.hooks.metadata import MetadataHook
-        from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.lifecycle.ingest import ingest
-
-        storage = StorageHook()
-        storage.bootstrap()
-        MetadataHook().migrate()
-        uploaded = ingest(storage, SAMPLE_DIR, SAMPLE_DATASET)
-        print(f"buckets and schema ready; sample dataset '{SAMPLE_DATASET}': {uploaded.total_files} images", flush=True)
-        print("starting Airflow (db migrate, api-server, scheduler, dag-processor, triggerer) ...", flush=True)
-        deployment = AirflowDeployment(
-            info, base / "airflow", [dags_dir(), *[Path(d) for d in args.dags]], base / "data", user=args.user
-        )
-        deployment.start()
-        env_hint = f"e2e3d stack env{' --dir ' + shlex.quote(str(base)) if args.dir else ''}"
-        print(f"\nAirflow is up after {deployment.start_seconds:.0f}s (every component healthy)")
-        print(f"  UI / API:     {deployment.url}")
-        print(f"  login:        {deployment.user} / {deployment.password}")
-        print(f"  AIRFLOW_HOME: {deployment.home} (component logs: *.log there)")
-        print(f"  data root:    {deployment.data_root}")
-        print(f'  connections:  eval "$({env_hint})"')
-        print(f'  trigger:      e2e3d_reconstruction with {{"dataset": "{SAMPLE_DATASET}", "job_id": "my-job"}}')
-        print("Ctrl-C stops Airflow" + (" and the stack" if ours else " (the stack keeps running)"), flush=True)
-        while True:
-            time.sleep(1)
-            failed = deployment.failed_components()
-            if failed:
-                logs = f"{deployment.home}/*.log"
-                print(f"e2e3d: error: Airflow components exited: {failed}; see {logs}", file=sys.stderr)
-                return 1
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-        return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if deployment is not None:
-            deployment.stop()
-        if ours:
-            stack.stop_stack(base)
-        print("stopped", flush=True)
+    return run_local_airflow(
+        _stack_dir(args).resolve(), user=args.user, extra_dags=[Path(d) for d in args.dags], dir_given=bool(args.dir)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

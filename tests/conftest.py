@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,49 @@ def airflow_deployment(stack_info, connections, storage, metadata, tmp_path_fact
         yield deployment
     finally:
         deployment.stop()
+
+
+BROWSER_PACKAGES = ("chromium", "chromium-driver")  # Debian's: /usr/bin/chromium, /usr/bin/chromedriver
+
+
+def ensure_chromium() -> tuple[str, str]:
+    """Debian's Chromium and ChromeDriver: installed here by the test session (as root) when missing,
+    since no browser is on a fresh machine; without root, a clear error saying what to install."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium and driver:
+        return chromium, driver
+    if os.geteuid() != 0:
+        pytest.fail(
+            f"the UI tests need Debian's {' and '.join(BROWSER_PACKAGES)}: "
+            f"sudo apt-get install -y {' '.join(BROWSER_PACKAGES)}"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *BROWSER_PACKAGES]):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-3000:]}"
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "apt-get installed the browser packages, but chromium/chromedriver are not on PATH"
+    return chromium, driver
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium driven by Selenium (WebDriver), for tests of what a person sees in the UI."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = ensure_chromium()
+    options = Options()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @pytest.fixture

@@ -146,3 +146,77 @@ def test_a_run_marked_failed_through_rest_ends_with_the_job_failed(airflow_deplo
 def test_the_results_api_is_mounted_in_the_real_api_server(airflow_deployment: AirflowDeployment) -> None:
     health = airflow_deployment.get("/e2e3d/api/health")  # the plugin, loaded by the api-server process
     assert health["status"] == "ok" and health["storage"]["ok"] and health["metadata"]["ok"], health
+
+
+def _login(browser, deployment: AirflowDeployment) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(deployment.url + "/auth/login")
+    wait_for(lambda: browser.find_elements(By.NAME, "username"), "the login form")
+    browser.find_element(By.NAME, "username").send_keys(deployment.user)
+    browser.find_element(By.NAME, "password").send_keys(deployment.password)
+    buttons(browser, "Sign in")[0].click()
+    wait_for(lambda: "/auth/login" not in browser.current_url, "the login to go through")
+
+
+def buttons(browser, text: str) -> list:
+    """The buttons labelled ``text`` now (React re-renders: an element read mid-render is skipped)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    found = []
+    for button in browser.find_elements(By.TAG_NAME, "button"):
+        try:
+            if button.text.strip() == text:
+                found.append(button)
+        except StaleElementReferenceException:
+            continue
+    return found
+
+
+def settled(action, what: str, timeout: float = 30.0):
+    """Run ``action`` until it gets through without meeting an element React has just replaced."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except StaleElementReferenceException:
+            assert time.monotonic() < deadline, f"the page never settled for {what}"
+            time.sleep(0.25)
+
+
+def wait_for(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+    return value
+
+
+def test_the_ui_trigger_form_works_with_its_defaults(airflow_deployment, browser, storage) -> None:
+    """Headless Chromium opens the trigger form of e2e3d_reconstruction, finds its Trigger button enabled
+    with every default, triggers, and the run is created (and succeeds) as Airflow's REST API reports."""
+    _ingest(storage, "terrain")
+    airflow_deployment.wait_for_dag("e2e3d_reconstruction")
+    _login(browser, airflow_deployment)
+    browser.get(airflow_deployment.url + "/dags/e2e3d_reconstruction")
+    settled(lambda: wait_for(lambda: buttons(browser, "Trigger"), "the Trigger button")[0].click(), "opening")
+    wait_for(lambda: len(buttons(browser, "Trigger")) > 1, "the trigger form")
+    time.sleep(1)  # let the form render its params and validate them
+
+    def submit_state() -> tuple[bool, str | None]:
+        submit = buttons(browser, "Trigger")[-1]
+        browser.execute_script("arguments[0].scrollIntoView(true);", submit)
+        return submit.is_enabled(), submit.get_attribute("disabled")
+
+    enabled, disabled = settled(submit_state, "reading the form's Trigger button")
+    assert enabled and disabled is None, "the form's Trigger button is disabled with the defaults"
+    settled(lambda: buttons(browser, "Trigger")[-1].click(), "submitting the form")
+    wait_for(lambda: "/runs/" in browser.current_url, "the new run's page")
+    run_id = browser.current_url.rsplit("/runs/", 1)[1].split("?")[0]
+    from urllib.parse import unquote
+
+    run_id = unquote(run_id)
+    assert airflow_deployment.wait_for_run("e2e3d_reconstruction", run_id, timeout=180) == "success"
