@@ -1,7 +1,7 @@
 """E2E3D reconstruction: one job from input images to archived, verified results.
 
 Trigger from the UI ("Trigger DAG w/ config") with ``{"dataset": "...", "job_id": "..."}``;
-``job_id`` defaults to one derived from the run id. Flow:
+``job_id`` defaults to a readable ``<dataset>-<stamp>-<6 hex>``. Flow:
 
     prepare -> input_present -> stage_in -> reconstruct -> upload_results -> record_succeeded -> archive
                                                                                        cleanup (all_done)
@@ -21,7 +21,7 @@ from typing import Any
 from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from e2e3d_provider.core.layout import ID_PATTERN, job_id_from_run_id, validate_id
+from e2e3d_provider.core.layout import ID_PATTERN, derived_job_id, validate_id
 from e2e3d_provider.exceptions import RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.lifecycle.record import begin_run
@@ -52,7 +52,7 @@ from e2e3d_provider.sensors.input_presence import InputPresenceSensor
             None,
             type=["null", "string"],
             pattern=ID_PATTERN.pattern,
-            description="job id; empty: derived from the run id",
+            description="job id; empty: <dataset>-<stamp>-<6 hex of the run id>",
         ),
         "models_prefix": Param(None, type=["null", "string"], description="prefix in `models` to stage too (optional)"),
         "min_files": Param(1, type="integer", minimum=1, description="images required before staging"),
@@ -66,8 +66,10 @@ def e2e3d_reconstruction() -> None:
     def prepare(params: dict[str, Any], run_id: str, **context: Any) -> dict[str, Any]:
         """Validate the ids, fix the run stamp and record the job as running."""
         dataset = validate_id(params["dataset"], "dataset")
-        job_id = validate_id(params["job_id"], "job_id") if params.get("job_id") else job_id_from_run_id(run_id)
         stamp = run_stamp(context)
+        job_id = (
+            validate_id(params["job_id"], "job_id") if params.get("job_id") else derived_job_id(dataset, stamp, run_id)
+        )
         try:
             begin_run(MetadataHook(), job_id, stamp, dataset, run_id, context["dag"].dag_id)
         except RunFinishedError as err:  # a Clear of a finished run: a no-op that says why

@@ -225,3 +225,25 @@ def test_openapi_schema_is_served_and_describes_every_route(api: str) -> None:
     assert "security" in results and "security" not in schema["paths"]["/api/health"]["get"]
     assert "JobResults" in schema["components"]["schemas"]
     json.dumps(schema)
+
+
+def test_the_plugins_connection_ids_are_read_from_airflow_config_when_first_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plugin builds its app at import; the connection ids it serves must still follow the config."""
+    app = create_app()  # as the plugin does, before any configuration below
+    monkeypatch.setenv("AIRFLOW__E2E3D__MINIO_CONN_ID", "minio_results")
+    monkeypatch.setenv("AIRFLOW__E2E3D__METADATA_CONN_ID", "metadata_results")
+    backends = app.state.backends
+    assert (backends.storage.minio_conn_id, backends.metadata.metadata_conn_id) == ("minio_results", "metadata_results")
+    assert create_app("explicit", "given").state.backends.minio_conn_id == "explicit"  # arguments win
+
+
+def test_storage_stats_report_every_stored_version(api: str, storage: StorageHook, metadata: MetadataHook) -> None:
+    from e2e3d_provider.lifecycle.maintenance import record_statistics
+
+    record_statistics(storage, metadata)
+    body = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
+    output = next(b for b in body["buckets"] if b["bucket"] == "output")
+    assert output["versions"] >= output["objects"] and output["stored_bytes"] >= output["bytes"]
+    assert output["noncurrent_bytes"] == output["stored_bytes"] - output["bytes"]

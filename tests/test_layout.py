@@ -149,3 +149,21 @@ def test_valid_bucket_names(name: str) -> None:
 def test_invalid_bucket_names(name: str) -> None:
     with pytest.raises(InvalidNameError):
         layout.validate_bucket(name)
+
+
+def test_a_derived_job_id_is_readable_and_keeps_runs_of_one_second_apart() -> None:
+    first = layout.derived_job_id("terrain", "20261125T040919Z", "manual__2026-11-25T04:09:19.586546+00:00")
+    second = layout.derived_job_id("terrain", "20261125T040919Z", "manual__2026-11-25T04:09:19.912004+00:00")
+    assert first.startswith("terrain-20261125T040919Z-") and len(first) == len("terrain-20261125T040919Z-") + 6
+    assert first != second and layout.validate_id(first) == first
+    assert layout.validate_id(layout.derived_job_id("d" * 128, "20261125T040919Z", "r")) is not None
+
+
+def test_result_kinds_are_the_words_the_api_uses() -> None:
+    assert [layout.result_kind(p) for p in ("mesh/m.obj", "textures/t.png", "pointcloud/p.ply", "logs/x.log")] == [
+        "mesh",
+        "texture",
+        "pointcloud",
+        "log",
+    ]
+    assert layout.result_kind("metadata.json") == "file" and layout.result_kind("extra/x.bin") == "extra"

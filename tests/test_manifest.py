@@ -35,7 +35,7 @@ def test_build_lists_every_file_with_size_and_sha_but_no_control_files(run_dir: 
         assert entry.size == len(FILES[entry.path])
         assert entry.sha256 == hashlib.sha256(FILES[entry.path]).hexdigest()
     assert built.total_bytes == sum(len(v) for v in FILES.values())
-    assert {e.kind for e in built.files} == {"mesh", "textures", "pointcloud"}
+    assert {e.kind for e in built.files} == {"mesh", "texture", "pointcloud"}  # the API's words
     assert built.statistics == {"faces": 1}
 
 

@@ -211,7 +211,14 @@ def test_list_exists_stat_statistics_and_delete(storage: StorageHook, bucket: st
     assert storage.exists(bucket, "s/3.bin") and not storage.exists(bucket, "s/9.bin")
     assert storage.stat(bucket, "s/9.bin") is None
     assert storage.list_keys(bucket, "s") == [f"s/{i}.bin" for i in range(5)]
-    assert storage.statistics(bucket, "s") == {"bucket": bucket, "prefix": "s/", "objects": 5, "bytes": 15}
+    stats = storage.statistics(bucket, "s")
+    assert {k: stats[k] for k in ("bucket", "prefix", "objects", "bytes")} == {
+        "bucket": bucket,
+        "prefix": "s/",
+        "objects": 5,
+        "bytes": 15,
+    }
+    assert (stats["versions"], stats["stored_bytes"], stats["noncurrent_bytes"]) == (5, 15, 0)  # unversioned
     assert storage.statistics(bucket)["objects"] == 6
     assert storage.delete_prefix(bucket, "s") == 5
     assert storage.list_keys(bucket, "s") == []
@@ -306,3 +313,17 @@ def test_parallel_upload_of_many_small_files(storage: StorageHook, bucket: str, 
     result = storage.upload_dir(tmp_path, bucket, "many")
     assert result.files == 120 and result.keys == sorted(f"many/{rel}" for rel in files)
     assert storage.statistics(bucket, "many")["bytes"] == sum(map(len, files.values()))
+
+
+def test_statistics_of_a_versioned_bucket_count_what_the_server_stores(storage: StorageHook, unique_id: str) -> None:
+    """'Space used' must not stop at current versions: on the versioned output bucket, overwrites and
+    deletes keep their bytes until the noncurrent-version rule expires them."""
+    prefix = f"{unique_id}/"
+    for body in (b"a" * 10, b"b" * 20, b"c" * 30):  # three versions of one key
+        storage.put_bytes("output", prefix + "mesh.obj", body)
+    storage.put_bytes("output", prefix + "gone.txt", b"x" * 5)
+    storage.delete_object("output", prefix + "gone.txt")  # leaves a delete marker over 5 stored bytes
+    stats = storage.statistics("output", prefix)
+    assert (stats["objects"], stats["bytes"]) == (1, 30)
+    assert (stats["versions"], stats["stored_bytes"], stats["noncurrent_bytes"]) == (4, 65, 35)
+    assert stats["delete_markers"] == 1

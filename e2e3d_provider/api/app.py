@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Any
 
+from airflow.configuration import conf
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 
@@ -51,12 +52,28 @@ DEFAULT_EXPIRY = int(DEFAULT_PRESIGN_EXPIRY.total_seconds())
 MAX_EXPIRY = int(MAX_PRESIGN_EXPIRY.total_seconds())
 
 
-class Backends:
-    """The hooks behind the API, created on first use (never at import or app creation)."""
+#: Airflow configuration section of the API's settings: ``[e2e3d] minio_conn_id`` and ``metadata_conn_id``
+#: (``AIRFLOW__E2E3D__MINIO_CONN_ID`` ...), read when the API first needs a hook, not at import
+CONFIG_SECTION = "e2e3d"
 
-    def __init__(self, minio_conn_id: str, metadata_conn_id: str) -> None:
-        self.minio_conn_id = minio_conn_id
-        self.metadata_conn_id = metadata_conn_id
+
+class Backends:
+    """The hooks behind the API, created on first use (never at import or app creation). Connection ids
+    given to :func:`create_app` win; otherwise they come from Airflow's configuration at first use."""
+
+    def __init__(self, minio_conn_id: str | None = None, metadata_conn_id: str | None = None) -> None:
+        self._minio_conn_id = minio_conn_id
+        self._metadata_conn_id = metadata_conn_id
+
+    @property
+    def minio_conn_id(self) -> str:
+        return self._minio_conn_id or conf.get(CONFIG_SECTION, "minio_conn_id", fallback=StorageHook.default_conn_name)
+
+    @property
+    def metadata_conn_id(self) -> str:
+        return self._metadata_conn_id or conf.get(
+            CONFIG_SECTION, "metadata_conn_id", fallback=MetadataHook.default_conn_name
+        )
 
     @cached_property
     def storage(self) -> StorageHook:
@@ -191,7 +208,9 @@ def storage_stats(b: BackendsDep) -> StorageStats:
     recorded = [s for s in b.metadata.latest_storage_stats() if not s["prefix"]]
     if recorded:
         buckets = [
-            BucketUsage(bucket=s["bucket"], objects=s["objects"], bytes=s["bytes"], taken_at=s["taken_at"].isoformat())
+            BucketUsage(
+                **{k: v for k, v in s.items() if k not in ("prefix", "taken_at")}, taken_at=s["taken_at"].isoformat()
+            )
             for s in recorded
         ]
     else:
@@ -221,10 +240,10 @@ def health(b: BackendsDep) -> Any:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-def create_app(
-    minio_conn_id: str = StorageHook.default_conn_name, metadata_conn_id: str = MetadataHook.default_conn_name
-) -> FastAPI:
-    """The results API as a FastAPI app (the plugin mounts one under ``/e2e3d``)."""
+def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = None) -> FastAPI:
+    """The results API as a FastAPI app (the plugin mounts one under ``/e2e3d``). Without connection ids,
+    ``[e2e3d] minio_conn_id`` / ``metadata_conn_id`` from Airflow's configuration are read at first use,
+    else the hooks' defaults."""
     app = FastAPI(
         title="E2E3D results API",
         version=__version__,

@@ -54,8 +54,12 @@ class UploadGrant(BaseModel):
 
 class BucketUsage(BaseModel):
     bucket: str
-    objects: int
-    bytes: int
+    objects: int = Field(description="current objects")
+    bytes: int = Field(description="bytes of the current objects")
+    versions: int | None = Field(None, description="every stored version, noncurrent ones included")
+    stored_bytes: int | None = Field(None, description="bytes the server stores for this bucket, all versions")
+    noncurrent_bytes: int | None = Field(None, description="stored_bytes held by noncurrent versions")
+    delete_markers: int | None = None
     taken_at: str | None = Field(description="when the maintenance DAG recorded it; null: measured now")
 
 

@@ -7,6 +7,7 @@ except :func:`resolve_data_root`, which only reads the environment. No Airflow i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import re
@@ -40,6 +41,8 @@ MESH_RELPATH = "mesh/reconstructed_mesh.obj"
 MATERIAL_RELPATH = "mesh/reconstructed_mesh.mtl"
 TEXTURE_RELPATH = "textures/texture.png"
 POINTCLOUD_RELPATH = "pointcloud/pointcloud.ply"
+#: the kind of a result file, by its run-dir folder: the words the results API uses too
+RESULT_KINDS = {"mesh": "mesh", "textures": "texture", "pointcloud": "pointcloud", "logs": "log"}
 
 #: Object-key segments are limited so a key stays under S3's 1024-byte key limit.
 MAX_RELPATH_LENGTH = 768
@@ -128,6 +131,19 @@ def job_id_from_run_id(run_id: str) -> str:
     while ".." in candidate:
         candidate = candidate.replace("..", ".")
     return validate_id(("job-" + candidate if not candidate[:1].isalnum() else candidate)[:128] or "job", "job_id")
+
+
+def derived_job_id(dataset: str, stamp: str, run_id: str) -> str:
+    """A readable job id for a run triggered without one: ``<dataset>-<stamp>-<6 hex of the run id>``
+    (``terrain-20261125T040919Z-3fa9c1``); the suffix keeps two runs of one second apart."""
+    suffix = hashlib.sha256(run_id.encode()).hexdigest()[:6]
+    return validate_id(f"{validate_id(dataset, 'dataset')[:100]}-{validate_stamp(stamp)}-{suffix}", "job_id")
+
+
+def result_kind(relpath: str) -> str:
+    """The kind of a run-relative file: ``texture`` for ``textures/...``, ``file`` at the top level."""
+    head, sep, _ = relpath.partition("/")
+    return RESULT_KINDS.get(head, head) if sep else "file"
 
 
 def run_name(job_id: str, stamp: str) -> str:

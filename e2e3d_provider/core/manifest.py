@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 from e2e3d_provider.core.layout import (
     MANIFEST_NAME,
     SUCCESS_NAME,
+    result_kind,
     validate_id,
     validate_relpath,
     validate_stamp,
@@ -61,9 +62,8 @@ class FileEntry:
 
     @property
     def kind(self) -> str:
-        """The top-level folder of the file (``mesh``, ``textures``, ...), or ``file``."""
-        head, sep, _ = self.path.partition("/")
-        return head if sep else "file"
+        """What the file is (``mesh``, ``texture``, ``pointcloud``, ``log``, or its folder), as the API says."""
+        return result_kind(self.path)
 
 
 @dataclass

@@ -324,16 +324,26 @@ class MetadataHook(PostgresHook):
             return out
 
     def record_storage_stats(self, stats: Sequence[dict[str, Any]]) -> int:
-        """Bulk-insert ``{bucket, prefix, objects, bytes}`` snapshots taken now."""
+        """Bulk-insert ``{bucket, prefix, objects, bytes}`` snapshots taken now (with ``versions``,
+        ``stored_bytes`` and ``delete_markers`` where the snapshot has them)."""
+
+        def optional(key: str) -> list[int | None]:
+            return [None if s.get(key) is None else int(s[key]) for s in stats]
+
         with self._migrated_transaction() as cur:
             cur.execute(
-                f"""INSERT INTO {SCHEMA}.storage_stats (bucket, prefix, objects, bytes)
-                    SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])""",
+                f"""INSERT INTO {SCHEMA}.storage_stats
+                        (bucket, prefix, objects, bytes, versions, stored_bytes, delete_markers)
+                    SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
+                                         %s::bigint[], %s::bigint[])""",
                 (
                     [s["bucket"] for s in stats],
                     [s.get("prefix", "") for s in stats],
                     [int(s["objects"]) for s in stats],
                     [int(s["bytes"]) for s in stats],
+                    optional("versions"),
+                    optional("stored_bytes"),
+                    optional("delete_markers"),
                 ),
             )
         return len(stats)
@@ -341,11 +351,22 @@ class MetadataHook(PostgresHook):
     def latest_storage_stats(self) -> list[dict[str, Any]]:
         """The most recent snapshot per bucket and prefix."""
         with self._migrated_transaction() as cur:
-            cur.execute(f"""SELECT DISTINCT ON (bucket, prefix) bucket, prefix, objects, bytes, taken_at
+            cur.execute(f"""SELECT DISTINCT ON (bucket, prefix) bucket, prefix, objects, bytes, versions,
+                                   stored_bytes, delete_markers, taken_at
                             FROM {SCHEMA}.storage_stats ORDER BY bucket, prefix, taken_at DESC""")
             return [
-                {"bucket": b, "prefix": p, "objects": int(o), "bytes": int(n), "taken_at": t}
-                for b, p, o, n, t in cur.fetchall()
+                {
+                    "bucket": b,
+                    "prefix": p,
+                    "objects": int(o),
+                    "bytes": int(n),
+                    "versions": v,
+                    "stored_bytes": sb,
+                    "noncurrent_bytes": None if sb is None else int(sb) - int(n),
+                    "delete_markers": dm,
+                    "taken_at": t,
+                }
+                for b, p, o, n, v, sb, dm, t in cur.fetchall()
             ]
 
     # -----------------------------------------------------------------------------------

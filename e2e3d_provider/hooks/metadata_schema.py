@@ -90,6 +90,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     """,
     ),
 ]
+MIGRATIONS.append(
+    (
+        2,
+        "storage stats count every stored version",
+        f"""
+        ALTER TABLE {SCHEMA}.storage_stats ADD COLUMN IF NOT EXISTS versions bigint;
+        ALTER TABLE {SCHEMA}.storage_stats ADD COLUMN IF NOT EXISTS stored_bytes bigint;
+        ALTER TABLE {SCHEMA}.storage_stats ADD COLUMN IF NOT EXISTS delete_markers bigint;
+    """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 JOB_COLUMNS = (

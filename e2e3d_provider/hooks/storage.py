@@ -519,13 +519,34 @@ class StorageHook(BaseHook):
         return len(checked)
 
     def statistics(self, bucket: str, prefix: str = "") -> dict[str, Any]:
-        """Objects and bytes below a prefix of a bucket (current versions)."""
-        objects = self.list_objects(bucket, prefix)
+        """What a prefix of a bucket holds: current ``objects`` and their ``bytes``, and what the server
+        stores in all (``versions`` and ``stored_bytes``, noncurrent ones included, ``noncurrent_bytes``,
+        ``delete_markers``), so space used on a versioned bucket is not understated."""
+        bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
+
+        def count() -> dict[str, int]:
+            totals = dict.fromkeys(("objects", "bytes", "versions", "stored_bytes", "delete_markers"), 0)
+            listing = self.client.list_objects(bucket, prefix=prefix, recursive=True, include_version=True)
+            for entry in listing:
+                if entry.is_delete_marker:
+                    totals["delete_markers"] += 1
+                    continue
+                if not entry.object_name or entry.object_name.endswith("/") or entry.is_dir:
+                    continue
+                size = int(entry.size or 0)
+                totals["versions"] += 1
+                totals["stored_bytes"] += size
+                if str(entry.is_latest).lower() != "false":  # "true", or unset on an unversioned listing
+                    totals["objects"] += 1
+                    totals["bytes"] += size
+            return totals
+
+        totals = self._call(f"count {bucket}/{prefix}", count)
         return {
             "bucket": bucket,
-            "prefix": normalize_prefix(prefix),
-            "objects": len(objects),
-            "bytes": sum(o.size for o in objects),
+            "prefix": prefix,
+            **totals,
+            "noncurrent_bytes": totals["stored_bytes"] - totals["bytes"],
         }
 
     # -----------------------------------------------------------------------------------

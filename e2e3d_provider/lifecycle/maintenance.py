@@ -40,7 +40,7 @@ def record_statistics(
         "transfer_throughput_24h", {"taken_at": datetime.now(UTC).isoformat(timespec="seconds"), **throughput}
     )
     return {
-        "buckets": {s["bucket"]: {"objects": s["objects"], "bytes": s["bytes"]} for s in stats},
+        "buckets": {s["bucket"]: {k: s[k] for k in ("objects", "bytes", "versions", "stored_bytes")} for s in stats},
         "throughput": throughput,
     }
 
