@@ -9,16 +9,15 @@ Thresholds come from the DAG params when set, else from PostgreSQL's ``e2e3d.con
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from airflow.sdk import Param, dag, task
-from airflow.sdk.api.client import ServerResponseError
-from airflow.sdk.exceptions import AirflowRuntimeError
 
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle import maintenance
-from e2e3d_provider.operators.run_context import data_root
+from e2e3d_provider.operators.run_context import dag_run_state, data_root
 
 
 @dag(
@@ -61,20 +60,7 @@ def e2e3d_maintenance() -> None:
     @task
     def reconcile_jobs(**context: Any) -> dict[str, Any]:
         ti = context["ti"]
-
-        def dag_run_state(dag_id: str, run_id: str) -> str | None:
-            """The run's state; None when Airflow has no such run; "unknown" when the lookup failed."""
-            try:
-                state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
-            except ServerResponseError as err:  # dag.test() runs the execution API in-process
-                status_code = err.response.status_code
-            except AirflowRuntimeError as err:  # a supervised task gets the API's answer as an error
-                status_code = (err.error.detail or {}).get("status_code")
-            else:
-                return str(getattr(state, "value", state))  # an enum member or its plain value
-            return None if status_code == 404 else "unknown"
-
-        return maintenance.reconcile_running_jobs(MetadataHook(), dag_run_state)
+        return maintenance.reconcile_running_jobs(MetadataHook(), partial(dag_run_state, ti))
 
     @task
     def archive_completed() -> dict[str, Any]:

@@ -15,6 +15,7 @@ transfers. ``reconstruct`` is the demo reconstruction: replace it with your own 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from e2e3d_provider.lifecycle.record import begin_run
 from e2e3d_provider.operators.archive import ArchiveOperator
 from e2e3d_provider.operators.cleanup import CleanupOperator
 from e2e3d_provider.operators.metadata_record import MetadataRecordOperator
-from e2e3d_provider.operators.run_context import run_stamp
+from e2e3d_provider.operators.run_context import run_is_live, run_stamp
 from e2e3d_provider.operators.stage_in import StageInOperator
 from e2e3d_provider.operators.upload_results import UploadResultsOperator
 from e2e3d_provider.sensors.input_presence import InputPresenceSensor
@@ -71,7 +72,15 @@ def e2e3d_reconstruction() -> None:
             validate_id(params["job_id"], "job_id") if params.get("job_id") else derived_job_id(dataset, stamp, run_id)
         )
         try:
-            begin_run(MetadataHook(), job_id, stamp, dataset, run_id, context["dag"].dag_id)
+            begin_run(
+                MetadataHook(),
+                job_id,
+                stamp,
+                dataset,
+                run_id,
+                context["dag"].dag_id,
+                run_is_live=partial(run_is_live, context["ti"]),
+            )
         except RunFinishedError as err:  # a Clear of a finished run: a no-op that says why
             raise AirflowSkipException(str(err)) from err
         return {

@@ -131,6 +131,13 @@ def test_a_run_marked_failed_through_rest_ends_with_the_job_failed(airflow_deplo
     while (job := metadata.get_job(job_id)) is None or job["status"] != "running":
         assert time.monotonic() < deadline, airflow_deployment.task_states(dag_id, run_id)
         time.sleep(1)
+    # a second run of the same job while the first is in progress is refused, touching nothing of it
+    second = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": job_id})
+    assert airflow_deployment.wait_for_run(dag_id, second, timeout=120) == "failed"
+    assert airflow_deployment.task_states(dag_id, second)["prepare"] == "failed"
+    assert "has a run in progress" in airflow_deployment.task_log(dag_id, second, "prepare")
+    assert metadata.get_job(job_id)["status"] == "running"
+
     airflow_deployment.patch(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", {"state": "failed"})
     assert airflow_deployment.run_state(dag_id, run_id) == "failed"
 

@@ -303,3 +303,34 @@ def test_a_job_whose_dag_run_ended_from_outside_is_reconciled_failed(metadata: M
     assert failed["status"] == "failed" and "run-failed of e2e3d_reconstruction ended failed" in failed["error"]
     assert "no longer exists" in metadata.get_job(f"{unique_id}-c", stamp)["error"]
     assert metadata.get_job(f"{unique_id}-b", stamp)["status"] == "running"  # its own tasks will finish it
+
+
+def test_two_runs_of_one_job_never_interleave_at_different_stamps(metadata: MetadataHook, unique_id: str) -> None:
+    from e2e3d_provider.exceptions import RunConflictError
+    from e2e3d_provider.lifecycle.record import begin_run
+
+    begin_run(metadata, unique_id, "20260104T000000Z", "ds", "run-1", "e2e3d_reconstruction")
+    alive = {"run-1": True}
+    with pytest.raises(RunConflictError, match=r"has a run in progress \(stamp 20260104T000000Z, DAG run 'run-1'\)"):
+        begin_run(
+            metadata,
+            unique_id,
+            "20260104T000005Z",
+            "ds",
+            "run-2",
+            "e2e3d_reconstruction",
+            run_is_live=lambda dag_id, run_id: alive[run_id],
+        )
+    with pytest.raises(RunConflictError):  # without an answer on liveness: the safe side
+        begin_run(metadata, unique_id, "20260104T000005Z", "ds", "run-2", "e2e3d_reconstruction")
+    alive["run-1"] = False  # its DAG run ended from outside: the stale row does not block the job
+    row = begin_run(
+        metadata,
+        unique_id,
+        "20260104T000005Z",
+        "ds",
+        "run-2",
+        "e2e3d_reconstruction",
+        run_is_live=lambda dag_id, run_id: alive[run_id],
+    )
+    assert row["status"] == "running" and row["stamp"] == "20260104T000005Z"

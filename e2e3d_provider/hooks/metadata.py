@@ -197,6 +197,17 @@ class MetadataHook(PostgresHook):
             row = cur.fetchone()
         return dict(zip(JOB_COLUMNS, row, strict=True)) if row else None
 
+    def job_runs(self, job_id: str, status: str | None = None) -> list[dict[str, Any]]:
+        """Every run of one job (optionally of one status), newest stamp first."""
+        validate_id(job_id, "job_id")
+        where, params = ("AND status = %s", (job_id, status)) if status else ("", (job_id,))
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs WHERE job_id = %s {where} ORDER BY stamp DESC",
+                params,
+            )
+            return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+
     def list_jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Most recently updated runs first, optionally of one status."""
         where = "WHERE status = %s" if status else ""

@@ -3,6 +3,7 @@ file inventory, read from the manifest its SUCCESS marker names."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from e2e3d_provider.core.layout import (
@@ -21,7 +22,13 @@ from e2e3d_provider.lifecycle.publish import read_published_manifest
 
 
 def begin_run(
-    metadata: MetadataHook, job_id: str, stamp: str, dataset: str, dag_run_id: str, dag_id: str | None = None
+    metadata: MetadataHook,
+    job_id: str,
+    stamp: str,
+    dataset: str,
+    dag_run_id: str,
+    dag_id: str | None = None,
+    run_is_live: Callable[[str, str], bool] | None = None,
 ) -> dict[str, Any]:
     """Record a run ``running`` for the DAG run ``dag_run_id`` (of ``dag_id``); returns its row.
 
@@ -32,7 +39,22 @@ def begin_run(
     in the same second), :class:`RunConflictError`. The same DAG run starting again after a failure
     (a Clear of a failed run, a retry) simply continues. The DAG run is kept in the job's statistics,
     so a run ended from outside (marked failed in the UI) can be reconciled.
+
+    Nor do two runs of one job interleave at different stamps (they share its output prefix): another
+    run still ``running`` under a DAG run that ``run_is_live(dag_id, run_id)`` says is alive (every
+    other DAG run, without that answer) raises :class:`RunConflictError`.
     """
+    for other in metadata.job_runs(job_id, "running"):
+        owner = other.get("statistics") or {}
+        other_run, other_dag = owner.get("dag_run_id"), owner.get("dag_id")
+        if other["stamp"] == stamp or not other_run or other_run == dag_run_id:
+            continue
+        if run_is_live is None or not other_dag or run_is_live(other_dag, other_run):
+            raise RunConflictError(
+                f"job {job_id} has a run in progress (stamp {other['stamp']}, DAG run {other_run!r}); two runs of "
+                "one job never interleave, since they publish to one output prefix. Wait for it, or mark it "
+                "failed."
+            )
     existing = metadata.get_job(job_id, stamp)
     if existing is not None:
         owner = (existing.get("statistics") or {}).get("dag_run_id")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import Context, Variable
+from airflow.sdk.api.client import ServerResponseError
+from airflow.sdk.exceptions import AirflowRuntimeError
 
 from e2e3d_provider.core.layout import DATA_ROOT_ENV, DATA_ROOT_VARIABLE, make_stamp, resolve_data_root, validate_stamp
 
@@ -29,6 +32,25 @@ def run_stamp(context: Context, explicit: str | None = None) -> str:
     if dag_run is not None:
         when = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None)
     return make_stamp(when)
+
+
+def dag_run_state(ti: Any, dag_id: str, run_id: str) -> str | None:
+    """The state of a DAG run as a running task sees it (``ti`` is its task instance): ``None`` when
+    Airflow has no such run, ``"unknown"`` when the lookup itself failed."""
+    try:
+        state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+    except ServerResponseError as err:  # dag.test() runs the execution API in-process
+        status_code = err.response.status_code
+    except AirflowRuntimeError as err:  # a supervised task gets the API's answer as an error response
+        status_code = (err.error.detail or {}).get("status_code") if isinstance(err.error.detail, dict) else None
+    else:
+        return str(getattr(state, "value", state))  # an enum member or its plain value
+    return None if status_code == 404 else "unknown"
+
+
+def run_is_live(ti: Any, dag_id: str, run_id: str) -> bool:
+    """True unless the DAG run has ended or is gone (an unknown answer counts as live: the safe side)."""
+    return dag_run_state(ti, dag_id, run_id) not in (None, "success", "failed")
 
 
 def as_bool(value: object) -> bool:
