@@ -16,6 +16,10 @@ class ManifestError(E2E3DError, ValueError):
     """A manifest that cannot be read, or a run directory that does not match its manifest."""
 
 
+class UnreadablePathError(E2E3DError, OSError):
+    """A file or folder a transfer or publish must read cannot be read; nothing is skipped in silence."""
+
+
 class InvalidInputError(E2E3DError):
     """An input folder holds files that are not images (or no images at all)."""
 

@@ -247,3 +247,56 @@ def test_storage_stats_report_every_stored_version(api: str, storage: StorageHoo
     output = next(b for b in body["buckets"] if b["bucket"] == "output")
     assert output["versions"] >= output["objects"] and output["stored_bytes"] >= output["bytes"]
     assert output["noncurrent_bytes"] == output["stored_bytes"] - output["bytes"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" * 761 + ".jpg",  # 765 characters: fits a relative path, not below the dataset's prefix
+        "b" * 764 + ".jpg",  # 768
+        "é" * 400 + ".jpg",  # 404 characters but 804 UTF-8 bytes: S3 counts bytes
+    ],
+)
+def test_upload_names_are_measured_as_the_whole_key_in_utf8_bytes(api: str, name: str, unique_id: str) -> None:
+    response = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": [name]}, headers=as_user("runner"))
+    assert response.status_code == 422, response.text
+    assert "bytes" in response.text
+
+
+def test_anonymous_health_says_only_up_or_down_and_errors_name_no_host_or_port(
+    api: str, airflow_db, connections, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = httpx.get(f"{api}/api/health").json()
+    assert body == {"status": "ok", "storage": {"ok": True}, "metadata": {"ok": True}}
+    (port,) = free_ports(1)  # nothing listens there
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_E2E3D_PG_DOWN",
+        json.dumps(
+            {"conn_type": "postgres", "host": "127.0.0.1", "port": port, "login": "u", "password": "p", "schema": "d"}
+        ),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MINIO_DOWN",
+        json.dumps(
+            {"conn_type": "aws", "login": "k", "password": "s", "extra": {"endpoint_url": f"http://127.0.0.1:{port}"}}
+        ),
+    )
+    for app, conn_id in (
+        (create_app("minio_default", "e2e3d_pg_down"), "e2e3d_pg_down"),
+        (create_app("minio_down", "e2e3d_metadata"), "minio_down"),
+    ):
+        url, server, thread = serve(app)
+        try:
+            degraded = httpx.get(f"{url}/api/health")
+            assert degraded.status_code == 503 and str(port) not in degraded.text, degraded.text
+            path = "/api/job/some-job/results" if "pg" in conn_id else "/api/storage/stats"
+            failed = httpx.get(f"{url}{path}", headers=as_user("viewer"))
+            if "pg" not in conn_id:  # stats read PostgreSQL first; make storage the one asked
+                failed = httpx.post(
+                    f"{url}/api/datasets/ds/uploads", json={"files": ["a.jpg"]}, headers=as_user("runner")
+                )
+            assert failed.status_code in (502, 503), failed.text
+            assert conn_id in failed.text and "127.0.0.1" not in failed.text and str(port) not in failed.text
+        finally:
+            server.should_exit = True
+            thread.join(10)

@@ -334,3 +334,45 @@ def test_two_runs_of_one_job_never_interleave_at_different_stamps(metadata: Meta
         run_is_live=lambda dag_id, run_id: alive[run_id],
     )
     assert row["status"] == "running" and row["stamp"] == "20260104T000005Z"
+
+
+def test_cleanup_removes_only_below_temp_or_a_run_dir_and_never_through_a_link(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from e2e3d_provider.exceptions import InvalidNameError
+    from e2e3d_provider.lifecycle.scratch import clean_run
+
+    root = tmp_path / "root"
+    write_files(root, {"output/jobA/jobA_20260101T000000Z/mesh/m.obj": b"v", "temp/run1/x.tmp": b"x"})
+    outside = tmp_path_factory.mktemp("outside")
+    (root / "temp" / "via_out").symlink_to(outside, target_is_directory=True)
+    (outside / "back").symlink_to(root / "temp" / "run1", target_is_directory=True)  # out and back in
+    for temp_dir in (
+        "output",
+        str(root / "output"),
+        str(root / "temp"),
+        "temp/via_out/back",
+        str(root / "temp" / "via_out" / "back"),
+    ):
+        with pytest.raises(InvalidNameError):
+            clean_run(root, temp_dir=temp_dir)
+    for run_dir in (str(root / "output"), str(root / "output" / "jobA")):  # all of output, or a whole job
+        with pytest.raises(InvalidNameError):
+            clean_run(root, run_dir=run_dir, remove_run_dir=True)
+    assert (outside / "back").is_symlink() and (root / "output" / "jobA").is_dir() and (root / "temp" / "run1").is_dir()
+    assert clean_run(root, temp_dir="temp/run1")["removed"] == [str(root / "temp" / "run1")]
+
+
+def test_a_stray_entry_in_temp_is_skipped_and_reported_not_fatal(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from e2e3d_provider.lifecycle.scratch import clean_temp
+
+    root = tmp_path / "root"
+    write_files(root, {"temp/old_run/x.tmp": b"x"})
+    outside = tmp_path_factory.mktemp("outside")
+    write_files(outside, {"precious.txt": b"keep me"})
+    (root / "temp" / "a_stray_link").symlink_to(outside, target_is_directory=True)
+    result = clean_temp(root, max_age_hours=0, now=time.time() + 3600)
+    assert result["removed"] == 1 and result["names"] == ["old_run"] and result["skipped"] == ["a_stray_link"]
+    assert (outside / "precious.txt").read_bytes() == b"keep me"

@@ -106,3 +106,69 @@ def test_stack_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.delenv(stack.DEFAULT_STACK_DIR_ENV)
     assert stack.default_stack_dir().name == f"e2e3d-stack-{os.getuid()}"
     assert stack.stack_status(tmp_path / "none") == {"running": False, "base_dir": str((tmp_path / "none").resolve())}
+
+
+def test_a_stack_directory_that_is_not_ours_is_refused(tmp_path: Path) -> None:
+    """Another local user who makes the predictable default directory (or its stack.json) first must not
+    get their endpoint and keys handed out, nor their PIDs killed by `stack down`."""
+    import json as _json
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    forged = {
+        "base_dir": str(tmp_path),
+        "s3_port": 1,
+        "access_key": "theirs",
+        "secret_key": "theirs",
+        "pg_port": 2,
+        "pg_password": "theirs",
+        "weed_pid": 1,
+        "pg_pid": 1,
+    }
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    (theirs / "stack.json").write_text(_json.dumps(forged))
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    ours_with_their_state = tmp_path / "ours"
+    ours_with_their_state.mkdir(mode=0o700)
+    (ours_with_their_state / "stack.json").write_text(_json.dumps(forged))
+    os.chown(ours_with_their_state / "stack.json", nobody.pw_uid, nobody.pw_gid)
+    for base, reason in (
+        (theirs, "not to you"),
+        (open_to_all, "writable by others"),
+        (ours_with_their_state, "not to you"),
+    ):
+        with pytest.raises(stack.StackError, match=reason):
+            stack.read_state(base)
+        for action in ("env", "down"):
+            result = subprocess.run(
+                [sys.executable, "-m", "e2e3d_provider.cli", "stack", action, "--dir", str(base)],
+                capture_output=True,
+                text=True,
+            )
+            assert result.returncode == 2 and "refusing the stack" in result.stderr, (action, result.stderr)
+            assert "theirs" not in result.stdout
+
+
+def test_the_stacks_secret_files_are_private(stack_info: stack.StackInfo | None) -> None:
+    if stack_info is None:
+        pytest.skip("external servers configured (E2E3D_TEST_*): there is no embedded stack to inspect")
+    base = Path(stack_info.base_dir)
+    for name in ("s3-identities.json", "credentials.json", "stack.json"):  # pg-password is gone after initdb
+        assert (base / name).stat().st_mode & 0o777 == 0o600, name
+    assert not list(base.glob(".*.tmp"))  # no temporary secret left behind
+
+
+def test_secret_files_are_written_0600_even_over_a_wider_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("old")
+    secret.chmod(0o644)
+    old_umask = os.umask(0)  # the most permissive umask: the mode must come from the open itself
+    try:
+        stack.write_secret(secret, "new")
+    finally:
+        os.umask(old_umask)
+    assert secret.read_text() == "new" and secret.stat().st_mode & 0o777 == 0o600

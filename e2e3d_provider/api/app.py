@@ -6,6 +6,7 @@ route but ``/api/health`` requires an Airflow JWT with permission on the reconst
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Any
@@ -47,6 +48,8 @@ from e2e3d_provider.exceptions import MetadataError, ObjectNotFoundError, Storag
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import read_published_manifest
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRY = int(DEFAULT_PRESIGN_EXPIRY.total_seconds())
 MAX_EXPIRY = int(MAX_PRESIGN_EXPIRY.total_seconds())
@@ -177,9 +180,11 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> Upload
     """Pre-signed PUT URLs so a client uploads input images straight to object storage."""
     dataset = checked_id(dataset, "dataset")
     problems, names = [], []
+    prefix = input_prefix(dataset)
     for name in body.files:
         try:
             rel = validate_relpath(name)
+            validate_relpath(prefix + rel)  # the whole key, as the grant will sign it
         except InvalidNameError as err:
             problems.append(str(err))
             continue
@@ -189,7 +194,6 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> Upload
     if problems or len(set(names)) != len(names):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems or ["duplicate file names"])
     ttl = timedelta(seconds=body.expires)
-    prefix = input_prefix(dataset)
     return UploadGrant(
         dataset=dataset,
         bucket=BUCKET_INPUT,
@@ -228,15 +232,11 @@ def storage_stats(b: BackendsDep) -> StorageStats:
 
 @public.get("/health", response_model=Health, tags=["health"], responses={503: {"model": Health}})
 def health(b: BackendsDep) -> Any:
-    """Reachability of object storage and PostgreSQL (no authentication)."""
-    storage = b.storage.health()
-    metadata = b.metadata.health()
-    ok = storage["ok"] and metadata["ok"]
-    body = Health(
-        status="ok" if ok else "degraded",
-        storage={k: storage[k] for k in ("ok", "endpoint", "latency_ms")},
-        metadata={k: v for k, v in metadata.items() if k != "error"},
-    )
+    """Whether object storage and PostgreSQL answer: up or down only, since anyone may ask (no
+    endpoints, versions or errors: those are for the authenticated stats and the server log)."""
+    storage_ok, metadata_ok = bool(b.storage.health()["ok"]), bool(b.metadata.health()["ok"])
+    ok = storage_ok and metadata_ok
+    body = Health(status="ok" if ok else "degraded", storage={"ok": storage_ok}, metadata={"ok": metadata_ok})
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
@@ -254,13 +254,32 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
     app.include_router(public)
     app.include_router(protected)
 
+    # Error bodies name the connection id and what failed, never hosts or ports; the server log keeps all.
     @app.exception_handler(StorageUnreachableError)
+    async def storage_unavailable(request: Request, err: Exception) -> JSONResponse:
+        log.error("results API: %s", err)
+        conn_id = request.app.state.backends.minio_conn_id
+        return JSONResponse(
+            {"detail": f"object storage is unavailable (connection {conn_id!r})"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
     @app.exception_handler(MetadataError)
-    async def unavailable(request: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    async def metadata_unavailable(request: Request, err: Exception) -> JSONResponse:
+        log.error("results API: %s", err)
+        conn_id = request.app.state.backends.metadata_conn_id
+        return JSONResponse(
+            {"detail": f"the metadata database is unavailable (connection {conn_id!r})"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
 
     @app.exception_handler(StorageError)
     async def bad_gateway(request: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=status.HTTP_502_BAD_GATEWAY)
+        log.error("results API: %s", err)
+        conn_id = request.app.state.backends.minio_conn_id
+        return JSONResponse(
+            {"detail": f"object storage failed the request ({type(err).__name__}, connection {conn_id!r})"},
+            status_code=status.HTTP_502_BAD_GATEWAY,
+        )
 
     return app

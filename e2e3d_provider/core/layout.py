@@ -44,7 +44,7 @@ POINTCLOUD_RELPATH = "pointcloud/pointcloud.ply"
 #: the kind of a result file, by its run-dir folder: the words the results API uses too
 RESULT_KINDS = {"mesh": "mesh", "textures": "texture", "pointcloud": "pointcloud", "logs": "log"}
 
-#: Object-key segments are limited so a key stays under S3's 1024-byte key limit.
+#: Object-key segments are limited (in UTF-8 bytes, as S3 counts) so a key stays under S3's 1024-byte limit.
 MAX_RELPATH_LENGTH = 768
 _BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -78,8 +78,8 @@ def validate_relpath(value: object) -> str:
     """Return a normalised POSIX relative path, rejecting traversal, absolute paths and junk."""
     if not isinstance(value, str) or not value:
         raise InvalidNameError(f"relative path must be a non-empty string, got {value!r}")
-    if len(value) > MAX_RELPATH_LENGTH:
-        raise InvalidNameError(f"relative path is longer than {MAX_RELPATH_LENGTH} characters")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_RELPATH_LENGTH:
+        raise InvalidNameError(f"relative path is longer than {MAX_RELPATH_LENGTH} bytes (UTF-8)")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise InvalidNameError(f"relative path {value!r} contains control characters")
     if "\\" in value:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from e2e3d_provider.core.layout import (
     MANIFEST_NAME,
@@ -20,7 +20,7 @@ from e2e3d_provider.core.layout import (
     validate_relpath,
     validate_stamp,
 )
-from e2e3d_provider.exceptions import ManifestError
+from e2e3d_provider.exceptions import ManifestError, UnreadablePathError
 
 CHUNK_SIZE = 1024 * 1024
 MANIFEST_VERSION = 1
@@ -134,11 +134,21 @@ def _check_sha(value: object) -> str:
     return value
 
 
+def raise_unreadable(err: OSError) -> NoReturn:
+    """``os.walk``'s ``onerror``: a folder that cannot be read fails the walk, naming it (a walk that
+    skipped it would publish, upload or ingest an incomplete set)."""
+    raise UnreadablePathError(
+        f"cannot read {err.filename}: {err.strerror}; nothing was skipped: fix its permissions and rerun"
+    ) from err
+
+
 def iter_run_files(run_dir: Path) -> Iterator[tuple[str, Path]]:
     """Yield ``(relpath, path)`` for every regular file below ``run_dir``, sorted, skipping the
     manifest and SUCCESS marker at its top and refusing symlinks that leave the directory."""
     root = run_dir.resolve()
-    for dirpath, dirnames, filenames in os.walk(root):
+    if not root.is_dir():
+        return  # nothing there: the caller says what that means
+    for dirpath, dirnames, filenames in os.walk(root, onerror=raise_unreadable):
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name

@@ -31,7 +31,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from e2e3d_provider.core.layout import key_relpath, local_path_for, validate_relpath
-from e2e3d_provider.core.manifest import CHUNK_SIZE, HashingReader, sha256_file
+from e2e3d_provider.core.manifest import CHUNK_SIZE, HashingReader, raise_unreadable, sha256_file
 from e2e3d_provider.core.retry import DEFAULT_RETRY, RetryPolicy
 from e2e3d_provider.exceptions import ChecksumMismatchError, SourceChangedError, TransferError
 
@@ -276,8 +276,10 @@ def iter_local_files(local_dir: Path) -> list[tuple[str, Path]]:
     """Every regular file below ``local_dir`` as ``(relpath, path)``, sorted; partial downloads and
     symlinks leaving the directory are left out."""
     root = local_dir.resolve()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    found: list[tuple[str, Path]] = []
+    if not root.is_dir():
+        return found
+    for dirpath, dirnames, filenames in os.walk(root, onerror=raise_unreadable):
         dirnames.sort()
         for name in sorted(filenames):
             if name.endswith(PARTIAL_SUFFIX):

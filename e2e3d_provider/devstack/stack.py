@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -225,7 +226,8 @@ def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, 
     data = base / "weed"
     data.mkdir(parents=True, exist_ok=True)
     identities = base / "s3-identities.json"
-    identities.write_text(
+    write_secret(
+        identities,
         json.dumps(
             {
                 "identities": [
@@ -236,9 +238,8 @@ def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, 
                     }
                 ]
             }
-        )
+        ),
     )
-    identities.chmod(0o600)
     ports = free_ports(9)
     admin_port = next(p for p in free_ports(40) if p not in ports and port_pair_free(p))
     s3, s3_grpc, master, master_grpc, filer, filer_grpc, volume, volume_grpc, iceberg = ports
@@ -353,7 +354,7 @@ def start_postgres(base: Path, password: str) -> tuple[int, int]:
     sockets.mkdir(parents=True, exist_ok=True)
     pgdata.mkdir(parents=True, exist_ok=True)
     pwfile = base / "pg-password"
-    pwfile.write_text(password + "\n")
+    write_secret(pwfile, password + "\n")
     if run_as:
         import pwd
 
@@ -368,7 +369,6 @@ def start_postgres(base: Path, password: str) -> tuple[int, int]:
         for path in (pgdata, sockets, pwfile):
             os.chown(path, entry.pw_uid, entry.pw_gid)
     pgdata.chmod(0o700)
-    pwfile.chmod(0o600)
     if not (pgdata / "PG_VERSION").exists():
         initdb(
             [
@@ -418,13 +418,53 @@ def start_postgres(base: Path, password: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------
 
 
+def require_private(path: Path, what: str) -> None:
+    """Refuse ``path`` unless it is ours: owned by this user, no symlink, writable by nobody else.
+
+    The default stack directory has a predictable name in a shared folder: a directory or
+    ``stack.json`` that another user made first would hand out their endpoint and keys, and make
+    ``stack down`` kill the PIDs they listed.
+    """
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    problem = None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif st.st_uid != os.getuid():
+        problem = f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    if problem:
+        raise StackError(
+            f"refusing the {what} {path}: it {problem}. Remove it, or choose another directory "
+            f"with --dir or ${DEFAULT_STACK_DIR_ENV}."
+        )
+
+
 def read_state(base_dir: Path) -> StackInfo | None:
-    """The recorded stack in ``base_dir``, or None if there is none."""
-    path = Path(base_dir) / STATE_FILE
+    """The recorded stack in ``base_dir``, or None if there is none; a directory or state file that is
+    not this user's own is refused (:func:`require_private`)."""
+    base = Path(base_dir)
+    require_private(base, "stack directory")
+    path = base / STATE_FILE
+    require_private(path, "stack state file")
     try:
         return StackInfo(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a secret file that is 0600 from its first byte (a temporary name made with that mode, then
+    renamed), never created wider and narrowed after."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def is_running(info: StackInfo | None) -> bool:
@@ -444,9 +484,7 @@ def _credentials(base: Path) -> tuple[str, str, str]:
         "secret_key": secrets.token_urlsafe(24),
         "pg_password": secrets.token_urlsafe(18),
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(saved, handle)
+    write_secret(path, json.dumps(saved))
     return saved["access_key"], saved["secret_key"], saved["pg_password"]
 
 
@@ -462,7 +500,8 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -
         return existing
     if existing is not None:
         stop_stack(base)
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    require_private(base, "stack directory")
     access_key, secret_key, pg_password = _credentials(base)
     weed_pid = pg_pid = 0
     try:
@@ -496,12 +535,7 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -
 
 
 def _write_state(base: Path, info: StackInfo) -> None:
-    state = base / STATE_FILE
-    tmp = state.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(asdict(info), handle, indent=2)
-    os.replace(tmp, state)
+    write_secret(base / STATE_FILE, json.dumps(asdict(info), indent=2))
 
 
 def stop_stack(base_dir: Path | None = None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -29,21 +30,32 @@ def require_local_dir(path: str | Path, origin_host: str | None = None, what: st
     raise LocalPathError(f"{what} {local} does not exist on {here!r}")
 
 
-def inside_root(path: str | Path, root: Path) -> Path:
-    """Resolve ``path`` (symlinks included) and return it if it lies strictly inside ``root``.
+def inside_root(path: str | Path, root: Path, area: str = "", min_depth: int = 1) -> Path:
+    """Return ``path`` if removing it can only touch ``<root>/<area>``: it lies at least ``min_depth``
+    levels below that folder (so never the folder itself nor a whole top-level folder of the root),
+    reached without passing through a symbolic link, and resolving (symlinks included) inside it.
 
-    Refuses ``..`` segments outright, and anything that resolves to the root itself or outside it.
+    Refuses ``..`` segments outright. A relative ``path`` is taken relative to ``root``.
     """
     raw = str(path)
     if not raw or raw == ".":
         raise InvalidNameError(f"refusing to clean {raw!r}: not a path")
     if ".." in Path(raw).parts:
         raise InvalidNameError(f"refusing to clean {raw}: '..' segments are not allowed")
-    candidate = Path(raw) if Path(raw).is_absolute() else root / raw
-    resolved, real_root = candidate.resolve(), root.resolve()
-    if resolved == real_root or not resolved.is_relative_to(real_root):
-        raise InvalidNameError(f"refusing to clean {raw}: it resolves to {resolved}, outside the data root {real_root}")
-    return candidate
+    real_root = root.resolve()
+    area_dir = (real_root / area) if area else real_root
+    candidate = Path(raw) if Path(raw).is_absolute() else real_root / raw
+    parent = Path(os.path.normpath(candidate.parent))
+    if parent.resolve() != parent:  # a link on the way could lead out and back in: only the last step may be one
+        raise InvalidNameError(f"refusing to clean {raw}: the way to it passes through a symbolic link")
+    where = f"{area_dir} (data root {real_root})"
+    lexical, resolved = parent / candidate.name, candidate.resolve()
+    for checked in (lexical, resolved):
+        if not checked.is_relative_to(area_dir) or len(checked.relative_to(area_dir).parts) < min_depth:
+            raise InvalidNameError(
+                f"refusing to clean {raw}: it resolves to {resolved}; only what lies inside {where} may be removed"
+            )
+    return lexical
 
 
 def remove_tree(path: Path) -> bool:

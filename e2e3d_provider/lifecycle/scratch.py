@@ -5,12 +5,16 @@ Every path removed resolves (symlinks included) strictly inside the data root; `
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from e2e3d_provider.core.layout import RunLayout
+from e2e3d_provider.exceptions import InvalidNameError
 from e2e3d_provider.lifecycle.local_paths import inside_root, remove_tree
+
+log = logging.getLogger(__name__)
 
 
 def clean_run(
@@ -29,32 +33,39 @@ def clean_run(
     Returns ``{"removed": [...], "missing": [...]}``.
     """
     layout = RunLayout(root, job_id, stamp) if job_id and stamp else None
-    targets: list[str | Path] = []
+    targets: list[Path] = []
     temp = temp_dir or (layout.temp_dir if layout else None)
     if temp:
-        targets.append(temp)
+        targets.append(inside_root(temp, root, "temp"))  # a run's temp dir: below <root>/temp only
     if remove_run_dir:
         run = run_dir or (layout.run_dir if layout else None)
-        if run:
-            targets.append(run)
-    checked = [inside_root(target, root) for target in targets]  # refuse all before removing any
-    removed: list[str] = []
+        if run:  # a run dir is <root>/output/<job_id>/<run>: never a whole job, never output/ itself
+            targets.append(inside_root(run, root, "output", min_depth=2))
+    removed: list[str] = []  # every target was accepted (or the call refused) before any is removed
     missing: list[str] = []
-    for path in checked:
+    for path in targets:
         (removed if remove_tree(path) else missing).append(str(path))
     return {"removed": removed, "missing": missing}
 
 
 def clean_temp(root: Path, max_age_hours: float, now: float | None = None) -> dict[str, Any]:
-    """Remove run temp dirs under ``<root>/temp`` not modified for ``max_age_hours``."""
+    """Remove run temp dirs under ``<root>/temp`` not modified for ``max_age_hours``. An entry that may
+    not be removed (a symbolic link leading out of the temp folder) is skipped and reported, never fatal:
+    one stray entry must not stop the clean-up of all the others."""
     now = time.time() if now is None else now
     temp = root / "temp"
-    removed, kept = [], 0
+    removed, kept, skipped = [], 0, []
     for entry in sorted(temp.iterdir()) if temp.is_dir() else []:
+        try:
+            target = inside_root(entry, root, "temp")
+        except InvalidNameError as err:
+            skipped.append(entry.name)
+            log.warning("clean_temp: skipped %s: %s", entry, err)
+            continue
         newest = max([entry.lstat().st_mtime] + [p.lstat().st_mtime for p in entry.rglob("*")])
         if now - newest >= max_age_hours * 3600:
-            remove_tree(inside_root(entry, root))
+            remove_tree(target)
             removed.append(entry.name)
         else:
             kept += 1
-    return {"removed": len(removed), "kept": kept, "names": removed[:20]}
+    return {"removed": len(removed), "kept": kept, "names": removed[:20], "skipped": skipped[:20]}

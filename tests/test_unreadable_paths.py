@@ -1,0 +1,68 @@
+"""A folder that cannot be read fails the walk that meets it, naming it: never an incomplete set
+published (SUCCESS), uploaded or ingested in silence.
+
+CI runs as root, and root reads everything; the walks run in a child process without the
+capabilities that bypass file permissions (``setpriv`` drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_files
+
+WALKS = """
+import sys
+from pathlib import Path
+from e2e3d_provider.core.manifest import build_manifest
+from e2e3d_provider.core.transfer import iter_local_files
+from e2e3d_provider.exceptions import UnreadablePathError
+
+run = Path(sys.argv[1])
+for name, walk in (("manifest", lambda: build_manifest(run, "job", "20260106T000000Z")),
+                   ("transfer", lambda: iter_local_files(run))):
+    try:
+        result = walk()
+    except UnreadablePathError as err:
+        print(name, "refused:", err)
+    else:
+        print(name, "walked without error:", result)
+"""
+
+
+def without_dac_capabilities(*args: str) -> subprocess.CompletedProcess[str]:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop capabilities"
+    return subprocess.run(
+        [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def run_with_a_locked_folder(tmp_path: Path):
+    run = tmp_path / "run"
+    write_files(run, {"mesh/m.obj": b"v 1", "pointcloud/pointcloud.ply": b"ply", "textures/t.png": b"png"})
+    locked = run / "pointcloud"
+    locked.chmod(0o000)
+    try:
+        yield run, locked
+    finally:
+        locked.chmod(0o755)
+
+
+def test_walks_refuse_a_folder_they_cannot_read_and_name_it(run_with_a_locked_folder) -> None:
+    run, locked = run_with_a_locked_folder
+    result = without_dac_capabilities(sys.executable, "-c", WALKS, str(run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    for line in lines:
+        assert "refused: cannot read" in line and str(locked) in line, line
