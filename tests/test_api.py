@@ -300,3 +300,17 @@ def test_anonymous_health_says_only_up_or_down_and_errors_name_no_host_or_port(
         finally:
             server.should_exit = True
             thread.join(10)
+
+
+def test_results_whose_bytes_were_replaced_behind_their_label_are_not_served(
+    api: str, storage: StorageHook, unique_id: str, published_job: dict
+) -> None:
+    import io
+
+    key = f"{unique_id}/textures/texture.png"
+    old = storage.stat("output", key)
+    data = bytearray(published_job["textures/texture.png"])
+    data[0] ^= 0xFF  # same size, other bytes, the old x-amz-meta-sha256 label kept
+    storage.client.put_object("output", key, io.BytesIO(bytes(data)), len(data), metadata={"sha256": old.sha256})
+    response = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    assert response.status_code == 409 and "no longer match their manifest" in response.text, response.text

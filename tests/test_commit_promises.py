@@ -91,3 +91,46 @@ def test_a_manifest_replaced_behind_a_valid_success_is_refused(
     storage.put_bytes(bucket, f"{unique_id}/metadata.json", json.dumps(manifest).encode(), "application/json")
     with pytest.raises(ChecksumMismatchError, match="is not the manifest its SUCCESS marker names"):
         read_published_manifest(storage, bucket, unique_id)
+
+
+def replace_keeping_the_label(storage: StorageHook, bucket: str, key: str) -> None:
+    """Overwrite an object with flipped bytes, keeping its size and its old x-amz-meta-sha256 label."""
+    import io
+
+    old = storage.stat(bucket, key)
+    data = bytearray(storage.client.get_object(bucket, key).read())
+    data[10] ^= 0xFF
+    storage.client.put_object(bucket, key, io.BytesIO(bytes(data)), len(data), metadata={"sha256": old.sha256})
+
+
+def test_the_archive_verifies_bytes_not_labels(
+    storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str
+) -> None:
+    from e2e3d_provider.lifecycle.archive import archive_job
+
+    archive = f"a-{unique_id[-10:]}"
+    storage.client.make_bucket(archive)
+    publish_run(storage, run_dir(tmp_path / "run"), unique_id, STAMP, bucket)
+    published = read_published_manifest(storage, bucket, unique_id)
+    assert all(entry.etag for entry in published.files)  # recorded at publish, from the server's listing
+    replace_keeping_the_label(storage, bucket, f"{unique_id}/pointcloud/pointcloud.ply")
+    with pytest.raises(ChecksumMismatchError, match=r"pointcloud/pointcloud\.ply: the stored bytes hash to"):
+        archive_job(storage, unique_id, source_bucket=bucket, archive_bucket=archive)
+    assert not [key for key in storage.list_keys(archive) if key.endswith("SUCCESS")]
+
+
+def test_one_damaged_job_is_reported_and_does_not_stop_the_archive_sweep(
+    storage: StorageHook, metadata, tmp_path: Path, unique_id: str
+) -> None:
+    from e2e3d_provider.lifecycle.archive import archive_completed
+
+    good, bad = f"{unique_id}-good", f"{unique_id}-bad"
+    for job in (good, bad):
+        publish_run(storage, run_dir(tmp_path / job), job, STAMP, "output")
+        metadata.record_job(job, STAMP, "ds", "running")
+        metadata.record_job(job, STAMP, "ds", "succeeded")
+    replace_keeping_the_label(storage, "output", f"{bad}/mesh/reconstructed_mesh.obj")
+    result = archive_completed(storage, metadata, limit=10_000)
+    assert bad in result["damaged"] and good not in result["damaged"]
+    assert metadata.get_job(good, STAMP)["status"] == "archived"
+    assert metadata.get_job(bad, STAMP)["status"] == "succeeded"  # left for someone to look at

@@ -44,10 +44,16 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY
 from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
-from e2e3d_provider.exceptions import MetadataError, ObjectNotFoundError, StorageError, StorageUnreachableError
+from e2e3d_provider.exceptions import (
+    ChecksumMismatchError,
+    MetadataError,
+    ObjectNotFoundError,
+    StorageError,
+    StorageUnreachableError,
+)
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.publish import read_published_manifest
+from e2e3d_provider.lifecycle.publish import read_published_manifest, verify_remote
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +148,15 @@ def job_results(
             status.HTTP_409_CONFLICT,
             f"job {job_id!r} is {job['status']}: its results are not complete (no SUCCESS marker)",
         )
+    try:  # one listing: every object still the one published (size, and the ETag recorded at publish)
+        verify_remote(b.storage, bucket, prefix, manifest, read_on_mismatch=False)
+    except ChecksumMismatchError as err:
+        log.error("results API: %s", err)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id!r}: its stored results no longer match their manifest; they are not served. "
+            "Re-publish the job (or restore it from the archive).",
+        ) from None
     ttl = timedelta(seconds=expires)
     files = [
         ResultFile(

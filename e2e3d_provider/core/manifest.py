@@ -54,11 +54,14 @@ class HashingReader:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of a run: path relative to the run directory, size in bytes, hex SHA-256."""
+    """One file of a run: path relative to the run directory, size in bytes, hex SHA-256, and the ETag
+    the server computed when the publish stored it (a cheap check, by listing, that the bytes are still
+    the published ones; never the object's own ``x-amz-meta-sha256`` label, which any writer can set)."""
 
     path: str
     size: int
     sha256: str
+    etag: str | None = None
 
     @property
     def kind(self) -> str:
@@ -87,7 +90,7 @@ class Manifest:
             "job_id": self.job_id,
             "stamp": self.stamp,
             "created_at": self.created_at,
-            "files": [asdict(entry) for entry in self.files],
+            "files": [{k: v for k, v in asdict(entry).items() if v is not None} for entry in self.files],
             "statistics": self.statistics,
         }
 
@@ -101,7 +104,12 @@ class Manifest:
             if version != MANIFEST_VERSION:
                 raise ManifestError(f"unsupported manifest version {version}")
             files = [
-                FileEntry(validate_relpath(item["path"]), int(item["size"]), _check_sha(item["sha256"]))
+                FileEntry(
+                    validate_relpath(item["path"]),
+                    int(item["size"]),
+                    _check_sha(item["sha256"]),
+                    str(item["etag"]) if item.get("etag") else None,
+                )
                 for item in data["files"]
             ]
             return cls(

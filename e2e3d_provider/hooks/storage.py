@@ -438,6 +438,24 @@ class StorageHook(BaseHook):
             raise ChecksumMismatchError(f"{bucket}/{key}: bytes do not match the recorded sha256")
         return data
 
+    def read_sha256(self, bucket: str, key: str) -> str:
+        """The SHA-256 of an object's bytes as read now (streamed; memory stays flat): the truth, where
+        the ``x-amz-meta-sha256`` label is only what some writer said."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+
+        def read() -> str:
+            digest = hashlib.sha256()
+            response = self.client.get_object(bucket, key)
+            try:
+                for chunk in response.stream(transfer.CHUNK_SIZE):
+                    digest.update(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+            return digest.hexdigest()
+
+        return str(self._call(f"read {bucket}/{key}", read))
+
     def stat(self, bucket: str, key: str) -> transfer.RemoteObject | None:
         """Size, ETag, sha256 and version of an object, or None if it does not exist."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)

@@ -16,7 +16,7 @@ from e2e3d_provider.core.layout import (
     output_prefix,
     validate_id,
 )
-from e2e3d_provider.exceptions import ObjectNotFoundError
+from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import read_published_manifest, unpublish, verify_remote
@@ -113,17 +113,25 @@ def archive_and_record(
 
 
 def archive_completed(storage: StorageHook, metadata: MetadataHook, limit: int = 100) -> dict[str, Any]:
-    """Archive succeeded jobs whose results are still complete in ``output``; record them archived."""
-    archived, skipped = [], []
+    """Archive succeeded jobs whose results are still complete in ``output``; record them archived.
+
+    A job whose stored objects no longer match its manifest is not archived: it is reported under
+    ``damaged`` (and logged) and the sweep goes on, so one damaged job never stops the others.
+    """
+    archived, skipped, damaged = [], [], []
     for job in metadata.list_jobs("succeeded", limit=limit):
         try:
             result = archive_job(storage, job["job_id"])
         except ObjectNotFoundError:
             skipped.append(job["job_id"])  # no SUCCESS (a newer run is publishing, or it was removed)
             continue
+        except ChecksumMismatchError as err:
+            damaged.append(job["job_id"])
+            log.error("archive_completed: job %s not archived: %s", job["job_id"], err)
+            continue
         if result.stamp != job["stamp"]:
             skipped.append(job["job_id"])  # output holds a newer run than this record
             continue
         record_archived(metadata, result, job["dataset"])
         archived.append(job["job_id"])
-    return {"archived": len(archived), "skipped": len(skipped), "jobs": archived[:20]}
+    return {"archived": len(archived), "skipped": len(skipped), "jobs": archived[:20], "damaged": damaged[:20]}

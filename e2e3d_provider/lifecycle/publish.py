@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +75,18 @@ def verify_remote(
     *,
     deep: bool = True,
     listed: dict[str, RemoteObject] | None = None,
+    read_on_mismatch: bool = True,
 ) -> None:
     """Raise ChecksumMismatchError unless every manifest file is stored with its size (one listing) and,
-    with ``deep``, its recorded sha256 (a HEAD per file).
+    with ``deep``, its published bytes.
+
+    Deep checks compare the ETag the server reports now with the one recorded in the manifest at
+    publish time (cheap: the same listing); where they differ or the manifest has none, the object's
+    bytes are read and hashed against the manifest's sha256 (``read_on_mismatch``; without it a
+    differing ETag is a mismatch). The object's own ``x-amz-meta-sha256`` label is never trusted.
 
     A publish checks shallowly because its upload step already checked each object's sha256: sent
-    bytes were hashed on the way out and signed (SigV4) or sent over TLS, skipped objects had their
-    stored sha256 compared. The archive checks deeply.
+    bytes were hashed on the way out and signed (SigV4) or sent over TLS. The archive checks deeply.
     """
     problems = []
     if listed is None:
@@ -92,10 +97,13 @@ def verify_remote(
             problems.append(f"{entry.path}: missing")
         elif found.size != entry.size:
             problems.append(f"{entry.path}: stored size {found.size} != manifest {entry.size}")
-        elif deep:
-            remote = storage.stat(bucket, prefix + entry.path)
-            if remote is None or remote.sha256 != entry.sha256:
-                problems.append(f"{entry.path}: stored sha256 {remote and remote.sha256} != manifest")
+        elif deep and not (entry.etag and found.etag == entry.etag):
+            if entry.etag and not read_on_mismatch:
+                problems.append(f"{entry.path}: stored ETag {found.etag} != {entry.etag} recorded at publish")
+                continue
+            actual = storage.read_sha256(bucket, prefix + entry.path)
+            if actual != entry.sha256:
+                problems.append(f"{entry.path}: the stored bytes hash to {actual[:12]}..., not the manifest's sha256")
     if problems:
         raise ChecksumMismatchError(f"{bucket}/{prefix} does not match the manifest: " + "; ".join(problems[:10]))
 
@@ -131,6 +139,8 @@ def publish_run(
     listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}  # one listing for both steps
     verify_remote(storage, bucket, prefix, manifest, deep=False, listed=listed)
 
+    # what the server computed for each stored object, for later deep checks by listing
+    manifest.files = [replace(entry, etag=listed[prefix + entry.path].etag) for entry in manifest.files]
     keep = {prefix + entry.path for entry in manifest.files} | {marker, manifest_name}
     stale = [key for key in listed if key not in keep]
     for key in stale:
