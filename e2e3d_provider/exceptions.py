@@ -20,6 +20,10 @@ class UnreadablePathError(E2E3DError, OSError):
     """A file or folder a transfer or publish must read cannot be read; nothing is skipped in silence."""
 
 
+class IngestIncompleteError(E2E3DError):
+    """An ingest stopped part-way; the message says how many images are stored and that a rerun completes it."""
+
+
 class InvalidInputError(E2E3DError):
     """An input folder holds files that are not images (or no images at all)."""
 

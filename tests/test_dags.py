@@ -233,3 +233,25 @@ def test_a_failed_prepare_is_cleaned_without_a_crash_and_named_alone(
     assert states["prepare"] == "failed" and states["cleanup"] == "success", states
     assert states["mark_failed"] == "failed"
     assert dr.get_task_instance("cleanup").try_number == 1  # no crash, so no retry
+
+
+def test_an_ingest_that_stops_part_way_says_how_many_are_stored_and_a_rerun_completes_it(
+    storage: StorageHook, tmp_path: Path, unique_id: str
+) -> None:
+    import re
+
+    from e2e3d_provider.exceptions import IngestIncompleteError
+
+    sample = (SAMPLE / "view_01.jpg").read_bytes()
+    write_files(tmp_path, {f"img_{i:02d}.jpg": sample for i in range(40)})
+
+    def fail_after_eight(done: int, total: int) -> None:
+        if done == 8:
+            raise RuntimeError("worker lost")  # a failure injected into the upload
+
+    with pytest.raises(IngestIncompleteError, match=r"stopped: \d+ of 40 images are stored\. Rerun") as stopped:
+        ingest(storage, tmp_path, unique_id, on_progress=fail_after_eight)
+    stored = int(re.search(r"stopped: (\d+) of 40", str(stopped.value)).group(1))
+    assert stored == len(storage.list_keys("input", unique_id)) and 8 <= stored < 40
+    rerun = ingest(storage, tmp_path, unique_id)
+    assert (rerun.files, rerun.skipped_files) == (40 - stored, stored)
