@@ -270,31 +270,19 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
     app.include_router(protected)
 
     # Error bodies name the connection id and what failed, never hosts or ports; the server log keeps all.
-    @app.exception_handler(StorageUnreachableError)
-    async def storage_unavailable(request: Request, err: Exception) -> JSONResponse:
-        log.error("results API: %s", err)
-        conn_id = request.app.state.backends.minio_conn_id
-        return JSONResponse(
-            {"detail": f"object storage is unavailable (connection {conn_id!r})"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
+    failures: list[tuple[type[Exception], str, str, int]] = [  # most specific first
+        (StorageUnreachableError, "minio_conn_id", "object storage is unavailable (connection {conn!r})", 503),
+        (MetadataError, "metadata_conn_id", "the metadata database is unavailable (connection {conn!r})", 503),
+        (StorageError, "minio_conn_id", "object storage failed the request ({error}, connection {conn!r})", 502),
+    ]
 
-    @app.exception_handler(MetadataError)
-    async def metadata_unavailable(request: Request, err: Exception) -> JSONResponse:
+    async def failed(request: Request, err: Exception) -> JSONResponse:
         log.error("results API: %s", err)
-        conn_id = request.app.state.backends.metadata_conn_id
-        return JSONResponse(
-            {"detail": f"the metadata database is unavailable (connection {conn_id!r})"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
+        _, conn_attr, detail, code = next(f for f in failures if isinstance(err, f[0]))
+        conn = getattr(request.app.state.backends, conn_attr)
+        return JSONResponse({"detail": detail.format(conn=conn, error=type(err).__name__)}, status_code=code)
 
-    @app.exception_handler(StorageError)
-    async def bad_gateway(request: Request, err: Exception) -> JSONResponse:
-        log.error("results API: %s", err)
-        conn_id = request.app.state.backends.minio_conn_id
-        return JSONResponse(
-            {"detail": f"object storage failed the request ({type(err).__name__}, connection {conn_id!r})"},
-            status_code=status.HTTP_502_BAD_GATEWAY,
-        )
+    for kind, *_ in failures:
+        app.add_exception_handler(kind, failed)
 
     return app
