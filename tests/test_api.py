@@ -129,22 +129,77 @@ def test_archived_jobs_are_served_from_the_archive_after_retention(
     assert httpx.get(body["texture"]).content == published_job["textures/texture.png"]
 
 
+def upload(name: str, data: bytes) -> dict:
+    return {"name": name, "bytes": len(data)}
+
+
+def grant_for(api: str, dataset: str, files: list, expires: int = 600) -> httpx.Response:
+    return httpx.post(
+        f"{api}/api/datasets/{dataset}/uploads", json={"files": files, "expires": expires}, headers=as_user("runner")
+    )
+
+
 def test_upload_urls_let_clients_put_inputs_straight_to_storage(api: str, storage: StorageHook, unique_id: str) -> None:
-    request = {"files": ["views/a.jpg", "b.PNG"], "expires": 600}
-    grant = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json=request, headers=as_user("runner"))
+    data = {"views/a.jpg": b"image bytes of a", "b.PNG": b"image bytes of b, longer"}
+    grant = grant_for(api, unique_id, [upload(name, body) for name, body in data.items()])
     assert grant.status_code == 200, grant.text
     body = grant.json()
     assert [u["key"] for u in body["uploads"]] == [f"{unique_id}/views/a.jpg", f"{unique_id}/b.PNG"]
-    for upload in body["uploads"]:
-        assert httpx.put(upload["url"], content=b"image bytes of " + upload["file"].encode()).status_code == 200
-    assert storage.get_bytes("input", f"{unique_id}/views/a.jpg") == b"image bytes of views/a.jpg"
+    for item in body["uploads"]:
+        assert item["headers"] == {"If-None-Match": "*", "Content-Length": str(len(data[item["file"]]))}
+        assert httpx.put(item["url"], content=data[item["file"]], headers=item["headers"]).status_code == 200
+    assert storage.get_bytes("input", f"{unique_id}/views/a.jpg") == data["views/a.jpg"]
+
+
+def test_a_grant_for_a_stored_name_is_refused_and_the_image_kept(
+    api: str, storage: StorageHook, unique_id: str
+) -> None:
+    storage.put_bytes("input", f"{unique_id}/view_01.jpg", b"the original image")
+    refused = grant_for(api, unique_id, [upload("view_01.jpg", b"<html>" * 1000), upload("new.jpg", b"n")])
+    assert refused.status_code == 409, refused.text
+    assert "view_01.jpg" in refused.text and "new.jpg" not in refused.text
+    assert storage.get_bytes("input", f"{unique_id}/view_01.jpg") == b"the original image"
+
+
+def test_an_upload_url_creates_its_object_once_and_never_replaces_one(
+    api: str, storage: StorageHook, unique_id: str
+) -> None:
+    first, late = b"first upload", b"a file stored after the grant"
+    grant = grant_for(api, unique_id, [upload("a.jpg", first), upload("b.jpg", first)]).json()
+    url_a, url_b = grant["uploads"][0], grant["uploads"][1]
+    assert httpx.put(url_a["url"], content=first, headers=url_a["headers"]).status_code == 200
+    # the same URL used again (same size, other bytes) is refused by the server: it would replace an object
+    again = httpx.put(url_a["url"], content=b"second uploa", headers=url_a["headers"])
+    assert again.status_code == 412, again.text
+    assert storage.get_bytes("input", f"{unique_id}/a.jpg") == first
+    # a name that got stored after the grant was handed out is not replaced either
+    storage.put_bytes("input", f"{unique_id}/b.jpg", late)
+    assert httpx.put(url_b["url"], content=first, headers=url_b["headers"]).status_code == 412
+    assert storage.get_bytes("input", f"{unique_id}/b.jpg") == late
+
+
+def test_an_upload_url_refuses_another_size_or_a_missing_header(api: str, storage: StorageHook, unique_id: str) -> None:
+    item = grant_for(api, unique_id, [upload("a.jpg", b"12345")]).json()["uploads"][0]
+    big = b"1234567890" * 5_000_000  # the client sends its own (true) Content-Length: not the signed one
+    assert httpx.put(item["url"], content=big, headers={"If-None-Match": "*"}).status_code == 403
+    assert httpx.put(item["url"], content=b"12345").status_code == 403  # no If-None-Match
+    assert not storage.exists("input", f"{unique_id}/a.jpg")
+    assert httpx.put(item["url"], content=b"12345", headers=item["headers"]).status_code == 200
+
+
+def test_grants_bound_the_size_and_want_it_declared(api: str, unique_id: str) -> None:
+    too_big = grant_for(api, unique_id, [{"name": "a.jpg", "bytes": 512 * 1024 * 1024 + 1}])
+    assert too_big.status_code == 422 and "at most" in too_big.text
+    no_size = grant_for(api, unique_id, ["a.jpg"])
+    assert no_size.status_code == 422 and '"bytes"' in no_size.text.replace("\\", "")
+    assert grant_for(api, unique_id, [{"name": "a.jpg", "bytes": 0}]).status_code == 422
 
 
 @pytest.mark.parametrize(
     "files", [["../escape.jpg"], ["/abs.jpg"], ["notes.txt"], ["a.jpg", "a.jpg"], [], ["x\u0000.jpg"]]
 )
 def test_bad_upload_names_are_refused(api: str, files: list[str], unique_id: str) -> None:
-    response = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": files}, headers=as_user("runner"))
+    response = grant_for(api, unique_id, [{"name": name, "bytes": 10} for name in files])
     assert response.status_code == 422
 
 
@@ -162,7 +217,9 @@ def test_bad_ids_get_422_without_touching_storage(airflow_db, connections) -> No
         )
         assert (
             httpx.post(
-                f"{url}/api/datasets/ok/uploads", json={"files": ["../a.jpg"]}, headers=as_user("runner")
+                f"{url}/api/datasets/ok/uploads",
+                json={"files": [{"name": "../a.jpg", "bytes": 1}]},
+                headers=as_user("runner"),
             ).status_code
             == 422
         )
@@ -258,7 +315,7 @@ def test_storage_stats_report_every_stored_version(api: str, storage: StorageHoo
     ],
 )
 def test_upload_names_are_measured_as_the_whole_key_in_utf8_bytes(api: str, name: str, unique_id: str) -> None:
-    response = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": [name]}, headers=as_user("runner"))
+    response = grant_for(api, unique_id, [{"name": name, "bytes": 1}])
     assert response.status_code == 422, response.text
     assert "bytes" in response.text
 
@@ -293,7 +350,9 @@ def test_anonymous_health_says_only_up_or_down_and_errors_name_no_host_or_port(
             failed = httpx.get(f"{url}{path}", headers=as_user("viewer"))
             if "pg" not in conn_id:  # stats read PostgreSQL first; make storage the one asked
                 failed = httpx.post(
-                    f"{url}/api/datasets/ds/uploads", json={"files": ["a.jpg"]}, headers=as_user("runner")
+                    f"{url}/api/datasets/ds/uploads",
+                    json={"files": [{"name": "a.jpg", "bytes": 1}]},
+                    headers=as_user("runner"),
                 )
             assert failed.status_code in (502, 503), failed.text
             assert conn_id in failed.text and "127.0.0.1" not in failed.text and str(port) not in failed.text

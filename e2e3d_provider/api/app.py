@@ -42,7 +42,7 @@ from e2e3d_provider.core.layout import (
     validate_id,
     validate_relpath,
 )
-from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY
+from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, MAX_UPLOAD_BYTES, upload_headers
 from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
 from e2e3d_provider.exceptions import (
     ChecksumMismatchError,
@@ -83,6 +83,11 @@ class Backends:
         return self._metadata_conn_id or conf.get(
             CONFIG_SECTION, "metadata_conn_id", fallback=MetadataHook.default_conn_name
         )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Largest file an upload grant allows: ``[e2e3d] max_upload_bytes``, default 512 MiB."""
+        return conf.getint(CONFIG_SECTION, "max_upload_bytes", fallback=MAX_UPLOAD_BYTES)
 
     @cached_property
     def storage(self) -> StorageHook:
@@ -189,33 +194,63 @@ def job_results(
     "/datasets/{dataset}/uploads",
     response_model=UploadGrant,
     tags=["uploads"],
-    responses={422: {"description": "malformed dataset id or file names"}},
+    responses={
+        409: {"description": "a file of that name is already stored: a grant never replaces one"},
+        422: {"description": "malformed dataset id, file names or sizes"},
+    },
 )
 def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> UploadGrant:
-    """Pre-signed PUT URLs so a client uploads input images straight to object storage."""
+    """Pre-signed PUT URLs so a client uploads input images straight to object storage.
+
+    Each URL creates one new object of the declared size, once: it signs ``If-None-Match: *`` and the
+    ``Content-Length``, so the server refuses a different size, a second use, and any name that is
+    already stored (names stored now are refused here with 409)."""
     dataset = checked_id(dataset, "dataset")
-    problems, names = [], []
+    max_bytes = b.max_upload_bytes
+    problems: list[str] = []
+    files: dict[str, int] = {}
     prefix = input_prefix(dataset)
-    for name in body.files:
+    for item in body.files:
+        if isinstance(item, str):
+            problems.append(f'{item!r}: give each file as {{"name": ..., "bytes": <size>}}; a grant signs the size')
+            continue
         try:
-            rel = validate_relpath(name)
+            rel = validate_relpath(item.name)
             validate_relpath(prefix + rel)  # the whole key, as the grant will sign it
         except InvalidNameError as err:
             problems.append(str(err))
             continue
         if not rel.lower().endswith(IMAGE_SUFFIXES):
-            problems.append(f"{name!r} is not an image file name ({', '.join(IMAGE_SUFFIXES)})")
-        names.append(rel)
-    if problems or len(set(names)) != len(names):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems or ["duplicate file names"])
+            problems.append(f"{item.name!r} is not an image file name ({', '.join(IMAGE_SUFFIXES)})")
+        if item.bytes > max_bytes:
+            problems.append(f"{item.name!r} is {item.bytes} bytes; a grant allows at most {max_bytes}")
+        if rel in files:
+            problems.append(f"{item.name!r} is named twice")
+        files[rel] = item.bytes
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+    stored = {entry.key[len(prefix) :] for entry in b.storage.list_objects(BUCKET_INPUT, prefix)}
+    taken = sorted(set(files) & stored)
+    if taken:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            [f"{name!r} is already stored in dataset {dataset!r}; upload it under a new name" for name in taken],
+        )
     ttl = timedelta(seconds=body.expires)
     return UploadGrant(
         dataset=dataset,
         bucket=BUCKET_INPUT,
         expires_in=body.expires,
+        max_bytes=max_bytes,
         uploads=[
-            UploadURL(file=name, key=prefix + name, url=b.storage.presigned_put(BUCKET_INPUT, prefix + name, ttl))
-            for name in names
+            UploadURL(
+                file=name,
+                key=prefix + name,
+                bytes=size,
+                url=b.storage.presigned_put(BUCKET_INPUT, prefix + name, ttl, create_only_bytes=size),
+                headers=upload_headers(size),
+            )
+            for name, size in files.items()
         ],
     )
 

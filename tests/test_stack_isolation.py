@@ -1,0 +1,174 @@
+"""The embedded stack as another local user sees it: nothing to read, write or connect to without
+the stack's own keys, certificate or password; and the folders above the stack left as they were.
+
+CI runs as root, which passes every file-permission check; the "other user" probes run as
+``nobody`` (``setpriv``), with the interpreter itself (not the venv) so nothing else needs to be
+readable to them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from e2e3d_provider.devstack import stack
+
+NOBODY = 65534
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def listening_tcp_ports(pid: int) -> set[int]:
+    """The TCP ports a process listens on (from /proc, so no `ss` is needed)."""
+    inodes = _socket_inodes(pid)
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def listening_unix_sockets(pid: int) -> set[str]:
+    inodes = _socket_inodes(pid)
+    paths = set()
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[6] in inodes and fields[7].startswith("/"):
+            paths.add(fields[7])
+    return paths
+
+
+def as_nobody(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to run a probe as another user"
+    python = os.path.realpath(sys.executable)
+    return subprocess.run(
+        [
+            setpriv,
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            python,
+            "-I",
+            "-S",
+            "-c",
+            code,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+
+
+def _plain_http_reply(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/buckets/output/", headers={"Accept": "application/json"})
+        reply = conn.getresponse()
+        return f"{reply.status} {reply.read(200)!r}"
+    except (OSError, http.client.HTTPException) as err:
+        return f"refused: {err!r}"
+    finally:
+        conn.close()
+
+
+def _tls_without_client_certificate(port: int) -> str:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(b"GET /buckets/output/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = tls.recv(200)
+            return f"answered {data!r}" if data else "refused: closed"
+    except (OSError, ssl.SSLError) as err:
+        return f"refused: {err!r}"
+
+
+@pytest.fixture()
+def local_stack(stack_info: stack.StackInfo | None) -> stack.StackInfo:
+    if stack_info is None:
+        pytest.fail("these checks are about the embedded stack; unset E2E3D_TEST_S3_ENDPOINT/E2E3D_TEST_PG_DSN")
+    return stack_info
+
+
+def test_every_seaweedfs_port_but_s3_refuses_a_client_without_the_stack_certificate(
+    local_stack: stack.StackInfo,
+) -> None:
+    ports = listening_tcp_ports(local_stack.weed_pid) - {local_stack.s3_port}
+    assert len(ports) >= 6, ports  # master, volume, filer and their gRPC twins at least
+    answered = {}
+    for port in sorted(ports):
+        plain = _plain_http_reply(port)
+        tls = _tls_without_client_certificate(port)
+        # a TLS server answers plain HTTP with Go's fixed 400 "client sent an HTTP request to an HTTPS server"
+        if not (plain.startswith("refused") or "HTTPS server" in plain) or not tls.startswith("refused"):
+            answered[port] = (plain, tls)
+    assert not answered, f"ports that serve a client without the stack's certificate: {answered}"
+
+
+def test_the_s3_gateway_refuses_unsigned_requests(local_stack: stack.StackInfo) -> None:
+    status = _plain_http_reply(local_stack.s3_port)
+    assert status.startswith("403"), status
+
+
+def test_other_users_cannot_connect_to_any_stack_socket(local_stack: stack.StackInfo) -> None:
+    sockets = listening_unix_sockets(local_stack.weed_pid) | listening_unix_sockets(local_stack.pg_pid)
+    assert any(".s.PGSQL." in path for path in sockets), sockets
+    probe = (
+        "import socket, sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    try:\n"
+        "        s.connect(path)\n"
+        "        print('CONNECTED', path)\n"
+        "    except OSError as err:\n"
+        "        print('refused', path, err.errno)\n"
+    )
+    result = as_nobody(probe, *sorted(sockets))
+    assert result.returncode == 0, result.stderr
+    assert "CONNECTED" not in result.stdout, result.stdout
+
+
+def test_postgres_wants_the_password_on_its_socket_and_on_tcp(local_stack: stack.StackInfo) -> None:
+    socket_dir = Path(local_stack.base_dir) / "pgsock"
+    assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+    for host in (str(socket_dir), "127.0.0.1"):
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(host=host, port=local_stack.pg_port, user="postgres", dbname="postgres").close()
+    psycopg2.connect(local_stack.pg_dsn).close()
+
+
+def test_starting_the_stack_leaves_the_folders_above_it_as_they_were(local_stack: stack.StackInfo) -> None:
+    """pytest makes its temporary folders 0700; the stack in them must not have widened any of them."""
+    base = Path(local_stack.base_dir)
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    assert stat.S_IMODE(base.parent.stat().st_mode) == 0o700, "the stack widened a parent folder"
+    for path in (base / "pgdata", base / "pgsock", base / "tls"):
+        st = path.stat()
+        assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700, path
