@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from e2e3d_provider.core.layout import BUCKET_INPUT, DEFAULT_NONCURRENT_DAYS
+from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_NONCURRENT_DAYS
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID
 
@@ -78,6 +78,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from e2e3d_provider.hooks.storage import StorageHook
+    from e2e3d_provider.lifecycle.publish import fetch_published
+
+    result = fetch_published(StorageHook(args.minio_conn_id), args.job_id, args.directory, bucket=args.bucket)
+    print(
+        f"job {args.job_id}: {result.files} files downloaded ({result.bytes} bytes), {result.skipped_files} "
+        f"already held the published bytes, into {args.directory}; every file matches the job's manifest"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from e2e3d_provider.devstack.demo import run_demo
 
@@ -119,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
     ing.add_argument("--skip-invalid", action="store_true", help="skip non-image files instead of failing")
     ing.set_defaults(func=cmd_ingest)
+
+    fetch = sub.add_parser(
+        "fetch", help="download a completed job's results, each file verified against the job's published manifest"
+    )
+    fetch.add_argument("job_id")
+    fetch.add_argument("directory")
+    fetch.add_argument("--bucket", default=BUCKET_OUTPUT)
+    fetch.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
+    fetch.set_defaults(func=cmd_fetch)
 
     demo = sub.add_parser("demo", help="run the whole lifecycle DAG on the embedded stack with a sample dataset")
     demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")

@@ -6,6 +6,8 @@ it fail, then passing without it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -95,8 +97,6 @@ def test_a_manifest_replaced_behind_a_valid_success_is_refused(
 
 def replace_keeping_the_label(storage: StorageHook, bucket: str, key: str) -> None:
     """Overwrite an object with flipped bytes, keeping its size and its old x-amz-meta-sha256 label."""
-    import io
-
     old = storage.stat(bucket, key)
     data = bytearray(storage.client.get_object(bucket, key).read())
     data[10] ^= 0xFF
@@ -134,3 +134,61 @@ def test_one_damaged_job_is_reported_and_does_not_stop_the_archive_sweep(
     assert bad in result["damaged"] and good not in result["damaged"]
     assert metadata.get_job(good, STAMP)["status"] == "archived"
     assert metadata.get_job(bad, STAMP)["status"] == "succeeded"  # left for someone to look at
+
+
+def replace_with_a_recomputed_label(storage: StorageHook, bucket: str, key: str) -> bytes:
+    """Overwrite an object with other bytes of the same size and a sha256 label recomputed to match."""
+    data = bytearray(storage.client.get_object(bucket, key).read())
+    data[10] ^= 0xFF
+    label = hashlib.sha256(data).hexdigest()
+    storage.client.put_object(bucket, key, io.BytesIO(bytes(data)), len(data), metadata={"sha256": label})
+    return bytes(data)
+
+
+def test_a_published_job_downloads_verified_against_its_manifest_not_its_labels(
+    storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from e2e3d_provider.lifecycle.publish import fetch_published
+
+    publish_run(storage, run_dir(tmp_path / "run"), unique_id, STAMP, bucket)
+    good = tmp_path / "good"
+    first = fetch_published(storage, unique_id, good, bucket=bucket)
+    assert (
+        first.files == len(FILES) and (good / "textures" / "texture.png").read_bytes() == FILES["textures/texture.png"]
+    )
+    from e2e3d_provider.cli import main
+
+    assert main(["fetch", unique_id, str(tmp_path / "cli-good"), "--bucket", bucket]) == 0
+    assert f"{len(FILES)} files downloaded" in capsys.readouterr().out
+    key = f"{unique_id}/pointcloud/pointcloud.ply"
+    forged = replace_with_a_recomputed_label(storage, bucket, key)
+    # the label-trusting generic download takes the forged bytes: the label matches them
+    storage.download_prefix(bucket, unique_id, tmp_path / "by-label")
+    assert (tmp_path / "by-label" / "pointcloud" / "pointcloud.ply").read_bytes() == forged
+    # the published-job download checks the manifest's sha256 and writes nothing under the final name
+    dest = tmp_path / "fresh"
+    with pytest.raises(ChecksumMismatchError, match=r"pointcloud\.ply: downloaded bytes do not match.*manifest"):
+        fetch_published(storage, unique_id, dest, bucket=bucket)
+    assert not (dest / "pointcloud" / "pointcloud.ply").exists()
+    # and a local copy that holds the published bytes is kept, never replaced by the forged ones
+    again = fetch_published(storage, unique_id, good, bucket=bucket)
+    assert again.skipped_files == len(FILES) and again.files == 0
+    assert (good / "pointcloud" / "pointcloud.ply").read_bytes() == FILES["pointcloud/pointcloud.ply"]
+    # `e2e3d fetch` is that download from the command line: a clear error, no traceback, nothing written
+    assert main(["fetch", unique_id, str(tmp_path / "cli"), "--bucket", bucket]) == 2
+    assert "downloaded bytes do not match the manifest" in capsys.readouterr().err
+    assert not (tmp_path / "cli" / "pointcloud" / "pointcloud.ply").exists()
+
+
+def test_download_file_with_a_manifest_checksum_refuses_an_object_without_any_label(
+    storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str
+) -> None:
+    key = f"{unique_id}/plain.bin"
+    storage.client.put_object(bucket, key, io.BytesIO(b"what is stored"), 14)  # no sha256 label at all
+    expected = hashlib.sha256(b"what was publ").hexdigest()
+    with pytest.raises(ChecksumMismatchError, match="manifest"):
+        storage.download_file(bucket, key, tmp_path / "plain.bin", sha256=expected, size=13)
+    assert not (tmp_path / "plain.bin").exists()
+    right = hashlib.sha256(b"what is stored").hexdigest()
+    assert storage.download_file(bucket, key, tmp_path / "plain.bin", sha256=right, size=14)
+    assert not storage.download_file(bucket, key, tmp_path / "plain.bin", sha256=right, size=14)  # cached

@@ -66,3 +66,56 @@ def test_walks_refuse_a_folder_they_cannot_read_and_name_it(run_with_a_locked_fo
     assert len(lines) == 2, result.stdout
     for line in lines:
         assert "refused: cannot read" in line and str(locked) in line, line
+
+
+PUBLISH = """
+import sys
+from pathlib import Path
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.publish import publish_run
+from e2e3d_provider.exceptions import UnreadablePathError
+
+try:
+    publish_run(StorageHook(), Path(sys.argv[1]), sys.argv[2], "20260106T000000Z", sys.argv[3])
+except UnreadablePathError as err:
+    print("refused:", err)
+else:
+    print("published")
+"""
+
+
+def test_a_publish_that_meets_a_locked_folder_writes_no_success(
+    run_with_a_locked_folder, storage, bucket: str, unique_id: str
+) -> None:
+    """End to end against the real S3 server: the publish fails naming the folder, and neither
+    SUCCESS nor a manifest stands over the incomplete set, in the bucket or in the run dir."""
+    run, locked = run_with_a_locked_folder
+    result = without_dac_capabilities(sys.executable, "-c", PUBLISH, str(run), unique_id, bucket)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("refused: cannot read") and str(locked) in result.stdout, result.stdout
+    assert not storage.exists(bucket, f"{unique_id}/SUCCESS")
+    assert not storage.exists(bucket, f"{unique_id}/metadata.json")
+    assert not (run / "SUCCESS").exists()
+
+
+def test_an_ingest_of_a_folder_with_a_locked_subfolder_fails_naming_it(
+    tmp_path: Path, storage, connections, unique_id: str
+) -> None:
+    """`e2e3d ingest` used to report "1 images uploaded" for a folder of 2: it now stops before any
+    upload, naming the folder it could not read."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    (images / "more").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(images / "view_01.jpg")
+    Image.new("RGB", (8, 8), "blue").save(images / "more" / "view_02.jpg")
+    (images / "more").chmod(0o000)
+    try:
+        e2e3d = str(Path(sys.executable).parent / "e2e3d")
+        result = without_dac_capabilities(e2e3d, "ingest", str(images), "--dataset", unique_id)
+    finally:
+        (images / "more").chmod(0o755)
+    assert result.returncode != 0, result.stdout
+    assert "cannot read" in result.stderr and str(images / "more") in result.stderr, result.stderr[-2000:]
+    assert "uploaded" not in result.stdout
+    assert storage.list_keys("input", unique_id) == []

@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -354,12 +354,13 @@ def upload_directory(
 # ---------------------------------------------------------------------------------------
 
 
-def local_matches(path: Path, remote: RemoteObject) -> bool:
-    """True if ``path`` already holds the object's bytes (size, then sha256 or single-part MD5)."""
+def local_matches(path: Path, remote: RemoteObject, expected_sha256: str | None = None) -> bool:
+    """True if ``path`` already holds the object's bytes: size, then ``expected_sha256`` (a manifest's)
+    when given, else the object's sha256 label or single-part MD5 ETag."""
     if not path.is_file() or path.stat().st_size != remote.size:
         return False
-    if remote.sha256:
-        return sha256_file(path) == remote.sha256
+    if expected_sha256 or remote.sha256:
+        return sha256_file(path) == (expected_sha256 or remote.sha256)
     md5 = _simple_md5_etag(remote.etag)
     if md5:
         digest = hashlib.md5(usedforsecurity=False)
@@ -370,11 +371,15 @@ def local_matches(path: Path, remote: RemoteObject) -> bool:
     return False
 
 
-def download_object(client: Minio, bucket: str, remote: RemoteObject, dest: Path) -> int:
+def download_object(
+    client: Minio, bucket: str, remote: RemoteObject, dest: Path, *, expected_sha256: str | None = None
+) -> int:
     """Stream one object to ``dest`` through a temporary name; verify; rename. Returns bytes written.
 
-    The checks use the GET response's own headers (size, ``x-amz-meta-sha256``, ETag), so the bytes
-    are verified against what the server says of exactly these bytes, with no extra ``HEAD``.
+    With ``expected_sha256`` (from a manifest) the bytes must have exactly that hash and
+    ``remote.size`` bytes, whatever the object's labels say. Without it, the checks use the GET
+    response's own headers (size, ``x-amz-meta-sha256``, single-part MD5 ETag), with no extra ``HEAD``;
+    an object that carries neither is downloaded with a warning that nothing could verify it.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
@@ -384,8 +389,12 @@ def download_object(client: Minio, bucket: str, remote: RemoteObject, dest: Path
     try:
         response = client.get_object(bucket, remote.key, version_id=remote.version_id)
         headers = response.headers
-        expected_sha = (headers.get(f"x-amz-meta-{SHA256_META}") or remote.sha256 or "").lower() or None
-        expected_size = int(headers.get("Content-Length", remote.size))
+        if expected_sha256:
+            expected_sha: str | None = expected_sha256.lower()
+            expected_size = remote.size
+        else:
+            expected_sha = (headers.get(f"x-amz-meta-{SHA256_META}") or remote.sha256 or "").lower() or None
+            expected_size = int(headers.get("Content-Length", remote.size))
         expected_md5 = None if expected_sha else _simple_md5_etag((headers.get("ETag") or "").strip('"'))
         sha = hashlib.sha256()
         md5 = hashlib.md5(usedforsecurity=False) if expected_md5 else None
@@ -399,17 +408,24 @@ def download_object(client: Minio, bucket: str, remote: RemoteObject, dest: Path
         # No fsync per file: a cached file is only ever reused after its sha256 matched again, so a
         # file torn by a power cut is refetched, never trusted (and 10,000 fsyncs cost more than the data).
         problem = None
+        source = "the manifest" if expected_sha256 else "the object's checksum"
         if written != expected_size:
-            problem = f"got {written} bytes, expected {expected_size}"
+            problem = f"got {written} bytes, {source} says {expected_size}"
         elif expected_sha and sha.hexdigest() != expected_sha:
-            problem = f"sha256 {sha.hexdigest()} != recorded {expected_sha}"
+            problem = f"sha256 {sha.hexdigest()}, {source} says {expected_sha}"
         elif md5 is not None and md5.hexdigest() != expected_md5:
             problem = f"md5 {md5.hexdigest()} != ETag {expected_md5}"
+        if not (expected_sha or md5):
+            log.warning("%s/%s has no sha256 label and a multipart ETag: only its size was checked", bucket, remote.key)
         if problem:
             raise ChecksumMismatchError(
-                f"{bucket}/{remote.key}: downloaded bytes do not match the object's checksum ({problem}); "
-                f"nothing was written to {dest}. The stored object is damaged or was replaced without "
-                "its checksum: re-upload it."
+                f"{bucket}/{remote.key}: downloaded bytes do not match {source} ({problem}); "
+                f"nothing was written to {dest}. "
+                + (
+                    "The stored object is not the published one: republish the job or restore the object."
+                    if expected_sha256
+                    else "The stored object is damaged or was replaced without its checksum: re-upload it."
+                )
             )
         os.replace(tmp, dest)
         return written
@@ -432,14 +448,23 @@ def download_prefix(
     workers: int = DEFAULT_WORKERS,
     retry: RetryPolicy = DEFAULT_RETRY,
     delete_extraneous: bool = False,
+    expected: Mapping[str, tuple[int, str]] | None = None,
 ) -> TransferResult:
     """Mirror every object below ``prefix`` into ``local_dir``; unchanged local files are kept.
 
-    With ``delete_extraneous``, local files that are no longer below the prefix are removed,
-    so the directory is an exact copy (a read-through cache of the prefix).
+    With ``expected`` (relative path -> (size, sha256), a manifest's files), exactly those files are
+    fetched, with no listing, and each is checked against the manifest's sha256 (a local file is kept
+    only if its own bytes hash to it): never against the objects' labels, which any writer can set.
+    With ``delete_extraneous``, local files that are no longer wanted are removed, so the directory is
+    an exact copy (a read-through cache of the prefix).
     """
-    listing = retry.call(lambda: list_remote(client, bucket, prefix), f"list {bucket}/{prefix}")
-    planned = [(key_relpath(obj.key, prefix), obj) for obj in listing]  # rejects hostile keys first
+    if expected is not None:
+        planned = [
+            (rel, RemoteObject(key=prefix + validate_relpath(rel), size=size)) for rel, (size, _) in expected.items()
+        ]
+    else:
+        listing = retry.call(lambda: list_remote(client, bucket, prefix), f"list {bucket}/{prefix}")
+        planned = [(key_relpath(obj.key, prefix), obj) for obj in listing]  # rejects hostile keys first
     progress = Progress(f"download {bucket}/{prefix} -> {local_dir}", len(planned), sum(obj.size for _, obj in planned))
     result = TransferResult("download", bucket, prefix)
     lock = threading.Lock()
@@ -449,16 +474,20 @@ def download_prefix(
         rel, listed = item
         dest = local_path_for(local_dir, rel)
         remote = listed
-        if dest.is_file() and dest.stat().st_size == listed.size:  # a cache candidate: compare checksums
+        want = expected[rel][1] if expected is not None else None
+        if want is None and dest.is_file() and dest.stat().st_size == listed.size:  # a cache candidate
             remote = (
                 retry.call(lambda: stat_remote(client, bucket, listed.key), f"stat {bucket}/{listed.key}") or listed
             )
-        if dest.is_file() and local_matches(dest, remote):
+        if dest.is_file() and local_matches(dest, remote, want):
             with lock:
                 result.skipped_files += 1
                 result.skipped_bytes += remote.size
         else:
-            size = retry.call(lambda: download_object(client, bucket, remote, dest), f"download {bucket}/{remote.key}")
+            size = retry.call(
+                lambda: download_object(client, bucket, remote, dest, expected_sha256=want),
+                f"download {bucket}/{remote.key}",
+            )
             with lock:
                 result.files += 1
                 result.bytes += size

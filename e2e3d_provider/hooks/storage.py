@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from dataclasses import replace
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,7 @@ from e2e3d_provider.core.layout import (
     validate_bucket,
     validate_relpath,
 )
+from e2e3d_provider.core.manifest import Manifest
 from e2e3d_provider.core.presign import bound_expiry, presign_put_url, upload_headers
 from e2e3d_provider.core.retry import DEFAULT_ATTEMPTS, DEFAULT_DELAY, RetryPolicy, attempts_made
 from e2e3d_provider.core.transfer import TransferResult
@@ -342,9 +344,18 @@ class StorageHook(BaseHook):
         return sent
 
     def download_prefix(
-        self, bucket: str, prefix: str, local_dir: str | Path, *, delete_extraneous: bool = False
+        self,
+        bucket: str,
+        prefix: str,
+        local_dir: str | Path,
+        *,
+        delete_extraneous: bool = False,
+        manifest: Manifest | None = None,
     ) -> TransferResult:
-        """Mirror a prefix into ``local_dir`` in parallel, verified; unchanged local files move 0 bytes."""
+        """Mirror a prefix into ``local_dir`` in parallel, verified; unchanged local files move 0 bytes.
+
+        With ``manifest``, exactly its files are fetched and each is checked against the manifest's
+        sha256 (the truth for a published job), not against the objects' own labels."""
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
         self.require_bucket(bucket)
         result = transfer.download_prefix(
@@ -356,19 +367,35 @@ class StorageHook(BaseHook):
             workers=self.max_workers,
             retry=self.retry,
             delete_extraneous=delete_extraneous,
+            expected=None if manifest is None else {e.path: (e.size, e.sha256) for e in manifest.files},
         )
         self._log_result(result)
         return result
 
-    def download_file(self, bucket: str, key: str, dest: str | Path) -> bool:
-        """Download one object to ``dest`` (verified, atomic); returns False if ``dest`` already matched."""
+    def download_file(
+        self, bucket: str, key: str, dest: str | Path, *, sha256: str | None = None, size: int | None = None
+    ) -> bool:
+        """Download one object to ``dest`` (verified, atomic); returns False if ``dest`` already matched.
+
+        With ``sha256`` (and ``size``) from a manifest, the bytes are checked against those, not
+        against the object's labels."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
         remote = self.stat(bucket, key)
         if remote is None:
             raise ObjectNotFoundError(f"no object {bucket}/{key} (connection {self.minio_conn_id!r})")
-        if transfer.local_matches(Path(dest), remote):
+        if size is not None:
+            remote = replace(remote, size=size)
+        if transfer.local_matches(Path(dest), remote, sha256):
             return False
-        self._call(f"download {bucket}/{key}", transfer.download_object, self.client, bucket, remote, Path(dest))
+        self._call(
+            f"download {bucket}/{key}",
+            transfer.download_object,
+            self.client,
+            bucket,
+            remote,
+            Path(dest),
+            expected_sha256=sha256,
+        )
         return True
 
     def _log_result(self, result: TransferResult) -> None:

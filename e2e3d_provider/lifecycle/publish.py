@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e3d_provider.core.layout import (
+    BUCKET_OUTPUT,
     MANIFEST_NAME,
     SUCCESS_NAME,
     manifest_key,
@@ -201,3 +202,14 @@ def read_published_manifest(storage: StorageHook, bucket: str, job_id: str, pref
     if manifest.job_id != job_id:
         raise ChecksumMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} belongs to job {manifest.job_id}, not {job_id}")
     return manifest
+
+
+def fetch_published(
+    storage: StorageHook, job_id: str, local_dir: str | Path, *, bucket: str = BUCKET_OUTPUT, prefix: str | None = None
+) -> TransferResult:
+    """Download a completed job's files into ``local_dir``, each verified against its published manifest
+    (the one SUCCESS names): a file whose bytes were replaced is refused even if its sha256 label was
+    recomputed to match, and local files already holding the right bytes move nothing."""
+    prefix = prefix if prefix is not None else output_prefix(job_id)
+    manifest = read_published_manifest(storage, bucket, job_id, prefix)
+    return storage.download_prefix(bucket, prefix, local_dir, manifest=manifest)
