@@ -93,6 +93,10 @@ def test_a_manifest_replaced_behind_a_valid_success_is_refused(
     storage.put_bytes(bucket, f"{unique_id}/metadata.json", json.dumps(manifest).encode(), "application/json")
     with pytest.raises(ChecksumMismatchError, match="is not the manifest its SUCCESS marker names"):
         read_published_manifest(storage, bucket, unique_id)
+    # a marker that names no manifest (not one a publish wrote) vouches for nothing
+    storage.put_bytes(bucket, f"{unique_id}/SUCCESS", json.dumps({"job_id": unique_id}).encode(), "application/json")
+    with pytest.raises(ChecksumMismatchError, match="names no manifest"):
+        read_published_manifest(storage, bucket, unique_id)
 
 
 def replace_keeping_the_label(storage: StorageHook, bucket: str, key: str) -> None:

@@ -162,10 +162,16 @@ def test_the_stacks_secret_files_are_private(stack_info: stack.StackInfo | None)
     assert not list(base.glob(".*.tmp"))  # no temporary secret left behind
 
 
-def test_secret_files_are_written_0600_even_over_a_wider_file(tmp_path: Path) -> None:
+def test_secret_files_are_written_0600_even_over_a_wider_file(tmp_path: Path, monkeypatch) -> None:
     secret = tmp_path / "secret"
     secret.write_text("old")
     secret.chmod(0o644)
+
+    def no_chmod(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a secret file must be created 0600, not narrowed after it was written")
+
+    for module, name in ((os, "chmod"), (os, "fchmod"), (Path, "chmod")):
+        monkeypatch.setattr(module, name, no_chmod)
     old_umask = os.umask(0)  # the most permissive umask: the mode must come from the open itself
     try:
         stack.write_secret(secret, "new")

@@ -195,8 +195,13 @@ def read_published_manifest(storage: StorageHook, bucket: str, job_id: str, pref
     prefix = prefix if prefix is not None else output_prefix(job_id)
     marker = storage.get_bytes(bucket, prefix + SUCCESS_NAME)
     raw = storage.get_bytes(bucket, prefix + MANIFEST_NAME)
-    expected = json.loads(marker or b"{}").get("manifest_sha256")
-    if expected and hashlib.sha256(raw).hexdigest() != expected:
+    try:
+        expected = json.loads(marker)["manifest_sha256"]
+    except (ValueError, KeyError, TypeError) as err:  # every marker publish writes names its manifest
+        raise ChecksumMismatchError(
+            f"{bucket}/{prefix}{SUCCESS_NAME} names no manifest (no manifest_sha256): it was not written by a publish"
+        ) from err
+    if hashlib.sha256(raw).hexdigest() != expected:
         raise ChecksumMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} is not the manifest its SUCCESS marker names")
     manifest = Manifest.from_json(raw)
     if manifest.job_id != job_id:
