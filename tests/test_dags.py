@@ -249,8 +249,9 @@ def test_an_ingest_that_stops_part_way_says_how_many_are_stored_and_a_rerun_comp
         if done == 8:
             raise RuntimeError("worker lost")  # a failure injected into the upload
 
+    few_at_a_time = StorageHook(concurrency=4)  # so the failure comes while most images are still to go
     with pytest.raises(IngestIncompleteError, match=r"stopped: \d+ of 40 images are stored\. Rerun") as stopped:
-        ingest(storage, tmp_path, unique_id, on_progress=fail_after_eight)
+        ingest(few_at_a_time, tmp_path, unique_id, on_progress=fail_after_eight)
     stored = int(re.search(r"stopped: (\d+) of 40", str(stopped.value)).group(1))
     assert stored == len(storage.list_keys("input", unique_id)) and 8 <= stored < 40
     rerun = ingest(storage, tmp_path, unique_id)

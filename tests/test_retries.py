@@ -90,3 +90,16 @@ def test_a_server_that_hangs_up_is_tried_exactly_as_often_as_the_error_says(
         hook.bucket_exists("input")
     assert accepted[0] == 3
     assert reported_attempts(raised.value) == 3
+
+
+def test_the_data_path_is_tried_exactly_as_often_as_the_error_says(
+    monkeypatch: pytest.MonkeyPatch, hang_up_server: tuple[int, list[int]], tmp_path
+) -> None:
+    """The Rust client of the data path runs with its own retries off: our one layer makes the attempts."""
+    port, accepted = hang_up_server
+    hook = hook_for(monkeypatch, "minio_hangup_data", port, 3)
+    (tmp_path / "a.bin").write_bytes(b"payload")
+    with pytest.raises(StorageUnreachableError, match="connection 'minio_hangup_data'") as raised:
+        hook.upload_file(tmp_path / "a.bin", "input", "a.bin")
+    assert accepted[0] == 3
+    assert reported_attempts(raised.value) == 3

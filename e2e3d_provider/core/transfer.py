@@ -1,46 +1,59 @@
 """Parallel, checksummed, retried transfers between a local directory and a bucket prefix.
 
-Used by :class:`~e2e3d_provider.hooks.storage.StorageHook`; it works on a ``minio.Minio``
-client and never opens connections itself.
+Used by :class:`~e2e3d_provider.hooks.storage.StorageHook`, which owns the clients: the data path
+runs on an ``obstore`` store (Rust ``object_store``), many requests in flight on one asyncio loop,
+with file data in memory bounded by a byte budget; listings and HEADs for the rest of the hook
+run on its ``minio.Minio`` client. Nothing here opens connections.
 
-Upload of one file: hash it (streamed), ``HEAD`` the key; an object whose stored
-``sha256`` and size equal the local file is skipped, anything else is (re)sent through a
-reader that hashes the bytes as they go out; if those differ from the first hash the file
-changed mid-upload and the object is removed. Download of one object: a local file whose
-size and sha256 already match is kept (read-through cache); otherwise the bytes go to a
-temporary name in the target folder, are checked against the stored sha256 (or the MD5
-ETag of single-part objects) and only then renamed to the final name.
+Upload: one LIST of the prefix gives every stored size and ETag; each file is read once, hashed
+(SHA-256 for the manifest and the object's label, MD5 for the ETag) and sent, or skipped when the
+stored object has its size and ETag; the server's answer must carry the ETag of what was sent.
+Download: a local file that gives the stored ETag (or, with a manifest, its sha256) is kept
+(read-through cache); otherwise the bytes go to a temporary name in the target folder, are checked
+against the manifest, the sha256 label or the ETag, and only then renamed to the final name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, TypeVar
 
+import obstore
 from minio import Minio
 from minio.error import S3Error
 
+from e2e3d_provider.core import object_io
 from e2e3d_provider.core.layout import key_relpath, local_path_for, validate_relpath
-from e2e3d_provider.core.manifest import CHUNK_SIZE, HashingReader, raise_unreadable, sha256_file
+from e2e3d_provider.core.manifest import raise_unreadable, sha256_file
+from e2e3d_provider.core.object_io import SHA256_META, SMALL_READ_LIMIT
 from e2e3d_provider.core.retry import DEFAULT_RETRY, RetryPolicy
 from e2e3d_provider.exceptions import ChecksumMismatchError, SourceChangedError, TransferError
 
 log = logging.getLogger(__name__)
 
-SHA256_META = "sha256"
+__all__ = ["SHA256_META", "Engine", "RemoteObject", "TransferResult"]
+
 PARTIAL_SUFFIX = ".e2e3d-partial"
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
+#: multipart part size and ranged-GET size; objects up to one part go in one request
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part
+MAX_RANGE_SIZE = 64 * 1024 * 1024  # larger upload parts are fetched in our part size (no ETag check)
+#: threads of the hook's thread-pool operations (server-side copies, deletes)
 DEFAULT_WORKERS = 8
+#: requests in flight at once on the data path
+DEFAULT_CONCURRENCY = 64
+#: file data held in memory at once by one transfer
+DEFAULT_MEMORY_BUDGET = 128 * 1024 * 1024
 PROGRESS_INTERVAL_SECONDS = 5.0
 
 T = TypeVar("T")
@@ -61,6 +74,8 @@ class TransferResult:
     seconds: float = 0.0
     removed_files: int = 0
     keys: list[str] = field(default_factory=list, repr=False)
+    #: relpath -> (size, sha256, stored ETag) of every file an upload handled: what a manifest records
+    checksums: dict[str, tuple[int, str, str | None]] = field(default_factory=dict, repr=False)
 
     @property
     def total_files(self) -> int:
@@ -74,6 +89,7 @@ class TransferResult:
         """A small JSON-safe summary (no per-file lists) for XCom, logs and PostgreSQL."""
         data = asdict(self)
         data.pop("keys")
+        data.pop("checksums")
         data["seconds"] = round(self.seconds, 3)
         data["mb_per_s"] = round(self.mb_per_s, 2)
         return data
@@ -203,75 +219,6 @@ def list_remote(client: Minio, bucket: str, prefix: str) -> list[RemoteObject]:
     ]
 
 
-def _simple_md5_etag(etag: str | None) -> str | None:
-    """The ETag if it is a plain MD5 (single-part upload), else None."""
-    if etag and len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower()):
-        return etag.lower()
-    return None
-
-
-# ---------------------------------------------------------------------------------------
-# Upload
-# ---------------------------------------------------------------------------------------
-
-
-_UNKNOWN: Any = object()
-
-
-def upload_file(
-    client: Minio,
-    bucket: str,
-    key: str,
-    path: Path,
-    *,
-    part_size: int = DEFAULT_PART_SIZE,
-    part_workers: int = 2,
-    metadata: dict[str, str] | None = None,
-    content_type: str = "application/octet-stream",
-    sha256: str | None = None,
-    listed: RemoteObject | None = _UNKNOWN,
-) -> tuple[bool, int]:
-    """Upload one file unless the object already holds the same bytes.
-
-    ``listed`` is what a listing of the prefix said of the key (``None``: absent); given, it saves
-    the ``HEAD`` for keys that are absent or differ in size. Returns ``(sent, size)``. The object
-    carries the file's SHA-256 as ``x-amz-meta-sha256``.
-    """
-    size = path.stat().st_size
-    sha256 = sha256 or sha256_file(path)
-    if listed is _UNKNOWN or (listed is not None and listed.size == size):
-        existing = stat_remote(client, bucket, key)  # same size: only the stored sha256 can tell
-    else:
-        existing = listed
-    if existing is not None and existing.sha256 == sha256 and existing.size == size:
-        log.debug("skip %s/%s: identical (sha256 %s)", bucket, key, sha256[:12])
-        return False, size
-    if existing is not None:
-        log.info("replace %s/%s: stored object differs from %s", bucket, key, path)
-    meta: dict[str, str | list[str] | tuple[str]] = {SHA256_META: sha256, **(metadata or {})}
-    with open(path, "rb") as handle:
-        reader = HashingReader(handle)
-        client.put_object(
-            bucket,
-            key,
-            cast(BinaryIO, reader),  # put_object only calls read(), which HashingReader hashes
-            length=size,
-            part_size=max(part_size, 5 * 1024 * 1024),
-            metadata=meta,
-            content_type=content_type,
-            num_parallel_uploads=part_workers,
-        )
-    if reader.sha256.hexdigest() != sha256 or reader.bytes_read != size:
-        client.remove_object(bucket, key)
-        raise SourceChangedError(
-            f"{path} changed while it was uploaded to {bucket}/{key}; the object was "
-            "removed. Make sure nothing writes the file during the upload, then rerun."
-        )
-    # Transit integrity needs no extra hash here: over http the SDK signs the payload's SHA-256
-    # (SigV4), which the server checks; over https TLS protects it.
-    return True, size
-
-
 def iter_local_files(local_dir: Path) -> list[tuple[str, Path]]:
     """Every regular file below ``local_dir`` as ``(relpath, path)``, sorted; partial downloads and
     symlinks leaving the directory are left out."""
@@ -292,134 +239,268 @@ def iter_local_files(local_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def upload_directory(
-    client: Minio,
-    bucket: str,
-    local_dir: Path,
-    prefix: str,
-    *,
+# ---------------------------------------------------------------------------------------
+# The asynchronous engine: many requests in flight on one thread, bounded memory
+# ---------------------------------------------------------------------------------------
+
+
+class ByteBudget:
+    """At most ``limit`` bytes of file data held in memory at once (a lone item larger than the
+    budget still runs, alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+async def gather_bounded(
+    items: list[T],
+    work: Callable[[T], Awaitable[Any]],
+    concurrency: int,
+    name: Callable[[T], str],
     translate: Translate,
-    files: list[tuple[str, Path]] | None = None,
-    workers: int = DEFAULT_WORKERS,
-    part_size: int = DEFAULT_PART_SIZE,
-    retry: RetryPolicy = DEFAULT_RETRY,
-    checksums: dict[str, str] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> TransferResult:
-    """Upload every file below ``local_dir`` (or the given ``files``) to ``bucket`` under ``prefix``.
+) -> None:
+    """Run ``work`` over ``items`` with at most ``concurrency`` in flight. The first failure stops the
+    transfer: nothing new starts and the requests in flight are cancelled (a cancelled PUT stores
+    nothing); the translated error (or a :class:`TransferError` listing several) is raised."""
+    queue = iter(items)
+    failures: dict[str, BaseException] = {}
+    workers: list[asyncio.Task[None]] = []
 
-    ``on_progress(files_done, files_total)`` is called after each file (from worker threads).
-    """
-    files = iter_local_files(local_dir) if files is None else files
-    checksums = checksums or {}
-    # One listing instead of a HEAD per file: absent keys and keys of another size need no HEAD.
-    listing = {
-        obj.key: obj for obj in retry.call(lambda: list_remote(client, bucket, prefix), f"list {bucket}/{prefix}")
-    }
-    sizes = {rel: path.stat().st_size for rel, path in files}
-    progress = Progress(f"upload {local_dir} -> {bucket}/{prefix}", len(files), sum(sizes.values()))
-    result = TransferResult("upload", bucket, prefix)
-    lock = threading.Lock()
+    async def worker() -> None:
+        for item in queue:
+            try:
+                await work(item)
+            except Exception as err:
+                failures[name(item)] = translate(err, name(item))
+                for other in workers:
+                    if other is not asyncio.current_task():
+                        other.cancel()
+                return
 
-    def one(item: tuple[str, Path]) -> None:
-        rel, path = item
-        key = prefix + rel
-        sent, size = retry.call(
-            lambda: upload_file(
-                client, bucket, key, path, part_size=part_size, sha256=checksums.get(rel), listed=listing.get(key)
-            ),
-            f"upload {bucket}/{key}",
-        )
-        with lock:
-            if sent:
-                result.files += 1
-                result.bytes += size
-            else:
-                result.skipped_files += 1
-                result.skipped_bytes += size
-            result.keys.append(key)
-            done = len(result.keys)
-        progress.add(size)
-        if on_progress is not None:
-            on_progress(done, len(files))
-
-    run_parallel(files, one, workers, lambda item: prefix + item[0], translate)
-    result.seconds = progress.finish()
-    result.keys.sort()
-    return result
+    workers.extend(asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(items)))))
+    await asyncio.gather(*workers, return_exceptions=True)
+    if failures:
+        errors = list(failures.values())
+        if len(errors) == 1 or all(type(e) is type(errors[0]) and str(e) == str(errors[0]) for e in errors):
+            raise errors[0]
+        shown = "; ".join(f"{key}: {err}" for key, err in list(failures.items())[:5])
+        more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
+        raise TransferError(f"{len(failures)} of {len(items)} transfers failed: {shown}{more}", failures)
 
 
-# ---------------------------------------------------------------------------------------
-# Download
-# ---------------------------------------------------------------------------------------
+async def list_store(store: Any, prefix: str) -> list[RemoteObject]:
+    """Every object below ``prefix`` (one paginated LIST), without folder placeholders."""
+    found: list[RemoteObject] = []
+    async for batch in obstore.list(store, prefix=prefix or None, chunk_size=1000):
+        for meta in batch:
+            key = meta["path"]
+            if key and not key.endswith("/"):
+                found.append(
+                    RemoteObject(
+                        key=key,
+                        size=int(meta["size"]),
+                        etag=object_io.clean_etag(meta.get("e_tag")),
+                        last_modified=meta.get("last_modified"),
+                    )
+                )
+    return found
 
 
-def local_matches(path: Path, remote: RemoteObject, expected_sha256: str | None = None) -> bool:
-    """True if ``path`` already holds the object's bytes: size, then ``expected_sha256`` (a manifest's)
-    when given, else the object's sha256 label or single-part MD5 ETag."""
-    if not path.is_file() or path.stat().st_size != remote.size:
-        return False
-    if expected_sha256 or remote.sha256:
-        return sha256_file(path) == (expected_sha256 or remote.sha256)
-    md5 = _simple_md5_etag(remote.etag)
-    if md5:
-        digest = hashlib.md5(usedforsecurity=False)
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK_SIZE):
-                digest.update(chunk)
-        return digest.hexdigest() == md5
-    return False
-
-
-def download_object(
-    client: Minio, bucket: str, remote: RemoteObject, dest: Path, *, expected_sha256: str | None = None
-) -> int:
-    """Stream one object to ``dest`` through a temporary name; verify; rename. Returns bytes written.
-
-    With ``expected_sha256`` (from a manifest) the bytes must have exactly that hash and
-    ``remote.size`` bytes, whatever the object's labels say. Without it, the checks use the GET
-    response's own headers (size, ``x-amz-meta-sha256``, single-part MD5 ETag), with no extra ``HEAD``;
-    an object that carries neither is downloaded with a warning that nothing could verify it.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
-    tmp = Path(tmp_name)
-    written = 0
-    response = None
+async def head_store(store: Any, key: str) -> RemoteObject | None:
+    """What a HEAD says of one object (size, ETag), or None when there is none."""
     try:
-        response = client.get_object(bucket, remote.key, version_id=remote.version_id)
-        headers = response.headers
+        meta = await obstore.head_async(store, key)
+    except FileNotFoundError:
+        return None
+    return RemoteObject(key=key, size=int(meta["size"]), etag=object_io.clean_etag(meta.get("e_tag")))
+
+
+@dataclass
+class Engine:
+    """The settings one transfer runs with: the store of one bucket, retries, concurrency, part size."""
+
+    store: Any
+    bucket: str
+    retry: RetryPolicy = DEFAULT_RETRY
+    concurrency: int = DEFAULT_CONCURRENCY
+    part_size: int = DEFAULT_PART_SIZE
+    memory: int = DEFAULT_MEMORY_BUDGET
+
+    def __post_init__(self) -> None:
+        self.part_size = max(self.part_size, MIN_PART_SIZE)
+
+    async def upload(
+        self,
+        key: str,
+        path: Path,
+        budget: ByteBudget,
+        *,
+        listed: RemoteObject | None,
+        expected_sha256: str | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> object_io.Sent:
+        """Upload one file unless ``listed`` (what the prefix's listing said of the key) already holds its
+        bytes: same size and the server's ETag equal to the file's. Reads the file once to send it (and
+        once more only to compare a same-size object). ``expected_sha256`` (from a manifest) must be the
+        sha256 of what is sent, or :class:`SourceChangedError`: the file changed since it was hashed."""
+        before = path.stat()
+        size = before.st_size
+        attrs = {"Content-Type": "application/octet-stream", **(attributes or {})}
+        if size <= self.part_size:
+            await budget.acquire(size)
+            try:
+                data = (
+                    object_io.read_small(path)
+                    if size <= SMALL_READ_LIMIT
+                    else await asyncio.to_thread(object_io.read_small, path)
+                )
+                sha = hashlib.sha256(data).hexdigest()
+                md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                self._check_source(path, key, expected_sha256, sha, len(data), size)
+                if listed is not None and listed.size == size and listed.etag == md5:
+                    log.debug("skip %s/%s: identical (ETag %s)", self.bucket, key, md5)
+                    return object_io.Sent(False, size, sha, md5)
+                if listed is not None:
+                    log.info("replace %s/%s: stored object differs from %s", self.bucket, key, path)
+                etag = await self.retry.call_async(
+                    lambda: object_io.put_small(self.store, key, data, sha, md5, attrs), f"upload {self.bucket}/{key}"
+                )
+                return object_io.Sent(True, size, sha, etag)
+            finally:
+                await budget.release(size)
+        if listed is not None and listed.size == size:  # the only case that needs a read before sending
+            sha, etag = await asyncio.to_thread(object_io.local_etag, path, size, self.part_size)
+            self._check_source(path, key, expected_sha256, sha, size, size)
+            if listed.etag == etag:
+                log.debug("skip %s/%s: identical (ETag %s)", self.bucket, key, etag)
+                return object_io.Sent(False, size, sha, etag)
+        if listed is not None:
+            log.info("replace %s/%s: stored object differs from %s", self.bucket, key, path)
         if expected_sha256:
-            expected_sha: str | None = expected_sha256.lower()
-            expected_size = remote.size
-        else:
-            expected_sha = (headers.get(f"x-amz-meta-{SHA256_META}") or remote.sha256 or "").lower() or None
-            expected_size = int(headers.get("Content-Length", remote.size))
-        expected_md5 = None if expected_sha else _simple_md5_etag((headers.get("ETag") or "").strip('"'))
-        sha = hashlib.sha256()
-        md5 = hashlib.md5(usedforsecurity=False) if expected_md5 else None
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in response.stream(CHUNK_SIZE):
-                handle.write(chunk)
-                sha.update(chunk)
-                if md5 is not None:
-                    md5.update(chunk)
-                written += len(chunk)
-        # No fsync per file: a cached file is only ever reused after its sha256 matched again, so a
-        # file torn by a power cut is refetched, never trusted (and 10,000 fsyncs cost more than the data).
-        problem = None
+            attrs[SHA256_META] = expected_sha256  # known before the first byte: the label goes with the object
+        streaming = self.part_size * (object_io.PART_CONCURRENCY + 1)
+        await budget.acquire(streaming)
+        try:
+            sha, etag, read = await self.retry.call_async(
+                lambda: object_io.put_streamed(self.store, key, path, self.part_size, attrs),
+                f"upload {self.bucket}/{key}",
+            )
+        finally:
+            await budget.release(streaming)
+        after = path.stat()
+        changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or read != size
+        if changed or (expected_sha256 and sha != expected_sha256):
+            await self.retry.call_async(lambda: obstore.delete_async(self.store, key), f"remove {self.bucket}/{key}")
+            raise SourceChangedError(
+                f"{path} changed while it was uploaded to {self.bucket}/{key}; the object was removed. Make sure "
+                "nothing writes the file during the upload, then rerun."
+            )
+        return object_io.Sent(True, size, sha, etag)
+
+    def _check_source(self, path: Path, key: str, expected: str | None, sha: str, read: int, size: int) -> None:
+        if (expected and sha != expected) or read != size:
+            raise SourceChangedError(
+                f"{path} changed while it was uploaded to {self.bucket}/{key} (its bytes now hash to {sha[:12]}, "
+                f"not {str(expected)[:12]} as before); nothing was sent. Make sure nothing writes the file during "
+                "the upload, then rerun."
+            )
+
+    async def download(
+        self, remote: RemoteObject, dest: Path, budget: ByteBudget, *, expected_sha256: str | None = None
+    ) -> int:
+        """Fetch one object to ``dest`` through a temporary name in its folder; verify; rename.
+
+        With ``expected_sha256`` (a manifest's) the bytes must hash to it and have ``remote.size`` bytes,
+        whatever the object's labels say. Otherwise: the ``x-amz-meta-sha256`` label if the object has
+        one, else the server's ETag (single-part MD5, or the multipart ETag of the ranges fetched when
+        they line up with the upload's parts); an object none of these covers gets a warning."""
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(remote):x}{PARTIAL_SUFFIX}")
+        large = remote.size > self.part_size
+        hold = self.part_size * (object_io.RANGE_CONCURRENCY + 1) if large else remote.size
+        await budget.acquire(hold)
+        try:
+            tmp.unlink(missing_ok=True)
+            if large:
+                label = None if expected_sha256 else await self._label(remote.key)
+                range_size = self._range_size(remote)
+                got = await self.retry.call_async(
+                    lambda: self._ranged(remote, label, range_size, tmp), f"download {self.bucket}/{remote.key}"
+                )
+            else:
+                got = await self.retry.call_async(
+                    lambda: self._whole(remote, tmp), f"download {self.bucket}/{remote.key}"
+                )
+            self._verify(remote, dest, got, expected_sha256)
+            os.replace(tmp, dest)
+            return got.size
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            await budget.release(hold)
+
+    async def _whole(self, remote: RemoteObject, tmp: Path) -> object_io.Fetched:
+        tmp.unlink(missing_ok=True)  # a retry starts the file again
+        return await object_io.get_small(self.store, remote.key, remote.version_id, tmp)
+
+    async def _ranged(self, remote: RemoteObject, label: str | None, range_size: int, tmp: Path) -> object_io.Fetched:
+        tmp.unlink(missing_ok=True)
+        return await object_io.get_ranged(self.store, remote.key, remote.size, remote.etag, label, range_size, tmp)
+
+    async def _label(self, key: str) -> str | None:
+        meta = await self.retry.call_async(
+            lambda: obstore.get_async(self.store, key, options={"head": True}), f"stat {self.bucket}/{key}"
+        )
+        return (meta.attributes.get(SHA256_META) or "").lower() or None
+
+    def _range_size(self, remote: RemoteObject) -> int:
+        """The upload's part size when the ETag tells it (so the ranges' MD5s give the ETag back), else ours."""
+        count = object_io.parts_of(remote.etag)
+        if count and count > 1:
+            mib = 1024 * 1024
+            size = -(-remote.size // count)
+            size = -(-size // mib) * mib
+            if -(-remote.size // size) == count and size <= MAX_RANGE_SIZE:
+                return size
+        return self.part_size
+
+    def _verify(self, remote: RemoteObject, dest: Path, got: object_io.Fetched, expected_sha256: str | None) -> None:
         source = "the manifest" if expected_sha256 else "the object's checksum"
-        if written != expected_size:
-            problem = f"got {written} bytes, {source} says {expected_size}"
-        elif expected_sha and sha.hexdigest() != expected_sha:
-            problem = f"sha256 {sha.hexdigest()}, {source} says {expected_sha}"
-        elif md5 is not None and md5.hexdigest() != expected_md5:
-            problem = f"md5 {md5.hexdigest()} != ETag {expected_md5}"
-        if not (expected_sha or md5):
-            log.warning("%s/%s has no sha256 label and a multipart ETag: only its size was checked", bucket, remote.key)
+        problem = None
+        if got.size != remote.size:
+            problem = f"got {got.size} bytes, {source} says {remote.size}"
+        want_sha = expected_sha256 or got.label
+        etag = got.etag or remote.etag
+        if problem is None and want_sha and got.sha256 != want_sha.lower():
+            problem = f"sha256 {got.sha256}, {source} says {want_sha}"
+        elif problem is None and not want_sha:
+            if got.md5 is not None and object_io.simple_md5_etag(etag):
+                if got.md5 != object_io.simple_md5_etag(etag):
+                    problem = f"md5 {got.md5} != ETag {etag}"
+            elif got.part_md5s and object_io.parts_of(etag) == len(got.part_md5s):
+                if object_io.multipart_etag(got.part_md5s) != etag:
+                    problem = f"multipart ETag {object_io.multipart_etag(got.part_md5s)} != {etag}"
+            else:
+                log.warning(
+                    "%s/%s has no sha256 label and an ETag that cannot be checked: only its size was",
+                    self.bucket,
+                    remote.key,
+                )
         if problem:
             raise ChecksumMismatchError(
-                f"{bucket}/{remote.key}: downloaded bytes do not match {source} ({problem}); "
+                f"{self.bucket}/{remote.key}: downloaded bytes do not match {source} ({problem}); "
                 f"nothing was written to {dest}. "
                 + (
                     "The stored object is not the published one: republish the job or restore the object."
@@ -427,26 +508,135 @@ def download_object(
                     else "The stored object is damaged or was replaced without its checksum: re-upload it."
                 )
             )
-        os.replace(tmp, dest)
-        return written
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        if response is not None:
-            response.close()
-            response.release_conn()
+
+    def local_matches(self, path: Path, remote: RemoteObject, expected_sha256: str | None = None) -> bool:
+        """True if ``path`` already holds the object's bytes: same size, then the manifest's sha256 when
+        given, else the server's ETag (computed locally the same way); one read of the local file."""
+        try:
+            if path.stat().st_size != remote.size or not path.is_file():
+                return False
+        except FileNotFoundError:
+            return False
+        if expected_sha256:
+            return sha256_file(path) == expected_sha256.lower()
+        etag = remote.etag
+        count = object_io.parts_of(etag)
+        part = self._range_size(remote) if count else self.part_size
+        if count is None and not object_io.simple_md5_etag(etag):
+            return False
+        _, local = object_io.local_etag(path, remote.size, part if count else max(remote.size, 1))
+        return local == etag
+
+
+def run_engine(coro: Coroutine[Any, Any, T], translate: Translate | None = None, what: str = "") -> T:
+    """Run one transfer's coroutine to completion on a loop of its own (callers are synchronous); an
+    error comes out translated (the per-file ones already are)."""
+    try:
+        return asyncio.run(coro)
+    except Exception as err:
+        if translate is None:
+            raise
+        translated = translate(err, what)
+        if translated is err:
+            raise
+        raise translated from err
+
+
+def _record(result: TransferResult, lock: threading.Lock, sent: bool, size: int, key: str) -> None:
+    with lock:
+        if sent:
+            result.files += 1
+            result.bytes += size
+        else:
+            result.skipped_files += 1
+            result.skipped_bytes += size
+        result.keys.append(key)
+
+
+def upload_file(
+    engine: Engine,
+    key: str,
+    path: Path,
+    *,
+    sha256: str | None = None,
+    content_type: str = "application/octet-stream",
+) -> object_io.Sent:
+    """Upload one file unless the object already holds the same bytes (one HEAD of the key decides)."""
+
+    async def run() -> object_io.Sent:
+        listed = await engine.retry.call_async(lambda: head_store(engine.store, key), f"stat {engine.bucket}/{key}")
+        budget = ByteBudget(engine.memory)
+        return await engine.upload(
+            key, path, budget, listed=listed, expected_sha256=sha256, attributes={"Content-Type": content_type}
+        )
+
+    return run_engine(run())
+
+
+def upload_directory(
+    engine: Engine,
+    local_dir: Path,
+    prefix: str,
+    *,
+    translate: Translate,
+    files: list[tuple[str, Path]] | None = None,
+    checksums: dict[str, str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TransferResult:
+    """Upload every file below ``local_dir`` (or the given ``files``) under ``prefix``; the result's
+    ``checksums`` give each file's size, sha256 and stored ETag (what a manifest records).
+
+    One LIST of the prefix decides skip-identical for every file (no HEAD per file);
+    ``on_progress(files_done, files_total)`` is called after each file.
+    """
+    files = iter_local_files(local_dir) if files is None else files
+    checksums = checksums or {}
+    sizes = {rel: path.stat().st_size for rel, path in files}
+    progress = Progress(f"upload {local_dir} -> {engine.bucket}/{prefix}", len(files), sum(sizes.values()))
+    result = TransferResult("upload", engine.bucket, prefix)
+    lock = threading.Lock()
+
+    async def run() -> None:
+        listing = {
+            o.key: o
+            for o in await engine.retry.call_async(
+                lambda: list_store(engine.store, prefix), f"list {engine.bucket}/{prefix}"
+            )
+        }
+        budget = ByteBudget(engine.memory)
+
+        async def one(item: tuple[str, Path]) -> None:
+            rel, path = item
+            key = prefix + rel
+            outcome = await engine.upload(
+                key, path, budget, listed=listing.get(key), expected_sha256=checksums.get(rel)
+            )
+            result.checksums[rel] = (outcome.size, outcome.sha256, outcome.etag)
+            _record(result, lock, outcome.sent, outcome.size, key)
+            progress.add(outcome.size)
+            if on_progress is not None:
+                on_progress(len(result.keys), len(files))
+
+        await gather_bounded(files, one, engine.concurrency, lambda item: prefix + item[0], translate)
+
+    run_engine(run(), translate, f"upload {local_dir} -> {engine.bucket}/{prefix}")
+    result.seconds = progress.finish()
+    result.keys.sort()
+    return result
+
+
+def download_object(engine: Engine, remote: RemoteObject, dest: Path, *, expected_sha256: str | None = None) -> int:
+    """Fetch one object to ``dest`` (verified, atomic). Returns the bytes written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return run_engine(engine.download(remote, dest, ByteBudget(engine.memory), expected_sha256=expected_sha256))
 
 
 def download_prefix(
-    client: Minio,
-    bucket: str,
+    engine: Engine,
     prefix: str,
     local_dir: Path,
     *,
     translate: Translate,
-    workers: int = DEFAULT_WORKERS,
-    retry: RetryPolicy = DEFAULT_RETRY,
     delete_extraneous: bool = False,
     expected: Mapping[str, tuple[int, str]] | None = None,
 ) -> TransferResult:
@@ -455,53 +645,57 @@ def download_prefix(
     With ``expected`` (relative path -> (size, sha256), a manifest's files), exactly those files are
     fetched, with no listing, and each is checked against the manifest's sha256 (a local file is kept
     only if its own bytes hash to it): never against the objects' labels, which any writer can set.
-    With ``delete_extraneous``, local files that are no longer wanted are removed, so the directory is
-    an exact copy (a read-through cache of the prefix).
+    Without it, one LIST gives sizes and ETags, and a local file of the same size is kept when its bytes
+    give the same ETag (no HEAD per file). With ``delete_extraneous``, local files that are no longer
+    wanted are removed, so the directory is an exact copy (a read-through cache of the prefix).
     """
-    if expected is not None:
-        planned = [
-            (rel, RemoteObject(key=prefix + validate_relpath(rel), size=size)) for rel, (size, _) in expected.items()
-        ]
-    else:
-        listing = retry.call(lambda: list_remote(client, bucket, prefix), f"list {bucket}/{prefix}")
-        planned = [(key_relpath(obj.key, prefix), obj) for obj in listing]  # rejects hostile keys first
-    progress = Progress(f"download {bucket}/{prefix} -> {local_dir}", len(planned), sum(obj.size for _, obj in planned))
-    result = TransferResult("download", bucket, prefix)
+    result = TransferResult("download", engine.bucket, prefix)
     lock = threading.Lock()
     local_dir.mkdir(parents=True, exist_ok=True)
+    planned: list[tuple[str, RemoteObject]] = []
+    progress: Progress | None = None
 
-    def one(item: tuple[str, RemoteObject]) -> None:
-        rel, listed = item
-        dest = local_path_for(local_dir, rel)
-        remote = listed
-        want = expected[rel][1] if expected is not None else None
-        if want is None and dest.is_file() and dest.stat().st_size == listed.size:  # a cache candidate
-            remote = (
-                retry.call(lambda: stat_remote(client, bucket, listed.key), f"stat {bucket}/{listed.key}") or listed
-            )
-        if dest.is_file() and local_matches(dest, remote, want):
-            with lock:
-                result.skipped_files += 1
-                result.skipped_bytes += remote.size
+    async def run() -> None:
+        nonlocal planned, progress
+        if expected is not None:
+            planned = [
+                (rel, RemoteObject(key=prefix + validate_relpath(rel), size=size))
+                for rel, (size, _) in expected.items()
+            ]
         else:
-            size = retry.call(
-                lambda: download_object(client, bucket, remote, dest, expected_sha256=want),
-                f"download {bucket}/{remote.key}",
+            listing = await engine.retry.call_async(
+                lambda: list_store(engine.store, prefix), f"list {engine.bucket}/{prefix}"
             )
-            with lock:
-                result.files += 1
-                result.bytes += size
-        with lock:
-            result.keys.append(remote.key)
-        progress.add(remote.size)
+            planned = [(key_relpath(obj.key, prefix), obj) for obj in listing]  # rejects hostile keys first
+        progress = Progress(
+            f"download {engine.bucket}/{prefix} -> {local_dir}", len(planned), sum(o.size for _, o in planned)
+        )
+        targets = {rel: local_path_for(local_dir, rel) for rel, _ in planned}
+        for folder in {path.parent for path in targets.values()}:
+            folder.mkdir(parents=True, exist_ok=True)
+        budget = ByteBudget(engine.memory)
 
-    run_parallel(planned, one, workers, lambda item: item[1].key, translate)
+        async def one(item: tuple[str, RemoteObject]) -> None:
+            rel, remote = item
+            dest = targets[rel]
+            want = expected[rel][1] if expected is not None else None
+            if engine.local_matches(dest, remote, want):
+                _record(result, lock, False, remote.size, remote.key)
+            else:
+                size = await engine.download(remote, dest, budget, expected_sha256=want)
+                _record(result, lock, True, size, remote.key)
+            assert progress is not None
+            progress.add(remote.size)
+
+        await gather_bounded(planned, one, engine.concurrency, lambda item: item[1].key, translate)
+
+    run_engine(run(), translate, f"download {engine.bucket}/{prefix} -> {local_dir}")
     if delete_extraneous:
         wanted = {rel for rel, _ in planned}
         for rel, path in iter_local_files(local_dir):
             if rel not in wanted:
                 path.unlink()
                 result.removed_files += 1
-    result.seconds = progress.finish()
+    result.seconds = progress.finish() if progress is not None else 0.0
     result.keys.sort()
     return result

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import obstore.exceptions
 import urllib3
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
@@ -21,6 +22,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.lifecycleconfig import LifecycleConfig, NoncurrentVersionExpiration, Rule
 from minio.versioningconfig import VersioningConfig
+from obstore.store import S3Store
 
 from e2e3d_provider.core import transfer
 from e2e3d_provider.core.layout import (
@@ -31,9 +33,9 @@ from e2e3d_provider.core.layout import (
     validate_bucket,
     validate_relpath,
 )
-from e2e3d_provider.core.manifest import Manifest
+from e2e3d_provider.core.manifest import CHUNK_SIZE, Manifest
 from e2e3d_provider.core.presign import bound_expiry, presign_put_url, upload_headers
-from e2e3d_provider.core.retry import DEFAULT_ATTEMPTS, DEFAULT_DELAY, RetryPolicy, attempts_made
+from e2e3d_provider.core.retry import DEFAULT_ATTEMPTS, DEFAULT_DELAY, RetryPolicy, attempts_made, is_unreachable
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import (
     BucketNotFoundError,
@@ -58,8 +60,9 @@ class StorageHook(BaseHook):
     CA bundle).
 
     :param minio_conn_id: Airflow connection id (default ``minio_default``).
-    :param max_workers: files transferred in parallel.
-    :param part_size: multipart part size in bytes for large files.
+    :param max_workers: threads for the thread-pool operations (server-side copies).
+    :param concurrency: requests in flight at once on the data path (uploads, downloads).
+    :param part_size: multipart part size and ranged-GET size in bytes for large files (at least 5 MiB).
     :param attempts: calls in all per request or file for transient errors (dropped connections, 5xx,
         timeouts); the only retry layer, so an error's "after N attempts" is what was made.
     :param retry_delay: seconds before the first retry; each further one waits twice as long.
@@ -79,6 +82,7 @@ class StorageHook(BaseHook):
         minio_conn_id: str = default_conn_name,
         *,
         max_workers: int = transfer.DEFAULT_WORKERS,
+        concurrency: int = transfer.DEFAULT_CONCURRENCY,
         part_size: int = transfer.DEFAULT_PART_SIZE,
         attempts: int = DEFAULT_ATTEMPTS,
         retry_delay: float = DEFAULT_DELAY,
@@ -90,7 +94,9 @@ class StorageHook(BaseHook):
         self.minio_conn_id = minio_conn_id
         self._connection = connection  # an already fetched Connection (triggers fetch it asynchronously)
         self.max_workers = max_workers
+        self.concurrency = concurrency
         self.part_size = part_size
+        self._stores: dict[str, Any] = {}
         self.attempts = attempts
         self.retry = RetryPolicy(attempts, retry_delay)
         self.connect_timeout = connect_timeout
@@ -174,6 +180,51 @@ class StorageHook(BaseHook):
             cert_check=s["verify"] is not False,
         )
 
+    def store(self, bucket: str) -> Any:
+        """The ``obstore`` S3 store of ``bucket`` (the data path's client), built from the same connection:
+        endpoint, keys, region and ``verify`` (False, or a CA bundle path); its own retries are off."""
+        if bucket not in self._stores:
+            s = self.settings
+            if not s["access_key"] or not s["secret_key"]:
+                raise StorageAuthError(
+                    f"connection {self.minio_conn_id!r} has no access key (login) or secret key (password)"
+                )
+            options: dict[str, Any] = {
+                "allow_http": not s["secure"],
+                "connect_timeout": timedelta(seconds=self.connect_timeout),
+                "read_timeout": timedelta(seconds=self.read_timeout),
+                "pool_max_idle_per_host": str(max(16, self.concurrency)),
+            }
+            if s["verify"] is False:
+                options["allow_invalid_certificates"] = True
+            elif isinstance(s["verify"], str):
+                options["root_certificate"] = s["verify"]
+            self._stores[bucket] = S3Store(
+                bucket,
+                endpoint=self.endpoint_url,
+                access_key_id=s["access_key"],
+                secret_access_key=s["secret_key"],
+                region=s["region"] or "us-east-1",
+                virtual_hosted_style_request=False,
+                client_options=options,  # type: ignore[arg-type]
+                retry_config={  # one retry layer only: StorageHook.retry (core/retry.py)
+                    "max_retries": 0,
+                    "retry_timeout": timedelta(seconds=1),
+                    "backoff": {
+                        "init_backoff": timedelta(milliseconds=100),
+                        "max_backoff": timedelta(seconds=1),
+                        "base": 2,
+                    },
+                },
+            )
+        return self._stores[bucket]
+
+    def engine(self, bucket: str) -> transfer.Engine:
+        """The data-path settings of one transfer on ``bucket``."""
+        return transfer.Engine(
+            self.store(bucket), bucket, retry=self.retry, concurrency=self.concurrency, part_size=self.part_size
+        )
+
     def translate(self, err: BaseException, what: str = "") -> BaseException:
         """Turn a client error into a :class:`StorageError` that names the connection and the fix."""
         if isinstance(err, StorageError):
@@ -195,7 +246,23 @@ class StorageHook(BaseHook):
             if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                 return ObjectNotFoundError(f"no object {what or err.object_name!r} on {conn}")
             return StorageError(f"object storage error{where} on {conn}: {err.code}: {err.message}")
-        if isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        if isinstance(err, obstore.exceptions.PermissionDeniedError | obstore.exceptions.UnauthenticatedError):
+            return StorageAuthError(
+                f"object storage rejected the credentials of {conn}{where}. "
+                "Check the access key (login) and secret key (password)."
+            )
+        if isinstance(err, FileNotFoundError | obstore.exceptions.NotFoundError) and "Error performing" in str(err):
+            if "NoSuchBucket" in str(err):
+                return BucketNotFoundError(
+                    f"bucket in {what!r} does not exist on {conn}. Create the buckets with StorageHook.bootstrap() "
+                    "or `e2e3d bootstrap`."
+                )
+            return ObjectNotFoundError(f"no object{where} on {conn}")
+        if isinstance(err, obstore.exceptions.BaseError) and not is_unreachable(err):
+            return StorageError(
+                f"object storage error{where} on {conn}: {type(err).__name__}: {str(err).splitlines()[0]}"
+            )
+        if isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError) or is_unreachable(err):
             return StorageUnreachableError(
                 f"object storage is unreachable through {conn}{where} after "
                 f"{attempts_made(err)} attempt(s): {type(err).__name__}. Check that the "
@@ -313,15 +380,11 @@ class StorageHook(BaseHook):
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
         self.require_bucket(bucket)
         result = transfer.upload_directory(
-            self.client,
-            bucket,
+            self.engine(bucket),
             local_dir,
             prefix,
             translate=self.translate,
             files=files,
-            workers=self.max_workers,
-            part_size=self.part_size,
-            retry=self.retry,
             checksums=checksums,
             on_progress=on_progress,
         )
@@ -331,17 +394,11 @@ class StorageHook(BaseHook):
     def upload_file(self, path: str | Path, bucket: str, key: str, *, sha256: str | None = None) -> bool:
         """Upload one file (skipped if identical); returns True if bytes were sent."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
-        sent, _ = self._call(
-            f"upload {bucket}/{key}",
-            transfer.upload_file,
-            self.client,
-            bucket,
-            key,
-            Path(path),
-            part_size=self.part_size,
-            sha256=sha256,
-        )
-        return sent
+        try:
+            outcome = transfer.upload_file(self.engine(bucket), key, Path(path), sha256=sha256)
+        except Exception as err:
+            raise self.translate(err, f"upload {bucket}/{key}") from err
+        return outcome.sent
 
     def download_prefix(
         self,
@@ -359,13 +416,10 @@ class StorageHook(BaseHook):
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
         self.require_bucket(bucket)
         result = transfer.download_prefix(
-            self.client,
-            bucket,
+            self.engine(bucket),
             prefix,
             Path(local_dir),
             translate=self.translate,
-            workers=self.max_workers,
-            retry=self.retry,
             delete_extraneous=delete_extraneous,
             expected=None if manifest is None else {e.path: (e.size, e.sha256) for e in manifest.files},
         )
@@ -385,17 +439,13 @@ class StorageHook(BaseHook):
             raise ObjectNotFoundError(f"no object {bucket}/{key} (connection {self.minio_conn_id!r})")
         if size is not None:
             remote = replace(remote, size=size)
-        if transfer.local_matches(Path(dest), remote, sha256):
+        engine = self.engine(bucket)
+        if engine.local_matches(Path(dest), remote, sha256):
             return False
-        self._call(
-            f"download {bucket}/{key}",
-            transfer.download_object,
-            self.client,
-            bucket,
-            remote,
-            Path(dest),
-            expected_sha256=sha256,
-        )
+        try:
+            transfer.download_object(engine, remote, Path(dest), expected_sha256=sha256)
+        except Exception as err:
+            raise self.translate(err, f"download {bucket}/{key}") from err
         return True
 
     def _log_result(self, result: TransferResult) -> None:
@@ -474,7 +524,7 @@ class StorageHook(BaseHook):
             digest = hashlib.sha256()
             response = self.client.get_object(bucket, key)
             try:
-                for chunk in response.stream(transfer.CHUNK_SIZE):
+                for chunk in response.stream(CHUNK_SIZE):
                     digest.update(chunk)
             finally:
                 response.close()

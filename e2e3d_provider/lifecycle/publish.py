@@ -2,8 +2,9 @@
 mean "complete and verified", and how it stops meaning anything before a job's objects go.
 
 1. Remove any old SUCCESS (locally and in the bucket) before anything else.
-2. Upload every file with its SHA-256 (identical objects are skipped), then verify each stored
-   object's size and sha256 against the manifest, and drop stale objects the manifest no longer lists.
+2. Upload every file, hashed as it is read and sent (identical objects are skipped), build the manifest
+   from those hashes and the ETags the server gave, verify by one listing that every object is stored
+   with that size and ETag, and drop stale objects the manifest no longer lists.
 3. Upload the manifest (``metadata.json``), then write SUCCESS last, locally and in the bucket.
 
 A crash anywhere leaves no SUCCESS; a rerun is safe and sends only what is missing or changed.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from e2e3d_provider.core.layout import (
     output_prefix,
     success_key,
 )
-from e2e3d_provider.core.manifest import Manifest, build_manifest, sha256_file, write_atomic, write_manifest
+from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files, sha256_file, write_atomic, write_manifest
 from e2e3d_provider.core.transfer import RemoteObject, TransferResult
 from e2e3d_provider.exceptions import ChecksumMismatchError
 from e2e3d_provider.hooks.storage import StorageHook
@@ -86,8 +87,9 @@ def verify_remote(
     bytes are read and hashed against the manifest's sha256 (``read_on_mismatch``; without it a
     differing ETag is a mismatch). The object's own ``x-amz-meta-sha256`` label is never trusted.
 
-    A publish checks shallowly because its upload step already checked each object's sha256: sent
-    bytes were hashed on the way out and signed (SigV4) or sent over TLS. The archive checks deeply.
+    A publish compares ETags only (``read_on_mismatch=False``): its upload step hashed each file as it
+    was sent and checked the ETag the server answered, so the listing need only show the same ETags.
+    The archive and the API read the bytes where ETags differ.
     """
     problems = []
     if listed is None:
@@ -123,25 +125,23 @@ def publish_run(
     (run_dir / SUCCESS_NAME).unlink(missing_ok=True)
     storage.delete_object(bucket, marker)  # step 1: from here on, no reader trusts this job
 
-    manifest = build_manifest(run_dir, job_id, stamp, statistics)
-    if not manifest.files:
+    files = list(iter_run_files(run_dir))  # a folder it cannot read fails the walk, naming it
+    if not files:
         raise FileNotFoundError(f"run directory {run_dir} holds no result files to publish")
+    # step 2: each file is read once, hashed as it is sent (identical objects skipped by one listing)
+    transfer = storage.upload_dir(run_dir, bucket, prefix, files=files, on_progress=on_progress)
+    manifest = Manifest(
+        job_id,
+        stamp,
+        [FileEntry(rel, *transfer.checksums[rel]) for rel, _ in files],
+        dict(statistics or {}),
+    )
     manifest.statistics.setdefault("files", len(manifest.files))
     manifest.statistics.setdefault("bytes", manifest.total_bytes)
-    files = [(entry.path, run_dir.joinpath(*entry.path.split("/"))) for entry in manifest.files]
-    transfer = storage.upload_dir(
-        run_dir,
-        bucket,
-        prefix,
-        files=files,
-        checksums={entry.path: entry.sha256 for entry in manifest.files},
-        on_progress=on_progress,
-    )
     listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}  # one listing for both steps
-    verify_remote(storage, bucket, prefix, manifest, deep=False, listed=listed)
+    # every object is there with the size and the server's ETag of what was sent
+    verify_remote(storage, bucket, prefix, manifest, deep=True, listed=listed, read_on_mismatch=False)
 
-    # what the server computed for each stored object, for later deep checks by listing
-    manifest.files = [replace(entry, etag=listed[prefix + entry.path].etag) for entry in manifest.files]
     keep = {prefix + entry.path for entry in manifest.files} | {marker, manifest_name}
     stale = [key for key in listed if key not in keep]
     for key in stale:

@@ -1,0 +1,252 @@
+"""One object in or out, asynchronously, over the Rust ``object_store`` client (PyPI ``obstore``).
+
+The data path's per-object steps, each reading the local file once:
+
+* a small file (up to one part) is read whole, hashed (SHA-256 for the manifest and the label, MD5 to
+  compare with the server's ETag) and sent in one PUT; the ETag the server answers must be that MD5,
+  so the server has exactly the bytes that were hashed;
+* a large file is streamed in parts (a multipart upload, parts in flight in parallel), hashed as it is
+  read; its ETag must equal the multipart ETag of the parts read (MD5 of the parts' MD5s, ``-N``);
+* a download of a small object is one GET; a large one is fetched as parallel ranged GETs pinned to
+  one ETag (``If-Match``) and written at their offsets into a partial file, hashed in order.
+
+Nothing here retries, opens connections or knows Airflow: the caller passes a store and a retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import obstore
+
+from e2e3d_provider.exceptions import ChecksumMismatchError
+
+SHA256_META = "sha256"
+#: files up to this size are read whole into memory (they are sent in one PUT)
+SMALL_READ_LIMIT = 1024 * 1024
+#: ranged GETs of one large download in flight at once (memory: this many parts)
+RANGE_CONCURRENCY = 4
+#: parts of one multipart upload in flight at once (memory: this many parts)
+PART_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What one upload did: whether bytes went out, the file's size, SHA-256 and the stored ETag."""
+
+    sent: bool
+    size: int
+    sha256: str
+    etag: str | None
+
+
+def clean_etag(etag: str | None) -> str | None:
+    return (etag or "").strip('"').lower() or None
+
+
+def simple_md5_etag(etag: str | None) -> str | None:
+    """The ETag if it is a plain MD5 (single-part upload), else None."""
+    etag = clean_etag(etag)
+    if etag and len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+        return etag
+    return None
+
+
+def multipart_etag(part_md5s: list[bytes]) -> str:
+    """The ETag S3 servers give a multipart object: MD5 of the parts' MD5s, a dash, the part count."""
+    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
+
+
+def parts_of(etag: str | None) -> int | None:
+    """How many parts a multipart ETag says the object was uploaded in (None for a single-part one)."""
+    etag = clean_etag(etag)
+    if etag and "-" in etag:
+        count = etag.rsplit("-", 1)[1]
+        return int(count) if count.isdigit() else None
+    return None
+
+
+def local_etag(path: Path, size: int, part_size: int) -> tuple[str, str]:
+    """``(sha256, etag)`` of a local file as this module would store it (single-part MD5 up to one part,
+    else the multipart ETag with ``part_size`` parts); one read."""
+    sha = hashlib.sha256()
+    md5s: list[bytes] = []
+    with open(path, "rb") as handle:
+        while chunk := handle.read(part_size):
+            sha.update(chunk)
+            md5s.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+    if size <= part_size:
+        return sha.hexdigest(), (md5s[0].hex() if md5s else hashlib.md5(b"", usedforsecurity=False).hexdigest())
+    return sha.hexdigest(), multipart_etag(md5s)
+
+
+def write_new(path: Path, data: Any) -> None:
+    """Create ``path`` (it must not exist) holding ``data`` (any buffer), written whole."""
+    view = memoryview(data).cast("B")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def read_small(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+async def put_small(
+    store: Any,
+    key: str,
+    data: bytes,
+    sha256: str,
+    md5: str,
+    attributes: dict[str, str],
+) -> str:
+    """One PUT of ``data``; returns the ETag, which must be the bytes' MD5 (else the server has others)."""
+    result = await obstore.put_async(
+        store, key, data, attributes={**attributes, SHA256_META: sha256}, use_multipart=False
+    )
+    etag = clean_etag(result.get("e_tag"))
+    if etag != md5:
+        raise ChecksumMismatchError(f"{key}: the server stored other bytes than were sent (ETag {etag}, MD5 {md5})")
+    return etag
+
+
+class _HashingParts:
+    """An async iterator over a file's parts that hashes them (SHA-256 of the whole, MD5 of each part)
+    as they are read, off the event loop; it never holds more than the part it hands out."""
+
+    def __init__(self, path: Path, part_size: int) -> None:
+        self.path = path
+        self.part_size = part_size
+        self.sha = hashlib.sha256()
+        self.md5s: list[bytes] = []
+        self.bytes_read = 0
+        self._handle = open(path, "rb")  # noqa: SIM115 (closed by close(), after the upload)
+
+    def _next(self) -> bytes:
+        chunk = self._handle.read(self.part_size)
+        if chunk:
+            self.sha.update(chunk)
+            self.md5s.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+            self.bytes_read += len(chunk)
+        return chunk
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await asyncio.to_thread(self._next)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+async def put_streamed(
+    store: Any, key: str, path: Path, part_size: int, attributes: dict[str, str]
+) -> tuple[str, str, int]:
+    """A multipart upload of ``path``, parts read, hashed and sent in one pass. Returns
+    ``(sha256, etag, bytes_read)``; the server's ETag must equal that of the parts read."""
+    parts = _HashingParts(path, part_size)
+    try:
+        result = await obstore.put_async(
+            store,
+            key,
+            parts,
+            attributes=attributes,
+            use_multipart=True,
+            chunk_size=part_size,
+            max_concurrency=PART_CONCURRENCY,
+        )
+    finally:
+        parts.close()
+    etag = clean_etag(result.get("e_tag"))
+    expected = multipart_etag(parts.md5s) if len(parts.md5s) > 1 else (parts.md5s[0].hex() if parts.md5s else None)
+    if parts_of(etag) is not None and etag != expected:
+        raise ChecksumMismatchError(f"{key}: the server stored other bytes than were sent (ETag {etag}, {expected})")
+    return parts.sha.hexdigest(), etag or "", parts.bytes_read
+
+
+@dataclass
+class Fetched:
+    """What one download wrote: bytes, their SHA-256, the MD5 (single-part objects) and the labels."""
+
+    size: int
+    sha256: str
+    md5: str | None
+    part_md5s: list[bytes] | None
+    label: str | None
+    etag: str | None
+
+
+async def get_small(store: Any, key: str, version: str | None, tmp: Path) -> Fetched:
+    """One GET of a whole object into ``tmp`` (a new file); hashes while it holds the bytes."""
+    options: dict[str, Any] = {"version": version} if version else {}
+    response = await obstore.get_async(store, key, options=options)  # type: ignore[arg-type]
+    data = await response.bytes_async()
+    meta = response.meta
+    label = (response.attributes.get(SHA256_META) or "").lower() or None
+    write_new(tmp, data)
+    return Fetched(
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        part_md5s=None,
+        label=label,
+        etag=clean_etag(meta.get("e_tag")),
+    )
+
+
+async def get_ranged(
+    store: Any, key: str, size: int, etag: str | None, label: str | None, part_size: int, tmp: Path
+) -> Fetched:
+    """Parallel ranged GETs of one large object, all pinned to ``etag`` (``If-Match``), written at their
+    offsets into ``tmp`` and hashed in order; at most :data:`RANGE_CONCURRENCY` ranges in memory."""
+    starts = list(range(0, size, part_size))
+    sha = hashlib.sha256()
+    md5s: list[bytes] = []
+    written = 0
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    async def fetch(start: int) -> bytes:
+        options: dict[str, Any] = {"range": (start, min(start + part_size, size))}
+        if etag:
+            options["if_match"] = f'"{etag}"'
+        response = await obstore.get_async(store, key, options=options)  # type: ignore[arg-type]
+        return bytes(await response.bytes_async())
+
+    def write_and_hash(start: int, data: bytes) -> None:
+        os.pwrite(fd, data, start)
+        sha.update(data)
+        md5s.append(hashlib.md5(data, usedforsecurity=False).digest())
+
+    try:
+        pending: list[asyncio.Task[bytes]] = []
+        nxt = 0
+        for index, start in enumerate(starts):
+            while nxt < len(starts) and nxt < index + RANGE_CONCURRENCY:
+                pending.append(asyncio.ensure_future(fetch(starts[nxt])))
+                nxt += 1
+            data = await pending[index]
+            pending[index] = None  # type: ignore[call-overload]  # free the part once written
+            await asyncio.to_thread(write_and_hash, start, data)
+            written += len(data)
+    except BaseException:
+        for task in pending:
+            if task is not None:
+                task.cancel()
+        raise
+    finally:
+        os.close(fd)
+    return Fetched(size=written, sha256=sha.hexdigest(), md5=None, part_md5s=md5s, label=label, etag=etag)
