@@ -186,7 +186,14 @@ def measure(method: str, direction: str, src: Path, dest: Path, bucket: str, pre
     queue = ctx.Queue()
     child = ctx.Process(target=run_child, args=(method, direction, str(src), str(dest), bucket, prefix, queue))
     child.start()
-    result = queue.get(timeout=3600)
+    deadline = time.monotonic() + 3600
+    while True:
+        try:
+            result = queue.get(timeout=1)
+            break
+        except Exception:  # queue.Empty: is the child still there?
+            if not child.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{method} {direction} died (exit code {child.exitcode}) without a result") from None
     child.join()
     return result
 

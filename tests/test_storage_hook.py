@@ -131,6 +131,21 @@ def test_multipart_upload_round_trips_with_checksum(connections: dict, bucket: s
     assert (again.files, again.skipped_files) == (0, 2)
 
 
+def test_a_multipart_object_whose_part_count_fits_several_part_sizes_downloads(
+    connections: dict, bucket: str, tmp_path: Path
+) -> None:
+    """12,000,000 bytes in two parts fit 6 MiB parts as well as the 8 MiB ones used: the download must
+    check the multipart ETag with the parts really used (it once tried 6 MiB and refused good bytes)."""
+    hook = StorageHook()  # default 8 MiB parts
+    data = os.urandom(12_000_000)
+    write_files(tmp_path / "src", {"pointcloud.ply": data})
+    hook.upload_dir(tmp_path / "src", bucket, "pc")
+    assert hook.stat(bucket, "pc/pointcloud.ply").etag.endswith("-2")
+    first = hook.download_prefix(bucket, "pc", tmp_path / "dst")
+    assert first.files == 1 and (tmp_path / "dst" / "pointcloud.ply").read_bytes() == data
+    assert hook.download_prefix(bucket, "pc", tmp_path / "dst").skipped_files == 1
+
+
 def test_memory_stays_flat_for_large_files(connections: dict, bucket: str, tmp_path: Path) -> None:
     hook = StorageHook(part_size=5 * MiB)
     size = 64 * MiB

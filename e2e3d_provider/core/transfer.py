@@ -435,8 +435,9 @@ class Engine:
             if large:
                 label = None if expected_sha256 else await self._label(remote.key)
                 range_size = self._range_size(remote)
+                sha = bool(expected_sha256 or label)  # else the multipart ETag is what can be checked
                 got = await self.retry.call_async(
-                    lambda: self._ranged(remote, label, range_size, tmp), f"download {self.bucket}/{remote.key}"
+                    lambda: self._ranged(remote, label, range_size, tmp, sha), f"download {self.bucket}/{remote.key}"
                 )
             else:
                 got = await self.retry.call_async(
@@ -455,9 +456,13 @@ class Engine:
         tmp.unlink(missing_ok=True)  # a retry starts the file again
         return await object_io.get_small(self.store, remote.key, remote.version_id, tmp)
 
-    async def _ranged(self, remote: RemoteObject, label: str | None, range_size: int, tmp: Path) -> object_io.Fetched:
+    async def _ranged(
+        self, remote: RemoteObject, label: str | None, range_size: int, tmp: Path, sha: bool
+    ) -> object_io.Fetched:
         tmp.unlink(missing_ok=True)
-        return await object_io.get_ranged(self.store, remote.key, remote.size, remote.etag, label, range_size, tmp)
+        return await object_io.get_ranged(
+            self.store, remote.key, remote.size, remote.etag, label, range_size, tmp, sha=sha, md5=not sha
+        )
 
     async def _label(self, key: str) -> str | None:
         meta = await self.retry.call_async(
@@ -468,6 +473,8 @@ class Engine:
     def _range_size(self, remote: RemoteObject) -> int:
         """The upload's part size when the ETag tells it (so the ranges' MD5s give the ETag back), else ours."""
         count = object_io.parts_of(remote.etag)
+        if count and -(-remote.size // self.part_size) == count:
+            return self.part_size  # what our own uploads use (several sizes may fit the count: ours first)
         if count and count > 1:
             mib = 1024 * 1024
             size = -(-remote.size // count)
