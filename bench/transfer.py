@@ -178,7 +178,15 @@ def run_child(method: str, direction: str, src: str, dest: str, bucket: str, pre
         else:
             storage.download_prefix(bucket, prefix, dest_path, delete_extraneous=True)
     seconds = time.perf_counter() - started
-    queue.put({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    queue.put({"seconds": seconds, "rss_mb": peak_rss_mb()})
+
+
+def peak_rss_mb() -> float:
+    """This process's own high-water mark (VmHWM): ru_maxrss would carry over the parent's from before exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(method: str, direction: str, src: Path, dest: Path, bucket: str, prefix: str) -> dict:

@@ -271,26 +271,24 @@ async def gather_bounded(
     name: Callable[[T], str],
     translate: Translate,
 ) -> None:
-    """Run ``work`` over ``items`` with at most ``concurrency`` in flight. The first failure stops the
-    transfer: nothing new starts and the requests in flight are cancelled (a cancelled PUT stores
-    nothing); the translated error (or a :class:`TransferError` listing several) is raised."""
+    """Run ``work`` over ``items`` with at most ``concurrency`` in flight. After the first failure no new
+    item starts; the requests in flight are let finish (a cancelled future of the Rust client may still
+    complete its request, so only a settled transfer can say what is stored); then the translated error
+    (or a :class:`TransferError` listing several) is raised."""
     queue = iter(items)
     failures: dict[str, BaseException] = {}
-    workers: list[asyncio.Task[None]] = []
 
     async def worker() -> None:
         for item in queue:
+            if failures:
+                return
             try:
                 await work(item)
             except Exception as err:
                 failures[name(item)] = translate(err, name(item))
-                for other in workers:
-                    if other is not asyncio.current_task():
-                        other.cancel()
                 return
 
-    workers.extend(asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(items)))))
-    await asyncio.gather(*workers, return_exceptions=True)
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
     if failures:
         errors = list(failures.values())
         if len(errors) == 1 or all(type(e) is type(errors[0]) and str(e) == str(errors[0]) for e in errors):
@@ -431,7 +429,6 @@ class Engine:
         hold = self.part_size * (object_io.RANGE_CONCURRENCY + 1) if large else remote.size
         await budget.acquire(hold)
         try:
-            tmp.unlink(missing_ok=True)
             if large:
                 label = None if expected_sha256 else await self._label(remote.key)
                 range_size = self._range_size(remote)
