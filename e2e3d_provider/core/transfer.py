@@ -150,6 +150,18 @@ class Progress:
         )
 
 
+def raise_failures(failures: dict[str, BaseException], total: int) -> None:
+    """Raise the one error of a transfer (or a :class:`TransferError` naming up to five of several)."""
+    if not failures:
+        return
+    errors = list(failures.values())
+    if len(errors) == 1 or all(type(e) is type(errors[0]) and str(e) == str(errors[0]) for e in errors):
+        raise errors[0]
+    shown = "; ".join(f"{key}: {err}" for key, err in list(failures.items())[:5])
+    more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
+    raise TransferError(f"{len(failures)} of {total} transfers failed: {shown}{more}", failures)
+
+
 def run_parallel(
     items: Iterable[T], work: Callable[[T], Any], workers: int, name: Callable[[T], str], translate: Translate
 ) -> list[Any]:
@@ -170,13 +182,7 @@ def run_parallel(
                 results.append(future.result())
             except BaseException as err:
                 failures[futures[future]] = translate(err, futures[future])
-    if failures:
-        errors = list(failures.values())
-        if len(errors) == 1 or all(type(e) is type(errors[0]) and str(e) == str(errors[0]) for e in errors):
-            raise errors[0]
-        shown = "; ".join(f"{key}: {err}" for key, err in list(failures.items())[:5])
-        more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
-        raise TransferError(f"{len(failures)} of {len(items)} transfers failed: {shown}{more}", failures)
+    raise_failures(failures, len(items))
     return results
 
 
@@ -289,13 +295,7 @@ async def gather_bounded(
                 return
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
-    if failures:
-        errors = list(failures.values())
-        if len(errors) == 1 or all(type(e) is type(errors[0]) and str(e) == str(errors[0]) for e in errors):
-            raise errors[0]
-        shown = "; ".join(f"{key}: {err}" for key, err in list(failures.items())[:5])
-        more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
-        raise TransferError(f"{len(failures)} of {len(items)} transfers failed: {shown}{more}", failures)
+    raise_failures(failures, len(items))
 
 
 async def list_store(store: Any, prefix: str) -> list[RemoteObject]:
