@@ -5,8 +5,9 @@ Run:  python -m bench.profile_tiny [--files 10000] [--rate 200]
 Starts the embedded stack, writes N x 4 KB files, then runs one upload and one download under
 ``py-spy record --format raw --idle`` at 50 Hz (py-spy comes with the dev extra; ``--native`` at a high
 rate slows the run several-fold) and prints, per
-direction, the share of samples by what the process was doing: waiting for the server (the event
-loop's selector), in the Rust client, hashing, reading or writing files, or running Python of ours.
+direction, the share of the Python threads' samples by what they were doing: waiting (the event loop's
+selector, while the Rust client's own threads sign and send), hashing, reading or writing files, or
+running Python of ours and asyncio, with the busiest frames.
 Also prints the process's CPU seconds against the wall time and the server's CPU seconds.
 """
 
@@ -42,7 +43,6 @@ print(f"wall {time.perf_counter() - t0:.2f}s, client CPU {c1.user - c0.user + c1
 #: (label, substrings of a frame) in the order they are tried on a sample's innermost frames
 CATEGORIES = (
     ("waiting for the server (event loop idle in select/epoll)", ("select (selectors.py", "epoll", "_run_once")),
-    ("threads of the Rust client (tokio: signing, HTTP), as py-spy sees them", ("_obstore", "object_store", "tokio")),
     ("hashing (hashlib)", ("openssl_", "sha256", "md5", "hashlib")),
     ("file I/O (read, write, rename, mkdir)", ("read_small", "write_new", "os.replace", "mkdir", "io.open")),
 )

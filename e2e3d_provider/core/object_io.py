@@ -72,18 +72,20 @@ def parts_of(etag: str | None) -> int | None:
     return None
 
 
-def local_etag(path: Path, size: int, part_size: int) -> tuple[str, str]:
+def local_etag(path: Path, size: int, part_size: int, *, sha: bool = True) -> tuple[str, str]:
     """``(sha256, etag)`` of a local file as this module would store it (single-part MD5 up to one part,
-    else the multipart ETag with ``part_size`` parts); one read."""
-    sha = hashlib.sha256()
+    else the multipart ETag with ``part_size`` parts); one read. Without ``sha`` the sha256 is ``""``."""
+    digest = hashlib.sha256()
     md5s: list[bytes] = []
     with open(path, "rb") as handle:
         while chunk := handle.read(part_size):
-            sha.update(chunk)
+            if sha:
+                digest.update(chunk)
             md5s.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+    sha256 = digest.hexdigest() if sha else ""
     if size <= part_size:
-        return sha.hexdigest(), (md5s[0].hex() if md5s else hashlib.md5(b"", usedforsecurity=False).hexdigest())
-    return sha.hexdigest(), multipart_etag(md5s)
+        return sha256, (md5s[0].hex() if md5s else hashlib.md5(b"", usedforsecurity=False).hexdigest())
+    return sha256, multipart_etag(md5s)
 
 
 def write_new(path: Path, data: Any) -> None:

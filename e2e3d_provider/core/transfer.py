@@ -523,13 +523,14 @@ class Engine:
             return False
         if expected_sha256:
             return sha256_file(path) == expected_sha256.lower()
-        etag = remote.etag
-        count = object_io.parts_of(etag)
-        part = self._range_size(remote) if count else self.part_size
-        if count is None and not object_io.simple_md5_etag(etag):
-            return False
-        _, local = object_io.local_etag(path, remote.size, part if count else max(remote.size, 1))
-        return local == etag
+        if object_io.parts_of(remote.etag):
+            part = self._range_size(remote)
+        elif object_io.simple_md5_etag(remote.etag):
+            part = max(remote.size, 1)  # one part: the plain MD5
+        else:
+            return False  # an ETag nothing here can reproduce
+        _, local = object_io.local_etag(path, remote.size, part, sha=False)
+        return local == remote.etag
 
 
 def run_engine(coro: Coroutine[Any, Any, T], translate: Translate | None = None, what: str = "") -> T:
