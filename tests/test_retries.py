@@ -6,6 +6,7 @@ real socket that accepts every connection and hangs up at once (connections coun
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -103,3 +104,58 @@ def test_the_data_path_is_tried_exactly_as_often_as_the_error_says(
         hook.upload_file(tmp_path / "a.bin", "input", "a.bin")
     assert accepted[0] == 3
     assert reported_attempts(raised.value) == 3
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_the_retry_loop_backs_off_doubling_and_stops_at_the_first_lasting_error(
+    monkeypatch: pytest.MonkeyPatch, run: str
+) -> None:
+    """Faked failures and a faked clock: three transient errors are retried with pauses of 0.5, 1, 2 s;
+    the fourth attempt's success is returned; a permission error is raised at once, marked 1 attempt."""
+    from e2e3d_provider.core import retry
+
+    pauses: list[float] = []
+
+    async def fake_async_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(retry.time, "sleep", pauses.append)
+    monkeypatch.setattr(retry.asyncio, "sleep", fake_async_sleep)
+
+    def calls(errors: list[BaseException]):
+        made = []
+
+        def func() -> str:
+            made.append(1)
+            if errors:
+                raise errors.pop(0)
+            return "ok"
+
+        return func, made
+
+    def call(func, attempts: int):
+        if run == "sync":
+            return retry.retry_call(func, "get x", attempts=attempts, delay=0.5)
+
+        async def wrapped() -> str:
+            return func()
+
+        return asyncio.run(retry.retry_call_async(wrapped, "get x", attempts=attempts, delay=0.5))
+
+    func, made = calls([ConnectionError("reset"), TimeoutError("slow"), ConnectionError("reset")])
+    assert call(func, 4) == "ok"
+    assert (len(made), pauses) == (4, [0.5, 1.0, 2.0])
+
+    pauses.clear()
+    func, made = calls([ConnectionError("reset")] * 5)
+    with pytest.raises(ConnectionError) as failed:
+        call(func, 3)
+    assert (len(made), pauses, retry.attempts_made(failed.value)) == (3, [0.5, 1.0], 3)
+
+    pauses.clear()
+    func, made = calls([PermissionError("denied"), ConnectionError("never reached")])
+    with pytest.raises(PermissionError) as failed:
+        call(func, 3)
+    assert (len(made), pauses, retry.attempts_made(failed.value)) == (1, [], 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        call(func, 0)

@@ -114,10 +114,11 @@ def test_multipart_upload_round_trips_with_checksum(connections: dict, bucket: s
     remote = hook.stat(bucket, "big/big.bin")
     assert remote.size == len(data)
     assert remote.etag and "-" in remote.etag  # really multipart: the ETag is not an MD5
-    # streamed in one read: the sha256 is known only at the end, so the server's multipart ETag (of the
-    # parts as read and hashed) is what vouches for the stored bytes; a checksum known up front is labelled
+    # streamed in one read: the server's multipart ETag (of the parts as read and hashed) vouches for the
+    # stored bytes, and the sha256, known only at the end, is tagged; a checksum known up front is labelled
     parts = [hashlib.md5(data[i : i + 5 * MiB]).digest() for i in range(0, len(data), 5 * MiB)]
     assert remote.etag == hashlib.md5(b"".join(parts)).hexdigest() + f"-{len(parts)}"
+    assert remote.sha256 == hashlib.sha256(data).hexdigest()
     assert hook.upload_file(
         tmp_path / "src" / "big.bin", bucket, "big/labelled.bin", sha256=hashlib.sha256(data).hexdigest()
     )
@@ -140,10 +141,59 @@ def test_a_multipart_object_whose_part_count_fits_several_part_sizes_downloads(
     data = os.urandom(12_000_000)
     write_files(tmp_path / "src", {"pointcloud.ply": data})
     hook.upload_dir(tmp_path / "src", bucket, "pc")
+    hook.client.delete_object_tags(bucket, "pc/pointcloud.ply")  # as another client writes it: no sha256 tag
     assert hook.stat(bucket, "pc/pointcloud.ply").etag.endswith("-2")
+    assert hook.stat(bucket, "pc/pointcloud.ply").sha256 is None
     first = hook.download_prefix(bucket, "pc", tmp_path / "dst")
     assert first.files == 1 and (tmp_path / "dst" / "pointcloud.ply").read_bytes() == data
     assert hook.download_prefix(bucket, "pc", tmp_path / "dst").skipped_files == 1
+
+
+def test_a_streamed_upload_tags_its_sha256_and_downloads_check_it(
+    connections: dict, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A large file's sha256 is known only after it is streamed, so it goes into the ``sha256`` tag;
+    a download checks the bytes against it (a wrong tag is refused, nothing lands), ignores a tag that
+    is no sha256, and a tag the server would not take leaves a good object and a warning."""
+    from minio.commonconfig import Tags
+
+    from e2e3d_provider.core import transfer
+
+    hook = StorageHook(part_size=5 * MiB)
+    data = os.urandom(11 * MiB)
+    sha = hashlib.sha256(data).hexdigest()
+    write_files(tmp_path / "src", {"mesh.obj": data})
+    hook.upload_dir(tmp_path / "src", bucket, "tagged")
+    key = "tagged/mesh.obj"
+    assert hook.client.get_object_tags(bucket, key) == {"sha256": sha}
+    assert hook.download_prefix(bucket, "tagged", tmp_path / "ok").files == 1
+    assert (tmp_path / "ok" / "mesh.obj").read_bytes() == data
+
+    def tag(value: str) -> None:
+        tags = Tags.new_object_tags()
+        tags["sha256"] = value
+        hook.client.set_object_tags(bucket, key, tags)
+
+    tag("0" * 64)  # a tag that does not fit the bytes: the download refuses them
+    with pytest.raises(ChecksumMismatchError, match="sha256"):
+        hook.download_prefix(bucket, "tagged", tmp_path / "bad")
+    assert not (tmp_path / "bad" / "mesh.obj").exists()
+    assert not list(tmp_path.glob("bad/**/*" + PARTIAL_SUFFIX))
+    tag("not-a-sha256")  # not a sha256: not used, the multipart ETag is checked instead
+    assert hook.download_prefix(bucket, "tagged", tmp_path / "odd").files == 1
+    assert (tmp_path / "odd" / "mesh.obj").read_bytes() == data
+
+    def refuse(*args: object) -> None:
+        raise PermissionError("AccessDenied: s3:PutObjectTagging")
+
+    monkeypatch.setattr(transfer, "write_sha256_tag", refuse)
+    (tmp_path / "src" / "mesh.obj").write_bytes(data[::-1])
+    with caplog.at_level("WARNING"):
+        assert hook.upload_dir(tmp_path / "src", bucket, "tagged").files == 1
+    assert "its sha256 could not be tagged (PermissionError" in caplog.text
+    assert hook.client.get_object_tags(bucket, key) is None  # the new version has no tag, and no stale one
+    assert hook.download_prefix(bucket, "tagged", tmp_path / "untagged").files == 1
+    assert (tmp_path / "untagged" / "mesh.obj").read_bytes() == data[::-1]
 
 
 def test_memory_stays_flat_for_large_files(connections: dict, bucket: str, tmp_path: Path) -> None:

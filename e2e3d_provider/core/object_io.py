@@ -155,10 +155,10 @@ class _HashingParts:
 
 async def put_streamed(
     store: Any, key: str, path: Path, part_size: int, attributes: dict[str, str]
-) -> tuple[str, str, int]:
+) -> tuple[str, str, int, str | None]:
     """A multipart upload of ``path``, parts read, hashed and sent in one pass (each part's payload is
     signed, SigV4, so the server refuses a part whose bytes changed on the way). Returns
-    ``(sha256, etag, bytes_read)``."""
+    ``(sha256, etag, bytes_read, version_id)``."""
     parts = _HashingParts(path, part_size)
     try:
         result = await obstore.put_async(
@@ -172,7 +172,7 @@ async def put_streamed(
         )
     finally:
         parts.close()
-    return parts.sha.hexdigest(), clean_etag(result.get("e_tag")) or "", parts.bytes_read
+    return parts.sha.hexdigest(), clean_etag(result.get("e_tag")) or "", parts.bytes_read, result.get("version")
 
 
 @dataclass
@@ -187,18 +187,20 @@ class Fetched:
     etag: str | None
 
 
-async def get_small(store: Any, key: str, version: str | None, tmp: Path) -> Fetched:
-    """One GET of a whole object into ``tmp`` (a new file); hashes while it holds the bytes."""
+async def get_small(store: Any, key: str, version: str | None, tmp: Path, *, sha: bool) -> Fetched:
+    """One GET of a whole object into ``tmp`` (a new file). Hashes only what will be compared: the
+    SHA-256 when the caller holds one (``sha``) or the object carries a label, else the MD5 for its ETag."""
     options: dict[str, Any] = {"version": version} if version else {}
     response = await obstore.get_async(store, key, options=options)  # type: ignore[arg-type]
     data = await response.bytes_async()
     meta = response.meta
     label = (response.attributes.get(SHA256_META) or "").lower() or None
     write_new(tmp, data)
+    by_sha = sha or label is not None
     return Fetched(
         size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        sha256=hashlib.sha256(data).hexdigest() if by_sha else "",
+        md5=None if by_sha else hashlib.md5(data, usedforsecurity=False).hexdigest(),
         part_md5s=None,
         label=label,
         etag=clean_etag(meta.get("e_tag")),

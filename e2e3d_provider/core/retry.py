@@ -1,15 +1,18 @@
 """The one retry layer: transient object-storage errors are retried here and nowhere else.
 
-The HTTP client below it is built with retries off (see ``StorageHook.client``), so one call of
-:func:`retry_call` with ``attempts=3`` opens at most three connections, and the error that ends
-it knows how many attempts were made (:func:`attempts_made`). Built on ``tenacity``, which
-Airflow itself ships.
+The HTTP clients below it are built with retries off (see ``StorageHook.client`` and
+``StorageHook.store``), so one call of :func:`retry_call` with ``attempts=3`` opens at most three
+connections, and the error that ends it knows how many attempts were made (:func:`attempts_made`).
+A plain loop rather than a retry library: a call that succeeds first time (nearly all of them) costs
+one ``try``, which matters at thousands of small objects a second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,14 +20,6 @@ from typing import TypeVar
 import obstore.exceptions
 import urllib3
 from minio.error import S3Error, ServerError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 log = logging.getLogger(__name__)
 
@@ -66,58 +61,53 @@ def retry_call(func: Callable[[], T], what: str, attempts: int = DEFAULT_ATTEMPT
     """Run ``func``; retry transient errors until ``attempts`` calls were made, backing off
     exponentially from ``delay`` seconds. The final error is raised as it came, marked with the
     number of attempts made."""
-    retrying = Retrying(**_policy(what, attempts, delay))
-    try:
-        return retrying(func)
-    except BaseException as err:
-        _mark(err, retrying.statistics.get("attempt_number", 1))
-        raise
+    _check(attempts)
+    attempt = 1
+    while True:
+        try:
+            return func()
+        except BaseException as err:
+            time.sleep(_pause_or_raise(err, what, attempt, attempts, delay))
+        attempt += 1
 
 
 async def retry_call_async(
     func: Callable[[], Awaitable[T]], what: str, attempts: int = DEFAULT_ATTEMPTS, delay: float = DEFAULT_DELAY
 ) -> T:
     """:func:`retry_call` for a coroutine: ``func`` makes a fresh awaitable for each attempt."""
-    retrying = AsyncRetrying(**_policy(what, attempts, delay))
-
-    async def attempt() -> T:  # a coroutine function, so tenacity awaits each attempt
-        return await func()
-
-    try:
-        return await retrying(attempt)
-    except BaseException as err:
-        _mark(err, retrying.statistics.get("attempt_number", 1))
-        raise
+    _check(attempts)
+    attempt = 1
+    while True:
+        try:
+            return await func()
+        except BaseException as err:
+            await asyncio.sleep(_pause_or_raise(err, what, attempt, attempts, delay))
+        attempt += 1
 
 
-def _mark(err: BaseException, attempts: int) -> None:
-    with contextlib.suppress(AttributeError):  # an exception without a __dict__ simply reports 1
-        setattr(err, _ATTEMPTS_ATTR, attempts)
-
-
-def _policy(what: str, attempts: int, delay: float) -> dict:
+def _check(attempts: int) -> None:
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
 
-    def before_sleep(state: RetryCallState) -> None:
-        err = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "%s failed (%s: %s); attempt %d of %d, next in %.1fs",
-            what,
-            type(err).__name__,
-            str(err).splitlines()[0] if err else err,
-            state.attempt_number,
-            attempts,
-            state.upcoming_sleep,
-        )
 
-    return {
-        "stop": stop_after_attempt(attempts),
-        "wait": wait_exponential(multiplier=delay, max=MAX_DELAY),
-        "retry": retry_if_exception(is_transient),
-        "before_sleep": before_sleep,
-        "reraise": True,
-    }
+def _pause_or_raise(err: BaseException, what: str, attempt: int, attempts: int, delay: float) -> float:
+    """The pause before the next attempt after ``err`` ended attempt number ``attempt``; re-raises
+    ``err`` (marked with the attempts made) when it is not transient or no attempt is left."""
+    if attempt >= attempts or not is_transient(err):
+        with contextlib.suppress(AttributeError):  # an exception without a __dict__ simply reports 1
+            setattr(err, _ATTEMPTS_ATTR, attempt)
+        raise err
+    pause = min(delay * 2 ** (attempt - 1), MAX_DELAY)
+    log.warning(
+        "%s failed (%s: %s); attempt %d of %d, next in %.1fs",
+        what,
+        type(err).__name__,
+        str(err).splitlines()[0] if str(err) else "",
+        attempt,
+        attempts,
+        pause,
+    )
+    return pause
 
 
 @dataclass(frozen=True)

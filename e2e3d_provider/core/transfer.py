@@ -8,9 +8,13 @@ run on its ``minio.Minio`` client. Nothing here opens connections.
 Upload: one LIST of the prefix gives every stored size and ETag; each file is read once, hashed
 (SHA-256 for the manifest and the object's label, MD5 for the ETag) and sent, or skipped when the
 stored object has its size and ETag; the server's answer must carry the ETag of what was sent.
+A small object carries its SHA-256 as metadata (``x-amz-meta-sha256``, sent with the bytes); a large
+one is streamed before its SHA-256 is known, so the hash goes into an object tag (``sha256``) of the
+version just written once the upload is complete.
 Download: a local file that gives the stored ETag (or, with a manifest, its sha256) is kept
 (read-through cache); otherwise the bytes go to a temporary name in the target folder, are checked
-against the manifest, the sha256 label or the ETag, and only then renamed to the final name.
+against the manifest, the sha256 label (metadata, else tag) or the ETag, and only then renamed to
+the final name.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -30,6 +35,7 @@ from typing import Any, TypeVar
 
 import obstore
 from minio import Minio
+from minio.commonconfig import Tags
 from minio.error import S3Error
 
 from e2e3d_provider.core import object_io
@@ -55,6 +61,9 @@ DEFAULT_CONCURRENCY = 64
 #: file data held in memory at once by one transfer
 DEFAULT_MEMORY_BUDGET = 128 * 1024 * 1024
 PROGRESS_INTERVAL_SECONDS = 5.0
+#: the object tag that holds a streamed upload's SHA-256 (its metadata was sent before the hash was known)
+SHA256_TAG = "sha256"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 T = TypeVar("T")
 Translate = Callable[[BaseException, str], BaseException]
@@ -191,16 +200,19 @@ def run_parallel(
 # ---------------------------------------------------------------------------------------
 
 
-def stat_remote(client: Minio, bucket: str, key: str) -> RemoteObject | None:
-    """Return what ``HEAD`` says of an object, or ``None`` if there is no such object."""
+def stat_remote(client: Minio, bucket: str, key: str, version_id: str | None = None) -> RemoteObject | None:
+    """Return what ``HEAD`` says of an object (its sha256 from the metadata label, else from the
+    ``sha256`` tag), or ``None`` if there is no such object."""
     try:
-        stat = client.stat_object(bucket, key)
+        stat = client.stat_object(bucket, key, version_id=version_id)
     except S3Error as err:
         if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
             return None
         raise
     meta = stat.metadata or {}
     sha = meta.get(f"x-amz-meta-{SHA256_META}")
+    if not sha and meta.get("x-amz-tagging-count"):
+        sha = read_sha256_tag(client, bucket, key, stat.version_id)
     return RemoteObject(
         key=key,
         size=int(stat.size or 0),
@@ -209,6 +221,21 @@ def stat_remote(client: Minio, bucket: str, key: str) -> RemoteObject | None:
         version_id=stat.version_id,
         last_modified=stat.last_modified,
     )
+
+
+def read_sha256_tag(client: Minio, bucket: str, key: str, version_id: str | None) -> str | None:
+    """The SHA-256 a streamed upload tagged its object with; ``None`` if there is none or it is not
+    64 hex digits (a tag is what some writer said, so a malformed one is not used)."""
+    tags = client.get_object_tags(bucket, key, version_id=version_id)
+    value = str(tags.get(SHA256_TAG) or "").lower() if tags is not None else ""
+    return value if _SHA256_HEX.fullmatch(value) else None
+
+
+def write_sha256_tag(client: Minio, bucket: str, key: str, version_id: str | None, sha256: str) -> None:
+    """Tag one object version with the SHA-256 of its bytes."""
+    tags = Tags.new_object_tags()
+    tags[SHA256_TAG] = sha256
+    client.set_object_tags(bucket, key, tags, version_id=version_id)
 
 
 def list_remote(client: Minio, bucket: str, prefix: str) -> list[RemoteObject]:
@@ -327,10 +354,12 @@ async def head_store(store: Any, key: str) -> RemoteObject | None:
 
 @dataclass
 class Engine:
-    """The settings one transfer runs with: the store of one bucket, retries, concurrency, part size."""
+    """The settings one transfer runs with: the store of one bucket (data), the hook's client (tags and
+    HEADs of large objects), retries, concurrency, part size."""
 
     store: Any
     bucket: str
+    client: Minio
     retry: RetryPolicy = DEFAULT_RETRY
     concurrency: int = DEFAULT_CONCURRENCY
     part_size: int = DEFAULT_PART_SIZE
@@ -391,7 +420,7 @@ class Engine:
         streaming = self.part_size * (object_io.PART_CONCURRENCY + 1)
         await budget.acquire(streaming)
         try:
-            sha, etag, read = await self.retry.call_async(
+            sha, etag, read, version = await self.retry.call_async(
                 lambda: object_io.put_streamed(self.store, key, path, self.part_size, attrs),
                 f"upload {self.bucket}/{key}",
             )
@@ -405,7 +434,26 @@ class Engine:
                 f"{path} changed while it was uploaded to {self.bucket}/{key}; the object was removed. Make sure "
                 "nothing writes the file during the upload, then rerun."
             )
+        if not expected_sha256:
+            await self._tag_sha256(key, version, sha)
         return object_io.Sent(True, size, sha, etag)
+
+    async def _tag_sha256(self, key: str, version: str | None, sha: str) -> None:
+        """Tag a streamed object with its SHA-256, so downloads check that rather than the multipart
+        ETag's MD5s. The object is complete without it: a tag that cannot be written is a warning."""
+        try:
+            await self.retry.call_async(
+                lambda: asyncio.to_thread(write_sha256_tag, self.client, self.bucket, key, version, sha),
+                f"tag {self.bucket}/{key}",
+            )
+        except Exception as err:  # the bytes are stored and verified; only the hint is missing
+            log.warning(
+                "%s/%s: its sha256 could not be tagged (%s: %s); downloads will check its multipart ETag instead",
+                self.bucket,
+                key,
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+            )
 
     def _check_source(self, path: Path, key: str, expected: str | None, sha: str, read: int, size: int) -> None:
         if (expected and sha != expected) or read != size:
@@ -430,7 +478,7 @@ class Engine:
         await budget.acquire(hold)
         try:
             if large:
-                label = None if expected_sha256 else await self._label(remote.key)
+                label = None if expected_sha256 else await self._label(remote)
                 range_size = self._range_size(remote)
                 sha = bool(expected_sha256 or label)  # else the multipart ETag is what can be checked
                 got = await self.retry.call_async(
@@ -438,7 +486,8 @@ class Engine:
                 )
             else:
                 got = await self.retry.call_async(
-                    lambda: self._whole(remote, tmp), f"download {self.bucket}/{remote.key}"
+                    lambda: self._whole(remote, tmp, sha=expected_sha256 is not None),
+                    f"download {self.bucket}/{remote.key}",
                 )
             self._verify(remote, dest, got, expected_sha256)
             os.replace(tmp, dest)
@@ -449,9 +498,9 @@ class Engine:
         finally:
             await budget.release(hold)
 
-    async def _whole(self, remote: RemoteObject, tmp: Path) -> object_io.Fetched:
+    async def _whole(self, remote: RemoteObject, tmp: Path, *, sha: bool) -> object_io.Fetched:
         tmp.unlink(missing_ok=True)  # a retry starts the file again
-        return await object_io.get_small(self.store, remote.key, remote.version_id, tmp)
+        return await object_io.get_small(self.store, remote.key, remote.version_id, tmp, sha=sha)
 
     async def _ranged(
         self, remote: RemoteObject, label: str | None, range_size: int, tmp: Path, sha: bool
@@ -461,11 +510,13 @@ class Engine:
             self.store, remote.key, remote.size, remote.etag, label, range_size, tmp, sha=sha, md5=not sha
         )
 
-    async def _label(self, key: str) -> str | None:
-        meta = await self.retry.call_async(
-            lambda: obstore.get_async(self.store, key, options={"head": True}), f"stat {self.bucket}/{key}"
+    async def _label(self, remote: RemoteObject) -> str | None:
+        """The sha256 the object carries (metadata label, else the tag of a streamed upload), if any."""
+        stat = await self.retry.call_async(
+            lambda: asyncio.to_thread(stat_remote, self.client, self.bucket, remote.key, remote.version_id),
+            f"stat {self.bucket}/{remote.key}",
         )
-        return (meta.attributes.get(SHA256_META) or "").lower() or None
+        return stat.sha256 if stat else None
 
     def _range_size(self, remote: RemoteObject) -> int:
         """The upload's part size when the ETag tells it (so the ranges' MD5s give the ETag back), else ours."""

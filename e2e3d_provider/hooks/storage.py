@@ -222,7 +222,12 @@ class StorageHook(BaseHook):
     def engine(self, bucket: str) -> transfer.Engine:
         """The data-path settings of one transfer on ``bucket``."""
         return transfer.Engine(
-            self.store(bucket), bucket, retry=self.retry, concurrency=self.concurrency, part_size=self.part_size
+            self.store(bucket),
+            bucket,
+            self.client,
+            retry=self.retry,
+            concurrency=self.concurrency,
+            part_size=self.part_size,
         )
 
     def translate(self, err: BaseException, what: str = "") -> BaseException:
