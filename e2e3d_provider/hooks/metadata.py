@@ -4,6 +4,7 @@ PostgreSQL (DESIGN §6)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -43,6 +44,8 @@ class MetadataHook(PostgresHook):
     def __init__(self, metadata_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(metadata_conn_id=metadata_conn_id, **kwargs)
         self._migrated = False
+        self._session: Any = None  # the connection of an open session(), used by its own thread only
+        self._session_thread: int | None = None
 
     # -----------------------------------------------------------------------------------
     # Connections and migrations
@@ -50,15 +53,11 @@ class MetadataHook(PostgresHook):
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """A cursor in one transaction: committed on success, rolled back on error, then closed."""
-        try:
-            conn: Any = self.get_conn()  # a DB-API connection (psycopg2)
-        except Exception as err:
-            raise MetadataError(
-                f"cannot connect to the metadata database through connection {self.get_conn_id()!r}: "
-                f"{str(err).strip()}. Check that PostgreSQL runs and the connection's host, port, login and "
-                "password."
-            ) from err
+        """A cursor in one transaction: committed on success, rolled back on error. Inside
+        :meth:`session` (on the thread that opened it) it runs on the session's connection; otherwise on
+        a connection of its own, closed at the end."""
+        shared = self._session is not None and self._session_thread == threading.get_ident()
+        conn: Any = self._session if shared else self._connect()
         try:
             with conn.cursor() as cur:
                 yield cur
@@ -67,7 +66,33 @@ class MetadataHook(PostgresHook):
             conn.rollback()
             raise
         finally:
+            if not shared:
+                conn.close()
+
+    @contextmanager
+    def session(self) -> Iterator[MetadataHook]:
+        """One connection for every transaction this thread runs inside (a maintenance run's thousands
+        of records cost one connection, not one each); nested sessions share the outer one."""
+        if self._session is not None and self._session_thread == threading.get_ident():
+            yield self
+            return
+        conn = self._connect()
+        self._session, self._session_thread = conn, threading.get_ident()
+        try:
+            yield self
+        finally:
+            self._session, self._session_thread = None, None
             conn.close()
+
+    def _connect(self) -> Any:
+        try:
+            return self.get_conn()  # a DB-API connection (psycopg2)
+        except Exception as err:
+            raise MetadataError(
+                f"cannot connect to the metadata database through connection {self.get_conn_id()!r}: "
+                f"{str(err).strip()}. Check that PostgreSQL runs and the connection's host, port, login and "
+                "password."
+            ) from err
 
     def migrate(self) -> int:
         """Apply missing schema migrations (idempotent, safe under concurrency); return the version."""
@@ -217,6 +242,68 @@ class MetadataHook(PostgresHook):
                 f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs {where} ORDER BY updated_at DESC LIMIT %s", params
             )
             return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+
+    def oldest_jobs(
+        self,
+        status: str,
+        *,
+        finished_before: datetime | None = None,
+        after: tuple[datetime, str, str] | None = None,
+        output_present: bool = False,
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        """One page of runs of ``status``, oldest finished first (``finished_at``, else ``updated_at``),
+        after the keyset ``after`` (:meth:`keyset` of the last row of the previous page): a walk that
+        sees every run however many there are. ``output_present`` leaves out runs whose output was
+        recorded removed (:meth:`mark_output_removed`)."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown job status {status!r}; use one of {', '.join(STATUSES)}")
+        where: list[str] = ["status = %s"]
+        params: list[Any] = [status]
+        if finished_before is not None:
+            where.append("coalesce(finished_at, updated_at) <= %s")
+            params.append(finished_before)
+        if after is not None:
+            where.append("(coalesce(finished_at, updated_at), job_id, stamp) > (%s, %s, %s)")
+            params.extend(after)
+        if output_present:
+            where.append("output_removed_at IS NULL")
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs WHERE {' AND '.join(where)} "
+                "ORDER BY coalesce(finished_at, updated_at), job_id, stamp LIMIT %s",
+                (*params, limit),
+            )
+            return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+
+    def latest_stamps(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """The newest run (stamp) of each of these jobs, in one query."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        with self._migrated_transaction() as cur:
+            cur.execute(f"SELECT job_id, max(stamp) FROM {SCHEMA}.jobs WHERE job_id = ANY(%s) GROUP BY job_id", (ids,))
+            return {job_id: stamp for job_id, stamp in cur.fetchall()}
+
+    @staticmethod
+    def keyset(job: dict[str, Any]) -> tuple[datetime, str, str]:
+        """Where :meth:`oldest_jobs` continues after ``job``."""
+        return (job["finished_at"] or job["updated_at"], job["job_id"], job["stamp"])
+
+    def mark_output_removed(self, runs: Sequence[tuple[str, str]], at: datetime) -> int:
+        """Record that these ``(job_id, stamp)`` runs no longer have output (one statement), so
+        retention never looks at them again; returns how many rows changed."""
+        if not runs:
+            return 0
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"""UPDATE {SCHEMA}.jobs AS j SET output_removed_at = %s, updated_at = now(),
+                        statistics = j.statistics || jsonb_build_object('output_removed_at', %s::text)
+                    FROM unnest(%s::text[], %s::text[]) AS r(job_id, stamp)
+                    WHERE j.job_id = r.job_id AND j.stamp = r.stamp AND j.output_removed_at IS NULL""",
+                (at, at.isoformat(timespec="seconds"), [r[0] for r in runs], [r[1] for r in runs]),
+            )
+            return int(cur.rowcount)
 
     def job_counts(self) -> dict[str, int]:
         """Number of runs per status."""

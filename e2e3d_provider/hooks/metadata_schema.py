@@ -101,6 +101,21 @@ MIGRATIONS.append(
     """,
     )
 )
+MIGRATIONS.append(
+    (
+        3,
+        "maintenance walks jobs oldest first; removed outputs are recorded",
+        f"""
+        ALTER TABLE {SCHEMA}.jobs ADD COLUMN IF NOT EXISTS output_removed_at timestamptz;
+        CREATE INDEX IF NOT EXISTS jobs_retention_idx
+            ON {SCHEMA}.jobs ((coalesce(finished_at, updated_at)), job_id, stamp)
+            WHERE status = 'archived' AND output_removed_at IS NULL;
+        CREATE INDEX IF NOT EXISTS jobs_archive_idx
+            ON {SCHEMA}.jobs ((coalesce(finished_at, updated_at)), job_id, stamp)
+            WHERE status = 'succeeded';
+    """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 JOB_COLUMNS = (
@@ -120,4 +135,5 @@ JOB_COLUMNS = (
     "files",
     "bytes",
     "statistics",
+    "output_removed_at",
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from functools import cached_property
@@ -18,6 +19,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from minio import Minio
 from minio.commonconfig import ENABLED, CopySource, Filter
+from minio.datatypes import parse_copy_object
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.lifecycleconfig import LifecycleConfig, NoncurrentVersionExpiration, Rule
@@ -48,6 +50,8 @@ from e2e3d_provider.exceptions import (
 from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID
 
 LIFECYCLE_RULE_ID = "e2e3d-expire-noncurrent"
+#: the largest object one CopyObject request may copy (larger ones are composed from parts)
+MAX_SINGLE_COPY = 5 * 1024**3
 _AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
 
 
@@ -497,26 +501,30 @@ class StorageHook(BaseHook):
         return sha
 
     def get_bytes(self, bucket: str, key: str, max_bytes: int = 64 * 1024 * 1024) -> bytes:
-        """Read a small object whole, verifying its sha256 metadata when present."""
-        remote = self.stat(bucket, key)
-        if remote is None:
-            raise ObjectNotFoundError(f"no object {bucket}/{key} (connection {self.minio_conn_id!r})")
-        if remote.size > max_bytes:
-            raise StorageError(
-                f"{bucket}/{key} is {remote.size} bytes, over the {max_bytes} byte limit of "
-                "get_bytes; use download_file"
-            )
+        """Read a small object whole (one GET), verifying its sha256 metadata when present."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
 
-        def read() -> bytes:
-            response = self.client.get_object(bucket, key, version_id=remote.version_id)
+        def read() -> tuple[bytes, str | None]:
             try:
-                return response.read()
+                response = self.client.get_object(bucket, key)
+            except S3Error as err:
+                if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    raise ObjectNotFoundError(f"no object {bucket}/{key} (connection {self.minio_conn_id!r})") from err
+                raise
+            try:
+                size = int(response.headers.get("content-length") or 0)
+                if size > max_bytes:
+                    raise StorageError(
+                        f"{bucket}/{key} is {size} bytes, over the {max_bytes} byte limit of get_bytes; "
+                        "use download_file"
+                    )
+                return response.read(), response.headers.get(f"x-amz-meta-{transfer.SHA256_META}")
             finally:
                 response.close()
                 response.release_conn()
 
-        data = self._call(f"get {bucket}/{key}", read)
-        if remote.sha256 and hashlib.sha256(data).hexdigest() != remote.sha256:
+        data, label = self._call(f"get {bucket}/{key}", read)
+        if label and hashlib.sha256(data).hexdigest() != label.lower():
             raise ChecksumMismatchError(f"{bucket}/{key}: bytes do not match the recorded sha256")
         return data
 
@@ -575,32 +583,73 @@ class StorageHook(BaseHook):
             targets = [DeleteObject(o.object_name, o.version_id) for o in objects]
         else:
             targets = [DeleteObject(key) for key in self.list_keys(bucket, prefix)]
-        for start in range(0, len(targets), 1000):
-            batch = targets[start : start + 1000]
-            errors = self._call(
-                f"delete {bucket}/{prefix}", lambda b=batch: list(self.client.remove_objects(bucket, iter(b)))
-            )
-            if errors:
-                raise StorageError(
-                    f"could not delete {len(errors)} objects below {bucket}/{prefix}: "
-                    + "; ".join(f"{e.name}: {e.code}" for e in errors[:5])
-                )
+        self._delete(bucket, targets, f"{bucket}/{prefix}")
         self.log.info(
             "deleted %d %s below %s/%s", len(targets), "versions" if all_versions else "objects", bucket, prefix
         )
         return len(targets)
 
-    def copy_object(self, src_bucket: str, src_key: str, dest_bucket: str, dest_key: str) -> None:
-        """Server-side copy, keeping the object's metadata (and so its sha256)."""
+    def delete_keys(self, bucket: str, keys: Sequence[str]) -> int:
+        """Delete these keys with multi-object deletes (1,000 keys a request; absent keys are no error);
+        returns how many were asked for. Raises naming the keys the server refused."""
+        bucket = validate_bucket(bucket)
+        targets = [DeleteObject(validate_relpath(key)) for key in keys]
+        self._delete(bucket, targets, f"{len(targets)} keys in {bucket}")
+        return len(targets)
+
+    def _delete(self, bucket: str, targets: list[DeleteObject], what: str) -> None:
+        for start in range(0, len(targets), 1000):
+            batch = targets[start : start + 1000]
+            errors = self._call(f"delete {what}", lambda b=batch: list(self.client.remove_objects(bucket, iter(b))))
+            if errors:
+                raise StorageError(
+                    f"could not delete {len(errors)} objects of {what}: "
+                    + "; ".join(f"{e.name}: {e.code}" for e in errors[:5])
+                )
+
+    def copy_object(
+        self,
+        src_bucket: str,
+        src_key: str,
+        dest_bucket: str,
+        dest_key: str,
+        *,
+        if_match: str | None = None,
+        size: int | None = None,
+    ) -> str | None:
+        """Server-side copy, keeping the object's metadata (and so its sha256); returns the new ETag.
+
+        With ``if_match`` the server copies only while the source still has that ETag, else
+        :class:`ChecksumMismatchError` (the check and the copy are one step: nothing can change in
+        between). With ``size`` known and at most 5 GiB it is one request; otherwise the client first
+        asks the size (a HEAD) to choose between a copy and a multipart compose."""
         src_bucket, src_key = validate_bucket(src_bucket), validate_relpath(src_key)
         dest_bucket, dest_key = validate_bucket(dest_bucket), validate_relpath(dest_key)
-        self._call(
-            f"copy {src_bucket}/{src_key}",
-            self.client.copy_object,
-            dest_bucket,
-            dest_key,
-            CopySource(src_bucket, src_key),
-        )
+        source = CopySource(src_bucket, src_key, match_etag=f'"{if_match}"' if if_match else None)
+
+        def copy() -> str | None:
+            etag: str | None
+            try:
+                if size is not None and size <= MAX_SINGLE_COPY:
+                    # the CopyObject request minio's copy_object sends after its HEAD, without the HEAD
+                    response = self.client._execute(
+                        "PUT",
+                        dest_bucket,
+                        object_name=dest_key,
+                        headers=dict(source.gen_copy_headers()),
+                    )
+                    etag, _ = parse_copy_object(response)
+                else:
+                    etag = self.client.copy_object(dest_bucket, dest_key, source).etag
+            except S3Error as err:
+                if err.code == "PreconditionFailed":
+                    raise ChecksumMismatchError(
+                        f"{src_bucket}/{src_key} is no longer the object it was (ETag not {if_match}); not copied"
+                    ) from err
+                raise
+            return transfer.object_io.clean_etag(etag)
+
+        return self._call(f"copy {src_bucket}/{src_key}", copy)
 
     def copy_objects(self, src_bucket: str, dest_bucket: str, pairs: list[tuple[str, str]]) -> int:
         """Server-side copies of ``(src_key, dest_key)`` pairs in parallel (no bytes pass through this
@@ -609,13 +658,13 @@ class StorageHook(BaseHook):
         src_bucket, dest_bucket = validate_bucket(src_bucket), validate_bucket(dest_bucket)
         checked = [(validate_relpath(src), validate_relpath(dest)) for src, dest in pairs]
 
-        def copy(pair: tuple[str, str]) -> None:
-            self.retry.call(
-                lambda: self.client.copy_object(dest_bucket, pair[1], CopySource(src_bucket, pair[0])),
-                f"copy {src_bucket}/{pair[0]}",
-            )
-
-        transfer.run_parallel(checked, copy, self.max_workers, lambda pair: pair[0], self.translate)
+        transfer.run_parallel(
+            checked,
+            lambda pair: self.copy_object(src_bucket, pair[0], dest_bucket, pair[1]),
+            self.max_workers,
+            lambda pair: pair[0],
+            self.translate,
+        )
         return len(checked)
 
     def statistics(self, bucket: str, prefix: str = "") -> dict[str, Any]:

@@ -1,9 +1,17 @@
 """Archive: a completed job from ``output`` into ``archive``, verified against its manifest, then
-recorded; and the maintenance sweep that archives every succeeded job."""
+recorded; and the maintenance sweep that archives every succeeded job.
+
+One job costs two GETs (marker and manifest), one server-side copy per file pinned to the ETag the
+manifest recorded (``x-amz-copy-source-if-match``: the check and the copy are one step, so no HEAD
+or listing of the source is needed), one listing of the copy checked against the manifest, and two
+PUTs (manifest, then SUCCESS). The sweep runs jobs in parallel, oldest first, on one PostgreSQL
+connection, until the backlog is empty or its time budget is spent.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +24,16 @@ from e2e3d_provider.core.layout import (
     output_prefix,
     validate_id,
 )
+from e2e3d_provider.core.manifest import Manifest
+from e2e3d_provider.core.transfer import raise_failures, run_parallel
 from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.publish import read_published_manifest, unpublish, verify_remote
+from e2e3d_provider.lifecycle.publish import read_published, unpublish, verify_remote
+
+#: jobs archived at once by the maintenance sweep, and jobs read from PostgreSQL per page
+ARCHIVE_WORKERS = 16
+PAGE_SIZE = 200
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +80,56 @@ def archive_job(
     (SUCCESS first, then the rest), so no reader ever sees a marker over a partial set.
     """
     validate_id(job_id, "job_id")
-    manifest = read_published_manifest(storage, source_bucket, job_id)
+    published = read_published(storage, source_bucket, job_id)
+    manifest = published.manifest
     source, target = output_prefix(job_id), archive_prefix(job_id, manifest.stamp)
-    verify_remote(storage, source_bucket, source, manifest)  # never archive what does not match
-    storage.copy_objects(source_bucket, archive_bucket, [(source + e.path, target + e.path) for e in manifest.files])
-    verify_remote(storage, archive_bucket, target, manifest)
-    for name in (MANIFEST_NAME, SUCCESS_NAME):  # the archive's own SUCCESS last
-        storage.copy_objects(source_bucket, archive_bucket, [(source + name, target + name)])
+    try:
+        _copy_pinned(storage, manifest, source_bucket, source, archive_bucket, target, _recorded_etags(manifest))
+    except ChecksumMismatchError:
+        # an object's ETag is not the recorded one: name the file whose bytes differ (never archive
+        # those); if the bytes are the published ones after all (stored again), copy them as they are now
+        listed = {obj.key: obj for obj in storage.list_objects(source_bucket, source)}
+        verify_remote(storage, source_bucket, source, manifest, listed=listed)
+        pins = {e.path: listed[source + e.path].etag for e in manifest.files}
+        _copy_pinned(storage, manifest, source_bucket, source, archive_bucket, target, pins)
+    verify_remote(storage, archive_bucket, target, manifest)  # one listing of the copy
+    storage.put_bytes(archive_bucket, target + MANIFEST_NAME, published.manifest_bytes, "application/json")
+    storage.put_bytes(archive_bucket, target + SUCCESS_NAME, published.marker_bytes, "application/json")  # last
     if remove_source:
         unpublish(storage, source_bucket, source)
     return ArchiveResult(
         job_id, manifest.stamp, archive_bucket, target, len(manifest.files), manifest.total_bytes, remove_source
     )
+
+
+def _recorded_etags(manifest: Manifest) -> dict[str, str | None]:
+    return {entry.path: entry.etag for entry in manifest.files}
+
+
+def _copy_pinned(
+    storage: StorageHook,
+    manifest: Manifest,
+    source_bucket: str,
+    source: str,
+    archive_bucket: str,
+    target: str,
+    pins: dict[str, str | None],
+) -> None:
+    """Copy every manifest file, each only while the source has its pinned ETag (a file with no
+    recorded ETag, from an older manifest, has its bytes read against the sha256 first)."""
+    if any(pins[entry.path] is None for entry in manifest.files):
+        listed = {obj.key: obj for obj in storage.list_objects(source_bucket, source)}
+        verify_remote(storage, source_bucket, source, manifest, listed=listed)
+        pins = {entry.path: pins[entry.path] or listed[source + entry.path].etag for entry in manifest.files}
+    for entry in manifest.files:
+        storage.copy_object(
+            source_bucket,
+            source + entry.path,
+            archive_bucket,
+            target + entry.path,
+            if_match=pins[entry.path],
+            size=entry.size,
+        )
 
 
 def record_archived(metadata: MetadataHook, result: ArchiveResult, dataset: str | None = None) -> bool:
@@ -112,26 +164,83 @@ def archive_and_record(
     return result
 
 
-def archive_completed(storage: StorageHook, metadata: MetadataHook, limit: int = 100) -> dict[str, Any]:
-    """Archive succeeded jobs whose results are still complete in ``output``; record them archived.
+def archive_completed(
+    storage: StorageHook,
+    metadata: MetadataHook,
+    limit: int | None = None,
+    *,
+    time_budget: float | None = None,
+    workers: int = ARCHIVE_WORKERS,
+    page_size: int = PAGE_SIZE,
+) -> dict[str, Any]:
+    """Archive succeeded jobs whose results are still complete in ``output``, oldest first, ``workers``
+    at a time; record them archived. Runs until no succeeded job is left (or ``limit`` jobs were looked
+    at, or ``time_budget`` seconds passed: ``complete`` is then False and the next run goes on).
 
     A job whose stored objects no longer match its manifest is not archived: it is reported under
-    ``damaged`` (and logged) and the sweep goes on, so one damaged job never stops the others.
+    ``damaged`` (and logged) and the sweep goes on, so one damaged job never stops the others. An
+    error of the storage itself (unreachable, refused) stops the sweep once the jobs in flight are
+    recorded.
     """
-    archived, skipped, damaged = [], [], []
-    for job in metadata.list_jobs("succeeded", limit=limit):
+    started = time.monotonic()
+    archived: list[str] = []
+    skipped: list[str] = []
+    damaged: list[str] = []
+    failures: dict[str, BaseException] = {}
+    looked_at, complete = 0, True
+
+    def one(job: dict[str, Any]) -> tuple[dict[str, Any], ArchiveResult | str | BaseException]:
         try:
-            result = archive_job(storage, job["job_id"])
+            return job, archive_job(storage, job["job_id"])
         except ObjectNotFoundError:
-            skipped.append(job["job_id"])  # no SUCCESS (a newer run is publishing, or it was removed)
-            continue
+            return job, "skipped"  # no SUCCESS (a newer run is publishing, or it was removed)
         except ChecksumMismatchError as err:
-            damaged.append(job["job_id"])
             log.error("archive_completed: job %s not archived: %s", job["job_id"], err)
-            continue
-        if result.stamp != job["stamp"]:
-            skipped.append(job["job_id"])  # output holds a newer run than this record
-            continue
-        record_archived(metadata, result, job["dataset"])
-        archived.append(job["job_id"])
-    return {"archived": len(archived), "skipped": len(skipped), "jobs": archived[:20], "damaged": damaged[:20]}
+            return job, "damaged"
+        except Exception as err:
+            return job, err
+
+    with metadata.session():
+        after = None
+        while not failures:
+            size = page_size if limit is None else min(page_size, limit - looked_at)
+            page = metadata.oldest_jobs("succeeded", after=after, limit=size) if size > 0 else []
+            if not page:
+                complete = limit is None or looked_at < limit
+                break
+            after = metadata.keyset(page[-1])
+            looked_at += len(page)
+            for job, outcome in run_parallel(page, one, workers, lambda job: job["job_id"], storage.translate):
+                if isinstance(outcome, ArchiveResult) and outcome.stamp == job["stamp"]:
+                    record_archived(metadata, outcome, job["dataset"])
+                    archived.append(job["job_id"])
+                elif isinstance(outcome, ArchiveResult) or outcome == "skipped":
+                    skipped.append(job["job_id"])  # output holds a newer run than this record
+                elif outcome == "damaged":
+                    damaged.append(job["job_id"])
+                else:
+                    failures[job["job_id"]] = storage.translate(outcome, f"archive {job['job_id']}")
+            if len(page) < size:
+                break
+            if time_budget is not None and time.monotonic() - started > time_budget:
+                complete = False
+                break
+    seconds = time.monotonic() - started
+    log.info(
+        "archive_completed: %d archived, %d skipped, %d damaged in %.1fs (%.1f jobs/s)%s",
+        len(archived),
+        len(skipped),
+        len(damaged),
+        seconds,
+        len(archived) / seconds if seconds else 0.0,
+        "" if complete else "; more are waiting (the next run goes on)",
+    )
+    raise_failures(failures, looked_at)
+    return {
+        "archived": len(archived),
+        "skipped": len(skipped),
+        "damaged": damaged[:20],
+        "jobs": archived[:20],
+        "seconds": round(seconds, 3),
+        "complete": complete and not failures,
+    }

@@ -152,16 +152,7 @@ def publish_run(
     manifest_sha = sha256_file(manifest_path)
     storage.upload_file(manifest_path, bucket, manifest_name, sha256=manifest_sha)
 
-    marker_body = json.dumps(
-        {
-            "job_id": job_id,
-            "stamp": stamp,
-            "manifest_sha256": manifest_sha,
-            "files": len(manifest.files),
-            "bytes": manifest.total_bytes,
-        },
-        sort_keys=True,
-    ).encode()
+    marker_body = success_marker(manifest, manifest_sha)
     storage.put_bytes(bucket, marker, marker_body, "application/json")  # step 3: SUCCESS last
     write_atomic(run_dir / SUCCESS_NAME, marker_body)
     return PublishResult(
@@ -181,6 +172,20 @@ def publish_run(
     )
 
 
+def success_marker(manifest: Manifest, manifest_sha: str) -> bytes:
+    """The body of a run's SUCCESS marker: which run, and the sha256 of the manifest it vouches for."""
+    return json.dumps(
+        {
+            "job_id": manifest.job_id,
+            "stamp": manifest.stamp,
+            "manifest_sha256": manifest_sha,
+            "files": len(manifest.files),
+            "bytes": manifest.total_bytes,
+        },
+        sort_keys=True,
+    ).encode()
+
+
 def unpublish(storage: StorageHook, bucket: str, prefix: str) -> int:
     """Remove a published set below ``prefix``: its SUCCESS first, then everything else; returns how
     many objects went after the marker. Idempotent: an absent set removes nothing."""
@@ -189,9 +194,18 @@ def unpublish(storage: StorageHook, bucket: str, prefix: str) -> int:
     return storage.delete_prefix(bucket, prefix)
 
 
-def read_published_manifest(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> Manifest:
-    """The manifest of a completed job below ``prefix`` (default ``<job_id>/``); refuses a job without
-    SUCCESS (ObjectNotFoundError) or whose marker does not name this manifest."""
+@dataclass(frozen=True)
+class Published:
+    """A completed run as read from a bucket: its manifest, and the manifest's and marker's bytes."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    marker_bytes: bytes
+
+
+def read_published(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> Published:
+    """The published run below ``prefix`` (default ``<job_id>/``); refuses a job without SUCCESS
+    (ObjectNotFoundError) or whose marker does not name this manifest."""
     prefix = prefix if prefix is not None else output_prefix(job_id)
     marker = storage.get_bytes(bucket, prefix + SUCCESS_NAME)
     raw = storage.get_bytes(bucket, prefix + MANIFEST_NAME)
@@ -206,7 +220,12 @@ def read_published_manifest(storage: StorageHook, bucket: str, job_id: str, pref
     manifest = Manifest.from_json(raw)
     if manifest.job_id != job_id:
         raise ChecksumMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} belongs to job {manifest.job_id}, not {job_id}")
-    return manifest
+    return Published(manifest, raw, marker)
+
+
+def read_published_manifest(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> Manifest:
+    """The manifest of a completed job (:func:`read_published`)."""
+    return read_published(storage, bucket, job_id, prefix).manifest
 
 
 def fetch_published(

@@ -1,0 +1,128 @@
+"""The maintenance control plane at scale, on the session's real S3 server and PostgreSQL: retention
+that sees every eligible job, archiving that keeps up, statistics that never list in a request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, SUCCESS_NAME, archive_prefix
+from e2e3d_provider.devstack.bulk_jobs import BulkJob, load_jobs
+from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.retention import apply_retention
+
+STAMP = "20200101T000000Z"
+LONG_AGO = datetime(2020, 6, 1, tzinfo=UTC)
+#: retention runs "now" in 2021, so the session's other (2026) jobs are never past its cutoff
+NOW = datetime(2021, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def tag(unique_id: str, metadata: MetadataHook, storage: StorageHook) -> Iterator[str]:
+    """A prefix for this test's job ids; its rows and objects are removed afterwards, so the session's
+    other maintenance tests never meet them."""
+    yield unique_id
+    with metadata.transaction() as cur:
+        cur.execute(f"DELETE FROM {SCHEMA}.jobs WHERE job_id LIKE %s", (unique_id + "%",))
+    for bucket in (BUCKET_OUTPUT, BUCKET_ARCHIVE):
+        keys = [key for key in storage.list_keys(bucket) if key.startswith(unique_id)]
+        storage.delete_keys(bucket, keys)
+
+
+@pytest.mark.slow
+def test_retention_removes_every_eligible_job_in_one_run_and_nothing_newer(
+    storage: StorageHook, metadata: MetadataHook, tmp_path: Path, tag: str
+) -> None:
+    """2,500 archived jobs: 1,500 finished past the cutoff, older than the other 1,000. One run removes
+    the 1,500 from ``output`` (their archive copies stay) and leaves the 1,000; a second run looks at
+    none of them again. (A walk of the newest 1,000 archived jobs saw only the 1,000 and removed none.)"""
+    old = [
+        BulkJob(f"{tag}-old{i:04d}", STAMP, "archived", LONG_AGO + timedelta(minutes=i), archived=True)
+        for i in range(1500)
+    ]
+    new = [BulkJob(f"{tag}-new{i:04d}", STAMP, "archived", NOW - timedelta(days=5, minutes=i)) for i in range(1000)]
+    load_jobs(storage, metadata, tmp_path, old + new, files=("mesh/model.obj",))
+
+    result = apply_retention(storage, metadata, 30, now=NOW)
+    assert (result["removed"], result["waiting"], result["complete"]) == (1500, 0, True)
+    assert result["objects_deleted"] == 1500 * 3  # model.obj, metadata.json, SUCCESS
+    left = {key.split("/", 1)[0] for key in storage.list_keys(BUCKET_OUTPUT) if key.startswith(tag)}
+    assert left == {job.job_id for job in new}
+    assert all(storage.exists(BUCKET_ARCHIVE, archive_prefix(j.job_id, STAMP) + SUCCESS_NAME) for j in old[::100])
+    with metadata.transaction() as cur:
+        cur.execute(
+            f"SELECT count(*) FROM {SCHEMA}.jobs WHERE job_id LIKE %s AND output_removed_at IS NOT NULL", (tag + "%",)
+        )
+        assert cur.fetchone()[0] == 1500
+
+    again = apply_retention(storage, metadata, 30, now=NOW)
+    assert (again["removed"], again["already_gone"], again["waiting"]) == (0, 0, 0)
+
+
+def test_retention_leaves_the_output_of_a_newer_run_of_the_job(
+    storage: StorageHook, metadata: MetadataHook, tmp_path: Path, tag: str
+) -> None:
+    """An old archived run of a job whose output now holds a newer run: retention records the old run's
+    output as gone and deletes nothing (it used to empty ``<job_id>/``, the newer run's results)."""
+    job = f"{tag}-twice"
+    load_jobs(storage, metadata, tmp_path / "new", [BulkJob(job, "20200601T000000Z", "succeeded", NOW)])
+    with metadata.transaction() as cur:  # the older run, archived long ago (its archive copy exists)
+        cur.execute(
+            f"INSERT INTO {SCHEMA}.jobs (job_id, stamp, dataset, status, finished_at) VALUES (%s, %s, 'bulk', "
+            "'archived', %s)",
+            (job, STAMP, LONG_AGO),
+        )
+    storage.put_bytes(BUCKET_ARCHIVE, archive_prefix(job, STAMP) + SUCCESS_NAME, b"{}")
+    before = sorted(storage.list_keys(BUCKET_OUTPUT, job + "/"))
+
+    result = apply_retention(storage, metadata, 30, now=NOW)
+    assert (result["removed"], result["already_gone"]) == (0, 1)
+    assert sorted(storage.list_keys(BUCKET_OUTPUT, job + "/")) == before  # the newer run's results are intact
+    assert metadata.get_job(job, STAMP)["output_removed_at"] is not None
+
+
+def test_the_archive_sweep_archives_every_succeeded_job_on_one_connection_with_ten_requests_each(
+    storage: StorageHook, metadata: MetadataHook, tmp_path: Path, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """120 succeeded jobs over several pages: every one archived and verified, recorded on one PostgreSQL
+    connection; per job two GETs, a copy per file (no HEAD first), one listing and two PUTs."""
+    from e2e3d_provider.lifecycle.archive import archive_completed
+    from e2e3d_provider.lifecycle.publish import read_published_manifest
+
+    jobs = [BulkJob(f"{tag}-a{i:03d}", STAMP, "succeeded", LONG_AGO + timedelta(seconds=i)) for i in range(120)]
+    load_jobs(storage, metadata, tmp_path, jobs)
+    with metadata.transaction() as cur:  # the session's other succeeded jobs are not this test's to count
+        cur.execute(
+            f"UPDATE {SCHEMA}.jobs SET status = 'failed' WHERE status = 'succeeded' AND job_id NOT LIKE %s",
+            (tag + "%",),
+        )
+
+    connections, requests = [], []
+    real_connect = MetadataHook._connect
+    monkeypatch.setattr(MetadataHook, "_connect", lambda self: connections.append(1) or real_connect(self))
+    real_urlopen = storage.client._http.urlopen
+
+    def counted(method: str, url: str, *args: object, **kwargs: object):
+        if tag in url:  # this test's jobs (the sweep also meets the session's other succeeded jobs)
+            requests.append(method)
+        return real_urlopen(method, url, *args, **kwargs)
+
+    monkeypatch.setattr(storage.client._http, "urlopen", counted)
+    result = archive_completed(storage, metadata, page_size=50)
+    monkeypatch.undo()
+
+    assert result["archived"] >= 120 and not result["damaged"] and result["complete"]
+    assert all(metadata.get_job(job.job_id, STAMP)["status"] == "archived" for job in jobs)
+    assert len(connections) == 1
+    files = 5
+    assert len(requests) == 120 * (2 + files + 1 + 2), {m: requests.count(m) for m in set(requests)}
+    assert "HEAD" not in requests
+    for job in jobs[::17]:
+        row = metadata.get_job(job.job_id, STAMP)
+        assert row["status"] == "archived" and row["archive_key"] == "archive/" + archive_prefix(job.job_id, STAMP)
+        manifest = read_published_manifest(storage, BUCKET_ARCHIVE, job.job_id, archive_prefix(job.job_id, STAMP))
+        assert len(manifest.files) == files
