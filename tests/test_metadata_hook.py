@@ -205,3 +205,41 @@ def test_unreachable_database_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     )
     with pytest.raises(MetadataError, match=r"cannot connect.*'e2e3d_nowhere'"):
         MetadataHook("e2e3d_nowhere").get_job("job1")
+
+
+def test_a_session_runs_every_transaction_of_its_thread_on_one_connection(
+    metadata, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside session(), this thread's transactions share one connection (a failed one rolls back and the
+    next still works); another thread meanwhile gets connections of its own; outside, one per transaction."""
+    import threading
+
+    from e2e3d_provider.hooks.metadata import MetadataHook
+
+    opened: list[int] = []
+    real_connect = MetadataHook._connect
+
+    def counting(self: MetadataHook):
+        conn = real_connect(self)
+        opened.append(id(conn))
+        return conn
+
+    monkeypatch.setattr(MetadataHook, "_connect", counting)
+    hook = MetadataHook()
+    hook.migrate()
+    opened.clear()
+    with hook.session():
+        for _ in range(5):
+            with hook.transaction() as cur:
+                cur.execute("SELECT 1")
+        with pytest.raises(Exception, match="division by zero"), hook.transaction() as cur:
+            cur.execute("SELECT 1/0")
+        with hook.transaction() as cur:
+            cur.execute("SELECT 2")
+            assert cur.fetchone() == (2,)
+        other = threading.Thread(target=lambda: hook.job_counts())
+        other.start()
+        other.join()
+    assert len(opened) == 2  # the session's, and the other thread's own
+    hook.job_counts()
+    assert len(opened) == 3

@@ -71,11 +71,15 @@ class BucketUsage(BaseModel):
     stored_bytes: int | None = Field(None, description="bytes the server stores for this bucket, all versions")
     noncurrent_bytes: int | None = Field(None, description="stored_bytes held by noncurrent versions")
     delete_markers: int | None = None
-    taken_at: str | None = Field(description="when the maintenance DAG recorded it; null: measured now")
+    taken_at: str = Field(description="when the maintenance DAG recorded these figures")
+    age_seconds: float = Field(description="how old the figures are")
 
 
 class StorageStats(BaseModel):
-    buckets: list[BucketUsage]
+    buckets: list[BucketUsage] = Field(
+        description="the latest recorded figures per bucket (never measured per request)"
+    )
+    snapshot: str | None = Field(None, description="why no bucket figures are given, when none are recorded yet")
     jobs: dict[str, int] = Field(description="runs per status")
     transfers_24h: dict[str, dict[str, Any]] = Field(
         description="per direction: transfers, files, bytes, seconds, mb_per_s, errors"

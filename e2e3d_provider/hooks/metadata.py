@@ -44,8 +44,7 @@ class MetadataHook(PostgresHook):
     def __init__(self, metadata_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(metadata_conn_id=metadata_conn_id, **kwargs)
         self._migrated = False
-        self._session: Any = None  # the connection of an open session(), used by its own thread only
-        self._session_thread: int | None = None
+        self._sessions = threading.local()  # each thread's open session() connection, if any
 
     # -----------------------------------------------------------------------------------
     # Connections and migrations
@@ -56,8 +55,8 @@ class MetadataHook(PostgresHook):
         """A cursor in one transaction: committed on success, rolled back on error. Inside
         :meth:`session` (on the thread that opened it) it runs on the session's connection; otherwise on
         a connection of its own, closed at the end."""
-        shared = self._session is not None and self._session_thread == threading.get_ident()
-        conn: Any = self._session if shared else self._connect()
+        session = getattr(self._sessions, "conn", None)
+        conn: Any = session if session is not None else self._connect()
         try:
             with conn.cursor() as cur:
                 yield cur
@@ -66,22 +65,21 @@ class MetadataHook(PostgresHook):
             conn.rollback()
             raise
         finally:
-            if not shared:
+            if session is None:
                 conn.close()
 
     @contextmanager
     def session(self) -> Iterator[MetadataHook]:
         """One connection for every transaction this thread runs inside (a maintenance run's thousands
         of records cost one connection, not one each); nested sessions share the outer one."""
-        if self._session is not None and self._session_thread == threading.get_ident():
+        if getattr(self._sessions, "conn", None) is not None:
             yield self
             return
-        conn = self._connect()
-        self._session, self._session_thread = conn, threading.get_ident()
+        self._sessions.conn = self._connect()
         try:
             yield self
         finally:
-            self._session, self._session_thread = None, None
+            conn, self._sessions.conn = self._sessions.conn, None
             conn.close()
 
     def _connect(self) -> Any:
