@@ -214,11 +214,12 @@ def test_memory_stays_flat_for_large_files(connections: dict, bucket: str, tmp_p
     finally:
         tracemalloc.stop()
     assert (tmp_path / "dst" / "large.bin").stat().st_size == size
-    # bounded by the parts in flight (5 MiB each here), never by the file size
-    from e2e3d_provider.core.object_io import PART_CONCURRENCY, RANGE_CONCURRENCY
+    # bounded by the parts in flight (5 MiB each here) and the chunks waiting, never by the file size
+    from e2e3d_provider.core.object_io import PART_CONCURRENCY, STREAM_CHUNK, STREAM_QUEUE
 
     assert upload_peak < (PART_CONCURRENCY + 2) * 5 * MiB < size / 2, f"upload peak {upload_peak / MiB:.1f} MiB"
-    assert download_peak < (RANGE_CONCURRENCY + 2) * 5 * MiB < size / 2, f"download peak {download_peak / MiB:.1f} MiB"
+    limit = (STREAM_QUEUE + 2) * STREAM_CHUNK
+    assert download_peak < limit < size / 2, f"download peak {download_peak / MiB:.1f} MiB"
 
 
 def test_corrupted_object_fails_download_and_leaves_no_file(storage: StorageHook, bucket: str, tmp_path: Path) -> None:

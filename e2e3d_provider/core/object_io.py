@@ -7,10 +7,13 @@ The data path's per-object steps, each reading the local file once:
   so the server has exactly the bytes that were hashed;
 * a large file is streamed in parts (a multipart upload, parts in flight in parallel), hashed as it is
   read; its ETag must equal the multipart ETag of the parts read (MD5 of the parts' MD5s, ``-N``);
-* a download of a small object is one GET; a large one is fetched as parallel ranged GETs pinned to
-  one ETag (``If-Match``) and written at their offsets into a partial file, hashed in order.
+* a download of a small object is one GET; a large one is one GET pinned to its ETag (``If-Match``)
+  on the hook's HTTP client, read in 1 MiB chunks while a second thread writes and hashes each chunk
+  (parallel ranged GETs over the Rust client were measured slower here: more connections, more copies
+  and more server work for the same bytes, on cores the hashing needs).
 
-Nothing here retries, opens connections or knows Airflow: the caller passes a store and a retry policy.
+Nothing here retries, opens connections or knows Airflow: the caller passes a store (or the hook's
+client) and a retry policy.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +35,9 @@ from e2e3d_provider.exceptions import ChecksumMismatchError
 SHA256_META = "sha256"
 #: files up to this size are read whole into memory (they are sent in one PUT)
 SMALL_READ_LIMIT = 1024 * 1024
-#: ranged GETs of one large download in flight at once (memory: this many parts)
-RANGE_CONCURRENCY = 4
+#: a large download is read in chunks of this size; at most STREAM_QUEUE of them wait to be written
+STREAM_CHUNK = 1024 * 1024
+STREAM_QUEUE = 4
 #: parts of one multipart upload in flight at once (memory: this many parts)
 PART_CONCURRENCY = 4
 
@@ -207,11 +213,12 @@ async def get_small(store: Any, key: str, version: str | None, tmp: Path, *, sha
     )
 
 
-async def get_ranged(
-    store: Any,
+def get_streamed(
+    client: Any,
+    bucket: str,
     key: str,
-    size: int,
     etag: str | None,
+    version: str | None,
     label: str | None,
     part_size: int,
     tmp: Path,
@@ -219,56 +226,53 @@ async def get_ranged(
     sha: bool,
     md5: bool,
 ) -> Fetched:
-    """Parallel ranged GETs of one large object, all pinned to ``etag`` (``If-Match``), written at their
-    offsets into ``tmp``; at most :data:`RANGE_CONCURRENCY` ranges in memory. With ``sha`` the bytes are
-    hashed in order (SHA-256); with ``md5`` each range's MD5 is taken as it arrives, in parallel (to give
-    the multipart ETag back when the ranges are the upload's parts)."""
-    starts = list(range(0, size, part_size))
+    """One GET of a large object pinned to ``etag`` (``If-Match``) into ``tmp`` (a new file), read in
+    :data:`STREAM_CHUNK` chunks by this thread while one more thread writes each chunk and hashes it:
+    the SHA-256 of the whole with ``sha``; with ``md5``, one MD5 per ``part_size`` part (to give the
+    multipart ETag back when the parts are the upload's). At most :data:`STREAM_QUEUE` chunks wait."""
     digest = hashlib.sha256()
     md5s: list[bytes] = []
-    written = 0
+    part = hashlib.md5(usedforsecurity=False)
+    in_part = written = 0
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
-    async def fetch(start: int) -> tuple[Any, bytes | None]:
-        options: dict[str, Any] = {"range": (start, min(start + part_size, size))}
-        if etag:
-            options["if_match"] = f'"{etag}"'
-        response = await obstore.get_async(store, key, options=options)  # type: ignore[arg-type]
-        data = await response.bytes_async()
-        part_md5 = await asyncio.to_thread(lambda: hashlib.md5(data, usedforsecurity=False).digest()) if md5 else None
-        return data, part_md5
-
-    def write_and_hash(start: int, data: Any) -> None:
-        view = memoryview(data).cast("B")
-        offset = start
+    def sink(data: bytes) -> None:
+        nonlocal part, in_part, written
+        view = memoryview(data)
         while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
+            view = view[os.write(fd, view) :]
+        written += len(data)
         if sha:
             digest.update(data)
+        if md5:
+            view = memoryview(data)
+            while view:
+                take = min(len(view), part_size - in_part)
+                part.update(view[:take])
+                in_part, view = in_part + take, view[take:]
+                if in_part == part_size:
+                    md5s.append(part.digest())
+                    part, in_part = hashlib.md5(usedforsecurity=False), 0
 
-    pending: list[asyncio.Future[tuple[Any, bytes | None]] | None] = []
+    headers = {"If-Match": f'"{etag}"'} if etag else None
     try:
-        nxt = 0
-        for index, start in enumerate(starts):
-            while nxt < len(starts) and nxt < index + RANGE_CONCURRENCY:
-                pending.append(asyncio.ensure_future(fetch(starts[nxt])))
-                nxt += 1
-            task = pending[index]
-            assert task is not None
-            data, part_md5 = await task
-            pending[index] = None  # free the part once written
-            await asyncio.to_thread(write_and_hash, start, data)
-            if part_md5 is not None:
-                md5s.append(part_md5)
-            written += len(data)
-    except BaseException:
-        for waiting in pending:
-            if waiting is not None:
-                waiting.cancel()
-        raise
+        response = client.get_object(bucket, key, version_id=version, request_headers=headers)
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="e2e3d-sink") as pool:
+                waiting: deque[Future[None]] = deque()
+                for chunk in response.stream(STREAM_CHUNK):
+                    waiting.append(pool.submit(sink, chunk))
+                    if len(waiting) >= STREAM_QUEUE:
+                        waiting.popleft().result()
+                while waiting:
+                    waiting.popleft().result()
+        finally:
+            response.close()
+            response.release_conn()
     finally:
         os.close(fd)
+    if md5 and in_part:
+        md5s.append(part.digest())
     return Fetched(
         size=written,
         sha256=digest.hexdigest() if sha else "",

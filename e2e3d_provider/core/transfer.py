@@ -50,10 +50,10 @@ log = logging.getLogger(__name__)
 __all__ = ["SHA256_META", "Engine", "RemoteObject", "TransferResult"]
 
 PARTIAL_SUFFIX = ".e2e3d-partial"
-#: multipart part size and ranged-GET size; objects up to one part go in one request
+#: multipart part size; objects up to one part go in one request (and are read whole when fetched)
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part
-MAX_RANGE_SIZE = 64 * 1024 * 1024  # larger upload parts are fetched in our part size (no ETag check)
+MAX_RANGE_SIZE = 64 * 1024 * 1024  # upload parts guessed from an ETag no larger than this (else no ETag check)
 #: threads of the hook's thread-pool operations (server-side copies, deletes)
 DEFAULT_WORKERS = 8
 #: requests in flight at once on the data path
@@ -470,19 +470,20 @@ class Engine:
 
         With ``expected_sha256`` (a manifest's) the bytes must hash to it and have ``remote.size`` bytes,
         whatever the object's labels say. Otherwise: the ``x-amz-meta-sha256`` label if the object has
-        one, else the server's ETag (single-part MD5, or the multipart ETag of the ranges fetched when
+        one, else the server's ETag (single-part MD5, or the multipart ETag of the parts read when
         they line up with the upload's parts); an object none of these covers gets a warning."""
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(remote):x}{PARTIAL_SUFFIX}")
         large = remote.size > self.part_size
-        hold = self.part_size * (object_io.RANGE_CONCURRENCY + 1) if large else remote.size
+        hold = object_io.STREAM_CHUNK * (object_io.STREAM_QUEUE + 2) if large else remote.size
         await budget.acquire(hold)
         try:
             if large:
                 label = None if expected_sha256 else await self._label(remote)
-                range_size = self._range_size(remote)
+                part_size = self._part_size_of(remote)
                 sha = bool(expected_sha256 or label)  # else the multipart ETag is what can be checked
                 got = await self.retry.call_async(
-                    lambda: self._ranged(remote, label, range_size, tmp, sha), f"download {self.bucket}/{remote.key}"
+                    lambda: asyncio.to_thread(self._streamed, remote, label, part_size, tmp, sha),
+                    f"download {self.bucket}/{remote.key}",
                 )
             else:
                 got = await self.retry.call_async(
@@ -502,12 +503,21 @@ class Engine:
         tmp.unlink(missing_ok=True)  # a retry starts the file again
         return await object_io.get_small(self.store, remote.key, remote.version_id, tmp, sha=sha)
 
-    async def _ranged(
-        self, remote: RemoteObject, label: str | None, range_size: int, tmp: Path, sha: bool
+    def _streamed(
+        self, remote: RemoteObject, label: str | None, part_size: int, tmp: Path, sha: bool
     ) -> object_io.Fetched:
-        tmp.unlink(missing_ok=True)
-        return await object_io.get_ranged(
-            self.store, remote.key, remote.size, remote.etag, label, range_size, tmp, sha=sha, md5=not sha
+        tmp.unlink(missing_ok=True)  # a retry starts the file again
+        return object_io.get_streamed(
+            self.client,
+            self.bucket,
+            remote.key,
+            remote.etag,
+            remote.version_id,
+            label,
+            part_size,
+            tmp,
+            sha=sha,
+            md5=not sha,
         )
 
     async def _label(self, remote: RemoteObject) -> str | None:
@@ -518,8 +528,8 @@ class Engine:
         )
         return stat.sha256 if stat else None
 
-    def _range_size(self, remote: RemoteObject) -> int:
-        """The upload's part size when the ETag tells it (so the ranges' MD5s give the ETag back), else ours."""
+    def _part_size_of(self, remote: RemoteObject) -> int:
+        """The upload's part size when the ETag tells it (so the parts' MD5s give the ETag back), else ours."""
         count = object_io.parts_of(remote.etag)
         if count and -(-remote.size // self.part_size) == count:
             return self.part_size  # what our own uploads use (several sizes may fit the count: ours first)
@@ -575,7 +585,7 @@ class Engine:
         if expected_sha256:
             return sha256_file(path) == expected_sha256.lower()
         if object_io.parts_of(remote.etag):
-            part = self._range_size(remote)
+            part = self._part_size_of(remote)
         elif object_io.simple_md5_etag(remote.etag):
             part = max(remote.size, 1)  # one part: the plain MD5
         else:
