@@ -24,6 +24,7 @@ def bench_environment(name: str) -> Iterator[Path]:
     from e2e3d_provider.devstack import stack
 
     base = Path(tempfile.mkdtemp(prefix=f"e2e3d-bench-{name}-"))
+    saved = dict(os.environ)  # restored at the end: a second environment starts its own stack
     info = None
     if not os.environ.get("E2E3D_TEST_S3_ENDPOINT"):
         info = stack.start_stack(base / "stack", owner_pid=os.getpid())
@@ -42,3 +43,5 @@ def bench_environment(name: str) -> Iterator[Path]:
         if info is not None:
             stack.stop_stack(base / "stack")
         shutil.rmtree(base, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(saved)
