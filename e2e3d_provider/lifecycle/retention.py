@@ -121,7 +121,8 @@ def _retire_page(
     doomed = [v for v in verdicts if v.action == "remove"]
     markers = [output_prefix(v.job["job_id"]) + SUCCESS_NAME for v in doomed]
     storage.delete_keys(BUCKET_OUTPUT, markers)  # from here on, no reader trusts these sets
-    rest = [key for v in doomed for key in v.keys if not key.endswith("/" + SUCCESS_NAME)]
+    marked = set(markers)
+    rest = [key for v in doomed for key in v.keys if key not in marked]  # a result file named SUCCESS goes too
     storage.delete_keys(BUCKET_OUTPUT, rest)
     gone = [v for v in verdicts if v.action == "gone"]
     metadata.mark_output_removed([(v.job["job_id"], v.job["stamp"]) for v in doomed + gone], now)
