@@ -8,7 +8,9 @@ The data path's per-object steps, each reading the local file once:
 * a large file is streamed in parts (a multipart upload, parts in flight in parallel), hashed as it is
   read; its ETag must equal the multipart ETag of the parts read (MD5 of the parts' MD5s, ``-N``);
 * a download of a small object is one GET; a large one is one GET pinned to its ETag (``If-Match``)
-  on the hook's HTTP client, read in 1 MiB chunks while a second thread writes and hashes each chunk
+  on the hook's HTTP client. Over plain HTTP on Linux its body goes from the socket into the file by
+  ``splice`` (copied once, by the kernel) while a second thread hashes the file's page cache through a
+  memory map; otherwise it is read in 1 MiB chunks while a second thread writes and hashes each one
   (parallel ranged GETs over the Rust client were measured slower here: more connections, more copies
   and more server work for the same bytes, on cores the hashing needs).
 
@@ -19,10 +21,17 @@ client) and a retry policy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
+import http.client
+import mmap
 import os
+import select
+import socket
+import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +47,9 @@ SMALL_READ_LIMIT = 1024 * 1024
 #: a large download is read in chunks of this size; at most STREAM_QUEUE of them wait to be written
 STREAM_CHUNK = 1024 * 1024
 STREAM_QUEUE = 4
+#: a spliced download moves up to this much per call; its hashing thread maps windows of HASH_WINDOW
+SPLICE_CHUNK = 1024 * 1024
+HASH_WINDOW = 8 * 1024 * 1024
 #: parts of one multipart upload in flight at once (memory: this many parts)
 PART_CONCURRENCY = 4
 
@@ -213,6 +225,176 @@ async def get_small(store: Any, key: str, version: str | None, tmp: Path, *, sha
     )
 
 
+class _BodyHashes:
+    """The SHA-256 of a body and/or one MD5 per ``part_size`` part of it, fed in order."""
+
+    def __init__(self, *, sha: bool, md5: bool, part_size: int) -> None:
+        self.sha = hashlib.sha256() if sha else None
+        self.md5s: list[bytes] | None = [] if md5 else None
+        self._part = hashlib.md5(usedforsecurity=False)
+        self._in_part = 0
+        self._part_size = part_size
+
+    def update(self, data: Any) -> None:
+        if self.sha is not None:
+            self.sha.update(data)
+        if self.md5s is not None:
+            view = memoryview(data)
+            while view:
+                take = min(len(view), self._part_size - self._in_part)
+                self._part.update(view[:take])
+                self._in_part, view = self._in_part + take, view[take:]
+                if self._in_part == self._part_size:
+                    self.md5s.append(self._part.digest())
+                    self._part, self._in_part = hashlib.md5(usedforsecurity=False), 0
+
+    def fetched(self, size: int, label: str | None, etag: str | None) -> Fetched:
+        if self.md5s is not None and self._in_part:
+            self.md5s.append(self._part.digest())
+            self._in_part = 0
+        return Fetched(
+            size=size,
+            sha256=self.sha.hexdigest() if self.sha is not None else "",
+            md5=None,
+            part_md5s=self.md5s,
+            label=label,
+            etag=etag,
+        )
+
+
+def _plain_socket_body(response: Any) -> tuple[socket.socket, Any, int] | None:
+    """The socket, buffered reader and length of a response body that can go to a file without passing
+    through Python (kernel ``splice``): a plain TCP connection (not TLS), a ``Content-Length``, no
+    chunked or content encoding. None otherwise (the caller reads the body the ordinary way)."""
+    if not hasattr(os, "splice"):
+        return None
+    raw = getattr(response, "_fp", None)
+    if not isinstance(raw, http.client.HTTPResponse) or raw.chunked or raw.length is None:
+        return None
+    if response.headers.get("Content-Encoding", "identity") not in ("", "identity"):
+        return None
+    sock = getattr(getattr(raw.fp, "raw", None), "_sock", None)
+    if type(sock) is not socket.socket:  # an ssl.SSLSocket holds ciphertext
+        return None
+    return sock, raw.fp, raw.length
+
+
+def _splice_into(sock: socket.socket, reader: Any, length: int, fd: int, progress: Callable[[int], None]) -> int:
+    """Move ``length`` body bytes from ``sock`` into ``fd`` (from offset 0) by ``splice`` through a pipe,
+    so they are copied once, by the kernel, into the page cache; the bytes the HTTP reader already
+    buffered go first. ``progress(n)`` is told how many bytes the file holds. A server that stops
+    early raises ``ConnectionError``, one that goes silent for the socket's timeout ``TimeoutError``."""
+    head = reader.read1(length) if reader.peek(0) else b""  # buffered only: no read from the socket
+    written = 0
+    view = memoryview(head)
+    while view:
+        n = os.write(fd, view)
+        view, written = view[n:], written + n
+    progress(written)
+    timeout = sock.gettimeout()
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    pipe_out, pipe_in = os.pipe()
+    try:
+        with contextlib.suppress(OSError):  # a bigger pipe means fewer calls; the default works too
+            fcntl.fcntl(pipe_in, getattr(fcntl, "F_SETPIPE_SZ", 1031), SPLICE_CHUNK)
+        while written < length:
+            try:
+                got = os.splice(sock.fileno(), pipe_in, min(length - written, SPLICE_CHUNK))
+            except BlockingIOError:
+                if not poller.poll(None if timeout is None else timeout * 1000):
+                    raise TimeoutError(f"no bytes for {timeout} s after {written} of {length}") from None
+                continue
+            if not got:
+                raise ConnectionError(f"the server closed the connection after {written} of {length} bytes")
+            moved = 0
+            while moved < got:
+                moved += os.splice(pipe_out, fd, got - moved, offset_dst=written + moved)
+            written += got
+            progress(written)
+    finally:
+        os.close(pipe_out)
+        os.close(pipe_in)
+    return written
+
+
+def _hash_file_as_written(fd: int, length: int, hashes: _BodyHashes, state: _Written) -> None:
+    """Hash ``fd``'s first ``length`` bytes in mapped windows as soon as each is written (``state``),
+    reading the page cache in place; stops early when the writer gives up."""
+    pos = 0
+    while pos < length:
+        want = min(HASH_WINDOW, length - pos)
+        if not state.wait_for(pos + want):
+            return
+        window = mmap.mmap(fd, want, mmap.MAP_SHARED, mmap.PROT_READ, offset=pos)
+        try:
+            window.madvise(mmap.MADV_SEQUENTIAL)
+            hashes.update(window)
+        finally:
+            window.close()
+        pos += want
+
+
+class _Written:
+    """How far a file has been written, for a reader in another thread; or that the writer gave up."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._done = 0
+        self._abandoned = False
+
+    def advance(self, done: int) -> None:
+        with self._cond:
+            self._done = done
+            self._cond.notify()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._abandoned = True
+            self._cond.notify()
+
+    def wait_for(self, target: int) -> bool:
+        with self._cond:
+            self._cond.wait_for(lambda: self._abandoned or self._done >= target)
+            return not self._abandoned
+
+
+def _spliced(response: Any, body: tuple[socket.socket, Any, int], fd: int, hashes: _BodyHashes) -> int:
+    sock, reader, length = body
+    state = _Written()
+    with ThreadPoolExecutor(1, thread_name_prefix="e2e3d-hash") as pool:
+        hashing = pool.submit(_hash_file_as_written, fd, length, hashes, state)
+        try:
+            written = _splice_into(sock, reader, length, fd, state.advance)
+        except BaseException:
+            state.abandon()
+            raise
+        hashing.result()
+    return written
+
+
+def _copied(response: Any, fd: int, hashes: _BodyHashes) -> int:
+    written = 0
+
+    def sink(data: bytes) -> None:
+        nonlocal written
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        written += len(data)
+        hashes.update(data)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="e2e3d-sink") as pool:
+        waiting: deque[Future[None]] = deque()
+        for chunk in response.stream(STREAM_CHUNK):
+            waiting.append(pool.submit(sink, chunk))
+            if len(waiting) >= STREAM_QUEUE:
+                waiting.popleft().result()
+        while waiting:
+            waiting.popleft().result()
+    return written
+
+
 def get_streamed(
     client: Any,
     bucket: str,
@@ -226,58 +408,25 @@ def get_streamed(
     sha: bool,
     md5: bool,
 ) -> Fetched:
-    """One GET of a large object pinned to ``etag`` (``If-Match``) into ``tmp`` (a new file), read in
-    :data:`STREAM_CHUNK` chunks by this thread while one more thread writes each chunk and hashes it:
-    the SHA-256 of the whole with ``sha``; with ``md5``, one MD5 per ``part_size`` part (to give the
-    multipart ETag back when the parts are the upload's). At most :data:`STREAM_QUEUE` chunks wait."""
-    digest = hashlib.sha256()
-    md5s: list[bytes] = []
-    part = hashlib.md5(usedforsecurity=False)
-    in_part = written = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    """One GET of a large object pinned to ``etag`` (``If-Match``) into ``tmp`` (a new file), hashed as it
+    arrives: the SHA-256 of the whole with ``sha``; with ``md5``, one MD5 per ``part_size`` part (to give
+    the multipart ETag back when the parts are the upload's).
 
-    def sink(data: bytes) -> None:
-        nonlocal part, in_part, written
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        written += len(data)
-        if sha:
-            digest.update(data)
-        if md5:
-            view = memoryview(data)
-            while view:
-                take = min(len(view), part_size - in_part)
-                part.update(view[:take])
-                in_part, view = in_part + take, view[take:]
-                if in_part == part_size:
-                    md5s.append(part.digest())
-                    part, in_part = hashlib.md5(usedforsecurity=False), 0
-
+    On Linux over plain HTTP the body goes from the socket to the file by ``splice`` (one copy, in the
+    kernel) while a second thread hashes what has landed through a memory map of the file; otherwise it
+    is read in :data:`STREAM_CHUNK` chunks while a second thread writes and hashes each one (at most
+    :data:`STREAM_QUEUE` wait). Either way each byte is hashed once, and memory stays bounded."""
+    hashes = _BodyHashes(sha=sha, md5=md5, part_size=part_size)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     headers = {"If-Match": f'"{etag}"'} if etag else None
     try:
         response = client.get_object(bucket, key, version_id=version, request_headers=headers)
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="e2e3d-sink") as pool:
-                waiting: deque[Future[None]] = deque()
-                for chunk in response.stream(STREAM_CHUNK):
-                    waiting.append(pool.submit(sink, chunk))
-                    if len(waiting) >= STREAM_QUEUE:
-                        waiting.popleft().result()
-                while waiting:
-                    waiting.popleft().result()
+            body = _plain_socket_body(response)
+            written = _spliced(response, body, fd, hashes) if body else _copied(response, fd, hashes)
         finally:
-            response.close()
+            response.close()  # a spliced body leaves the connection unusable: it is closed, not pooled
             response.release_conn()
     finally:
         os.close(fd)
-    if md5 and in_part:
-        md5s.append(part.digest())
-    return Fetched(
-        size=written,
-        sha256=digest.hexdigest() if sha else "",
-        md5=None,
-        part_md5s=md5s if md5 else None,
-        label=label,
-        etag=etag,
-    )
+    return hashes.fetched(written, label, etag)
