@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -131,7 +130,7 @@ def measure(name: str, func: Callable[[], Any], repeat: int = 1) -> dict[str, An
 
 
 def run_size(n: int, archive_budget: float) -> list[dict[str, Any]]:
-    with bench_environment(f"control-{n}") as base:
+    with bench_environment(f"control-{n}"):
         from fastapi.testclient import TestClient
 
         from e2e3d_provider.api.app import create_app
@@ -156,10 +155,8 @@ def run_size(n: int, archive_budget: float) -> list[dict[str, Any]]:
             BulkJob(f"bj-r{i:06d}", STAMP, "archived", NOW - timedelta(days=1, seconds=i)) for i in range(n - 2 * tenth)
         ]
         started = time.perf_counter()
-        for start in range(0, len(jobs), 20_000):  # in slices: the scratch files of one slice at a time
-            scratch = base / f"load-{start}"
-            load_jobs(storage, metadata, scratch, jobs[start : start + 20_000])
-            shutil.rmtree(scratch, ignore_errors=True)
+        for start in range(0, len(jobs), 20_000):  # in slices: the bodies of one slice in memory at a time
+            load_jobs(storage, metadata, jobs[start : start + 20_000])
         loaded = time.perf_counter() - started
         print(f"N={n}: loaded {len(jobs)} jobs ({len(jobs) * 7 + tenth * 7} objects) in {loaded:.0f}s", flush=True)
 

@@ -45,7 +45,7 @@ def test_retention_removes_every_eligible_job_in_one_run_and_nothing_newer(
         for i in range(1500)
     ]
     new = [BulkJob(f"{tag}-new{i:04d}", STAMP, "archived", NOW - timedelta(days=5, minutes=i)) for i in range(1000)]
-    load_jobs(storage, metadata, tmp_path, old + new, files=("mesh/model.obj",))
+    load_jobs(storage, metadata, old + new, files=("mesh/model.obj",))
 
     result = apply_retention(storage, metadata, 30, now=NOW)
     assert (result["removed"], result["waiting"], result["complete"]) == (1500, 0, True)
@@ -69,7 +69,7 @@ def test_retention_leaves_the_output_of_a_newer_run_of_the_job(
     """An old archived run of a job whose output now holds a newer run: retention records the old run's
     output as gone and deletes nothing (it used to empty ``<job_id>/``, the newer run's results)."""
     job = f"{tag}-twice"
-    load_jobs(storage, metadata, tmp_path / "new", [BulkJob(job, "20200601T000000Z", "succeeded", NOW)])
+    load_jobs(storage, metadata, [BulkJob(job, "20200601T000000Z", "succeeded", NOW)])
     with metadata.transaction() as cur:  # the older run, archived long ago (its archive copy exists)
         cur.execute(
             f"INSERT INTO {SCHEMA}.jobs (job_id, stamp, dataset, status, finished_at) VALUES (%s, %s, 'bulk', "
@@ -94,7 +94,7 @@ def test_the_archive_sweep_archives_every_succeeded_job_on_one_connection_with_t
     from e2e3d_provider.lifecycle.publish import read_published_manifest
 
     jobs = [BulkJob(f"{tag}-a{i:03d}", STAMP, "succeeded", LONG_AGO + timedelta(seconds=i)) for i in range(120)]
-    load_jobs(storage, metadata, tmp_path, jobs)
+    load_jobs(storage, metadata, jobs)
     with metadata.transaction() as cur:  # the session's other succeeded jobs are not this test's to count
         cur.execute(
             f"UPDATE {SCHEMA}.jobs SET status = 'failed' WHERE status = 'succeeded' AND job_id NOT LIKE %s",

@@ -407,3 +407,39 @@ def test_statistics_of_a_versioned_bucket_count_what_the_server_stores(storage: 
     assert (stats["objects"], stats["bytes"]) == (1, 30)
     assert (stats["versions"], stats["stored_bytes"], stats["noncurrent_bytes"]) == (4, 65, 35)
     assert stats["delete_markers"] == 1
+
+
+def test_a_count_split_into_key_ranges_equals_the_whole_count_on_a_versioned_bucket(
+    storage: StorageHook, bucket: str
+) -> None:
+    """The maintenance count lists a large bucket as key ranges side by side; every object, version and
+    delete marker lands in exactly one range, whatever sorts between the names it splits at."""
+    from minio.versioningconfig import VersioningConfig
+
+    storage.client.set_bucket_versioning(bucket, VersioningConfig("Enabled"))
+    expected = dict.fromkeys(("objects", "bytes", "versions", "stored_bytes", "delete_markers"), 0)
+    for i in range(300):
+        storage.put_bytes(bucket, f"job-{i:04d}/mesh.obj", b"m" * (i % 7 + 1))
+        expected["objects"] += 1
+        expected["bytes"] += i % 7 + 1
+    for i in range(0, 300, 10):  # keys that sort between two top-level names (SeaweedFS cannot hold a key
+        # that is also a folder's name, "job-0010" beside "job-0010/...": none here)
+        storage.put_bytes(bucket, f"job-{i:04d}.extra", b"e" * 3)
+        storage.put_bytes(bucket, f"job-{i:04d}0", b"f")  # after job-NNNN/..., before the next name
+        expected["objects"] += 2
+        expected["bytes"] += 4
+    for i in range(0, 300, 30):  # a second version of some keys, and a delete marker over others
+        storage.put_bytes(bucket, f"job-{i:04d}/mesh.obj", b"n" * 100)
+        expected["bytes"] += 100 - (i % 7 + 1)
+        storage.delete_object(bucket, f"job-{i + 1:04d}/mesh.obj")
+        expected["objects"] -= 1
+        expected["bytes"] -= (i + 1) % 7 + 1
+        expected["delete_markers"] += 1
+    expected["versions"] = 300 + 60 + 10
+    expected["stored_bytes"] = sum(i % 7 + 1 for i in range(300)) + 30 * 4 + 10 * 100
+    whole = storage.statistics(bucket, partitions=1)
+    split = storage.statistics(bucket, partitions=4)
+    assert "4 key range(s)" in split["how"] and "1 key range(s)" in whole["how"]
+    for stats in (whole, split):
+        assert {key: stats[key] for key in expected} == expected
+        assert stats["noncurrent_bytes"] == expected["stored_bytes"] - expected["bytes"]

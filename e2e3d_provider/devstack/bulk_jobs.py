@@ -2,21 +2,23 @@
 
 Each job gets its result files, a manifest (``metadata.json``, with the sizes, sha256s and the ETags
 the server answered) and a SUCCESS marker naming that manifest, in ``output`` and, for archived jobs,
-the same set in ``archive``; and its PostgreSQL row. The objects go up through the hook's data path
-(one parallel upload per stage, manifests before markers), the rows in one statement: thousands of
+the same set in ``archive``; and its PostgreSQL row. The objects go up from memory over the hook's
+object store client, 64 in flight, each checked against the ETag the server answers (one parallel upload
+per stage, manifests before markers), the rows in one statement: thousands of
 jobs load in seconds, where :func:`~e2e3d_provider.lifecycle.publish.publish_run` takes a round trip
 per step per job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
+from e2e3d_provider.core import object_io
 from e2e3d_provider.core.layout import (
     BUCKET_ARCHIVE,
     BUCKET_OUTPUT,
@@ -29,6 +31,9 @@ from e2e3d_provider.core.manifest import FileEntry, Manifest
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import success_marker
+
+#: objects in flight at once while loading
+IN_FLIGHT = 64
 
 #: a job's result files: mesh, material, texture, point cloud, log (with the manifest and SUCCESS: 7 objects)
 RESULT_FILES = ("mesh/model.obj", "mesh/model.mtl", "texture/albedo.png", "pointcloud/points.ply", "logs/run.log")
@@ -48,51 +53,38 @@ class BulkJob:
 def load_jobs(
     storage: StorageHook,
     metadata: MetadataHook,
-    scratch: Path,
     jobs: Sequence[BulkJob],
     *,
     files: Sequence[str] = RESULT_FILES,
     file_size: int = 256,
 ) -> None:
     """Publish ``jobs`` (output, and archive where ``archived``) and insert their rows."""
-    data_dir, meta_dir = scratch / "data", scratch / "meta"
-    data: list[tuple[str, Path]] = []
-    for job in jobs:
-        for rel in files:
-            path = data_dir / job.job_id / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(os.urandom(file_size))
-            data.append((output_prefix(job.job_id) + rel, path))
-    sent = storage.upload_dir(data_dir, BUCKET_OUTPUT, "", files=data)
-    manifests: list[tuple[str, Path]] = []
-    markers: list[tuple[str, Path]] = []
+    bodies = {(job.job_id, rel): os.urandom(file_size) for job in jobs for rel in files}
+    etags = _put_all(storage, BUCKET_OUTPUT, {output_prefix(j) + rel: body for (j, rel), body in bodies.items()})
+    metas: dict[str, tuple[bytes, bytes]] = {}
     totals: dict[str, tuple[int, int]] = {}
     for job in jobs:
         prefix = output_prefix(job.job_id)
-        manifest = Manifest(job.job_id, job.stamp, [FileEntry(rel, *sent.checksums[prefix + rel]) for rel in files])
+        entries = []
+        for rel in files:
+            body = bodies[(job.job_id, rel)]
+            entries.append(FileEntry(rel, len(body), hashlib.sha256(body).hexdigest(), etags[prefix + rel]))
+        manifest = Manifest(job.job_id, job.stamp, entries)
         body = manifest.to_json().encode()
-        folder = meta_dir / job.job_id
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / MANIFEST_NAME).write_bytes(body)
-        (folder / SUCCESS_NAME).write_bytes(success_marker(manifest, hashlib.sha256(body).hexdigest()))
-        manifests.append((prefix + MANIFEST_NAME, folder / MANIFEST_NAME))
-        markers.append((prefix + SUCCESS_NAME, folder / SUCCESS_NAME))
+        metas[job.job_id] = (body, success_marker(manifest, hashlib.sha256(body).hexdigest()))
         totals[job.job_id] = (len(manifest.files), manifest.total_bytes)
-    storage.upload_dir(meta_dir, BUCKET_OUTPUT, "", files=manifests)
-    storage.upload_dir(meta_dir, BUCKET_OUTPUT, "", files=markers)  # SUCCESS last, as publish does
+    _put_all(storage, BUCKET_OUTPUT, {output_prefix(j) + MANIFEST_NAME: m for j, (m, _) in metas.items()})
+    _put_all(storage, BUCKET_OUTPUT, {output_prefix(j) + SUCCESS_NAME: s for j, (_, s) in metas.items()})
     archived = [job for job in jobs if job.archived]
-    if archived:
-
-        def in_archive(items: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
-            stamps = {job.job_id: job.stamp for job in archived}
-            return [
-                (archive_prefix(job_id, stamps[job_id]) + key.split("/", 1)[1], path)
-                for key, path in items
-                if (job_id := key.split("/", 1)[0]) in stamps
-            ]
-
-        storage.upload_dir(data_dir, BUCKET_ARCHIVE, "", files=in_archive(data) + in_archive(manifests))
-        storage.upload_dir(meta_dir, BUCKET_ARCHIVE, "", files=in_archive(markers))
+    if archived:  # the same set in the archive, SUCCESS last
+        where = {job.job_id: archive_prefix(job.job_id, job.stamp) for job in archived}
+        _put_all(
+            storage,
+            BUCKET_ARCHIVE,
+            {where[j] + rel: body for (j, rel), body in bodies.items() if j in where}
+            | {where[j] + MANIFEST_NAME: metas[j][0] for j in where},
+        )
+        _put_all(storage, BUCKET_ARCHIVE, {where[j] + SUCCESS_NAME: metas[j][1] for j in where})
     metadata.migrate()
     with metadata.transaction() as cur:
         cur.execute(
@@ -116,3 +108,25 @@ def load_jobs(
                 [totals[job.job_id][1] for job in jobs],
             ),
         )
+
+
+def _put_all(storage: StorageHook, bucket: str, objects: dict[str, bytes]) -> dict[str, str]:
+    """PUT every object (with its sha256 label, as the data path does) and return key -> ETag; the
+    server's ETag must be each body's MD5."""
+    store = storage.store(bucket)
+
+    async def run() -> dict[str, str]:
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(key: str, body: bytes) -> tuple[str, str]:
+            async with gate:
+                md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+                sha = hashlib.sha256(body).hexdigest()
+                etag = await storage.retry.call_async(
+                    lambda: object_io.put_small(store, key, body, sha, md5, {}), f"put {bucket}/{key}"
+                )
+                return key, etag
+
+        return dict(await asyncio.gather(*(one(key, body) for key, body in objects.items())))
+
+    return asyncio.run(run())

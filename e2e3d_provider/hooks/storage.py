@@ -26,7 +26,7 @@ from minio.lifecycleconfig import LifecycleConfig, NoncurrentVersionExpiration, 
 from minio.versioningconfig import VersioningConfig
 from obstore.store import S3Store
 
-from e2e3d_provider.core import transfer
+from e2e3d_provider.core import listing, transfer
 from e2e3d_provider.core.layout import (
     DEFAULT_BUCKETS,
     DEFAULT_NONCURRENT_DAYS,
@@ -55,6 +55,10 @@ MAX_SINGLE_COPY = 5 * 1024**3
 #: multi-object delete requests in flight at once (measured on SeaweedFS: 1,300 keys/s one at a time,
 #: 2,400 with four)
 DELETE_BATCHES_IN_FLIGHT = 4
+#: a bucket count is split into this many key ranges, listed side by side, when its prefix has at least
+#: COUNT_NAMES_PER_RANGE top-level names per range
+COUNT_PARTITIONS = 8
+COUNT_NAMES_PER_RANGE = 64
 _AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
 
 
@@ -673,36 +677,79 @@ class StorageHook(BaseHook):
         )
         return len(checked)
 
-    def statistics(self, bucket: str, prefix: str = "") -> dict[str, Any]:
+    def statistics(self, bucket: str, prefix: str = "", *, partitions: int = COUNT_PARTITIONS) -> dict[str, Any]:
         """What a prefix of a bucket holds: current ``objects`` and their ``bytes``, and what the server
         stores in all (``versions`` and ``stored_bytes``, noncurrent ones included, ``noncurrent_bytes``,
-        ``delete_markers``), so space used on a versioned bucket is not understated."""
+        ``delete_markers``), so space used on a versioned bucket is not understated.
+
+        Counted, never kept: the listings stream. A bucket that has never had versioning is counted by
+        plain listings (ListObjectsV2); any other by version listings. A large prefix is split at its
+        top-level names into ``partitions`` key ranges listed side by side (``how`` says which way)."""
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
-
-        def count() -> dict[str, int]:
-            totals = dict.fromkeys(("objects", "bytes", "versions", "stored_bytes", "delete_markers"), 0)
-            listing = self.client.list_objects(bucket, prefix=prefix, recursive=True, include_version=True)
-            for entry in listing:
-                if entry.is_delete_marker:
-                    totals["delete_markers"] += 1
-                    continue
-                if not entry.object_name or entry.object_name.endswith("/") or entry.is_dir:
-                    continue
-                size = int(entry.size or 0)
-                totals["versions"] += 1
-                totals["stored_bytes"] += size
-                if str(entry.is_latest).lower() != "false":  # "true", or unset on an unversioned listing
-                    totals["objects"] += 1
-                    totals["bytes"] += size
-            return totals
-
-        totals = self._call(f"count {bucket}/{prefix}", count)
+        status = self._call(f"versioning of {bucket}", lambda: self.client.get_bucket_versioning(bucket).status)
+        versions = status != "Off"  # "Enabled", or "Suspended" with older versions still stored
+        ranges = self._key_ranges(bucket, prefix, partitions)
+        counts = transfer.run_parallel(
+            ranges,
+            lambda span: self._count_range(bucket, prefix, span, versions=versions),
+            len(ranges),
+            lambda span: f"{bucket}/{prefix}{span[0] or ''}",
+            self.translate,
+        )
+        totals = {key: sum(c[key] for c in counts) for key in listing.COUNT_FIELDS}
         return {
             "bucket": bucket,
             "prefix": prefix,
             **totals,
             "noncurrent_bytes": totals["stored_bytes"] - totals["bytes"],
+            "how": ("version" if versions else "plain") + f" listings in {len(ranges)} key range(s)",
         }
+
+    def _key_ranges(self, bucket: str, prefix: str, partitions: int) -> list[tuple[str | None, str | None]]:
+        """Contiguous key ranges ``[first, next first)`` that cover ``prefix`` whole, split at its
+        top-level names (one delimiter listing); one range when there are few of them."""
+        if partitions <= 1:
+            return [(None, None)]
+        names = self._call(
+            f"list {bucket}/{prefix}",
+            lambda: [entry.object_name for entry in self.client.list_objects(bucket, prefix=prefix)],
+        )
+        if len(names) < partitions * COUNT_NAMES_PER_RANGE:
+            return [(None, None)]
+        firsts = [None, *(names[i * len(names) // partitions] for i in range(1, partitions))]
+        return list(zip(firsts, [*firsts[1:], None], strict=True))
+
+    def _count_range(
+        self, bucket: str, prefix: str, span: tuple[str | None, str | None], *, versions: bool
+    ) -> dict[str, int]:
+        """Totals of the keys in ``[first, stop)`` below ``prefix``, page by page (each page retried on
+        its own), starting just below ``first``."""
+        first, stop = span
+        totals = dict.fromkeys(listing.COUNT_FIELDS, 0)
+        query: dict[str, str] = {"versions": ""} if versions else {"list-type": "2"}
+        query |= {"prefix": prefix, "delimiter": "", "max-keys": "1000"}
+        if first and first[:-1]:  # keys after the marker: every key from ``first`` on, a few before it
+            query["key-marker" if versions else "start-after"] = first[:-1]
+        while True:
+            page = self.retry.call(
+                lambda q=dict(query): listing.parse_page(
+                    self.client._execute("GET", bucket, query_params=q).data  # one page, parsed here
+                ),
+                f"count {bucket}/{prefix}{first or ''}",
+            )
+            if listing.count_page(totals, page, first, stop) or not page.truncated:
+                return totals
+            if not (page.next_version or page.next_key) if versions else not page.next_token:
+                raise StorageError(f"listing {bucket}/{prefix}: a truncated page named no next page")
+            if versions:
+                query["key-marker"] = page.next_key or ""
+                if page.next_version:
+                    query["version-id-marker"] = page.next_version
+                else:
+                    query.pop("version-id-marker", None)
+            else:
+                query.pop("start-after", None)
+                query["continuation-token"] = page.next_token or ""
 
     # -----------------------------------------------------------------------------------
     # Presigned URLs

@@ -1,0 +1,80 @@
+"""Counting what a bucket holds from its listing pages, without keeping them.
+
+A page of ListObjectsV2 or ListObjectVersions is parsed for what a count needs (key, size, latest,
+delete marker) and folded into running totals; the caller asks for the next page with the markers the
+page gives. Pages are the unit, not entries: some clients hand a page's delete markers after all its
+versions, so an entry stream is not in key order and cannot tell where a key range ends.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+#: what a count adds up
+COUNT_FIELDS = ("objects", "bytes", "versions", "stored_bytes", "delete_markers")
+
+
+@dataclass
+class Page:
+    """One listing page: entries as (key, size, latest, delete marker), and where the next one starts."""
+
+    entries: list[tuple[str, int, bool, bool]] = field(default_factory=list)
+    truncated: bool = False
+    next_key: str | None = None
+    next_version: str | None = None
+    next_token: str | None = None
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def parse_page(body: bytes) -> Page:
+    """The entries and continuation markers of a ListObjectsV2 or ListObjectVersions answer."""
+    page = Page()
+    for child in ET.fromstring(body):
+        name = _local(child.tag)
+        if name in ("Contents", "Version", "DeleteMarker"):
+            key, size, latest = "", 0, True
+            for part in child:
+                what = _local(part.tag)
+                if what == "Key":
+                    key = part.text or ""
+                elif what == "Size":
+                    size = int(part.text or 0)
+                elif what == "IsLatest":
+                    latest = (part.text or "").lower() != "false"
+            page.entries.append((key, size, latest, name == "DeleteMarker"))
+        elif name == "IsTruncated":
+            page.truncated = (child.text or "").lower() == "true"
+        elif name == "NextKeyMarker":
+            page.next_key = child.text
+        elif name == "NextVersionIdMarker":
+            page.next_version = child.text
+        elif name == "NextContinuationToken":
+            page.next_token = child.text
+    return page
+
+
+def count_page(totals: dict[str, int], page: Page, first: str | None = None, stop: str | None = None) -> bool:
+    """Add the page's entries with ``first <= key < stop`` to ``totals``; True once the page reached
+    ``stop`` (no later page can hold a key of the range)."""
+    past = False
+    for key, size, latest, marker in page.entries:
+        if stop is not None and key >= stop:
+            past = True
+            continue
+        if first is not None and key < first:
+            continue
+        if marker:
+            totals["delete_markers"] += 1
+            continue
+        if not key or key.endswith("/"):
+            continue
+        totals["versions"] += 1
+        totals["stored_bytes"] += size
+        if latest:
+            totals["objects"] += 1
+            totals["bytes"] += size
+    return past
