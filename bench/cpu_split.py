@@ -1,0 +1,101 @@
+"""Where the CPU of one large download goes: the S3 server's, s5cmd's, and the hook's, in one run.
+
+Run:  python -m bench.cpu_split [--mb 2000] [--repeat 3]
+
+One object of --mb MB is uploaded, then downloaded --repeat times by each client in turn (s5cmd, the
+hook with sha256 verification against a manifest value as StageIn does, the hook checking the object's
+own sha256): wall seconds, the client's CPU seconds (getrusage of this process or of the s5cmd child)
+and the server's (utime + stime of every SeaweedFS process, from /proc, before and after). On a
+machine whose cores are all busy, wall time is (server CPU + client CPU) / cores: this shows which of
+the two a gap comes from. Never a test assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import BENCH_CONN_ID, bench_environment
+from bench.transfer import MB, s5cmd
+
+
+def server_cpu() -> float:
+    """CPU seconds used so far by every SeaweedFS process (``weed``) on this machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not (proc / "cmdline").read_bytes().split(b"\0")[0].endswith(b"weed"):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def client_cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure(func: Callable[[Path], None], dest: Path) -> tuple[float, float, float]:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    server, client, started = server_cpu(), client_cpu(), time.perf_counter()
+    func(dest)
+    return time.perf_counter() - started, client_cpu() - client, server_cpu() - server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with bench_environment("cpu-split") as base:
+        from e2e3d_provider.hooks.storage import StorageHook
+
+        storage = StorageHook(BENCH_CONN_ID)
+        storage.bootstrap(buckets=("bench-cpu",), versioned=())
+        src = base / "src" / "scan.bin"
+        src.parent.mkdir()
+        digest = hashlib.sha256()
+        with open(src, "wb") as handle:
+            for _ in range(args.mb):
+                block = os.urandom(MB)
+                digest.update(block)
+                handle.write(block)
+        storage.upload_file(src, "bench-cpu", "big/scan.bin")
+        sha, size = digest.hexdigest(), args.mb * MB
+        clients: dict[str, Callable[[Path], None]] = {
+            "s5cmd": lambda dest: s5cmd("download", src, dest, "bench-cpu", "big/"),
+            "hook, manifest sha256": lambda dest: storage.download_file(
+                "bench-cpu", "big/scan.bin", dest / "scan.bin", sha256=sha, size=size
+            ),
+            "hook, object's sha256": lambda dest: storage.download_file("bench-cpu", "big/scan.bin", dest / "scan.bin"),
+        }
+        rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in clients}
+        for _ in range(args.repeat):
+            for name, func in clients.items():
+                rows[name].append(measure(func, base / "dst"))
+        print(f"\n{args.mb} MB download, medians of {args.repeat}; CPU in seconds\n")
+        print(f"{'client':24s} {'wall':>7s} {'client CPU':>11s} {'server CPU':>11s} {'x s5cmd':>8s}")
+        base_wall = statistics.median(r[0] for r in rows["s5cmd"])
+        for name, runs in rows.items():
+            wall, client, server = (statistics.median(r[i] for r in runs) for i in range(3))
+            print(f"{name:24s} {wall:7.2f} {client:11.2f} {server:11.2f} {base_wall / wall:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
