@@ -68,7 +68,12 @@ def test_deferrable_sensors_resume_in_the_triggerer(airflow_deployment, storage)
     storage.put_bytes("output", f"{job_id}/SUCCESS", b"{}")
     state = airflow_deployment.wait_for_run(dag_id, run_id, timeout=90)
     assert state == "success", airflow_deployment.task_states(dag_id, run_id)
-    log = airflow_deployment.task_log(dag_id, run_id, "results_ready")
+    deadline = time.monotonic() + 30  # the triggerer's lines reach the task's log after the run ends
+    while True:
+        log = airflow_deployment.task_log(dag_id, run_id, "results_ready")
+        if ("SuccessMarkerTrigger" in log and "Trigger fired event" in log) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert "Pausing task as DEFERRED" in log  # the worker handed the wait to the triggerer ...
     assert "SuccessMarkerTrigger" in log and "Trigger fired event" in log  # ... which ran the trigger
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -730,13 +730,12 @@ class StorageHook(BaseHook):
         query |= {"prefix": prefix, "delimiter": "", "max-keys": "1000"}
         if first and first[:-1]:  # keys after the marker: every key from ``first`` on, a few before it
             query["key-marker" if versions else "start-after"] = first[:-1]
+
+        def one_page(q: dict[str, Any]) -> listing.Page:
+            return listing.parse_page(self.client._execute("GET", bucket, query_params=q).data)
+
         while True:
-            page = self.retry.call(
-                lambda q=dict(query): listing.parse_page(
-                    self.client._execute("GET", bucket, query_params=q).data  # one page, parsed here
-                ),
-                f"count {bucket}/{prefix}{first or ''}",
-            )
+            page = self.retry.call(partial(one_page, dict(query)), f"count {bucket}/{prefix}{first or ''}")
             if listing.count_page(totals, page, first, stop) or not page.truncated:
                 return totals
             if not (page.next_version or page.next_key) if versions else not page.next_token:
