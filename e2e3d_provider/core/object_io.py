@@ -359,7 +359,7 @@ class _Written:
             return not self._abandoned
 
 
-def _spliced(response: Any, body: tuple[socket.socket, Any, int], fd: int, hashes: _BodyHashes) -> int:
+def _spliced(body: tuple[socket.socket, Any, int], fd: int, hashes: _BodyHashes) -> int:
     sock, reader, length = body
     state = _Written()
     with ThreadPoolExecutor(1, thread_name_prefix="e2e3d-hash") as pool:
@@ -423,7 +423,7 @@ def get_streamed(
         response = client.get_object(bucket, key, version_id=version, request_headers=headers)
         try:
             body = _plain_socket_body(response)
-            written = _spliced(response, body, fd, hashes) if body else _copied(response, fd, hashes)
+            written = _spliced(body, fd, hashes) if body else _copied(response, fd, hashes)
         finally:
             response.close()  # a spliced body leaves the connection unusable: it is closed, not pooled
             response.release_conn()
