@@ -3,9 +3,12 @@
 Trigger from the UI ("Trigger DAG w/ config") with ``{"dataset": "...", "job_id": "..."}``;
 ``job_id`` defaults to a readable ``<dataset>-<stamp>-<6 hex>``. Flow:
 
-    prepare -> input_present -> stage_in -> reconstruct -> upload_results -> record_succeeded -> archive
-                                                                                       cleanup (all_done)
-                                                                   mark_failed (one_failed: job failed)
+    prepare -> input_present -> stage_in -> reconstruct -> right_size -> upload_results -> record_succeeded
+            -> archive -> cleanup (all_done);  mark_failed (one_failed: job failed)
+
+``right_size`` writes level-of-detail, web and tiled variants beside the results (``right_size=false`` turns
+it off; ``right_size_settings`` overrides its thresholds), so ``upload_results`` publishes originals and
+variants under one manifest and one SUCCESS.
 
 XComs carry the paths as native values (``prepare`` and ``stage_in`` push each field, so
 ``stage_in.output["output_dir"]`` is a str, never a rendered "None"); PostgreSQL gets the job's status, inventory and
@@ -29,6 +32,7 @@ from e2e3d_provider.lifecycle.record import begin_run
 from e2e3d_provider.operators.archive import ArchiveOperator
 from e2e3d_provider.operators.cleanup import CleanupOperator
 from e2e3d_provider.operators.metadata_record import MetadataRecordOperator
+from e2e3d_provider.operators.right_size import RightSizeOperator
 from e2e3d_provider.operators.run_context import run_is_live, run_stamp
 from e2e3d_provider.operators.stage_in import StageInOperator
 from e2e3d_provider.operators.upload_results import UploadResultsOperator
@@ -58,6 +62,10 @@ from e2e3d_provider.sensors.input_presence import InputPresenceSensor
         "models_prefix": Param(None, type=["null", "string"], description="prefix in `models` to stage too (optional)"),
         "min_files": Param(1, type="integer", minimum=1, description="images required before staging"),
         "stable_for": Param(0, type="number", minimum=0, description="seconds the input must be unchanged"),
+        "right_size": Param(True, type="boolean", description="publish LOD, web and tiled variants beside the results"),
+        "right_size_settings": Param(
+            {}, type="object", description="RightSizePolicy fields over the e2e3d.config 'rightsize' defaults"
+        ),
         "remove_output_after_archive": Param(False, type="boolean"),
         "remove_run_dir": Param(False, type="boolean", description="delete the local run dir at the end"),
     },
@@ -126,6 +134,13 @@ def e2e3d_reconstruction() -> None:
             raise AirflowFailException(str(err)) from err
 
     statistics = reconstruct(stage_in.output)
+    right_size = RightSizeOperator(
+        task_id="right_size",
+        run_dir=stage_in.output["output_dir"],
+        origin_host=stage_in.output["host"],
+        enabled="{{ params.right_size }}",
+        settings="{{ params.right_size_settings }}",
+    )
     upload = UploadResultsOperator(
         task_id="upload_results",
         job_id=job_id,
@@ -167,8 +182,8 @@ def e2e3d_reconstruction() -> None:
             )
         raise AirflowFailException(f"job failed: {message}")
 
-    work = [prepared, input_present, stage_in, statistics, upload, record, archive]
-    prepared >> input_present >> stage_in >> statistics >> upload >> record >> archive >> cleanup
+    work = [prepared, input_present, stage_in, statistics, right_size, upload, record, archive]
+    prepared >> input_present >> stage_in >> statistics >> right_size >> upload >> record >> archive >> cleanup
     work >> mark_failed()
 
 

@@ -90,3 +90,8 @@ class StackError(E2E3DError, RuntimeError):
 
 class ReconstructionError(E2E3DError, RuntimeError):
     """The demo reconstruction cannot use its input (no images, unreadable images)."""
+
+
+class RightSizeInputError(E2E3DError, ValueError):
+    """A result cannot be right-sized: a corrupt or empty mesh, image or point cloud, an unsupported
+    pixel mode, NaN coordinates. The original is left exactly as it was."""

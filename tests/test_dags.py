@@ -12,13 +12,18 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import DracoPy
+import pygltflib
 import pytest
+import trimesh
+from PIL import Image
 
 from e2e3d_provider.core.layout import RunLayout, archive_prefix, job_id_from_run_id
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.ingest import InvalidInputError, ingest
 from tests.conftest import REPO, load_repo_dag, task_states, write_files, xcom
+from tests.test_rightsize import load_textured
 
 SAMPLE = REPO / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
 
@@ -52,12 +57,13 @@ def test_job_ids_derived_from_run_ids_are_valid() -> None:
 
 
 def test_lifecycle_dag_end_to_end(
-    run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path, unique_id: str
+    run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path, unique_id: str, tmp_path: Path
 ) -> None:
     dataset = f"ds-{unique_id}"
     ingest(storage, SAMPLE, dataset)
     dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
-    dr = run_dag(dag, {"dataset": dataset, "job_id": unique_id})
+    tiny_tiles = {"tile_threshold": 128, "tile_size": 128, "mip_min_size": 64}  # the demo's 256 px texture is tiled
+    dr = run_dag(dag, {"dataset": dataset, "job_id": unique_id, "right_size_settings": tiny_tiles})
     states = task_states(dr)
     assert str(dr.state) == "success", states
     assert states.pop("mark_failed") == "skipped" and set(states.values()) == {"success"}, states
@@ -66,12 +72,26 @@ def test_lifecycle_dag_end_to_end(
     stamp = prepared["stamp"]
     run = RunLayout(data_root, unique_id, stamp)
     manifest = json.loads(storage.get_bytes("output", f"{unique_id}/metadata.json"))
-    assert {e["path"] for e in manifest["files"]} == {
+    entries = {e["path"]: e for e in manifest["files"]}
+    originals = {
         "mesh/reconstructed_mesh.obj",
         "mesh/reconstructed_mesh.mtl",
         "textures/texture.png",
         "pointcloud/pointcloud.ply",
-        "logs/reconstruct.log",
+    }
+    assert {p for p, e in entries.items() if e["role"] == "original"} == originals  # at the seed's keys
+    assert entries["logs/reconstruct.log"]["role"] == "intermediate"
+    assert manifest["dropped"] == [
+        {"prefix": "temp/", "files": 1, "bytes": (run.run_dir / "temp" / "mean_image.npy").stat().st_size}
+    ]
+    variants = {p: e for p, e in entries.items() if e["role"] in ("lod", "web", "tile")}
+    assert len(variants) == len(entries) - 5
+    assert {(e["source"], e["role"]) for e in variants.values()} >= {
+        ("mesh/reconstructed_mesh.obj", "lod"),
+        ("mesh/reconstructed_mesh.obj", "web"),
+        ("textures/texture.png", "web"),
+        ("textures/texture.png", "tile"),
+        ("pointcloud/pointcloud.ply", "lod"),
     }
     for entry in manifest["files"]:
         remote = storage.stat("output", f"{unique_id}/{entry['path']}")
@@ -83,15 +103,33 @@ def test_lifecycle_dag_end_to_end(
     assert storage.exists("archive", archive_prefix(unique_id, stamp) + "SUCCESS")
     assert manifest["statistics"]["images"] == 6 and manifest["statistics"]["faces"] > 0
 
+    # an independent reader opens every published variant (fetched from the bucket) and finds its figures
+    fetched = tmp_path / "fetched"
+    for path in [*variants, *originals]:
+        local = fetched / path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(storage.get_bytes("output", f"{unique_id}/{path}"))
+    for path, entry in variants.items():
+        assert independent_counts(fetched / path) == expected_counts(entry), path
+    for path in originals - {"mesh/reconstructed_mesh.mtl"}:
+        assert independent_counts(fetched / path) == expected_counts(entries[path]), path
+    texture = load_textured(fetched / "mesh/lod1/reconstructed_mesh.obj").visual.material.image  # via its MTL
+    assert texture is not None and texture.size == Image.open(fetched / "textures/texture.png").size
+
     job = metadata.get_job(unique_id, stamp)
-    assert job["status"] == "archived" and job["dataset"] == dataset and job["files"] == 5
+    assert job["status"] == "archived" and job["dataset"] == dataset and job["files"] == len(entries)
     assert job["archive_key"] == f"archive/{archive_prefix(unique_id, stamp)}"
-    assert len(metadata.job_files(unique_id, stamp)) == 5
+    inventory = metadata.job_files(unique_id, stamp)
+    assert {(r["key"].split("/", 1)[1], r["role"], r["source"], r["level"]) for r in inventory} == {
+        (p, e["role"], e.get("source"), e.get("level")) for p, e in entries.items()
+    }
+    assert all(r["figures"] == entries[r["key"].split("/", 1)[1]].get("figures") for r in inventory)
     with metadata.transaction() as cur:
         cur.execute("SELECT direction, files FROM e2e3d.transfers WHERE job_id = %s ORDER BY direction", (unique_id,))
-        assert cur.fetchall() == [("download", 6), ("upload", 5)]
+        assert cur.fetchall() == [("download", 6), ("upload", len(entries))]
     assert not run.temp_dir.exists() and run.run_dir.exists()  # temp cleaned, results kept locally
     assert xcom(dr, "stage_in")["output_dir"] == str(run.run_dir)
+    assert xcom(dr, "right_size")["variants"] == len(variants)
 
 
 def test_failing_reconstruct_marks_the_job_failed_and_still_cleans(
@@ -189,6 +227,43 @@ def test_ingest_cli(connections: dict, tmp_path: Path, unique_id: str) -> None:
 
 
 @pytest.mark.slow
+def expected_counts(entry: dict) -> dict:
+    """What a file's manifest figures say a reader must find in it."""
+    figures, path = entry["figures"], entry["path"]
+    if path.endswith((".obj", ".glb")):
+        return {"faces": figures["faces"]}
+    if path.endswith(".ply"):
+        return {"points": figures["points"]}
+    if path.endswith(".json"):
+        return {"tiles": figures["tiles"]}
+    if path.endswith(".mtl"):
+        return {"bytes": figures["bytes"]}
+    return {"size": (figures["width"], figures["height"])}
+
+
+def independent_counts(path: Path) -> dict:
+    """Faces, points, pixels or tiles of a file as trimesh, pygltflib + Google's Draco decoder, and Pillow read it."""
+    if path.suffix == ".obj":
+        return {"faces": len(trimesh.load(path, force="mesh", process=False).faces)}
+    if path.suffix == ".glb":
+        gltf = pygltflib.GLTF2.load_binary(path)
+        primitive = gltf.meshes[0].primitives[0]
+        view = gltf.bufferViews[primitive.extensions["KHR_draco_mesh_compression"]["bufferView"]]
+        blob = gltf.binary_blob()[view.byteOffset or 0 : (view.byteOffset or 0) + view.byteLength]
+        decoded = DracoPy.decode(blob)
+        assert gltf.accessors[primitive.indices].count == 3 * len(decoded.faces)
+        return {"faces": len(decoded.faces)}
+    if path.suffix == ".ply":
+        return {"points": len(trimesh.load(path, process=False).vertices)}
+    if path.suffix == ".json":
+        return {"tiles": len(json.loads(path.read_text())["tiles"])}
+    if path.suffix == ".mtl":
+        return {"bytes": path.stat().st_size}
+    with Image.open(path) as image:
+        image.load()
+        return {"size": image.size}
+
+
 def test_demo_command_runs_the_whole_lifecycle(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "E2E3D"))}
     result = subprocess.run(

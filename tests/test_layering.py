@@ -20,8 +20,9 @@ ROOT_MODULES = {"__init__", "exceptions", "plugin", "cli"}
 #: layer -> layers of ours it may import (besides itself and ``exceptions``)
 ALLOWED = {
     "core": set(),
+    "rightsize": {"core"},
     "hooks": {"core"},
-    "lifecycle": {"core", "hooks"},
+    "lifecycle": {"core", "hooks", "rightsize"},
     "triggers": {"core.layout", "hooks", "lifecycle"},
     "sensors": {"core.layout", "hooks", "lifecycle", "triggers"},
     "operators": {"core.layout", "hooks", "lifecycle"},
@@ -33,7 +34,7 @@ ALLOWED = {
     "exceptions": set(),
 }
 #: layers that must not import Airflow at all
-AIRFLOW_FREE = {"core", "lifecycle", "exceptions", "__init__"}
+AIRFLOW_FREE = {"core", "rightsize", "lifecycle", "exceptions", "__init__"}
 
 
 def layer_of(path: Path) -> str:
@@ -82,7 +83,7 @@ def package_modules() -> list[Path]:
 def test_the_package_root_holds_only_the_providers_face() -> None:
     assert {p.stem for p in PACKAGE.glob("*.py")} == ROOT_MODULES
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert folders == {"core", "hooks", "lifecycle", "triggers", "sensors", "operators", "api", "devstack"}
+    assert folders == {"core", "rightsize", "hooks", "lifecycle", "triggers", "sensors", "operators", "api", "devstack"}
     for folder in folders:  # a folder appears when its first module does
         assert [p for p in (PACKAGE / folder).glob("*.py") if p.stem != "__init__"], f"{folder}/ is empty"
 
@@ -115,6 +116,9 @@ def test_only_the_cli_and_the_tests_import_the_developer_subpackage() -> None:
         ("hooks", "from e2e3d_provider.lifecycle.publish import publish_run", "hooks may import only"),
         ("api", "from e2e3d_provider.devstack.stack import free_ports", "api may import only"),
         ("lifecycle", "from dags.e2e3d_maintenance import x", "nothing imports the example DAGs"),
+        ("rightsize", "from airflow.sdk import BaseOperator", "rightsize imports no Airflow"),
+        ("rightsize", "from e2e3d_provider.hooks.storage import StorageHook", "rightsize may import only"),
+        ("operators", "from e2e3d_provider.rightsize.mesh import read_obj", "operators may import only"),
     ],
 )
 def test_the_checker_sees_a_violation(layer: str, source: str, complaint: str) -> None:

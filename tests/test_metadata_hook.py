@@ -13,6 +13,7 @@ from e2e3d_provider.core.layout import InvalidNameError
 from e2e3d_provider.devstack.stack import free_ports
 from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError
 from e2e3d_provider.hooks.metadata import SCHEMA, SCHEMA_VERSION, MetadataHook
+from e2e3d_provider.hooks.metadata_schema import MIGRATIONS
 
 STAMP = "20261124T120000Z"
 
@@ -61,6 +62,52 @@ def test_migrations_are_idempotent_versioned_and_safe_concurrently(connections: 
                 "storage_stats",
                 "config",
             }
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
+        admin.close()
+
+
+def test_a_version_3_inventory_migrates_to_roles_and_keeps_its_rows(
+    connections: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import e2e3d_provider.hooks.metadata as metadata_module
+
+    scratch = f"mig3_{threading.get_ident() % 100000}"
+    admin = psycopg2.connect(**_dsn(connections))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {scratch}")
+    try:
+        os.environ["AIRFLOW_CONN_E2E3D_MIG3"] = json.dumps(dict(connections["e2e3d_metadata"], schema=scratch))
+        with monkeypatch.context() as patch:  # a database as the last release left it: migrations 1-3
+            patch.setattr(metadata_module, "MIGRATIONS", MIGRATIONS[:3])
+            old = MetadataHook("e2e3d_mig3")
+            old.migrate()
+            old.record_job("j1", STAMP, "ds", "running")
+            with old.transaction() as cur:  # as the last release wrote it: four columns
+                cur.execute(
+                    f"INSERT INTO {SCHEMA}.job_files (job_id, stamp, kind, key, size, sha256)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    ("j1", STAMP, "mesh", "j1/mesh/m.obj", 7, "a" * 64),
+                )
+        hook = MetadataHook("e2e3d_mig3")
+        assert hook.schema_version() == 3
+        assert hook.migrate() == SCHEMA_VERSION == 4
+        assert hook.job_files("j1", STAMP) == [
+            {"kind": "mesh", "key": "j1/mesh/m.obj", "size": 7, "sha256": "a" * 64}
+            | {"role": None, "source": None, "level": None, "figures": None}
+        ]
+        hook.record_files(
+            "j1",
+            STAMP,
+            [
+                ("mesh", "j1/mesh/m.obj", 7, "a" * 64, "original", None, 0, {"faces": 2}),
+                ("mesh", "j1/mesh/lod1/m.obj", 5, "b" * 64, "lod", "mesh/m.obj", 1, {"faces": 1}),
+            ],
+        )
+        rows = {r["key"]: r for r in hook.job_files("j1", STAMP)}
+        assert rows["j1/mesh/lod1/m.obj"]["source"] == "mesh/m.obj" and rows["j1/mesh/m.obj"]["figures"] == {"faces": 2}
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
@@ -129,7 +176,13 @@ def test_file_inventory_is_bulk_replaced_without_duplicates(metadata: MetadataHo
     assert metadata.record_files(unique_id, STAMP, rows) == 5000
     assert metadata.record_files(unique_id, STAMP, rows) == 5000  # a retry changes nothing
     stored = metadata.job_files(unique_id, STAMP)
-    assert len(stored) == 5000 and stored[7] == {"kind": "images", "key": rows[7][1], "size": 7, "sha256": rows[7][3]}
+    assert len(stored) == 5000
+    assert stored[7] == {"kind": "images", "key": rows[7][1], "size": 7, "sha256": rows[7][3]} | {
+        "role": None,  # a plain inventory: nothing right-sized
+        "source": None,
+        "level": None,
+        "figures": None,
+    }
     metadata.record_files(unique_id, STAMP, [*rows[:2], ("mesh", f"{unique_id}/mesh/m.obj", 9, "f" * 64)])
     assert [f["key"] for f in metadata.job_files(unique_id, STAMP)] == [
         f"{unique_id}/images/00000.jpg",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from airflow.configuration import conf
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
@@ -22,7 +22,9 @@ from e2e3d_provider.api.schemas import (
     Health,
     JobResults,
     ResultFile,
+    ResultGroup,
     StorageStats,
+    TileURL,
     UploadGrant,
     UploadRequest,
     UploadURL,
@@ -41,6 +43,7 @@ from e2e3d_provider.core.layout import (
     validate_id,
     validate_relpath,
 )
+from e2e3d_provider.core.manifest import FileEntry
 from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, MAX_UPLOAD_BYTES, upload_headers
 from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
 from e2e3d_provider.exceptions import (
@@ -132,8 +135,16 @@ def job_results(
     expires: Annotated[
         int, Query(ge=1, le=MAX_EXPIRY, description="seconds the URLs stay valid (max 7 days)")
     ] = DEFAULT_EXPIRY,
+    lod: Annotated[
+        int | None, Query(ge=0, le=64, description="only this level of detail of each result (0: full resolution)")
+    ] = None,
+    variant: Annotated[
+        Literal["web"] | None, Query(description="only the web variants (GLB meshes, JPEG/WebP textures)")
+    ] = None,
 ) -> JobResults:
-    """Status from PostgreSQL and pre-signed URLs for every file of the job's manifest."""
+    """Status from PostgreSQL and pre-signed URLs for every file of the job's manifest, with each result's
+    variants grouped under it; ``?lod=n`` picks level n of every result, ``?variant=web`` the web variants
+    (at ``lod``, default 0). A tile index comes with a URL for each of its tiles."""
     job_id = checked_id(job_id, "job_id")
     job = b.metadata.get_job(job_id)
     if job is None:
@@ -162,17 +173,19 @@ def job_results(
             "Re-publish the job (or restore it from the archive).",
         ) from None
     ttl = timedelta(seconds=expires)
-    files = [
-        ResultFile(
-            path=e.path,
-            key=prefix + e.path,
-            size=e.size,
-            sha256=e.sha256,
-            url=b.storage.presigned_get(bucket, prefix + e.path, ttl),
-        )
-        for e in manifest.files
-    ]
-    by_path = {f.path: f.url for f in files}
+    levels = sorted({e.level for e in manifest.files if e.level is not None and e.role in ("lod", "web")})
+    chosen = manifest.files
+    if lod is not None or variant is not None:
+        want = lod or 0
+        chosen = [e for e in manifest.files if _picked(e, want, variant)]
+        if not chosen:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"job {job_id!r} has no {variant or 'level-of-detail'} files at level {want} "
+                f"(levels: {', '.join(map(str, levels)) or 'none: it was published without right-sizing'})",
+            )
+    files = [_result_file(b.storage, bucket, prefix, e, ttl, manifest.files) for e in chosen]
+    by_path = {f.path: f.url for f in _result_files_of(files)}
     return JobResults(
         job_id=job_id,
         stamp=manifest.stamp,
@@ -185,8 +198,81 @@ def job_results(
         texture=by_path.get(TEXTURE_RELPATH),
         pointcloud=by_path.get(POINTCLOUD_RELPATH),
         files=files,
+        results=_groups(files, {e.path: e for e in manifest.files}, b.storage, bucket, prefix, ttl),
+        levels=levels,
+        dropped=manifest.dropped,
         statistics=dict(job.get("statistics") or manifest.statistics),
     )
+
+
+def _picked(entry: FileEntry, level: int, variant: str | None) -> bool:
+    """Whether ``?lod=level`` (and ``?variant=``) picks this file: the variants at that level (level 0
+    also the originals themselves), or with ``variant=web`` only the web ones."""
+    if variant == "web":
+        return entry.role == "web" and entry.level == level
+    if entry.role == "original":
+        return level == 0
+    return entry.role in ("lod", "web") and entry.level == level
+
+
+def _result_files_of(files: list[ResultFile]) -> list[ResultFile]:
+    return [f for f in files if f.role in (None, "original")]
+
+
+def _result_file(
+    storage: StorageHook, bucket: str, prefix: str, e: FileEntry, ttl: timedelta, every: list[FileEntry]
+) -> ResultFile:
+    tiles = None
+    if e.role == "tile" and (e.figures or {}).get("index"):  # a tile index: its tiles, each with a URL
+        folder = e.path.rpartition("/")[0] + "/"
+        tiles = [
+            TileURL(
+                level=t.level or 0,
+                row=int(t.figures["row"]),
+                col=int(t.figures["col"]),
+                width=int(t.figures["width"]),
+                height=int(t.figures["height"]),
+                key=prefix + t.path,
+                url=storage.presigned_get(bucket, prefix + t.path, ttl),
+            )
+            for t in every
+            if t.role == "tile" and t.path.startswith(folder) and t.figures and "row" in t.figures
+        ]
+    return ResultFile(
+        path=e.path,
+        key=prefix + e.path,
+        size=e.size,
+        sha256=e.sha256,
+        url=storage.presigned_get(bucket, prefix + e.path, ttl),
+        kind=e.kind,
+        role=e.role,
+        source=e.source,
+        level=e.level,
+        figures=e.figures,
+        tiles=tiles,
+    )
+
+
+def _groups(
+    files: list[ResultFile],
+    entries: dict[str, FileEntry],
+    storage: StorageHook,
+    bucket: str,
+    prefix: str,
+    ttl: timedelta,
+) -> list[ResultGroup]:
+    """Each original with the listed variants derived from it (an original left out by ``?lod`` is
+    still named, with its URL, so a group always says what its variants derive from)."""
+    sources = sorted({f.source for f in files if f.source} | {f.path for f in files if f.role == "original"})
+    listed = {f.path: f for f in files}
+    groups = []
+    for source in sources:
+        original = listed.get(source)
+        if original is None and source in entries:
+            original = _result_file(storage, bucket, prefix, entries[source], ttl, [])
+        if original is not None:
+            groups.append(ResultGroup(original=original, variants=[f for f in files if f.source == source]))
+    return groups
 
 
 @protected.post(

@@ -9,12 +9,33 @@ from pydantic import BaseModel, Field
 from e2e3d_provider.core.presign import MAX_PRESIGN_EXPIRY
 
 
+class TileURL(BaseModel):
+    level: int = Field(description="pyramid level: 0 full resolution, n = 1/2^n")
+    row: int
+    col: int
+    width: int
+    height: int
+    key: str
+    url: str = Field(description="pre-signed GET URL")
+
+
 class ResultFile(BaseModel):
     path: str = Field(description="path relative to the run directory")
     key: str = Field(description="object key")
     size: int
     sha256: str
     url: str = Field(description="pre-signed GET URL")
+    kind: str | None = Field(None, description="mesh, texture, pointcloud, log ...")
+    role: str | None = Field(None, description="original, lod, web, tile or intermediate (right-sized runs)")
+    source: str | None = Field(None, description="the original a variant derives from")
+    level: int | None = Field(None, description="level of detail: 0 full resolution")
+    figures: dict[str, Any] | None = Field(None, description="faces, pixels, points, error... as recorded")
+    tiles: list[TileURL] | None = Field(None, description="a tile index's tiles, each with its URL")
+
+
+class ResultGroup(BaseModel):
+    original: ResultFile
+    variants: list[ResultFile] = Field(description="files derived from the original, by role and level")
 
 
 class JobResults(BaseModel):
@@ -28,7 +49,12 @@ class JobResults(BaseModel):
     mesh: str | None = Field(description="pre-signed URL of mesh/reconstructed_mesh.obj")
     texture: str | None = Field(description="pre-signed URL of textures/texture.png")
     pointcloud: str | None = Field(description="pre-signed URL of pointcloud/pointcloud.ply")
-    files: list[ResultFile]
+    files: list[ResultFile] = Field(description="every published file, or the ones ?lod / ?variant picked")
+    results: list[ResultGroup] = Field(
+        default_factory=list, description="each result with its variants (right-sized runs); filtered like files"
+    )
+    levels: list[int] = Field(default_factory=list, description="levels of detail this job has")
+    dropped: list[dict[str, Any]] = Field(default_factory=list, description="intermediates left unpublished")
     statistics: dict[str, Any]
 
 

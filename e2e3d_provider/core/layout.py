@@ -43,6 +43,12 @@ TEXTURE_RELPATH = "textures/texture.png"
 POINTCLOUD_RELPATH = "pointcloud/pointcloud.ply"
 #: the kind of a result file, by its run-dir folder: the words the results API uses too
 RESULT_KINDS = {"mesh": "mesh", "textures": "texture", "pointcloud": "pointcloud", "logs": "log"}
+#: the run-dir folders whose top-level files are results that right-sizing derives variants from
+RESULT_FOLDERS = ("mesh", "textures", "pointcloud")
+#: what right-sizing recorded (variants, dropped intermediates); read by publish, never uploaded itself
+VARIANTS_NAME = "rightsize.json"
+#: variant folders inside a result folder: ``lod<n>/``, ``web/``, ``tiles/`` (reserved: only right-sizing writes them)
+_VARIANT_FOLDER = re.compile(r"^(lod\d+|web|tiles)$")
 
 #: Object-key segments are limited (in UTF-8 bytes, as S3 counts) so a key stays under S3's 1024-byte limit.
 MAX_RELPATH_LENGTH = 768
@@ -144,6 +150,27 @@ def result_kind(relpath: str) -> str:
     """The kind of a run-relative file: ``texture`` for ``textures/...``, ``file`` at the top level."""
     head, sep, _ = relpath.partition("/")
     return RESULT_KINDS.get(head, head) if sep else "file"
+
+
+def variant_relpath(original: str, folder: str, name: str | None = None) -> str:
+    """Where a variant of the result ``original`` lives: ``mesh/reconstructed_mesh.obj`` + ``lod1`` ->
+    ``mesh/lod1/reconstructed_mesh.obj`` (``name`` replaces the file name, e.g. to change its suffix)."""
+    head, _, tail = validate_relpath(original).rpartition("/")
+    if head not in RESULT_FOLDERS or not _VARIANT_FOLDER.fullmatch(folder.split("/")[0]):
+        raise InvalidNameError(f"no variant folder {folder!r} for {original!r}")
+    return validate_relpath(f"{head}/{folder}/{name or tail}")
+
+
+def is_variant_path(relpath: str) -> bool:
+    """Whether a run-relative path lies in a variant folder of a result folder (written by right-sizing)."""
+    parts = relpath.split("/")
+    return len(parts) > 2 and parts[0] in RESULT_FOLDERS and bool(_VARIANT_FOLDER.fullmatch(parts[1]))
+
+
+def is_result_original(relpath: str) -> bool:
+    """Whether a run-relative path is a result right-sizing starts from: a file directly in a result folder."""
+    parts = relpath.split("/")
+    return len(parts) == 2 and parts[0] in RESULT_FOLDERS
 
 
 def run_name(job_id: str, stamp: str) -> str:

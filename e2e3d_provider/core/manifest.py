@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, NoReturn
 from e2e3d_provider.core.layout import (
     MANIFEST_NAME,
     SUCCESS_NAME,
+    VARIANTS_NAME,
     result_kind,
     validate_id,
     validate_relpath,
@@ -25,7 +26,9 @@ from e2e3d_provider.exceptions import ManifestError, UnreadablePathError
 CHUNK_SIZE = 1024 * 1024
 MANIFEST_VERSION = 1
 #: Files of a run directory that are never listed in its manifest.
-CONTROL_FILES = frozenset({MANIFEST_NAME, SUCCESS_NAME})
+CONTROL_FILES = frozenset({MANIFEST_NAME, SUCCESS_NAME, VARIANTS_NAME})
+#: what a file is to its job: a reconstruction result, a variant derived from one, or a kept intermediate
+ROLES = ("original", "lod", "web", "tile", "intermediate")
 
 
 def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
@@ -56,12 +59,20 @@ class HashingReader:
 class FileEntry:
     """One file of a run: path relative to the run directory, size in bytes, hex SHA-256, and the ETag
     the server computed when the publish stored it (a cheap check, by listing, that the bytes are still
-    the published ones; never the object's own ``x-amz-meta-sha256`` label, which any writer can set)."""
+    the published ones; never the object's own ``x-amz-meta-sha256`` label, which any writer can set).
+
+    Right-sized runs also say what each file is: its ``role`` (:data:`ROLES`), for a variant the
+    ``source`` original it derives from and its ``level`` (0 = full resolution), and its ``figures``
+    (faces, pixels, points, error...)."""
 
     path: str
     size: int
     sha256: str
     etag: str | None = None
+    role: str | None = None
+    source: str | None = None
+    level: int | None = None
+    figures: dict[str, Any] | None = None
 
     @property
     def kind(self) -> str:
@@ -79,13 +90,17 @@ class Manifest:
     statistics: dict[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     version: int = MANIFEST_VERSION
+    #: intermediates the preservation policy kept out of the published set: ``{"prefix", "files", "bytes"}``
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    #: the preservation policy the run was published under (what is kept, dropped, removed after archive)
+    preservation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
         return sum(entry.size for entry in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "version": self.version,
             "job_id": self.job_id,
             "stamp": self.stamp,
@@ -93,6 +108,11 @@ class Manifest:
             "files": [{k: v for k, v in asdict(entry).items() if v is not None} for entry in self.files],
             "statistics": self.statistics,
         }
+        if self.dropped:
+            data["dropped"] = self.dropped
+        if self.preservation:
+            data["preservation"] = self.preservation
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -109,6 +129,10 @@ class Manifest:
                     int(item["size"]),
                     _check_sha(item["sha256"]),
                     str(item["etag"]) if item.get("etag") else None,
+                    _check_role(item.get("role")),
+                    validate_relpath(item["source"]) if item.get("source") else None,
+                    int(item["level"]) if item.get("level") is not None else None,
+                    dict(item["figures"]) if item.get("figures") else None,
                 )
                 for item in data["files"]
             ]
@@ -119,6 +143,8 @@ class Manifest:
                 statistics=dict(data.get("statistics") or {}),
                 created_at=str(data.get("created_at", "")),
                 version=version,
+                dropped=[dict(item) for item in data.get("dropped") or []],
+                preservation=dict(data.get("preservation") or {}),
             )
         except (KeyError, TypeError, ValueError) as err:
             if isinstance(err, ManifestError):
@@ -140,6 +166,12 @@ def _check_sha(value: object) -> str:
     if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise ManifestError(f"invalid sha256 {value!r}")
     return value
+
+
+def _check_role(value: object) -> str | None:
+    if value is not None and value not in ROLES:
+        raise ManifestError(f"unknown file role {value!r} (roles: {', '.join(ROLES)})")
+    return value if value is None else str(value)
 
 
 def raise_unreadable(err: OSError) -> NoReturn:

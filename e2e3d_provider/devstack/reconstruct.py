@@ -141,6 +141,8 @@ def reconstruct(input_dir: Path, run_dir: Path, temp_dir: Path | None = None) ->
     if temp_dir is not None:  # an intermediate artifact, as real pipelines leave in temp/
         temp_dir.mkdir(parents=True, exist_ok=True)
         np.save(temp_dir / "mean_image.npy", mean)
+    (run_dir / "temp").mkdir(parents=True, exist_ok=True)  # a working file in the run dir: not published
+    np.save(run_dir / "temp" / "mean_image.npy", mean)  # (the preservation policy drops temp/ by default)
     faces = write_mesh(mean, run_dir)
     write_texture(mean, run_dir)
     points = write_pointcloud(images, run_dir)

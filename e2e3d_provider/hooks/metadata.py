@@ -313,17 +313,19 @@ class MetadataHook(PostgresHook):
     # File inventories
     # -----------------------------------------------------------------------------------
 
-    def record_files(self, job_id: str, stamp: str, files: Iterable[tuple[str, str, int, str]]) -> int:
-        """Replace a run's file inventory with ``(kind, key, size, sha256)`` rows in one statement.
+    def record_files(self, job_id: str, stamp: str, files: Iterable[Sequence[Any]]) -> int:
+        """Replace a run's file inventory with ``(kind, key, size, sha256)`` rows, optionally followed by
+        ``role, source, level, figures`` (what a right-sized run's manifest says of each file), in one
+        statement.
 
         Runs as a single ``INSERT ... SELECT FROM unnest(...)`` upsert (never row by row); rows of
         keys no longer listed are removed, so the inventory always equals the latest manifest.
         """
-        rows = list(files)
-        kinds = [r[0] for r in rows]
-        keys = [r[1] for r in rows]
-        sizes = [int(r[2]) for r in rows]
-        shas = [r[3] for r in rows]
+        rows = [tuple(r) + (None,) * (8 - len(r)) for r in files]
+        columns = list(zip(*rows, strict=True)) if rows else [()] * 8
+        kinds, keys, sizes, shas, roles, sources, levels, figures = (list(c) for c in columns)
+        sizes = [int(s) for s in sizes]
+        figures = [json.dumps(f) if f is not None else None for f in figures]
         with self._migrated_transaction() as cur:
             cur.execute(f"SELECT 1 FROM {SCHEMA}.jobs WHERE job_id = %s AND stamp = %s", (job_id, stamp))
             if cur.fetchone() is None:
@@ -333,22 +335,31 @@ class MetadataHook(PostgresHook):
                 (job_id, stamp, keys),
             )
             cur.execute(
-                f"""INSERT INTO {SCHEMA}.job_files (job_id, stamp, kind, key, size, sha256)
-                    SELECT %s, %s, k, key, s, h FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])
-                         AS t(k, key, s, h)
+                f"""INSERT INTO {SCHEMA}.job_files
+                         (job_id, stamp, kind, key, size, sha256, role, source, level, figures)
+                    SELECT %s, %s, k, key, s, h, r, src, l, f::jsonb
+                      FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[],
+                                  %s::integer[], %s::text[])
+                         AS t(k, key, s, h, r, src, l, f)
                     ON CONFLICT (job_id, stamp, key)
-                    DO UPDATE SET kind = EXCLUDED.kind, size = EXCLUDED.size, sha256 = EXCLUDED.sha256""",
-                (job_id, stamp, kinds, keys, sizes, shas),
+                    DO UPDATE SET kind = EXCLUDED.kind, size = EXCLUDED.size, sha256 = EXCLUDED.sha256,
+                                  role = EXCLUDED.role, source = EXCLUDED.source, level = EXCLUDED.level,
+                                  figures = EXCLUDED.figures""",
+                (job_id, stamp, kinds, keys, sizes, shas, roles, sources, levels, figures),
             )
         return len(rows)
 
     def job_files(self, job_id: str, stamp: str) -> list[dict[str, Any]]:
+        """A run's inventory: kind, key, size, sha256, and role, source, level, figures (``None`` for runs
+        published without right-sizing)."""
         with self._migrated_transaction() as cur:
             cur.execute(
-                f"SELECT kind, key, size, sha256 FROM {SCHEMA}.job_files WHERE job_id = %s AND stamp = %s ORDER BY key",
+                f"""SELECT kind, key, size, sha256, role, source, level, figures FROM {SCHEMA}.job_files
+                     WHERE job_id = %s AND stamp = %s ORDER BY key""",
                 (job_id, stamp),
             )
-            return [{"kind": k, "key": key, "size": int(s), "sha256": h} for k, key, s, h in cur.fetchall()]
+            names = ("kind", "key", "size", "sha256", "role", "source", "level", "figures")
+            return [{**dict(zip(names, row, strict=True)), "size": int(row[2])} for row in cur.fetchall()]
 
     # -----------------------------------------------------------------------------------
     # Transfers and storage statistics

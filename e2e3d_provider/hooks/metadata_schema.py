@@ -116,6 +116,18 @@ MIGRATIONS.append(
     """,
     )
 )
+MIGRATIONS.append(
+    (
+        4,
+        "file inventories say what each file is: role, the original a variant derives from, level, figures",
+        f"""
+        ALTER TABLE {SCHEMA}.job_files ADD COLUMN IF NOT EXISTS role text;
+        ALTER TABLE {SCHEMA}.job_files ADD COLUMN IF NOT EXISTS source text;
+        ALTER TABLE {SCHEMA}.job_files ADD COLUMN IF NOT EXISTS level integer;
+        ALTER TABLE {SCHEMA}.job_files ADD COLUMN IF NOT EXISTS figures jsonb;
+    """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 JOB_COLUMNS = (

@@ -29,7 +29,7 @@ from e2e3d_provider.core.transfer import raise_failures, run_parallel
 from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.publish import read_published, unpublish, verify_remote
+from e2e3d_provider.lifecycle.publish import publish_subset, read_published, unpublish, verify_remote
 
 #: jobs archived at once by the maintenance sweep, and jobs read from PostgreSQL per page
 ARCHIVE_WORKERS = 16
@@ -97,6 +97,12 @@ def archive_job(
     storage.put_bytes(archive_bucket, target + SUCCESS_NAME, published.marker_bytes, "application/json")  # last
     if remove_source:
         unpublish(storage, source_bucket, source)
+    elif manifest.preservation.get("remove_after_archive"):  # the policy keeps these only in the archive
+        note = {"after_archive": True, "archive_key": f"{archive_bucket}/{target}"}
+        removed = publish_subset(
+            storage, source_bucket, job_id, published, list(manifest.preservation["remove_after_archive"]), note
+        )
+        log.info("%s: removed %d files from %s after archive (preservation policy)", job_id, removed, source_bucket)
     return ArchiveResult(
         job_id, manifest.stamp, archive_bucket, target, len(manifest.files), manifest.total_bytes, remove_source
     )

@@ -31,6 +31,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files, sha256_file, write_atomic, write_manifest
 from e2e3d_provider.core.transfer import RemoteObject, TransferResult
+from e2e3d_provider.core.variants import RightSizeRecord, annotate, select_published
 from e2e3d_provider.exceptions import ChecksumMismatchError
 from e2e3d_provider.hooks.storage import StorageHook
 
@@ -125,7 +126,11 @@ def publish_run(
     (run_dir / SUCCESS_NAME).unlink(missing_ok=True)
     storage.delete_object(bucket, marker)  # step 1: from here on, no reader trusts this job
 
-    files = list(iter_run_files(run_dir))  # a folder it cannot read fails the walk, naming it
+    # a folder it cannot read fails the walk, naming it; right-sizing's record annotates the files and
+    # leaves dropped intermediates out (and refuses variants it did not record)
+    record = RightSizeRecord.read(run_dir)
+    selection = select_published(list(iter_run_files(run_dir)), record)
+    files = selection.files
     if not files:
         raise FileNotFoundError(f"run directory {run_dir} holds no result files to publish")
     # step 2: each file is read once, hashed as it is sent (identical objects skipped by one listing)
@@ -133,9 +138,13 @@ def publish_run(
     manifest = Manifest(
         job_id,
         stamp,
-        [FileEntry(rel, *transfer.checksums[rel]) for rel, _ in files],
+        annotate([FileEntry(rel, *transfer.checksums[rel]) for rel, _ in files], record),
         dict(statistics or {}),
+        dropped=selection.dropped,
+        preservation=record.preservation if record else {},
     )
+    if record is not None and record.statistics:
+        manifest.statistics.setdefault("right_size", record.statistics)
     manifest.statistics.setdefault("files", len(manifest.files))
     manifest.statistics.setdefault("bytes", manifest.total_bytes)
     listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}  # one listing for both steps
@@ -184,6 +193,44 @@ def success_marker(manifest: Manifest, manifest_sha: str) -> bytes:
         },
         sort_keys=True,
     ).encode()
+
+
+def publish_subset(
+    storage: StorageHook, bucket: str, job_id: str, published: Published, prefixes: list[str], note: dict[str, Any]
+) -> int:
+    """Take the files below ``prefixes`` out of a published job, under the commit protocol: its SUCCESS
+    goes first, then those objects, then a manifest without them (naming them in ``dropped`` with
+    ``note``) and a new SUCCESS last. Returns how many objects went; with none below ``prefixes``,
+    nothing is touched."""
+    manifest = published.manifest
+    gone = [e for e in manifest.files if any(e.path.startswith(p) for p in prefixes)]
+    if not gone:
+        return 0
+    prefix = output_prefix(job_id)
+    storage.delete_object(bucket, success_key(job_id))  # from here on, no reader trusts this job
+    for entry in gone:
+        storage.delete_object(bucket, prefix + entry.path)
+    going = {e.path for e in gone}
+    kept = [e for e in manifest.files if e.path not in going]
+    dropped = list(manifest.dropped)
+    for p in prefixes:
+        mine = [e for e in gone if e.path.startswith(p)]
+        if mine:
+            dropped.append({"prefix": p, "files": len(mine), "bytes": sum(e.size for e in mine), **note})
+    smaller = Manifest(
+        manifest.job_id,
+        manifest.stamp,
+        kept,
+        {**manifest.statistics, "files": len(kept), "bytes": sum(e.size for e in kept)},
+        created_at=manifest.created_at,
+        dropped=dropped,
+        preservation=manifest.preservation,
+    )
+    body = smaller.to_json().encode()
+    storage.put_bytes(bucket, manifest_key(job_id), body, "application/json")
+    marker = success_marker(smaller, hashlib.sha256(body).hexdigest())
+    storage.put_bytes(bucket, success_key(job_id), marker, "application/json")  # SUCCESS last
+    return len(gone)
 
 
 def unpublish(storage: StorageHook, bucket: str, prefix: str) -> int:

@@ -124,7 +124,12 @@ def record_job_run(
     if existing is None or existing["status"] in ("queued", "failed"):
         metadata.record_job(job_id, stamp, dataset, "running")
     metadata.record_files(
-        job_id, stamp, [(e.kind, output_key(job_id, e.path), e.size, e.sha256) for e in manifest.files]
+        job_id,
+        stamp,
+        [
+            (e.kind, output_key(job_id, e.path), e.size, e.sha256, e.role, e.source, e.level, e.figures)
+            for e in manifest.files
+        ],
     )
     return metadata.record_job(
         job_id,

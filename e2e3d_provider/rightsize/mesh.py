@@ -1,0 +1,371 @@
+"""Meshes: read a textured OBJ, simplify it into a level-of-detail chain, write each LOD as an OBJ that
+shares the original's MTL and texture and as a Draco-compressed binary glTF, and measure each LOD's
+geometric error against the full mesh. Pure functions over files and arrays; no Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from e2e3d_provider.exceptions import RightSizeInputError
+from e2e3d_provider.rightsize.formatting import format_rows, parse_numbers
+
+#: quantization of positions in the GLB's Draco stream (bits per axis): 1/16384 of the largest extent
+DRACO_POSITION_BITS = 14
+DRACO_UV_BITS = 12
+
+_LINE_START = re.compile(rb"^(v|vt|f|mtllib|usemtl)[ \t]+([^\r\n]*)", re.MULTILINE)
+
+
+@dataclass
+class Mesh:
+    """A triangle mesh with one UV per vertex (OBJ's separate ``v``/``vt`` indices are unified)."""
+
+    positions: np.ndarray  # (V, 3) float64
+    faces: np.ndarray  # (F, 3) int64, 0-based into positions
+    uvs: np.ndarray | None = None  # (V, 2) float64, OBJ convention (v up)
+    mtllib: str | None = None
+    material: str | None = None
+
+    @property
+    def diagonal(self) -> float:
+        """Length of the bounding box's diagonal: the unit every error figure is a fraction of."""
+        return float(np.linalg.norm(self.positions.max(axis=0) - self.positions.min(axis=0)))
+
+
+def _face_fields(sample: bytes) -> tuple[int, bool]:
+    """Per face corner: how many indices (v, v/vt, v/vt/vn, v//vn) and whether the second is a UV."""
+    corner = sample.split()[0]
+    if b"//" in corner:
+        return 2, False
+    return corner.count(b"/") + 1, corner.count(b"/") >= 1
+
+
+def read_obj(path: Path) -> Mesh:
+    """Read a triangle or polygon OBJ (polygons are fan-triangulated) with optional UVs and one material.
+
+    Raises :class:`RightSizeInputError` for anything that is not such a file: no vertices, no faces,
+    indices out of range, unparsable numbers, several materials.
+    """
+    data = path.read_bytes()
+    found: dict[bytes, list[bytes]] = {b"v": [], b"vt": [], b"f": [], b"mtllib": [], b"usemtl": []}
+    for match in _LINE_START.finditer(data):
+        found[match.group(1)].append(match.group(2))
+    if not found[b"v"]:
+        raise RightSizeInputError(f"{path} is not an OBJ mesh: it has no vertices")
+    if not found[b"f"]:
+        raise RightSizeInputError(f"{path} has no faces: there is nothing to simplify")
+    if len(set(found[b"usemtl"])) > 1:
+        raise RightSizeInputError(f"{path} uses {len(set(found[b'usemtl']))} materials; right-sizing handles one")
+    rows = found[b"v"]
+    width = len(rows[0].split(b"#")[0].split())  # x y z, or x y z w, or x y z r g b
+    if width not in (3, 4, 6, 7):
+        raise RightSizeInputError(f"{path}: a vertex line holds {width} values, not 3")
+    positions = parse_numbers(b" ".join(rows), np.float64, width * len(rows), "a vertex line", path)
+    positions = positions.reshape(-1, width)[:, :3]
+    uvs = None
+    if found[b"vt"]:
+        rows = found[b"vt"]
+        width = len(rows[0].split())
+        raw = parse_numbers(b" ".join(rows), np.float64, width * len(rows), "a vt line", path)
+        uvs = raw.reshape(-1, width)[:, :2]
+    if not np.isfinite(positions).all():
+        raise RightSizeInputError(f"{path}: vertex coordinates include NaN or infinity")
+    fields, has_uv = _face_fields(found[b"f"][0])
+    text = b" ".join(found[b"f"]).replace(b"//", b" ").replace(b"/", b" ")
+    corners = parse_numbers(text, np.int64, None, "a face line", path)
+    if corners.size == len(found[b"f"]) * 3 * fields and b"#" not in text:  # all triangles, one format: vectorised
+        table = corners.reshape(-1, 3, fields)
+        face_v, face_t = table[:, :, 0], table[:, :, 1] if has_uv else None
+    else:
+        face_v, face_t = _polygon_faces(found[b"f"], fields, has_uv, path)
+    face_v = _absolute(face_v, len(positions), path, "vertex")
+    if face_t is not None and uvs is not None:
+        face_t = _absolute(face_t, len(uvs), path, "texture coordinate")
+        positions, uvs, faces = _unify(positions, uvs, face_v, face_t)
+    else:
+        uvs, faces = None, face_v
+    return Mesh(
+        positions=positions,
+        faces=faces,
+        uvs=uvs,
+        mtllib=found[b"mtllib"][0].decode().strip() if found[b"mtllib"] else None,
+        material=found[b"usemtl"][0].decode().strip() if found[b"usemtl"] else None,
+    )
+
+
+def _polygon_faces(rows: list[bytes], fields: int, has_uv: bool, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Faces with more than three corners, or mixed formats: fan-triangulated one line at a time."""
+    vs: list[tuple[int, int, int]] = []
+    ts: list[tuple[int, int, int]] = []
+    for row in rows:
+        corners = [c.split(b"/") for c in row.split(b"#")[0].split()]
+        if len(corners) < 3:
+            raise RightSizeInputError(f"{path}: a face has fewer than 3 corners: {row[:60]!r}")
+        try:
+            v = [int(c[0]) for c in corners]
+            t = [int(c[1]) if len(c) > 1 and c[1] else 0 for c in corners]
+        except ValueError:
+            raise RightSizeInputError(f"{path}: a face holds something that is not an index: {row[:60]!r}") from None
+        for k in range(1, len(corners) - 1):
+            vs.append((v[0], v[k], v[k + 1]))
+            ts.append((t[0], t[k], t[k + 1]))
+    face_t = np.array(ts, dtype=np.int64) if has_uv else None
+    return np.array(vs, dtype=np.int64), face_t
+
+
+def _absolute(indices: np.ndarray, count: int, path: Path, what: str) -> np.ndarray:
+    """OBJ's 1-based (or negative, counted from the end) indices as 0-based, all in range."""
+    out = np.where(indices < 0, indices + count, indices - 1)
+    if (indices == 0).any() or out.min() < 0 or out.max() >= count:
+        raise RightSizeInputError(f"{path}: a face names a {what} that does not exist (there are {count})")
+    return out
+
+
+def _unify(
+    positions: np.ndarray, uvs: np.ndarray, face_v: np.ndarray, face_t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One vertex per distinct (position, UV) pair, as GPUs and simplifiers want them."""
+    if np.array_equal(face_v, face_t) and len(positions) == len(uvs):
+        return positions, uvs, face_v
+    pairs = face_v.astype(np.int64) * len(uvs) + face_t
+    unique, inverse = np.unique(pairs.ravel(), return_inverse=True)
+    return positions[unique // len(uvs)], uvs[unique % len(uvs)], inverse.reshape(-1, 3)
+
+
+def simplify(mesh: Mesh, ratio: float) -> Mesh:
+    """The mesh reduced to about ``ratio`` of its faces by quadric-error simplification (meshoptimizer).
+
+    meshoptimizer keeps the original vertices (it only collapses edges onto existing ones), so every
+    LOD keeps exact UVs into the same texture; the border is locked so a terrain keeps its outline.
+    """
+    import meshoptimizer
+
+    if not 0 < ratio <= 1:
+        raise ValueError(f"a level of detail keeps a fraction of the faces in (0, 1], not {ratio}")
+    if ratio == 1:
+        return mesh
+    indices = np.ascontiguousarray(mesh.faces.ravel(), dtype=np.uint32)
+    positions = np.ascontiguousarray(mesh.positions, dtype=np.float32)
+    target = max(3, int(len(indices) * ratio) // 3 * 3)
+    out = np.empty_like(indices)
+    kept = meshoptimizer.simplify(
+        out,
+        indices,
+        positions,
+        target_index_count=target,
+        target_error=1.0,  # the face budget decides, not an error bound
+        options=meshoptimizer.SIMPLIFY_LOCK_BORDER,
+    )
+    used, faces = np.unique(out[:kept], return_inverse=True)
+    return Mesh(
+        positions=mesh.positions[used],
+        faces=faces.reshape(-1, 3).astype(np.int64),
+        uvs=mesh.uvs[used] if mesh.uvs is not None else None,
+        mtllib=mesh.mtllib,
+        material=mesh.material,
+    )
+
+
+def write_obj(mesh: Mesh, path: Path, mtllib: str | None = None, comment: str = "") -> None:
+    """An OBJ of ``mesh`` (``f v/vt`` when it has UVs); ``mtllib`` is written as given (a path relative
+    to ``path``'s folder, so a LOD in a subfolder shares its original's MTL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as out:
+        out.write(f"# {comment}\n" if comment else "")
+        if mtllib:
+            out.write(f"mtllib {mtllib}\n")
+        out.writelines(format_rows("v %.6f %.6f %.6f\n", mesh.positions))
+        if mesh.uvs is not None:
+            out.writelines(format_rows("vt %.6f %.6f\n", mesh.uvs))
+        if mesh.material:
+            out.write(f"usemtl {mesh.material}\n")
+        corners = mesh.faces + 1
+        if mesh.uvs is not None:
+            out.writelines(format_rows("f %d/%d %d/%d %d/%d\n", np.repeat(corners, 2, axis=1)))
+        else:
+            out.writelines(format_rows("f %d %d %d\n", corners))
+
+
+def write_glb(mesh: Mesh, path: Path, texture_uri: str | None = None) -> int:
+    """A binary glTF 2.0 of ``mesh`` whose geometry is one Draco stream (KHR_draco_mesh_compression):
+    positions quantized to :data:`DRACO_POSITION_BITS`, UVs (flipped to glTF's top-left origin) to
+    :data:`DRACO_UV_BITS`. ``texture_uri`` (relative to the GLB) becomes its base colour texture.
+    Returns the bytes written."""
+    import DracoPy
+
+    uvs = None if mesh.uvs is None else np.column_stack([mesh.uvs[:, 0], 1.0 - mesh.uvs[:, 1]])
+    draco = DracoPy.encode(
+        mesh.positions.astype(np.float32),
+        faces=mesh.faces.astype(np.uint32),
+        quantization_bits=DRACO_POSITION_BITS,
+        compression_level=7,
+        tex_coord=uvs,
+        tex_coord_quantization_bits=DRACO_UV_BITS,
+    )
+    ids = _draco_attribute_ids(draco)
+    attributes = {"POSITION": 0}
+    draco_attributes = {"POSITION": ids["position"]}
+    accessors: list[dict[str, object]] = [
+        {
+            "componentType": 5126,
+            "count": len(mesh.positions),
+            "type": "VEC3",
+            "min": mesh.positions.min(axis=0).tolist(),
+            "max": mesh.positions.max(axis=0).tolist(),
+        }
+    ]
+    if uvs is not None:
+        attributes["TEXCOORD_0"] = len(accessors)
+        draco_attributes["TEXCOORD_0"] = ids["tex_coord"]
+        accessors.append({"componentType": 5126, "count": len(uvs), "type": "VEC2"})
+    primitive: dict[str, object] = {
+        "attributes": attributes,
+        "indices": len(accessors),
+        "mode": 4,
+        "extensions": {"KHR_draco_mesh_compression": {"bufferView": 0, "attributes": draco_attributes}},
+    }
+    accessors.append({"componentType": 5125, "count": int(mesh.faces.size), "type": "SCALAR"})
+    padded = draco + b"\0" * (-len(draco) % 4)
+    gltf: dict[str, object] = {
+        "asset": {"version": "2.0", "generator": "e2e3d-provider right-sizing"},
+        "extensionsUsed": ["KHR_draco_mesh_compression"],
+        "extensionsRequired": ["KHR_draco_mesh_compression"],
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [primitive]}],
+        "accessors": accessors,
+        "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": len(draco)}],
+        "buffers": [{"byteLength": len(padded)}],
+    }
+    if texture_uri:
+        primitive["material"] = 0
+        gltf["materials"] = [
+            {"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": 1.0}}
+        ]
+        gltf["textures"] = [{"source": 0}]
+        gltf["images"] = [{"uri": texture_uri}]
+    header = json.dumps(gltf, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 4)
+    body = (
+        struct.pack("<III", 0x46546C67, 2, 12 + 8 + len(header) + 8 + len(padded))
+        + struct.pack("<I4s", len(header), b"JSON")
+        + header
+        + struct.pack("<I4s", len(padded), b"BIN\0")
+        + padded
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    return len(body)
+
+
+def _draco_attribute_ids(draco: bytes) -> dict[str, int]:
+    """The unique ids DracoPy gave each attribute of a stream (the glTF extension names them)."""
+    import DracoPy
+
+    decoded = DracoPy.decode(draco)
+    ids = {"position": 0}
+    for attribute in getattr(decoded, "attributes", []) or []:
+        kind = {0: "position", 3: "tex_coord"}.get(int(attribute.get("attribute_type", -1)))
+        if kind:
+            ids[kind] = int(attribute["unique_id"])
+    ids.setdefault("tex_coord", 1)
+    return ids
+
+
+def read_glb_counts(path: Path) -> dict[str, int]:
+    """Faces and vertices of a GLB written by :func:`write_glb`, decoded from its Draco stream (Google's
+    decoder): what a viewer will draw."""
+    import DracoPy
+
+    raw = path.read_bytes()
+    magic, version, total = struct.unpack_from("<III", raw)
+    if magic != 0x46546C67 or version != 2 or total != len(raw):
+        raise RightSizeInputError(f"{path} is not a binary glTF 2.0 file")
+    json_length = struct.unpack_from("<I", raw, 12)[0]
+    gltf = json.loads(raw[20 : 20 + json_length])
+    bin_start = 20 + json_length + 8
+    view = gltf["bufferViews"][0]
+    stream = raw[bin_start + view.get("byteOffset", 0) : bin_start + view.get("byteOffset", 0) + view["byteLength"]]
+    decoded = DracoPy.decode(stream)
+    return {"faces": len(decoded.faces), "vertices": len(decoded.points)}
+
+
+def sample_surface(mesh: Mesh, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` points spread uniformly over the mesh's surface (area-weighted), seeded."""
+    rng = np.random.default_rng(seed)
+    tri = mesh.positions[mesh.faces]
+    area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    if area.sum() <= 0:
+        raise RightSizeInputError("the mesh has no area: every face is degenerate")
+    chosen = rng.choice(len(tri), size=count, p=area / area.sum())
+    r1, r2 = np.sqrt(rng.random(count))[:, None], rng.random(count)[:, None]
+    t = tri[chosen]
+    return (1 - r1) * t[:, 0] + r1 * (1 - r2) * t[:, 1] + r1 * r2 * t[:, 2]
+
+
+def closest_on_triangles(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """For each point ``points[i]`` the closest point on triangle ``tri[i]`` (vectorised, Ericson's
+    region test): exact, whatever the triangle's shape."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    ab, ac, ap = b - a, c - a, points - a
+    d1, d2 = np.einsum("ij,ij->i", ab, ap), np.einsum("ij,ij->i", ac, ap)
+    bp, cp = points - b, points - c
+    d3, d4 = np.einsum("ij,ij->i", ab, bp), np.einsum("ij,ij->i", ac, bp)
+    d5, d6 = np.einsum("ij,ij->i", ab, cp), np.einsum("ij,ij->i", ac, cp)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = va + vb + vc
+        v, w = vb / denom, vc / denom
+        result = a + ab * v[:, None] + ac * w[:, None]  # inside the face
+        edge_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
+        t = d1 / (d1 - d3)
+        result = np.where(edge_ab[:, None], a + ab * t[:, None], result)
+        edge_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
+        t = d2 / (d2 - d6)
+        result = np.where(edge_ac[:, None], a + ac * t[:, None], result)
+        edge_bc = (va <= 0) & ((d4 - d3) >= 0) & ((d5 - d6) >= 0)
+        t = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+        result = np.where(edge_bc[:, None], b + (c - b) * t[:, None], result)
+    result = np.where(((d1 <= 0) & (d2 <= 0))[:, None], a, result)
+    result = np.where(((d3 >= 0) & (d4 <= d3))[:, None], b, result)
+    result = np.where(((d6 >= 0) & (d5 <= d6))[:, None], c, result)
+    return np.nan_to_num(result, nan=0.0)
+
+
+def distance_to_surface(points: np.ndarray, mesh: Mesh, candidates: int = 12) -> np.ndarray:
+    """Distance from each point to ``mesh``'s surface: exact distance to the nearest of the
+    ``candidates`` triangles whose centroids are closest (a k-d tree finds them)."""
+    from scipy.spatial import cKDTree
+
+    tri = mesh.positions[mesh.faces]
+    k = min(candidates, len(tri))
+    _, nearest = cKDTree(tri.mean(axis=1)).query(points, k=k, workers=-1)
+    nearest = nearest.reshape(len(points), k)
+    best = np.full(len(points), np.inf)
+    for column in range(k):
+        closest = closest_on_triangles(points, tri[nearest[:, column]])
+        best = np.minimum(best, np.linalg.norm(points - closest, axis=1))
+    return best
+
+
+def surface_error(full: Mesh, lod: Mesh, samples: int = 100_000) -> dict[str, float]:
+    """How far ``lod``'s surface strays from ``full``'s, both ways: the Hausdorff distance and the mean
+    surface distance over points sampled on each surface (distances to the other surface are exact
+    point-to-triangle ones), as fractions of ``full``'s bounding-box diagonal."""
+    if lod is full:
+        return {"hausdorff": 0.0, "mean_distance": 0.0}
+    a_to_b = distance_to_surface(sample_surface(full, samples, seed=1), lod)
+    b_to_a = distance_to_surface(sample_surface(lod, samples, seed=2), full)
+    diagonal = full.diagonal or 1.0
+    return {
+        "hausdorff": float(max(a_to_b.max(), b_to_a.max()) / diagonal),
+        "mean_distance": float((a_to_b.mean() + b_to_a.mean()) / 2 / diagonal),
+    }

@@ -1,0 +1,70 @@
+"""The right-sizing policy: every threshold and ratio, with the defaults the ``e2e3d.config`` key
+``rightsize`` overrides, and an operator's own arguments override in turn."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from e2e3d_provider.core.variants import DEFAULT_PRESERVATION, preservation_policy
+from e2e3d_provider.rightsize.texture import WEB_FORMATS
+
+#: the ``e2e3d.config`` key holding a JSON object of :class:`RightSizePolicy` fields
+CONFIG_KEY = "rightsize"
+
+
+@dataclass(frozen=True)
+class RightSizePolicy:
+    """What right-sizing makes of a run's results, and what of its intermediates is published.
+
+    Mesh LODs keep ``mesh_lod_ratios`` of the faces; point-cloud LODs keep about
+    ``pointcloud_lod_ratios`` of the points (voxel grid), at most ``pointcloud_max_points`` each;
+    textures get a ``web_format`` variant at ``web_quality``, mips down to ``mip_min_size`` pixels and,
+    above ``tile_threshold`` pixels a side, ``tile_size`` tiles; ``png_level`` is oxipng's effort.
+    ``preservation`` lists the run-dir prefixes kept, dropped and removed after archive."""
+
+    mesh_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
+    mesh_error_samples: int = 50_000
+    web_format: str = "jpeg"
+    web_quality: int = 85
+    mip_min_size: int = 256
+    tile_size: int = 1024
+    tile_threshold: int = 4096
+    png_level: int = 1
+    pointcloud_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
+    pointcloud_max_points: int = 1_500_000
+    preservation: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PRESERVATION))
+
+    def __post_init__(self) -> None:
+        for name in ("mesh_lod_ratios", "pointcloud_lod_ratios"):
+            ratios = tuple(float(r) for r in getattr(self, name))
+            if not all(0 < r < 1 for r in ratios) or list(ratios) != sorted(ratios, reverse=True):
+                raise ValueError(f"{name} must be decreasing fractions in (0, 1), not {list(ratios)}")
+            object.__setattr__(self, name, ratios)
+        if self.web_format not in WEB_FORMATS:
+            raise ValueError(f"web_format must be one of {', '.join(WEB_FORMATS)}, not {self.web_format!r}")
+        if not 1 <= self.web_quality <= 100:
+            raise ValueError(f"web_quality must be 1-100, not {self.web_quality}")
+        if not 0 <= self.png_level <= 6:
+            raise ValueError(f"png_level must be 0-6 (oxipng's levels), not {self.png_level}")
+        for name in ("mesh_error_samples", "mip_min_size", "tile_size", "tile_threshold", "pointcloud_max_points"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        object.__setattr__(self, "preservation", preservation_policy(self.preservation))
+
+    @classmethod
+    def from_settings(cls, *layers: dict[str, Any] | None) -> RightSizePolicy:
+        """The defaults, overridden by each of ``layers`` in turn (config table, then operator arguments);
+        ``None`` values in a layer leave the setting alone; an unknown key is an error, not ignored."""
+        known = {f.name for f in fields(cls)}
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            for key, value in (layer or {}).items():
+                if key not in known:
+                    raise ValueError(f"unknown right-sizing setting {key!r} (settings: {', '.join(sorted(known))})")
+                if value is not None:
+                    merged[key] = value
+        return cls(**merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

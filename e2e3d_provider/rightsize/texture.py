@@ -1,0 +1,165 @@
+"""Textures: a losslessly optimized PNG (oxipng; pixels checked identical), a lossy web variant, a mip
+pyramid and, for large textures, tiles with an index. Pure functions over files; no Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from e2e3d_provider.exceptions import RightSizeInputError
+
+#: pixel modes right-sizing reads (8 bits per channel); anything else is refused, not guessed at
+SUPPORTED_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
+#: file suffix and Pillow format of each web format
+WEB_FORMATS = {"jpeg": (".jpg", "JPEG"), "webp": (".webp", "WEBP")}
+
+Image.MAX_IMAGE_PIXELS = 1 << 30  # a 32768 x 32768 atlas is a texture, not a decompression bomb
+
+
+@contextmanager
+def open_texture(path: Path) -> Iterator[Image.Image]:
+    """The image at ``path``, fully decoded, or :class:`RightSizeInputError` if it is not a readable
+    image in a supported mode."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in SUPPORTED_MODES:
+                raise RightSizeInputError(
+                    f"{path}: pixel mode {image.mode} is not supported (use one of {', '.join(SUPPORTED_MODES)})"
+                )
+            yield image
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:  # Pillow raises these for damaged files
+        raise RightSizeInputError(f"{path} is not a readable image: {err}") from None
+
+
+def pixel_digest(image: Image.Image, mode: str) -> str:
+    """SHA-256 of the pixels of ``image`` in ``mode`` with its size: equal digests, identical pixels."""
+    converted = image if image.mode == mode else image.convert(mode)
+    digest = hashlib.sha256(f"{converted.size}{mode}".encode())
+    digest.update(converted.tobytes())
+    return digest.hexdigest()
+
+
+def optimize_png(source: Path, target: Path, level: int = 2) -> dict[str, Any] | None:
+    """A losslessly recompressed copy of the PNG ``source`` at ``target`` (oxipng at ``level``), kept
+    only when it is smaller and its pixels are identical to the source's (checked by decoding both).
+    Returns its figures, or ``None`` when oxipng could not make it smaller (nothing is written)."""
+    import oxipng
+
+    with open_texture(source) as image:
+        mode, size, before = image.mode, image.size, pixel_digest(image, image.mode)
+        if image.format != "PNG":
+            return None
+    partial = target.with_name(target.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        oxipng.optimize(source, partial, level=level)
+        if partial.stat().st_size >= source.stat().st_size:
+            return None
+        with open_texture(partial) as optimized:
+            if optimized.size != size or pixel_digest(optimized, mode) != before:
+                raise RightSizeInputError(f"oxipng changed the pixels of {source}: the optimized copy is discarded")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {"width": size[0], "height": size[1], "mode": mode, "pixels_identical": True, "format": "png"}
+
+
+def _web_ready(image: Image.Image, fmt: str) -> Image.Image:
+    """``image`` in a mode the web format stores (JPEG has no alpha; palettes are expanded)."""
+    has_alpha = image.mode in ("LA", "RGBA") or (image.mode == "P" and "transparency" in image.info)
+    if fmt == "jpeg":
+        return image.convert("RGB") if image.mode != "L" else image
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def save_web(image: Image.Image, target: Path, fmt: str, quality: int) -> None:
+    """``image`` saved in the web format ``fmt`` at ``quality``, atomically."""
+    pillow_format = WEB_FORMATS[fmt][1]
+    partial = target.with_name(target.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        extra = {"method": 4} if fmt == "webp" else {"optimize": True, "progressive": True}
+        _web_ready(image, fmt).save(partial, format=pillow_format, quality=quality, **extra)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class TextureOutput:
+    """One file right-sizing wrote for a texture: where (relative to the run directory), its role
+    (``lod``, ``web`` or ``tile``), its level (0 = full resolution, n = 1/2^n) and figures."""
+
+    relpath: str
+    role: str
+    level: int
+    figures: dict[str, Any]
+
+
+def pyramid(
+    source: Path,
+    out_dir: Path,
+    run_dir: Path,
+    *,
+    fmt: str = "jpeg",
+    quality: int = 85,
+    min_size: int = 256,
+    tile_size: int = 1024,
+    tile_threshold: int = 4096,
+    stem: str = "texture",
+) -> list[TextureOutput]:
+    """The web variant (full resolution, lossy) and the mip pyramid (each level half the last, while it is
+    at least ``min_size`` on its longer side) of ``source`` in ``out_dir``; when the texture is larger
+    than ``tile_threshold`` on a side, every level larger than ``tile_size`` is also cut into
+    ``tile_size`` tiles, listed with their level, row and column in ``tiles/index.json``. Paths in the
+    result are relative to ``run_dir``."""
+    if fmt not in WEB_FORMATS:
+        raise ValueError(f"unknown web format {fmt!r} (use {', '.join(WEB_FORMATS)})")
+    suffix = WEB_FORMATS[fmt][0]
+    outputs: list[TextureOutput] = []
+
+    def rel(path: Path) -> str:
+        return path.relative_to(run_dir).as_posix()
+
+    with open_texture(source) as original:
+        tiled = max(original.size) > tile_threshold
+        index: dict[str, Any] = {"tile_size": tile_size, "format": fmt, "levels": [], "tiles": []}
+        level, image = 0, original
+        while True:
+            width, height = image.size
+            # level 0 is the web variant (full resolution, lossy); the others are the mips
+            target = out_dir / ("web" if level == 0 else f"lod{level}") / f"{stem}{suffix}"
+            save_web(image, target, fmt, quality)
+            figures = {"width": width, "height": height, "format": fmt}
+            outputs.append(TextureOutput(rel(target), "web" if level == 0 else "lod", level, figures))
+            if tiled and max(width, height) > tile_size:
+                rows, cols = -(-height // tile_size), -(-width // tile_size)
+                index["levels"].append({"level": level, "width": width, "height": height, "rows": rows, "cols": cols})
+                for row in range(rows):
+                    for col in range(cols):
+                        left, top = col * tile_size, row * tile_size
+                        box = (left, top, min(width, left + tile_size), min(height, top + tile_size))
+                        target = out_dir / "tiles" / str(level) / f"{row}_{col}{suffix}"
+                        save_web(image.crop(box), target, fmt, quality)
+                        figures = {"row": row, "col": col, "width": box[2] - box[0], "height": box[3] - box[1]}
+                        outputs.append(TextureOutput(rel(target), "tile", level, figures))
+                        index["tiles"].append({"level": level, **figures, "path": rel(target)})
+            if max(width, height) // 2 < min_size or min(width, height) < 2:
+                break  # the next mip would be smaller than min_size
+            image = image.reduce(2) if image.mode not in ("1", "P") else image.convert("RGBA").reduce(2)
+            level += 1
+        if index["tiles"]:
+            target = out_dir / "tiles" / "index.json"
+            target.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+            figures = {"tiles": len(index["tiles"]), "levels": len(index["levels"]), "index": True}
+            outputs.append(TextureOutput(rel(target), "tile", 0, figures))
+    return outputs
