@@ -51,6 +51,7 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": INTEGRATION_NAME,
                 "python-modules": [
                     "e2e3d_provider.operators.stage_in",
+                    "e2e3d_provider.operators.right_size",
                     "e2e3d_provider.operators.upload_results",
                     "e2e3d_provider.operators.cleanup",
                     "e2e3d_provider.operators.metadata_record",

@@ -369,3 +369,24 @@ def test_intermediates_marked_remove_after_archive_leave_output_once_archived(
         }
     ]
     verify_remote(storage, "output", f"{unique_id}/", published.manifest)  # what remains is whole
+
+
+def test_the_operator_fails_bad_input_without_retry_and_names_the_file(run_dir: Path, connections: dict) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from e2e3d_provider.operators.right_size import RightSizeOperator
+
+    _nan_ply(run_dir)
+    operator = RightSizeOperator(task_id="right_size", run_dir=str(run_dir), settings={"mesh_error_samples": 1000})
+    with pytest.raises(AirflowFailException, match=r"pointcloud\.ply: point 1 has a NaN"):
+        operator.execute({})
+    assert not (run_dir / VARIANTS_NAME).exists() and not (run_dir / "mesh/lod1").exists()
+    off = RightSizeOperator(task_id="off", run_dir=str(run_dir), enabled="false")  # as a rendered DAG param
+    assert off.execute({}) == {
+        "enabled": False,
+        "variants": 0,
+        "original_bytes": 0,
+        "variant_bytes": 0,
+        "seconds": 0,
+        "dropped": ["temp/"],
+    }
