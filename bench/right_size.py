@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -157,9 +158,8 @@ def big_ply(data: Path, gigabytes: float) -> None:
         print(f"| {v['path']} | {f['points']:,} | {f['bytes']:,} | {f['bytes'] / size:.3f} |")
     verdict = "holds" if result["peak_rss_mb"] < 500 else "MISSES"
     print(f"wall {result['wall']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB (target < 500 MB: {verdict})")
-    for leftover in sorted(run.rglob("*"), reverse=True):  # keep the generated PLY, drop the variants
-        if leftover != ply and leftover.is_file() and leftover.parent != ply.parent:
-            leftover.unlink()
+    for leftover in sorted(ply.parent.glob("lod*")):  # keep the generated PLY, drop the variants
+        shutil.rmtree(leftover)
 
 
 def main() -> None:
@@ -204,6 +204,7 @@ def main() -> None:
         )
     chain_obj = sum(by_path[f"mesh/lod{n}/reconstructed_mesh.obj"]["figures"]["bytes"] for n in (1, 2, 3))
     chain_glb = sum(by_path[f"mesh/lod{n}/reconstructed_mesh.glb"]["figures"]["bytes"] for n in (1, 2, 3))
+    chain_all = sum(v["figures"]["bytes"] for v in variants if v["source"].startswith("mesh/"))
 
     print("\n## Simplifiers, LOD1 (25 % of the faces), each in a fresh process")
     print("| simplifier | seconds | faces | Hausdorff | mean distance | keeps UVs | peak RSS MB |")
@@ -250,7 +251,8 @@ def main() -> None:
     lod1_error = by_path["mesh/lod1/reconstructed_mesh.obj"]["figures"]["hausdorff"]
     targets = [
         ("GLB of LOD0 <= 10 % of the OBJ bytes", glb0["bytes"] / sizes["mesh"], 0.10),
-        ("LOD chain adds <= 40 % of LOD0 (OBJ)", chain_obj / sizes["mesh"], 0.40),
+        ("LOD chain adds <= 40 % of LOD0 (LOD1-3 OBJ)", chain_obj / sizes["mesh"], 0.40),
+        ("every mesh variant (OBJ, MTL, GLB) adds <= 40 % of LOD0", chain_all / sizes["mesh"], 0.40),
         ("LOD chain adds <= 40 % of LOD0 (GLB)", chain_glb / glb0["bytes"], 0.40),
         (
             "optimized PNG smaller than the input",

@@ -206,7 +206,10 @@ def right_size_pointcloud(run_dir: Path, original: str, policy: RightSizePolicy,
         target = max(1, int(cloud.points * ratio))
         size = clouds.voxel_size_for(cloud.sample, cloud.points, target, cloud.lower, cloud.upper)
         rel = variant_relpath(original, f"lod{level}")
-        cap = min(policy.pointcloud_max_points, max(1, int(target * 1.5)))
+        # at most 1.5x the asked points, and a cap that shrinks with the level, so a huge cloud's chain
+        # stays a chain (1.5 M, 360 k, 90 k) instead of every level meeting the same cap
+        share = ratio / policy.pointcloud_lod_ratios[0]
+        cap = max(1, min(int(policy.pointcloud_max_points * share), int(target * 1.5)))
         points, used = clouds.voxel_downsample(run_dir / binary, run_dir / rel, size, cloud.lower, cap)
         figures = {
             "points": points,

@@ -5,6 +5,8 @@ size. Pure functions over files and arrays; no Airflow.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,7 +150,7 @@ def _arrow_chunks(handle: BinaryIO, header: PlyHeader, rows: int, path: Path) ->
     try:
         reader = csv.open_csv(
             handle,
-            read_options=csv.ReadOptions(column_names=names, block_size=8 << 20),
+            read_options=csv.ReadOptions(column_names=names, block_size=2 << 20),  # memory grows with blocks
             parse_options=csv.ParseOptions(delimiter=" "),
             convert_options=csv.ConvertOptions(
                 column_types={name: arrow_types[PLY_TYPES[kind]] for name, kind in header.properties}
@@ -239,11 +241,12 @@ def to_binary(source: Path, target: Path, rows: int = CHUNK_ROWS) -> BinaryResul
                 xyz = np.column_stack([chunk["x"], chunk["y"], chunk["z"]]).astype(np.float64)
                 lower, upper = np.minimum(lower, xyz.min(axis=0)), np.maximum(upper, xyz.max(axis=0))
                 first = (-done) % stride
-                samples.append(xyz[first::stride])
+                samples.append(xyz[first::stride].copy())  # a copy: a view would keep every chunk alive
                 done += len(chunk)
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
+    release_free_memory()  # the parser's buffers: the voxel passes that follow need the room
     return BinaryResult(header.count, lower, upper, np.concatenate(samples))
 
 
@@ -289,16 +292,19 @@ def voxel_downsample(
         unique, inverse = np.unique(chunk_keys, return_inverse=True)
         chunk_sums = [np.bincount(inverse, weights=chunk[name].astype(np.float64)) for name in names]
         keys, sums, counts = _merge(keys, sums, counts, unique, chunk_sums, np.bincount(inverse))
+        del chunk, chunk_keys, unique, inverse, chunk_sums
+        release_free_memory()
         while len(keys) > max_points:  # coarsen: each voxel joins the larger voxel its centroid lies in
-            size *= 2 ** (1 / 3)
+            size *= 2 ** (1 / 6)  # small steps: the LOD lands near the cap, not far below it
             centroids = np.column_stack([sums[i] / counts for i in xyz])
             keys, inverse = np.unique(_voxel_keys(centroids, lower, size), return_inverse=True)
             del centroids
-            sums = [np.bincount(inverse, weights=column) for column in sums]
+            for i in range(len(sums)):  # in place: the old column goes as the new one comes
+                sums[i] = np.bincount(inverse, weights=sums[i])
             counts = np.bincount(inverse, weights=counts).astype(np.int64)
     out = np.empty(len(keys), dtype=header.dtype("<"))
-    for column, (name, kind) in enumerate(header.properties):
-        value = sums[column] / counts
+    for index, (name, kind) in enumerate(header.properties):
+        value = sums[index] / counts
         out[name] = np.round(value) if PLY_TYPES[kind][0] in "iu" else value
     del sums
     partial = target.with_name(target.name + ".partial")
@@ -337,5 +343,13 @@ def _merge(
     if not len(new):
         return keys, sums, counts
     order = np.argsort(np.concatenate([keys, new]), kind="stable")
-    merged = [np.concatenate([column, added])[order] for column, added in zip(sums, new_sums, strict=True)]
-    return np.concatenate([keys, new])[order], merged, np.concatenate([counts, new_counts])[order]
+    for i, added in enumerate(new_sums):  # in place, one column at a time: the old one goes as the new one comes
+        sums[i] = np.concatenate([sums[i], added])[order]
+    return np.concatenate([keys, new])[order], sums, np.concatenate([counts, new_counts])[order]
+
+
+def release_free_memory() -> None:
+    """Hand the C allocator's free pages back to the system (glibc ``malloc_trim``): the voxel merges
+    allocate and free arrays of varying sizes, and without it the freed holes count as resident."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
