@@ -29,6 +29,7 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import publish_run
 from e2e3d_provider.lifecycle.right_size import right_size_job, right_size_run
 from e2e3d_provider.rightsize import pointcloud as clouds
+from e2e3d_provider.rightsize import texture as texture_module
 from e2e3d_provider.rightsize.policy import RightSizePolicy
 from tests.conftest import write_files
 from tests.test_api import api, as_user  # noqa: F401 (api: the module-scoped API server fixture)
@@ -120,6 +121,8 @@ def test_a_texture_gets_a_lossless_png_a_web_variant_mips_and_indexed_tiles(run_
     web = by_path["textures/web/texture.jpg"]
     with Image.open(run_dir / web.path) as image:
         assert image.format == "JPEG" and image.size == (1100, 1100) == (web.figures["width"], web.figures["height"])
+    assert texture_module.optimize_png(source, run_dir / "again.png", min_gain=0.99) is None  # not worth a copy
+    assert not (run_dir / "again.png").exists()
     mips = sorted((v for v in by_path.values() if v.role == "lod" and v.level > 0), key=lambda v: v.level)
     assert [v.figures["width"] for v in mips] == [550, 275, 138]
     for mip in mips:

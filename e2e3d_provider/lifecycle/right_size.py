@@ -81,12 +81,14 @@ def right_size_texture(run_dir: Path, original: str, policy: RightSizePolicy, re
     name = Path(original).name
     if Path(original).suffix.lower() == ".png":
         rel = variant_relpath(original, "lod0")
-        figures = texture.optimize_png(run_dir / original, run_dir / rel, level=policy.png_level)
+        figures = texture.optimize_png(
+            run_dir / original, run_dir / rel, level=policy.png_level, min_gain=policy.png_min_gain
+        )
         if figures is not None:
             figures.update(bytes=_size(run_dir, rel), pixels=width * height, of_original=_ratio(run_dir, rel, original))
             record.variants.append(Variant(rel, "lod", original, 0, figures))
         else:
-            log.info("%s: oxipng found no smaller lossless encoding; no lod0 copy is kept", original)
+            log.info("%s: oxipng saved less than png_min_gain; no lossless lod0 copy is kept", original)
     head = original.rpartition("/")[0]
     outputs = texture.pyramid(
         run_dir / original,

@@ -20,7 +20,8 @@ class RightSizePolicy:
     Mesh LODs keep ``mesh_lod_ratios`` of the faces; point-cloud LODs keep about
     ``pointcloud_lod_ratios`` of the points (voxel grid), at most ``pointcloud_max_points`` each;
     textures get a ``web_format`` variant at ``web_quality``, mips down to ``mip_min_size`` pixels and,
-    above ``tile_threshold`` pixels a side, ``tile_size`` tiles; ``png_level`` is oxipng's effort.
+    above ``tile_threshold`` pixels a side, ``tile_size`` tiles; ``png_level`` is oxipng's effort, and its
+    lossless copy is kept only when it saves at least ``png_min_gain`` of the input's bytes.
     ``preservation`` lists the run-dir prefixes kept, dropped and removed after archive."""
 
     mesh_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
@@ -31,6 +32,7 @@ class RightSizePolicy:
     tile_size: int = 1024
     tile_threshold: int = 4096
     png_level: int = 1
+    png_min_gain: float = 0.0
     pointcloud_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
     pointcloud_max_points: int = 1_500_000
     preservation: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PRESERVATION))
@@ -45,6 +47,8 @@ class RightSizePolicy:
             raise ValueError(f"web_format must be one of {', '.join(WEB_FORMATS)}, not {self.web_format!r}")
         if not 1 <= self.web_quality <= 100:
             raise ValueError(f"web_quality must be 1-100, not {self.web_quality}")
+        if not 0 <= self.png_min_gain < 1:
+            raise ValueError(f"png_min_gain must be a fraction in [0, 1), not {self.png_min_gain}")
         if not 0 <= self.png_level <= 6:
             raise ValueError(f"png_level must be 0-6 (oxipng's levels), not {self.png_level}")
         for name in ("mesh_error_samples", "mip_min_size", "tile_size", "tile_threshold", "pointcloud_max_points"):

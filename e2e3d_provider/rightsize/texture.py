@@ -48,10 +48,11 @@ def pixel_digest(image: Image.Image, mode: str) -> str:
     return digest.hexdigest()
 
 
-def optimize_png(source: Path, target: Path, level: int = 2) -> dict[str, Any] | None:
+def optimize_png(source: Path, target: Path, level: int = 2, min_gain: float = 0.0) -> dict[str, Any] | None:
     """A losslessly recompressed copy of the PNG ``source`` at ``target`` (oxipng at ``level``), kept
-    only when it is smaller and its pixels are identical to the source's (checked by decoding both).
-    Returns its figures, or ``None`` when oxipng could not make it smaller (nothing is written)."""
+    only when it is smaller by more than ``min_gain`` (a fraction of the source's bytes) and its pixels
+    are identical to the source's (checked by decoding both). Returns its figures, or ``None`` when
+    oxipng could not make it small enough (nothing is written)."""
     import oxipng
 
     with open_texture(source) as image:
@@ -62,7 +63,8 @@ def optimize_png(source: Path, target: Path, level: int = 2) -> dict[str, Any] |
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
         oxipng.optimize(source, partial, level=level)
-        if partial.stat().st_size >= source.stat().st_size:
+        saved = 1 - partial.stat().st_size / source.stat().st_size
+        if saved <= 0 or saved < min_gain:
             return None
         with open_texture(partial) as optimized:
             if optimized.size != size or pixel_digest(optimized, mode) != before:
