@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg2
 import pytest
@@ -23,15 +25,25 @@ def _dsn(connections: dict) -> dict:
     return {"host": c["host"], "port": c["port"], "user": c["login"], "password": c["password"], "dbname": c["schema"]}
 
 
-def test_migrations_are_idempotent_versioned_and_safe_concurrently(connections: dict) -> None:
-    scratch = f"mig_{threading.get_ident() % 100000}"
+@contextmanager
+def scratch_database(connections: dict, conn_id: str) -> Iterator[None]:
+    """A new, empty database on the session's PostgreSQL behind connection ``conn_id``, dropped after."""
+    scratch = f"{conn_id}_{threading.get_ident() % 100000}"
     admin = psycopg2.connect(**_dsn(connections))
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {scratch}")
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(dict(connections["e2e3d_metadata"], schema=scratch))
     try:
-        conn = dict(connections["e2e3d_metadata"], schema=scratch)
-        os.environ["AIRFLOW_CONN_E2E3D_SCRATCH"] = json.dumps(conn)
+        yield
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
+        admin.close()
+
+
+def test_migrations_are_idempotent_versioned_and_safe_concurrently(connections: dict) -> None:
+    with scratch_database(connections, "e2e3d_scratch"):
         fresh = MetadataHook("e2e3d_scratch")
         assert fresh.schema_version() == 0
         errors: list[BaseException] = []
@@ -62,10 +74,6 @@ def test_migrations_are_idempotent_versioned_and_safe_concurrently(connections: 
                 "storage_stats",
                 "config",
             }
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
-        admin.close()
 
 
 def test_a_version_3_inventory_migrates_to_roles_and_keeps_its_rows(
@@ -73,13 +81,7 @@ def test_a_version_3_inventory_migrates_to_roles_and_keeps_its_rows(
 ) -> None:
     import e2e3d_provider.hooks.metadata as metadata_module
 
-    scratch = f"mig3_{threading.get_ident() % 100000}"
-    admin = psycopg2.connect(**_dsn(connections))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {scratch}")
-    try:
-        os.environ["AIRFLOW_CONN_E2E3D_MIG3"] = json.dumps(dict(connections["e2e3d_metadata"], schema=scratch))
+    with scratch_database(connections, "e2e3d_mig3"):
         with monkeypatch.context() as patch:  # a database as the last release left it: migrations 1-3
             patch.setattr(metadata_module, "MIGRATIONS", MIGRATIONS[:3])
             old = MetadataHook("e2e3d_mig3")
@@ -108,10 +110,6 @@ def test_a_version_3_inventory_migrates_to_roles_and_keeps_its_rows(
         )
         rows = {r["key"]: r for r in hook.job_files("j1", STAMP)}
         assert rows["j1/mesh/lod1/m.obj"]["source"] == "mesh/m.obj" and rows["j1/mesh/m.obj"]["figures"] == {"faces": 2}
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
-        admin.close()
 
 
 def test_job_lifecycle_and_transitions(metadata: MetadataHook, unique_id: str) -> None:
