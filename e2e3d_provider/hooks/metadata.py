@@ -3,8 +3,10 @@ PostgreSQL (DESIGN §6)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -13,7 +15,7 @@ from typing import Any
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from e2e3d_provider.core.layout import validate_id, validate_stamp
-from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError
+from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError, RunConflictError
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID
 from e2e3d_provider.hooks.metadata_schema import (
     JOB_COLUMNS,
@@ -80,6 +82,42 @@ class MetadataHook(PostgresHook):
             yield self
         finally:
             conn, self._sessions.conn = self._sessions.conn, None
+            conn.close()
+
+    @contextmanager
+    def advisory_lock(self, name: str, *, wait: float = 0.0, poll: float = 0.25) -> Iterator[None]:
+        """Hold the PostgreSQL advisory lock ``name`` (on a connection of its own) for the block: every
+        worker of every host that asks for the same name waits, up to ``wait`` seconds, then gets
+        :class:`RunConflictError` naming the lock and the backend that holds it. A task that dies
+        releases its lock with its connection."""
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        conn = self._connect()
+        conn.autocommit = True
+        try:
+            deadline = time.monotonic() + max(0.0, wait)
+            with conn.cursor() as cur:
+                while True:
+                    cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                    if cur.fetchone()[0]:
+                        break
+                    if time.monotonic() >= deadline:
+                        cur.execute(  # a bigint advisory key is stored as two 32-bit halves
+                            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                            " AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
+                            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+                        )
+                        holder = cur.fetchone()
+                        raise RunConflictError(
+                            f"{name} is held by another task (PostgreSQL backend {holder[0] if holder else '?'}); "
+                            f"waited {wait:g} s. Two of them never run at once: retry when it is done."
+                        )
+                    time.sleep(poll)
+            try:
+                yield
+            finally:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        finally:
             conn.close()
 
     def _connect(self) -> Any:

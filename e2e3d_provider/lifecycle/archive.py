@@ -29,6 +29,7 @@ from e2e3d_provider.core.transfer import raise_failures, run_parallel
 from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.locks import job_lock
 from e2e3d_provider.lifecycle.publish import publish_subset, read_published, unpublish, verify_remote
 
 #: jobs archived at once by the maintenance sweep, and jobs read from PostgreSQL per page
@@ -161,10 +162,12 @@ def archive_and_record(
     archive_bucket: str = BUCKET_ARCHIVE,
     remove_source: bool = False,
 ) -> ArchiveResult:
-    """:func:`archive_job`, then (with a metadata hook) :func:`record_archived`."""
-    result = archive_job(
-        storage, job_id, source_bucket=source_bucket, archive_bucket=archive_bucket, remove_source=remove_source
-    )
+    """:func:`archive_job` under the job's lock (it may change what ``output`` holds), then (with a
+    metadata hook) :func:`record_archived`."""
+    with job_lock(metadata, job_id):
+        result = archive_job(
+            storage, job_id, source_bucket=source_bucket, archive_bucket=archive_bucket, remove_source=remove_source
+        )
     if metadata is not None:
         record_archived(metadata, result)
     return result

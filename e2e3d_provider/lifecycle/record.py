@@ -18,7 +18,11 @@ from e2e3d_provider.exceptions import RunConflictError, RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_schema import STATUSES
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.locks import job_lock
 from e2e3d_provider.lifecycle.publish import read_published_manifest
+
+#: seconds a starting run waits for another run's publish or start to release the job
+BEGIN_LOCK_WAIT = 60.0
 
 
 def begin_run(
@@ -30,7 +34,8 @@ def begin_run(
     dag_id: str | None = None,
     run_is_live: Callable[[str, str], bool] | None = None,
 ) -> dict[str, Any]:
-    """Record a run ``running`` for the DAG run ``dag_run_id`` (of ``dag_id``); returns its row.
+    """Under the job's lock (so two DAG runs starting at once cannot both pass the checks), record a run
+    ``running`` for the DAG run ``dag_run_id`` (of ``dag_id``); returns its row.
 
     Two DAG runs never share one run of a job (its run dir, temp dir and output prefix): a run whose
     ``(job_id, stamp)`` another DAG run holds raises :class:`RunConflictError`. A run that already
@@ -44,6 +49,19 @@ def begin_run(
     run still ``running`` under a DAG run that ``run_is_live(dag_id, run_id)`` says is alive (every
     other DAG run, without that answer) raises :class:`RunConflictError`.
     """
+    with job_lock(metadata, job_id, wait=BEGIN_LOCK_WAIT):
+        return _begin_run(metadata, job_id, stamp, dataset, dag_run_id, dag_id, run_is_live)
+
+
+def _begin_run(
+    metadata: MetadataHook,
+    job_id: str,
+    stamp: str,
+    dataset: str,
+    dag_run_id: str,
+    dag_id: str | None,
+    run_is_live: Callable[[str, str], bool] | None,
+) -> dict[str, Any]:
     for other in metadata.job_runs(job_id, "running"):
         owner = other.get("statistics") or {}
         other_run, other_dag = owner.get("dag_run_id"), owner.get("dag_id")

@@ -9,6 +9,7 @@ from airflow.sdk import Asset, Context
 
 from e2e3d_provider.core.layout import BUCKET_OUTPUT, validate_id, validate_stamp
 from e2e3d_provider.lifecycle.local_paths import require_local_dir
+from e2e3d_provider.lifecycle.locks import DEFAULT_LOCK_WAIT, job_lock
 from e2e3d_provider.lifecycle.publish import publish_run
 from e2e3d_provider.operators.base import E2E3DOperator
 
@@ -38,7 +39,10 @@ class UploadResultsOperator(E2E3DOperator):
     :param origin_host: host that wrote ``run_dir`` (templated; ``stage_in``'s ``host``), named in
         the error when the directory is not on this host.
     :param statistics: extra statistics stored in the manifest (templated).
-    :param metadata_conn_id: when set, the transfer is recorded in PostgreSQL.
+    :param metadata_conn_id: when set, the transfer is recorded in PostgreSQL, and the publish holds the
+        job's advisory lock there: two runs of one job never publish at once, on any hosts.
+    :param lock_wait: seconds to wait for another run's publish or archive of the job before failing with
+        ``RunConflictError`` (default 600).
     """
 
     template_fields: Sequence[str] = ("job_id", "stamp", "run_dir", "origin_host", "bucket", "statistics")
@@ -54,6 +58,7 @@ class UploadResultsOperator(E2E3DOperator):
         bucket: str = BUCKET_OUTPUT,
         statistics: dict[str, Any] | None = None,
         metadata_conn_id: str | None = None,
+        lock_wait: float = DEFAULT_LOCK_WAIT,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("outlets", [results_asset(bucket)])
@@ -64,11 +69,13 @@ class UploadResultsOperator(E2E3DOperator):
         self.origin_host = origin_host
         self.bucket = bucket
         self.statistics = statistics
+        self.lock_wait = lock_wait
 
     def execute(self, context: Context) -> dict[str, Any]:
         job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
         run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
-        published = publish_run(self.storage, run_dir, job_id, stamp, self.bucket, dict(self.statistics or {}))
+        with job_lock(self.metadata, job_id, self.lock_wait):
+            published = publish_run(self.storage, run_dir, job_id, stamp, self.bucket, dict(self.statistics or {}))
         if published.transfer is not None:
             self.record_transfer(context, published.transfer, job_id=job_id, stamp=stamp)
         self.log.info(
