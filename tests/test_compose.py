@@ -24,6 +24,8 @@ LONG_RUNNING = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "redis",  # profile celery
+    "airflow-worker",  # profile celery
 }
 ONE_SHOT = {"minio-init", "airflow-init"}
 #: modules that are development tooling (local stack, demo, CLI), not what a deployment runs
@@ -63,6 +65,32 @@ def test_services_healthchecks_images_and_volumes() -> None:
         assert service["build"] == "." and "e2e3d-data:/app/data" in service["volumes"]
         assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert "pip install" in (ROOT / "Dockerfile").read_text()  # the provider, installed from this repository
+
+
+def test_the_celery_profile_runs_scalable_workers_as_airflows_official_compose_does() -> None:
+    services = compose()["services"]
+    assert services["redis"]["profiles"] == services["airflow-worker"]["profiles"] == ["celery"]
+    assert not any(s.get("profiles") for n, s in services.items() if n not in ("redis", "airflow-worker"))
+    worker = services["airflow-worker"]
+    assert worker["command"] == "celery worker" and worker["build"] == "."
+    assert "ports" not in worker and "container_name" not in worker  # so --scale can start several
+    assert "e2e3d-data:/app/data" in worker["volumes"] and worker["environment"]["DUMB_INIT_SETSID"] == "0"
+    assert "inspect ping" in worker["healthcheck"]["test"][1]
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    env = worker["environment"]
+    assert (
+        env["AIRFLOW__CORE__EXECUTOR"]
+        == "${AIRFLOW_EXECUTOR:-LocalExecutor}"
+        == airflow_env()["AIRFLOW__CORE__EXECUTOR"]
+    )
+    assert (
+        env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+        and "@redis:6379" in env["AIRFLOW__CELERY__BROKER_URL"]
+    )
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    assert {k: v for k, v in env.items() if k != "DUMB_INIT_SETSID"} == airflow_env()  # the same Airflow as the rest
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
 def airflow_env() -> dict[str, str]:
