@@ -17,6 +17,7 @@ transfers. ``reconstruct`` is the demo reconstruction: replace it with your own 
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -120,24 +121,52 @@ def e2e3d_reconstruction() -> None:
     )
 
     @task
-    def reconstruct(staged: dict[str, Any]) -> dict[str, Any]:
-        """The demo reconstruction (replace with yours): input images -> mesh, texture, point cloud."""
+    def reconstruct(staged: dict[str, Any], **context: Any) -> dict[str, Any]:
+        """The demo reconstruction (replace with yours): input images -> mesh, texture, point cloud. It runs
+        on any worker: the input comes from this host's read-through cache, and the results are handed on
+        through object storage (the XCom ``handoff`` says where), not through a local path."""
+        from e2e3d_provider.core.layout import RunLayout
         from e2e3d_provider.devstack.reconstruct import reconstruct as run
         from e2e3d_provider.exceptions import ReconstructionError
-        from e2e3d_provider.lifecycle.local_paths import require_local_dir
+        from e2e3d_provider.hooks.storage import StorageHook
+        from e2e3d_provider.lifecycle.handoff import hand_off, local_input_dir
+        from e2e3d_provider.operators.run_context import data_root
 
-        input_dir = require_local_dir(staged["input_dir"], staged["host"], "input directory")
-        run_dir = require_local_dir(staged["output_dir"], staged["host"], "run directory")
+        storage, root = StorageHook(), data_root()
+        input_dir, _ = local_input_dir(storage, staged["dataset"], root, staged["input_dir"], staged["host"])
+        layout = RunLayout(root, staged["job_id"], staged["stamp"])
+        here = Path(staged["output_dir"]).is_dir() and staged["host"] == socket.gethostname()
+        run_dir = Path(staged["output_dir"]) if here else layout.run_dir
+        temp_dir = Path(staged["temp_dir"]) if here else layout.temp_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            return run(input_dir, run_dir, Path(staged["temp_dir"]))
+            statistics = run(input_dir, run_dir, temp_dir)
         except ReconstructionError as err:  # bad input: a retry cannot help
             raise AirflowFailException(str(err)) from err
+        handed, sent = hand_off(storage, run_dir, staged["job_id"], staged["stamp"])
+        ti = context["ti"]
+        ti.xcom_push(key="handoff", value=handed.to_xcom())
+        MetadataHook().record_transfer(  # I/O statistics, keyed by task so a retry updates its row
+            "upload",
+            transfer_key=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}:handoff",
+            bucket=sent.bucket,
+            prefix=sent.prefix,
+            files=sent.files,
+            bytes=sent.bytes,
+            skipped_files=sent.skipped_files,
+            seconds=sent.seconds,
+            job_id=staged["job_id"],
+            stamp=staged["stamp"],
+        )
+        return statistics
 
     statistics = reconstruct(stage_in.output)
     right_size = RightSizeOperator(
         task_id="right_size",
         run_dir=stage_in.output["output_dir"],
         origin_host=stage_in.output["host"],
+        job_id=job_id,
+        stamp=stamp,
         enabled="{{ params.right_size }}",
         settings="{{ params.right_size_settings }}",
     )

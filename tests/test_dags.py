@@ -125,8 +125,17 @@ def test_lifecycle_dag_end_to_end(
     }
     assert all(r["figures"] == entries[r["key"].split("/", 1)[1]].get("figures") for r in inventory)
     with metadata.transaction() as cur:
-        cur.execute("SELECT direction, files FROM e2e3d.transfers WHERE job_id = %s ORDER BY direction", (unique_id,))
-        assert cur.fetchall() == [("download", 6), ("upload", len(entries))]
+        cur.execute(
+            "SELECT direction, split_part(transfer_key, '/', 3), files FROM e2e3d.transfers WHERE job_id = %s",
+            (unique_id,),
+        )
+        transfers = {(direction, task): files for direction, task, files in cur.fetchall()}
+    assert transfers == {
+        ("download", "stage_in"): 6,  # the images
+        ("upload", "reconstruct:handoff"): 6,  # results (and its temp/ file) handed on through object storage
+        ("upload", "right_size:handoff"): len(variants) + 1,  # the variants and their record; originals skipped
+        ("copy", "upload_results"): len(entries),  # published by server-side copies
+    }
     assert not run.temp_dir.exists() and run.run_dir.exists()  # temp cleaned, results kept locally
     assert xcom(dr, "stage_in")["output_dir"] == str(run.run_dir)
     assert xcom(dr, "right_size")["variants"] == len(variants)

@@ -260,6 +260,18 @@ def manifest_key(job_id: str) -> str:
     return output_key(job_id, MANIFEST_NAME)
 
 
+#: the object-storage area where a task hands a run's files to the next task, whatever host that runs on
+WORK_AREA = ".work"
+#: the hand-off's own manifest (every handed-off file with size, sha256 and ETag), at the top of its prefix
+HANDOFF_NAME = "handoff.json"
+
+
+def work_prefix(job_id: str, stamp: str) -> str:
+    """Return ``.work/<job_id>/<job_id>_<stamp>/``: where one run's files wait in ``output`` between tasks
+    (outside ``<job_id>/``, so no reader of results ever lists them; removed once the run is published)."""
+    return f"{WORK_AREA}/{validate_id(job_id, 'job_id')}/{run_name(job_id, stamp)}/"
+
+
 def archive_prefix(job_id: str, stamp: str) -> str:
     """Return ``<job_id>/<job_id>_<stamp>/``, the prefix of one archived run."""
     return f"{validate_id(job_id, 'job_id')}/{run_name(job_id, stamp)}/"

@@ -130,29 +130,40 @@ class Selection:
 def select_published(files: list[tuple[str, Path]], record: RightSizeRecord | None) -> Selection:
     """Apply a run's record to its files: dropped intermediates are left out (and summed per prefix), and
     a file in a variant folder that the record does not name is refused (:class:`ManifestError`)."""
+    sizes = {rel: path.stat().st_size for rel, path in files} if record is not None else {}
+    kept, dropped = select_paths([rel for rel, _ in files], sizes, record)
+    paths = dict(files)
+    return Selection([(rel, paths[rel]) for rel in kept], dropped)
+
+
+def select_paths(
+    relpaths: list[str], sizes: dict[str, int], record: RightSizeRecord | None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """:func:`select_published` over run-relative paths and their sizes (a hand-off's, say): the paths
+    published, and per dropped prefix its files and bytes."""
     named = {v.path for v in record.variants} if record else set()
-    stray = [rel for rel, _ in files if is_variant_path(rel) and rel not in named]
+    stray = [rel for rel in relpaths if is_variant_path(rel) and rel not in named]
     if stray:
         raise ManifestError(
             f"{len(stray)} files in variant folders were not recorded by right-sizing (e.g. {stray[0]}): "
             "it stopped part-way; run the right-sizing step again before publishing"
         )
-    missing = sorted(named - {rel for rel, _ in files})
+    missing = sorted(named - set(relpaths))
     if missing:
         raise ManifestError(f"right-sizing recorded variants that are gone: {', '.join(missing[:5])}")
     if record is None:
-        return Selection(files, [])
-    kept: list[tuple[str, Path]] = []
+        return list(relpaths), []
+    kept: list[str] = []
     dropped: dict[str, dict[str, Any]] = {}
-    for rel, path in files:
+    for rel in relpaths:
         prefix = dropped_by(rel, record.preservation)
         if prefix is None:
-            kept.append((rel, path))
+            kept.append(rel)
         else:
             totals = dropped.setdefault(prefix, {"prefix": prefix, "files": 0, "bytes": 0})
             totals["files"] += 1
-            totals["bytes"] += path.stat().st_size
-    return Selection(kept, list(dropped.values()))
+            totals["bytes"] += sizes[rel]
+    return kept, list(dropped.values())
 
 
 def annotate(entries: list[FileEntry], record: RightSizeRecord | None) -> list[FileEntry]:

@@ -30,7 +30,7 @@ from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.publish import publish_subset, read_published, unpublish, verify_remote
+from e2e3d_provider.lifecycle.publish import copy_pinned, publish_subset, read_published, unpublish, verify_remote
 
 #: jobs archived at once by the maintenance sweep, and jobs read from PostgreSQL per page
 ARCHIVE_WORKERS = 16
@@ -85,14 +85,14 @@ def archive_job(
     manifest = published.manifest
     source, target = output_prefix(job_id), archive_prefix(job_id, manifest.stamp)
     try:
-        _copy_pinned(storage, manifest, source_bucket, source, archive_bucket, target, _recorded_etags(manifest))
+        copy_pinned(storage, manifest, source_bucket, source, archive_bucket, target, _recorded_etags(manifest))
     except ChecksumMismatchError:
         # an object's ETag is not the recorded one: name the file whose bytes differ (never archive
         # those); if the bytes are the published ones after all (stored again), copy them as they are now
         listed = {obj.key: obj for obj in storage.list_objects(source_bucket, source)}
         verify_remote(storage, source_bucket, source, manifest, listed=listed)
         pins = {e.path: listed[source + e.path].etag for e in manifest.files}
-        _copy_pinned(storage, manifest, source_bucket, source, archive_bucket, target, pins)
+        copy_pinned(storage, manifest, source_bucket, source, archive_bucket, target, pins)
     verify_remote(storage, archive_bucket, target, manifest)  # one listing of the copy
     storage.put_bytes(archive_bucket, target + MANIFEST_NAME, published.manifest_bytes, "application/json")
     storage.put_bytes(archive_bucket, target + SUCCESS_NAME, published.marker_bytes, "application/json")  # last
@@ -111,32 +111,6 @@ def archive_job(
 
 def _recorded_etags(manifest: Manifest) -> dict[str, str | None]:
     return {entry.path: entry.etag for entry in manifest.files}
-
-
-def _copy_pinned(
-    storage: StorageHook,
-    manifest: Manifest,
-    source_bucket: str,
-    source: str,
-    archive_bucket: str,
-    target: str,
-    pins: dict[str, str | None],
-) -> None:
-    """Copy every manifest file, each only while the source has its pinned ETag (a file with no
-    recorded ETag, from an older manifest, has its bytes read against the sha256 first)."""
-    if any(pins[entry.path] is None for entry in manifest.files):
-        listed = {obj.key: obj for obj in storage.list_objects(source_bucket, source)}
-        verify_remote(storage, source_bucket, source, manifest, listed=listed)
-        pins = {entry.path: pins[entry.path] or listed[source + entry.path].etag for entry in manifest.files}
-    for entry in manifest.files:
-        storage.copy_object(
-            source_bucket,
-            source + entry.path,
-            archive_bucket,
-            target + entry.path,
-            if_match=pins[entry.path],
-            size=entry.size,
-        )
 
 
 def record_archived(metadata: MetadataHook, result: ArchiveResult, dataset: str | None = None) -> bool:

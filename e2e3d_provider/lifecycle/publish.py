@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +26,18 @@ from e2e3d_provider.core.layout import (
     BUCKET_OUTPUT,
     MANIFEST_NAME,
     SUCCESS_NAME,
+    VARIANTS_NAME,
     manifest_key,
     output_prefix,
     success_key,
+    work_prefix,
 )
 from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files, sha256_file, write_atomic, write_manifest
 from e2e3d_provider.core.transfer import RemoteObject, TransferResult
-from e2e3d_provider.core.variants import RightSizeRecord, annotate, select_published
-from e2e3d_provider.exceptions import ChecksumMismatchError
+from e2e3d_provider.core.variants import RightSizeRecord, annotate, select_paths, select_published
+from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.handoff import read_handoff
 
 
 @dataclass
@@ -179,6 +183,94 @@ def publish_run(
         marker,
         transfer,
     )
+
+
+def copy_pinned(
+    storage: StorageHook,
+    manifest: Manifest,
+    source_bucket: str,
+    source: str,
+    target_bucket: str,
+    target: str,
+    pins: dict[str, str | None],
+) -> None:
+    """Server-side copy every manifest file, each only while the source has its pinned ETag (a file with
+    no recorded ETag, from an older manifest, has its bytes read against the sha256 first)."""
+    if any(pins[entry.path] is None for entry in manifest.files):
+        listed = {obj.key: obj for obj in storage.list_objects(source_bucket, source)}
+        verify_remote(storage, source_bucket, source, manifest, listed=listed)
+        pins = {entry.path: pins[entry.path] or listed[source + entry.path].etag for entry in manifest.files}
+    for entry in manifest.files:
+        storage.copy_object(
+            source_bucket,
+            source + entry.path,
+            target_bucket,
+            target + entry.path,
+            if_match=pins[entry.path],
+            size=entry.size,
+        )
+
+
+def publish_handoff(
+    storage: StorageHook,
+    job_id: str,
+    stamp: str,
+    bucket: str,
+    statistics: dict[str, Any] | None = None,
+    handoff_bucket: str = BUCKET_OUTPUT,
+) -> PublishResult:
+    """Publish a run that a task handed off (lifecycle.handoff) under the commit protocol, from any host
+    and with no bytes through it: SUCCESS removed first; every published file copied server-side from the
+    work prefix, pinned to the ETag the hand-off recorded (its sha256 was computed as it was sent); one
+    listing checks every size and records the stored ETags; stale objects dropped; manifest; SUCCESS last."""
+    began = time.perf_counter()
+    handed = read_handoff(storage, job_id, stamp, handoff_bucket)
+    if handed is None:
+        raise ObjectNotFoundError(f"job {job_id} run {stamp} was not handed off ({work_prefix(job_id, stamp)})")
+    source = work_prefix(job_id, stamp)
+    prefix, marker, manifest_name = output_prefix(job_id), success_key(job_id), manifest_key(job_id)
+    storage.delete_object(bucket, marker)  # step 1: from here on, no reader trusts this job
+    entries = {e.path: e for e in handed.files}
+    record = None
+    if VARIANTS_NAME in entries:  # right-sizing's record travelled with the files
+        record = RightSizeRecord.from_json(storage.get_bytes(handoff_bucket, source + VARIANTS_NAME))
+    published = [e for e in handed.files if e.path != VARIANTS_NAME]
+    kept, dropped = select_paths([e.path for e in published], {e.path: e.size for e in published}, record)
+    chosen = Manifest(job_id, stamp, [entries[rel] for rel in kept])
+    copy_pinned(storage, chosen, handoff_bucket, source, bucket, prefix, {e.path: e.etag for e in chosen.files})
+    listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}
+    stored = [
+        FileEntry(e.path, e.size, e.sha256, listed[prefix + e.path].etag)
+        for e in chosen.files
+        if prefix + e.path in listed
+    ]
+    manifest = Manifest(
+        job_id,
+        stamp,
+        annotate(stored, record),
+        dict(statistics or {}),
+        dropped=dropped,
+        preservation=record.preservation if record else {},
+    )
+    manifest.statistics.setdefault("files", len(manifest.files))
+    manifest.statistics.setdefault("bytes", manifest.total_bytes)
+    if record is not None and record.statistics:
+        manifest.statistics.setdefault("right_size", record.statistics)
+    verify_remote(storage, bucket, prefix, Manifest(job_id, stamp, chosen.files), deep=False, listed=listed)  # sizes
+    keep = {prefix + e.path for e in manifest.files} | {marker, manifest_name}
+    stale = [key for key in listed if key not in keep]
+    for key in stale:
+        storage.delete_object(bucket, key)
+    body = manifest.to_json().encode()
+    storage.put_bytes(bucket, manifest_name, body, "application/json")
+    storage.put_bytes(bucket, marker, success_marker(manifest, hashlib.sha256(body).hexdigest()), "application/json")
+    seconds = time.perf_counter() - began
+    copied = TransferResult("copy", bucket, prefix)
+    copied.files, copied.bytes, copied.seconds = len(manifest.files), manifest.total_bytes, seconds
+    return PublishResult(
+        job_id, stamp, bucket, prefix, len(manifest.files), manifest.total_bytes, len(manifest.files),
+        manifest.total_bytes, len(stale), seconds, manifest_name, marker, copied,
+    )  # fmt: skip
 
 
 def success_marker(manifest: Manifest, manifest_sha: str) -> bytes:

@@ -8,11 +8,13 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
+from e2e3d_provider.core.layout import validate_id, validate_stamp
 from e2e3d_provider.exceptions import RightSizeInputError
+from e2e3d_provider.lifecycle.handoff import hand_off, local_run_dir
 from e2e3d_provider.lifecycle.local_paths import require_local_dir
 from e2e3d_provider.lifecycle.right_size import right_size_job, summary
 from e2e3d_provider.operators.base import E2E3DOperator
-from e2e3d_provider.operators.run_context import as_bool
+from e2e3d_provider.operators.run_context import as_bool, data_root
 
 
 class RightSizeOperator(E2E3DOperator):
@@ -23,10 +25,15 @@ class RightSizeOperator(E2E3DOperator):
     which publishes originals and variants under one manifest and one SUCCESS. Originals are never
     changed; a result it cannot read fails the task (no retry) and leaves no variant behind.
 
-    Returns ``{"enabled", "variants", "original_bytes", "variant_bytes", "seconds", "dropped"}``.
+    Returns ``{"enabled", "variants", "original_bytes", "variant_bytes", "seconds", "dropped"}`` (and, with
+    ``job_id`` and ``stamp``, ``"handoff"``: the bucket, prefix and manifest key the run waits at).
 
     :param run_dir: local run directory (templated; usually ``stage_in``'s ``output_dir``).
     :param origin_host: host that wrote ``run_dir`` (templated), named when it is not on this host.
+    :param job_id: with ``stamp``, the run (templated): then a run directory that is not on this host is
+        rebuilt from the run's hand-off in object storage, and the result is handed off again, so the
+        next task may run anywhere. Without them, the run directory must be local.
+    :param stamp: the run stamp (templated).
     :param enabled: ``False`` writes no variants, only the preservation policy (templated; a DAG param).
     :param settings: any field of ``RightSizePolicy`` (``mesh_lod_ratios``, ``tile_threshold``,
         ``web_format``, ``preservation`` ...), over the defaults and the ``e2e3d.config`` key ``rightsize``
@@ -36,7 +43,15 @@ class RightSizeOperator(E2E3DOperator):
         (default: ``logs/`` kept, ``temp/`` dropped).
     """
 
-    template_fields: Sequence[str] = ("run_dir", "origin_host", "enabled", "settings", "preservation")
+    template_fields: Sequence[str] = (
+        "run_dir",
+        "origin_host",
+        "job_id",
+        "stamp",
+        "enabled",
+        "settings",
+        "preservation",
+    )
     template_fields_renderers = {"settings": "json", "preservation": "json"}
     ui_color = "#e8dcc5"
 
@@ -45,6 +60,8 @@ class RightSizeOperator(E2E3DOperator):
         *,
         run_dir: str,
         origin_host: str | None = None,
+        job_id: str | None = None,
+        stamp: str | None = None,
         enabled: bool | str = True,
         settings: dict[str, Any] | None = None,
         preservation: dict[str, list[str]] | None = None,
@@ -53,12 +70,23 @@ class RightSizeOperator(E2E3DOperator):
         super().__init__(**kwargs)
         self.run_dir = run_dir
         self.origin_host = origin_host
+        self.job_id = job_id
+        self.stamp = stamp
         self.enabled = enabled
         self.settings = settings
         self.preservation = preservation
 
     def execute(self, context: Context) -> dict[str, Any]:
-        run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
+        handing = bool(self.job_id and self.stamp)
+        if handing:
+            job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
+            run_dir, moved = local_run_dir(self.storage, job_id, stamp, data_root(), self.run_dir, self.origin_host)
+            if moved is not None:
+                self.log.info(
+                    "rebuilt %s from its hand-off: %d files, %d bytes moved", run_dir, moved.files, moved.bytes
+                )
+        else:
+            run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
         settings = dict(self.settings or {})
         if self.preservation is not None:
             settings["preservation"] = self.preservation
@@ -67,6 +95,10 @@ class RightSizeOperator(E2E3DOperator):
         except (RightSizeInputError, ValueError) as err:  # bad input or settings: a retry cannot help
             raise AirflowFailException(f"right-sizing {run_dir.name}: {err}") from err
         result = summary(record)
+        if handing:
+            handed, sent = hand_off(self.storage, run_dir, job_id, stamp)
+            self.record_transfer(context, sent, suffix=":handoff", job_id=job_id, stamp=stamp)
+            result["handoff"] = handed.to_xcom()
         self.log.info(
             "right-sized %s: %d variants, %d bytes beside %d bytes of originals, in %.1f s; not published: %s",
             run_dir.name,

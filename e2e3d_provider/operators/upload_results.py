@@ -8,9 +8,10 @@ from typing import Any
 from airflow.sdk import Asset, Context
 
 from e2e3d_provider.core.layout import BUCKET_OUTPUT, validate_id, validate_stamp
+from e2e3d_provider.lifecycle.handoff import discard, read_handoff
 from e2e3d_provider.lifecycle.local_paths import require_local_dir
 from e2e3d_provider.lifecycle.locks import DEFAULT_LOCK_WAIT, job_lock
-from e2e3d_provider.lifecycle.publish import publish_run
+from e2e3d_provider.lifecycle.publish import publish_handoff, publish_run
 from e2e3d_provider.operators.base import E2E3DOperator
 
 RESULTS_ASSET_NAME = "e2e3d_results"
@@ -24,7 +25,10 @@ def results_asset(bucket: str = BUCKET_OUTPUT) -> Asset:
 
 
 class UploadResultsOperator(E2E3DOperator):
-    """Publishes a run directory to ``output/<job_id>/`` so that SUCCESS means complete and verified:
+    """Publishes a run to ``output/<job_id>/`` so that SUCCESS means complete and verified. A run that
+    earlier tasks handed off to object storage (``output/.work/...``) is published from there by
+    server-side copies, on whatever host this task runs, and the hand-off is removed; otherwise the
+    local run directory is published:
     removes an old SUCCESS first, uploads every file with its sha256 (identical objects are skipped),
     verifies each stored object against the manifest, uploads ``metadata.json``, writes SUCCESS last
     (locally and in the bucket). Emits an event on the results Asset (``s3://output/``) carrying
@@ -73,9 +77,14 @@ class UploadResultsOperator(E2E3DOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
-        run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
+        statistics = dict(self.statistics or {})
         with job_lock(self.metadata, job_id, self.lock_wait):
-            published = publish_run(self.storage, run_dir, job_id, stamp, self.bucket, dict(self.statistics or {}))
+            if read_handoff(self.storage, job_id, stamp) is not None:  # handed off: publish it from any host
+                published = publish_handoff(self.storage, job_id, stamp, self.bucket, statistics)
+                discard(self.storage, job_id, stamp)
+            else:
+                run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
+                published = publish_run(self.storage, run_dir, job_id, stamp, self.bucket, statistics)
         if published.transfer is not None:
             self.record_transfer(context, published.transfer, job_id=job_id, stamp=stamp)
         self.log.info(

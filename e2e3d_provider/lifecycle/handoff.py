@@ -1,0 +1,160 @@
+"""Hand a run's files from task to task through object storage, so each task may run on any host.
+
+A task that produces files (the reconstruction, right-sizing) ends by handing its run directory off to
+``output/.work/<job_id>/<job_id>_<stamp>/``: every file uploaded (identical ones skipped), then a
+``handoff.json`` naming each with size, sha256 and the ETag the server answered, written last. A task on
+another host rebuilds the run directory from it (:func:`materialize`: each file checked against
+``handoff.json``; files already there move no bytes). Publishing copies the hand-off server-side
+(:func:`e2e3d_provider.lifecycle.publish.publish_handoff`), and the work prefix goes once the run is
+published. A hand-off without its ``handoff.json`` (a task that died part-way) is never read.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e2e3d_provider.core.layout import (
+    BUCKET_INPUT,
+    BUCKET_OUTPUT,
+    HANDOFF_NAME,
+    VARIANTS_NAME,
+    RunLayout,
+    input_dir,
+    input_prefix,
+    work_prefix,
+)
+from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files
+from e2e3d_provider.core.transfer import TransferResult
+from e2e3d_provider.exceptions import LocalPathError, ObjectNotFoundError
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.local_paths import REMEDIES
+
+
+@dataclass(frozen=True)
+class HandOff:
+    """Where a run's files wait for the next task: bucket, prefix and the hand-off manifest's key."""
+
+    bucket: str
+    prefix: str
+    files: int
+    bytes: int
+    sent_bytes: int
+
+    @property
+    def manifest_key(self) -> str:
+        return self.prefix + HANDOFF_NAME
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "manifest_key": self.manifest_key,
+            "files": self.files,
+            "bytes": self.bytes,
+            "sent_bytes": self.sent_bytes,
+        }
+
+
+def handed_files(run_dir: Path) -> list[tuple[str, Path]]:
+    """What a hand-off carries: the run's files and right-sizing's record (publish needs it too)."""
+    files = list(iter_run_files(run_dir))
+    if (run_dir / VARIANTS_NAME).is_file():
+        files.append((VARIANTS_NAME, run_dir / VARIANTS_NAME))
+    return files
+
+
+def hand_off(
+    storage: StorageHook, run_dir: Path, job_id: str, stamp: str, bucket: str = BUCKET_OUTPUT
+) -> tuple[HandOff, TransferResult]:
+    """Upload ``run_dir`` to the run's work prefix (identical objects skipped), drop what an earlier
+    hand-off left there that the directory no longer holds, and write ``handoff.json`` last."""
+    prefix = work_prefix(job_id, stamp)
+    storage.delete_object(bucket, prefix + HANDOFF_NAME)  # until the new one is whole, no task reads it
+    files = handed_files(run_dir)
+    if not files:
+        raise FileNotFoundError(f"run directory {run_dir} holds nothing to hand on")
+    transfer = storage.upload_dir(run_dir, bucket, prefix, files=files)
+    manifest = Manifest(job_id, stamp, [FileEntry(rel, *transfer.checksums[rel]) for rel, _ in files])
+    keep = {prefix + entry.path for entry in manifest.files}
+    for obj in storage.list_objects(bucket, prefix):
+        if obj.key not in keep:
+            storage.delete_object(bucket, obj.key)
+    storage.put_bytes(bucket, prefix + HANDOFF_NAME, manifest.to_json().encode(), "application/json")
+    handed = HandOff(bucket, prefix, len(manifest.files), manifest.total_bytes, transfer.bytes)
+    return handed, transfer
+
+
+def read_handoff(storage: StorageHook, job_id: str, stamp: str, bucket: str = BUCKET_OUTPUT) -> Manifest | None:
+    """The run's hand-off manifest, or ``None`` when no task has handed the run off (completely)."""
+    try:
+        raw = storage.get_bytes(bucket, work_prefix(job_id, stamp) + HANDOFF_NAME)
+    except ObjectNotFoundError:
+        return None
+    return Manifest.from_json(raw)
+
+
+def materialize(
+    storage: StorageHook, job_id: str, stamp: str, run_dir: Path, bucket: str = BUCKET_OUTPUT
+) -> TransferResult | None:
+    """Make ``run_dir`` exactly the handed-off run: each file fetched unless already there with the
+    recorded sha256, each checked against ``handoff.json``, files it does not name removed. Returns what
+    moved, or ``None`` when the run was never handed off."""
+    manifest = read_handoff(storage, job_id, stamp, bucket)
+    if manifest is None:
+        return None
+    return storage.download_prefix(
+        bucket, work_prefix(job_id, stamp), run_dir, manifest=manifest, delete_extraneous=True
+    )
+
+
+def local_run_dir(
+    storage: StorageHook,
+    job_id: str,
+    stamp: str,
+    data_root: Path,
+    hint: str | Path | None = None,
+    origin_host: str | None = None,
+    bucket: str = BUCKET_OUTPUT,
+) -> tuple[Path, TransferResult | None]:
+    """This host's copy of a run directory: ``hint`` (a path from XCom) when it was written on this host
+    and is here, else the run's place under this host's ``data_root`` rebuilt from the hand-off. Without a
+    hand-off, a path that only exists on another host is a LocalPathError naming both hosts."""
+    here = socket.gethostname()
+    if hint and Path(hint).is_dir() and (not origin_host or origin_host == here):
+        return Path(hint), None
+    run_dir = RunLayout(data_root, job_id, stamp).run_dir
+    moved = materialize(storage, job_id, stamp, run_dir, bucket)
+    if moved is None:
+        raise LocalPathError(
+            f"run directory {hint or run_dir} was written on host {origin_host or '?'!r}, but this task runs "
+            f"on {here!r}, and the run was not handed off to object storage ({bucket}/{work_prefix(job_id, stamp)}"
+            f"{HANDOFF_NAME} is missing): hand it off from the producing task, or {REMEDIES}."
+        )
+    return run_dir, moved
+
+
+def discard(storage: StorageHook, job_id: str, stamp: str, bucket: str = BUCKET_OUTPUT) -> int:
+    """Remove a run's hand-off (every version: it is scratch), its manifest first."""
+    prefix = work_prefix(job_id, stamp)
+    storage.delete_object(bucket, prefix + HANDOFF_NAME)
+    return storage.delete_prefix(bucket, prefix, all_versions=True)
+
+
+def local_input_dir(
+    storage: StorageHook,
+    dataset: str,
+    data_root: Path,
+    hint: str | Path | None = None,
+    origin_host: str | None = None,
+    bucket: str = BUCKET_INPUT,
+) -> tuple[Path, TransferResult | None]:
+    """This host's copy of a staged dataset: ``hint`` when staged on this host and here, else the
+    dataset mirrored into this host's ``data_root`` (a read-through cache: images already there, with
+    the stored ETag, move no bytes)."""
+    if hint and Path(hint).is_dir() and (not origin_host or origin_host == socket.gethostname()):
+        return Path(hint), None
+    local = input_dir(data_root, dataset)
+    return local, storage.download_prefix(bucket, input_prefix(dataset), local, delete_extraneous=True)

@@ -1,0 +1,98 @@
+"""Tasks of one run on different hosts: each "host" here has its own hostname and its own data root, and
+the one before it is deleted, so nothing passes through a shared disk; files go through object storage."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bench.rightsize_data import make_results
+from e2e3d_provider.core.layout import HANDOFF_NAME, RunLayout, work_prefix
+from e2e3d_provider.exceptions import LocalPathError
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.handoff import hand_off, local_run_dir
+from e2e3d_provider.lifecycle.publish import fetch_published, read_published
+from e2e3d_provider.operators.right_size import RightSizeOperator
+from e2e3d_provider.operators.upload_results import UploadResultsOperator
+from tests.conftest import write_files
+
+STAMP = "20261202T100000Z"
+
+
+def on_host(monkeypatch: pytest.MonkeyPatch, name: str, root: Path) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: name)
+    monkeypatch.setenv("E2E3D_DATA_ROOT", str(root))
+
+
+def test_a_run_moves_host_to_host_through_object_storage_and_publishes_from_a_third(
+    storage: StorageHook, tmp_path: Path, unique_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roots = {name: tmp_path / name for name in ("host-a", "host-b", "host-c")}
+    # host-a: the reconstruction writes its run directory and hands it on
+    on_host(monkeypatch, "host-a", roots["host-a"])
+    run_a = RunLayout(roots["host-a"], unique_id, STAMP).run_dir
+    make_results(run_a, "tiny")
+    write_files(run_a, {"logs/reconstruct.log": b"ok\n", "temp/scratch.bin": b"x" * 10})
+    handed, sent = hand_off(storage, run_a, unique_id, STAMP)
+    assert handed.prefix == work_prefix(unique_id, STAMP) and sent.files == handed.files == 6
+    shutil.rmtree(roots["host-a"])  # host-a's disk is not host-b's
+
+    # host-b: right-sizing rebuilds the run from the hand-off, and hands the variants on
+    on_host(monkeypatch, "host-b", roots["host-b"])
+    right_size = RightSizeOperator(
+        task_id="right_size",
+        run_dir=str(run_a),
+        origin_host="host-a",
+        job_id=unique_id,
+        stamp=STAMP,
+        settings={"mesh_error_samples": 1000},
+        metadata_conn_id=None,
+    )
+    result = right_size.execute({})
+    assert result["variants"] > 10 and result["handoff"]["manifest_key"] == work_prefix(unique_id, STAMP) + HANDOFF_NAME
+    assert result["handoff"]["sent_bytes"] < result["handoff"]["bytes"]  # the originals were there already
+    run_b, again = local_run_dir(storage, unique_id, STAMP, roots["host-b"])  # a second task on host-b
+    assert run_b == RunLayout(roots["host-b"], unique_id, STAMP).run_dir
+    assert again is not None and again.bytes == 0 and again.skipped_files == result["handoff"]["files"]
+    shutil.rmtree(roots["host-b"])
+
+    # host-c: publishing copies server-side from the hand-off: no local files at all
+    on_host(monkeypatch, "host-c", roots["host-c"])
+    upload = UploadResultsOperator(
+        task_id="upload_results",
+        job_id=unique_id,
+        stamp=STAMP,
+        run_dir=str(run_a),
+        origin_host="host-a",
+        metadata_conn_id=MetadataHook.default_conn_name,
+    )
+    published = upload.execute({"outlet_events": defaultdict(SimpleNamespace)})
+    assert not roots["host-c"].exists()
+    manifest = read_published(storage, "output", unique_id).manifest
+    roles = {e.path: e.role for e in manifest.files}
+    assert roles["mesh/reconstructed_mesh.obj"] == "original" and roles["mesh/lod1/reconstructed_mesh.obj"] == "lod"
+    assert "temp/scratch.bin" not in roles and manifest.dropped[0]["prefix"] == "temp/"
+    assert published["files"] == len(manifest.files) == result["variants"] + 5
+    fetched = fetch_published(storage, unique_id, tmp_path / "reader")  # every byte against the manifest
+    assert fetched.files == len(manifest.files)
+    assert storage.list_keys("output", work_prefix(unique_id, STAMP)) == []  # the hand-off is gone
+
+
+def test_a_hand_off_without_its_manifest_is_never_read(
+    storage: StorageHook, tmp_path: Path, unique_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_host(monkeypatch, "host-a", tmp_path / "a")
+    run_a = RunLayout(tmp_path / "a", unique_id, STAMP).run_dir
+    write_files(run_a, {"mesh/m.obj": b"v 0 0 0\n"})
+    hand_off(storage, run_a, unique_id, STAMP)
+    storage.delete_object("output", work_prefix(unique_id, STAMP) + HANDOFF_NAME)  # a task that died part-way
+    on_host(monkeypatch, "host-b", tmp_path / "b")
+    with pytest.raises(LocalPathError, match=r"written on host 'host-a'.*was not handed off"):
+        local_run_dir(storage, unique_id, STAMP, tmp_path / "b", str(run_a), "host-a")
+    assert not (tmp_path / "b").exists()
