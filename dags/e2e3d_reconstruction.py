@@ -29,7 +29,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from e2e3d_provider.core.layout import ID_PATTERN, derived_job_id, validate_id
 from e2e3d_provider.exceptions import RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.lifecycle.record import begin_run
+from e2e3d_provider.lifecycle.record import begin_run, record_transfer
 from e2e3d_provider.operators.archive import ArchiveOperator
 from e2e3d_provider.operators.cleanup import CleanupOperator
 from e2e3d_provider.operators.metadata_record import MetadataRecordOperator
@@ -146,18 +146,8 @@ def e2e3d_reconstruction() -> None:
         handed, sent = hand_off(storage, run_dir, staged["job_id"], staged["stamp"])
         ti = context["ti"]
         ti.xcom_push(key="handoff", value=handed.to_xcom())
-        MetadataHook().record_transfer(  # I/O statistics, keyed by task so a retry updates its row
-            "upload",
-            transfer_key=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}:handoff",
-            bucket=sent.bucket,
-            prefix=sent.prefix,
-            files=sent.files,
-            bytes=sent.bytes,
-            skipped_files=sent.skipped_files,
-            seconds=sent.seconds,
-            job_id=staged["job_id"],
-            stamp=staged["stamp"],
-        )
+        key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}:handoff"  # I/O statistics; a retry updates its row
+        record_transfer(MetadataHook(), sent, key, job_id=staged["job_id"], stamp=staged["stamp"])
         return statistics
 
     statistics = reconstruct(stage_in.output)

@@ -17,7 +17,7 @@ from e2e3d_provider.core.layout import (
 from e2e3d_provider.exceptions import RunConflictError, RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_schema import STATUSES
-from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.hooks.storage import StorageHook, TransferResult
 from e2e3d_provider.lifecycle.locks import job_lock
 from e2e3d_provider.lifecycle.publish import read_published_manifest
 
@@ -93,6 +93,22 @@ def _begin_run(
             )
     owner_ids = {"dag_run_id": dag_run_id, **({"dag_id": dag_id} if dag_id else {})}
     return metadata.record_job(job_id, stamp, dataset, "running", statistics=owner_ids)
+
+
+def record_transfer(metadata: MetadataHook, transfer: TransferResult, transfer_key: str | None, **fields: Any) -> None:
+    """Record what a transfer moved (PostgreSQL's I/O statistics); ``transfer_key`` (dag/run/task...) makes
+    a retry update its row instead of adding one."""
+    metadata.record_transfer(
+        transfer.direction,
+        transfer_key=transfer_key,
+        bucket=transfer.bucket,
+        prefix=transfer.prefix,
+        files=transfer.files,
+        bytes=transfer.bytes,
+        skipped_files=transfer.skipped_files,
+        seconds=transfer.seconds,
+        **fields,
+    )
 
 
 def upload_statistics(upload: dict[str, Any] | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator, Context
 
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook, TransferResult
+from e2e3d_provider.lifecycle.record import record_transfer
 
 
 class E2E3DOperator(BaseOperator):
@@ -46,14 +47,4 @@ class E2E3DOperator(BaseOperator):
             return
         ti = context.get("ti")
         key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{suffix}" if ti else None
-        self.metadata.record_transfer(
-            transfer.direction,
-            transfer_key=key,
-            bucket=transfer.bucket,
-            prefix=transfer.prefix,
-            files=transfer.files,
-            bytes=transfer.bytes,
-            skipped_files=transfer.skipped_files,
-            seconds=transfer.seconds,
-            **fields,
-        )
+        record_transfer(self.metadata, transfer, key, **fields)
