@@ -130,6 +130,7 @@ def e2e3d_reconstruction() -> None:
         from e2e3d_provider.exceptions import ReconstructionError
         from e2e3d_provider.hooks.storage import StorageHook
         from e2e3d_provider.lifecycle.handoff import hand_off, local_input_dir
+        from e2e3d_provider.lifecycle.local_paths import remove_tree
         from e2e3d_provider.operators.run_context import data_root
 
         storage, root = StorageHook(), data_root()
@@ -148,6 +149,9 @@ def e2e3d_reconstruction() -> None:
         ti.xcom_push(key="handoff", value=handed.to_xcom())
         key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}:handoff"  # I/O statistics; a retry updates its row
         record_transfer(MetadataHook(), sent, key, job_id=staged["job_id"], stamp=staged["stamp"])
+        if not here:  # not the staging host: nothing else here will clean this copy, and it is handed on
+            remove_tree(run_dir)
+            remove_tree(temp_dir)
         return statistics
 
     statistics = reconstruct(stage_in.output)

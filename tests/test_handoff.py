@@ -57,9 +57,13 @@ def test_a_run_moves_host_to_host_through_object_storage_and_publishes_from_a_th
     result = right_size.execute({})
     assert result["variants"] > 10 and result["handoff"]["manifest_key"] == work_prefix(unique_id, STAMP) + HANDOFF_NAME
     assert result["handoff"]["sent_bytes"] < result["handoff"]["bytes"]  # the originals were there already
+    run_b = RunLayout(roots["host-b"], unique_id, STAMP).run_dir
+    assert not run_b.exists()  # the copy rebuilt for the task is scratch: gone once it was handed on
     run_b, again = local_run_dir(storage, unique_id, STAMP, roots["host-b"])  # a second task on host-b
     assert run_b == RunLayout(roots["host-b"], unique_id, STAMP).run_dir
-    assert again is not None and again.bytes == 0 and again.skipped_files == result["handoff"]["files"]
+    assert again is not None and again.files == result["handoff"]["files"]  # rebuilt whole from the hand-off
+    run_b, third = local_run_dir(storage, unique_id, STAMP, roots["host-b"])  # and a third: already here
+    assert third is not None and third.bytes == 0 and third.skipped_files == result["handoff"]["files"]
     shutil.rmtree(roots["host-b"])
 
     # host-c: publishing copies server-side from the hand-off: no local files at all

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from e2e3d_provider.core.layout import validate_id, validate_stamp
 from e2e3d_provider.exceptions import RightSizeInputError
 from e2e3d_provider.lifecycle.handoff import hand_off, local_run_dir
-from e2e3d_provider.lifecycle.local_paths import require_local_dir
+from e2e3d_provider.lifecycle.local_paths import remove_tree, require_local_dir
 from e2e3d_provider.lifecycle.right_size import right_size_job, summary
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import as_bool, data_root
@@ -78,6 +78,7 @@ class RightSizeOperator(E2E3DOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         handing = bool(self.job_id and self.stamp)
+        moved = None
         if handing:
             job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
             run_dir, moved = local_run_dir(self.storage, job_id, stamp, data_root(), self.run_dir, self.origin_host)
@@ -99,6 +100,8 @@ class RightSizeOperator(E2E3DOperator):
             handed, sent = hand_off(self.storage, run_dir, job_id, stamp)
             self.record_transfer(context, sent, suffix=":handoff", job_id=job_id, stamp=stamp)
             result["handoff"] = handed.to_xcom()
+            if moved is not None:  # a copy rebuilt on this host only for this task: scratch, now handed on
+                remove_tree(run_dir)
         self.log.info(
             "right-sized %s: %d variants, %d bytes beside %d bytes of originals, in %.1f s; not published: %s",
             run_dir.name,
