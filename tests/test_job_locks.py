@@ -96,3 +96,41 @@ def test_two_runs_starting_at_once_never_both_start(
     assert sorted(o == "started" for o in outcomes) == [False, True], outcomes
     assert "has a run in progress" in next(o for o in outcomes if o != "started")
     assert len(metadata.job_runs(unique_id, "running")) == 1
+
+
+def test_two_stagings_of_one_dataset_on_one_worker_never_remove_each_others_files(
+    storage: StorageHook, tmp_path: Path, unique_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import e2e3d_provider.core.transfer as transfer
+    from e2e3d_provider.lifecycle.stage_in import stage_in
+
+    dataset = f"ds-{unique_id}"
+    storage.put_bytes("input", f"{dataset}/a.jpg", b"a" * 100)
+    listed = transfer.iter_local_files
+    b_listed, b_go = threading.Event(), threading.Event()
+
+    def paused(local_dir):  # staging B has listed the bucket and fetched; it removes extras only on b_go
+        if threading.current_thread().name == "B":
+            b_listed.set()
+            b_go.wait(30)
+        return listed(local_dir)
+
+    monkeypatch.setattr(transfer, "iter_local_files", paused)
+    results: dict[str, object] = {}
+
+    def staging(name: str, job: str) -> None:
+        results[name] = stage_in(storage, tmp_path, dataset, job, STAMP)
+
+    b = threading.Thread(target=staging, args=("B", f"{unique_id}-b"), name="B")
+    b.start()
+    assert b_listed.wait(30)
+    storage.put_bytes("input", f"{dataset}/new.jpg", b"n" * 100)  # an image arrives between the two listings
+    a = threading.Thread(target=staging, args=("A", f"{unique_id}-a"), name="A")
+    a.start()
+    a.join(2)  # with the lock, A waits for B here
+    b_go.set()
+    b.join(30)
+    a.join(30)
+    staged = tmp_path / "input" / dataset
+    assert sorted(p.name for p in staged.iterdir()) == ["a.jpg", "new.jpg"]  # A's fresh image is still there
+    assert results["A"].transfers[0].total_files == 2

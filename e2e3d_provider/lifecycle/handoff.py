@@ -30,7 +30,7 @@ from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import LocalPathError, ObjectNotFoundError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.local_paths import REMEDIES
+from e2e3d_provider.lifecycle.local_paths import REMEDIES, mirror_lock
 
 
 @dataclass(frozen=True)
@@ -157,4 +157,5 @@ def local_input_dir(
     if hint and Path(hint).is_dir() and (not origin_host or origin_host == socket.gethostname()):
         return Path(hint), None
     local = input_dir(data_root, dataset)
-    return local, storage.download_prefix(bucket, input_prefix(dataset), local, delete_extraneous=True)
+    with mirror_lock(local):
+        return local, storage.download_prefix(bucket, input_prefix(dataset), local, delete_extraneous=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from e2e3d_provider.exceptions import InvalidNameError, LocalPathError
@@ -67,3 +70,17 @@ def remove_tree(path: Path) -> bool:
         shutil.rmtree(path)
         return True
     return False
+
+
+@contextmanager
+def mirror_lock(local_dir: Path) -> Iterator[None]:
+    """Hold this host's lock on a local mirror (a staged dataset or models folder) for the block: two
+    tasks mirroring one dataset on one worker take turns, so one's removal of files its listing no longer
+    has can never take a file the other just fetched. The lock file lies beside the folder, not in it."""
+    local_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(local_dir.parent / f".{local_dir.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -20,6 +20,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.local_paths import mirror_lock
 
 
 @dataclass
@@ -81,7 +82,8 @@ def stage_in(
             f"below {prefix}); upload it first (e2e3d ingest)"
         )
     local_input = input_dir(root, dataset)
-    transfers = [storage.download_prefix(input_bucket, prefix, local_input, delete_extraneous=True)]
+    with mirror_lock(local_input):  # another job staging this dataset here waits its turn
+        transfers = [storage.download_prefix(input_bucket, prefix, local_input, delete_extraneous=True)]
     local_models = None
     if models_prefix:
         if not storage.list_keys(models_bucket, models_prefix):
@@ -90,7 +92,10 @@ def stage_in(
                 "upload the models first, or leave models_prefix empty"
             )
         local_models = models_dir(root, models_prefix)
-        transfers.append(storage.download_prefix(models_bucket, models_prefix, local_models, delete_extraneous=True))
+        with mirror_lock(local_models):
+            transfers.append(
+                storage.download_prefix(models_bucket, models_prefix, local_models, delete_extraneous=True)
+            )
     for sub in RUN_SUBDIRS:
         (run.run_dir / sub).mkdir(parents=True, exist_ok=True)
     run.temp_dir.mkdir(parents=True, exist_ok=True)
