@@ -59,11 +59,12 @@ def test_a_run_moves_host_to_host_through_object_storage_and_publishes_from_a_th
     assert result["handoff"]["sent_bytes"] < result["handoff"]["bytes"]  # the originals were there already
     run_b = RunLayout(roots["host-b"], unique_id, STAMP).run_dir
     assert not run_b.exists()  # the copy rebuilt for the task is scratch: gone once it was handed on
-    run_b, again = local_run_dir(storage, unique_id, STAMP, roots["host-b"])  # a second task on host-b
-    assert run_b == RunLayout(roots["host-b"], unique_id, STAMP).run_dir
-    assert again is not None and again.files == result["handoff"]["files"]  # rebuilt whole from the hand-off
-    run_b, third = local_run_dir(storage, unique_id, STAMP, roots["host-b"])  # and a third: already here
-    assert third is not None and third.bytes == 0 and third.skipped_files == result["handoff"]["files"]
+    again = local_run_dir(storage, unique_id, STAMP, roots["host-b"])  # a second task on host-b
+    assert again.run_dir == run_b and again.rebuilt
+    assert again.moved is not None and again.moved.files == result["handoff"]["files"]  # whole, from the hand-off
+    third = local_run_dir(storage, unique_id, STAMP, roots["host-b"])  # and a third: already here
+    assert third.moved is not None and third.moved.bytes == 0
+    assert third.moved.skipped_files == result["handoff"]["files"]
     shutil.rmtree(roots["host-b"])
 
     # host-c: publishing copies server-side from the hand-off: no local files at all
@@ -100,3 +101,21 @@ def test_a_hand_off_without_its_manifest_is_never_read(
     with pytest.raises(LocalPathError, match=r"written on host 'host-a'.*was not handed off"):
         local_run_dir(storage, unique_id, STAMP, tmp_path / "b", str(run_a), "host-a")
     assert not (tmp_path / "b").exists()
+
+
+def test_the_hand_off_wins_over_a_stale_run_directory_on_the_staging_host(
+    storage: StorageHook, tmp_path: Path, unique_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stage_in made the (empty) run directory on host-a; the reconstruction ran on host-b and handed its
+    results on; right-sizing back on host-a must work on those results, not on the empty directory."""
+    on_host(monkeypatch, "host-a", tmp_path / "a")
+    staged = RunLayout(tmp_path / "a", unique_id, STAMP).run_dir
+    (staged / "mesh").mkdir(parents=True)  # what stage_in leaves: empty folders
+    on_host(monkeypatch, "host-b", tmp_path / "b")
+    produced = RunLayout(tmp_path / "b", unique_id, STAMP).run_dir
+    make_results(produced, "tiny")
+    hand_off(storage, produced, unique_id, STAMP)
+    on_host(monkeypatch, "host-a", tmp_path / "a")
+    local = local_run_dir(storage, unique_id, STAMP, tmp_path / "a", str(staged), "host-a")
+    assert local.run_dir == staged and not local.rebuilt  # the staging host keeps its run directory
+    assert (staged / "mesh/reconstructed_mesh.obj").is_file() and local.moved is not None and local.moved.files == 4

@@ -110,6 +110,17 @@ def materialize(
     )
 
 
+@dataclass(frozen=True)
+class LocalRun:
+    """This host's copy of a run: where it is, what rebuilding it moved (``None``: not handed off, the
+    local directory as it was), and whether it is a copy made here for one task (scratch, not the run
+    directory its staging host keeps)."""
+
+    run_dir: Path
+    moved: TransferResult | None
+    rebuilt: bool
+
+
 def local_run_dir(
     storage: StorageHook,
     job_id: str,
@@ -118,22 +129,23 @@ def local_run_dir(
     hint: str | Path | None = None,
     origin_host: str | None = None,
     bucket: str = BUCKET_OUTPUT,
-) -> tuple[Path, TransferResult | None]:
-    """This host's copy of a run directory: ``hint`` (a path from XCom) when it was written on this host
-    and is here, else the run's place under this host's ``data_root`` rebuilt from the hand-off. Without a
-    hand-off, a path that only exists on another host is a LocalPathError naming both hosts."""
+) -> LocalRun:
+    """This host's copy of a run directory. When the run was handed off, the hand-off is the truth: the
+    directory (``hint``, a path from XCom, when it was written on this host; else the run's place under
+    this host's ``data_root``) is made equal to it, moving only what differs. Without a hand-off, ``hint``
+    is used as it is when it is here; a path that only exists on another host is a LocalPathError naming
+    both hosts."""
     here = socket.gethostname()
-    if hint and Path(hint).is_dir() and (not origin_host or origin_host == here):
-        return Path(hint), None
-    run_dir = RunLayout(data_root, job_id, stamp).run_dir
+    origin_dir = bool(hint) and Path(str(hint)).is_dir() and (not origin_host or origin_host == here)
+    run_dir = Path(str(hint)) if origin_dir else RunLayout(data_root, job_id, stamp).run_dir
     moved = materialize(storage, job_id, stamp, run_dir, bucket)
-    if moved is None:
+    if moved is None and not origin_dir:
         raise LocalPathError(
             f"run directory {hint or run_dir} was written on host {origin_host or '?'!r}, but this task runs "
             f"on {here!r}, and the run was not handed off to object storage ({bucket}/{work_prefix(job_id, stamp)}"
             f"{HANDOFF_NAME} is missing): hand it off from the producing task, or {REMEDIES}."
         )
-    return run_dir, moved
+    return LocalRun(run_dir, moved, rebuilt=not origin_dir)
 
 
 def discard(storage: StorageHook, job_id: str, stamp: str, bucket: str = BUCKET_OUTPUT) -> int:

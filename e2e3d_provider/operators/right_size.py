@@ -78,14 +78,13 @@ class RightSizeOperator(E2E3DOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         handing = bool(self.job_id and self.stamp)
-        moved = None
+        rebuilt = False
         if handing:
             job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
-            run_dir, moved = local_run_dir(self.storage, job_id, stamp, data_root(), self.run_dir, self.origin_host)
+            local = local_run_dir(self.storage, job_id, stamp, data_root(), self.run_dir, self.origin_host)
+            run_dir, rebuilt, moved = local.run_dir, local.rebuilt, local.moved
             if moved is not None:
-                self.log.info(
-                    "rebuilt %s from its hand-off: %d files, %d bytes moved", run_dir, moved.files, moved.bytes
-                )
+                self.log.info("%s made equal to its hand-off: %d bytes moved", run_dir, moved.bytes)
         else:
             run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
         settings = dict(self.settings or {})
@@ -100,7 +99,7 @@ class RightSizeOperator(E2E3DOperator):
             handed, sent = hand_off(self.storage, run_dir, job_id, stamp)
             self.record_transfer(context, sent, suffix=":handoff", job_id=job_id, stamp=stamp)
             result["handoff"] = handed.to_xcom()
-            if moved is not None:  # a copy rebuilt on this host only for this task: scratch, now handed on
+            if rebuilt:  # a copy made on this host only for this task: scratch, now handed on
                 remove_tree(run_dir)
         self.log.info(
             "right-sized %s: %d variants, %d bytes beside %d bytes of originals, in %.1f s; not published: %s",
