@@ -210,4 +210,5 @@ def e2e3d_reconstruction() -> None:
     work >> mark_failed()
 
 
-e2e3d_reconstruction()
+#: the DAG object, by name: a deployment that pins tasks to per-host queues sets them on its tasks
+lifecycle_dag = e2e3d_reconstruction()

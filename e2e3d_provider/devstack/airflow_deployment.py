@@ -27,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -70,6 +71,7 @@ class AirflowDeployment:
         parallelism: int = 4,
         extra_env: dict[str, str] | None = None,
         owner_pid: int | None = None,
+        workers: dict[str, list[str]] | None = None,
     ) -> None:
         if not dags_folders:
             raise ValueError("at least one DAGs folder is needed")
@@ -85,6 +87,9 @@ class AirflowDeployment:
         self.parallelism = parallelism
         self.extra_env = dict(extra_env or {})
         self.owner_pid = owner_pid
+        #: CeleryExecutor workers: hostname -> the queues it serves; each runs in its own UTS + mount
+        #: namespace (its own hostname) with a private tmpfs as its data root (no disk shared with the others)
+        self.workers = dict(workers or {})
         self.marker = secrets.token_hex(8)
         self.password = ""
         self.port = 0
@@ -195,7 +200,7 @@ class AirflowDeployment:
                 MARKER_ENV: self.marker,
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_alchemy_conn,
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if self.workers else "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folders[0]),
@@ -232,6 +237,11 @@ class AirflowDeployment:
                 "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(self.home)),
             }
         )
+        if self.workers:  # broker and results in the deployment's own database (kombu's SQLAlchemy transport)
+            database = self.sql_alchemy_conn.split("://", 1)[1]
+            env["AIRFLOW__CELERY__BROKER_URL"] = f"sqla+postgresql://{database}"
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = f"db+postgresql://{database}"
+            env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = "2"
         env.update({k: v for k, v in self.stack_info.env().items() if k.startswith("AIRFLOW_CONN_")})
         env.update(self.extra_env)
         self._env = env
@@ -264,8 +274,11 @@ class AirflowDeployment:
                 raise StackError(f"airflow db migrate failed; {migrate_log} ends with:\n{_tail(migrate_log)}")
             for component in COMPONENTS:
                 self._launch(component)
-            self._start_watchdog()
             self.wait_healthy(timeout=max(30.0, timeout - (time.monotonic() - started)))
+            for hostname in self.workers:  # one at a time: the first creates the broker's tables
+                self._launch_worker(hostname)
+                self.wait_workers([hostname], timeout=max(30.0, timeout - (time.monotonic() - started)))
+            self._start_watchdog()  # (stop() below ends everything if start-up fails before it)
         except BaseException:
             self.stop()
             raise
@@ -288,6 +301,48 @@ class AirflowDeployment:
                 cwd=self.home,
                 start_new_session=True,  # its own process group: stop() ends it with all its children
             )
+
+    def worker_root(self, hostname: str) -> Path:
+        """The data root a worker sees: a private tmpfs inside its namespace (this folder stays empty here)."""
+        return self.home / "hosts" / hostname
+
+    def _launch_worker(self, hostname: str) -> None:
+        """A Celery worker in its own UTS + mount namespace: its own hostname, and a tmpfs over its data
+        root that no other process sees (root is needed for the namespaces, as in CI)."""
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", hostname):
+            raise ValueError(f"invalid worker hostname {hostname!r}")
+        root = self.worker_root(hostname)
+        root.mkdir(parents=True, exist_ok=True)
+        queues = ",".join(self.workers[hostname])
+        script = (
+            f"hostname {hostname} && mount -t tmpfs -o mode=0700 tmpfs {shlex.quote(str(root))} && "
+            f"exec {shlex.quote(self.airflow)} celery worker --celery-hostname {hostname} --queues {queues} "
+            "--concurrency 2 --skip-serve-logs"
+        )
+        env = dict(self._env, E2E3D_DATA_ROOT=str(root))
+        with open(self.log_path(f"worker-{hostname}"), "ab") as log:
+            self.processes[f"worker-{hostname}"] = subprocess.Popen(
+                ["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", script],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.home,
+                start_new_session=True,
+            )
+
+    def wait_workers(self, hostnames: list[str] | None = None, timeout: float = 120.0) -> None:
+        """Wait until the Celery workers say they are ready (the log's ``celery@<hostname> ready.``)."""
+        deadline = time.monotonic() + timeout
+        for hostname in hostnames or list(self.workers):
+            log = self.log_path(f"worker-{hostname}")
+            while f"celery@{hostname} ready" not in log.read_text(errors="replace"):
+                proc = self.processes[f"worker-{hostname}"]
+                if proc.poll() is not None:
+                    raise StackError(f"celery worker {hostname} exited with code {proc.returncode}:\n{_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise StackError(f"celery worker {hostname} was not ready in {timeout:.0f} s:\n{_tail(log)}")
+                time.sleep(0.5)
 
     def _start_watchdog(self) -> None:
         """With an owner PID, a watchdog ends the deployment's processes once the owner is gone."""

@@ -1,0 +1,78 @@
+"""The lifecycle on Airflow's CeleryExecutor with two workers that share neither a hostname nor a disk:
+each runs in its own UTS + mount namespace with a private tmpfs as its data root. The DAG's tasks are
+pinned to the two hosts' queues so the run crosses between them, and only object storage carries files."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from e2e3d_provider.core.layout import work_prefix
+from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
+from e2e3d_provider.lifecycle.ingest import ingest
+from e2e3d_provider.lifecycle.publish import fetch_published, read_published
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "e2e3d_provider/devstack/sample_data/terrain"
+#: where each task runs: the reconstruction and the publish on host b, the rest on host a
+ON_B = ("reconstruct", "upload_results", "archive")
+
+
+def two_host_dag_file(folder: Path) -> None:
+    """A DAG file that is the repository's lifecycle DAG with every task pinned to a host's queue."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = str(REPO / "dags/e2e3d_reconstruction.py")
+    (folder / "e2e3d_two_hosts.py").write_text(
+        "# an Airflow DAG file (the dag-processor's safe mode reads only files that say both words)\n"
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('e2e3d_lifecycle', {source!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "lifecycle = module.lifecycle_dag\n"
+        "for task in lifecycle.tasks:\n"
+        f"    task.queue = 'host_b' if task.task_id in {ON_B!r} else 'host_a'\n"
+    )
+
+
+def test_the_lifecycle_runs_across_two_celery_workers_that_share_no_disk(
+    stack_info, connections, storage, metadata, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if stack_info is None:
+        pytest.skip("the Celery deployment runs on the embedded stack (its PostgreSQL holds the broker)")
+    base = tmp_path_factory.mktemp("celery-deployment")
+    two_host_dag_file(base / "dags")
+    dataset, job_id = f"ds-{uuid.uuid4().hex[:8]}", f"hosts-{uuid.uuid4().hex[:8]}"
+    ingest(storage, SAMPLE_DIR, dataset)
+    deployment = AirflowDeployment(
+        stack_info,
+        base / "home",
+        [base / "dags"],
+        base / "data",
+        owner_pid=os.getpid(),
+        workers={"worker-a": ["host_a"], "worker-b": ["host_b"]},
+    )
+    with deployment:
+        deployment.wait_for_dag("e2e3d_reconstruction", timeout=180)
+        deployment.unpause("e2e3d_reconstruction")
+        run_id = deployment.trigger("e2e3d_reconstruction", {"dataset": dataset, "job_id": job_id})
+        state = deployment.wait_for_run("e2e3d_reconstruction", run_id, timeout=600)
+        instances = deployment.task_instances("e2e3d_reconstruction", run_id)
+        hosts = {ti["task_id"]: ti.get("hostname") for ti in instances if ti["state"] == "success"}
+        assert state == "success", {ti["task_id"]: ti["state"] for ti in instances}
+        for task_id, hostname in hosts.items():
+            assert hostname == ("worker-b" if task_id in ON_B else "worker-a"), hosts
+        assert set(hosts.values()) == {"worker-a", "worker-b"}
+        for hostname in deployment.workers:  # their data roots were private tmpfs: empty from here
+            assert list(deployment.worker_root(hostname).iterdir()) == []
+    manifest = read_published(storage, "output", job_id).manifest
+    assert {e.role for e in manifest.files} >= {"original", "lod", "web"}
+    fetched = fetch_published(storage, job_id, base / "reader")  # every byte against the manifest's sha256
+    assert fetched.files == len(manifest.files)
+    assert storage.list_keys("output", work_prefix(job_id, manifest.stamp)) == []
+    job = metadata.get_job(job_id)
+    assert job is not None and job["status"] == "archived", job
