@@ -93,7 +93,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from e2e3d_provider.devstack.demo import run_demo
 
-    return run_demo(keep_stack=args.keep_stack, stack_dir=Path(args.dir) if args.dir else None)
+    return run_demo(keep_stack=args.keep_stack, stack_dir=Path(args.dir) if args.dir else None, workers=args.workers)
 
 
 def cmd_airflow(args: argparse.Namespace) -> int:
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole lifecycle DAG on the embedded stack with a sample dataset")
     demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     demo.add_argument("--dir", help="stack directory (default with --keep-stack: the default stack dir)")
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="2 or more: run on a real Airflow with that many Celery workers, each its own host (root needed)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     air = sub.add_parser(

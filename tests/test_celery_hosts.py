@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from e2e3d_provider.core.layout import work_prefix
-from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
+from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment, write_pinned_lifecycle
 from e2e3d_provider.lifecycle.ingest import ingest
 from e2e3d_provider.lifecycle.publish import fetch_published, read_published
 
@@ -23,29 +23,15 @@ SAMPLE_DIR = REPO / "e2e3d_provider/devstack/sample_data/terrain"
 ON_B = ("reconstruct", "upload_results", "archive")
 
 
-def two_host_dag_file(folder: Path) -> None:
-    """A DAG file that is the repository's lifecycle DAG with every task pinned to a host's queue."""
-    folder.mkdir(parents=True, exist_ok=True)
-    source = str(REPO / "dags/e2e3d_reconstruction.py")
-    (folder / "e2e3d_two_hosts.py").write_text(
-        "# an Airflow DAG file (the dag-processor's safe mode reads only files that say both words)\n"
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('e2e3d_lifecycle', {source!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
-        "lifecycle = module.lifecycle_dag\n"
-        "for task in lifecycle.tasks:\n"
-        f"    task.queue = 'host_b' if task.task_id in {ON_B!r} else 'host_a'\n"
-    )
-
-
 def test_the_lifecycle_runs_across_two_celery_workers_that_share_no_disk(
     stack_info, connections, storage, metadata, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     if stack_info is None:
         pytest.skip("the Celery deployment runs on the embedded stack (its PostgreSQL holds the broker)")
     base = tmp_path_factory.mktemp("celery-deployment")
-    two_host_dag_file(base / "dags")
+    write_pinned_lifecycle(
+        base / "dags", REPO / "dags/e2e3d_reconstruction.py", dict.fromkeys(ON_B, "host_b"), "host_a"
+    )
     dataset, job_id = f"ds-{uuid.uuid4().hex[:8]}", f"hosts-{uuid.uuid4().hex[:8]}"
     ingest(storage, SAMPLE_DIR, dataset)
     deployment = AirflowDeployment(

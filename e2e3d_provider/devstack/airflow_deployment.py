@@ -563,6 +563,25 @@ class ApiError(StackError):
 # ---------------------------------------------------------------------------------------
 
 
+def write_pinned_lifecycle(folder: Path, lifecycle_file: Path, queues: dict[str, str], default_queue: str) -> Path:
+    """A DAG file that is the lifecycle DAG of ``lifecycle_file`` with its tasks pinned to queues (task id ->
+    queue; every other task on ``default_queue``): how a deployment puts a run's tasks on chosen hosts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "e2e3d_pinned_lifecycle.py"
+    target.write_text(
+        "# an Airflow DAG file (the dag-processor's safe mode reads only files that say both words)\n"
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('e2e3d_lifecycle', {str(lifecycle_file)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "lifecycle = module.lifecycle_dag\n"
+        f"queues = {dict(queues)!r}\n"
+        "for task in lifecycle.tasks:\n"
+        f"    task.queue = queues.get(task.task_id, {default_queue!r})\n"
+    )
+    return target
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
