@@ -256,7 +256,7 @@ def publish_handoff(
     manifest.statistics.setdefault("bytes", manifest.total_bytes)
     if record is not None and record.statistics:
         manifest.statistics.setdefault("right_size", record.statistics)
-    verify_remote(storage, bucket, prefix, Manifest(job_id, stamp, chosen.files), deep=False, listed=listed)  # sizes
+    verify_remote(storage, bucket, prefix, chosen, deep=False, listed=listed)  # sizes
     keep = {prefix + e.path for e in manifest.files} | {marker, manifest_name}
     stale = [key for key in listed if key not in keep]
     for key in stale:

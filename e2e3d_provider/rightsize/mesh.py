@@ -280,24 +280,6 @@ def _draco_attribute_ids(draco: bytes) -> dict[str, int]:
     return ids
 
 
-def read_glb_counts(path: Path) -> dict[str, int]:
-    """Faces and vertices of a GLB written by :func:`write_glb`, decoded from its Draco stream (Google's
-    decoder): what a viewer will draw."""
-    import DracoPy
-
-    raw = path.read_bytes()
-    magic, version, total = struct.unpack_from("<III", raw)
-    if magic != 0x46546C67 or version != 2 or total != len(raw):
-        raise RightSizeInputError(f"{path} is not a binary glTF 2.0 file")
-    json_length = struct.unpack_from("<I", raw, 12)[0]
-    gltf = json.loads(raw[20 : 20 + json_length])
-    bin_start = 20 + json_length + 8
-    view = gltf["bufferViews"][0]
-    stream = raw[bin_start + view.get("byteOffset", 0) : bin_start + view.get("byteOffset", 0) + view["byteLength"]]
-    decoded = DracoPy.decode(stream)
-    return {"faces": len(decoded.faces), "vertices": len(decoded.points)}
-
-
 def sample_surface(mesh: Mesh, count: int, seed: int = 0) -> np.ndarray:
     """``count`` points spread uniformly over the mesh's surface (area-weighted), seeded."""
     rng = np.random.default_rng(seed)
