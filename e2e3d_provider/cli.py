@@ -72,9 +72,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         skip_invalid=args.skip_invalid,
     )
     print(
-        f"dataset {args.dataset}: {result.files} images uploaded ({result.bytes} bytes), "
-        f"{result.skipped_files} already present, to {args.bucket}/{args.dataset}/"
+        f"dataset {args.dataset}: {result.total_files} distinct images, {result.files} uploaded "
+        f"({result.bytes} bytes), {result.skipped_files} stored already, "
+        f"named by {args.bucket}/{args.dataset}/dataset.json"
     )
+    return 0
+
+
+def cmd_migrate_inputs(args: argparse.Namespace) -> int:
+    from e2e3d_provider.hooks.storage import StorageHook
+    from e2e3d_provider.lifecycle.datasets import adopt_loose, list_datasets
+
+    storage = StorageHook(args.minio_conn_id)
+    for dataset in args.dataset or list_datasets(storage, args.bucket):
+        done = adopt_loose(storage, dataset, args.bucket)
+        print(
+            f"dataset {dataset}: {done.adopted} loose images adopted ({done.new_blobs} new blobs, {done.bytes} bytes "
+            f"copied server-side; {done.deduplicated} already stored), {len(done.removed)} loose objects removed"
+        )
     return 0
 
 
@@ -131,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
     ing.add_argument("--skip-invalid", action="store_true", help="skip non-image files instead of failing")
     ing.set_defaults(func=cmd_ingest)
+
+    mig = sub.add_parser(
+        "migrate-inputs",
+        help="move datasets stored as plain objects into the content-addressed layout (each image stored once)",
+    )
+    mig.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: every dataset)")
+    mig.add_argument("--bucket", default=BUCKET_INPUT)
+    mig.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
+    mig.set_defaults(func=cmd_migrate_inputs)
 
     fetch = sub.add_parser(
         "fetch", help="download a completed job's results, each file verified against the job's published manifest"

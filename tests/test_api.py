@@ -152,6 +152,42 @@ def test_upload_urls_let_clients_put_inputs_straight_to_storage(api: str, storag
     assert storage.get_bytes("input", f"{unique_id}/views/a.jpg") == data["views/a.jpg"]
 
 
+def test_uploads_of_stored_content_are_skipped_and_a_commit_makes_a_content_addressed_dataset(
+    api: str, storage: StorageHook, unique_id: str
+) -> None:
+    import hashlib
+
+    from e2e3d_provider.core.layout import blob_key
+    from e2e3d_provider.lifecycle.datasets import read_dataset
+
+    known, fresh = f"known image {unique_id}".encode(), f"fresh image {unique_id}".encode()
+    storage.put_bytes("input", blob_key(hashlib.sha256(known).hexdigest()), known)  # another dataset holds it
+    files = [
+        {**upload(name, data), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in {"a.jpg": known, "b.jpg": fresh, "c.jpg": known}.items()
+    ]
+    grant = grant_for(api, unique_id, files).json()
+    assert [s["file"] for s in grant["stored"]] == ["a.jpg", "c.jpg"]  # nothing to send for those
+    assert [u["file"] for u in grant["uploads"]] == ["b.jpg"]
+    item = grant["uploads"][0]
+    assert httpx.put(item["url"], content=fresh, headers=item["headers"]).status_code == 200
+    commit = httpx.post(
+        f"{api}/api/datasets/{unique_id}/commit", json={"reuse": grant["stored"]}, headers=as_user("runner")
+    )
+    assert commit.status_code == 200, commit.text
+    assert commit.json() == {"dataset": unique_id, "images": 3, "adopted": 3, "new_blobs": 1, "deduplicated": 0}
+    assert storage.list_keys("input", unique_id) == [f"{unique_id}/dataset.json"]
+    manifest = read_dataset(storage, unique_id)
+    assert {i.path: i.sha256 for i in manifest.images} == {f["name"]: f["sha256"] for f in files}
+    assert storage.get_bytes("input", blob_key(hashlib.sha256(fresh).hexdigest())) == fresh
+    # a name the dataset holds is refused, content it does not hold cannot be claimed
+    assert grant_for(api, unique_id, [upload("a.jpg", b"x")]).status_code == 409
+    lie = {"file": "d.jpg", "bytes": 5, "sha256": "0" * 64}
+    refused = httpx.post(f"{api}/api/datasets/{unique_id}/commit", json={"reuse": [lie]}, headers=as_user("runner"))
+    assert refused.status_code == 422 and "no stored image has sha256" in refused.text
+    assert len(read_dataset(storage, unique_id).images) == 3
+
+
 def test_a_grant_for_a_stored_name_is_refused_and_the_image_kept(
     api: str, storage: StorageHook, unique_id: str
 ) -> None:
@@ -300,6 +336,7 @@ def test_openapi_schema_is_served_and_describes_every_route(api: str) -> None:
     assert set(schema["paths"]) == {
         "/api/job/{job_id}/results",
         "/api/datasets/{dataset}/uploads",
+        "/api/datasets/{dataset}/commit",
         "/api/storage/stats",
         "/api/health",
     }

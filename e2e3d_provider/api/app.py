@@ -19,16 +19,20 @@ from e2e3d_provider import __version__
 from e2e3d_provider.api.auth import authorized_user
 from e2e3d_provider.api.schemas import (
     BucketUsage,
+    CommitRequest,
+    CommitResult,
     Health,
     JobResults,
     ResultFile,
     ResultGroup,
     StorageStats,
+    StoredFile,
     TileURL,
     UploadGrant,
     UploadRequest,
     UploadURL,
 )
+from e2e3d_provider.core.dataset_manifest import DatasetImage
 from e2e3d_provider.core.layout import (
     BUCKET_ARCHIVE,
     BUCKET_INPUT,
@@ -38,10 +42,12 @@ from e2e3d_provider.core.layout import (
     TEXTURE_RELPATH,
     InvalidNameError,
     archive_prefix,
+    blob_key,
     input_prefix,
     output_prefix,
     validate_id,
     validate_relpath,
+    validate_sha256,
 )
 from e2e3d_provider.core.manifest import FileEntry
 from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, MAX_UPLOAD_BYTES, upload_headers
@@ -50,11 +56,13 @@ from e2e3d_provider.exceptions import (
     ChecksumMismatchError,
     MetadataError,
     ObjectNotFoundError,
+    RunConflictError,
     StorageError,
     StorageUnreachableError,
 )
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.datasets import adopt_loose, dataset_view, read_dataset
 from e2e3d_provider.lifecycle.publish import read_published_manifest, verify_remote
 
 log = logging.getLogger(__name__)
@@ -294,6 +302,7 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> Upload
     max_bytes = b.max_upload_bytes
     problems: list[str] = []
     files: dict[str, int] = {}
+    declared: dict[str, str] = {}
     prefix = input_prefix(dataset)
     for item in body.files:
         if isinstance(item, str):
@@ -311,10 +320,16 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> Upload
             problems.append(f"{item.name!r} is {item.bytes} bytes; a grant allows at most {max_bytes}")
         if rel in files:
             problems.append(f"{item.name!r} is named twice")
+        if item.sha256 is not None:
+            try:
+                declared[rel] = validate_sha256(item.sha256)
+            except InvalidNameError as err:
+                problems.append(f"{item.name!r}: {err}")
         files[rel] = item.bytes
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
-    stored = {entry.key[len(prefix) :] for entry in b.storage.list_objects(BUCKET_INPUT, prefix)}
+    view = dataset_view(b.storage, dataset, BUCKET_INPUT)
+    stored = {image.path for image in view.images} | {obj.key[len(prefix) :] for obj in view.loose}
     taken = sorted(set(files) & stored)
     if taken:
         raise HTTPException(
@@ -322,11 +337,14 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> Upload
             [f"{name!r} is already stored in dataset {dataset!r}; upload it under a new name" for name in taken],
         )
     ttl = timedelta(seconds=body.expires)
+    sizes = {sha: b.storage.stat(BUCKET_INPUT, blob_key(sha)) for sha in set(declared.values())}
+    reused = {name: sha for name, sha in declared.items() if (o := sizes[sha]) is not None and o.size == files[name]}
     return UploadGrant(
         dataset=dataset,
         bucket=BUCKET_INPUT,
         expires_in=body.expires,
         max_bytes=max_bytes,
+        stored=[StoredFile(file=name, bytes=files[name], sha256=sha) for name, sha in reused.items()],
         uploads=[
             UploadURL(
                 file=name,
@@ -336,7 +354,48 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> Upload
                 headers=upload_headers(size),
             )
             for name, size in files.items()
+            if name not in reused
         ],
+    )
+
+
+@protected.post(
+    "/datasets/{dataset}/commit",
+    response_model=CommitResult,
+    tags=["uploads"],
+    responses={
+        409: {"description": "another commit of this dataset is running"},
+        422: {"description": "malformed dataset id, or a reused file whose content is not stored"},
+    },
+)
+def dataset_commit(dataset: str, body: CommitRequest, b: BackendsDep) -> CommitResult:
+    """Make the uploaded files part of the dataset: each is hashed, stored once under its content (an image
+    some dataset already holds is not stored twice), named in the dataset's manifest with the grant's
+    ``stored`` files, and its upload object removed. Safe to repeat; one commit per dataset at a time."""
+    dataset = checked_id(dataset, "dataset")
+    problems: list[str] = []
+    reuse: list[DatasetImage] = []
+    for item in body.reuse:
+        try:
+            reuse.append(DatasetImage(validate_relpath(item.file), item.bytes, validate_sha256(item.sha256)))
+        except InvalidNameError as err:
+            problems.append(str(err))
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+    try:
+        with b.metadata.advisory_lock(f"dataset {dataset} (its manifest)", wait=30):
+            done = adopt_loose(b.storage, dataset, BUCKET_INPUT, reuse=reuse)
+            manifest = read_dataset(b.storage, dataset, BUCKET_INPUT)
+    except ObjectNotFoundError as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [str(err)]) from err
+    except RunConflictError as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, [str(err)]) from err
+    return CommitResult(
+        dataset=dataset,
+        images=len(manifest.images) if manifest else 0,
+        adopted=done.adopted,
+        new_blobs=done.new_blobs,
+        deduplicated=done.deduplicated,
     )
 
 

@@ -61,6 +61,9 @@ class JobResults(BaseModel):
 class UploadFile(BaseModel):
     name: str = Field(description="file name (relative path) below the dataset")
     bytes: int = Field(ge=1, description="exact size of the file: the grant signs it and the server refuses any other")
+    sha256: str | None = Field(
+        None, description="hex sha256 of the file (optional): when that content is stored already, nothing is uploaded"
+    )
 
 
 class UploadRequest(BaseModel):
@@ -81,12 +84,36 @@ class UploadURL(BaseModel):
     headers: dict[str, str] = Field(description="headers the PUT must carry exactly (they are signed)")
 
 
+class StoredFile(BaseModel):
+    file: str
+    bytes: int
+    sha256: str
+
+
 class UploadGrant(BaseModel):
     dataset: str
     bucket: str
     expires_in: int
     max_bytes: int = Field(description="largest file a grant allows")
     uploads: list[UploadURL]
+    stored: list[StoredFile] = Field(
+        default_factory=list,
+        description="files whose content is stored already: not uploaded, named in the commit's 'reuse' instead",
+    )
+
+
+class CommitRequest(BaseModel):
+    reuse: list[StoredFile] = Field(
+        default_factory=list, max_length=10000, description="the grant's 'stored' files, to name in the dataset"
+    )
+
+
+class CommitResult(BaseModel):
+    dataset: str
+    images: int = Field(description="images the dataset names now")
+    adopted: int = Field(description="uploaded or reused images this commit added")
+    new_blobs: int = Field(description="images stored for the first time")
+    deduplicated: int = Field(description="uploaded images whose content was stored already")
 
 
 class BucketUsage(BaseModel):

@@ -188,6 +188,16 @@ def input_dir(root: Path, dataset: str) -> Path:
     return root / "input" / validate_id(dataset, "dataset")
 
 
+#: this host's content-addressed read-through cache of input images: ``<root>/cache/sha256/<2 hex>/<sha256>``
+CACHE_DIR = "cache"
+
+
+def cache_blob_path(root: Path, sha256: str) -> Path:
+    """Return where this host's cache keeps the image whose content hashes to ``sha256``."""
+    sha256 = validate_sha256(sha256)
+    return root / CACHE_DIR / "sha256" / sha256[:2] / sha256
+
+
 def models_dir(root: Path, prefix: str) -> Path:
     """Return ``<root>/models/<prefix>``, the staged copy of a models prefix."""
     return root / "models" / validate_relpath(prefix.strip("/"))
@@ -238,6 +248,31 @@ class RunLayout:
 def input_prefix(dataset: str) -> str:
     """Return the key prefix of a dataset in the ``input`` bucket: ``<dataset>/``."""
     return f"{validate_id(dataset, 'dataset')}/"
+
+
+#: where the ``input`` bucket keeps each distinct image once, named by its content (a dot: never a dataset id)
+BLOB_AREA = ".cas/sha256"
+#: a dataset's manifest (every image's path, size and sha256), at the top of its prefix in ``input``
+DATASET_MANIFEST_NAME = "dataset.json"
+_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+def validate_sha256(value: object) -> str:
+    """Return ``value`` if it is a lower-case hex SHA-256; else :class:`InvalidNameError`."""
+    if not isinstance(value, str) or not _SHA256_PATTERN.match(value):
+        raise InvalidNameError(f"invalid sha256 {value!r}: expected 64 lower-case hex digits")
+    return value
+
+
+def blob_key(sha256: str) -> str:
+    """Return ``.cas/sha256/<2 hex>/<sha256>``: the one object in ``input`` holding these bytes."""
+    sha256 = validate_sha256(sha256)
+    return f"{BLOB_AREA}/{sha256[:2]}/{sha256}"
+
+
+def dataset_manifest_key(dataset: str) -> str:
+    """Return ``<dataset>/dataset.json``, the key of a dataset's manifest in ``input``."""
+    return input_prefix(dataset) + DATASET_MANIFEST_NAME
 
 
 def output_prefix(job_id: str) -> str:

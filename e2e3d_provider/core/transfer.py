@@ -691,6 +691,46 @@ def upload_directory(
     return result
 
 
+def upload_objects(
+    engine: Engine,
+    items: list[tuple[str, Path]],
+    *,
+    translate: Translate,
+    checksums: Mapping[str, str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TransferResult:
+    """Upload each ``(key, path)`` unless its object already holds the same bytes, deciding by one HEAD per
+    key: for keys spread over a large area (content-addressed blobs), where one LIST would read the whole
+    area. ``checksums`` (key -> sha256 computed before) must match what is sent. The result's ``checksums``
+    are keyed by object key."""
+    checksums = checksums or {}
+    progress = Progress(
+        f"upload {len(items)} objects -> {engine.bucket}", len(items), sum(path.stat().st_size for _, path in items)
+    )
+    result = TransferResult("upload", engine.bucket, "")
+    lock = threading.Lock()
+
+    async def run() -> None:
+        budget = ByteBudget(engine.memory)
+
+        async def one(item: tuple[str, Path]) -> None:
+            key, path = item
+            listed = await engine.retry.call_async(lambda: head_store(engine.store, key), f"stat {engine.bucket}/{key}")
+            outcome = await engine.upload(key, path, budget, listed=listed, expected_sha256=checksums.get(key))
+            result.checksums[key] = (outcome.size, outcome.sha256, outcome.etag)
+            _record(result, lock, outcome.sent, outcome.size, key)
+            progress.add(outcome.size)
+            if on_progress is not None:
+                on_progress(len(result.keys), len(items))
+
+        await gather_bounded(items, one, engine.concurrency, lambda item: item[0], translate)
+
+    run_engine(run(), translate, f"upload {len(items)} objects -> {engine.bucket}")
+    result.seconds = progress.finish()
+    result.keys.sort()
+    return result
+
+
 def download_object(engine: Engine, remote: RemoteObject, dest: Path, *, expected_sha256: str | None = None) -> int:
     """Fetch one object to ``dest`` (verified, atomic). Returns the bytes written."""
     dest.parent.mkdir(parents=True, exist_ok=True)

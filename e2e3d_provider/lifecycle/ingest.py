@@ -1,4 +1,4 @@
-"""Ingest: a local folder of images into the ``input`` bucket as a dataset, with checksums."""
+"""Ingest: a local folder of images into the ``input`` bucket as a content-addressed dataset."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from e2e3d_provider.core.dataset_manifest import DatasetManifest
 from e2e3d_provider.core.layout import BUCKET_INPUT, input_prefix, validate_id
 from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
 from e2e3d_provider.core.transfer import TransferResult, iter_local_files
 from e2e3d_provider.exceptions import E2E3DError, IngestIncompleteError, InvalidInputError
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.datasets import hash_images, read_dataset, store_blobs, stored_blobs, write_dataset
 
 
 def classify(directory: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
@@ -45,10 +47,13 @@ def ingest(
     skip_invalid: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> TransferResult:
-    """Upload every image below ``directory`` to ``<bucket>/<dataset>/``; files already there with the
-    same sha256 are skipped. Any non-image file fails the whole ingest (nothing is uploaded) unless
-    ``skip_invalid``. An ingest that stops part-way raises :class:`IngestIncompleteError` saying how many
-    images are stored; rerunning it sends only the rest. ``on_progress(done, total)`` follows each file."""
+    """Store every image below ``directory`` as the dataset ``dataset``: each distinct image once, under
+    its sha256 in ``<bucket>/.cas/``, then the dataset's manifest (``<dataset>/dataset.json``) naming them,
+    written last. Images already stored (by this or any other dataset) move no bytes. Any non-image file
+    fails the whole ingest (nothing is uploaded) unless ``skip_invalid``. An ingest that stops part-way
+    raises :class:`IngestIncompleteError` saying how many images are stored; rerunning it sends only the
+    rest. ``on_progress(done, total)`` follows each distinct image. Ingesting into an existing dataset adds
+    to it (an image of the same path is replaced)."""
     dataset = validate_id(dataset, "dataset")
     directory = Path(directory)
     if not directory.is_dir():
@@ -63,16 +68,20 @@ def ingest(
         )
     if not images:
         raise InvalidInputError(f"no images in {directory}")
-    prefix = input_prefix(dataset)
+    hashed = hash_images(images)
     try:
-        return storage.upload_dir(directory, bucket, prefix, files=images, on_progress=on_progress)
+        result = store_blobs(storage, hashed, bucket, on_progress)
+        current = read_dataset(storage, dataset, bucket) or DatasetManifest(dataset, [])
+        write_dataset(storage, current.merged(image for image, _ in hashed), bucket)
     except (E2E3DError, OSError) as err:
-        wanted = {prefix + rel for rel, _ in images}
         try:
-            stored = f"{len(wanted & set(storage.list_keys(bucket, prefix)))} of {len(images)}"
+            count = len(stored_blobs(storage, (image.sha256 for image, _ in hashed), bucket))
+            stored = f"{count} of {len({image.sha256 for image, _ in hashed})}"
         except E2E3DError:  # the store is gone too: say what we know
-            stored = f"an unknown number (the listing failed too) of {len(images)}"
+            stored = f"an unknown number (the check failed too) of {len(hashed)}"
         raise IngestIncompleteError(
-            f"ingest of {directory} into {bucket}/{prefix} stopped: {stored} images are stored. Rerun the same "
-            f"command to send the rest (stored identical images are skipped). Cause: {err}"
+            f"ingest of {directory} as dataset {dataset!r} into {bucket} stopped: {stored} images are stored. "
+            f"Rerun the same command to send the rest (stored identical images are skipped). Cause: {err}"
         ) from err
+    result.prefix = input_prefix(dataset)
+    return result

@@ -72,14 +72,27 @@ def remove_tree(path: Path) -> bool:
     return False
 
 
+def writer_lock_path(local_dir: Path) -> Path:
+    """The lock file a task holds while it stages a local mirror (beside the folder, not in it); its mtime
+    is the mirror's last use."""
+    return local_dir.parent / f".{local_dir.name}.lock"
+
+
+def reader_lock_path(local_dir: Path) -> Path:
+    """The lock file tasks reading a local mirror share, so a cache trim never removes it under them."""
+    return local_dir.parent / f".{local_dir.name}.readers"
+
+
 @contextmanager
 def mirror_lock(local_dir: Path) -> Iterator[None]:
     """Hold this host's lock on a local mirror (a staged dataset or models folder) for the block: two
     tasks mirroring one dataset on one worker take turns, so one's removal of files its listing no longer
-    has can never take a file the other just fetched. The lock file lies beside the folder, not in it."""
-    local_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(local_dir.parent / f".{local_dir.name}.lock", "a") as handle:
+    has can never take a file the other just fetched. Taking it marks the mirror as used now."""
+    path = writer_lock_path(local_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        os.utime(path)
         try:
             yield
         finally:

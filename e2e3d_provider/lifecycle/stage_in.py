@@ -12,14 +12,13 @@ from e2e3d_provider.core.layout import (
     BUCKET_MODELS,
     RUN_SUBDIRS,
     RunLayout,
-    input_dir,
-    input_prefix,
     models_dir,
     normalize_prefix,
     validate_id,
 )
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.input_cache import stage_dataset
 from e2e3d_provider.lifecycle.local_paths import mirror_lock
 
 
@@ -69,21 +68,15 @@ def stage_in(
     input_bucket: str = BUCKET_INPUT,
     models_bucket: str = BUCKET_MODELS,
 ) -> StageInResult:
-    """Mirror ``input/<dataset>/`` (and ``models/<models_prefix>/``) below ``root``, verified and cached
-    (files already present with the same sha256 move 0 bytes, files gone from the bucket are removed
+    """Stage the dataset below ``root`` through this host's content-addressed cache (images the host already
+    holds, from any dataset, move 0 bytes; each fetched one is checked against its sha256) and mirror
+    ``models/<models_prefix>/`` (unchanged files move 0 bytes, files gone from the bucket are removed
     locally), then create the run's output directory (``mesh/ textures/ pointcloud/ logs/ temp/``) and
     temp directory. A dataset with no objects is an error, not an empty run."""
     dataset, job_id = validate_id(dataset, "dataset"), validate_id(job_id, "job_id")
     run = RunLayout(root, job_id, stamp)
-    prefix = input_prefix(dataset)
-    if not storage.list_keys(input_bucket, prefix):
-        raise FileNotFoundError(
-            f"dataset {dataset!r} has no objects in bucket {input_bucket!r} (expected keys "
-            f"below {prefix}); upload it first (e2e3d ingest)"
-        )
-    local_input = input_dir(root, dataset)
-    with mirror_lock(local_input):  # another job staging this dataset here waits its turn
-        transfers = [storage.download_prefix(input_bucket, prefix, local_input, delete_extraneous=True)]
+    staged = stage_dataset(storage, root, dataset, input_bucket)  # through this host's content-addressed cache
+    transfers = [staged.transfer]
     local_models = None
     if models_prefix:
         if not storage.list_keys(models_bucket, models_prefix):
@@ -104,7 +97,7 @@ def stage_in(
         job_id,
         run.stamp,
         socket.gethostname(),
-        local_input,
+        staged.local_dir,
         run.temp_dir,
         run.run_dir,
         local_models,

@@ -1,0 +1,183 @@
+"""Datasets in the ``input`` bucket: content-addressed images named by a dataset manifest.
+
+An image is stored once, at ``.cas/sha256/<2 hex>/<sha256>``, however many datasets hold it; a dataset is
+``<dataset>/dataset.json`` naming each of its images (path, size, sha256), written after every image it
+names is stored. Objects put straight below ``<dataset>/`` (datasets from before content addressing, or
+pre-signed uploads not yet committed) are *loose*: still part of the dataset, and :func:`adopt_loose`
+moves them into the content-addressed area (``e2e3d migrate-inputs``, the API's commit).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2e3d_provider.core.dataset_manifest import DatasetImage, DatasetManifest
+from e2e3d_provider.core.layout import (
+    BLOB_AREA,
+    BUCKET_INPUT,
+    DATASET_MANIFEST_NAME,
+    ID_PATTERN,
+    blob_key,
+    dataset_manifest_key,
+    input_prefix,
+    key_relpath,
+    validate_id,
+)
+from e2e3d_provider.core.manifest import sha256_file
+from e2e3d_provider.core.transfer import RemoteObject, TransferResult
+from e2e3d_provider.exceptions import ObjectNotFoundError
+from e2e3d_provider.hooks.storage import StorageHook
+
+
+def read_dataset(storage: StorageHook, dataset: str, bucket: str = BUCKET_INPUT) -> DatasetManifest | None:
+    """The dataset's manifest, or ``None`` when it has none (a dataset of loose objects, or no dataset)."""
+    key = dataset_manifest_key(dataset)
+    try:
+        raw = storage.get_bytes(bucket, key)
+    except ObjectNotFoundError:
+        return None
+    return DatasetManifest.from_json(raw, f"{bucket}/{key}")
+
+
+def write_dataset(storage: StorageHook, manifest: DatasetManifest, bucket: str = BUCKET_INPUT) -> None:
+    """Store the dataset's manifest (the last step of any change to a dataset)."""
+    storage.put_bytes(bucket, dataset_manifest_key(manifest.dataset), manifest.to_json().encode(), "application/json")
+
+
+def loose_objects(storage: StorageHook, dataset: str, bucket: str = BUCKET_INPUT) -> list[RemoteObject]:
+    """The objects below ``<dataset>/`` other than its manifest."""
+    prefix = input_prefix(dataset)
+    return [o for o in storage.list_objects(bucket, prefix) if o.key != prefix + DATASET_MANIFEST_NAME]
+
+
+@dataclass
+class DatasetView:
+    """Everything a dataset holds now: images named by its manifest, and loose objects it does not name."""
+
+    dataset: str
+    manifest: DatasetManifest | None
+    loose: list[RemoteObject]
+
+    @property
+    def images(self) -> list[DatasetImage]:
+        return self.manifest.images if self.manifest else []
+
+    @property
+    def count(self) -> int:
+        return len(self.images) + len(self.loose)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.size for i in self.images) + sum(o.size for o in self.loose)
+
+
+def dataset_view(storage: StorageHook, dataset: str, bucket: str = BUCKET_INPUT) -> DatasetView:
+    """The dataset as a reader sees it: the manifest's images, plus loose objects of paths it does not name."""
+    dataset = validate_id(dataset, "dataset")
+    manifest = read_dataset(storage, dataset, bucket)
+    named = set(manifest.by_path()) if manifest else set()
+    prefix = input_prefix(dataset)
+    loose = [o for o in loose_objects(storage, dataset, bucket) if key_relpath(o.key, prefix) not in named]
+    return DatasetView(dataset, manifest, loose)
+
+
+def list_datasets(storage: StorageHook, bucket: str = BUCKET_INPUT) -> list[str]:
+    """The ids of every dataset in ``bucket`` (its top-level prefixes that are dataset ids)."""
+    names = {obj.key.split("/", 1)[0] for obj in storage.list_objects(bucket, "") if "/" in obj.key}
+    return sorted(n for n in names if ID_PATTERN.match(n))
+
+
+def hash_images(images: Iterable[tuple[str, Path]]) -> list[tuple[DatasetImage, Path]]:
+    """Each ``(relpath, path)`` with its size and sha256 (one read of each file)."""
+    return [(DatasetImage(rel, path.stat().st_size, sha256_file(path)), path) for rel, path in images]
+
+
+def store_blobs(
+    storage: StorageHook,
+    hashed: list[tuple[DatasetImage, Path]],
+    bucket: str = BUCKET_INPUT,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TransferResult:
+    """Store each distinct image once under its content key; images already stored move no bytes."""
+    by_sha: dict[str, Path] = {}
+    for image, path in hashed:
+        by_sha.setdefault(image.sha256, path)
+    items = [(blob_key(sha), path) for sha, path in sorted(by_sha.items())]
+    return storage.upload_objects(bucket, items, checksums={blob_key(s): s for s in by_sha}, on_progress=on_progress)
+
+
+def stored_blobs(storage: StorageHook, shas: Iterable[str], bucket: str = BUCKET_INPUT) -> set[str]:
+    """Which of ``shas`` the bucket holds a blob of (one HEAD each)."""
+    return {sha for sha in set(shas) if storage.exists(bucket, blob_key(sha))}
+
+
+@dataclass
+class Adopted:
+    """What :func:`adopt_loose` did to one dataset."""
+
+    dataset: str
+    adopted: int = 0
+    new_blobs: int = 0
+    deduplicated: int = 0
+    bytes: int = 0
+    removed: list[str] = field(default_factory=list)
+
+
+def adopt_loose(
+    storage: StorageHook,
+    dataset: str,
+    bucket: str = BUCKET_INPUT,
+    reuse: Iterable[DatasetImage] = (),
+) -> Adopted:
+    """Move a dataset's loose objects into the content-addressed area and name them in its manifest.
+
+    Each loose object is read once and hashed here (its own sha256 label is never trusted), copied
+    server-side to its blob key while it still has the ETag that was read (skipped when the blob exists),
+    then the manifest (with ``reuse``: images of blobs already stored, as a client that skipped their upload
+    declares them) is written, and only then are the loose objects removed. A run stopped anywhere leaves
+    the dataset readable and is finished by running again."""
+    dataset = validate_id(dataset, "dataset")
+    prefix = input_prefix(dataset)
+    result = Adopted(dataset)
+    reused = list(reuse)
+    missing = {i.sha256 for i in reused} - stored_blobs(storage, (i.sha256 for i in reused), bucket)
+    if missing:
+        raise ObjectNotFoundError(
+            f"dataset {dataset!r}: no stored image has sha256 {sorted(missing)[0]} ({len(missing)} such); "
+            "upload those images instead of reusing them"
+        )
+    images: list[DatasetImage] = []
+    loose = loose_objects(storage, dataset, bucket)
+    with tempfile.TemporaryDirectory(prefix="e2e3d-adopt-") as scratch:
+        for obj in loose:
+            rel = key_relpath(obj.key, prefix)
+            local = Path(scratch) / "object"
+            storage.download_file(bucket, obj.key, local, size=obj.size)
+            sha = sha256_file(local)
+            local.unlink()
+            target = blob_key(sha)
+            if storage.exists(bucket, target):
+                result.deduplicated += 1
+            else:
+                storage.copy_object(bucket, obj.key, bucket, target, if_match=obj.etag, size=obj.size)
+                result.new_blobs += 1
+                result.bytes += obj.size
+            images.append(DatasetImage(rel, obj.size, sha))
+    if not images and not reused:
+        return result
+    current = read_dataset(storage, dataset, bucket) or DatasetManifest(dataset, [])
+    write_dataset(storage, current.merged([*reused, *images]), bucket)
+    for obj in loose:
+        storage.delete_object(bucket, obj.key)
+        result.removed.append(obj.key)
+    result.adopted = len(images) + len(reused)
+    return result
+
+
+def blob_area_bytes(storage: StorageHook, bucket: str = BUCKET_INPUT) -> tuple[int, int]:
+    """How many blobs the bucket holds and their bytes."""
+    blobs = storage.list_objects(bucket, BLOB_AREA + "/")
+    return len(blobs), sum(o.size for o in blobs)
