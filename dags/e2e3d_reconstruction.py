@@ -17,10 +17,8 @@ transfers. ``reconstruct`` is the demo reconstruction: replace it with your own 
 
 from __future__ import annotations
 
-import socket
 from datetime import datetime, timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param, TriggerRule, dag, task
@@ -29,7 +27,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from e2e3d_provider.core.layout import ID_PATTERN, derived_job_id, validate_id
 from e2e3d_provider.exceptions import RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.lifecycle.record import begin_run, record_transfer
+from e2e3d_provider.lifecycle.record import begin_run
+from e2e3d_provider.lifecycle.workspace import Workspace
 from e2e3d_provider.operators.archive import ArchiveOperator
 from e2e3d_provider.operators.cleanup import CleanupOperator
 from e2e3d_provider.operators.metadata_record import MetadataRecordOperator
@@ -120,39 +119,14 @@ def e2e3d_reconstruction() -> None:
         metadata_conn_id=MetadataHook.default_conn_name,
     )
 
-    @task
-    def reconstruct(staged: dict[str, Any], **context: Any) -> dict[str, Any]:
-        """The demo reconstruction (replace with yours): input images -> mesh, texture, point cloud. It runs
-        on any worker: the input comes from this host's read-through cache, and the results are handed on
-        through object storage (the XCom ``handoff`` says where), not through a local path."""
-        from e2e3d_provider.core.layout import RunLayout
+    @task.e2e3d_workspace(settle_seconds=1.0)
+    def reconstruct(workspace: Workspace) -> dict[str, Any]:
+        """The demo reconstruction (replace it with yours): input images -> mesh, texture, point cloud. It runs
+        on any worker in a workspace: the input from this host's read-through cache, its results written back
+        to object storage while it runs and handed on from there (the XCom ``handoff`` says where)."""
         from e2e3d_provider.devstack.reconstruct import reconstruct as run
-        from e2e3d_provider.exceptions import ReconstructionError
-        from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.lifecycle.handoff import hand_off, local_input_dir
-        from e2e3d_provider.lifecycle.local_paths import remove_tree
-        from e2e3d_provider.operators.run_context import data_root
 
-        storage, root = StorageHook(), data_root()
-        input_dir, _ = local_input_dir(storage, staged["dataset"], root, staged["input_dir"], staged["host"])
-        layout = RunLayout(root, staged["job_id"], staged["stamp"])
-        here = Path(staged["output_dir"]).is_dir() and staged["host"] == socket.gethostname()
-        run_dir = Path(staged["output_dir"]) if here else layout.run_dir
-        temp_dir = Path(staged["temp_dir"]) if here else layout.temp_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            statistics = run(input_dir, run_dir, temp_dir)
-        except ReconstructionError as err:  # bad input: a retry cannot help
-            raise AirflowFailException(str(err)) from err
-        handed, sent = hand_off(storage, run_dir, staged["job_id"], staged["stamp"])
-        ti = context["ti"]
-        ti.xcom_push(key="handoff", value=handed.to_xcom())
-        key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}:handoff"  # I/O statistics; a retry updates its row
-        record_transfer(MetadataHook(), sent, key, job_id=staged["job_id"], stamp=staged["stamp"])
-        if not here:  # not the staging host: nothing else here will clean this copy, and it is handed on
-            remove_tree(run_dir)
-            remove_tree(temp_dir)
-        return statistics
+        return run(workspace.input_dir, workspace.run_dir, workspace.temp_dir)
 
     statistics = reconstruct(stage_in.output)
     right_size = RightSizeOperator(

@@ -51,6 +51,7 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": INTEGRATION_NAME,
                 "python-modules": [
                     "e2e3d_provider.operators.stage_in",
+                    "e2e3d_provider.operators.workspace",
                     "e2e3d_provider.operators.right_size",
                     "e2e3d_provider.operators.upload_results",
                     "e2e3d_provider.operators.cleanup",
@@ -64,6 +65,9 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": INTEGRATION_NAME,
                 "python-modules": ["e2e3d_provider.sensors.success_marker", "e2e3d_provider.sensors.input_presence"],
             }
+        ],
+        "task-decorators": [
+            {"name": "e2e3d_workspace", "class-name": "e2e3d_provider.decorators.workspace.workspace_task"}
         ],
         "triggers": [
             {"integration-name": INTEGRATION_NAME, "python-modules": ["e2e3d_provider.triggers.object_storage"]}

@@ -21,6 +21,7 @@ from PIL import Image
 from e2e3d_provider.core.layout import RunLayout, archive_prefix, job_id_from_run_id
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.datasets import read_dataset
 from e2e3d_provider.lifecycle.ingest import InvalidInputError, ingest
 from tests.conftest import REPO, load_repo_dag, task_states, write_files, xcom
 from tests.test_rightsize import load_textured
@@ -61,6 +62,9 @@ def test_lifecycle_dag_end_to_end(
 ) -> None:
     dataset = f"ds-{unique_id}"
     ingest(storage, SAMPLE, dataset)
+    stale = data_root / "temp" / "a-run-of-three-days-ago"  # scratch a crashed run left on this worker
+    stale.mkdir(parents=True)
+    os.utime(stale, (time.time() - 3 * 86400,) * 2)
     dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
     tiny_tiles = {"tile_threshold": 128, "tile_size": 128, "mip_min_size": 64}  # the demo's 256 px texture is tiled
     dr = run_dag(dag, {"dataset": dataset, "job_id": unique_id, "right_size_settings": tiny_tiles})
@@ -137,6 +141,9 @@ def test_lifecycle_dag_end_to_end(
         ("copy", "upload_results"): len(entries),  # published by server-side copies
     }
     assert not run.temp_dir.exists() and run.run_dir.exists()  # temp cleaned, results kept locally
+    assert not stale.exists()  # the worker's own tasks swept its scratch: no maintenance DAG ran
+    cached = {p.name for p in (data_root / "cache" / "sha256").glob("*/*")}  # the content-addressed input cache
+    assert cached == {hashlib.sha256(p.read_bytes()).hexdigest() for p in SAMPLE.iterdir()}
     assert xcom(dr, "stage_in")["output_dir"] == str(run.run_dir)
     assert xcom(dr, "right_size")["variants"] == len(variants)
 
@@ -222,7 +229,8 @@ def test_ingest_rejects_non_images_and_uploads_nothing(storage: StorageHook, tmp
         ingest(storage, tmp_path, unique_id)
     assert storage.list_keys("input", unique_id) == []
     result = ingest(storage, tmp_path, unique_id, skip_invalid=True)
-    assert result.files == 1 and storage.list_keys("input", unique_id) == [f"{unique_id}/a.jpg"]
+    assert result.total_files == 1 and storage.list_keys("input", unique_id) == [f"{unique_id}/dataset.json"]
+    assert [image.path for image in read_dataset(storage, unique_id).images] == ["a.jpg"]
 
 
 def test_ingest_cli(connections: dict, tmp_path: Path, unique_id: str) -> None:
@@ -232,7 +240,7 @@ def test_ingest_cli(connections: dict, tmp_path: Path, unique_id: str) -> None:
     assert bad.returncode == 2 and "x.txt" in bad.stderr and "Traceback" not in bad.stderr
     good = subprocess.run([e2e3d, "ingest", str(SAMPLE), "--dataset", unique_id], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr[-2000:]
-    assert "6 images uploaded" in good.stdout
+    assert "6 distinct images" in good.stdout
 
 
 @pytest.mark.slow
@@ -326,8 +334,8 @@ def test_an_ingest_that_stops_part_way_says_how_many_are_stored_and_a_rerun_comp
 
     from e2e3d_provider.exceptions import IngestIncompleteError
 
-    sample = (SAMPLE / "view_01.jpg").read_bytes()
-    write_files(tmp_path, {f"img_{i:02d}.jpg": sample for i in range(40)})
+    sample = (SAMPLE / "view_01.jpg").read_bytes()  # 40 distinct images: a JPEG ignores bytes after its end
+    write_files(tmp_path, {f"img_{i:02d}.jpg": sample + unique_id.encode() + bytes([i]) for i in range(40)})
 
     def fail_after_eight(done: int, total: int) -> None:
         if done == 8:
@@ -337,6 +345,8 @@ def test_an_ingest_that_stops_part_way_says_how_many_are_stored_and_a_rerun_comp
     with pytest.raises(IngestIncompleteError, match=r"stopped: \d+ of 40 images are stored\. Rerun") as stopped:
         ingest(few_at_a_time, tmp_path, unique_id, on_progress=fail_after_eight)
     stored = int(re.search(r"stopped: (\d+) of 40", str(stopped.value)).group(1))
-    assert stored == len(storage.list_keys("input", unique_id)) and 8 <= stored < 40
+    assert 8 <= stored < 40
+    assert read_dataset(storage, unique_id) is None  # no manifest: the dataset is not there until it is whole
     rerun = ingest(storage, tmp_path, unique_id)
     assert (rerun.files, rerun.skipped_files) == (40 - stored, stored)
+    assert len(read_dataset(storage, unique_id).images) == 40

@@ -26,6 +26,7 @@ ALLOWED = {
     "triggers": {"core.layout", "hooks", "lifecycle"},
     "sensors": {"core.layout", "hooks", "lifecycle", "triggers"},
     "operators": {"core.layout", "hooks", "lifecycle"},
+    "decorators": {"lifecycle", "operators"},
     "api": {"core", "hooks", "lifecycle", "__init__"},
     "plugin": {"api"},
     "devstack": {"core", "hooks", "lifecycle"},
@@ -83,7 +84,18 @@ def package_modules() -> list[Path]:
 def test_the_package_root_holds_only_the_providers_face() -> None:
     assert {p.stem for p in PACKAGE.glob("*.py")} == ROOT_MODULES
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert folders == {"core", "rightsize", "hooks", "lifecycle", "triggers", "sensors", "operators", "api", "devstack"}
+    assert folders == {
+        "core",
+        "rightsize",
+        "hooks",
+        "lifecycle",
+        "triggers",
+        "sensors",
+        "operators",
+        "decorators",
+        "api",
+        "devstack",
+    }
     for folder in folders:  # a folder appears when its first module does
         assert [p for p in (PACKAGE / folder).glob("*.py") if p.stem != "__init__"], f"{folder}/ is empty"
 

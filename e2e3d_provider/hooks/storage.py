@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from functools import cached_property, partial
@@ -407,14 +407,39 @@ class StorageHook(BaseHook):
         self._log_result(result)
         return result
 
+    def upload_objects(
+        self,
+        bucket: str,
+        items: list[tuple[str, Path]],
+        *,
+        checksums: dict[str, str] | None = None,
+        on_progress: Any = None,
+    ) -> TransferResult:
+        """Upload ``(key, path)`` pairs in parallel, each skipped when its object already holds the same
+        bytes (one HEAD per key); ``checksums`` maps key to a sha256 computed before, checked as sent."""
+        bucket = validate_bucket(bucket)
+        self.require_bucket(bucket)
+        checked = [(validate_relpath(key), Path(path)) for key, path in items]
+        result = transfer.upload_objects(
+            self.engine(bucket), checked, translate=self.translate, checksums=checksums, on_progress=on_progress
+        )
+        self._log_result(result)
+        return result
+
     def upload_file(self, path: str | Path, bucket: str, key: str, *, sha256: str | None = None) -> bool:
         """Upload one file (skipped if identical); returns True if bytes were sent."""
+        return self.send_file(path, bucket, key, sha256=sha256).sent
+
+    def send_file(
+        self, path: str | Path, bucket: str, key: str, *, sha256: str | None = None
+    ) -> transfer.object_io.Sent:
+        """Upload one file (skipped if identical, one HEAD decides); returns whether bytes were sent, the
+        size and sha256 of what the object holds, and the ETag the server gave it."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
         try:
-            outcome = transfer.upload_file(self.engine(bucket), key, Path(path), sha256=sha256)
+            return transfer.upload_file(self.engine(bucket), key, Path(path), sha256=sha256)
         except Exception as err:
             raise self.translate(err, f"upload {bucket}/{key}") from err
-        return outcome.sent
 
     def download_prefix(
         self,
@@ -424,11 +449,13 @@ class StorageHook(BaseHook):
         *,
         delete_extraneous: bool = False,
         manifest: Manifest | None = None,
+        expected: Mapping[str, tuple[int, str]] | None = None,
     ) -> TransferResult:
         """Mirror a prefix into ``local_dir`` in parallel, verified; unchanged local files move 0 bytes.
 
-        With ``manifest``, exactly its files are fetched and each is checked against the manifest's
-        sha256 (the truth for a published job), not against the objects' own labels."""
+        With ``manifest`` (or ``expected``: relative path -> (size, sha256)), exactly those files are
+        fetched and each is checked against that sha256 (the truth for a published job), not against the
+        objects' own labels."""
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
         self.require_bucket(bucket)
         result = transfer.download_prefix(
@@ -437,7 +464,7 @@ class StorageHook(BaseHook):
             Path(local_dir),
             translate=self.translate,
             delete_extraneous=delete_extraneous,
-            expected=None if manifest is None else {e.path: (e.size, e.sha256) for e in manifest.files},
+            expected=expected if manifest is None else {e.path: (e.size, e.sha256) for e in manifest.files},
         )
         self._log_result(result)
         return result

@@ -22,15 +22,14 @@ from e2e3d_provider.core.layout import (
     HANDOFF_NAME,
     VARIANTS_NAME,
     RunLayout,
-    input_dir,
-    input_prefix,
     work_prefix,
 )
 from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import LocalPathError, ObjectNotFoundError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.local_paths import REMEDIES, mirror_lock
+from e2e3d_provider.lifecycle.input_cache import stage_dataset
+from e2e3d_provider.lifecycle.local_paths import REMEDIES
 
 
 @dataclass(frozen=True)
@@ -77,14 +76,27 @@ def hand_off(
     if not files:
         raise FileNotFoundError(f"run directory {run_dir} holds nothing to hand on")
     transfer = storage.upload_dir(run_dir, bucket, prefix, files=files)
-    manifest = Manifest(job_id, stamp, [FileEntry(rel, *transfer.checksums[rel]) for rel, _ in files])
+    return seal_handoff(storage, job_id, stamp, transfer.checksums, transfer.bytes, bucket), transfer
+
+
+def seal_handoff(
+    storage: StorageHook,
+    job_id: str,
+    stamp: str,
+    stored: dict[str, tuple[int, str, str | None]],
+    sent_bytes: int,
+    bucket: str = BUCKET_OUTPUT,
+) -> HandOff:
+    """Finish a hand-off whose files are all stored (relpath -> size, sha256, ETag): remove what the work
+    prefix holds beyond them, then write ``handoff.json``, the step that makes the hand-off readable."""
+    prefix = work_prefix(job_id, stamp)
+    manifest = Manifest(job_id, stamp, [FileEntry(rel, *stored[rel]) for rel in sorted(stored)])
     keep = {prefix + entry.path for entry in manifest.files}
     for obj in storage.list_objects(bucket, prefix):
         if obj.key not in keep:
             storage.delete_object(bucket, obj.key)
     storage.put_bytes(bucket, prefix + HANDOFF_NAME, manifest.to_json().encode(), "application/json")
-    handed = HandOff(bucket, prefix, len(manifest.files), manifest.total_bytes, transfer.bytes)
-    return handed, transfer
+    return HandOff(bucket, prefix, len(manifest.files), manifest.total_bytes, sent_bytes)
 
 
 def read_handoff(storage: StorageHook, job_id: str, stamp: str, bucket: str = BUCKET_OUTPUT) -> Manifest | None:
@@ -163,11 +175,9 @@ def local_input_dir(
     origin_host: str | None = None,
     bucket: str = BUCKET_INPUT,
 ) -> tuple[Path, TransferResult | None]:
-    """This host's copy of a staged dataset: ``hint`` when staged on this host and here, else the
-    dataset mirrored into this host's ``data_root`` (a read-through cache: images already there, with
-    the stored ETag, move no bytes)."""
+    """This host's copy of a staged dataset: ``hint`` when staged on this host and here, else the dataset
+    staged into this host's ``data_root`` through its content-addressed cache (images it holds move no bytes)."""
     if hint and Path(hint).is_dir() and (not origin_host or origin_host == socket.gethostname()):
         return Path(hint), None
-    local = input_dir(data_root, dataset)
-    with mirror_lock(local):
-        return local, storage.download_prefix(bucket, input_prefix(dataset), local, delete_extraneous=True)
+    staged = stage_dataset(storage, data_root, dataset, bucket)
+    return staged.local_dir, staged.transfer

@@ -21,6 +21,9 @@ class E2E3DOperator(BaseOperator):
         where an operator may run without one.
     """
 
+    #: operators that use a worker's disk end with a sweep of that worker's scratch (temp dirs, input cache)
+    sweeps_scratch: bool = False
+
     def __init__(
         self,
         *,
@@ -48,3 +51,17 @@ class E2E3DOperator(BaseOperator):
         ti = context.get("ti")
         key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{suffix}" if ti else None
         record_transfer(self.metadata, transfer, key, **fields)
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        """Sweep this worker's scratch (at most every ``[e2e3d] sweep_every_seconds``): how temp dirs and
+        the input cache stay bounded on every worker, not only the one a maintenance DAG lands on. A sweep
+        that fails is logged; it never fails the task whose work is done."""
+        if not self.sweeps_scratch:
+            return
+        from e2e3d_provider.lifecycle.host_sweep import sweep_host
+        from e2e3d_provider.operators.run_context import data_root, scratch_bounds
+
+        try:
+            sweep_host(data_root(getattr(self, "data_root", None)), scratch_bounds())
+        except Exception as err:
+            self.log.warning("scratch sweep skipped: %s: %s", type(err).__name__, err)

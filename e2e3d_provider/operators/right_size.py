@@ -54,6 +54,7 @@ class RightSizeOperator(E2E3DOperator):
     )
     template_fields_renderers = {"settings": "json", "preservation": "json"}
     ui_color = "#e8dcc5"
+    sweeps_scratch = True
 
     def __init__(
         self,

@@ -7,11 +7,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from airflow.configuration import conf
 from airflow.sdk import Context, Variable
 from airflow.sdk.api.client import ServerResponseError
 from airflow.sdk.exceptions import AirflowRuntimeError
 
 from e2e3d_provider.core.layout import DATA_ROOT_ENV, DATA_ROOT_VARIABLE, make_stamp, resolve_data_root, validate_stamp
+from e2e3d_provider.lifecycle.host_sweep import ScratchBounds
 
 
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -63,3 +65,15 @@ def as_bool(value: object) -> bool:
             return False
         raise ValueError(f"not a boolean: {value!r}")
     return bool(value)
+
+
+def scratch_bounds() -> ScratchBounds:
+    """This worker's scratch bounds from Airflow's configuration, section ``[e2e3d]``: ``cache_max_bytes``,
+    ``cache_max_age_hours``, ``temp_max_age_hours``, ``sweep_every_seconds`` (env ``AIRFLOW__E2E3D__...``)."""
+    default = ScratchBounds()
+    return ScratchBounds(
+        cache_max_bytes=conf.getint("e2e3d", "cache_max_bytes", fallback=default.cache_max_bytes),
+        cache_max_age_hours=conf.getfloat("e2e3d", "cache_max_age_hours", fallback=default.cache_max_age_hours),
+        temp_max_age_hours=conf.getfloat("e2e3d", "temp_max_age_hours", fallback=default.temp_max_age_hours),
+        every_seconds=conf.getfloat("e2e3d", "sweep_every_seconds", fallback=default.every_seconds),
+    )

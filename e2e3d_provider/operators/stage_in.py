@@ -42,6 +42,7 @@ class StageInOperator(E2E3DOperator):
         "models_bucket",
     )
     ui_color = "#e8dcc5"
+    sweeps_scratch = True
 
     def __init__(
         self,

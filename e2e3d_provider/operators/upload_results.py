@@ -51,6 +51,7 @@ class UploadResultsOperator(E2E3DOperator):
 
     template_fields: Sequence[str] = ("job_id", "stamp", "run_dir", "origin_host", "bucket", "statistics")
     ui_color = "#c5e8d8"
+    sweeps_scratch = True
 
     def __init__(
         self,

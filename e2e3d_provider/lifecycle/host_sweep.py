@@ -1,0 +1,78 @@
+"""Keep one host's scratch bounded: old run temp dirs and the input cache, swept by the tasks that run there.
+
+Every lifecycle task that touches a worker's disk ends with :func:`sweep_host` on that worker, so the
+clean-up reaches each worker's own data root (a scheduled DAG only reaches the worker that picks it up).
+A sweep runs at most once per ``every_seconds`` per host (a stamp file in the data root says when the last
+ran) and never blocks: when another task of the host is sweeping, this one skips.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from e2e3d_provider.lifecycle.input_cache import trim
+from e2e3d_provider.lifecycle.scratch import clean_temp
+
+log = logging.getLogger(__name__)
+
+SWEEP_STAMP = ".e2e3d-sweep"
+
+
+@dataclass(frozen=True)
+class ScratchBounds:
+    """How much scratch a worker keeps: the input cache's size and age, temp dirs' age, how often to sweep."""
+
+    cache_max_bytes: int = 50 * 1024**3
+    cache_max_age_hours: float = 7 * 24.0
+    temp_max_age_hours: float = 24.0
+    every_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value < 0:
+                raise ValueError(f"scratch bound {name} must not be negative, got {value}")
+
+
+def sweep_host(
+    root: Path, bounds: ScratchBounds, *, force: bool = False, now: float | None = None
+) -> dict[str, Any] | None:
+    """Sweep this host's data root (temp dirs past their age, the input cache to its bounds) unless one ran
+    less than ``bounds.every_seconds`` ago or runs now; returns what it did, or ``None`` when it did not run."""
+    now = time.time() if now is None else now
+    stamp = root / SWEEP_STAMP
+    if not root.is_dir():
+        return None
+    try:
+        if not force and now - stamp.stat().st_mtime < bounds.every_seconds:
+            return None
+    except FileNotFoundError:
+        pass
+    with open(root / f"{SWEEP_STAMP}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # another task of this host is sweeping
+        temp = clean_temp(root, bounds.temp_max_age_hours, now=now)
+        cache = trim(root, bounds.cache_max_bytes, bounds.cache_max_age_hours, now=now)
+        stamp.touch()
+        os.utime(stamp, (now, now))
+    done = {"host": socket.gethostname(), "temp": temp, "cache": cache.to_dict()}
+    log.info(
+        "swept %s on %s: %d temp dirs removed, %d cached datasets and %d cached images removed (%d bytes), "
+        "cache holds %d bytes",
+        root,
+        done["host"],
+        temp["removed"],
+        len(cache.removed_datasets),
+        cache.removed_blobs,
+        cache.freed_bytes,
+        cache.held_bytes,
+    )
+    return done

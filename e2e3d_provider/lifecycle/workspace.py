@@ -1,0 +1,113 @@
+"""A producer's local workspace on whatever host its task runs: staged inputs in, results written back.
+
+:func:`run_in_workspace` gives user code (a reconstruction) the dataset through this host's read-through
+cache, a run directory and a temp directory, runs it with the write-back cache uploading its files as
+they appear, and hands the run on through object storage. On a host other than the staging one the
+directories are scratch: removed once handed on.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, RunLayout, validate_id, validate_stamp
+from e2e3d_provider.core.transfer import TransferResult
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.handoff import HandOff, local_input_dir
+from e2e3d_provider.lifecycle.input_cache import reading
+from e2e3d_provider.lifecycle.local_paths import remove_tree
+from e2e3d_provider.lifecycle.write_back import WriteBack, WriteBackStats
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where a producer reads its inputs and writes its results on this host.
+
+    ``input_dir`` holds the staged images (shared with other runs of the dataset on this host: read
+    them, never write them); results go below ``run_dir`` (``mesh/``, ``textures/``, ``pointcloud/``,
+    ``logs/``, ``temp/``), working files in ``temp_dir``."""
+
+    dataset: str
+    job_id: str
+    stamp: str
+    host: str
+    input_dir: Path
+    run_dir: Path
+    temp_dir: Path
+    models_dir: Path | None = None
+
+
+@dataclass
+class Produced:
+    """What a workspace run gave: the producer's return value, the hand-off, what moved and when."""
+
+    value: Any
+    workspace: Workspace
+    handoff: HandOff
+    sent: TransferResult
+    write_back: WriteBackStats
+    staged_input: TransferResult | None
+
+
+def run_in_workspace(
+    storage: StorageHook,
+    data_root: Path,
+    staged: Mapping[str, Any],
+    produce: Callable[[Workspace], R],
+    *,
+    input_bucket: str = BUCKET_INPUT,
+    output_bucket: str = BUCKET_OUTPUT,
+    settle: float = 1.0,
+    interval: float = 0.5,
+    concurrency: int = 4,
+) -> Produced:
+    """Run ``produce`` in a workspace built from ``staged`` (the stage-in XCom: dataset, job_id, stamp and,
+    as hints, the host and paths it staged to) and hand its results on. ``produce`` failing leaves no
+    hand-off (its files already sent stay in the work prefix, so the retry sends only the rest)."""
+    dataset, job_id = validate_id(staged["dataset"], "dataset"), validate_id(staged["job_id"], "job_id")
+    stamp = validate_stamp(staged["stamp"])
+    here = staged.get("host") == socket.gethostname() and Path(str(staged.get("output_dir", ""))).is_dir()
+    input_dir, staged_input = local_input_dir(
+        storage, dataset, data_root, staged.get("input_dir"), staged.get("host"), bucket=input_bucket
+    )
+    layout = RunLayout(data_root, job_id, stamp)
+    run_dir = Path(staged["output_dir"]) if here else layout.run_dir
+    temp_dir = Path(staged["temp_dir"]) if here and staged.get("temp_dir") else layout.temp_dir
+    models = staged.get("models_dir")
+    workspace = Workspace(
+        dataset,
+        job_id,
+        stamp,
+        socket.gethostname(),
+        input_dir,
+        run_dir,
+        temp_dir,
+        Path(models) if here and models else None,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        writer = WriteBack(
+            storage,
+            run_dir,
+            job_id,
+            stamp,
+            bucket=output_bucket,
+            settle=settle,
+            interval=interval,
+            concurrency=concurrency,
+        )
+        with reading(input_dir), writer:
+            value = produce(workspace)
+        handed, sent = writer.finish()
+    finally:
+        if not here:  # a copy made on this host for this task only: scratch, handed on (or failed)
+            remove_tree(run_dir)
+            remove_tree(temp_dir)
+    return Produced(value, workspace, handed, sent, writer.stats, staged_input)
