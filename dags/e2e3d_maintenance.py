@@ -17,7 +17,8 @@ from airflow.sdk import Param, dag, task
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle import maintenance
-from e2e3d_provider.operators.run_context import dag_run_state, data_root
+from e2e3d_provider.lifecycle.host_sweep import sweep_host
+from e2e3d_provider.operators.run_context import dag_run_state, data_root, scratch_bounds
 
 
 @dag(
@@ -52,10 +53,13 @@ def e2e3d_maintenance() -> None:
 
     @task
     def clean_temp(params: dict[str, Any]) -> dict[str, Any]:
+        """Sweep the scratch of the worker this lands on (old temp dirs, the input cache to its bounds).
+        Every worker also sweeps itself at the end of its lifecycle tasks, so this is not the only sweep."""
         hours = maintenance.setting(
             MetadataHook(), maintenance.CONFIG_TEMP_MAX_AGE_HOURS, params.get("temp_max_age_hours")
         )
-        return maintenance.clean_temp(data_root(), hours)
+        swept = sweep_host(data_root(), scratch_bounds(hours), force=True) or {}
+        return {**swept.get("temp", {}), "host": swept.get("host"), "cache": swept.get("cache")}
 
     @task
     def reconcile_jobs(**context: Any) -> dict[str, Any]:

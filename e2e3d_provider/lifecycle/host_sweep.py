@@ -40,6 +40,15 @@ class ScratchBounds:
                 raise ValueError(f"scratch bound {name} must not be negative, got {value}")
 
 
+def sweep_due(root: Path, every_seconds: float, now: float | None = None) -> bool:
+    """True when this host's last sweep is older than ``every_seconds`` (or there was none)."""
+    now = time.time() if now is None else now
+    try:
+        return now - (root / SWEEP_STAMP).stat().st_mtime >= every_seconds
+    except FileNotFoundError:
+        return root.is_dir()
+
+
 def sweep_host(
     root: Path, bounds: ScratchBounds, *, force: bool = False, now: float | None = None
 ) -> dict[str, Any] | None:
@@ -47,13 +56,8 @@ def sweep_host(
     less than ``bounds.every_seconds`` ago or runs now; returns what it did, or ``None`` when it did not run."""
     now = time.time() if now is None else now
     stamp = root / SWEEP_STAMP
-    if not root.is_dir():
+    if not root.is_dir() or not (force or sweep_due(root, bounds.every_seconds, now)):
         return None
-    try:
-        if not force and now - stamp.stat().st_mtime < bounds.every_seconds:
-            return None
-    except FileNotFoundError:
-        pass
     with open(root / f"{SWEEP_STAMP}.lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

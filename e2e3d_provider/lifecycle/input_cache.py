@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from e2e3d_provider.core.layout import (
     BUCKET_INPUT,
     CACHE_DIR,
     cache_blob_path,
+    dataset_manifest_key,
     input_dir,
     input_prefix,
     key_relpath,
@@ -84,14 +86,21 @@ def admit(root: Path, source: Path, sha256: str) -> Path:
     target = cache_blob_path(root, sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        place(source, target)
     seal(target)
     return target
+
+
+def place(source: Path, target: Path) -> None:
+    """Make ``target`` a hard link to ``source`` (a copy where links cannot be made), atomically: a reader
+    sees the old file or the new one, never a half-written one."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def link_view(root: Path, local: Path, files: Mapping[str, str]) -> int:
@@ -107,12 +116,7 @@ def link_view(root: Path, local: Path, files: Mapping[str, str]) -> int:
         except FileNotFoundError:
             pass
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
-        try:
-            os.link(blob, tmp)
-        except OSError:
-            shutil.copyfile(blob, tmp)
-        os.replace(tmp, target)
+        place(blob, target)
     removed = 0
     for rel, path in iter_local_files(local):
         if rel not in files:
@@ -129,6 +133,8 @@ class Staged:
     local_dir: Path
     transfer: TransferResult
     files: dict[str, str] = field(default_factory=dict, repr=False)
+    #: the dataset's manifest key in the bucket, or None for a dataset of loose objects only
+    manifest_key: str | None = None
 
 
 def stage_dataset(storage: StorageHook, root: Path, dataset: str, bucket: str = BUCKET_INPUT) -> Staged:
@@ -159,7 +165,7 @@ def stage_dataset(storage: StorageHook, root: Path, dataset: str, bucket: str = 
         if view.loose:
             files.update(_stage_loose(storage, root, dataset, bucket, moved, {o.key for o in view.loose}))
         moved.removed_files = link_view(root, local, files)
-    return Staged(dataset, local, moved, files)
+    return Staged(dataset, local, moved, files, dataset_manifest_key(dataset) if view.manifest else None)
 
 
 def _stage_loose(

@@ -12,6 +12,7 @@ from e2e3d_provider.core.layout import (
     BUCKET_MODELS,
     RUN_SUBDIRS,
     RunLayout,
+    input_prefix,
     models_dir,
     normalize_prefix,
     validate_id,
@@ -35,9 +36,14 @@ class StageInResult:
     output_dir: Path
     models_dir: Path | None
     transfers: list[TransferResult] = field(default_factory=list)
+    #: where the input lives in object storage: ``{"bucket", "prefix", "manifest_key"}`` (no manifest: None)
+    source: dict[str, Any] = field(default_factory=dict)
+    #: where the models live in object storage: ``{"bucket", "prefix"}``, or None without models
+    models: dict[str, Any] | None = None
 
     def to_xcom(self) -> dict[str, Any]:
-        """The XCom contract of DESIGN §5 (plus counters): small, JSON-safe, paths as strings."""
+        """The XCom contract of DESIGN §5 (plus counters): small, JSON-safe. The object locations
+        (``source``, ``models``) are the truth; the local paths are hints, valid on ``host`` only."""
         staged = self.transfers[0]
         xcom: dict[str, Any] = {
             "dataset": self.dataset,
@@ -52,8 +58,10 @@ class StageInResult:
             "transferred_bytes": staged.bytes,
             "seconds": round(staged.seconds, 3),
         }
+        xcom["source"] = self.source
         if self.models_dir is not None:
             xcom["models_dir"] = str(self.models_dir)
+            xcom["models"] = self.models
         return xcom
 
 
@@ -79,16 +87,8 @@ def stage_in(
     transfers = [staged.transfer]
     local_models = None
     if models_prefix:
-        if not storage.list_keys(models_bucket, models_prefix):
-            raise FileNotFoundError(
-                f"models prefix {normalize_prefix(models_prefix)!r} has no objects in bucket {models_bucket!r}; "
-                "upload the models first, or leave models_prefix empty"
-            )
-        local_models = models_dir(root, models_prefix)
-        with mirror_lock(local_models):
-            transfers.append(
-                storage.download_prefix(models_bucket, models_prefix, local_models, delete_extraneous=True)
-            )
+        local_models, models_moved = mirror_models(storage, root, models_prefix, models_bucket)
+        transfers.append(models_moved)
     for sub in RUN_SUBDIRS:
         (run.run_dir / sub).mkdir(parents=True, exist_ok=True)
     run.temp_dir.mkdir(parents=True, exist_ok=True)
@@ -102,4 +102,21 @@ def stage_in(
         run.run_dir,
         local_models,
         transfers,
+        source={"bucket": input_bucket, "prefix": input_prefix(dataset), "manifest_key": staged.manifest_key},
+        models={"bucket": models_bucket, "prefix": normalize_prefix(models_prefix)} if models_prefix else None,
     )
+
+
+def mirror_models(
+    storage: StorageHook, root: Path, prefix: str, bucket: str = BUCKET_MODELS
+) -> tuple[Path, TransferResult]:
+    """Mirror ``<bucket>/<prefix>`` into ``<root>/models/<prefix>`` (unchanged files move no bytes, files gone
+    from the bucket are removed locally). A prefix with no objects is ``FileNotFoundError``."""
+    if not storage.list_keys(bucket, prefix):
+        raise FileNotFoundError(
+            f"models prefix {normalize_prefix(prefix)!r} has no objects in bucket {bucket!r}; "
+            "upload the models first, or leave models_prefix empty"
+        )
+    local = models_dir(root, prefix)
+    with mirror_lock(local):
+        return local, storage.download_prefix(bucket, prefix, local, delete_extraneous=True)

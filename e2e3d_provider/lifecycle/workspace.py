@@ -20,6 +20,7 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.handoff import HandOff, local_input_dir
 from e2e3d_provider.lifecycle.input_cache import reading
 from e2e3d_provider.lifecycle.local_paths import remove_tree
+from e2e3d_provider.lifecycle.stage_in import mirror_models
 from e2e3d_provider.lifecycle.write_back import WriteBack, WriteBackStats
 
 R = TypeVar("R")
@@ -79,7 +80,13 @@ def run_in_workspace(
     layout = RunLayout(data_root, job_id, stamp)
     run_dir = Path(staged["output_dir"]) if here else layout.run_dir
     temp_dir = Path(staged["temp_dir"]) if here and staged.get("temp_dir") else layout.temp_dir
-    models = staged.get("models_dir")
+    models_dir = None
+    if staged.get("models"):  # the models: the staging host's copy, else mirrored here from their bucket
+        hinted = staged.get("models_dir")
+        if here and hinted and Path(hinted).is_dir():
+            models_dir = Path(hinted)
+        else:
+            models_dir, _ = mirror_models(storage, data_root, staged["models"]["prefix"], staged["models"]["bucket"])
     workspace = Workspace(
         dataset,
         job_id,
@@ -88,7 +95,7 @@ def run_in_workspace(
         input_dir,
         run_dir,
         temp_dir,
-        Path(models) if here and models else None,
+        models_dir,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     temp_dir.mkdir(parents=True, exist_ok=True)

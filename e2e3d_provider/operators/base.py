@@ -58,10 +58,17 @@ class E2E3DOperator(BaseOperator):
         that fails is logged; it never fails the task whose work is done."""
         if not self.sweeps_scratch:
             return
-        from e2e3d_provider.lifecycle.host_sweep import sweep_host
+        from e2e3d_provider.lifecycle import maintenance
+        from e2e3d_provider.lifecycle.host_sweep import sweep_due, sweep_host
         from e2e3d_provider.operators.run_context import data_root, scratch_bounds
 
         try:
-            sweep_host(data_root(getattr(self, "data_root", None)), scratch_bounds())
+            root, bounds = data_root(getattr(self, "data_root", None)), scratch_bounds()
+            if not sweep_due(root, bounds.every_seconds):
+                return
+            if self.metadata is not None:  # the platform's temp age, as the maintenance DAG reads it
+                hours = maintenance.setting(self.metadata, maintenance.CONFIG_TEMP_MAX_AGE_HOURS)
+                bounds = scratch_bounds(hours)
+            sweep_host(root, bounds)
         except Exception as err:
             self.log.warning("scratch sweep skipped: %s: %s", type(err).__name__, err)

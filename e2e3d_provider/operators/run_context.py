@@ -67,13 +67,15 @@ def as_bool(value: object) -> bool:
     return bool(value)
 
 
-def scratch_bounds() -> ScratchBounds:
-    """This worker's scratch bounds from Airflow's configuration, section ``[e2e3d]``: ``cache_max_bytes``,
-    ``cache_max_age_hours``, ``temp_max_age_hours``, ``sweep_every_seconds`` (env ``AIRFLOW__E2E3D__...``)."""
+def scratch_bounds(temp_max_age_hours: float | None = None) -> ScratchBounds:
+    """This worker's scratch bounds: the input cache's from Airflow's configuration of the worker, section
+    ``[e2e3d]`` (``cache_max_bytes``, ``cache_max_age_hours``, ``sweep_every_seconds``; env
+    ``AIRFLOW__E2E3D__...``: each worker knows its own disk), the temp dirs' age as given (the platform's
+    ``temp_max_age_hours`` from ``e2e3d.config``)."""
     default = ScratchBounds()
     return ScratchBounds(
         cache_max_bytes=conf.getint("e2e3d", "cache_max_bytes", fallback=default.cache_max_bytes),
         cache_max_age_hours=conf.getfloat("e2e3d", "cache_max_age_hours", fallback=default.cache_max_age_hours),
-        temp_max_age_hours=conf.getfloat("e2e3d", "temp_max_age_hours", fallback=default.temp_max_age_hours),
+        temp_max_age_hours=default.temp_max_age_hours if temp_max_age_hours is None else temp_max_age_hours,
         every_seconds=conf.getfloat("e2e3d", "sweep_every_seconds", fallback=default.every_seconds),
     )
