@@ -61,16 +61,19 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from e2e3d_provider.core.transfer import watch_progress
+    from e2e3d_provider.devstack.console import Console, state_dir
     from e2e3d_provider.hooks.storage import StorageHook
     from e2e3d_provider.lifecycle.ingest import ingest
 
-    result = ingest(
-        StorageHook(args.minio_conn_id),
-        args.directory,
-        args.dataset,
-        bucket=args.bucket,
-        skip_invalid=args.skip_invalid,
-    )
+    with Console(state_dir() / "ingest.log") as console, watch_progress(console.progress):
+        result = ingest(
+            StorageHook(args.minio_conn_id),
+            args.directory,
+            args.dataset,
+            bucket=args.bucket,
+            skip_invalid=args.skip_invalid,
+        )
     print(
         f"dataset {args.dataset}: {result.total_files} distinct images, {result.files} uploaded "
         f"({result.bytes} bytes), {result.skipped_files} stored already, "
@@ -108,7 +111,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from e2e3d_provider.devstack.demo import run_demo
 
-    return run_demo(keep_stack=args.keep_stack, stack_dir=Path(args.dir) if args.dir else None, workers=args.workers)
+    return run_demo(
+        keep_stack=args.keep_stack,
+        stack_dir=Path(args.dir) if args.dir else None,
+        workers=args.workers,
+        verbose=args.verbose,
+    )
 
 
 def cmd_airflow(args: argparse.Namespace) -> int:
@@ -167,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole lifecycle DAG on the embedded stack with a sample dataset")
     demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--verbose", action="store_true", help="show Airflow's logs instead of writing them to a file")
     demo.add_argument("--dir", help="stack directory (default with --keep-stack: the default stack dir)")
     demo.add_argument(
         "--workers",

@@ -8,6 +8,7 @@ ports in a temporary directory, watched by a watchdog that stops it if pytest di
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -19,8 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-# Airflow reads its configuration at import: give the whole session its own home and no examples.
+# Airflow reads its configuration at import: give the whole session its own home and no examples,
+# removed when the session's process exits (nothing of a test run is left in /tmp but pytest's own basetemp).
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="e2e3d-airflow-home-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, True)
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"

@@ -233,7 +233,7 @@ def test_ingest_rejects_non_images_and_uploads_nothing(storage: StorageHook, tmp
     assert [image.path for image in read_dataset(storage, unique_id).images] == ["a.jpg"]
 
 
-def test_ingest_cli(connections: dict, tmp_path: Path, unique_id: str) -> None:
+def test_ingest_cli(storage: StorageHook, connections: dict, tmp_path: Path, unique_id: str) -> None:
     e2e3d = str(Path(sys.executable).parent / "e2e3d")
     write_files(tmp_path, {"x.txt": b"x"})
     bad = subprocess.run([e2e3d, "ingest", str(tmp_path), "--dataset", unique_id], capture_output=True, text=True)
@@ -281,8 +281,13 @@ def independent_counts(path: Path) -> dict:
         return {"size": image.size}
 
 
-def test_demo_command_runs_the_whole_lifecycle(tmp_path: Path) -> None:
+def test_demo_command_runs_the_whole_lifecycle_quietly_and_leaves_nothing_in_tmp(tmp_path: Path) -> None:
+    import glob
+    import tempfile
+
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "E2E3D"))}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "e2e3d-*")))
     result = subprocess.run(
         [str(Path(sys.executable).parent / "e2e3d"), "demo"],
         capture_output=True,
@@ -293,7 +298,18 @@ def test_demo_command_runs_the_whole_lifecycle(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("sha256 matches the manifest") == 3
-    assert "status         archived" in result.stdout
+    lines = result.stdout.splitlines()
+    assert len(lines) <= 40 and not result.stderr.strip(), result.stdout + result.stderr  # one screen, no noise
+    assert any(line.startswith("job demo-") and line.endswith(": archived") for line in lines)
+    task_lines = {line.split()[0]: line.split()[1] for line in lines if line.startswith("  ") and len(line.split()) > 2}
+    assert {t: task_lines.get(t) for t in ("stage_in", "reconstruct", "upload_results", "archive")} == dict.fromkeys(
+        ("stage_in", "reconstruct", "upload_results", "archive"), "success"
+    )
+    assert "MB/s" in next(line for line in lines if line.startswith("  stage_in"))
+    log = tmp_path / "state" / "e2e3d" / "demo.log"
+    assert f"Airflow's logs go to {log}" in result.stdout and log.stat().st_size > 0
+    assert "INFO" in log.read_text() or "info" in log.read_text()  # what the terminal was spared
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "e2e3d-*"))) <= before  # nothing left behind
 
 
 def test_lifecycle_params_leave_the_trigger_form_usable_with_defaults() -> None:

@@ -26,8 +26,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -116,8 +117,24 @@ class RemoteObject:
     last_modified: datetime | None = None
 
 
+#: callables told of every transfer's progress: ``(label, bytes_done, bytes_total, finished)``; a console
+#: registers one to draw a progress bar (:func:`watch_progress`); they must be cheap and never raise
+PROGRESS_LISTENERS: list[Callable[[str, int, int, bool], None]] = []
+
+
+@contextmanager
+def watch_progress(listener: Callable[[str, int, int, bool], None]) -> Iterator[None]:
+    """Tell ``listener`` of every transfer's progress in this process for the block."""
+    PROGRESS_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        PROGRESS_LISTENERS.remove(listener)
+
+
 class Progress:
-    """Thread-safe counter that logs files done/total, MB and MB/s every few seconds."""
+    """Thread-safe counter that logs files done/total, MB and MB/s every few seconds (and tells the
+    :data:`PROGRESS_LISTENERS` after each file)."""
 
     def __init__(
         self, label: str, total_files: int, total_bytes: int, interval: float = PROGRESS_INTERVAL_SECONDS
@@ -140,11 +157,21 @@ class Progress:
             if now - self._last_log >= self.interval:
                 self._last_log = now
                 self._log(now)
+            done = self.bytes
+        self._tell(done, False)
 
     def finish(self) -> float:
         now = time.monotonic()
         self._log(now)
+        self._tell(self.bytes, True)
         return now - self.started
+
+    def _tell(self, done: int, finished: bool) -> None:
+        for listener in list(PROGRESS_LISTENERS):
+            try:
+                listener(self.label, done, self.total_bytes, finished)
+            except Exception:  # a display must never break a transfer
+                log.debug("progress listener failed", exc_info=True)
 
     def _log(self, now: float) -> None:
         elapsed = max(now - self.started, 1e-9)

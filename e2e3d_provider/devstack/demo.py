@@ -2,8 +2,10 @@
 
 Starts the stack, bootstraps buckets and schema, ingests the sample dataset shipped in the
 package, runs the ``e2e3d_reconstruction`` DAG with ``dag.test()`` in a temporary AIRFLOW_HOME,
-prints the job's status, statistics, object keys and pre-signed URLs, and stops the stack
-(unless ``keep_stack``).
+prints one line per task as it ends (state, seconds, bytes moved, MB/s), a progress bar during transfers
+(on a terminal), then the job's summary and its results fetched by pre-signed URL, and stops the stack
+(unless ``keep_stack``). Airflow's own logs go to a file whose path is printed; the temporary
+directories go at exit (with ``keep_stack`` they stay, and say where).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from e2e3d_provider.core.layout import MESH_RELPATH, POINTCLOUD_RELPATH, TEXTURE_RELPATH, make_stamp
+from e2e3d_provider.core.transfer import watch_progress
 from e2e3d_provider.devstack import stack
+from e2e3d_provider.devstack.console import Console, human_bytes, state_dir
 
 SAMPLE_DATASET = "terrain"
 SAMPLE_DIR = Path(__file__).parent / "sample_data" / SAMPLE_DATASET
@@ -39,8 +44,29 @@ def dags_dir() -> Path:
     return candidate
 
 
+CONSOLE: Console | None = None
+
+
 def _say(message: str, started: float) -> None:
-    print(f"[{time.monotonic() - started:5.1f}s] {message}", flush=True)
+    line = f"[{time.monotonic() - started:5.1f}s] {message}"
+    if CONSOLE is not None:
+        CONSOLE.say(line)
+    else:
+        print(line, flush=True)
+
+
+def _out(line: str = "") -> None:
+    if CONSOLE is not None:
+        CONSOLE.say(line)
+    else:
+        print(line, flush=True)
+
+
+def task_line(metadata: Any, dag_id: str, run_id: str, task_id: str, state: str, seconds: float) -> str:
+    """One task as the demo prints it: state, seconds, and the bytes it moved (from PostgreSQL)."""
+    files, nbytes, busy = metadata.task_transfers(f"{dag_id}/{run_id}/{task_id}")
+    moved = f"{files:>3} files {human_bytes(nbytes):>9}  {nbytes / 1e6 / busy:6.1f} MB/s" if nbytes and busy else ""
+    return f"  {task_id:<18} {state:<8} {seconds:6.1f}s  {moved}".rstrip()
 
 
 def _load_dag(path: Path) -> Any:
@@ -51,34 +77,71 @@ def _load_dag(path: Path) -> Any:
     return module.e2e3d_reconstruction()
 
 
+def _listen_for_tasks(metadata: Any) -> Any:
+    """Register an Airflow listener that prints a line for each task of the demo's run as it ends."""
+    from airflow.listeners import hookimpl
+    from airflow.sdk.listener import get_listener_manager
+
+    class TaskLines:
+        def __init__(self) -> None:
+            self.began: dict[str, float] = {}
+
+        def _line(self, task_instance: Any, state: str) -> None:
+            began = self.began.pop(task_instance.task_id, time.monotonic())
+            try:
+                line = task_line(
+                    metadata,
+                    task_instance.dag_id,
+                    task_instance.run_id,
+                    task_instance.task_id,
+                    state,
+                    time.monotonic() - began,
+                )
+            except Exception:  # the line is a courtesy: never fail the run for it
+                line = f"  {task_instance.task_id:<18} {state}"
+            _out(line)
+
+        @hookimpl
+        def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
+            self.began[task_instance.task_id] = time.monotonic()
+
+        @hookimpl
+        def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+            self._line(task_instance, "success")
+
+        @hookimpl
+        def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
+            self._line(task_instance, "failed")
+
+        @hookimpl
+        def on_task_instance_skipped(self, previous_state: Any, task_instance: Any) -> None:
+            self._line(task_instance, "skipped")
+
+    listener = TaskLines()
+    get_listener_manager().add_listener(listener)
+    return listener
+
+
 def _report(storage: Any, metadata: Any, job_id: str, state: str) -> int:
     """Print the job as PostgreSQL and the bucket hold it, and fetch its results by pre-signed URL."""
     job = metadata.get_job(job_id)
     if job is None or state != "success":
-        print(f"the demo job did not succeed: {json.dumps(job, default=str, indent=2)}", file=sys.stderr)
+        _out(f"the demo job did not succeed: {json.dumps(job, default=str)}")
         return 1
-    print("\njob (from PostgreSQL):")
-    for field in (
-        "job_id",
-        "stamp",
-        "dataset",
-        "status",
-        "files",
-        "bytes",
-        "result_bucket",
-        "result_prefix",
-        "manifest_key",
-        "archive_key",
-        "started_at",
-        "finished_at",
-    ):
-        print(f"  {field:<14} {job[field]}")
-    print(f"  {'statistics':<14} {json.dumps(job['statistics'], sort_keys=True)}")
-    print(f"  {'transfers':<14} {json.dumps(metadata.transfer_summary())}")
-    print(f"\nobjects in output/{job_id}/:")
-    for obj in storage.list_objects("output", f"{job_id}/"):
-        print(f"  {obj.key}  ({obj.size} bytes)")
-    print("\npre-signed download URLs (valid 24 h), each fetched once with a plain HTTP client:")
+    stats = job["statistics"] or {}
+    variants = sum(
+        kind.get("variants", 0) for kind in (stats.get("right_size") or {}).values() if isinstance(kind, dict)
+    )
+    _out(f"\njob {job['job_id']} (stamp {job['stamp']}, dataset {job['dataset']}): {job['status']}")
+    _out(
+        f"  {job['files']} files, {human_bytes(job['bytes'])} in {job['result_bucket']}/{job['result_prefix']} "
+        f"(manifest {job['manifest_key']}); archived to {job['archive_key']}"
+    )
+    _out(
+        f"  {stats.get('images', '?')} images -> {stats.get('faces', '?')} faces, {stats.get('points', '?')} points; "
+        f"{variants} right-sized variants"
+    )
+    _out("results, each fetched once by its pre-signed URL (valid 24 h):")
     manifest = {
         entry["path"]: entry for entry in json.loads(storage.get_bytes("output", f"{job_id}/metadata.json"))["files"]
     }
@@ -87,9 +150,9 @@ def _report(storage: Any, metadata: Any, job_id: str, state: str) -> int:
         with urllib.request.urlopen(url, timeout=30) as response:
             body = response.read()
         ok = hashlib.sha256(body).hexdigest() == manifest[rel]["sha256"]
-        print(
-            f"  {label:<12} {url}\n  {'':<12} -> {len(body)} bytes, sha256 "
-            f"{'matches the manifest' if ok else 'DOES NOT MATCH the manifest'}"
+        _out(
+            f"  {label:<12} {human_bytes(len(body)):>9}  sha256 "
+            f"{'matches the manifest' if ok else 'DOES NOT MATCH the manifest'}\n    {url}"
         )
         if not ok:
             return 1
@@ -120,15 +183,42 @@ def _run_on_workers(info: Any, work: Path, workers: int, job_id: str, started: f
         run_id = deployment.trigger("e2e3d_reconstruction", {"dataset": SAMPLE_DATASET, "job_id": job_id})
         _say(f"triggered job {job_id} through the REST API; waiting for it", started)
         state = deployment.wait_for_run("e2e3d_reconstruction", run_id, timeout=600)
+        from e2e3d_provider.hooks.metadata import MetadataHook
+
+        metadata = MetadataHook()
         for ti in deployment.task_instances("e2e3d_reconstruction", run_id):
-            print(f"  {ti['task_id']:<18} {ti['state'] or '':<9} on {ti.get('hostname') or '-'}")
+            line = task_line(
+                metadata, "e2e3d_reconstruction", run_id, ti["task_id"], ti["state"] or "", ti.get("duration") or 0.0
+            )
+            _out(f"{line:<70} on {ti.get('hostname') or '-'}")
     _say(f"DAG run {state}", started)
     return state
 
 
-def run_demo(keep_stack: bool = False, stack_dir: Path | None = None, workers: int = 1) -> int:
-    started = time.monotonic()
+def run_demo(keep_stack: bool = False, stack_dir: Path | None = None, workers: int = 1, verbose: bool = False) -> int:
+    """The demo, quiet: Airflow's output goes to ``<state dir>/demo.log`` (printed), its temporary
+    directories go at exit unless ``keep_stack``."""
+    global CONSOLE
+    log_path = state_dir() / "demo.log"
     work = Path(tempfile.mkdtemp(prefix="e2e3d-demo-"))
+    try:
+        with Console(log_path, quiet=not verbose) as console, watch_progress(console.progress):
+            CONSOLE = console
+            console.say(f"e2e3d demo: Airflow's logs go to {log_path}" if not verbose else "e2e3d demo")
+            code = _run_demo(work, keep_stack, stack_dir, workers)
+    finally:
+        CONSOLE = None
+        if keep_stack:
+            print(f"kept: the demo's Airflow home and data in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if code != 0:
+        print(f"e2e3d demo failed: see {log_path}", file=sys.stderr)
+    return code
+
+
+def _run_demo(work: Path, keep_stack: bool, stack_dir: Path | None, workers: int) -> int:
+    started = time.monotonic()
     base = Path(stack_dir) if stack_dir else (stack.default_stack_dir() if keep_stack else work / "stack")
     airflow_home = work / "airflow"
     airflow_home.mkdir()
@@ -151,7 +241,8 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None, workers: i
         airflow = Path(sys.executable).parent / "airflow"
         migrated = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True)
         if migrated.returncode != 0:
-            print(migrated.stderr[-3000:], file=sys.stderr)
+            print(migrated.stderr[-3000:], file=sys.stderr)  # into the log file
+            _out("airflow db migrate failed: see the log")
             return 1
 
         from e2e3d_provider.hooks.metadata import MetadataHook
@@ -176,20 +267,20 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None, workers: i
         if workers > 1:
             state = _run_on_workers(info, work, workers, job_id, started)
         else:
-            _say(f"running DAG e2e3d_reconstruction for job {job_id} (dag.test)", started)
+            _say(f"running DAG e2e3d_reconstruction for job {job_id} (dag.test), one line per task:", started)
             dag = _load_dag(dags_dir() / DAG_FILE)
+            _listen_for_tasks(metadata)
             dag_run = dag.test(run_conf={"dataset": SAMPLE_DATASET, "job_id": job_id})
-            states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
-            _say(f"DAG run {dag_run.state}: " + ", ".join(f"{t}={s}" for t, s in states.items()), started)
+            _say(f"DAG run {dag_run.state}", started)
             state = str(dag_run.state)
         if _report(storage, metadata, job_id, state) != 0:
             return 1
         _say("done", started)
         if not keep_stack:
-            print("\nthe stack stops now, and these URLs with it: rerun with --keep-stack to keep them working")
+            _out("the stack stops now, and these URLs with it: rerun with --keep-stack to keep them working")
         else:
-            print(
-                f'\nthe stack keeps running: eval "$(e2e3d stack env{" --dir " + str(base) if stack_dir else ""})" '
+            _out(
+                f'the stack keeps running: eval "$(e2e3d stack env{" --dir " + str(base) if stack_dir else ""})" '
                 "to use it, `e2e3d stack down` to stop it"
             )
         return 0

@@ -468,6 +468,19 @@ class MetadataHook(PostgresHook):
                 }
             return out
 
+    def task_transfers(self, key_prefix: str) -> tuple[int, int, float]:
+        """Files, bytes and seconds of the transfers whose key starts with ``key_prefix`` (one task's:
+        ``<dag_id>/<run_id>/<task_id>``)."""
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"""SELECT coalesce(sum(files), 0), coalesce(sum(bytes), 0), coalesce(sum(seconds), 0)
+                    FROM {SCHEMA}.transfers WHERE transfer_key = %s
+                      OR starts_with(transfer_key, %s || '/') OR starts_with(transfer_key, %s || ':')""",
+                (key_prefix,) * 3,
+            )
+            files, nbytes, seconds = cur.fetchone()
+            return int(files), int(nbytes), float(seconds)
+
     def record_storage_stats(self, stats: Sequence[dict[str, Any]]) -> int:
         """Bulk-insert ``{bucket, prefix, objects, bytes}`` snapshots taken now (with ``versions``,
         ``stored_bytes`` and ``delete_markers`` where the snapshot has them)."""
