@@ -80,10 +80,18 @@ def e2e3d_maintenance() -> None:
     def storage_statistics() -> dict[str, Any]:
         return maintenance.record_statistics(StorageHook(), MetadataHook())
 
+    @task
+    def trim_telemetry() -> dict[str, int]:
+        """Access log, storage errors, worker disks, transfers and snapshots older than the retention."""
+        metadata = MetadataHook()
+        days = maintenance.setting(metadata, maintenance.CONFIG_TELEMETRY_DAYS)
+        return maintenance.trim_telemetry(metadata, days)
+
     # health gates everything: nothing archives, deletes or counts while storage or PostgreSQL is down
     checked = health()
     checked >> clean_temp()
     checked >> reconcile_jobs()
+    checked >> trim_telemetry()
     checked >> archive_completed() >> apply_retention() >> storage_statistics()
 
 

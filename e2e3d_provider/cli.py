@@ -96,6 +96,82 @@ def cmd_migrate_inputs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from e2e3d_provider.devstack.console import human_bytes
+    from e2e3d_provider.hooks.metadata import MetadataHook
+    from e2e3d_provider.lifecycle.dashboard import dashboard_figures
+
+    d = dashboard_figures(MetadataHook(args.metadata_conn_id), args.days)
+
+    def table(title: str, header: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+        print(f"\n{title}")
+        cells = [tuple(str(c) for c in header), *[tuple(str(c) for c in row) for row in rows]]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+        for row in cells:
+            padded = (c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            print("  " + "  ".join(padded))
+
+    print(f"E2E3D storage, last {d['days']:g} days (PostgreSQL)")
+    table(
+        "space per bucket (latest snapshot)",
+        ("bucket", "objects", "bytes", "growth/day"),
+        [(b, s["objects"][-1], s["bytes"][-1], human_bytes(s["bytes_per_day"])) for b, s in sorted(d["space"].items())],
+    )
+    st = d["storage"]
+    capacity = (
+        human_bytes(st["capacity"]) if st["capacity"] else "no capacity set (e2e3d.config storage_capacity_bytes)"
+    )
+    print(
+        f"  object storage: {human_bytes(st['bytes'])}, +{human_bytes(st['bytes_per_day'])}/day, capacity {capacity}"
+        + (f", full {st['full_at']} ({st['days_left']} days)" if st["full_at"] else "")
+    )
+    table(
+        "worker data-root disks (latest sweep)",
+        ("host", "used", "total", "cache", "growth/day", "full at"),
+        [
+            (
+                h,
+                human_bytes(s["used"][-1]),
+                human_bytes(s["total"]),
+                human_bytes(s["cache"][-1]),
+                human_bytes(s["bytes_per_day"]),
+                s["full_at"] or "-",
+            )
+            for h, s in sorted(d["disks"].items())
+        ],
+    )
+    table(
+        "transfers",
+        ("direction", "bytes", "best hour MB/s"),
+        [(k, sum(s["bytes"]), max(s["mb_per_s"] or [0])) for k, s in sorted(d["throughput"].items())],
+    )
+    cache = d["cache"]
+    print(
+        f"  cache hit ratio (downloads): {cache['hit_ratio'] if cache['hit_ratio'] is not None else '-'} "
+        f"({cache['skipped_bytes']} of {cache['requested_bytes']} bytes already local)"
+    )
+    table("storage errors", ("operation", "errors"), [(k, sum(s["errors"])) for k, s in sorted(d["errors"].items())])
+    table("top jobs by downloads", ("job", "downloads"), [(j["job_id"], j["downloads"]) for j in d["top_jobs"]])
+    table(
+        "top datasets by downloads",
+        ("dataset", "downloads"),
+        [(j["dataset"], j["downloads"]) for j in d["top_datasets"]],
+    )
+    table(
+        "requests by hour (UTC)",
+        ("hour", "requests"),
+        [(f"{h:02d}", n) for h, n in enumerate(d["requests_by_hour"]) if n],
+    )
+    table(
+        "jobs",
+        ("status", "jobs", "mean s", "max s"),
+        [(j["status"], j["jobs"], j["mean_seconds"] or "-", j["max_seconds"] or "-") for j in d["jobs"]],
+    )
+    for warning in d["warnings"]:
+        print(f"\nWARNING: {warning}")
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.storage import StorageHook
     from e2e3d_provider.lifecycle.publish import fetch_published
@@ -154,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
     ing.add_argument("--skip-invalid", action="store_true", help="skip non-image files instead of failing")
     ing.set_defaults(func=cmd_ingest)
+
+    stats = sub.add_parser("stats", help="the storage dashboard's figures as tables (from PostgreSQL)")
+    stats.add_argument("--days", type=float, default=30.0)
+    stats.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
+    stats.set_defaults(func=cmd_stats)
 
     mig = sub.add_parser(
         "migrate-inputs",

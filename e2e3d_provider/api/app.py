@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from airflow.configuration import conf
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from e2e3d_provider import __version__
 from e2e3d_provider.api.auth import authorized_user
@@ -60,8 +61,10 @@ from e2e3d_provider.exceptions import (
     StorageError,
     StorageUnreachableError,
 )
+from e2e3d_provider.hooks import telemetry
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.dashboard import dashboard_figures
 from e2e3d_provider.lifecycle.datasets import adopt_loose, dataset_view, read_dataset
 from e2e3d_provider.lifecycle.publish import read_published_manifest, verify_remote
 
@@ -124,6 +127,16 @@ def checked_id(value: str, kind: str) -> str:
 
 
 protected = APIRouter(prefix="/api", dependencies=[Depends(authorized_user)])
+UserDep = Annotated[Any, Depends(authorized_user)]  # the same dependency: FastAPI runs it once a request
+
+
+def _name(user: Any) -> str | None:
+    try:
+        return str(user.get_name())
+    except Exception:
+        return None
+
+
 public = APIRouter(prefix="/api")
 
 
@@ -140,6 +153,7 @@ public = APIRouter(prefix="/api")
 def job_results(
     job_id: str,
     b: BackendsDep,
+    user: UserDep,
     expires: Annotated[
         int, Query(ge=1, le=MAX_EXPIRY, description="seconds the URLs stay valid (max 7 days)")
     ] = DEFAULT_EXPIRY,
@@ -193,6 +207,11 @@ def job_results(
                 f"(levels: {', '.join(map(str, levels)) or 'none: it was published without right-sizing'})",
             )
     files = [_result_file(b.storage, bucket, prefix, e, ttl, manifest.files) for e in chosen]
+    for f in files:  # the access log: every URL handed out (batched; never fails the request)
+        variant = None if f.role in (None, "original", "intermediate") else f"{f.role}{f.level or 0}"
+        telemetry.access("download", bucket, f.key, actor=_name(user), job_id=job_id, variant=variant)
+        for t in f.tiles or []:
+            telemetry.access("download", bucket, t.key, actor=_name(user), job_id=job_id, variant=f"tile{t.level}")
     by_path = {f.path: f.url for f in _result_files_of(files)}
     return JobResults(
         job_id=job_id,
@@ -292,7 +311,7 @@ def _groups(
         422: {"description": "malformed dataset id, file names or sizes"},
     },
 )
-def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> UploadGrant:
+def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep, user: UserDep) -> UploadGrant:
     """Pre-signed PUT URLs so a client uploads input images straight to object storage.
 
     Each URL creates one new object of the declared size, once: it signs ``If-None-Match: *`` and the
@@ -337,6 +356,8 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep) -> Upload
             [f"{name!r} is already stored in dataset {dataset!r}; upload it under a new name" for name in taken],
         )
     ttl = timedelta(seconds=body.expires)
+    for name in files:
+        telemetry.access("upload", BUCKET_INPUT, prefix + name, actor=_name(user), dataset=dataset)
     sizes = {sha: b.storage.stat(BUCKET_INPUT, blob_key(sha)) for sha in set(declared.values())}
     reused = {name: sha for name, sha in declared.items() if (o := sizes[sha]) is not None and o.size == files[name]}
     return UploadGrant(
@@ -437,6 +458,40 @@ def health(b: BackendsDep) -> Any:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
+@protected.get("/dashboard", tags=["storage"])
+def dashboard_data(b: BackendsDep, days: Annotated[float, Query(gt=0, le=366)] = 30.0) -> dict[str, Any]:
+    """Every figure of the storage dashboard (space and its projection, throughput, cache hit ratio,
+    errors, top downloads, requests by hour, jobs), from PostgreSQL."""
+    return dashboard_figures(b.metadata, days)
+
+
+pages = APIRouter(include_in_schema=False)
+STATIC = Path(__file__).parent / "static"
+
+
+@pages.get("/dashboard", response_class=HTMLResponse)
+def dashboard_page(user: UserDep) -> HTMLResponse:
+    """The storage dashboard (the Airflow UI's nav entry opens it; the UI's login cookie authenticates)."""
+    return HTMLResponse((STATIC / "dashboard.html").read_text())
+
+
+@pages.get("/static/dashboard.js")
+def dashboard_script() -> FileResponse:
+    return FileResponse(STATIC / "dashboard.js", media_type="text/javascript")
+
+
+@pages.get("/static/plotly.min.js")
+def plotly_script() -> FileResponse:
+    """plotly.js as the plotly package ships it: the dashboard needs no internet."""
+    import plotly
+
+    return FileResponse(
+        Path(plotly.__file__).parent / "package_data" / "plotly.min.js",
+        media_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
+
+
 def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = None) -> FastAPI:
     """The results API as a FastAPI app (the plugin mounts one under ``/e2e3d``). Without connection ids,
     ``[e2e3d] minio_conn_id`` / ``metadata_conn_id`` from Airflow's configuration are read at first use,
@@ -450,6 +505,7 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
     app.state.backends = Backends(minio_conn_id, metadata_conn_id)
     app.include_router(public)
     app.include_router(protected)
+    app.include_router(pages)
 
     # Error bodies name the connection id and what failed, never hosts or ports; the server log keeps all.
     failures: list[tuple[type[Exception], str, str, int]] = [  # most specific first

@@ -7,7 +7,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ from e2e3d_provider.hooks.metadata_schema import (
     SCHEMA,
     SCHEMA_VERSION,
     STATUSES,
+    TELEMETRY_TABLES,
     TRANSITIONS,
 )
 
@@ -412,6 +413,7 @@ class MetadataHook(PostgresHook):
         files: int = 0,
         bytes: int = 0,
         skipped_files: int = 0,
+        skipped_bytes: int = 0,
         seconds: float = 0.0,
         ok: bool = True,
         error: str | None = None,
@@ -423,11 +425,11 @@ class MetadataHook(PostgresHook):
         with self._migrated_transaction() as cur:
             cur.execute(
                 f"""INSERT INTO {SCHEMA}.transfers (transfer_key, job_id, stamp, direction, bucket, prefix, files,
-                        bytes, skipped_files, seconds, ok, error)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                        bytes, skipped_files, skipped_bytes, seconds, ok, error)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                     ON CONFLICT (transfer_key) DO UPDATE SET files = EXCLUDED.files, bytes = EXCLUDED.bytes,
-                        skipped_files = EXCLUDED.skipped_files, seconds = EXCLUDED.seconds, ok = EXCLUDED.ok,
-                        error = EXCLUDED.error, created_at = now()
+                        skipped_files = EXCLUDED.skipped_files, skipped_bytes = EXCLUDED.skipped_bytes,
+                        seconds = EXCLUDED.seconds, ok = EXCLUDED.ok, error = EXCLUDED.error, created_at = now()
                     RETURNING id""",
                 (
                     transfer_key,
@@ -439,6 +441,7 @@ class MetadataHook(PostgresHook):
                     files,
                     bytes,
                     skipped_files,
+                    skipped_bytes,
                     seconds,
                     ok,
                     error,
@@ -466,6 +469,79 @@ class MetadataHook(PostgresHook):
                     "errors": int(errors),
                     "mb_per_s": round(int(nbytes) / 1e6 / float(seconds), 2) if seconds else 0.0,
                 }
+            return out
+
+    def record_telemetry(self, batch: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+        """Insert batches of telemetry rows (table -> rows; tables and columns of ``TELEMETRY_TABLES``)."""
+        written = 0
+        with self._migrated_transaction() as cur:
+            for table, rows in batch.items():
+                columns = TELEMETRY_TABLES[table]
+                if not rows:
+                    continue
+                placeholders = ", ".join(["%s"] * len(columns))
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.{table} ({', '.join(columns)}) VALUES ({placeholders})",
+                    [tuple(row.get(column) for column in columns) for row in rows],
+                )
+                written += len(rows)
+        return written
+
+    def trim_telemetry(self, keep_days: float) -> dict[str, int]:
+        """Delete telemetry rows (and transfer records, storage snapshots) older than ``keep_days``."""
+        removed = {}
+        with self._migrated_transaction() as cur:
+            aged = [*((t, "at") for t in TELEMETRY_TABLES), ("transfers", "created_at"), ("storage_stats", "taken_at")]
+            for table, column in aged:
+                cur.execute(
+                    f"DELETE FROM {SCHEMA}.{table} WHERE {column} < now() - make_interval(secs => %s)",
+                    (keep_days * 86400,),
+                )
+                removed[table] = cur.rowcount
+        return removed
+
+    def dashboard_rows(self, days: float = 30.0) -> dict[str, list[tuple[Any, ...]]]:
+        """The raw series behind the storage dashboard, over the last ``days`` (one query each)."""
+        queries = {
+            # bucket, when, objects, bytes: every snapshot the maintenance DAG took
+            "space": f"""SELECT bucket, taken_at, objects, bytes FROM {SCHEMA}.storage_stats
+                         WHERE prefix = '' AND taken_at >= now() - make_interval(secs => %(secs)s)
+                         ORDER BY bucket, taken_at""",
+            # host, when, total, used, cache: every worker's data-root disk, as its sweeps found it
+            "disks": f"""SELECT host, at, total_bytes, used_bytes, cache_bytes FROM {SCHEMA}.worker_disks
+                         WHERE at >= now() - make_interval(secs => %(secs)s) ORDER BY host, at""",
+            # hour, direction, bytes moved, seconds busy, bytes skipped
+            "throughput": f"""SELECT date_trunc('hour', created_at) AS hour, direction, sum(bytes), sum(seconds),
+                                     sum(skipped_bytes)
+                              FROM {SCHEMA}.transfers WHERE created_at >= now() - make_interval(secs => %(secs)s)
+                              GROUP BY 1, 2 ORDER BY 1, 2""",
+            # hour, operation, errors
+            "errors": f"""SELECT date_trunc('hour', at), operation, count(*) FROM {SCHEMA}.storage_errors
+                          WHERE at >= now() - make_interval(secs => %(secs)s) GROUP BY 1, 2 ORDER BY 1, 2""",
+            # job, downloads (URLs handed out)
+            "top_jobs": f"""SELECT job_id, count(*) FROM {SCHEMA}.access_log
+                            WHERE action = 'download' AND job_id IS NOT NULL
+                              AND at >= now() - make_interval(secs => %(secs)s)
+                            GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10""",
+            # dataset, downloads of its jobs' results
+            "top_datasets": f"""SELECT j.dataset, count(*) FROM {SCHEMA}.access_log a
+                                JOIN (SELECT DISTINCT job_id, dataset FROM {SCHEMA}.jobs) j USING (job_id)
+                                WHERE a.action = 'download' AND a.at >= now() - make_interval(secs => %(secs)s)
+                                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10""",
+            # hour of the day (UTC), requests (URLs and upload grants)
+            "by_hour": f"""SELECT extract(hour FROM at AT TIME ZONE 'UTC')::int, count(*) FROM {SCHEMA}.access_log
+                           WHERE at >= now() - make_interval(secs => %(secs)s) GROUP BY 1 ORDER BY 1""",
+            # status, jobs, mean and longest seconds from start to finish
+            "jobs": f"""SELECT status, count(*),
+                               avg(extract(epoch FROM finished_at - started_at)),
+                               max(extract(epoch FROM finished_at - started_at))
+                        FROM {SCHEMA}.jobs GROUP BY 1 ORDER BY 1""",
+        }
+        with self._migrated_transaction() as cur:
+            out = {}
+            for name, sql in queries.items():
+                cur.execute(sql, {"secs": days * 86400})
+                out[name] = cur.fetchall()
             return out
 
     def task_transfers(self, key_prefix: str) -> tuple[int, int, float]:

@@ -128,6 +128,52 @@ MIGRATIONS.append(
     """,
     )
 )
+MIGRATIONS.append(
+    (
+        5,
+        "telemetry: bytes skipped per transfer, the API's access log, storage errors, worker disks",
+        f"""
+        ALTER TABLE {SCHEMA}.transfers ADD COLUMN IF NOT EXISTS skipped_bytes bigint NOT NULL DEFAULT 0;
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.access_log (
+            id       bigserial   PRIMARY KEY,
+            at       timestamptz NOT NULL DEFAULT now(),
+            actor    text,
+            action   text        NOT NULL CHECK (action IN ('download', 'upload')),
+            job_id   text,
+            dataset  text,
+            bucket   text        NOT NULL,
+            key      text        NOT NULL,
+            variant  text
+        );
+        CREATE INDEX IF NOT EXISTS access_log_at_idx ON {SCHEMA}.access_log (at);
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.storage_errors (
+            id          bigserial   PRIMARY KEY,
+            at          timestamptz NOT NULL DEFAULT now(),
+            operation   text        NOT NULL,
+            bucket      text,
+            error_class text        NOT NULL,
+            host        text
+        );
+        CREATE INDEX IF NOT EXISTS storage_errors_at_idx ON {SCHEMA}.storage_errors (at);
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.worker_disks (
+            id          bigserial   PRIMARY KEY,
+            at          timestamptz NOT NULL DEFAULT now(),
+            host        text        NOT NULL,
+            data_root   text        NOT NULL,
+            total_bytes bigint      NOT NULL,
+            used_bytes  bigint      NOT NULL,
+            cache_bytes bigint      NOT NULL DEFAULT 0
+        );
+        CREATE INDEX IF NOT EXISTS worker_disks_idx ON {SCHEMA}.worker_disks (host, at);
+    """,
+    )
+)
+#: telemetry tables and the columns a batch of rows may fill (the maintenance DAG trims them by ``at``)
+TELEMETRY_TABLES = {
+    "access_log": ("at", "actor", "action", "job_id", "dataset", "bucket", "key", "variant"),
+    "storage_errors": ("at", "operation", "bucket", "error_class", "host"),
+    "worker_disks": ("at", "host", "data_root", "total_bytes", "used_bytes", "cache_bytes"),
+}
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 JOB_COLUMNS = (

@@ -47,7 +47,7 @@ from e2e3d_provider.exceptions import (
     StorageError,
     StorageUnreachableError,
 )
-from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID
+from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, telemetry
 
 LIFECYCLE_RULE_ID = "e2e3d-expire-noncurrent"
 #: the largest object one CopyObject request may copy (larger ones are composed from parts)
@@ -242,9 +242,18 @@ class StorageHook(BaseHook):
         )
 
     def translate(self, err: BaseException, what: str = "") -> BaseException:
-        """Turn a client error into a :class:`StorageError` that names the connection and the fix."""
+        """Turn a client error into a :class:`StorageError` that names the connection and the fix; each
+        failure (after its retries) is counted by operation, bucket and error class, except a lookup's
+        "no such object", which is an answer."""
         if isinstance(err, StorageError):
             return err
+        translated = self._translate(err, what)
+        if not isinstance(translated, ObjectNotFoundError):
+            operation, _, target = what.partition(" ")
+            telemetry.storage_error(operation or "storage", target.split("/", 1)[0] or None, translated)
+        return translated
+
+    def _translate(self, err: BaseException, what: str) -> BaseException:
         where = f" ({what})" if what else ""
         conn = f"connection {self.minio_conn_id!r} at {self.endpoint_url}"
         if isinstance(err, S3Error):
@@ -492,6 +501,9 @@ class StorageHook(BaseHook):
         return True
 
     def _log_result(self, result: TransferResult) -> None:
+        telemetry.transfer_metrics(
+            result.direction, result.bucket, result.files, result.bytes, result.skipped_bytes, result.seconds
+        )
         self.log.info(
             "%s %s/%s: %d sent (%.1f MB), %d unchanged (%.1f MB) in %.2fs, %.1f MB/s",
             result.direction,

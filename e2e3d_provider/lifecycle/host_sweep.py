@@ -11,12 +11,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from e2e3d_provider.hooks import telemetry
 from e2e3d_provider.lifecycle.input_cache import trim
 from e2e3d_provider.lifecycle.scratch import clean_temp
 
@@ -67,12 +69,15 @@ def sweep_host(
         cache = trim(root, bounds.cache_max_bytes, bounds.cache_max_age_hours, now=now)
         stamp.touch()
         os.utime(stamp, (now, now))
-    done = {"host": socket.gethostname(), "temp": temp, "cache": cache.to_dict()}
+    host = socket.gethostname()
+    done = {"host": host, "temp": temp, "cache": cache.to_dict()}
+    disk = shutil.disk_usage(root)  # for the dashboard's projection of when this worker's disk fills
+    telemetry.worker_disk(host, str(root), disk.total, disk.used, cache.held_bytes)
     log.info(
         "swept %s on %s: %d temp dirs removed, %d cached datasets and %d cached images removed (%d bytes), "
         "cache holds %d bytes",
         root,
-        done["host"],
+        host,
         temp["removed"],
         len(cache.removed_datasets),
         cache.removed_blobs,

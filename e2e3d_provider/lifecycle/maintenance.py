@@ -4,6 +4,7 @@ health. Each is idempotent."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,14 +14,18 @@ from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.archive import archive_completed as archive_completed
+from e2e3d_provider.lifecycle.dashboard import dashboard_figures
 from e2e3d_provider.lifecycle.reconcile import reconcile_running_jobs as reconcile_running_jobs
 from e2e3d_provider.lifecycle.retention import apply_retention as apply_retention
 from e2e3d_provider.lifecycle.scratch import clean_temp as clean_temp
 
+log = logging.getLogger(__name__)
+
 #: configuration keys read from PostgreSQL (e2e3d.config) when a DAG param does not set the value
 CONFIG_TEMP_MAX_AGE_HOURS = "temp_max_age_hours"
 CONFIG_RETENTION_DAYS = "output_retention_days"
-DEFAULTS = {CONFIG_TEMP_MAX_AGE_HOURS: 24, CONFIG_RETENTION_DAYS: 30}
+CONFIG_TELEMETRY_DAYS = "telemetry_retention_days"
+DEFAULTS = {CONFIG_TEMP_MAX_AGE_HOURS: 24, CONFIG_RETENTION_DAYS: 30, CONFIG_TELEMETRY_DAYS: 90}
 
 
 def setting(metadata: MetadataHook, key: str, override: float | None = None) -> float:
@@ -51,8 +56,18 @@ def record_statistics(
 
 
 def check_health(storage: StorageHook, metadata: MetadataHook) -> dict[str, Any]:
-    """Reachability of object storage and PostgreSQL; raises if either is down."""
+    """Reachability of object storage and PostgreSQL (raises if either is down), and warnings when object
+    storage or a worker's data root fills within two weeks at its current growth rate (logged, returned)."""
     health = {"storage": storage.health(), "metadata": metadata.health()}
     if not (health["storage"]["ok"] and health["metadata"]["ok"]):
         raise E2E3DError(f"unhealthy: {health}")
-    return {name: {"ok": part["ok"]} for name, part in health.items()}
+    result: dict[str, Any] = {name: {"ok": part["ok"]} for name, part in health.items()}
+    result["warnings"] = dashboard_figures(metadata)["warnings"]
+    for warning in result["warnings"]:
+        log.warning("health: %s", warning)
+    return result
+
+
+def trim_telemetry(metadata: MetadataHook, keep_days: float) -> dict[str, int]:
+    """Drop access-log, error, worker-disk, transfer and storage-snapshot rows older than ``keep_days``."""
+    return metadata.trim_telemetry(keep_days)

@@ -106,6 +106,7 @@ def record_transfer(metadata: MetadataHook, transfer: TransferResult, transfer_k
         files=transfer.files,
         bytes=transfer.bytes,
         skipped_files=transfer.skipped_files,
+        skipped_bytes=transfer.skipped_bytes,
         seconds=transfer.seconds,
         **fields,
     )

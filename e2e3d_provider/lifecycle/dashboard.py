@@ -1,0 +1,116 @@
+"""The storage dashboard's figures: space per bucket and per worker disk with fill projections, throughput,
+cache hit ratio, errors, top downloads, requests by hour, jobs. One function serves the dashboard page,
+``e2e3d stats`` and the health check's warnings."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from e2e3d_provider.core.projection import project
+from e2e3d_provider.hooks.metadata import MetadataHook
+
+#: e2e3d.config key: the object store's capacity in bytes (buckets are projected against it when set)
+CONFIG_STORAGE_CAPACITY = "storage_capacity_bytes"
+#: a projected fill within this many days is a health warning
+WARN_DAYS = 14.0
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds")
+
+
+def dashboard_figures(metadata: MetadataHook, days: float = 30.0) -> dict[str, Any]:
+    """Every figure of the dashboard, JSON-safe, from PostgreSQL (what the maintenance DAG, the transfers,
+    the API's access log, the storage errors and the workers' sweeps recorded)."""
+    rows = metadata.dashboard_rows(days)
+    capacity_value = metadata.get_config(CONFIG_STORAGE_CAPACITY, None)
+    capacity = int(capacity_value) if capacity_value else None
+    warnings: list[str] = []
+
+    space: dict[str, dict[str, Any]] = {}
+    for bucket, when, objects, nbytes in rows["space"]:
+        series = space.setdefault(bucket, {"at": [], "bytes": [], "objects": []})
+        series["at"].append(_iso(when))
+        series["bytes"].append(int(nbytes))
+        series["objects"].append(int(objects))
+    total_samples: dict[datetime, int] = defaultdict(int)
+    for _bucket, when, _objects, nbytes in rows["space"]:
+        total_samples[when.replace(second=0, microsecond=0)] += int(nbytes)
+    for series in space.values():
+        samples = [(datetime.fromisoformat(t), b) for t, b in zip(series["at"], series["bytes"], strict=True)]
+        p = project(samples, None)
+        series["bytes_per_day"] = round(p.bytes_per_day)
+    store = project(sorted(total_samples.items()), capacity)
+    storage = {
+        "capacity": capacity,
+        "bytes": store.latest_bytes,
+        "bytes_per_day": round(store.bytes_per_day),
+        "full_at": _iso(store.full_at) if store.full_at else None,
+        "days_left": None if store.days_left is None else round(store.days_left, 1),
+    }
+    if store.days_left is not None and store.days_left < WARN_DAYS:
+        warnings.append(f"object storage fills in {store.days_left:.1f} days at the current growth rate")
+
+    disks: dict[str, dict[str, Any]] = {}
+    for host, when, total, used, cache in rows["disks"]:
+        series = disks.setdefault(host, {"at": [], "used": [], "cache": [], "total": int(total)})
+        series["at"].append(_iso(when))
+        series["used"].append(int(used))
+        series["cache"].append(int(cache))
+        series["total"] = int(total)
+    for host, series in disks.items():
+        samples = [(datetime.fromisoformat(t), u) for t, u in zip(series["at"], series["used"], strict=True)]
+        p = project(samples, series["total"])
+        series["bytes_per_day"] = round(p.bytes_per_day)
+        series["full_at"] = _iso(p.full_at) if p.full_at else None
+        series["days_left"] = None if p.days_left is None else round(p.days_left, 1)
+        if p.days_left is not None and p.days_left < WARN_DAYS:
+            warnings.append(f"worker {host}'s data root fills in {p.days_left:.1f} days at the current growth rate")
+
+    throughput: dict[str, dict[str, list[Any]]] = {}
+    moved = skipped = 0
+    for hour, direction, nbytes, seconds, skipped_bytes in rows["throughput"]:
+        series = throughput.setdefault(direction, {"at": [], "mb_per_s": [], "bytes": []})
+        series["at"].append(_iso(hour))
+        series["bytes"].append(int(nbytes or 0))
+        series["mb_per_s"].append(round(int(nbytes or 0) / 1e6 / float(seconds), 3) if seconds else 0.0)
+        if direction == "download":
+            moved += int(nbytes or 0)
+            skipped += int(skipped_bytes or 0)
+    requested = moved + skipped
+    errors: dict[str, dict[str, list[Any]]] = {}
+    for hour, operation, count in rows["errors"]:
+        series = errors.setdefault(operation, {"at": [], "errors": []})
+        series["at"].append(_iso(hour))
+        series["errors"].append(int(count))
+    by_hour = [0] * 24
+    for hour, count in rows["by_hour"]:
+        by_hour[int(hour)] = int(count)
+    return {
+        "days": days,
+        "space": space,
+        "storage": storage,
+        "disks": disks,
+        "throughput": throughput,
+        "cache": {
+            "requested_bytes": requested,
+            "skipped_bytes": skipped,
+            "hit_ratio": round(skipped / requested, 4) if requested else None,
+        },
+        "errors": errors,
+        "top_jobs": [{"job_id": j, "downloads": int(n)} for j, n in rows["top_jobs"]],
+        "top_datasets": [{"dataset": d, "downloads": int(n)} for d, n in rows["top_datasets"]],
+        "requests_by_hour": by_hour,
+        "jobs": [
+            {
+                "status": status,
+                "jobs": int(n),
+                "mean_seconds": None if mean is None else round(float(mean), 1),
+                "max_seconds": None if longest is None else round(float(longest), 1),
+            }
+            for status, n, mean, longest in rows["jobs"]
+        ],
+        "warnings": warnings,
+    }

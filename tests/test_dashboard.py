@@ -1,0 +1,191 @@
+"""The storage dashboard, as a person sees it: a lifecycle run on the real stack, the API serving the
+dashboard, headless Chromium opening it with the Airflow UI's login cookie; every chart drawn with data
+points, every figure equal to what PostgreSQL holds. Also the telemetry behind it: the access log, storage
+errors, worker disks, and the metrics that go out through Airflow's Stats."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from e2e3d_provider.api.app import create_app
+from e2e3d_provider.hooks import telemetry
+from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle import maintenance
+from e2e3d_provider.lifecycle.host_sweep import ScratchBounds, sweep_host
+from e2e3d_provider.lifecycle.ingest import ingest
+from tests.conftest import load_repo_dag
+from tests.test_api import ROLES, as_user, serve, token
+
+SAMPLE = Path(__file__).resolve().parents[1] / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
+CHARTS = (
+    "space",
+    "objects",
+    "disks",
+    "throughput",
+    "cache",
+    "errors",
+    "top-jobs",
+    "top-datasets",
+    "by-hour",
+    "jobs",
+)
+#: where the README's screenshot comes from: E2E3D_SCREENSHOT=docs/dashboard.png pytest tests/test_dashboard.py
+SCREENSHOT_ENV = "E2E3D_SCREENSHOT"
+
+
+@pytest.fixture(scope="module")
+def api(airflow_db, connections):
+    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,runner:user"
+    url, server, thread = serve(create_app())
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+def query(metadata: MetadataHook, sql: str) -> list[tuple]:
+    with metadata.transaction() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+def test_the_dashboard_draws_every_chart_with_the_figures_postgresql_holds(
+    api: str,
+    airflow_db,
+    storage: StorageHook,
+    metadata: MetadataHook,
+    browser,
+    tmp_path: Path,
+    unique_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    data_root = tmp_path / "data"
+    monkeypatch.setenv("E2E3D_DATA_ROOT", str(data_root))
+    dataset = f"ds-{unique_id}"
+    ingest(storage, SAMPLE, dataset)
+    maintenance.record_statistics(storage, metadata)  # a first snapshot, then growth
+    dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
+    run = dag.test(run_conf={"dataset": dataset, "job_id": unique_id})
+    assert str(run.state) == "success"
+    time.sleep(1.1)
+    maintenance.record_statistics(storage, metadata)
+    for _ in range(3):  # someone downloads the results three times: 3 x every URL in the access log
+        assert httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer")).status_code == 200
+    grant = httpx.post(
+        f"{api}/api/datasets/{dataset}-more/uploads",
+        json={"files": [{"name": "x.jpg", "bytes": 10}]},
+        headers=as_user("runner"),
+    )
+    assert grant.status_code == 200
+    with pytest.raises(Exception, match="does not exist"):  # a failed storage operation: counted
+        storage.list_objects("no-such-bucket-here")
+    sweep_host(data_root, ScratchBounds(), force=True)  # this worker's disk, as every sweep records it
+    telemetry.flush()
+
+    browser.get(f"{api}/api/health")  # the cookie belongs to the API's origin, as the UI's login sets it
+    browser.add_cookie({"name": "_token", "value": token("viewer", ROLES["viewer"]), "path": "/"})
+    browser.get(f"{api}/dashboard")
+    WebDriverWait(browser, 90).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true", browser.find_element(
+        By.ID, "error"
+    ).text
+    for chart in CHARTS:
+        element = browser.find_element(By.ID, f"chart-{chart}")
+        assert int(element.get_attribute("data-points") or 0) > 0, chart
+        assert element.find_elements(By.CSS_SELECTOR, "svg.main-svg"), chart  # plotly drew it
+
+    shown = {
+        td.get_attribute("data-key"): td.text for td in browser.find_elements(By.CSS_SELECTOR, "#figures td[data-key]")
+    }
+    latest = query(
+        metadata,
+        f"""SELECT DISTINCT ON (bucket) bucket, objects, bytes FROM {SCHEMA}.storage_stats
+            WHERE prefix = '' ORDER BY bucket, taken_at DESC""",
+    )
+    for bucket, objects, nbytes in latest:
+        assert (shown[f"objects:{bucket}"], shown[f"bytes:{bucket}"]) == (str(objects), str(nbytes)), bucket
+    for status, count in query(metadata, f"SELECT status, count(*) FROM {SCHEMA}.jobs GROUP BY 1"):
+        assert shown[f"jobs:{status}"] == str(count), status
+    (requests,) = query(metadata, f"SELECT count(*) FROM {SCHEMA}.access_log WHERE at >= now() - interval '30 days'")[0]
+    assert shown["requests"] == str(requests) and requests >= 3 * 20 + 1
+    (moved, skipped) = query(
+        metadata,
+        f"""SELECT coalesce(sum(bytes), 0), coalesce(sum(skipped_bytes), 0) FROM {SCHEMA}.transfers
+            WHERE direction = 'download' AND created_at >= now() - interval '30 days'""",
+    )[0]
+    assert shown["cache-hit-ratio"] == str(round(skipped / (moved + skipped), 4)).rstrip("0").rstrip(".")
+    (host_rows,) = query(metadata, f"SELECT count(DISTINCT host) FROM {SCHEMA}.worker_disks")[0]
+    assert host_rows >= 1 and any(key.startswith("disk:") for key in shown)
+
+    # `e2e3d stats` prints the same numbers as a table
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "e2e3d"), "stats"], capture_output=True, text=True, check=True
+    ).stdout
+    for bucket, objects, nbytes in latest:
+        assert any(line.split()[:3] == [bucket, str(objects), str(nbytes)] for line in out.splitlines()), out
+    assert f"{unique_id}  " in out and "cache hit ratio (downloads):" in out and "list" in out
+
+    shot = tmp_path / "dashboard.png"
+    browser.set_window_size(1400, 2000)
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    if os.environ.get(SCREENSHOT_ENV):
+        shutil.copyfile(shot, Path(__file__).resolve().parents[1] / os.environ[SCREENSHOT_ENV])
+
+
+def test_the_access_log_and_error_rows_never_fail_what_they_describe(metadata: MetadataHook) -> None:
+    buffer = telemetry.RowBuffer(writer=lambda batch: (_ for _ in ()).throw(RuntimeError("PostgreSQL is down")))
+    buffer.add("access_log", {"action": "download", "bucket": "output", "key": "k"})
+    assert buffer.flush() == 0 and buffer.dropped == 1  # dropped with a warning, never raised
+    written = telemetry.RowBuffer(writer=metadata.record_telemetry)
+    written.add("storage_errors", {"operation": "probe", "bucket": "b", "error_class": "X", "host": "h"})
+    assert written.flush() == 1
+    assert query(metadata, f"SELECT count(*) FROM {SCHEMA}.storage_errors WHERE operation = 'probe'")[0][0] >= 1
+
+
+def test_metrics_go_out_through_airflow_stats(storage: StorageHook, tmp_path: Path) -> None:
+    from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
+    from airflow.sdk.observability.stats import Stats
+
+    calls: list[tuple] = []
+
+    class Recorder(NoStatsLogger):
+        def incr(self, stat, count=1, rate=1, *, tags=None):
+            calls.append(("incr", stat, count, tags))
+
+        def timing(self, stat, dt, *, tags=None):
+            calls.append(("timing", stat, dt, tags))
+
+    Stats.initialize(factory=Recorder, export_legacy_names=False)
+    try:
+        (tmp_path / "a.bin").write_bytes(b"x" * 1000)
+        storage.upload_dir(tmp_path, "output", "metrics-probe/")
+        with pytest.raises(Exception, match="does not exist"):
+            storage.list_objects("no-such-bucket-metrics")
+    finally:
+        Stats.initialize(factory=NoStatsLogger, export_legacy_names=False)
+    names = {(kind, stat) for kind, stat, *_ in calls}
+    assert {("incr", telemetry.METRIC_TRANSFER_BYTES), ("timing", telemetry.METRIC_TRANSFER_SECONDS)} <= names
+    sent = next(c for c in calls if c[1] == telemetry.METRIC_TRANSFER_BYTES)
+    assert sent[2] == 1000 and sent[3] == {"direction": "upload", "bucket": "output"}
+    error = next(c for c in calls if c[1] == telemetry.METRIC_STORAGE_ERRORS)
+    assert error[3]["error"] == "BucketNotFoundError"
+
+
+def test_the_plugin_puts_the_dashboard_in_the_ui_nav() -> None:
+    from e2e3d_provider.plugin import E2E3DPlugin
+
+    (view,) = E2E3DPlugin.external_views
+    assert view["href"] == "/e2e3d/dashboard" and view["destination"] == "nav" and view["url_route"]
