@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import Context
 
-from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT
+from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, output_prefix
 from e2e3d_provider.lifecycle.archive import archive_and_record
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import as_bool
@@ -51,6 +51,9 @@ class ArchiveOperator(E2E3DOperator):
             source_bucket=self.source_bucket,
             archive_bucket=self.archive_bucket,
             remove_source=as_bool(self.remove_source),
+        )
+        self.report_lineage(
+            [(self.source_bucket, output_prefix(result.job_id))], [(self.archive_bucket, result.archive_key)]
         )
         self.log.info(
             "archived %s (%d files, %d bytes) to %s%s",

@@ -52,6 +52,24 @@ class E2E3DOperator(BaseOperator):
         key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{suffix}" if ti else None
         record_transfer(self.metadata, transfer, key, **fields)
 
+    def report_lineage(self, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
+        """What this task read and wrote in object storage (``(bucket, key or prefix)`` pairs), for
+        :meth:`get_openlineage_facets_on_complete`."""
+        self._lineage = (inputs, outputs)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage input and output datasets, named as the amazon provider names S3 ones: namespace
+        ``s3://<bucket>``, name the key or prefix (no trailing slash)."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+        from openlineage.client.event_v2 import Dataset
+
+        inputs, outputs = getattr(self, "_lineage", ([], []))
+
+        def datasets(pairs: list[tuple[str, str]]) -> list[Dataset]:
+            return [Dataset(namespace=f"s3://{bucket}", name=name.rstrip("/") or "/") for bucket, name in pairs]
+
+        return OperatorLineage(inputs=datasets(inputs), outputs=datasets(outputs))
+
     def post_execute(self, context: Any, result: Any = None) -> None:
         """Sweep this worker's scratch (at most every ``[e2e3d] sweep_every_seconds``): how temp dirs and
         the input cache stay bounded on every worker, not only the one a maintenance DAG lands on. A sweep

@@ -100,6 +100,7 @@ class RightSizeOperator(E2E3DOperator):
             handed, sent = hand_off(self.storage, run_dir, job_id, stamp)
             self.record_transfer(context, sent, suffix=":handoff", job_id=job_id, stamp=stamp)
             result["handoff"] = handed.to_xcom()
+            self.report_lineage([(handed.bucket, handed.prefix)], [(handed.bucket, handed.prefix)])
             if rebuilt:  # a copy made on this host only for this task: scratch, now handed on
                 remove_tree(run_dir)
         self.log.info(

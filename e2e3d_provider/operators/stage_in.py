@@ -83,6 +83,10 @@ class StageInOperator(E2E3DOperator):
                 context, transfer, suffix=f"/{transfer.bucket}", job_id=staged.job_id, stamp=staged.stamp
             )
         xcom = staged.to_xcom()
+        inputs = [(staged.source["bucket"], staged.source["prefix"])]
+        if staged.models:
+            inputs.append((staged.models["bucket"], staged.models["prefix"]))
+        self.report_lineage(inputs, [])
         self.log.info(
             "staged %s: %d files (%d bytes transferred) into %s; run dir %s",
             staged.dataset,

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Context
 
-from e2e3d_provider.core.layout import BUCKET_OUTPUT, validate_id, validate_stamp
+from e2e3d_provider.core.layout import BUCKET_OUTPUT, output_prefix, validate_id, validate_stamp, work_prefix
 from e2e3d_provider.lifecycle.handoff import discard, read_handoff
 from e2e3d_provider.lifecycle.local_paths import require_local_dir
 from e2e3d_provider.lifecycle.locks import DEFAULT_LOCK_WAIT, job_lock
@@ -80,7 +80,8 @@ class UploadResultsOperator(E2E3DOperator):
         job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
         statistics = dict(self.statistics or {})
         with job_lock(self.metadata, job_id, self.lock_wait):
-            if read_handoff(self.storage, job_id, stamp) is not None:  # handed off: publish it from any host
+            handed_off = read_handoff(self.storage, job_id, stamp) is not None
+            if handed_off:  # handed off: publish it from any host
                 published = publish_handoff(self.storage, job_id, stamp, self.bucket, statistics)
                 discard(self.storage, job_id, stamp)
             else:
@@ -88,6 +89,8 @@ class UploadResultsOperator(E2E3DOperator):
                 published = publish_run(self.storage, run_dir, job_id, stamp, self.bucket, statistics)
         if published.transfer is not None:
             self.record_transfer(context, published.transfer, job_id=job_id, stamp=stamp)
+        handed = [(BUCKET_OUTPUT, work_prefix(job_id, stamp))] if handed_off else []
+        self.report_lineage(handed, [(self.bucket, output_prefix(job_id))])
         self.log.info(
             "published %s: %d files, %d bytes (%d sent); SUCCESS at %s/%s",
             job_id,

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT
+from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, input_prefix
 from e2e3d_provider.exceptions import InvalidInputError, ReconstructionError, RightSizeInputError
 from e2e3d_provider.lifecycle.workspace import Produced, Workspace, run_in_workspace
 from e2e3d_provider.operators.base import E2E3DOperator
@@ -88,6 +88,9 @@ class WorkspaceOperator(E2E3DOperator):
         ti = context["ti"]
         ti.xcom_push(key="handoff", value=produced.handoff.to_xcom())
         ws = produced.workspace
+        self.report_lineage(
+            [(self.input_bucket, input_prefix(ws.dataset))], [(produced.handoff.bucket, produced.handoff.prefix)]
+        )
         self.record_transfer(context, produced.sent, suffix=":handoff", job_id=ws.job_id, stamp=ws.stamp)
         if produced.staged_input is not None and produced.staged_input.files:
             self.record_transfer(context, produced.staged_input, suffix=":input", job_id=ws.job_id, stamp=ws.stamp)
