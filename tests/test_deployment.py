@@ -232,3 +232,27 @@ def test_the_ui_trigger_form_works_with_its_defaults(airflow_deployment, browser
 
     run_id = unquote(run_id)
     assert airflow_deployment.wait_for_run("e2e3d_reconstruction", run_id, timeout=180) == "success"
+
+
+def test_the_storage_dashboard_opens_from_the_ui_nav_with_the_ui_login(airflow_deployment, browser) -> None:
+    """The real api-server lists the plugin's nav entry, and the UI's page for it frames the dashboard,
+    which loads its data with the UI's own login cookie (no other sign-in)."""
+    from selenium.webdriver.common.by import By
+
+    plugins = airflow_deployment.get("/api/v2/plugins")["plugins"]
+    (ours,) = [p for p in plugins if p["name"] == "e2e3d"]
+    (view,) = ours["external_views"]
+    assert (view["href"], view["destination"], view["category"]) == ("/e2e3d/dashboard", "nav", "browse")
+    _login(browser, airflow_deployment)
+    browser.get(f"{airflow_deployment.url}/plugin/{view['url_route']}")
+    frame = wait_for(lambda: browser.find_elements(By.TAG_NAME, "iframe"), "the dashboard's frame", 60)[0]
+    assert frame.get_attribute("src").endswith("/e2e3d/dashboard")
+    browser.switch_to.frame(frame)
+    try:
+        state = wait_for(
+            lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready"), "the dashboard", 90
+        )
+        assert state == "true", browser.find_element(By.ID, "error").text
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart-space svg.main-svg")
+    finally:
+        browser.switch_to.default_content()
