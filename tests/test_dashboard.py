@@ -189,3 +189,46 @@ def test_the_plugin_puts_the_dashboard_in_the_ui_nav() -> None:
 
     (view,) = E2E3DPlugin.external_views
     assert view["href"] == "/e2e3d/dashboard" and view["destination"] == "nav" and view["url_route"]
+
+
+def test_telemetry_is_trimmed_by_retention_and_a_filling_disk_is_a_health_warning(
+    storage: StorageHook, metadata: MetadataHook, unique_id: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    host = f"worker-{unique_id}"
+    gib = 1024**3
+    metadata.record_telemetry(
+        {
+            "access_log": [
+                {"at": now - timedelta(days=100), "action": "download", "bucket": "output", "key": f"{unique_id}/old"},
+                {"at": now, "action": "download", "bucket": "output", "key": f"{unique_id}/new"},
+            ],
+            # a disk of 100 GiB that grew 10 GiB in the last two hours: full in well under 14 days
+            "worker_disks": [
+                {
+                    "at": now - timedelta(hours=2),
+                    "host": host,
+                    "data_root": "/d",
+                    "total_bytes": 100 * gib,
+                    "used_bytes": 50 * gib,
+                    "cache_bytes": 0,
+                },
+                {
+                    "at": now,
+                    "host": host,
+                    "data_root": "/d",
+                    "total_bytes": 100 * gib,
+                    "used_bytes": 60 * gib,
+                    "cache_bytes": 0,
+                },
+            ],
+        }
+    )
+    health = maintenance.check_health(storage, metadata)
+    assert any(w.startswith(f"worker {host}'s data root fills in") for w in health["warnings"]), health
+    removed = maintenance.trim_telemetry(metadata, 90)
+    assert removed["access_log"] >= 1
+    keys = {k for (k,) in query(metadata, f"SELECT key FROM {SCHEMA}.access_log WHERE key LIKE '{unique_id}/%'")}
+    assert keys == {f"{unique_id}/new"}
