@@ -338,6 +338,7 @@ def test_openapi_schema_is_served_and_describes_every_route(api: str) -> None:
         "/api/datasets/{dataset}/uploads",
         "/api/datasets/{dataset}/commit",
         "/api/storage/stats",
+        "/api/dashboard",
         "/api/health",
     }
     results = schema["paths"]["/api/job/{job_id}/results"]["get"]
