@@ -78,6 +78,8 @@ def test_airflow_plugins_lists_the_results_api(tmp_path: Path) -> None:
         [airflow_cli, "plugins", "-o", "json"], capture_output=True, text=True, env=env, timeout=180
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    assert list(plugins) == ["e2e3d"]  # once: the plugins/ file stands down when the package is installed
+    listed = json.loads(result.stdout)
+    plugins = {p["name"]: p for p in listed}
+    # once: the plugins/ file stands down when the package is installed (other providers' plugins may follow)
+    assert [p["name"] for p in listed].count("e2e3d") == 1
     assert plugins["e2e3d"]["fastapi_apps"][0]["url_prefix"] == "/e2e3d"
