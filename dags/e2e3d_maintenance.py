@@ -14,11 +14,14 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
+from e2e3d_provider.hooks import ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle import maintenance
 from e2e3d_provider.lifecycle.host_sweep import sweep_host
 from e2e3d_provider.operators.run_context import dag_run_state, data_root, scratch_bounds
+
+MAINTENANCE_CONN_ID = ROLE_CONN_IDS["maintenance"]  # archive, retention deletes, statistics: its role only
 
 
 @dag(
@@ -49,7 +52,7 @@ from e2e3d_provider.operators.run_context import dag_run_state, data_root, scrat
 def e2e3d_maintenance() -> None:
     @task
     def health() -> dict[str, Any]:
-        return maintenance.check_health(StorageHook(), MetadataHook())
+        return maintenance.check_health(StorageHook(MAINTENANCE_CONN_ID), MetadataHook())
 
     @task
     def clean_temp(params: dict[str, Any]) -> dict[str, Any]:
@@ -68,17 +71,17 @@ def e2e3d_maintenance() -> None:
 
     @task
     def archive_completed() -> dict[str, Any]:
-        return maintenance.archive_completed(StorageHook(), MetadataHook())
+        return maintenance.archive_completed(StorageHook(MAINTENANCE_CONN_ID), MetadataHook())
 
     @task
     def apply_retention(params: dict[str, Any]) -> dict[str, Any]:
         metadata = MetadataHook()
         days = maintenance.setting(metadata, maintenance.CONFIG_RETENTION_DAYS, params.get("output_retention_days"))
-        return maintenance.apply_retention(StorageHook(), metadata, days)
+        return maintenance.apply_retention(StorageHook(MAINTENANCE_CONN_ID), metadata, days)
 
     @task
     def storage_statistics() -> dict[str, Any]:
-        return maintenance.record_statistics(StorageHook(), MetadataHook())
+        return maintenance.record_statistics(StorageHook(MAINTENANCE_CONN_ID), MetadataHook())
 
     @task
     def trim_telemetry() -> dict[str, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_NONCURRENT_DAYS
 from e2e3d_provider.exceptions import E2E3DError
-from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID
+from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, ROLE_CONN_IDS
 
 
 def _stack_dir(args: argparse.Namespace) -> Path:
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack_parser.set_defaults(func=cmd_stack)
 
     boot = sub.add_parser("bootstrap", help="create buckets (versioning, lifecycle) and the metadata schema")
-    boot.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
+    boot.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["admin"])
     boot.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
     boot.add_argument(
         "--noncurrent-days",
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("directory")
     ing.add_argument("--dataset", required=True)
     ing.add_argument("--bucket", default=BUCKET_INPUT)
-    ing.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
+    ing.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["ingest"])
     ing.add_argument("--skip-invalid", action="store_true", help="skip non-image files instead of failing")
     ing.set_defaults(func=cmd_ingest)
 
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mig.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: every dataset)")
     mig.add_argument("--bucket", default=BUCKET_INPUT)
-    mig.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
+    mig.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["ingest"])
     mig.set_defaults(func=cmd_migrate_inputs)
 
     fetch = sub.add_parser(
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("job_id")
     fetch.add_argument("directory")
     fetch.add_argument("--bucket", default=BUCKET_OUTPUT)
-    fetch.add_argument("--minio-conn-id", default=DEFAULT_MINIO_CONN_ID)
+    fetch.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["api"])
     fetch.set_defaults(func=cmd_fetch)
 
     demo = sub.add_parser("demo", help="run the whole lifecycle DAG on the embedded stack with a sample dataset")

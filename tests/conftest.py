@@ -91,7 +91,14 @@ def connections(stack_info: stack.StackInfo | None) -> dict[str, dict]:
         metadata = _pg_conn_from_dsn(os.environ["E2E3D_TEST_PG_DSN"])
     os.environ["AIRFLOW_CONN_MINIO_DEFAULT"] = json.dumps(minio)
     os.environ["AIRFLOW_CONN_E2E3D_METADATA"] = json.dumps(metadata)
-    return {"minio_default": minio, "e2e3d_metadata": metadata}
+    roles = {}
+    if stack_info is not None:  # every component on its least-privilege role, as `e2e3d stack env` sets up
+        from e2e3d_provider.hooks import ROLE_CONN_IDS
+
+        for role, conn_id in ROLE_CONN_IDS.items():
+            roles[conn_id] = stack_info.role_conn(role)
+            os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(roles[conn_id])
+    return {"minio_default": minio, "e2e3d_metadata": metadata, **roles}
 
 
 @pytest.fixture(scope="session")

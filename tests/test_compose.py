@@ -99,7 +99,9 @@ def airflow_env() -> dict[str, str]:
 
 def code_conn_ids() -> set[str]:
     """Connection ids the hooks default to and the DAGs name."""
-    ids = {StorageHook.default_conn_name, MetadataHook.default_conn_name}
+    from e2e3d_provider.hooks import ROLE_CONN_IDS
+
+    ids = {StorageHook.default_conn_name, MetadataHook.default_conn_name, *ROLE_CONN_IDS.values()}
     for dag_file in (ROOT / "dags").glob("*.py"):
         ids |= set(re.findall(r'_CONN_ID = "([a-z0-9_]+)"', dag_file.read_text()))
     return ids
@@ -130,3 +132,20 @@ def test_env_example_documents_every_variable_the_compose_file_uses() -> None:
     used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", COMPOSE.read_text()))  # not $$-escaped
     documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert used == documented
+
+
+def test_minio_init_creates_one_user_per_role_with_the_policy_the_grant_table_makes() -> None:
+    import json
+
+    from e2e3d_provider.core.roles import GRANTS, minio_policy
+
+    init = yaml.safe_load(COMPOSE.read_text())["services"]["minio-init"]
+    script = init["command"][0]
+    assert "./deploy/minio-policies:/policies:ro" in init["volumes"]
+    for role in GRANTS:
+        policy = ROOT / "deploy" / "minio-policies" / f"e2e3d-{role}.json"
+        assert json.loads(policy.read_text()) == minio_policy(role), f"{policy} is not what core/roles.py grants"
+        assert f"MINIO_{role.upper()}_USER" in init["environment"] and role in script.split("for role in")[1]
+        conn = json.loads(airflow_env()[f"AIRFLOW_CONN_MINIO_{role.upper()}"])
+        assert conn["login"].startswith(f"${{MINIO_{role.upper()}_USER")
+    assert "mc admin policy attach" in script and "mc admin user add" in script

@@ -287,7 +287,7 @@ def test_demo_command_runs_the_whole_lifecycle_quietly_and_leaves_nothing_in_tmp
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "E2E3D"))}
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "e2e3d-*")))
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "e2e3d-demo-*")))
     result = subprocess.run(
         [str(Path(sys.executable).parent / "e2e3d"), "demo"],
         capture_output=True,
@@ -309,7 +309,7 @@ def test_demo_command_runs_the_whole_lifecycle_quietly_and_leaves_nothing_in_tmp
     log = tmp_path / "state" / "e2e3d" / "demo.log"
     assert f"Airflow's logs go to {log}" in result.stdout and log.stat().st_size > 0
     assert "INFO" in log.read_text() or "info" in log.read_text()  # what the terminal was spared
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "e2e3d-*"))) <= before  # nothing left behind
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "e2e3d-demo-*"))) <= before  # nothing left behind
 
 
 def test_lifecycle_params_leave_the_trigger_form_usable_with_defaults() -> None:

@@ -61,7 +61,7 @@ from e2e3d_provider.exceptions import (
     StorageError,
     StorageUnreachableError,
 )
-from e2e3d_provider.hooks import telemetry
+from e2e3d_provider.hooks import ROLE_CONN_IDS, telemetry
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.dashboard import dashboard_figures
@@ -89,7 +89,7 @@ class Backends:
 
     @property
     def minio_conn_id(self) -> str:
-        return self._minio_conn_id or conf.get(CONFIG_SECTION, "minio_conn_id", fallback=StorageHook.default_conn_name)
+        return self._minio_conn_id or conf.get(CONFIG_SECTION, "minio_conn_id", fallback=ROLE_CONN_IDS["api"])
 
     @property
     def metadata_conn_id(self) -> str:

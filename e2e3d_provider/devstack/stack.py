@@ -29,8 +29,9 @@ from typing import Any
 from urllib.parse import quote
 
 from e2e3d_provider.core.layout import DATA_ROOT_ENV
+from e2e3d_provider.core.roles import GRANTS, seaweed_actions
 from e2e3d_provider.exceptions import StackError
-from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID
+from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS
 
 STATE_FILE = "stack.json"
 PG_SYSTEM_USER = "embedded_postgres"  # the uid root is mapped to in PostgreSQL's user namespace
@@ -54,6 +55,8 @@ class StackInfo:
     pg_pid: int
     watchdog_pid: int | None = None
     weed_args: list[str] = field(default_factory=list)
+    #: role -> [access key, secret key] of the least-privilege identities (``core.roles``)
+    role_keys: dict[str, list[str]] = field(default_factory=dict)
     pg_user: str = PG_USER
     pg_database: str = PG_DATABASE
 
@@ -77,6 +80,13 @@ class StackInfo:
             "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
         }
 
+    def role_conn(self, role: str) -> dict[str, Any]:
+        """The connection of one storage role (``minio_<role>``); ``admin`` is the stack's own keys."""
+        conn = self.minio_conn()
+        if role != "admin":
+            conn["login"], conn["password"] = self.role_keys[role]
+        return conn
+
     def metadata_conn(self) -> dict[str, Any]:
         """The ``e2e3d_metadata`` connection as Airflow's JSON connection format (postgres type)."""
         return {
@@ -95,8 +105,14 @@ class StackInfo:
 
     def env(self) -> dict[str, str]:
         """Environment variables that point Airflow and the tests at this stack."""
+        roles = {
+            f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(self.role_conn(role))
+            for role, conn_id in ROLE_CONN_IDS.items()
+            if role == "admin" or role in self.role_keys
+        }
         return {
             f"AIRFLOW_CONN_{DEFAULT_MINIO_CONN_ID.upper()}": json.dumps(self.minio_conn()),
+            **roles,
             f"AIRFLOW_CONN_{DEFAULT_METADATA_CONN_ID.upper()}": json.dumps(self.metadata_conn()),
             DATA_ROOT_ENV: str(self.data_root),
             "E2E3D_TEST_S3_ENDPOINT": self.s3_endpoint,
@@ -222,25 +238,31 @@ def weed_binary() -> str:
     return found
 
 
-def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[int, int, list[str]]:
-    """Start ``weed mini`` with every port assigned on loopback; return (pid, s3 port, its arguments)."""
+def start_seaweedfs(
+    base: Path, access_key: str, secret_key: str, role_keys: dict[str, list[str]] | None = None
+) -> tuple[int, int, list[str]]:
+    """Start ``weed mini`` with every port assigned on loopback; return (pid, s3 port, its arguments). Its
+    identities: the stack's own keys (admin) and one per least-privilege role, granted what
+    ``core.roles.GRANTS`` says (the server refuses the rest)."""
     data = base / "weed"
     data.mkdir(parents=True, exist_ok=True)
     identities = base / "s3-identities.json"
-    write_secret(
-        identities,
-        json.dumps(
+    entries = [
+        {
+            "name": "e2e3d",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": seaweed_actions("admin"),
+        }
+    ]
+    for role, (role_access, role_secret) in sorted((role_keys or {}).items()):
+        entries.append(
             {
-                "identities": [
-                    {
-                        "name": "e2e3d",
-                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
+                "name": f"e2e3d-{role}",
+                "credentials": [{"accessKey": role_access, "secretKey": role_secret}],
+                "actions": seaweed_actions(role),
             }
-        ),
-    )
+        )
+    write_secret(identities, json.dumps({"identities": entries}))
     write_weed_security(base, data)
     ports = free_ports(8)
     admin_port = next(p for p in free_ports(40) if p not in ports and port_pair_free(p))
@@ -531,21 +553,24 @@ def is_running(info: StackInfo | None) -> bool:
     return info is not None and pid_alive(info.weed_pid) and pid_alive(info.pg_pid)
 
 
-def _credentials(base: Path) -> tuple[str, str, str]:
-    """The stack's keys and password: made once, kept (0600) so a restarted stack keeps its data."""
+def _credentials(base: Path) -> tuple[str, str, str, dict[str, list[str]]]:
+    """The stack's keys, password and role keys: made once, kept (0600) so a restarted stack keeps its
+    data; a stack made before the roles existed gets its role keys added."""
     path = base / "credentials.json"
     try:
         saved = json.loads(path.read_text())
-        return saved["access_key"], saved["secret_key"], saved["pg_password"]
+        saved["access_key"], saved["secret_key"], saved["pg_password"]
     except (OSError, ValueError, KeyError):
-        pass
-    saved = {
-        "access_key": "e2e3d" + secrets.token_hex(4),
-        "secret_key": secrets.token_urlsafe(24),
-        "pg_password": secrets.token_urlsafe(18),
-    }
+        saved = {
+            "access_key": "e2e3d" + secrets.token_hex(4),
+            "secret_key": secrets.token_urlsafe(24),
+            "pg_password": secrets.token_urlsafe(18),
+        }
+    roles = saved.setdefault("roles", {})
+    for role in GRANTS:
+        roles.setdefault(role, [f"e2e3d{role[:4]}" + secrets.token_hex(4), secrets.token_urlsafe(24)])
     write_secret(path, json.dumps(saved))
-    return saved["access_key"], saved["secret_key"], saved["pg_password"]
+    return saved["access_key"], saved["secret_key"], saved["pg_password"], roles
 
 
 def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -> StackInfo:
@@ -562,10 +587,10 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -
         stop_stack(base)
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     require_private(base, "stack directory")
-    access_key, secret_key, pg_password = _credentials(base)
+    access_key, secret_key, pg_password, role_keys = _credentials(base)
     weed_pid = pg_pid = 0
     try:
-        weed_pid, s3_port, weed_args = start_seaweedfs(base, access_key, secret_key)
+        weed_pid, s3_port, weed_args = start_seaweedfs(base, access_key, secret_key, role_keys)
         pg_pid, pg_port = start_postgres(base, pg_password)
     except BaseException:
         terminate(weed_pid)
@@ -581,6 +606,7 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -
         weed_pid=weed_pid,
         pg_pid=pg_pid,
         weed_args=weed_args,
+        role_keys=role_keys,
     )
     if owner_pid:
         info.watchdog_pid = subprocess.Popen(

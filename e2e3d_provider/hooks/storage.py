@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -47,7 +49,7 @@ from e2e3d_provider.exceptions import (
     StorageError,
     StorageUnreachableError,
 )
-from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, telemetry
+from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS, telemetry
 
 LIFECYCLE_RULE_ID = "e2e3d-expire-noncurrent"
 #: the largest object one CopyObject request may copy (larger ones are composed from parts)
@@ -60,6 +62,29 @@ DELETE_BATCHES_IN_FLIGHT = 4
 COUNT_PARTITIONS = 8
 COUNT_NAMES_PER_RANGE = 64
 _AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
+
+
+@functools.cache
+def _warn_role_fallback(conn_id: str) -> None:
+    logging.getLogger(__name__).warning(
+        "connection %r (a least-privilege storage role) is not defined: using %r and all its rights instead; "
+        "define %s to confine this component to its role",
+        conn_id,
+        DEFAULT_MINIO_CONN_ID,
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+    )
+
+
+def resolve_conn_id(conn_id: str) -> str:
+    """``conn_id``, or ``minio_default`` when ``conn_id`` is a storage role's connection nobody defined."""
+    if conn_id not in ROLE_CONN_IDS.values():
+        return conn_id
+    try:
+        BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        _warn_role_fallback(conn_id)
+        return DEFAULT_MINIO_CONN_ID
+    return conn_id
 
 
 class StorageHook(BaseHook):
@@ -123,6 +148,9 @@ class StorageHook(BaseHook):
         try:
             conn = self._connection or self.get_connection(self.minio_conn_id)
         except AirflowNotFoundException as err:
+            if self.minio_conn_id in ROLE_CONN_IDS.values():  # a role not set up: the default, said once
+                _warn_role_fallback(self.minio_conn_id)
+                return StorageHook(DEFAULT_MINIO_CONN_ID).settings
             raise StorageError(
                 f"no Airflow connection {self.minio_conn_id!r}: define it (for example as "
                 f"AIRFLOW_CONN_{self.minio_conn_id.upper()})"

@@ -25,6 +25,7 @@ class ArchiveOperator(E2E3DOperator):
     :param remove_source: delete the job from the source bucket once archived (templated).
     """
 
+    storage_role = "maintenance"  # copies output to archive, and may remove the source
     template_fields: Sequence[str] = ("job_id", "source_bucket", "archive_bucket", "remove_source")
     ui_color = "#d0d0d0"
 

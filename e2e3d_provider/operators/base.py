@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
+from e2e3d_provider.hooks import ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook, TransferResult
 from e2e3d_provider.lifecycle.record import record_transfer
@@ -16,23 +17,27 @@ from e2e3d_provider.lifecycle.record import record_transfer
 class E2E3DOperator(BaseOperator):
     """Base of the E2E3D operators. Hooks are created on first use, never while the DAG is parsed.
 
-    :param minio_conn_id: Airflow ``aws`` connection of the object store (default ``minio_default``).
+    :param minio_conn_id: Airflow ``aws`` connection of the object store; default the connection of the
+        operator's least-privilege role (``minio_worker``; ``minio_maintenance`` for the archive), or
+        ``minio_default`` where that is not defined.
     :param metadata_conn_id: Airflow ``postgres`` connection of the metadata database; ``None``
         where an operator may run without one.
     """
 
     #: operators that use a worker's disk end with a sweep of that worker's scratch (temp dirs, input cache)
     sweeps_scratch: bool = False
+    #: the least-privilege storage role whose connection is the default (``core.roles``)
+    storage_role: str = "worker"
 
     def __init__(
         self,
         *,
-        minio_conn_id: str = StorageHook.default_conn_name,
+        minio_conn_id: str | None = None,
         metadata_conn_id: str | None = MetadataHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.minio_conn_id = minio_conn_id
+        self.minio_conn_id = minio_conn_id or ROLE_CONN_IDS[self.storage_role]
         self.metadata_conn_id = metadata_conn_id
 
     @cached_property

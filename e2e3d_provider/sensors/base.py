@@ -11,6 +11,7 @@ from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger
 
+from e2e3d_provider.hooks import ROLE_CONN_IDS
 from e2e3d_provider.hooks.storage import StorageHook
 
 
@@ -18,14 +19,15 @@ class StorageSensor(BaseSensorOperator):
     """Base of the E2E3D storage sensors: ``poke()`` in poke and reschedule modes, a trigger when
     ``deferrable=True`` (default from ``[operators] default_deferrable``).
 
-    :param minio_conn_id: Airflow ``aws`` connection of the object store (default ``minio_default``).
+    :param minio_conn_id: Airflow ``aws`` connection of the object store (default ``minio_worker``, the
+        workers' role; ``minio_default`` where that is not defined).
     :param deferrable: wait in the triggerer instead of a worker slot.
     """
 
     def __init__(
         self,
         *,
-        minio_conn_id: str = StorageHook.default_conn_name,
+        minio_conn_id: str = ROLE_CONN_IDS["worker"],
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:

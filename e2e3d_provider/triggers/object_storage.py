@@ -11,15 +11,22 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.readiness import input_state, marker_present
 
 
 async def storage_hook(conn_id: str) -> StorageHook:
     """A StorageHook whose connection was fetched asynchronously (no sync secrets call in the loop)."""
-    connection = await StorageHook.aget_connection(conn_id)
+    try:
+        connection = await StorageHook.aget_connection(conn_id)
+    except AirflowNotFoundException:
+        if conn_id not in ROLE_CONN_IDS.values():
+            raise
+        connection = await StorageHook.aget_connection(DEFAULT_MINIO_CONN_ID)  # the role is not set up
     return StorageHook(conn_id, connection=connection)
 
 

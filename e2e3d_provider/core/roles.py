@@ -1,0 +1,75 @@
+"""Least-privilege storage roles: who may do what in which bucket, enforced by the S3 server.
+
+One table (:data:`GRANTS`) is the truth; the embedded stack turns it into SeaweedFS identities
+(:func:`seaweed_actions`) and docker-compose's MinIO init into IAM policies (:func:`minio_policy`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_INPUT, BUCKET_MODELS, BUCKET_OUTPUT
+
+READ, LIST, WRITE, TAG = "Read", "List", "Write", "Tagging"
+
+#: role -> bucket -> what it may do there. Write includes deleting objects: S3 servers' simple grants
+#: (SeaweedFS identities) do not tell the two apart. ``admin`` may do anything (bootstrap, the demo).
+GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
+    # e2e3d ingest, migrate-inputs: stores datasets
+    "ingest": {BUCKET_INPUT: (READ, LIST, WRITE, TAG)},
+    # the lifecycle's tasks on the workers: read datasets and models, stage, hand off and publish results
+    "worker": {
+        BUCKET_INPUT: (READ, LIST),
+        BUCKET_MODELS: (READ, LIST),
+        BUCKET_OUTPUT: (READ, LIST, WRITE, TAG),
+    },
+    # the results API: pre-signs downloads of results and archives, and uploads into input (then commits)
+    "api": {
+        BUCKET_OUTPUT: (READ, LIST),
+        BUCKET_ARCHIVE: (READ, LIST),
+        BUCKET_INPUT: (READ, LIST, WRITE, TAG),
+    },
+    # archive, retention deletes, statistics, health (SeaweedFS lists a bucket only for an identity that
+    # may also read it: List alone is refused, tested)
+    "maintenance": {
+        BUCKET_INPUT: (READ, LIST),
+        BUCKET_MODELS: (READ, LIST),
+        BUCKET_OUTPUT: (READ, LIST, WRITE, TAG),
+        BUCKET_ARCHIVE: (READ, LIST, WRITE, TAG),
+    },
+}
+ROLES = ("admin", *GRANTS)
+
+
+def seaweed_actions(role: str) -> list[str]:
+    """The SeaweedFS identity actions of ``role`` (``Action:bucket``)."""
+    if role == "admin":
+        return ["Admin", READ, WRITE, LIST, TAG]
+    return [f"{action}:{bucket}" for bucket, actions in GRANTS[role].items() for action in actions]
+
+
+_S3_ACTIONS = {
+    READ: ["s3:GetObject", "s3:GetObjectVersion"],
+    LIST: ["s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketLocation", "s3:GetBucketVersioning"],
+    WRITE: [
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:DeleteObjectVersion",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+    ],
+    TAG: ["s3:GetObjectTagging", "s3:PutObjectTagging"],
+}
+
+
+def minio_policy(role: str) -> dict[str, Any]:
+    """The IAM policy (MinIO's ``mc admin policy create``) granting exactly what :data:`GRANTS` says."""
+    statements = []
+    for bucket, actions in GRANTS[role].items():
+        bucket_level = [a for a in _S3_ACTIONS[LIST] if LIST in actions]
+        object_level = sorted({s for a in actions if a != LIST for s in _S3_ACTIONS[a]})
+        if bucket_level:
+            statements.append({"Effect": "Allow", "Action": bucket_level, "Resource": [f"arn:aws:s3:::{bucket}"]})
+        if object_level:
+            statements.append({"Effect": "Allow", "Action": object_level, "Resource": [f"arn:aws:s3:::{bucket}/*"]})
+    return {"Version": "2012-10-17", "Statement": statements}
