@@ -25,8 +25,10 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     base = _stack_dir(args)
     if args.action == "up":
-        info = stack.start_stack(base)
+        info = stack.start_stack(base, tls=args.tls)
         print(f"S3 (SeaweedFS): {info.s3_endpoint}  pid {info.weed_pid}")
+        if info.tls:
+            print(f"TLS:            S3 over HTTPS, PostgreSQL over SSL only; CA {info.ca_file}")
         print(f"PostgreSQL:     127.0.0.1:{info.pg_port}  pid {info.pg_pid}  database {info.pg_database}")
         print(f"stack dir:      {info.base_dir}")
         print(f'connections:    eval "$(e2e3d stack env{" --dir " + shlex.quote(str(base)) if args.dir else ""})"')
@@ -210,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack_parser = sub.add_parser("stack", help="embedded S3 server + PostgreSQL on loopback")
     stack_parser.add_argument("action", choices=["up", "down", "status", "env"])
     stack_parser.add_argument("--dir", help="stack directory (default $E2E3D_STACK_DIR or <tmp>/e2e3d-stack-<uid>)")
+    stack_parser.add_argument(
+        "--tls", action="store_true", help="up: S3 over HTTPS and PostgreSQL over SSL, from a CA the stack makes"
+    )
     stack_parser.set_defaults(func=cmd_stack)
 
     boot = sub.add_parser("bootstrap", help="create buckets (versioning, lifecycle) and the metadata schema")

@@ -40,6 +40,10 @@ class StorageAuthError(StorageError):
     """The object store rejected the connection's credentials."""
 
 
+class StorageTLSError(StorageError):
+    """The object storage server's TLS certificate is not trusted, or not for the host connected to."""
+
+
 class StorageUnreachableError(StorageError):
     """The object store's endpoint did not answer within the bounded retries."""
 

@@ -149,3 +149,9 @@ def test_minio_init_creates_one_user_per_role_with_the_policy_the_grant_table_ma
         conn = json.loads(airflow_env()[f"AIRFLOW_CONN_MINIO_{role.upper()}"])
         assert conn["login"].startswith(f"${{MINIO_{role.upper()}_USER")
     assert "mc admin policy attach" in script and "mc admin user add" in script
+
+
+def test_the_compose_file_documents_tls_for_minio_and_postgresql() -> None:
+    text = COMPOSE.read_text()
+    assert "/root/.minio/certs" in text and "public.crt" in text and "private.key" in text  # MinIO's certs dir
+    assert "ssl=on" in text and "ssl_cert_file" in text and "sslmode=verify-full" in text  # PostgreSQL SSL

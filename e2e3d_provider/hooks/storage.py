@@ -39,7 +39,14 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.manifest import CHUNK_SIZE, Manifest
 from e2e3d_provider.core.presign import bound_expiry, presign_put_url, upload_headers
-from e2e3d_provider.core.retry import DEFAULT_ATTEMPTS, DEFAULT_DELAY, RetryPolicy, attempts_made, is_unreachable
+from e2e3d_provider.core.retry import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_DELAY,
+    RetryPolicy,
+    attempts_made,
+    is_unreachable,
+    tls_failure,
+)
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import (
     BucketNotFoundError,
@@ -47,6 +54,7 @@ from e2e3d_provider.exceptions import (
     ObjectNotFoundError,
     StorageAuthError,
     StorageError,
+    StorageTLSError,
     StorageUnreachableError,
 )
 from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS, telemetry
@@ -237,7 +245,7 @@ class StorageHook(BaseHook):
             if s["verify"] is False:
                 options["allow_invalid_certificates"] = True
             elif isinstance(s["verify"], str):
-                options["root_certificate"] = s["verify"]
+                options["root_certificate"] = Path(s["verify"]).read_bytes()  # the PEM itself, not its path
             self._stores[bucket] = S3Store(
                 bucket,
                 endpoint=self.endpoint_url,
@@ -284,6 +292,13 @@ class StorageHook(BaseHook):
     def _translate(self, err: BaseException, what: str) -> BaseException:
         where = f" ({what})" if what else ""
         conn = f"connection {self.minio_conn_id!r} at {self.endpoint_url}"
+        refused = tls_failure(err)
+        if refused:
+            return StorageTLSError(
+                f"TLS verification of the object storage server failed for {conn}{where}: {refused}. Set the "
+                "connection's extra 'verify' to the CA bundle that signed the server's certificate, and use the "
+                "host name the certificate names in endpoint_url."
+            )
         if isinstance(err, S3Error):
             if err.code in _AUTH_CODES:
                 return StorageAuthError(
