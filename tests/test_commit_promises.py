@@ -162,7 +162,11 @@ def test_a_published_job_downloads_verified_against_its_manifest_not_its_labels(
     )
     from e2e3d_provider.cli import main
 
-    assert main(["fetch", unique_id, str(tmp_path / "cli-good"), "--bucket", bucket]) == 0
+    # a bucket of its own, outside every role's grant: the admin connection (the api role is refused it)
+    assert (
+        main(["fetch", unique_id, str(tmp_path / "cli-good"), "--bucket", bucket, "--minio-conn-id", "minio_admin"])
+        == 0
+    )
     assert f"{len(FILES)} files downloaded" in capsys.readouterr().out
     key = f"{unique_id}/pointcloud/pointcloud.ply"
     forged = replace_with_a_recomputed_label(storage, bucket, key)
@@ -179,7 +183,7 @@ def test_a_published_job_downloads_verified_against_its_manifest_not_its_labels(
     assert again.skipped_files == len(FILES) and again.files == 0
     assert (good / "pointcloud" / "pointcloud.ply").read_bytes() == FILES["pointcloud/pointcloud.ply"]
     # `e2e3d fetch` is that download from the command line: a clear error, no traceback, nothing written
-    assert main(["fetch", unique_id, str(tmp_path / "cli"), "--bucket", bucket]) == 2
+    assert main(["fetch", unique_id, str(tmp_path / "cli"), "--bucket", bucket, "--minio-conn-id", "minio_admin"]) == 2
     assert "downloaded bytes do not match the manifest" in capsys.readouterr().err
     assert not (tmp_path / "cli" / "pointcloud" / "pointcloud.ply").exists()
 

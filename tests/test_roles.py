@@ -84,3 +84,12 @@ def test_stack_env_exports_one_connection_per_role(stack_info) -> None:
         conn = json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"])
         expected = stack_info.access_key if role == "admin" else stack_info.role_keys[role][0]
         assert conn["login"] == expected and conn["conn_type"] == "aws", role
+
+
+def test_a_refusal_through_the_hook_says_the_role_may_not_and_names_the_connection(connections) -> None:
+    from e2e3d_provider.exceptions import StorageAuthError
+
+    with pytest.raises(StorageAuthError, match=r"refused .*archive.* to connection 'minio_worker'.*not allowed"):
+        StorageHook("minio_worker").get_bytes("archive", "roles-probe/anything")
+    with pytest.raises(StorageAuthError, match=r"connection 'minio_worker'.*not allowed"):
+        StorageHook("minio_worker").list_keys("archive", "")

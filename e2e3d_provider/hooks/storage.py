@@ -300,6 +300,12 @@ class StorageHook(BaseHook):
                 "host name the certificate names in endpoint_url."
             )
         if isinstance(err, S3Error):
+            if err.code == "AccessDenied":
+                return StorageAuthError(
+                    f"object storage refused {what or 'the request'} to {conn}: AccessDenied. The keys are "
+                    "valid but not allowed this: use the connection of a role granted it (core/roles.py), or "
+                    "extend the role's policy."
+                )
             if err.code in _AUTH_CODES:
                 return StorageAuthError(
                     f"object storage rejected the credentials of {conn}{where}: {err.code}. "
@@ -314,6 +320,12 @@ class StorageHook(BaseHook):
             if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                 return ObjectNotFoundError(f"no object {what or err.object_name!r} on {conn}")
             return StorageError(f"object storage error{where} on {conn}: {err.code}: {err.message}")
+        if isinstance(err, obstore.exceptions.PermissionDeniedError) and "AccessDenied" in str(err):
+            return StorageAuthError(
+                f"object storage refused {what or 'the request'} to {conn}: AccessDenied. The keys are valid but "
+                "not allowed this: use the connection of a role granted it (core/roles.py), or extend the role's "
+                "policy."
+            )
         if isinstance(err, obstore.exceptions.PermissionDeniedError | obstore.exceptions.UnauthenticatedError):
             return StorageAuthError(
                 f"object storage rejected the credentials of {conn}{where}. "
