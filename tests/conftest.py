@@ -18,6 +18,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 # Airflow reads its configuration at import: give the whole session its own home and no examples,
@@ -244,3 +245,33 @@ def write_files(root: Path, files: dict[str, bytes]) -> dict[str, Path]:
         path.write_bytes(data)
         out[rel] = path
     return out
+
+
+def serve(app) -> tuple[str, Any, Any]:
+    """Run an ASGI app with uvicorn on a free loopback port in a thread; (url, server, thread)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    (port,) = stack.free_ports(1)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+@pytest.fixture(scope="module")
+def api(airflow_db, connections) -> Iterator[str]:
+    """The results API (with the dashboard) served on loopback for a test module; users admin, viewer, runner."""
+    from e2e3d_provider.api.app import create_app
+
+    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,runner:user"
+    url, server, thread = serve(create_app())
+    yield url
+    server.should_exit = True
+    thread.join(10)

@@ -6,15 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import urllib3
-import uvicorn
 
 from e2e3d_provider.api.app import create_app
 from e2e3d_provider.devstack.stack import free_ports
@@ -22,30 +19,9 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.archive import archive_job
 from e2e3d_provider.lifecycle.publish import publish_run
-from tests.conftest import write_files
+from tests.conftest import serve, write_files
 
 STAMP = "20261124T120000Z"
-
-
-def serve(app) -> tuple[str, uvicorn.Server, threading.Thread]:
-    (port,) = free_ports(1)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
-
-
-@pytest.fixture(scope="module")
-def api(airflow_db, connections) -> Iterator[str]:
-    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,runner:user"
-    url, server, thread = serve(create_app())
-    yield url
-    server.should_exit = True
-    thread.join(10)
 
 
 def token(username: str, role: str | None) -> str:

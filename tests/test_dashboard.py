@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e3d_provider.api.app import create_app
 from e2e3d_provider.hooks import telemetry
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -21,7 +20,7 @@ from e2e3d_provider.lifecycle import maintenance
 from e2e3d_provider.lifecycle.host_sweep import ScratchBounds, sweep_host
 from e2e3d_provider.lifecycle.ingest import ingest
 from tests.conftest import load_repo_dag
-from tests.test_api import ROLES, as_user, serve, token
+from tests.test_api import ROLES, as_user, token
 
 SAMPLE = Path(__file__).resolve().parents[1] / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
 CHARTS = (
@@ -38,15 +37,6 @@ CHARTS = (
 )
 #: where the README's screenshot comes from: E2E3D_SCREENSHOT=docs/dashboard.png pytest tests/test_dashboard.py
 SCREENSHOT_ENV = "E2E3D_SCREENSHOT"
-
-
-@pytest.fixture(scope="module")
-def api(airflow_db, connections):
-    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,runner:user"
-    url, server, thread = serve(create_app())
-    yield url
-    server.should_exit = True
-    thread.join(10)
 
 
 def query(metadata: MetadataHook, sql: str) -> list[tuple]:

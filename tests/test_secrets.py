@@ -16,8 +16,8 @@ from e2e3d_provider.api.app import create_app
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.ingest import ingest
-from tests.conftest import load_repo_dag
-from tests.test_api import as_user, serve
+from tests.conftest import load_repo_dag, serve
+from tests.test_api import as_user
 
 SAMPLE = Path(__file__).resolve().parents[1] / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
 
@@ -35,15 +35,6 @@ def stack_secrets(stack_info) -> dict[str, str]:
 
 def leaks(text: str, secrets: dict[str, str]) -> list[str]:
     return [name for name, value in secrets.items() if value and value in text]
-
-
-@pytest.fixture(scope="module")
-def api(airflow_db, connections):
-    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,runner:user"
-    url, server, thread = serve(create_app())
-    yield url
-    server.should_exit = True
-    thread.join(10)
 
 
 def test_the_lifecycle_writes_no_secret_to_any_log_output_or_xcom(
