@@ -36,7 +36,7 @@ def test_a_sweep_removes_old_temp_dirs_and_bounds_the_cache_at_most_once_per_int
     bounds = ScratchBounds(cache_max_bytes=0, cache_max_age_hours=1, temp_max_age_hours=24, every_seconds=3600)
     os.utime(staged.local_dir.parent / f".{unique_id}.lock", (time.time() - 2 * 3600,) * 2)
 
-    done = sweep_host(root, bounds)
+    done = sweep_host(root, bounds, now=time.time() + 3600)  # an hour on: past the images' grace
     assert done is not None and done["temp"]["names"] == ["old_run"]
     assert done["cache"]["removed_datasets"] == [unique_id] and done["cache"]["held_bytes"] == 0
     assert not old.exists() and fresh.exists() and not staged.local_dir.exists()

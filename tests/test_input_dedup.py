@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -176,12 +177,13 @@ def test_the_cache_is_bounded_and_never_trims_a_dataset_being_read(
     old = 1_000_000.0
     os.utime(x.local_dir.parent / f".{x.local_dir.name}.lock", (old, old))  # x was last used long ago
     y = stage_dataset(storage, root, f"{unique_id}-y")
+    later = time.time() + 3600  # an hour on: past the grace a just-staged dataset or image gets
     with reading(y.local_dir):  # a task reads y: nothing may remove it, whatever the bound
-        result = trim(root, max_bytes=0, max_age_hours=24)
+        result = trim(root, max_bytes=0, max_age_hours=24, now=later)
     assert result.removed_datasets == [x.local_dir.name] and y.local_dir.name in result.busy
     assert not x.local_dir.exists() and local_files(y.local_dir)
     assert result.freed_bytes == sizes["x"] and result.held_bytes == sizes["y"]
-    after = trim(root, max_bytes=0, max_age_hours=24)  # y is idle now: the size bound takes it
+    after = trim(root, max_bytes=0, max_age_hours=24, now=later)  # y is idle now: the size bound takes it
     assert after.removed_datasets == [y.local_dir.name] and after.held_bytes == 0
     assert not list((root / "cache" / "sha256").glob("*/*"))
     again = stage_dataset(storage, root, f"{unique_id}-y")  # and it comes back from the bucket

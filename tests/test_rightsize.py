@@ -32,7 +32,7 @@ from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as texture_module
 from e2e3d_provider.rightsize.policy import RightSizePolicy
 from tests.conftest import write_files
-from tests.test_api import api, as_user  # noqa: F401 (api: the module-scoped API server fixture)
+from tests.test_api import as_user
 
 STAMP = "20261202T080000Z"
 #: small thresholds so test-sized data exercises every variant (tiles included)
@@ -297,7 +297,7 @@ def right_sized_job(run_dir: Path, storage: StorageHook, metadata: MetadataHook,
 
 
 def test_the_api_groups_variants_by_original_and_picks_a_lod_or_the_web_variants(
-    api: str,  # noqa: F811
+    api: str,
     unique_id: str,
     right_sized_job: dict,
 ) -> None:

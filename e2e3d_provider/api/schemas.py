@@ -86,7 +86,7 @@ class UploadURL(BaseModel):
 
 class StoredFile(BaseModel):
     file: str
-    bytes: int
+    bytes: int = Field(ge=1)
     sha256: str
 
 

@@ -49,7 +49,8 @@ def tls_failure(err: BaseException) -> str | None:
             if isinstance(reason, ssl.SSLCertVerificationError):
                 return reason.verify_message or str(reason)
         text = str(current).lower()
-        if "certificate" in text and ("verif" in text or "invalid" in text or "unknown" in text):
+        connection_layer = not isinstance(current, S3Error | ServerError)  # an S3 answer names keys, not TLS
+        if connection_layer and "certificate" in text and ("verif" in text or "invalid" in text or "unknown" in text):
             return str(current).splitlines()[0][:300]
         current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
     return None

@@ -143,11 +143,12 @@ def adopt_loose(
     prefix = input_prefix(dataset)
     result = Adopted(dataset)
     reused = list(reuse)
-    missing = {i.sha256 for i in reused} - stored_blobs(storage, (i.sha256 for i in reused), bucket)
+    blobs = {i.sha256: storage.stat(bucket, blob_key(i.sha256)) for i in reused}
+    missing = sorted(i.sha256 for i in reused if getattr(blobs[i.sha256], "size", None) != i.size)
     if missing:
         raise ObjectNotFoundError(
-            f"dataset {dataset!r}: no stored image has sha256 {sorted(missing)[0]} ({len(missing)} such); "
-            "upload those images instead of reusing them"
+            f"dataset {dataset!r}: no stored image has sha256 {missing[0]} with the size given ({len(missing)} "
+            "such); upload those images instead of reusing them"
         )
     images: list[DatasetImage] = []
     loose = loose_objects(storage, dataset, bucket)
@@ -156,7 +157,7 @@ def adopt_loose(
             rel = key_relpath(obj.key, prefix)
             local = Path(scratch) / "object"
             storage.download_file(bucket, obj.key, local, size=obj.size)
-            sha = sha256_file(local)
+            sha, size = sha256_file(local), local.stat().st_size  # what was read, not what was listed
             local.unlink()
             target = blob_key(sha)
             if storage.exists(bucket, target):
@@ -165,12 +166,15 @@ def adopt_loose(
                 storage.copy_object(bucket, obj.key, bucket, target, if_match=obj.etag, size=obj.size)
                 result.new_blobs += 1
                 result.bytes += obj.size
-            images.append(DatasetImage(rel, obj.size, sha))
+            images.append(DatasetImage(rel, size, sha))
     if not images and not reused:
         return result
     current = read_dataset(storage, dataset, bucket) or DatasetManifest(dataset, [])
     write_dataset(storage, current.merged([*reused, *images]), bucket)
     for obj in loose:
+        now = storage.stat(bucket, obj.key)
+        if now is not None and now.etag != obj.etag:  # replaced since it was read: not what was adopted
+            continue
         storage.delete_object(bucket, obj.key)
         result.removed.append(obj.key)
     result.adopted = len(images) + len(reused)

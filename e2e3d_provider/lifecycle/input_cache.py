@@ -43,6 +43,8 @@ from e2e3d_provider.lifecycle.local_paths import mirror_lock, reader_lock_path, 
 
 log = logging.getLogger(__name__)
 
+#: seconds after its last use (a dataset) or admission (an image) that the trim never takes it
+GRACE_SECONDS = 600.0
 #: the mtime of a verified cache entry (2000-01-01T00:00:00Z); any write through a link moves it
 SEALED_MTIME_NS = 946_684_800 * 1_000_000_000
 
@@ -85,7 +87,7 @@ def admit(root: Path, source: Path, sha256: str) -> Path:
     """Put a file whose bytes hash to ``sha256`` into the cache (a hard link when it can be) and seal it."""
     target = cache_blob_path(root, sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
+    if not holds(root, DatasetImage("", source.stat().st_size, sha256)):  # absent, or damaged in place
         place(source, target)
     seal(target)
     return target
@@ -290,6 +292,8 @@ def trim(root: Path, max_bytes: int, max_age_hours: float, now: float | None = N
         for path, st in sorted(blobs, key=lambda b: b[1].st_atime):
             if st.st_nlink > 1:
                 continue  # a staged dataset links to it
+            if now - st.st_ctime < GRACE_SECONDS:
+                continue  # just fetched or checked: a staging may be about to link it
             if held <= max_bytes and now - st.st_atime < max_age:
                 continue
             path.unlink(missing_ok=True)
@@ -301,6 +305,8 @@ def trim(root: Path, max_bytes: int, max_age_hours: float, now: float | None = N
     held = drop_unlinked()
     while held > max_bytes and staged:
         local = staged.pop(0)
+        if now - _last_use(local) < GRACE_SECONDS:
+            break  # the rest were used just now: never take a dataset a task is about to read
         if drop_dataset(local):
             held = drop_unlinked()
     result.held_bytes = held

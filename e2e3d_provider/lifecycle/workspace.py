@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, RunLayout, validate_id, validate_stamp
+from e2e3d_provider.core.layout import input_dir as input_dir_of
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.handoff import HandOff, local_input_dir
@@ -74,6 +75,42 @@ def run_in_workspace(
     dataset, job_id = validate_id(staged["dataset"], "dataset"), validate_id(staged["job_id"], "job_id")
     stamp = validate_stamp(staged["stamp"])
     here = staged.get("host") == socket.gethostname() and Path(str(staged.get("output_dir", ""))).is_dir()
+    hinted = staged.get("input_dir")
+    on_staging_host = bool(hinted) and staged.get("host") == socket.gethostname() and Path(str(hinted)).is_dir()
+    # the reader's lock first: from here on no cache trim on this host can take the dataset from under us
+    with reading(Path(str(hinted)) if on_staging_host else input_dir_of(data_root, dataset)):
+        return _run_locked(
+            storage,
+            data_root,
+            staged,
+            produce,
+            dataset,
+            job_id,
+            stamp,
+            here,
+            input_bucket,
+            output_bucket,
+            settle,
+            interval,
+            concurrency,
+        )
+
+
+def _run_locked(
+    storage: StorageHook,
+    data_root: Path,
+    staged: Mapping[str, Any],
+    produce: Callable[[Workspace], R],
+    dataset: str,
+    job_id: str,
+    stamp: str,
+    here: bool,
+    input_bucket: str,
+    output_bucket: str,
+    settle: float,
+    interval: float,
+    concurrency: int,
+) -> Produced:
     input_dir, staged_input = local_input_dir(
         storage, dataset, data_root, staged.get("input_dir"), staged.get("host"), bucket=input_bucket
     )
@@ -110,7 +147,7 @@ def run_in_workspace(
             interval=interval,
             concurrency=concurrency,
         )
-        with reading(input_dir), writer:
+        with writer:
             value = produce(workspace)
         handed, sent = writer.finish()
     finally:

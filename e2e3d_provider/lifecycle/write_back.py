@@ -90,7 +90,8 @@ class WriteBack:
     ) -> None:
         self._stop.set()
         self._watcher.join()
-        self._pool.shutdown(wait=True)  # uploads in flight end; a failed producer leaves no handoff.json
+        # uploads in flight end; a failed producer's queued ones are dropped (no handoff.json is written anyway)
+        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
     # -- the watcher -----------------------------------------------------------------------------
 

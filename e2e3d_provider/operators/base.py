@@ -79,6 +79,14 @@ class E2E3DOperator(BaseOperator):
         """Sweep this worker's scratch (at most every ``[e2e3d] sweep_every_seconds``): how temp dirs and
         the input cache stay bounded on every worker, not only the one a maintenance DAG lands on. A sweep
         that fails is logged; it never fails the task whose work is done."""
+        from e2e3d_provider.hooks import telemetry
+
+        try:
+            self._sweep_scratch()
+        finally:  # a task process may end with os._exit: write its telemetry rows now
+            telemetry.flush()
+
+    def _sweep_scratch(self) -> None:
         if not self.sweeps_scratch:
             return
         from e2e3d_provider.lifecycle import maintenance
