@@ -83,18 +83,6 @@ def _warn_role_fallback(conn_id: str) -> None:
     )
 
 
-def resolve_conn_id(conn_id: str) -> str:
-    """``conn_id``, or ``minio_default`` when ``conn_id`` is a storage role's connection nobody defined."""
-    if conn_id not in ROLE_CONN_IDS.values():
-        return conn_id
-    try:
-        BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        _warn_role_fallback(conn_id)
-        return DEFAULT_MINIO_CONN_ID
-    return conn_id
-
-
 class StorageHook(BaseHook):
     """Object storage for E2E3D: buckets, checksummed parallel transfers, presigned URLs, statistics.
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from e2e3d_provider.core.dataset_manifest import DatasetImage, DatasetManifest
 from e2e3d_provider.core.layout import (
-    BLOB_AREA,
     BUCKET_INPUT,
     DATASET_MANIFEST_NAME,
     ID_PATTERN,
@@ -179,9 +178,3 @@ def adopt_loose(
         result.removed.append(obj.key)
     result.adopted = len(images) + len(reused)
     return result
-
-
-def blob_area_bytes(storage: StorageHook, bucket: str = BUCKET_INPUT) -> tuple[int, int]:
-    """How many blobs the bucket holds and their bytes."""
-    blobs = storage.list_objects(bucket, BLOB_AREA + "/")
-    return len(blobs), sum(o.size for o in blobs)
