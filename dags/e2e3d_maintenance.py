@@ -8,20 +8,25 @@ Thresholds come from the DAG params when set, else from PostgreSQL's ``e2e3d.con
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from airflow.sdk import Param, dag, task
 
-from e2e3d_provider.hooks import ROLE_CONN_IDS
+from e2e3d_provider.exceptions import E2E3DError
+from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle import maintenance
+from e2e3d_provider.lifecycle.backup import BackupTarget
 from e2e3d_provider.lifecycle.host_sweep import sweep_host
 from e2e3d_provider.operators.run_context import dag_run_state, data_root, scratch_bounds
 
 MAINTENANCE_CONN_ID = ROLE_CONN_IDS["maintenance"]  # archive, retention deletes, statistics: its role only
+BACKUP_CONN_ID = DEFAULT_BACKUP_CONN_ID  # the scrub's last place to repair from
+log = logging.getLogger(__name__)
 
 
 @dag(
@@ -84,6 +89,23 @@ def e2e3d_maintenance() -> None:
         return maintenance.record_statistics(StorageHook(MAINTENANCE_CONN_ID), MetadataHook())
 
     @task
+    def scrub_results() -> dict[str, Any]:
+        """Re-read a rolling share of the published results (``scrub_max_bytes`` a run) against their
+        manifests; repair from earlier versions, the archive or the backup; mark the rest damaged."""
+        metadata = MetadataHook()
+        storage = StorageHook(MAINTENANCE_CONN_ID)
+        try:
+            target = BackupTarget.from_hook(StorageHook(BACKUP_CONN_ID))
+            target.complete_ids()
+        except E2E3DError as err:
+            log.warning("scrub: no backup target to repair from (%s); versions and the archive only", err)
+            target = None
+        spool = data_root() / "tmp"
+        spool.mkdir(parents=True, exist_ok=True)
+        max_bytes = int(maintenance.setting(metadata, maintenance.CONFIG_SCRUB_MAX_BYTES))
+        return maintenance.scrub(storage, metadata, spool, backup=target, max_bytes=max_bytes).to_xcom()
+
+    @task
     def trim_telemetry() -> dict[str, int]:
         """Access log, storage errors, worker disks, transfers and snapshots older than the retention."""
         metadata = MetadataHook()
@@ -95,6 +117,7 @@ def e2e3d_maintenance() -> None:
     checked >> clean_temp()
     checked >> reconcile_jobs()
     checked >> trim_telemetry()
+    checked >> scrub_results()
     checked >> archive_completed() >> apply_retention() >> storage_statistics()
 
 

@@ -8,10 +8,11 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_NONCURRENT_DAYS
 from e2e3d_provider.exceptions import E2E3DError
-from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, ROLE_CONN_IDS
+from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, DEFAULT_METADATA_CONN_ID, ROLE_CONN_IDS
 
 
 def _stack_dir(args: argparse.Namespace) -> Path:
@@ -186,6 +187,107 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spool(args: argparse.Namespace) -> Path:
+    import tempfile
+
+    return Path(args.spool) if args.spool else Path(tempfile.gettempdir())
+
+
+def _backup_target(args: argparse.Namespace) -> Any:
+    from e2e3d_provider.hooks.storage import StorageHook
+    from e2e3d_provider.lifecycle.backup import BackupTarget
+
+    return BackupTarget.from_hook(StorageHook(args.backup_conn_id))
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from e2e3d_provider.hooks.metadata import MetadataHook
+    from e2e3d_provider.hooks.storage import StorageHook
+    from e2e3d_provider.lifecycle.backup import run_backup
+
+    target = _backup_target(args)
+    if args.list:
+        for backup_id in target.complete_ids():
+            snap = target.snapshot(backup_id)
+            print(f"{backup_id}  covers {snap.covers_until}  {snap.objects} objects  {snap.bytes} bytes")
+        return 0
+    done = run_backup(StorageHook(args.minio_conn_id), target, MetadataHook(args.metadata_conn_id), _spool(args))
+    print(
+        f"backup {done.backup_id} complete at {done.target}: {done.objects} objects ({done.bytes} bytes) and the "
+        f"metadata schema as of {done.covers_until}; sent {done.sent_objects} new contents ({done.sent_bytes} bytes), "
+        f"read {done.read_objects} objects, in {done.seconds:.1f} s"
+    )
+    for key in done.damaged:
+        print(f"WARNING: {key} does not match its manifest and was not backed up (run `e2e3d scrub`)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from e2e3d_provider.hooks.metadata import MetadataHook
+    from e2e3d_provider.hooks.storage import StorageHook
+    from e2e3d_provider.lifecycle.restore import run_restore
+
+    done = run_restore(
+        _backup_target(args),
+        StorageHook(args.minio_conn_id),
+        MetadataHook(args.metadata_conn_id),
+        _spool(args),
+        backup_id=args.backup,
+        job_id=args.job,
+        overwrite=args.overwrite,
+    )
+    rows = ", ".join(f"{t} +{r['restored']}" for t, r in done.rows.items() if r["restored"]) or "none"
+    print(
+        f"restored from backup {done.backup_id} (covers {done.covers_until}): {done.restored_objects} objects "
+        f"({done.restored_bytes} bytes) brought back, {done.identical_objects} already there; rows: {rows}; "
+        f"{done.seconds:.1f} s"
+    )
+    if done.replaced:
+        print(f"replaced {len(done.replaced)} differing objects (the old ones stay as noncurrent versions)")
+    if done.conflicts or done.row_conflicts:
+        for key in done.conflicts[:20]:
+            print(f"differs, kept: {key}", file=sys.stderr)
+        print(
+            f"e2e3d: {len(done.conflicts)} objects and {done.row_conflicts} rows exist and differ from the backup; "
+            "they were left as they are. Rerun with --overwrite to replace them.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_scrub(args: argparse.Namespace) -> int:
+    from e2e3d_provider.hooks.metadata import MetadataHook
+    from e2e3d_provider.hooks.storage import StorageHook
+    from e2e3d_provider.lifecycle.scrub import scrub
+
+    try:
+        target = _backup_target(args)
+        target.complete_ids()
+    except Exception as err:  # no backup target: repair from versions and the archive only
+        print(f"(no backup target to repair from: {err})", file=sys.stderr)
+        target = None
+    done = scrub(
+        StorageHook(args.minio_conn_id),
+        MetadataHook(args.metadata_conn_id),
+        _spool(args),
+        backup=target,
+        job_id=args.job,
+        max_bytes=args.max_bytes,
+    )
+    for f in done.findings:
+        fixed = f"repaired from {f['repaired_from']}" if f["repaired_from"] else "NOT repaired"
+        print(f"{f['bucket']}/{f['key']}: {f['problem']}, {fixed}")
+    print(
+        f"scrubbed {done.runs} runs, {done.files} files, {done.bytes_read} bytes read: {len(done.findings)} "
+        f"findings, {done.repaired} repaired, {len(done.damaged)} jobs damaged"
+        + ("" if done.complete_pass else " (byte bound reached: the next scrub carries on from here)")
+    )
+    for job in done.damaged:
+        print(f"DAMAGED: job {job} lost its SUCCESS marker; restore it (e2e3d restore --job {job}) or rerun it")
+    return 1 if done.damaged else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from e2e3d_provider.devstack.demo import run_demo
 
@@ -258,6 +360,37 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--bucket", default=BUCKET_OUTPUT)
     fetch.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["api"])
     fetch.set_defaults(func=cmd_fetch)
+
+    backup = sub.add_parser("backup", help="back up the metadata schema and the buckets to the backup target")
+    backup.add_argument("--list", action="store_true", help="list the complete backups instead")
+    backup.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["maintenance"], help="reads the live buckets")
+    backup.add_argument("--backup-conn-id", default=DEFAULT_BACKUP_CONN_ID)
+    backup.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
+    backup.add_argument("--spool", help="local folder for objects in passage (default: the temp dir)")
+    backup.set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser(
+        "restore", help="bring back missing objects and rows from a backup (existing ones are never replaced)"
+    )
+    restore.add_argument("--backup", help="the backup id (default: the latest complete one; see backup --list)")
+    restore.add_argument("--job", help="only this job's results, archive copies and rows")
+    restore.add_argument("--overwrite", action="store_true", help="also replace objects and rows that differ")
+    restore.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["admin"], help="writes the live buckets")
+    restore.add_argument("--backup-conn-id", default=DEFAULT_BACKUP_CONN_ID)
+    restore.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
+    restore.add_argument("--spool", help="local folder for objects in passage (default: the temp dir)")
+    restore.set_defaults(func=cmd_restore)
+
+    scrub = sub.add_parser(
+        "scrub", help="re-read published results against their manifests and repair them from versions/archive/backup"
+    )
+    scrub.add_argument("--job", help="only this job")
+    scrub.add_argument("--max-bytes", type=int, help="a rolling scrub: stop after reading this many bytes")
+    scrub.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["maintenance"])
+    scrub.add_argument("--backup-conn-id", default=DEFAULT_BACKUP_CONN_ID)
+    scrub.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
+    scrub.add_argument("--spool", help="local folder for contents fetched from the backup (default: the temp dir)")
+    scrub.set_defaults(func=cmd_scrub)
 
     demo = sub.add_parser("demo", help="run the whole lifecycle DAG on the embedded stack with a sample dataset")
     demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")

@@ -99,9 +99,14 @@ def airflow_env() -> dict[str, str]:
 
 def code_conn_ids() -> set[str]:
     """Connection ids the hooks default to and the DAGs name."""
-    from e2e3d_provider.hooks import ROLE_CONN_IDS
+    from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, ROLE_CONN_IDS
 
-    ids = {StorageHook.default_conn_name, MetadataHook.default_conn_name, *ROLE_CONN_IDS.values()}
+    ids = {
+        StorageHook.default_conn_name,
+        MetadataHook.default_conn_name,
+        DEFAULT_BACKUP_CONN_ID,
+        *ROLE_CONN_IDS.values(),
+    }
     for dag_file in (ROOT / "dags").glob("*.py"):
         ids |= set(re.findall(r'_CONN_ID = "([a-z0-9_]+)"', dag_file.read_text()))
     return ids

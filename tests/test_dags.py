@@ -39,7 +39,7 @@ def test_every_dag_loads_without_import_errors() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     for folder, expected in (
-        (REPO / "dags", {"e2e3d_reconstruction", "e2e3d_maintenance"}),
+        (REPO / "dags", {"e2e3d_reconstruction", "e2e3d_maintenance", "e2e3d_backup"}),
         (REPO / "tests" / "dags", {"e2e3d_test_blocks", "e2e3d_test_deferrable"}),
     ):
         bag = DagBag(dag_folder=str(folder))

@@ -76,7 +76,29 @@ def test_migrations_are_idempotent_versioned_and_safe_concurrently(connections: 
                 "access_log",
                 "storage_errors",
                 "worker_disks",
+                "backups",
+                "scrub_findings",
             }
+
+
+def test_a_version_5_database_learns_the_damaged_status(connections: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import e2e3d_provider.hooks.metadata as metadata_module
+
+    with scratch_database(connections, "e2e3d_mig5"):
+        with monkeypatch.context() as patch:
+            patch.setattr(metadata_module, "MIGRATIONS", MIGRATIONS[:5])
+            old = MetadataHook("e2e3d_mig5")
+            old.migrate()
+            old.record_job("j1", STAMP, "ds", "running")
+            old.record_job("j1", STAMP, "ds", "succeeded")
+            with pytest.raises(Exception, match="jobs_status_check"), old.transaction() as cur:
+                cur.execute(f"UPDATE {SCHEMA}.jobs SET status = 'damaged'")  # version 5 does not know it
+        hook = MetadataHook("e2e3d_mig5")
+        assert hook.migrate() == 6
+        assert hook.record_job("j1", STAMP, "ds", "damaged", error="scrub")["status"] == "damaged"
+        with pytest.raises(Exception, match="jobs_status_check"), hook.transaction() as cur:
+            cur.execute(f"UPDATE {SCHEMA}.jobs SET status = 'lost'")
+        assert hook.backups() == [] and hook.scrub_findings() == []
 
 
 def test_a_version_3_inventory_migrates_to_roles_and_keeps_its_rows(
@@ -98,7 +120,7 @@ def test_a_version_3_inventory_migrates_to_roles_and_keeps_its_rows(
                 )
         hook = MetadataHook("e2e3d_mig3")
         assert hook.schema_version() == 3
-        assert hook.migrate() == SCHEMA_VERSION == 5
+        assert hook.migrate() == SCHEMA_VERSION == 6
         assert hook.job_files("j1", STAMP) == [
             {"kind": "mesh", "key": "j1/mesh/m.obj", "size": 7, "sha256": "a" * 64}
             | {"role": None, "source": None, "level": None, "figures": None}

@@ -146,7 +146,7 @@ public = APIRouter(prefix="/api")
     tags=["results"],
     responses={
         404: {"description": "unknown job"},
-        409: {"description": "job not complete (no SUCCESS)"},
+        409: {"description": "job not complete (no SUCCESS), or damaged (a scrub could not repair it)"},
         422: {"description": "malformed job id or expiry"},
     },
 )
@@ -171,6 +171,12 @@ def job_results(
     job = b.metadata.get_job(job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown job {job_id!r}")
+    if job["status"] == "damaged":
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id!r} is damaged: {job.get('error') or 'a scrub found files it could not repair'}. "
+            f"Its results are not served; restore them (e2e3d restore --job {job_id}) or rerun the job.",
+        )
     places = [(BUCKET_OUTPUT, output_prefix(job_id))]
     if job["status"] == "archived":  # its output may be gone after retention: serve the archive copy
         places.append((BUCKET_ARCHIVE, archive_prefix(job_id, job["stamp"])))

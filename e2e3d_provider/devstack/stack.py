@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from e2e3d_provider.core.backup_catalog import DEFAULT_BACKUP_BUCKET
 from e2e3d_provider.core.layout import DATA_ROOT_ENV
 from e2e3d_provider.core.roles import GRANTS, seaweed_actions
 from e2e3d_provider.exceptions import StackError
-from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS
+from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS
 
 STATE_FILE = "stack.json"
 PG_SYSTEM_USER = "embedded_postgres"  # the uid root is mapped to in PostgreSQL's user namespace
@@ -100,6 +101,13 @@ class StackInfo:
             conn["login"], conn["password"] = self.role_keys[role]
         return conn
 
+    def backup_conn(self) -> dict[str, Any]:
+        """The ``e2e3d_backup`` connection: a bucket of its own beside the live ones on this stack's S3 server
+        (a real deployment points it at a second endpoint)."""
+        conn = self.minio_conn()
+        conn["extra"] = {**conn["extra"], "bucket": DEFAULT_BACKUP_BUCKET}
+        return conn
+
     def metadata_conn(self) -> dict[str, Any]:
         """The ``e2e3d_metadata`` connection as Airflow's JSON connection format (postgres type)."""
         return {
@@ -128,6 +136,7 @@ class StackInfo:
             f"AIRFLOW_CONN_{DEFAULT_MINIO_CONN_ID.upper()}": json.dumps(self.minio_conn()),
             **roles,
             f"AIRFLOW_CONN_{DEFAULT_METADATA_CONN_ID.upper()}": json.dumps(self.metadata_conn()),
+            f"AIRFLOW_CONN_{DEFAULT_BACKUP_CONN_ID.upper()}": json.dumps(self.backup_conn()),
             DATA_ROOT_ENV: str(self.data_root),
             "E2E3D_TEST_S3_ENDPOINT": self.s3_endpoint,
             "E2E3D_TEST_S3_ACCESS_KEY": self.access_key,

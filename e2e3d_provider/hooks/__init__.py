@@ -6,6 +6,8 @@ read them), and are the hooks' ``default_conn_name``.
 
 DEFAULT_MINIO_CONN_ID = "minio_default"
 DEFAULT_METADATA_CONN_ID = "e2e3d_metadata"
+#: the backup target: a second S3 endpoint, or a bucket beside the live ones (extra ``bucket``)
+DEFAULT_BACKUP_CONN_ID = "e2e3d_backup"
 
 #: the object-storage connection of each least-privilege role (``e2e3d_provider.core.roles``); a role
 #: whose connection is not defined falls back to ``minio_default``, with a warning

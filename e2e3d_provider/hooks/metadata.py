@@ -242,6 +242,84 @@ class MetadataHook(PostgresHook):
             )
             return dict(zip(JOB_COLUMNS, cur.fetchone(), strict=True))
 
+    def published_runs(
+        self, after: tuple[str, str] | None = None, limit: int = 100, job_id: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """``(job_id, stamp, status)`` of runs whose results should be in ``output`` (succeeded, archived
+        and not yet retired, or damaged), in key order after ``after``: what a scrub walks."""
+        where = ["status IN ('succeeded', 'archived', 'damaged')", "output_removed_at IS NULL"]
+        params: list[Any] = []
+        if after is not None:
+            where.append("(job_id, stamp) > (%s, %s)")
+            params += list(after)
+        if job_id is not None:
+            where.append("job_id = %s")
+            params.append(validate_id(job_id, "job_id"))
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT job_id, stamp, status FROM {SCHEMA}.jobs WHERE {' AND '.join(where)} "
+                "ORDER BY job_id, stamp LIMIT %s",
+                (*params, limit),
+            )
+            return [tuple(row) for row in cur.fetchall()]
+
+    def record_scrub_findings(self, findings: Sequence[Mapping[str, Any]]) -> int:
+        """Store a scrub's findings: each damaged or missing object and where it was repaired from."""
+        if not findings:
+            return 0
+        cols = ("job_id", "stamp", "bucket", "key", "problem", "repaired_from", "detail")
+        with self._migrated_transaction() as cur:
+            cur.executemany(
+                f"INSERT INTO {SCHEMA}.scrub_findings ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
+                [tuple(f.get(c) for c in cols) for f in findings],
+            )
+        return len(findings)
+
+    def scrub_findings(self, job_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The latest scrub findings, optionally of one job, newest first."""
+        cols = ("at", "job_id", "stamp", "bucket", "key", "problem", "repaired_from", "detail")
+        where, params = ("WHERE job_id = %s", (job_id, limit)) if job_id else ("", (limit,))
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT {', '.join(cols)} FROM {SCHEMA}.scrub_findings {where} ORDER BY id DESC LIMIT %s", params
+            )
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def start_backup(self, backup_id: str, target: str) -> None:
+        """Record a backup as running."""
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"INSERT INTO {SCHEMA}.backups (backup_id, target, status) VALUES (%s, %s, 'running') "
+                "ON CONFLICT (backup_id) DO NOTHING",
+                (backup_id, target),
+            )
+
+    def finish_backup(self, backup_id: str, target: str, status: str, **figures: Any) -> None:
+        """Record how a backup ended (``complete`` or ``failed``) with its figures: objects, bytes,
+        sent_objects, sent_bytes, seconds, covers_until, error. A backup restored from its own dump (which
+        holds it as running) is completed by this too."""
+        cols = ("objects", "bytes", "sent_objects", "sent_bytes", "seconds", "covers_until", "error")
+        unknown = set(figures) - set(cols)
+        if unknown:
+            raise TypeError(f"finish_backup got unexpected fields {sorted(unknown)}")
+        names = [c for c in cols if c in figures]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ("status", "finished_at", *names))
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"INSERT INTO {SCHEMA}.backups (backup_id, target, status, finished_at"
+                f"{''.join(', ' + c for c in names)}) VALUES (%s, %s, %s, now(){', %s' * len(names)}) "
+                f"ON CONFLICT (backup_id) DO UPDATE SET {updates}",
+                (backup_id, target, status, *[figures[c] for c in names]),
+            )
+
+    def backups(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest backups, newest first."""
+        cols = ("backup_id", "target", "status", "started_at", "finished_at", "covers_until", "objects", "bytes",
+                "sent_objects", "sent_bytes", "seconds", "error")  # fmt: skip
+        with self._migrated_transaction() as cur:
+            cur.execute(f"SELECT {', '.join(cols)} FROM {SCHEMA}.backups ORDER BY backup_id DESC LIMIT %s", (limit,))
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
     def get_job(self, job_id: str, stamp: str | None = None) -> dict[str, Any] | None:
         """One run of a job (the latest when ``stamp`` is omitted), or None."""
         validate_id(job_id, "job_id")

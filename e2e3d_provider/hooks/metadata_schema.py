@@ -10,15 +10,22 @@ SCHEMA = "e2e3d"
 #: Advisory-lock key serialising migrations between concurrent workers ("e2e3d" as an int).
 MIGRATION_LOCK = 0x6532653364
 
-STATUSES = ("queued", "running", "succeeded", "failed", "archived")
+#: the statuses of migration 1 (kept as they were: a migration is never edited)
+_STATUSES_V1 = ("queued", "running", "succeeded", "failed", "archived")
+#: ``damaged``: a scrub found a published result that no version, archive copy or backup could repair;
+#: its SUCCESS marker is gone, so no reader trusts it (migration 6)
+STATUSES = (*_STATUSES_V1, "damaged")
 #: status -> statuses it may move to. Repeating a status is allowed so retries are idempotent;
-#: a failed job may run again; only a succeeded job may be archived.
+#: a failed job may run again; only a succeeded job may be archived; a published result (succeeded or
+#: archived) may be found damaged, and a damaged one may run again or, once whole again (restored),
+#: go back to what it was.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"queued", "running", "failed"}),
     "running": frozenset({"running", "succeeded", "failed"}),
     "failed": frozenset({"failed", "running"}),
-    "succeeded": frozenset({"succeeded", "archived"}),
-    "archived": frozenset({"archived"}),
+    "succeeded": frozenset({"succeeded", "archived", "damaged"}),
+    "archived": frozenset({"archived", "damaged"}),
+    "damaged": frozenset({"damaged", "running", "succeeded", "archived"}),
 }
 
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -30,7 +37,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             job_id        text        NOT NULL,
             stamp         text        NOT NULL,
             dataset       text        NOT NULL,
-            status        text        NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
+            status        text        NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in _STATUSES_V1)})),
             created_at    timestamptz NOT NULL DEFAULT now(),
             updated_at    timestamptz NOT NULL DEFAULT now(),
             started_at    timestamptz,
@@ -168,6 +175,43 @@ MIGRATIONS.append(
     """,
     )
 )
+MIGRATIONS.append(
+    (
+        6,
+        "durability: the damaged status, backups and scrub findings",
+        f"""
+        ALTER TABLE {SCHEMA}.jobs DROP CONSTRAINT IF EXISTS jobs_status_check;
+        ALTER TABLE {SCHEMA}.jobs ADD CONSTRAINT jobs_status_check
+            CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)}));
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.backups (
+            backup_id     text        PRIMARY KEY,
+            target        text        NOT NULL,
+            status        text        NOT NULL CHECK (status IN ('running', 'complete', 'failed')),
+            started_at    timestamptz NOT NULL DEFAULT now(),
+            finished_at   timestamptz,
+            covers_until  timestamptz,
+            objects       bigint      NOT NULL DEFAULT 0,
+            bytes         bigint      NOT NULL DEFAULT 0,
+            sent_objects  bigint      NOT NULL DEFAULT 0,
+            sent_bytes    bigint      NOT NULL DEFAULT 0,
+            seconds       double precision,
+            error         text
+        );
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.scrub_findings (
+            id            bigserial   PRIMARY KEY,
+            at            timestamptz NOT NULL DEFAULT now(),
+            job_id        text,
+            stamp         text,
+            bucket        text        NOT NULL,
+            key           text        NOT NULL,
+            problem       text        NOT NULL CHECK (problem IN ('missing', 'mismatch')),
+            repaired_from text        CHECK (repaired_from IN ('version', 'archive', 'backup')),
+            detail        text
+        );
+        CREATE INDEX IF NOT EXISTS scrub_findings_at_idx ON {SCHEMA}.scrub_findings (at);
+    """,
+    )
+)
 #: telemetry tables and the columns a batch of rows may fill (the maintenance DAG trims them by ``at``)
 TELEMETRY_TABLES = {
     "access_log": ("at", "actor", "action", "job_id", "dataset", "bucket", "key", "variant"),
@@ -175,6 +219,17 @@ TELEMETRY_TABLES = {
     "worker_disks": ("at", "host", "data_root", "total_bytes", "used_bytes", "cache_bytes"),
 }
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+#: how ``e2e3d restore`` merges a backed-up table into a live one: rows are the same row when these
+#: columns match (jobs before job_files, which refers to them); a live row that differs is a conflict
+RESTORE_KEYS: dict[str, tuple[str, ...]] = {
+    "jobs": ("job_id", "stamp"),
+    "job_files": ("job_id", "stamp", "key"),
+    "config": ("key",),
+    "backups": ("backup_id",),
+}
+#: append-only logs: a row is the same row whatever its id; absent rows come back under new ids
+RESTORE_APPEND = ("transfers", "storage_stats", "access_log", "storage_errors", "worker_disks", "scrub_findings")
 
 JOB_COLUMNS = (
     "job_id",

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,7 @@ class StorageHook(BaseHook):
             "verify": verify,
             "access_key": conn.login or extra.get("aws_access_key_id"),
             "secret_key": conn.password or extra.get("aws_secret_access_key"),
+            "bucket": extra.get("bucket") or None,  # a backup target's bucket (the e2e3d_backup connection)
         }
 
     @property
@@ -589,13 +590,16 @@ class StorageHook(BaseHook):
         )
         return sha
 
-    def get_bytes(self, bucket: str, key: str, max_bytes: int = 64 * 1024 * 1024) -> bytes:
-        """Read a small object whole (one GET), verifying its sha256 metadata when present."""
+    def get_bytes(
+        self, bucket: str, key: str, max_bytes: int = 64 * 1024 * 1024, version_id: str | None = None
+    ) -> bytes:
+        """Read a small object (or one stored version of it) whole (one GET), verifying its sha256
+        metadata when present."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
 
         def read() -> tuple[bytes, str | None]:
             try:
-                response = self.client.get_object(bucket, key)
+                response = self.client.get_object(bucket, key, version_id=version_id)
             except S3Error as err:
                 if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                     raise ObjectNotFoundError(f"no object {bucket}/{key} (connection {self.minio_conn_id!r})") from err
@@ -617,14 +621,15 @@ class StorageHook(BaseHook):
             raise ChecksumMismatchError(f"{bucket}/{key}: bytes do not match the recorded sha256")
         return data
 
-    def read_sha256(self, bucket: str, key: str) -> str:
-        """The SHA-256 of an object's bytes as read now (streamed; memory stays flat): the truth, where
-        the ``x-amz-meta-sha256`` label is only what some writer said."""
+    def read_sha256(self, bucket: str, key: str, version_id: str | None = None) -> str:
+        """The SHA-256 of an object's bytes (of ``version_id``, else the current ones) as read now
+        (streamed; memory stays flat): the truth, where the ``x-amz-meta-sha256`` label is only what some
+        writer said."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
 
         def read() -> str:
             digest = hashlib.sha256()
-            response = self.client.get_object(bucket, key)
+            response = self.client.get_object(bucket, key, version_id=version_id)
             try:
                 for chunk in response.stream(CHUNK_SIZE):
                     digest.update(chunk)
@@ -634,6 +639,27 @@ class StorageHook(BaseHook):
             return digest.hexdigest()
 
         return str(self._call(f"read {bucket}/{key}", read))
+
+    def object_versions(self, bucket: str, key: str) -> list[transfer.RemoteObject]:
+        """Every stored version of exactly ``key`` (delete markers left out), newest first; on a bucket
+        without versioning, the object alone."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+
+        def versions() -> list[transfer.RemoteObject]:
+            found = [
+                transfer.RemoteObject(
+                    key=o.object_name,
+                    size=o.size or 0,
+                    etag=transfer.object_io.clean_etag(o.etag),
+                    version_id=o.version_id,
+                    last_modified=o.last_modified,
+                )
+                for o in self.client.list_objects(bucket, prefix=key, include_version=True)
+                if o.object_name == key and not o.is_delete_marker
+            ]
+            return sorted(found, key=lambda o: o.last_modified or datetime.min.replace(tzinfo=UTC), reverse=True)
+
+        return list(self._call(f"list versions {bucket}/{key}", versions))
 
     def stat(self, bucket: str, key: str) -> transfer.RemoteObject | None:
         """Size, ETag, sha256 and version of an object, or None if it does not exist."""
@@ -708,16 +734,20 @@ class StorageHook(BaseHook):
         *,
         if_match: str | None = None,
         size: int | None = None,
+        version_id: str | None = None,
     ) -> str | None:
         """Server-side copy, keeping the object's metadata (and so its sha256); returns the new ETag.
 
         With ``if_match`` the server copies only while the source still has that ETag, else
         :class:`ChecksumMismatchError` (the check and the copy are one step: nothing can change in
-        between). With ``size`` known and at most 5 GiB it is one request; otherwise the client first
+        between). ``version_id`` copies that stored version of the source (a repair from history). With
+        ``size`` known and at most 5 GiB it is one request; otherwise the client first
         asks the size (a HEAD) to choose between a copy and a multipart compose."""
         src_bucket, src_key = validate_bucket(src_bucket), validate_relpath(src_key)
         dest_bucket, dest_key = validate_bucket(dest_bucket), validate_relpath(dest_key)
-        source = CopySource(src_bucket, src_key, match_etag=f'"{if_match}"' if if_match else None)
+        source = CopySource(
+            src_bucket, src_key, version_id=version_id, match_etag=f'"{if_match}"' if if_match else None
+        )
 
         def copy() -> str | None:
             etag: str | None

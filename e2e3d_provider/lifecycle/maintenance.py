@@ -18,6 +18,7 @@ from e2e3d_provider.lifecycle.dashboard import dashboard_figures
 from e2e3d_provider.lifecycle.reconcile import reconcile_running_jobs as reconcile_running_jobs
 from e2e3d_provider.lifecycle.retention import apply_retention as apply_retention
 from e2e3d_provider.lifecycle.scratch import clean_temp as clean_temp
+from e2e3d_provider.lifecycle.scrub import scrub as scrub
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,13 @@ log = logging.getLogger(__name__)
 CONFIG_TEMP_MAX_AGE_HOURS = "temp_max_age_hours"
 CONFIG_RETENTION_DAYS = "output_retention_days"
 CONFIG_TELEMETRY_DAYS = "telemetry_retention_days"
-DEFAULTS = {CONFIG_TEMP_MAX_AGE_HOURS: 24, CONFIG_RETENTION_DAYS: 30, CONFIG_TELEMETRY_DAYS: 90}
+CONFIG_SCRUB_MAX_BYTES = "scrub_max_bytes"
+DEFAULTS = {
+    CONFIG_TEMP_MAX_AGE_HOURS: 24,
+    CONFIG_RETENTION_DAYS: 30,
+    CONFIG_TELEMETRY_DAYS: 90,
+    CONFIG_SCRUB_MAX_BYTES: 10 * 1024**3,  # bytes a daily scrub reads; the next run carries on from there
+}
 
 
 def setting(metadata: MetadataHook, key: str, override: float | None = None) -> float:

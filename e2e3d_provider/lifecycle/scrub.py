@@ -1,0 +1,282 @@
+"""Scrub: re-read published results against their manifests, and repair what no longer matches.
+
+For each published run (``succeeded``, ``archived`` with its output still there, or ``damaged``) the
+scrub reads its SUCCESS marker and the manifest it names, then every file's bytes (SHA-256). A file
+missing or with other bytes is repaired from, in order, an earlier version of the object (versioned
+``output``), the run's archive copy, or the backup target (which holds contents by SHA-256),
+whichever verifies first; the repaired object is read back. Each finding and repair is recorded in
+``e2e3d.scrub_findings``. A run that cannot be repaired loses its SUCCESS marker and becomes
+``damaged`` (the marker is kept in the job's statistics), so no reader trusts it; a damaged run found
+whole again (restored from a backup, say) gets its marker back and its status.
+
+A rolling scrub (``max_bytes``) stops once it has read that many bytes and carries on from there the
+next time (``e2e3d.config`` ``scrub_cursor``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2e3d_provider.core.backup_catalog import backup_blob_key
+from e2e3d_provider.core.layout import (
+    BUCKET_ARCHIVE,
+    BUCKET_OUTPUT,
+    MANIFEST_NAME,
+    SUCCESS_NAME,
+    archive_prefix,
+    output_prefix,
+)
+from e2e3d_provider.core.manifest import Manifest
+from e2e3d_provider.exceptions import ChecksumMismatchError, E2E3DError, ManifestError, ObjectNotFoundError
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle.backup import BackupTarget
+
+log = logging.getLogger(__name__)
+
+CONFIG_SCRUB_CURSOR = "scrub_cursor"
+
+
+@dataclass
+class ScrubResult:
+    """What one scrub read, found and repaired."""
+
+    runs: int = 0
+    files: int = 0
+    bytes_read: int = 0
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # job ids that could not be repaired
+    recovered: list[str] = field(default_factory=list)  # damaged job ids found whole again
+    complete_pass: bool = True  # False: a rolling scrub stopped at its byte bound
+    errors: list[str] = field(default_factory=list)  # runs that could not be scrubbed (unreachable, say)
+
+    @property
+    def repaired(self) -> int:
+        return sum(1 for f in self.findings if f["repaired_from"])
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {**self.__dict__, "repaired": self.repaired, "findings": self.findings[:50]}
+
+
+@dataclass
+class _Scrubber:
+    storage: StorageHook
+    metadata: MetadataHook
+    backup: BackupTarget | None
+    spool: Path
+    result: ScrubResult
+
+    def run(self, job_id: str, stamp: str, status: str) -> None:
+        prefix = output_prefix(job_id)
+        kept: bytes | None = None
+        try:
+            marker: bytes | None = self.storage.get_bytes(BUCKET_OUTPUT, prefix + SUCCESS_NAME)
+        except (ObjectNotFoundError, ChecksumMismatchError):
+            marker = None
+        if marker is not None and _marker_stamp(marker) != stamp:
+            return  # the output holds another run of this job: this one was superseded
+        if marker is None:
+            if self.metadata.latest_stamps([job_id]).get(job_id) != stamp:
+                return
+            if status != "damaged":
+                self._finding(job_id, stamp, prefix + SUCCESS_NAME, "missing", None, "no SUCCESS marker")
+            kept = self._kept_marker(job_id, stamp)
+            if kept is None:
+                self._damage(job_id, stamp, None, [SUCCESS_NAME])
+                return
+        self.result.runs += 1
+        vouching = marker if marker is not None else kept
+        assert vouching is not None
+        manifest_sha = json.loads(vouching)["manifest_sha256"]
+        manifest = self._manifest(job_id, stamp, manifest_sha)
+        broken = [MANIFEST_NAME] if manifest is None else self._files(job_id, stamp, manifest)
+        if broken:
+            self._damage(job_id, stamp, vouching, broken)
+        elif marker is None:  # whole: the marker goes back last, and a damaged run is what it was
+            self.storage.put_bytes(BUCKET_OUTPUT, prefix + SUCCESS_NAME, vouching, "application/json")
+            if status == "damaged":
+                job = self.metadata.get_job(job_id, stamp) or {}
+                back = "archived" if job.get("archive_key") else "succeeded"
+                self.metadata.record_job(job_id, stamp, job["dataset"], back, statistics={"damaged": None})
+                self.result.recovered.append(job_id)
+
+    def _kept_marker(self, job_id: str, stamp: str) -> bytes | None:
+        """The run's marker from the job's statistics (kept when it was damaged), an earlier version of
+        the object, or the archive copy."""
+        job = self.metadata.get_job(job_id, stamp) or {}
+        damaged = (job.get("statistics") or {}).get("damaged") or {}
+        if damaged.get("marker"):
+            return str(damaged["marker"]).encode()
+        key = output_prefix(job_id) + SUCCESS_NAME
+        for version in self.storage.object_versions(BUCKET_OUTPUT, key):
+            body = self.storage.get_bytes(BUCKET_OUTPUT, key, version_id=version.version_id)
+            if _marker_stamp(body) == stamp:
+                return body
+        try:
+            body = self.storage.get_bytes(BUCKET_ARCHIVE, archive_prefix(job_id, stamp) + SUCCESS_NAME)
+        except ObjectNotFoundError:
+            return None
+        return body if _marker_stamp(body) == stamp else None
+
+    def _manifest(self, job_id: str, stamp: str, sha: str) -> Manifest | None:
+        key = output_prefix(job_id) + MANIFEST_NAME
+        try:
+            raw = self.storage.get_bytes(BUCKET_OUTPUT, key)
+            problem = None if _sha(raw) == sha else "mismatch"
+        except ObjectNotFoundError:
+            problem = "missing"
+        except ChecksumMismatchError:
+            problem = "mismatch"
+        if problem:
+            source = self._repair(job_id, stamp, MANIFEST_NAME, sha, None)
+            self._finding(job_id, stamp, key, problem, source, "the manifest SUCCESS names")
+            if source is None:
+                return None
+            raw = self.storage.get_bytes(BUCKET_OUTPUT, key)
+        try:
+            return Manifest.from_json(raw)
+        except ManifestError:
+            return None
+
+    def _files(self, job_id: str, stamp: str, manifest: Manifest) -> list[str]:
+        prefix = output_prefix(job_id)
+        listed = {o.key: o for o in self.storage.list_objects(BUCKET_OUTPUT, prefix)}
+        broken = []
+        for entry in manifest.files:
+            key = prefix + entry.path
+            self.result.files += 1
+            found = listed.get(key)
+            problem: str | None = "missing"
+            if found is not None:
+                self.result.bytes_read += found.size
+                actual = self.storage.read_sha256(BUCKET_OUTPUT, key)
+                problem = None if found.size == entry.size and actual == entry.sha256 else "mismatch"
+            if problem is None:
+                continue
+            source = self._repair(job_id, stamp, entry.path, entry.sha256, entry.size)
+            self._finding(job_id, stamp, key, problem, source, f"manifest: {entry.size} bytes, {entry.sha256[:12]}...")
+            if source is None:
+                broken.append(entry.path)
+        return broken
+
+    def _repair(self, job_id: str, stamp: str, relpath: str, sha: str, size: int | None) -> str | None:
+        """Put the bytes with ``sha`` back under the run's ``relpath``; returns where they came from."""
+        key = output_prefix(job_id) + relpath
+        for version in self.storage.object_versions(BUCKET_OUTPUT, key):
+            if size is not None and version.size != size:
+                continue
+            if self.storage.read_sha256(BUCKET_OUTPUT, key, version.version_id) == sha:
+                self.storage.copy_object(
+                    BUCKET_OUTPUT, key, BUCKET_OUTPUT, key, version_id=version.version_id, size=version.size
+                )
+                if self._holds(key, sha):
+                    return "version"
+        archived = archive_prefix(job_id, stamp) + relpath
+        copy = self.storage.stat(BUCKET_ARCHIVE, archived)
+        if (
+            copy is not None
+            and (size is None or copy.size == size)
+            and self.storage.read_sha256(BUCKET_ARCHIVE, archived) == sha
+        ):
+            self.storage.copy_object(BUCKET_ARCHIVE, archived, BUCKET_OUTPUT, key, size=copy.size)
+            if self._holds(key, sha):
+                return "archive"
+        if self.backup is not None and self.backup.storage.stat(self.backup.bucket, backup_blob_key(sha)):
+            dest = self.spool / sha
+            try:
+                self.backup.storage.download_file(self.backup.bucket, backup_blob_key(sha), dest, sha256=sha)
+                self.storage.upload_file(dest, BUCKET_OUTPUT, key, sha256=sha)
+            finally:
+                dest.unlink(missing_ok=True)
+            if self._holds(key, sha):
+                return "backup"
+        return None
+
+    def _holds(self, key: str, sha: str) -> bool:
+        try:
+            return self.storage.read_sha256(BUCKET_OUTPUT, key) == sha
+        except ObjectNotFoundError:
+            return False
+
+    def _damage(self, job_id: str, stamp: str, marker: bytes | None, broken: list[str]) -> None:
+        self.storage.delete_object(BUCKET_OUTPUT, output_prefix(job_id) + SUCCESS_NAME)  # no reader trusts it now
+        job = self.metadata.get_job(job_id, stamp)
+        error = (
+            f"damaged: {len(broken)} published file(s) no earlier version, archive copy or backup could repair: "
+            + ", ".join(broken[:10])
+        )
+        if job is not None:
+            statistics = {"damaged": {"marker": marker.decode() if marker else None, "files": broken[:100]}}
+            self.metadata.record_job(job_id, stamp, job["dataset"], "damaged", error=error, statistics=statistics)
+        self.result.damaged.append(job_id)
+        log.error("scrub: job %s run %s is %s", job_id, stamp, error)
+
+    def _finding(self, job_id: str, stamp: str, key: str, problem: str, source: str | None, detail: str) -> None:
+        finding = {
+            "job_id": job_id, "stamp": stamp, "bucket": BUCKET_OUTPUT, "key": key, "problem": problem,
+            "repaired_from": source, "detail": detail,
+        }  # fmt: skip
+        self.result.findings.append(finding)
+        self.metadata.record_scrub_findings([finding])
+        (log.warning if source else log.error)(
+            "scrub: %s/%s %s; %s", BUCKET_OUTPUT, key, problem, f"repaired from {source}" if source else "NOT repaired"
+        )
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _marker_stamp(body: bytes) -> str | None:
+    try:
+        value = json.loads(body).get("stamp")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def scrub(
+    storage: StorageHook,
+    metadata: MetadataHook,
+    spool: Path,
+    *,
+    backup: BackupTarget | None = None,
+    job_id: str | None = None,
+    max_bytes: int | None = None,
+) -> ScrubResult:
+    """Scrub every published run (or ``job_id``'s), or with ``max_bytes`` a rolling share of them; see
+    the module. ``spool`` holds a content fetched from the backup on its way back."""
+    result = ScrubResult()
+    rolling = max_bytes is not None and job_id is None
+    saved = metadata.get_config(CONFIG_SCRUB_CURSOR) if rolling else None
+    cursor: tuple[str, str] | None = (saved[0], saved[1]) if saved else None
+    spool = spool / "scrub"
+    spool.mkdir(parents=True, exist_ok=True)
+    scrubber = _Scrubber(storage, metadata, backup, spool, result)
+    try:
+        while True:
+            runs = metadata.published_runs(after=cursor, job_id=job_id)
+            if not runs:
+                break
+            for run_job, stamp, status in runs:
+                if rolling and max_bytes is not None and result.bytes_read >= max_bytes and result.runs:
+                    result.complete_pass = False
+                    metadata.set_config(CONFIG_SCRUB_CURSOR, list(cursor) if cursor else None)
+                    return result
+                try:
+                    scrubber.run(run_job, stamp, status)
+                except E2E3DError as err:  # one run that cannot be read never stops the scrub of the rest
+                    log.error("scrub: job %s run %s could not be scrubbed: %s", run_job, stamp, err)
+                    result.errors.append(f"{run_job}: {err}")
+                cursor = (run_job, stamp)
+        if rolling:
+            metadata.set_config(CONFIG_SCRUB_CURSOR, None)  # a whole pass: the next one starts over
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return result
