@@ -117,6 +117,15 @@ class RemoteObject:
     last_modified: datetime | None = None
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """An incomplete multipart upload: started, never completed or aborted (its parts still take space)."""
+
+    key: str
+    upload_id: str
+    initiated: datetime | None = None
+
+
 #: callables told of every transfer's progress: ``(label, bytes_done, bytes_total, finished)``; a console
 #: registers one to draw a progress bar (:func:`watch_progress`); they must be cheap and never raise
 PROGRESS_LISTENERS: list[Callable[[str, int, int, bool], None]] = []

@@ -862,6 +862,64 @@ class StorageHook(BaseHook):
                 query.pop("start-after", None)
                 query["continuation-token"] = page.next_token or ""
 
+    def list_multipart_uploads(self, bucket: str, prefix: str = "") -> list[transfer.PendingUpload]:
+        """Every incomplete multipart upload below ``prefix`` (key, upload id, when it was started)."""
+        bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
+
+        def pages() -> list[transfer.PendingUpload]:
+            found, key_marker, id_marker = [], None, None
+            while True:
+                page = self.client._list_multipart_uploads(
+                    bucket, prefix=prefix, key_marker=key_marker, upload_id_marker=id_marker
+                )
+                found += [
+                    transfer.PendingUpload(u.object_name, u.upload_id, u.initiated_time)
+                    for u in page.uploads
+                    if u.object_name and u.upload_id
+                ]
+                # minio 7.2.20 stores NextUploadIdMarker under a misspelt attribute name
+                key_marker = page.next_key_marker
+                id_marker = page.next_upload_id_marker or getattr(page, "self._next_upload_id_marker", None)
+                if not page.is_truncated or not (key_marker or id_marker):
+                    return found
+
+        return list(self._call(f"list uploads {bucket}/{prefix}", pages))
+
+    def multipart_upload_bytes(self, bucket: str, key: str, upload_id: str) -> int | None:
+        """The bytes the uploaded parts of an incomplete multipart upload hold; None if it is gone."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+
+        def parts() -> int | None:
+            total, marker = 0, None
+            while True:
+                try:
+                    page = self.client._list_parts(bucket, key, upload_id, part_number_marker=marker)
+                except S3Error as err:
+                    if err.code == "NoSuchUpload":
+                        return None
+                    raise
+                total += sum(int(part.size or 0) for part in page.parts)
+                marker = page.next_part_number_marker
+                if not page.is_truncated or not marker:
+                    return total
+
+        return self._call(f"list parts {bucket}/{key}", parts)
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> bool:
+        """Abort an incomplete multipart upload (the server drops its parts); False if it was gone already."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+
+        def abort() -> bool:
+            try:
+                self.client._abort_multipart_upload(bucket, key, upload_id)
+            except S3Error as err:
+                if err.code == "NoSuchUpload":
+                    return False
+                raise
+            return True
+
+        return bool(self._call(f"abort upload {bucket}/{key}", abort))
+
     # -----------------------------------------------------------------------------------
     # Presigned URLs
     # -----------------------------------------------------------------------------------
