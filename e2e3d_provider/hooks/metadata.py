@@ -682,6 +682,53 @@ class MetadataHook(PostgresHook):
             ]
 
     # -----------------------------------------------------------------------------------
+    # Housekeeping
+    # -----------------------------------------------------------------------------------
+
+    def active_runs(self, job_ids: Iterable[str]) -> set[tuple[str, str]]:
+        """The ``(job_id, stamp)`` runs of these jobs that are queued or running, in one query."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return set()
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT job_id, stamp FROM {SCHEMA}.jobs WHERE job_id = ANY(%s) AND status IN ('queued', 'running')",
+                (ids,),
+            )
+            return {(job_id, stamp) for job_id, stamp in cur.fetchall()}
+
+    def table_health(self) -> dict[str, dict[str, int]]:
+        """Each table of the schema: ``live_rows`` and ``dead_rows`` (PostgreSQL's statistics, which lag
+        the writes that change them by up to a second) and ``bytes`` (its total size, indexes included)."""
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                "SELECT relname, n_live_tup, n_dead_tup, pg_total_relation_size(relid) FROM pg_stat_user_tables "
+                "WHERE schemaname = %s",
+                (SCHEMA,),
+            )
+            return {
+                name: {"live_rows": int(live), "dead_rows": int(dead), "bytes": int(size)}
+                for name, live, dead, size in cur.fetchall()
+            }
+
+    def vacuum_tables(self, tables: Sequence[str]) -> None:
+        """``VACUUM (ANALYZE)`` each of these tables of the schema, on a connection of its own in autocommit
+        (VACUUM cannot run inside a transaction)."""
+        known = set(self.table_health())
+        unknown = sorted(set(tables) - known)
+        if unknown:
+            raise ValueError(f"no table {unknown[0]!r} in schema {SCHEMA}")
+        conn = self._connect()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for table in tables:
+                    quoted = table.replace('"', '""')
+                    cur.execute(f'VACUUM (ANALYZE) {SCHEMA}."{quoted}"')
+        finally:
+            conn.close()
+
+    # -----------------------------------------------------------------------------------
     # Configuration
     # -----------------------------------------------------------------------------------
 
