@@ -1,0 +1,249 @@
+"""Storage hygiene (lifecycle/hygiene.py, devstack/volumes.py) on the session's real SeaweedFS and PostgreSQL.
+
+The stray-object tests run on buckets of their own, so a real run with no grace removes nothing another
+test of the session still needs, and every count can be exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from e2e3d_provider.core.dataset_manifest import DatasetImage, DatasetManifest
+from e2e3d_provider.core.layout import blob_key, work_prefix
+from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.lifecycle import hygiene
+from e2e3d_provider.lifecycle.archive import archive_job
+from e2e3d_provider.lifecycle.datasets import write_dataset
+from e2e3d_provider.lifecycle.locks import job_lock
+from e2e3d_provider.lifecycle.publish import publish_run, read_published, verify_remote
+from tests.conftest import write_files
+
+STAMP = "20260105T000000Z"
+LATER = "20260106T000000Z"
+FILES = {"mesh/reconstructed_mesh.obj": b"v 1 2 3\n" * 200, "logs/reconstruct.log": b"ok\n"}
+NO_GRACE = timedelta(0)
+PART = 5 * 1024 * 1024  # the smallest part S3 takes (but for the last)
+
+
+def fresh_bucket(storage: StorageHook) -> str:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    storage.client.make_bucket(name)
+    return name
+
+
+def stray_run(storage: StorageHook, metadata: MetadataHook, out: str, inp: str, arc: str, **kwargs):
+    return hygiene.stray_objects(
+        storage,
+        metadata,
+        kwargs.pop("grace", NO_GRACE),
+        output_bucket=out,
+        input_bucket=inp,
+        archive_bucket=arc,
+        **kwargs,
+    )
+
+
+def publish(storage: StorageHook, root: Path, job_id: str, bucket: str) -> None:
+    write_files(root, FILES)
+    publish_run(storage, root, job_id, STAMP, bucket)
+
+
+def assert_published(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> None:
+    published = read_published(storage, bucket, job_id, prefix)  # SUCCESS still names its manifest
+    verify_remote(storage, bucket, prefix or f"{job_id}/", published.manifest)
+
+
+# ---------------------------------------------------------------------------------------
+# Multipart uploads
+# ---------------------------------------------------------------------------------------
+
+
+def start_upload(storage: StorageHook, bucket: str, key: str) -> str:
+    upload_id = storage.client._create_multipart_upload(bucket, key, {})
+    storage.client._upload_part(bucket, key, b"p" * PART, {}, upload_id, 1)
+    return upload_id
+
+
+def test_stale_multipart_uploads_are_aborted_and_younger_ones_kept(storage: StorageHook, bucket: str) -> None:
+    old = start_upload(storage, bucket, "uploads/old.bin")
+    time.sleep(2.2)  # the server stamps an upload's start to the second
+    young = start_upload(storage, bucket, "uploads/young.bin")
+    listed = {u.upload_id: u for u in storage.list_multipart_uploads(bucket)}
+    assert set(listed) == {old, young}
+    assert storage.multipart_upload_bytes(bucket, "uploads/old.bin", old) == PART
+    # the bound falls between the two starts: the first is older than it, the second younger
+    now = datetime.now(UTC)
+    bound = now - listed[old].initiated - timedelta(seconds=1)
+
+    report = hygiene.abort_stale_uploads(storage, bound, (bucket,), now=now)
+
+    assert report["buckets"][bucket] == {"aborted": 1, "bytes": PART, "sample": ["uploads/old.bin"]}
+    assert [u.upload_id for u in storage.list_multipart_uploads(bucket)] == [young]
+    report = hygiene.abort_stale_uploads(storage, NO_GRACE, (bucket,))
+    assert (report["buckets"][bucket]["aborted"], report["buckets"][bucket]["bytes"]) == (1, PART)
+    assert storage.list_multipart_uploads(bucket) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Stray objects
+# ---------------------------------------------------------------------------------------
+
+
+def test_strays_in_output_and_archive_are_reported_then_deleted_and_published_sets_stay_whole(
+    storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str
+) -> None:
+    out, inp, arc = (fresh_bucket(storage) for _ in range(3))
+    published, unfinished, running, damaged = (f"{unique_id}-{n}" for n in ("pub", "half", "run", "bad"))
+    publish(storage, tmp_path / "pub", published, out)
+    archive_job(storage, published, source_bucket=out, archive_bucket=arc)
+    publish(storage, tmp_path / "bad", damaged, out)
+    storage.put_bytes(out, f"{damaged}/metadata.json", b'{"forged": true}')  # SUCCESS no longer vouches for it
+    strays = {
+        f"{published}/mesh/leftover.obj",  # below a published job, named by no manifest
+        f"{unfinished}/mesh/reconstructed_mesh.obj",  # a job that never got SUCCESS and runs no more
+        work_prefix(published, STAMP) + "mesh/reconstructed_mesh.obj",  # the hand-off of a finished run
+    }
+    kept = {
+        f"{running}/mesh/reconstructed_mesh.obj",  # no SUCCESS yet, but a run is in flight
+        work_prefix(running, LATER) + "mesh/reconstructed_mesh.obj",  # that run's hand-off
+        f"{damaged}/mesh/leftover.obj",  # below a damaged set: left for a person
+    }
+    for key in strays | kept:
+        storage.put_bytes(out, key, b"stray bytes")
+    metadata.record_job(running, LATER, "dataset-x", "running")
+    archive_strays = {
+        f"{published}/{published}_{STAMP}/mesh/leftover.obj",  # in an archived run, named by no manifest
+        f"{published}/{published}_{LATER}/mesh/reconstructed_mesh.obj",  # an archive copy that never finished
+    }
+    for key in archive_strays:
+        storage.put_bytes(arc, key, b"archive stray")
+
+    assert stray_run(storage, metadata, out, inp, arc, grace=timedelta(days=1))["objects"] == 0  # all too young
+
+    dry = stray_run(storage, metadata, out, inp, arc)
+    assert set(dry["buckets"][out]["sample"]) == strays
+    assert dry["buckets"][out]["bytes"] == len(b"stray bytes") * len(strays)
+    assert dry["buckets"][out]["damaged"] == [f"{damaged}/"]
+    assert set(dry["buckets"][arc]["sample"]) == archive_strays
+    assert dry["deleted"] == 0
+    assert all(storage.exists(out, key) for key in strays) and all(storage.exists(arc, k) for k in archive_strays)
+
+    of_published = {key for key in strays if published in key}
+    with job_lock(metadata, published):  # a publish of this job holds its lock: its strays wait
+        busy = stray_run(storage, metadata, out, inp, arc, dry_run=False)
+    assert busy["buckets"][out]["busy"] == [published]
+    assert set(busy["buckets"][out]["sample"]) == strays - of_published
+    assert all(storage.exists(out, key) for key in of_published)
+
+    real = stray_run(storage, metadata, out, inp, arc, dry_run=False)
+    assert set(real["buckets"][out]["sample"]) == of_published
+    assert real["buckets"][out]["deleted"] == len(of_published)
+    assert not any(storage.exists(out, key) for key in strays)
+    assert all(storage.exists(out, key) for key in kept)
+    assert not any(storage.exists(arc, key) for key in archive_strays)
+    assert_published(storage, out, published)
+    assert_published(storage, arc, published, f"{published}/{published}_{STAMP}/")
+    assert storage.exists(out, f"{damaged}/SUCCESS")
+    assert stray_run(storage, metadata, out, inp, arc)["objects"] == 0
+
+
+def test_images_no_dataset_names_are_strays(storage: StorageHook, metadata: MetadataHook, unique_id: str) -> None:
+    out, inp, arc = (fresh_bucket(storage) for _ in range(3))
+    named, unnamed = b"an image a dataset names", b"an image no dataset names"
+    shas = {data: hashlib.sha256(data).hexdigest() for data in (named, unnamed)}
+    for data, sha in shas.items():
+        storage.put_bytes(inp, blob_key(sha), data)
+    image = DatasetImage("img/0001.jpg", len(named), shas[named])
+    write_dataset(storage, DatasetManifest(unique_id, [image]), inp)
+
+    dry = stray_run(storage, metadata, out, inp, arc)
+    assert dry["buckets"][inp]["sample"] == [blob_key(shas[unnamed])]
+    assert dry["buckets"][inp]["bytes"] == len(unnamed)
+    assert storage.exists(inp, blob_key(shas[unnamed]))
+
+    real = stray_run(storage, metadata, out, inp, arc, dry_run=False)
+    assert real["buckets"][inp]["deleted"] == 1
+    assert not storage.exists(inp, blob_key(shas[unnamed]))
+    assert storage.exists(inp, blob_key(shas[named]))
+
+    storage.put_bytes(inp, f"{unique_id}-broken/dataset.json", b"not a manifest")
+    storage.put_bytes(inp, blob_key(shas[unnamed]), unnamed)
+    unsure = stray_run(storage, metadata, out, inp, arc, dry_run=False)
+    assert unsure["buckets"][inp]["unreadable_manifest"] is True  # what it names cannot be known: none goes
+    assert storage.exists(inp, blob_key(shas[unnamed]))
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL and SeaweedFS
+# ---------------------------------------------------------------------------------------
+
+
+def dead_rows(metadata: MetadataHook, table: str) -> int:
+    return metadata.table_health()[table]["dead_rows"]
+
+
+def test_tables_with_many_dead_rows_are_vacuumed(metadata: MetadataHook, unique_id: str) -> None:
+    started = datetime.now(UTC)
+    with metadata.transaction() as cur:  # autovacuum must not get there first
+        cur.execute("ALTER TABLE e2e3d.config SET (autovacuum_enabled = false)")
+    try:
+        vacuum_dead_rows(metadata, unique_id, started)
+    finally:
+        with metadata.transaction() as cur:
+            cur.execute("ALTER TABLE e2e3d.config RESET (autovacuum_enabled)")
+
+
+def vacuum_dead_rows(metadata: MetadataHook, unique_id: str, started: datetime) -> None:
+    with metadata.transaction() as cur:
+        cur.execute(
+            "INSERT INTO e2e3d.config (key, value) SELECT %s || g, '{}'::jsonb FROM generate_series(1, 500) g",
+            (f"{unique_id}-",),
+        )
+    with metadata.transaction() as cur:
+        cur.execute("DELETE FROM e2e3d.config WHERE starts_with(key, %s)", (f"{unique_id}-",))
+        cur.execute("SELECT pg_stat_force_next_flush()")
+    deadline = time.monotonic() + 15
+    while dead_rows(metadata, "config") < 500 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the statistics are flushed after the transaction ends
+    assert dead_rows(metadata, "config") >= 500
+
+    assert hygiene.vacuum_metadata(metadata, min_dead_rows=10**9)["vacuumed"] == {}  # under the bound: untouched
+    report = hygiene.vacuum_metadata(metadata, dead_share=0.2, min_dead_rows=50)
+
+    config = report["vacuumed"]["config"]
+    assert config["dead_rows_before"] >= 500
+    assert config["dead_rows_after"] < config["dead_rows_before"]
+    assert config["bytes_after"] <= config["bytes_before"]
+    with metadata.transaction() as cur:
+        cur.execute("SELECT last_vacuum FROM pg_stat_user_tables WHERE schemaname = 'e2e3d' AND relname = 'config'")
+        assert cur.fetchone()[0] >= started - timedelta(seconds=1)
+
+
+def test_seaweedfs_volumes_give_back_the_space_of_deleted_objects(
+    storage: StorageHook, bucket: str, stack_info
+) -> None:
+    if stack_info is None:
+        pytest.skip("volume compaction is the embedded stack's (SeaweedFS); MinIO reclaims space itself")
+    from e2e3d_provider.devstack.volumes import vacuum_volumes
+
+    assert hygiene.vacuum_volumes(None) == {"skipped": "this object store reclaims a deleted object's space itself"}
+    keys = [f"garbage/{i:02d}.bin" for i in range(20)]
+    for key in keys:
+        storage.put_bytes(bucket, key, os.urandom(1024 * 1024))  # random: no volume compresses it
+    storage.delete_keys(bucket, keys)
+    base = Path(stack_info.base_dir)
+    reclaimed, deadline = 0, time.monotonic() + 60
+    while reclaimed < 20 * 1024 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the filer frees a deleted object's chunks in the background
+        report = hygiene.vacuum_volumes(lambda: vacuum_volumes(base))
+        assert report["bytes_after"] <= report["bytes_before"]
+        reclaimed += report["reclaimed_bytes"]
+    assert reclaimed >= 20 * 1024 * 1024
