@@ -1,6 +1,8 @@
 """E2E3D maintenance, daily: check health first (it gates every other task), then clean old temp dirs,
 reconcile jobs whose DAG run ended from outside (marked failed in the UI or REST), archive completed
-jobs, apply output retention, record storage statistics and throughput. Every task is idempotent.
+jobs, apply output retention, record storage statistics and throughput, scrub a rolling share of the
+published results (repairing what it can), and storage hygiene (stale uploads, stray objects, VACUUM,
+volume compaction). Every task is idempotent.
 
 Thresholds come from the DAG params when set, else from PostgreSQL's ``e2e3d.config``
 (``temp_max_age_hours``, ``output_retention_days``), else 24 h and 30 days.
@@ -15,6 +17,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
+from e2e3d_provider.devstack.volumes import embedded_vacuum
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
@@ -45,6 +48,11 @@ log = logging.getLogger(__name__)
             type=["null", "number"],
             minimum=0,
             description="temp dirs untouched this long are removed (default: config)",
+        ),
+        "remove_strays": Param(
+            False,
+            type="boolean",
+            description="storage_hygiene removes the stray objects it finds (default: only reports them)",
         ),
         "output_retention_days": Param(
             None,
@@ -106,6 +114,15 @@ def e2e3d_maintenance() -> None:
         return maintenance.scrub(storage, metadata, spool, backup=target, max_bytes=max_bytes).to_xcom()
 
     @task
+    def storage_hygiene(params: dict[str, Any]) -> dict[str, Any]:
+        """Abort stale multipart uploads, report (or remove) stray objects, VACUUM bloated metadata tables,
+        compact the embedded stack's volumes; each part says what it reclaimed."""
+        storage = StorageHook(MAINTENANCE_CONN_ID)
+        vacuum = embedded_vacuum(storage.endpoint_url)
+        remove = bool(params.get("remove_strays"))
+        return maintenance.storage_hygiene(storage, MetadataHook(), remove_strays=remove, vacuum=vacuum)
+
+    @task
     def trim_telemetry() -> dict[str, int]:
         """Access log, storage errors, worker disks, transfers and snapshots older than the retention."""
         metadata = MetadataHook()
@@ -118,6 +135,7 @@ def e2e3d_maintenance() -> None:
     checked >> reconcile_jobs()
     checked >> trim_telemetry()
     checked >> scrub_results()
+    checked >> storage_hygiene()
     checked >> archive_completed() >> apply_retention() >> storage_statistics()
 
 

@@ -209,6 +209,10 @@ def test_maintenance_dag_on_seeded_old_jobs(
     assert set(latest) >= {"input", "output", "models", "archive"}
     assert latest["archive"]["taken_at"] > datetime.now(UTC) - timedelta(minutes=5)
     assert "upload" in metadata.get_config("transfer_throughput_24h")
+    hygiene = xcom(dr, "storage_hygiene")
+    assert set(hygiene) == {"multipart", "strays", "metadata", "volumes"}
+    assert "skipped" in hygiene["volumes"]  # the session's stack is not the default one: nothing to compact
+    assert xcom(dr, "scrub_results")["damaged"] == []
 
     again = run_dag(dag, {})  # idempotent: nothing left to do, nothing breaks
     assert set(task_states(again).values()) == {"success"}

@@ -29,10 +29,11 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         BUCKET_ARCHIVE: (READ, LIST),
         BUCKET_INPUT: (READ, LIST, WRITE, TAG),
     },
-    # archive, retention deletes, statistics, health (SeaweedFS lists a bucket only for an identity that
+    # archive, retention deletes, statistics, health, storage hygiene (removing input images no dataset
+    # names, aborting stale uploads) and scrub repairs (SeaweedFS lists a bucket only for an identity that
     # may also read it: List alone is refused, tested)
     "maintenance": {
-        BUCKET_INPUT: (READ, LIST),
+        BUCKET_INPUT: (READ, LIST, WRITE),
         BUCKET_MODELS: (READ, LIST),
         BUCKET_OUTPUT: (READ, LIST, WRITE, TAG),
         BUCKET_ARCHIVE: (READ, LIST, WRITE, TAG),
@@ -50,7 +51,13 @@ def seaweed_actions(role: str) -> list[str]:
 
 _S3_ACTIONS = {
     READ: ["s3:GetObject", "s3:GetObjectVersion"],
-    LIST: ["s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketLocation", "s3:GetBucketVersioning"],
+    LIST: [
+        "s3:ListBucket",
+        "s3:ListBucketVersions",
+        "s3:ListBucketMultipartUploads",
+        "s3:GetBucketLocation",
+        "s3:GetBucketVersioning",
+    ],
     WRITE: [
         "s3:PutObject",
         "s3:DeleteObject",

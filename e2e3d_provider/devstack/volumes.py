@@ -8,6 +8,7 @@ The master's HTTP port takes only clients with a certificate from the stack's ow
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,18 @@ def volume_bytes(data_dir: Path) -> tuple[int, int]:
     """How many volumes the data directory holds and their files' bytes on disk (data and index)."""
     files = [p for p in data_dir.rglob("*") if p.suffix in VOLUME_SUFFIXES and p.is_file()]
     return sum(1 for p in files if p.suffix == ".dat"), sum(p.stat().st_size for p in files)
+
+
+def embedded_vacuum(endpoint_url: str) -> Callable[[], dict[str, Any]] | None:
+    """The volume vacuum of the embedded stack serving ``endpoint_url`` (``$E2E3D_STACK_DIR`` or the default
+    stack dir), or None when the storage is not that stack (MinIO frees deleted objects' space itself)."""
+    from e2e3d_provider.devstack.stack import default_stack_dir, is_running
+
+    info = read_state(default_stack_dir())
+    if info is None or not is_running(info) or info.s3_endpoint.rstrip("/") != endpoint_url.rstrip("/"):
+        return None
+    base = Path(info.base_dir)
+    return lambda: vacuum_volumes(base)
 
 
 def vacuum_volumes(base_dir: Path, garbage_threshold: float = 0.01) -> dict[str, Any]:

@@ -1,20 +1,22 @@
 """The scheduled maintenance steps in one namespace (the maintenance DAG calls one per task):
-thresholds, temp clean-up, reconciling jobs with their DAG runs, archiving, retention, statistics and
-health. Each is idempotent."""
+thresholds, temp clean-up, reconciling jobs with their DAG runs, archiving, retention, statistics,
+health, scrub and storage hygiene. Each is idempotent."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from e2e3d_provider.core.layout import DEFAULT_BUCKETS
+from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_BUCKETS
 from e2e3d_provider.core.transfer import run_parallel
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.archive import archive_completed as archive_completed
 from e2e3d_provider.lifecycle.dashboard import dashboard_figures
+from e2e3d_provider.lifecycle.hygiene import abort_stale_uploads, stray_objects, vacuum_metadata, vacuum_volumes
 from e2e3d_provider.lifecycle.reconcile import reconcile_running_jobs as reconcile_running_jobs
 from e2e3d_provider.lifecycle.retention import apply_retention as apply_retention
 from e2e3d_provider.lifecycle.scratch import clean_temp as clean_temp
@@ -27,12 +29,36 @@ CONFIG_TEMP_MAX_AGE_HOURS = "temp_max_age_hours"
 CONFIG_RETENTION_DAYS = "output_retention_days"
 CONFIG_TELEMETRY_DAYS = "telemetry_retention_days"
 CONFIG_SCRUB_MAX_BYTES = "scrub_max_bytes"
+CONFIG_STRAY_GRACE_HOURS = "stray_grace_hours"
+CONFIG_UPLOAD_MAX_AGE_HOURS = "multipart_max_age_hours"
 DEFAULTS = {
     CONFIG_TEMP_MAX_AGE_HOURS: 24,
     CONFIG_RETENTION_DAYS: 30,
     CONFIG_TELEMETRY_DAYS: 90,
     CONFIG_SCRUB_MAX_BYTES: 10 * 1024**3,  # bytes a daily scrub reads; the next run carries on from there
+    CONFIG_STRAY_GRACE_HOURS: 24,  # an object no manifest names is a stray only once this old
+    CONFIG_UPLOAD_MAX_AGE_HOURS: 24,  # an incomplete multipart upload this old is abandoned
 }
+
+
+def storage_hygiene(
+    storage: StorageHook,
+    metadata: MetadataHook,
+    *,
+    remove_strays: bool = False,
+    vacuum: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The design's "defragmentation", each part reporting what it reclaimed: abort stale multipart uploads
+    in the buckets this role writes, find (``remove_strays``: remove) objects no manifest names, VACUUM
+    (ANALYZE) metadata tables with many dead rows, and compact the embedded stack's volumes (``vacuum``)."""
+    age = timedelta(hours=setting(metadata, CONFIG_UPLOAD_MAX_AGE_HOURS))
+    grace = timedelta(hours=setting(metadata, CONFIG_STRAY_GRACE_HOURS))
+    return {
+        "multipart": abort_stale_uploads(storage, age, (BUCKET_INPUT, BUCKET_OUTPUT, BUCKET_ARCHIVE)),
+        "strays": stray_objects(storage, metadata, grace, dry_run=not remove_strays),
+        "metadata": vacuum_metadata(metadata),
+        "volumes": vacuum_volumes(vacuum),
+    }
 
 
 def setting(metadata: MetadataHook, key: str, override: float | None = None) -> float:
