@@ -7,6 +7,8 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,16 @@ def _spool(args: argparse.Namespace) -> Path:
     return Path(args.spool) if args.spool else Path(tempfile.gettempdir())
 
 
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Logs to ``~/.local/state/e2e3d/<name>.log`` (a progress bar on a terminal), the summary on stdout."""
+    from e2e3d_provider.core.transfer import watch_progress
+    from e2e3d_provider.devstack.console import Console, state_dir
+
+    with Console(state_dir() / f"{name}.log") as console, watch_progress(console.progress):
+        yield
+
+
 def _backup_target(args: argparse.Namespace) -> Any:
     from e2e3d_provider.hooks.storage import StorageHook
     from e2e3d_provider.lifecycle.backup import BackupTarget
@@ -211,7 +223,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
             snap = target.snapshot(backup_id)
             print(f"{backup_id}  covers {snap.covers_until}  {snap.objects} objects  {snap.bytes} bytes")
         return 0
-    done = run_backup(StorageHook(args.minio_conn_id), target, MetadataHook(args.metadata_conn_id), _spool(args))
+    with _quiet("backup"):
+        done = run_backup(StorageHook(args.minio_conn_id), target, MetadataHook(args.metadata_conn_id), _spool(args))
     print(
         f"backup {done.backup_id} complete at {done.target}: {done.objects} objects ({done.bytes} bytes) and the "
         f"metadata schema as of {done.covers_until}; sent {done.sent_objects} new contents ({done.sent_bytes} bytes), "
@@ -227,15 +240,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.storage import StorageHook
     from e2e3d_provider.lifecycle.restore import run_restore
 
-    done = run_restore(
-        _backup_target(args),
-        StorageHook(args.minio_conn_id),
-        MetadataHook(args.metadata_conn_id),
-        _spool(args),
-        backup_id=args.backup,
-        job_id=args.job,
-        overwrite=args.overwrite,
-    )
+    with _quiet("restore"):
+        done = run_restore(
+            _backup_target(args),
+            StorageHook(args.minio_conn_id),
+            MetadataHook(args.metadata_conn_id),
+            _spool(args),
+            backup_id=args.backup,
+            job_id=args.job,
+            overwrite=args.overwrite,
+        )
     rows = ", ".join(f"{t} +{r['restored']}" for t, r in done.rows.items() if r["restored"]) or "none"
     print(
         f"restored from backup {done.backup_id} (covers {done.covers_until}): {done.restored_objects} objects "
@@ -267,14 +281,15 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     except Exception as err:  # no backup target: repair from versions and the archive only
         print(f"(no backup target to repair from: {err})", file=sys.stderr)
         target = None
-    done = scrub(
-        StorageHook(args.minio_conn_id),
-        MetadataHook(args.metadata_conn_id),
-        _spool(args),
-        backup=target,
-        job_id=args.job,
-        max_bytes=args.max_bytes,
-    )
+    with _quiet("scrub"):
+        done = scrub(
+            StorageHook(args.minio_conn_id),
+            MetadataHook(args.metadata_conn_id),
+            _spool(args),
+            backup=target,
+            job_id=args.job,
+            max_bytes=args.max_bytes,
+        )
     for f in done.findings:
         fixed = f"repaired from {f['repaired_from']}" if f["repaired_from"] else "NOT repaired"
         print(f"{f['bucket']}/{f['key']}: {f['problem']}, {fixed}")
