@@ -322,6 +322,14 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     )
 
 
+def _durability_arguments(parser: argparse.ArgumentParser, role: str, what: str) -> None:
+    """The connections and spool folder of backup, restore and scrub."""
+    parser.add_argument("--minio-conn-id", default=ROLE_CONN_IDS[role], help=what)
+    parser.add_argument("--backup-conn-id", default=DEFAULT_BACKUP_CONN_ID, help="the backup target")
+    parser.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
+    parser.add_argument("--spool", help="local folder for objects in passage (default: the temp dir)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2e3d", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -378,10 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     backup = sub.add_parser("backup", help="back up the metadata schema and the buckets to the backup target")
     backup.add_argument("--list", action="store_true", help="list the complete backups instead")
-    backup.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["maintenance"], help="reads the live buckets")
-    backup.add_argument("--backup-conn-id", default=DEFAULT_BACKUP_CONN_ID)
-    backup.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
-    backup.add_argument("--spool", help="local folder for objects in passage (default: the temp dir)")
+    _durability_arguments(backup, "maintenance", "reads the live buckets")
     backup.set_defaults(func=cmd_backup)
 
     restore = sub.add_parser(
@@ -390,10 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--backup", help="the backup id (default: the latest complete one; see backup --list)")
     restore.add_argument("--job", help="only this job's results, archive copies and rows")
     restore.add_argument("--overwrite", action="store_true", help="also replace objects and rows that differ")
-    restore.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["admin"], help="writes the live buckets")
-    restore.add_argument("--backup-conn-id", default=DEFAULT_BACKUP_CONN_ID)
-    restore.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
-    restore.add_argument("--spool", help="local folder for objects in passage (default: the temp dir)")
+    _durability_arguments(restore, "admin", "writes the live buckets (creating missing ones)")
     restore.set_defaults(func=cmd_restore)
 
     scrub = sub.add_parser(
@@ -401,10 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scrub.add_argument("--job", help="only this job")
     scrub.add_argument("--max-bytes", type=int, help="a rolling scrub: stop after reading this many bytes")
-    scrub.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["maintenance"])
-    scrub.add_argument("--backup-conn-id", default=DEFAULT_BACKUP_CONN_ID)
-    scrub.add_argument("--metadata-conn-id", default=DEFAULT_METADATA_CONN_ID)
-    scrub.add_argument("--spool", help="local folder for contents fetched from the backup (default: the temp dir)")
+    _durability_arguments(scrub, "maintenance", "reads results, writes repairs")
     scrub.set_defaults(func=cmd_scrub)
 
     demo = sub.add_parser("demo", help="run the whole lifecycle DAG on the embedded stack with a sample dataset")

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from e2e3d_provider.core.backup_catalog import (
     BLOB_AREA,
@@ -69,6 +69,7 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import read_published
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: objects fetched to the spool folder before they go on to the target (bounds its disk use)
 BATCH_FILES = 2000
@@ -293,7 +294,7 @@ def _back_up(
             else:
                 pending.append(_Pending(bucket, obj.key, obj.size, obj.etag, sha))
     done = 0
-    for batch in _batches(pending):
+    for batch in batches(pending, lambda item: item.size, BATCH_FILES, BATCH_BYTES):
         for item, sha in _copy_batch(source, target, spool, batch, stored, result):
             if sha is None:  # its bytes are not its manifest's: an earlier backup's good copy stays named
                 seen = previous.get((item.bucket, item.key))
@@ -329,16 +330,17 @@ def _leave_partial(target: BackupTarget, backup_id: str, entries: list[CatalogEn
         log.warning("backup %s: its partial catalog could not be left for the rerun: %s", backup_id, err)
 
 
-def _batches(items: list[_Pending]) -> list[list[_Pending]]:
-    batches: list[list[_Pending]] = [[]]
-    size = 0
+def batches(items: list[T], size: Callable[[T], int], max_files: int, max_bytes: int) -> list[list[T]]:
+    """``items`` in order, cut into runs of at most ``max_files`` and (unless one item is larger) ``max_bytes``."""
+    runs: list[list[T]] = [[]]
+    total = 0
     for item in items:
-        if batches[-1] and (len(batches[-1]) >= BATCH_FILES or size + item.size > BATCH_BYTES):
-            batches.append([])
-            size = 0
-        batches[-1].append(item)
-        size += item.size
-    return [b for b in batches if b]
+        if runs[-1] and (len(runs[-1]) >= max_files or total + size(item) > max_bytes):
+            runs.append([])
+            total = 0
+        runs[-1].append(item)
+        total += size(item)
+    return [run for run in runs if run]
 
 
 def _copy_batch(

@@ -27,7 +27,7 @@ from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, DEFAULT_BU
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_dump import restore_schema
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.backup import BATCH_BYTES, BATCH_FILES, BackupTarget
+from e2e3d_provider.lifecycle.backup import BATCH_BYTES, BATCH_FILES, BackupTarget, batches
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +136,8 @@ def _restore_objects(
     markers = [e for e in todo if e.key.rsplit("/", 1)[-1] == SUCCESS_NAME]
     rest = [e for e in todo if e.key.rsplit("/", 1)[-1] != SUCCESS_NAME]
     for group in (rest, markers):  # markers last: no reader sees SUCCESS over a partial set
-        for batch in _batches(group):
+        for batch in batches(group, lambda entry: entry.size, BATCH_FILES, BATCH_BYTES):
             _restore_batch(target, live, spool, batch, result)
-
-
-def _batches(entries: list[CatalogEntry]) -> list[list[CatalogEntry]]:
-    batches: list[list[CatalogEntry]] = [[]]
-    size = 0
-    for entry in entries:
-        if batches[-1] and (len(batches[-1]) >= BATCH_FILES or size + entry.size > BATCH_BYTES):
-            batches.append([])
-            size = 0
-        batches[-1].append(entry)
-        size += entry.size
-    return [b for b in batches if b]
 
 
 def _restore_batch(
