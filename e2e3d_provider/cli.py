@@ -249,6 +249,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             backup_id=args.backup,
             job_id=args.job,
             overwrite=args.overwrite,
+            schema=args.only != "objects",
+            objects=args.only != "schema",
         )
     rows = ", ".join(f"{t} +{r['restored']}" for t, r in done.rows.items() if r["restored"]) or "none"
     print(
@@ -258,12 +260,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     if done.replaced:
         print(f"replaced {len(done.replaced)} differing objects (the old ones stay as noncurrent versions)")
-    if done.conflicts or done.row_conflicts:
+    for withheld in done.withheld[:20]:
+        print(f"SUCCESS not restored: {withheld}", file=sys.stderr)
+    if done.conflicts or done.row_conflicts or done.withheld:
         for key in done.conflicts[:20]:
             print(f"differs, kept: {key}", file=sys.stderr)
         print(
             f"e2e3d: {len(done.conflicts)} objects and {done.row_conflicts} rows exist and differ from the backup; "
-            "they were left as they are. Rerun with --overwrite to replace them.",
+            f"they were left as they are ({len(done.withheld)} SUCCESS markers withheld over them). Rerun with "
+            "--overwrite to replace them (--only objects keeps the live rows).",
             file=sys.stderr,
         )
         return 1
@@ -395,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--backup", help="the backup id (default: the latest complete one; see backup --list)")
     restore.add_argument("--job", help="only this job's results, archive copies and rows")
     restore.add_argument("--overwrite", action="store_true", help="also replace objects and rows that differ")
+    restore.add_argument(
+        "--only",
+        choices=["objects", "schema"],
+        help="only the buckets' objects (the schema was not lost), or only the schema",
+    )
     _durability_arguments(restore, "admin", "writes the live buckets (creating missing ones)")
     restore.set_defaults(func=cmd_restore)
 

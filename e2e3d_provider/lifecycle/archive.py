@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from e2e3d_provider.core.layout import (
@@ -143,7 +144,9 @@ def archive_and_record(
             storage, job_id, source_bucket=source_bucket, archive_bucket=archive_bucket, remove_source=remove_source
         )
     if metadata is not None:
-        record_archived(metadata, result)
+        recorded = record_archived(metadata, result)
+        if recorded and remove_source:  # its output is gone on purpose: retention and the scrub skip it
+            metadata.mark_output_removed([(result.job_id, result.stamp)], datetime.now(UTC))
     return result
 
 

@@ -58,6 +58,7 @@ from e2e3d_provider.core.manifest import Manifest, sha256_file
 from e2e3d_provider.exceptions import (
     ChecksumMismatchError,
     E2E3DError,
+    ManifestError,
     ObjectNotFoundError,
     StorageError,
     TransferError,
@@ -133,7 +134,12 @@ class BackupTarget:
             return {}
         keys = self.storage.list_keys(self.bucket, SNAPSHOT_AREA + "/")
         complete = sorted(k.split("/")[1] for k in keys if k.endswith("/" + COMPLETE_NAME))
-        entries = {(e.bucket, e.key): e for e in self.catalog(self.snapshot(complete[-1]))} if complete else {}
+        entries: dict[tuple[str, str], CatalogEntry] = {}
+        if complete:
+            try:
+                entries = {(e.bucket, e.key): e for e in self.catalog(self.snapshot(complete[-1]))}
+            except (ChecksumMismatchError, ManifestError) as err:  # never a reason to stop backing up
+                log.error("backup: the last backup's catalog is unreadable (%s); every object is read again", err)
         for key in sorted(k for k in keys if k.endswith("/" + PARTIAL_CATALOG_NAME)):
             if not complete or key.split("/")[1] > complete[-1]:
                 raw = self.storage.get_bytes(self.bucket, key, max_bytes=1 << 32)
@@ -288,7 +294,14 @@ def _back_up(
                 entries.append(seen)  # unchanged since the last backup, and its content is there
                 continue
             known = manifests.sha_of(bucket, obj.key)
-            sha = known[1] if known and known[0] in (-1, obj.size) else None
+            if known and known[0] not in (-1, obj.size):  # its manifest says another size: damaged
+                log.error("backup: %s/%s is %d bytes, its manifest says %d: not backed up", bucket, obj.key,
+                          obj.size, known[0])  # fmt: skip
+                result.damaged.append(f"{bucket}/{obj.key}")
+                if seen and seen.sha256 == known[1]:
+                    entries.append(seen)  # an earlier backup's good copy stays named
+                continue
+            sha = known[1] if known else None
             if sha is not None and stored.get(sha) == obj.size:
                 entries.append(CatalogEntry(bucket, obj.key, obj.size, sha, obj.etag))  # the target holds it
             else:

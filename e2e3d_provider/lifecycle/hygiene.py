@@ -183,12 +183,19 @@ def _published_keep(storage: StorageHook, bucket: str, job_id: str, prefix: str)
 
 
 def _prefix_strays(
-    storage: StorageHook, bucket: str, job_id: str, prefix: str, objects: list[RemoteObject], cutoff: datetime
+    storage: StorageHook,
+    bucket: str,
+    job_id: str,
+    prefix: str,
+    objects: list[RemoteObject],
+    cutoff: datetime,
+    published: bool = False,
 ) -> list[RemoteObject] | None:
     """The old objects below a (published or never published) prefix that no published manifest names;
-    None for a damaged prefix."""
+    None for a damaged prefix, or one without SUCCESS whose job is ``published`` in PostgreSQL (its marker
+    was lost or withdrawn by a scrub: the scrub's and the restore's to judge, never a stray)."""
     if not any(o.key == prefix + SUCCESS_NAME for o in objects):
-        return [o for o in objects if _is_old(o, cutoff)]
+        return None if published else [o for o in objects if _is_old(o, cutoff)]
     keep = _published_keep(storage, bucket, job_id, prefix)
     if keep is None:
         return None
@@ -228,14 +235,15 @@ def _job_strays(
     work: list[RemoteObject],
     active: set[str],
     cutoff: datetime,
+    published: bool = False,
 ) -> list[RemoteObject] | None:
     """One job's strays in ``output``: old hand-offs of runs not queued or running (``active`` stamps),
     and, unless a run is in flight, the old objects below its prefix no published manifest names; None
-    when its prefix is damaged."""
+    when its prefix is damaged (``published``: PostgreSQL says the job has results there)."""
     strays = [o for o in work if (stamp := _work_stamp(o.key, job_id)) and stamp not in active and _is_old(o, cutoff)]
     if active or not objects:
         return strays  # a queued or running run may be publishing below the prefix right now
-    below = _prefix_strays(storage, bucket, job_id, output_prefix(job_id), objects, cutoff)
+    below = _prefix_strays(storage, bucket, job_id, output_prefix(job_id), objects, cutoff, published)
     return None if below is None else strays + below
 
 
@@ -246,10 +254,11 @@ def _output_pass(
     active: dict[str, set[str]] = defaultdict(set)
     for job_id, stamp in metadata.active_runs(jobs):
         active[job_id].add(stamp)
+    published = metadata.jobs_with_output(jobs)
     found: dict[str, list[RemoteObject]] = {}
     damaged = []
     for job_id, (objects, work) in sorted(jobs.items()):
-        strays = _job_strays(storage, bucket, job_id, objects, work, active[job_id], cutoff)
+        strays = _job_strays(storage, bucket, job_id, objects, work, active[job_id], cutoff, job_id in published)
         if strays is None:
             damaged.append(output_prefix(job_id))
         elif strays:
@@ -271,7 +280,8 @@ def _delete_job_strays(
             objects = storage.list_objects(bucket, output_prefix(job_id))
             work = storage.list_objects(bucket, f"{WORK_AREA}/{job_id}/")
             active = {stamp for _, stamp in metadata.active_runs([job_id])}
-            strays = _job_strays(storage, bucket, job_id, objects, work, active, cutoff) or []
+            published = job_id in metadata.jobs_with_output([job_id])
+            strays = _job_strays(storage, bucket, job_id, objects, work, active, cutoff, published) or []
             storage.delete_keys(bucket, [o.key for o in strays])
     except RunConflictError:
         busy.append(job_id)

@@ -4,15 +4,19 @@ What is missing comes back (objects absent from a bucket, rows absent from a tab
 equals the backup is left alone; what exists and differs is a conflict, kept as it is unless
 ``overwrite`` (on a versioned bucket the replaced object stays as a noncurrent version). Every object is
 checked against the backup's SHA-256 as it is fetched; each job's SUCCESS marker is written after every
-other object, so no reader sees a marker over a partial set. A rerun after an interruption restores only
-what is still missing.
+other object, and only over a set that is whole (its manifest the one the marker names, every file matching
+it): a set with kept conflicts or damaged files gets no marker, so no reader trusts it. A rerun after an
+interruption restores only what is still missing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +25,24 @@ from e2e3d_provider.core.backup_catalog import (
     BLOB_AREA,
     DUMP_NAME,
     CatalogEntry,
+    backup_blob_key,
     snapshot_key,
 )
-from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, DEFAULT_BUCKETS, SUCCESS_NAME, validate_id
+from e2e3d_provider.core.layout import (
+    BUCKET_ARCHIVE,
+    BUCKET_OUTPUT,
+    DEFAULT_BUCKETS,
+    MANIFEST_NAME,
+    SUCCESS_NAME,
+    validate_id,
+)
+from e2e3d_provider.core.manifest import Manifest
+from e2e3d_provider.exceptions import ChecksumMismatchError, E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_dump import restore_schema
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.backup import BATCH_BYTES, BATCH_FILES, BackupTarget, batches
+from e2e3d_provider.lifecycle.publish import verify_remote
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +59,7 @@ class RestoreResult:
     identical_objects: int = 0
     conflicts: list[str] = field(default_factory=list)  # bucket/key that exist and differ, left as they are
     replaced: list[str] = field(default_factory=list)  # with overwrite: those replaced
+    withheld: list[str] = field(default_factory=list)  # SUCCESS markers not restored: their set is not whole
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -52,7 +68,8 @@ class RestoreResult:
         return sum(t["conflicts"] for t in self.rows.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "conflicts": self.conflicts[:50], "replaced": self.replaced[:50]}
+        return {**self.__dict__, "conflicts": self.conflicts[:50], "replaced": self.replaced[:50],
+                "withheld": self.withheld[:50]}  # fmt: skip
 
 
 def run_restore(
@@ -135,9 +152,34 @@ def _restore_objects(
                 result.conflicts.append(f"{bucket}/{entry.key}")
     markers = [e for e in todo if e.key.rsplit("/", 1)[-1] == SUCCESS_NAME]
     rest = [e for e in todo if e.key.rsplit("/", 1)[-1] != SUCCESS_NAME]
-    for group in (rest, markers):  # markers last: no reader sees SUCCESS over a partial set
-        for batch in batches(group, lambda entry: entry.size, BATCH_FILES, BATCH_BYTES):
-            _restore_batch(target, live, spool, batch, result)
+    for batch in batches(rest, lambda entry: entry.size, BATCH_FILES, BATCH_BYTES):
+        _restore_batch(target, live, spool, batch, result)
+    with ThreadPoolExecutor(max_workers=16) as pool:  # markers last, each only over a whole set
+        whole = list(pool.map(lambda m: _whole(target, live, m, result), markers))
+        vouched = [m for m, ok in zip(markers, whole, strict=True) if ok]
+    for batch in batches(vouched, lambda entry: entry.size, BATCH_FILES, BATCH_BYTES):
+        _restore_batch(target, live, spool, batch, result)
+
+
+def _whole(target: BackupTarget, live: StorageHook, marker: CatalogEntry, result: RestoreResult) -> bool:
+    """True if the live set below a SUCCESS marker about to be restored is the one it vouches for: no object
+    of it was kept as a conflict, its manifest is the one the marker names, every file matches the manifest.
+    Otherwise the marker is withheld (``result.withheld``), so no reader trusts a set that is not whole."""
+    prefix = marker.key[: -len(SUCCESS_NAME)]
+    reason = "objects below it differ from the backup and were kept"
+    if not any(c.startswith(f"{marker.bucket}/{prefix}") for c in result.conflicts):
+        try:
+            body = target.storage.get_bytes(target.bucket, backup_blob_key(marker.sha256))
+            raw = live.get_bytes(marker.bucket, prefix + MANIFEST_NAME)
+            if hashlib.sha256(raw).hexdigest() != json.loads(body)["manifest_sha256"]:
+                raise ChecksumMismatchError(f"{prefix}{MANIFEST_NAME} is not the manifest SUCCESS names")
+            verify_remote(live, marker.bucket, prefix, Manifest.from_json(raw))
+            return True
+        except (E2E3DError, ValueError, KeyError, TypeError) as err:
+            reason = str(err)
+    log.error("restore: %s/%s withheld: %s", marker.bucket, marker.key, reason)
+    result.withheld.append(f"{marker.bucket}/{marker.key}: {reason}")
+    return False
 
 
 def _restore_batch(

@@ -9,8 +9,12 @@ whichever verifies first; the repaired object is read back. Each finding and rep
 ``damaged`` (the marker is kept in the job's statistics), so no reader trusts it; a damaged run found
 whole again (restored from a backup, say) gets its marker back and its status.
 
-A rolling scrub (``max_bytes``) stops once it has read that many bytes and carries on from there the
-next time (``e2e3d.config`` ``scrub_cursor``).
+Each run is scrubbed under its job's lock, so no publish, archive or hygiene of the job runs meanwhile; a
+job whose lock another task holds is left for the next scrub. A run whose output was taken away after its
+archive copy was complete (``remove_output_after_archive``, retention) is not the scrub's to bring back.
+
+A rolling scrub (``max_bytes``) stops at the first run boundary after it has read that many bytes (a run is
+read whole) and carries on from there the next time (``e2e3d.config`` ``scrub_cursor``).
 """
 
 from __future__ import annotations
@@ -33,10 +37,17 @@ from e2e3d_provider.core.layout import (
     output_prefix,
 )
 from e2e3d_provider.core.manifest import Manifest
-from e2e3d_provider.exceptions import ChecksumMismatchError, E2E3DError, ManifestError, ObjectNotFoundError
+from e2e3d_provider.exceptions import (
+    ChecksumMismatchError,
+    E2E3DError,
+    ManifestError,
+    ObjectNotFoundError,
+    RunConflictError,
+)
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.backup import BackupTarget
+from e2e3d_provider.lifecycle.locks import job_lock
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,7 @@ class ScrubResult:
     recovered: list[str] = field(default_factory=list)  # damaged job ids found whole again
     complete_pass: bool = True  # False: a rolling scrub stopped at its byte bound
     errors: list[str] = field(default_factory=list)  # runs that could not be scrubbed (unreachable, say)
+    busy: list[str] = field(default_factory=list)  # jobs another task held (publishing, archiving): next time
 
     @property
     def repaired(self) -> int:
@@ -72,7 +84,20 @@ class _Scrubber:
     spool: Path
     result: ScrubResult
 
-    def run(self, job_id: str, stamp: str, status: str) -> None:
+    def run(self, job_id: str, stamp: str) -> None:
+        """Scrub one run under its job's lock: no publish, archive or hygiene of the job runs meanwhile; a job
+        whose lock another task holds is left for the next scrub (``busy``)."""
+        try:
+            with job_lock(self.metadata, job_id, wait=0):
+                job = self.metadata.get_job(job_id, stamp)  # judged again under the lock
+                if job is None or job["output_removed_at"] is not None:
+                    return
+                if job["status"] in ("succeeded", "archived", "damaged"):
+                    self._run(job_id, stamp, job["status"])
+        except RunConflictError:
+            self.result.busy.append(job_id)
+
+    def _run(self, job_id: str, stamp: str, status: str) -> None:
         prefix = output_prefix(job_id)
         kept: bytes | None = None
         try:
@@ -84,6 +109,10 @@ class _Scrubber:
         if marker is None:
             if self.metadata.latest_stamps([job_id]).get(job_id) != stamp:
                 return
+            if status == "archived" and self.storage.exists(
+                BUCKET_ARCHIVE, archive_prefix(job_id, stamp) + SUCCESS_NAME
+            ):
+                return  # its output was taken away after the archive copy was complete (retention, by choice)
             if status != "damaged":
                 self._finding(job_id, stamp, prefix + SUCCESS_NAME, "missing", None, "no SUCCESS marker")
             kept = self._kept_marker(job_id, stamp)
@@ -98,13 +127,14 @@ class _Scrubber:
         broken = [MANIFEST_NAME] if manifest is None else self._files(job_id, stamp, manifest)
         if broken:
             self._damage(job_id, stamp, vouching, broken)
-        elif marker is None:  # whole: the marker goes back last, and a damaged run is what it was
+            return
+        if marker is None:  # whole: the marker goes back last
             self.storage.put_bytes(BUCKET_OUTPUT, prefix + SUCCESS_NAME, vouching, "application/json")
-            if status == "damaged":
-                job = self.metadata.get_job(job_id, stamp) or {}
-                back = "archived" if job.get("archive_key") else "succeeded"
-                self.metadata.record_job(job_id, stamp, job["dataset"], back, statistics={"damaged": None})
-                self.result.recovered.append(job_id)
+        if status == "damaged":  # whole again (repaired here, or restored): what it was before
+            job = self.metadata.get_job(job_id, stamp) or {}
+            back = "archived" if job.get("archive_key") else "succeeded"
+            self.metadata.record_job(job_id, stamp, job["dataset"], back, statistics={"damaged": None})
+            self.result.recovered.append(job_id)
 
     def _kept_marker(self, job_id: str, stamp: str) -> bytes | None:
         """The run's marker from the job's statistics (kept when it was damaged), an earlier version of
@@ -264,13 +294,13 @@ def scrub(
             runs = metadata.published_runs(after=cursor, job_id=job_id)
             if not runs:
                 break
-            for run_job, stamp, status in runs:
+            for run_job, stamp, _status in runs:
                 if rolling and max_bytes is not None and result.bytes_read >= max_bytes and result.runs:
                     result.complete_pass = False
                     metadata.set_config(CONFIG_SCRUB_CURSOR, list(cursor) if cursor else None)
                     return result
                 try:
-                    scrubber.run(run_job, stamp, status)
+                    scrubber.run(run_job, stamp)
                 except E2E3DError as err:  # one run that cannot be read never stops the scrub of the rest
                     log.error("scrub: job %s run %s could not be scrubbed: %s", run_job, stamp, err)
                     result.errors.append(f"{run_job}: {err}")
