@@ -363,6 +363,16 @@ def test_scrub_leaves_output_removed_on_purpose_and_jobs_another_task_holds(dril
     assert d.metadata.get_job("scrub-removed", STAMP)["output_removed_at"] is not None
     left = scrub(d.storage, d.metadata, d.spool, backup=d.target, job_id="scrub-removed")
     assert left.findings == [] and d.storage.list_keys("output", output_prefix("scrub-removed")) == []
+    assert left.runs == 1 and left.files == 4  # its archive copy, which readers now get, was read instead
+
+    run_backup(d.storage, d.target, d.metadata, d.spool)
+    archived = archive_prefix("scrub-removed", STAMP) + "texture/albedo.png"
+    d.storage.delete_object("archive", archived)  # the archive is not versioned: only the backup holds it now
+    fixed = scrub(d.storage, d.metadata, d.spool, backup=d.target, job_id="scrub-removed")
+    assert [(f["bucket"], f["key"], f["problem"], f["repaired_from"]) for f in fixed.findings] == [
+        ("archive", archived, "missing", "backup")
+    ]
+    assert d.storage.list_keys("output", output_prefix("scrub-removed")) == []
 
     publish_job(d, tmp_path, "scrub-retiring")  # retention's window: markers gone, not yet recorded
     archive_and_record(d.storage, d.metadata, "scrub-retiring")

@@ -247,9 +247,9 @@ class MetadataHook(PostgresHook):
     def published_runs(
         self, after: tuple[str, str] | None = None, limit: int = 100, job_id: str | None = None
     ) -> list[tuple[str, str, str]]:
-        """``(job_id, stamp, status)`` of runs whose results should be in ``output`` (succeeded, archived
-        and not yet retired, or damaged), in key order after ``after``: what a scrub walks."""
-        where = ["status IN ('succeeded', 'archived', 'damaged')", "output_removed_at IS NULL"]
+        """``(job_id, stamp, status)`` of runs with published results (succeeded, archived, damaged: in
+        ``output``, or once retired in ``archive``), in key order after ``after``: what a scrub walks."""
+        where = ["status IN ('succeeded', 'archived', 'damaged')"]
         params: list[Any] = []
         if after is not None:
             where.append("(job_id, stamp) > (%s, %s)")

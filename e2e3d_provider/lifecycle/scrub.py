@@ -1,9 +1,10 @@
 """Scrub: re-read published results against their manifests, and repair what no longer matches.
 
-For each published run (``succeeded``, ``archived`` with its output still there, or ``damaged``) the
-scrub reads its SUCCESS marker and the manifest it names, then every file's bytes (SHA-256). A file
-missing or with other bytes is repaired from, in order, an earlier version of the object (versioned
-``output``), the run's archive copy, or the backup target (which holds contents by SHA-256),
+For each published run (``succeeded``, ``archived`` or ``damaged``) the scrub reads the set readers get:
+its output, or once retention (or ``remove_output_after_archive``) retired that, its archive copy. It reads
+the SUCCESS marker, the manifest it names, then every file's bytes (SHA-256). A file missing or with other
+bytes is repaired from, in order, an earlier version of the object (versioned ``output``), the run's archive
+copy (for its output), or the backup target (which holds contents by SHA-256),
 whichever verifies first; the repaired object is read back. Each finding and repair is recorded in
 ``e2e3d.scrub_findings``. A run that cannot be repaired loses its SUCCESS marker and becomes
 ``damaged`` (the marker is kept in the job's statistics), so no reader trusts it; a damaged run found
@@ -86,177 +87,191 @@ class _Scrubber:
 
     def run(self, job_id: str, stamp: str) -> None:
         """Scrub one run under its job's lock: no publish, archive or hygiene of the job runs meanwhile; a job
-        whose lock another task holds is left for the next scrub (``busy``)."""
+        whose lock another task holds is left for the next scrub (``busy``). A run whose output was retired
+        (retention, ``remove_output_after_archive``) is scrubbed in its archive copy, which readers get."""
         try:
             with job_lock(self.metadata, job_id, wait=0):
                 job = self.metadata.get_job(job_id, stamp)  # judged again under the lock
-                if job is None or job["output_removed_at"] is not None:
+                if job is None or job["status"] not in ("succeeded", "archived", "damaged"):
                     return
-                if job["status"] in ("succeeded", "archived", "damaged"):
-                    self._run(job_id, stamp, job["status"])
+                if job["output_removed_at"] is None:
+                    self._run(_Place(BUCKET_OUTPUT, output_prefix(job_id), job_id, stamp), job["status"])
+                elif job["archive_key"]:
+                    self._run(_Place(BUCKET_ARCHIVE, archive_prefix(job_id, stamp), job_id, stamp), job["status"])
         except RunConflictError:
             self.result.busy.append(job_id)
 
-    def _run(self, job_id: str, stamp: str, status: str) -> None:
-        prefix = output_prefix(job_id)
+    def _run(self, place: _Place, status: str) -> None:
+        job_id, stamp = place.job_id, place.stamp
         kept: bytes | None = None
         try:
-            marker: bytes | None = self.storage.get_bytes(BUCKET_OUTPUT, prefix + SUCCESS_NAME)
+            marker: bytes | None = self.storage.get_bytes(place.bucket, place.prefix + SUCCESS_NAME)
         except (ObjectNotFoundError, ChecksumMismatchError):
             marker = None
         if marker is not None and _marker_stamp(marker) != stamp:
             return  # the output holds another run of this job: this one was superseded
         if marker is None:
-            if self.metadata.latest_stamps([job_id]).get(job_id) != stamp:
-                return
-            if status == "archived" and self.storage.exists(
-                BUCKET_ARCHIVE, archive_prefix(job_id, stamp) + SUCCESS_NAME
-            ):
-                return  # its output was taken away after the archive copy was complete (retention, by choice)
+            if place.bucket == BUCKET_OUTPUT:
+                if self.metadata.latest_stamps([job_id]).get(job_id) != stamp:
+                    return
+                archived = archive_prefix(job_id, stamp) + SUCCESS_NAME
+                if status == "archived" and self.storage.exists(BUCKET_ARCHIVE, archived):
+                    return  # its output was taken away after the archive copy was complete (retention, by choice)
             if status != "damaged":
-                self._finding(job_id, stamp, prefix + SUCCESS_NAME, "missing", None, "no SUCCESS marker")
-            kept = self._kept_marker(job_id, stamp)
+                self._finding(place, SUCCESS_NAME, "missing", None, "no SUCCESS marker")
+            kept = self._kept_marker(place)
             if kept is None:
-                self._damage(job_id, stamp, None, [SUCCESS_NAME])
+                self._damage(place, None, [SUCCESS_NAME])
                 return
         self.result.runs += 1
         vouching = marker if marker is not None else kept
         assert vouching is not None
         manifest_sha = json.loads(vouching)["manifest_sha256"]
-        manifest = self._manifest(job_id, stamp, manifest_sha)
-        broken = [MANIFEST_NAME] if manifest is None else self._files(job_id, stamp, manifest)
+        manifest = self._manifest(place, manifest_sha)
+        broken = [MANIFEST_NAME] if manifest is None else self._files(place, manifest)
         if broken:
-            self._damage(job_id, stamp, vouching, broken)
+            self._damage(place, vouching, broken)
             return
         if marker is None:  # whole: the marker goes back last
-            self.storage.put_bytes(BUCKET_OUTPUT, prefix + SUCCESS_NAME, vouching, "application/json")
+            self.storage.put_bytes(place.bucket, place.prefix + SUCCESS_NAME, vouching, "application/json")
         if status == "damaged":  # whole again (repaired here, or restored): what it was before
             job = self.metadata.get_job(job_id, stamp) or {}
             back = "archived" if job.get("archive_key") else "succeeded"
             self.metadata.record_job(job_id, stamp, job["dataset"], back, statistics={"damaged": None})
             self.result.recovered.append(job_id)
 
-    def _kept_marker(self, job_id: str, stamp: str) -> bytes | None:
+    def _kept_marker(self, place: _Place) -> bytes | None:
         """The run's marker from the job's statistics (kept when it was damaged), an earlier version of
-        the object, or the archive copy."""
-        job = self.metadata.get_job(job_id, stamp) or {}
+        the object, or (for its output) the archive copy."""
+        job = self.metadata.get_job(place.job_id, place.stamp) or {}
         damaged = (job.get("statistics") or {}).get("damaged") or {}
         if damaged.get("marker"):
             return str(damaged["marker"]).encode()
-        key = output_prefix(job_id) + SUCCESS_NAME
-        for version in self.storage.object_versions(BUCKET_OUTPUT, key):
-            body = self.storage.get_bytes(BUCKET_OUTPUT, key, version_id=version.version_id)
-            if _marker_stamp(body) == stamp:
+        key = place.prefix + SUCCESS_NAME
+        for version in self.storage.object_versions(place.bucket, key):
+            body = self.storage.get_bytes(place.bucket, key, version_id=version.version_id)
+            if _marker_stamp(body) == place.stamp:
                 return body
+        if place.bucket == BUCKET_ARCHIVE:
+            return None
         try:
-            body = self.storage.get_bytes(BUCKET_ARCHIVE, archive_prefix(job_id, stamp) + SUCCESS_NAME)
+            body = self.storage.get_bytes(BUCKET_ARCHIVE, archive_prefix(place.job_id, place.stamp) + SUCCESS_NAME)
         except ObjectNotFoundError:
             return None
-        return body if _marker_stamp(body) == stamp else None
+        return body if _marker_stamp(body) == place.stamp else None
 
-    def _manifest(self, job_id: str, stamp: str, sha: str) -> Manifest | None:
-        key = output_prefix(job_id) + MANIFEST_NAME
+    def _manifest(self, place: _Place, sha: str) -> Manifest | None:
+        key = place.prefix + MANIFEST_NAME
         try:
-            raw = self.storage.get_bytes(BUCKET_OUTPUT, key)
+            raw = self.storage.get_bytes(place.bucket, key)
             problem = None if _sha(raw) == sha else "mismatch"
         except ObjectNotFoundError:
             problem = "missing"
         except ChecksumMismatchError:
             problem = "mismatch"
         if problem:
-            source = self._repair(job_id, stamp, MANIFEST_NAME, sha, None)
-            self._finding(job_id, stamp, key, problem, source, "the manifest SUCCESS names")
+            source = self._repair(place, MANIFEST_NAME, sha, None)
+            self._finding(place, MANIFEST_NAME, problem, source, "the manifest SUCCESS names")
             if source is None:
                 return None
-            raw = self.storage.get_bytes(BUCKET_OUTPUT, key)
+            raw = self.storage.get_bytes(place.bucket, key)
         try:
             return Manifest.from_json(raw)
         except ManifestError:
             return None
 
-    def _files(self, job_id: str, stamp: str, manifest: Manifest) -> list[str]:
-        prefix = output_prefix(job_id)
-        listed = {o.key: o for o in self.storage.list_objects(BUCKET_OUTPUT, prefix)}
+    def _files(self, place: _Place, manifest: Manifest) -> list[str]:
+        listed = {o.key: o for o in self.storage.list_objects(place.bucket, place.prefix)}
         broken = []
         for entry in manifest.files:
-            key = prefix + entry.path
+            key = place.prefix + entry.path
             self.result.files += 1
             found = listed.get(key)
             problem: str | None = "missing"
             if found is not None:
                 self.result.bytes_read += found.size
-                actual = self.storage.read_sha256(BUCKET_OUTPUT, key)
+                actual = self.storage.read_sha256(place.bucket, key)
                 problem = None if found.size == entry.size and actual == entry.sha256 else "mismatch"
             if problem is None:
                 continue
-            source = self._repair(job_id, stamp, entry.path, entry.sha256, entry.size)
-            self._finding(job_id, stamp, key, problem, source, f"manifest: {entry.size} bytes, {entry.sha256[:12]}...")
+            source = self._repair(place, entry.path, entry.sha256, entry.size)
+            self._finding(place, entry.path, problem, source, f"manifest: {entry.size} bytes, {entry.sha256[:12]}...")
             if source is None:
                 broken.append(entry.path)
         return broken
 
-    def _repair(self, job_id: str, stamp: str, relpath: str, sha: str, size: int | None) -> str | None:
+    def _repair(self, place: _Place, relpath: str, sha: str, size: int | None) -> str | None:
         """Put the bytes with ``sha`` back under the run's ``relpath``; returns where they came from."""
-        key = output_prefix(job_id) + relpath
-        for version in self.storage.object_versions(BUCKET_OUTPUT, key):
+        bucket, key = place.bucket, place.prefix + relpath
+        for version in self.storage.object_versions(bucket, key):
             if size is not None and version.size != size:
                 continue
-            if self.storage.read_sha256(BUCKET_OUTPUT, key, version.version_id) == sha:
-                self.storage.copy_object(
-                    BUCKET_OUTPUT, key, BUCKET_OUTPUT, key, version_id=version.version_id, size=version.size
-                )
-                if self._holds(key, sha):
+            if self.storage.read_sha256(bucket, key, version.version_id) == sha:
+                self.storage.copy_object(bucket, key, bucket, key, version_id=version.version_id, size=version.size)
+                if self._holds(bucket, key, sha):
                     return "version"
-        archived = archive_prefix(job_id, stamp) + relpath
-        copy = self.storage.stat(BUCKET_ARCHIVE, archived)
+        archived = archive_prefix(place.job_id, place.stamp) + relpath
+        copy = self.storage.stat(BUCKET_ARCHIVE, archived) if bucket == BUCKET_OUTPUT else None
         if (
             copy is not None
             and (size is None or copy.size == size)
             and self.storage.read_sha256(BUCKET_ARCHIVE, archived) == sha
         ):
-            self.storage.copy_object(BUCKET_ARCHIVE, archived, BUCKET_OUTPUT, key, size=copy.size)
-            if self._holds(key, sha):
+            self.storage.copy_object(BUCKET_ARCHIVE, archived, bucket, key, size=copy.size)
+            if self._holds(bucket, key, sha):
                 return "archive"
         if self.backup is not None and self.backup.storage.stat(self.backup.bucket, backup_blob_key(sha)):
             dest = self.spool / sha
             try:
                 self.backup.storage.download_file(self.backup.bucket, backup_blob_key(sha), dest, sha256=sha)
-                self.storage.upload_file(dest, BUCKET_OUTPUT, key, sha256=sha)
+                self.storage.upload_file(dest, bucket, key, sha256=sha)
             finally:
                 dest.unlink(missing_ok=True)
-            if self._holds(key, sha):
+            if self._holds(bucket, key, sha):
                 return "backup"
         return None
 
-    def _holds(self, key: str, sha: str) -> bool:
+    def _holds(self, bucket: str, key: str, sha: str) -> bool:
         try:
-            return self.storage.read_sha256(BUCKET_OUTPUT, key) == sha
+            return self.storage.read_sha256(bucket, key) == sha
         except ObjectNotFoundError:
             return False
 
-    def _damage(self, job_id: str, stamp: str, marker: bytes | None, broken: list[str]) -> None:
-        self.storage.delete_object(BUCKET_OUTPUT, output_prefix(job_id) + SUCCESS_NAME)  # no reader trusts it now
-        job = self.metadata.get_job(job_id, stamp)
+    def _damage(self, place: _Place, marker: bytes | None, broken: list[str]) -> None:
+        self.storage.delete_object(place.bucket, place.prefix + SUCCESS_NAME)  # no reader trusts it now
+        job = self.metadata.get_job(place.job_id, place.stamp)
         error = (
-            f"damaged: {len(broken)} published file(s) no earlier version, archive copy or backup could repair: "
-            + ", ".join(broken[:10])
+            f"damaged: {len(broken)} published file(s) in {place.bucket} no earlier version, archive copy or "
+            "backup could repair: " + ", ".join(broken[:10])
         )
         if job is not None:
             statistics = {"damaged": {"marker": marker.decode() if marker else None, "files": broken[:100]}}
-            self.metadata.record_job(job_id, stamp, job["dataset"], "damaged", error=error, statistics=statistics)
-        self.result.damaged.append(job_id)
-        log.error("scrub: job %s run %s is %s", job_id, stamp, error)
+            self.metadata.record_job(place.job_id, place.stamp, job["dataset"], "damaged", error=error,
+                                     statistics=statistics)  # fmt: skip
+        self.result.damaged.append(place.job_id)
+        log.error("scrub: job %s run %s is %s", place.job_id, place.stamp, error)
 
-    def _finding(self, job_id: str, stamp: str, key: str, problem: str, source: str | None, detail: str) -> None:
+    def _finding(self, place: _Place, relpath: str, problem: str, source: str | None, detail: str) -> None:
+        key = place.prefix + relpath
         finding = {
-            "job_id": job_id, "stamp": stamp, "bucket": BUCKET_OUTPUT, "key": key, "problem": problem,
+            "job_id": place.job_id, "stamp": place.stamp, "bucket": place.bucket, "key": key, "problem": problem,
             "repaired_from": source, "detail": detail,
         }  # fmt: skip
         self.result.findings.append(finding)
         self.metadata.record_scrub_findings([finding])
         (log.warning if source else log.error)(
-            "scrub: %s/%s %s; %s", BUCKET_OUTPUT, key, problem, f"repaired from {source}" if source else "NOT repaired"
+            "scrub: %s/%s %s; %s", place.bucket, key, problem, f"repaired from {source}" if source else "NOT repaired"
         )
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a run's published set is scrubbed: its output, or (once that is retired) its archive copy."""
+
+    bucket: str
+    prefix: str
+    job_id: str
+    stamp: str
 
 
 def _sha(data: bytes) -> str:
