@@ -10,7 +10,6 @@ Thresholds come from the DAG params when set, else from PostgreSQL's ``e2e3d.con
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 
 from e2e3d_provider.devstack.volumes import embedded_vacuum
-from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -29,7 +27,6 @@ from e2e3d_provider.operators.run_context import dag_run_state, data_root, scrat
 
 MAINTENANCE_CONN_ID = ROLE_CONN_IDS["maintenance"]  # archive, retention deletes, statistics: its role only
 BACKUP_CONN_ID = DEFAULT_BACKUP_CONN_ID  # the scrub's last place to repair from
-log = logging.getLogger(__name__)
 
 
 @dag(
@@ -102,12 +99,7 @@ def e2e3d_maintenance() -> None:
         manifests; repair from earlier versions, the archive or the backup; mark the rest damaged."""
         metadata = MetadataHook()
         storage = StorageHook(MAINTENANCE_CONN_ID)
-        try:
-            target = BackupTarget.from_hook(StorageHook(BACKUP_CONN_ID))
-            target.complete_ids()
-        except E2E3DError as err:
-            log.warning("scrub: no backup target to repair from (%s); versions and the archive only", err)
-            target = None
+        target = BackupTarget.optional(BACKUP_CONN_ID)
         spool = data_root() / "tmp"
         spool.mkdir(parents=True, exist_ok=True)
         max_bytes = int(maintenance.setting(metadata, maintenance.CONFIG_SCRUB_MAX_BYTES))

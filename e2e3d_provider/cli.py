@@ -278,14 +278,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_scrub(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.metadata import MetadataHook
     from e2e3d_provider.hooks.storage import StorageHook
+    from e2e3d_provider.lifecycle.backup import BackupTarget
     from e2e3d_provider.lifecycle.scrub import scrub
 
-    try:
-        target = _backup_target(args)
-        target.complete_ids()
-    except Exception as err:  # no backup target: repair from versions and the archive only
-        print(f"(no backup target to repair from: {err})", file=sys.stderr)
-        target = None
+    target = BackupTarget.optional(args.backup_conn_id)
     with _quiet("scrub"):
         done = scrub(
             StorageHook(args.minio_conn_id),

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from e2e3d_provider.core.layout import validate_sha256
+from e2e3d_provider.core.layout import sharded_sha_key
 from e2e3d_provider.exceptions import InvalidNameError, ManifestError
 
 BLOB_AREA = "blobs"
@@ -50,8 +50,7 @@ def validate_backup_id(value: object) -> str:
 
 def backup_blob_key(sha256: str) -> str:
     """``blobs/<2 hex>/<sha256>``: where a target holds one object content."""
-    sha256 = validate_sha256(sha256)
-    return f"{BLOB_AREA}/{sha256[:2]}/{sha256}"
+    return sharded_sha_key(BLOB_AREA, sha256)
 
 
 def snapshot_key(backup_id: str, name: str) -> str:

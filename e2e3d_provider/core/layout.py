@@ -264,10 +264,15 @@ def validate_sha256(value: object) -> str:
     return value
 
 
+def sharded_sha_key(area: str, sha256: str) -> str:
+    """Return ``<area>/<2 hex>/<sha256>``: a content-addressed key, spread over 256 key prefixes."""
+    sha256 = validate_sha256(sha256)
+    return f"{area}/{sha256[:2]}/{sha256}"
+
+
 def blob_key(sha256: str) -> str:
     """Return ``.cas/sha256/<2 hex>/<sha256>``: the one object in ``input`` holding these bytes."""
-    sha256 = validate_sha256(sha256)
-    return f"{BLOB_AREA}/{sha256[:2]}/{sha256}"
+    return sharded_sha_key(BLOB_AREA, sha256)
 
 
 def dataset_manifest_key(dataset: str) -> str:

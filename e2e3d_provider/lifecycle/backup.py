@@ -93,6 +93,18 @@ class BackupTarget:
         """The target a connection names (its extra ``bucket``, default ``e2e3d-backup``)."""
         return cls(storage, storage.settings.get("bucket") or DEFAULT_BACKUP_BUCKET)
 
+    @classmethod
+    def optional(cls, conn_id: str) -> BackupTarget | None:
+        """The target of ``conn_id`` if it is defined and reachable, else None (logged): a scrub then repairs
+        from earlier versions and the archive only."""
+        try:
+            target = cls.from_hook(StorageHook(conn_id))
+            target.complete_ids()
+        except E2E3DError as err:
+            log.warning("no backup target to repair from (%s); earlier versions and the archive only", err)
+            return None
+        return target
+
     def describe(self) -> str:
         return f"{self.storage.endpoint_url}/{self.bucket} (connection {self.storage.minio_conn_id!r})"
 
