@@ -97,7 +97,7 @@ def main() -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(os.urandom(4000))
         StorageHook(BENCH_CONN_ID).bootstrap(buckets=("profile",), versioned=())
-        weed = stack.read_state(base / "stack").weed_pid
+        weed = stack.read_state(base / "stack").s3_pid
         for direction, target in (("upload", src), ("download", base / "dst")):
             raw = Path(tempfile.mkstemp(suffix=".txt")[1])
             server_before, started = weed_cpu(weed), time.perf_counter()

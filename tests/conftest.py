@@ -14,9 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import uuid
 from collections.abc import Iterator
+from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +31,37 @@ os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 REPO = Path(__file__).resolve().parents[1]
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+
+
+def _package_under_test() -> tuple[Path, bool]:
+    """Where ``e2e3d_provider`` is imported from, and whether the install is an editable checkout.
+
+    The suite tests the package as users receive it: an installed wheel. An editable install (the fast
+    loop of a developer) is allowed and said so in the header; the checkout shadowing an installed
+    wheel (``python -m pytest`` puts the current folder first on sys.path) is refused, since the
+    suite would then pass on files the wheel may not carry.
+    """
+    import e2e3d_provider
+
+    origin = Path(e2e3d_provider.__file__).resolve().parent
+    purelib = Path(sysconfig.get_paths()["purelib"]).resolve()
+    if origin.is_relative_to(purelib):
+        return origin, False
+    installed = [d for d in distributions(path=[str(purelib)]) if d.metadata["Name"] == "e2e3d-provider"]
+    direct_url = json.loads((installed[0].read_text("direct_url.json") if installed else None) or "{}")
+    editable = bool(direct_url.get("dir_info", {}).get("editable"))
+    if not editable:
+        raise RuntimeError(
+            f"the tests import e2e3d_provider from {origin}, not from the installed wheel in {purelib}: "
+            "run .venv/bin/pytest (python -m pytest puts the current folder first on sys.path)"
+        )
+    return origin, editable
+
+
+PACKAGE_DIR, EDITABLE = _package_under_test()
+from e2e3d_provider.example_dags import DAGS_DIR  # noqa: E402  (the example DAGs of the package under test)
+
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_DIR)
 # dag.test() runs only DAGs found in a bundle: the product DAGs and the tests' own small DAGs.
 os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
     [
@@ -38,7 +70,7 @@ os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
             "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
             "kwargs": {"path": str(path)},
         }
-        for name, path in (("e2e3d-dags", REPO / "dags"), ("e2e3d-test-dags", REPO / "tests" / "dags"))
+        for name, path in (("e2e3d-dags", DAGS_DIR), ("e2e3d-test-dags", REPO / "tests" / "dags"))
     ]
 )
 os.environ.setdefault("XDG_RUNTIME_DIR", _AIRFLOW_HOME)
@@ -46,6 +78,12 @@ os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = "e2e3d-tests-" + "s" * 64  # >= 64
 os.environ.pop("E2E3D_DATA_ROOT", None)
 
 import pytest  # noqa: E402
+
+
+def pytest_report_header() -> str:
+    kind = "editable checkout" if EDITABLE else "installed wheel"
+    return f"e2e3d-provider under test: {kind} at {PACKAGE_DIR}"
+
 
 from e2e3d_provider.devstack import stack  # noqa: E402
 
@@ -62,14 +100,81 @@ def _pg_conn_from_dsn(dsn: str) -> dict:
     }
 
 
+def external_servers() -> bool:
+    """True when the tests run against servers named by ``E2E3D_TEST_S3_*`` / ``E2E3D_TEST_PG_DSN``."""
+    return bool(os.environ.get("E2E3D_TEST_S3_ENDPOINT") and os.environ.get("E2E3D_TEST_PG_DSN"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--s3-servers",
+        default=os.environ.get("E2E3D_TEST_S3_SERVERS", ",".join(stack.SERVERS)),
+        help="the S3 servers of the embedded stack whose lanes run, comma-separated (default: "
+        "seaweedfs,minio; $E2E3D_TEST_S3_SERVERS)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the storage runs once per S3 server lane (``[seaweedfs]``, ``[minio]``); a
+    test marked ``one_server`` (a whole Airflow deployment) runs in the first lane only, one marked
+    ``servers(...)`` only in the lanes it names (it is not collected in the others: nothing is skipped)."""
+    if "s3_server" not in metafunc.fixturenames:
+        return
+    if external_servers():
+        lanes = ["external"]
+    else:
+        lanes = [name.strip() for name in metafunc.config.getoption("--s3-servers").split(",") if name.strip()]
+        unknown = set(lanes) - set(stack.SERVERS)
+        if unknown or not lanes:
+            raise pytest.UsageError(f"--s3-servers: choose among {', '.join(stack.SERVERS)}; got {lanes}")
+        if metafunc.definition.get_closest_marker("one_server"):
+            lanes = lanes[:1]
+        only = metafunc.definition.get_closest_marker("servers")
+        if only:  # a check of one server's own machinery (SeaweedFS's volumes and internal ports)
+            lanes = [lane for lane in lanes if lane in only.args]
+    metafunc.parametrize("s3_server", lanes, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def stack_info(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackInfo | None]:
-    """The embedded stack for this session (None when external servers are configured)."""
-    if os.environ.get("E2E3D_TEST_S3_ENDPOINT") and os.environ.get("E2E3D_TEST_PG_DSN"):
+def minio_binary() -> str:
+    """The MinIO server binary: ``$E2E3D_MINIO_BINARY`` or ``minio`` on PATH, else the pinned test build,
+    fetched (tests/minio_binary.py). Where it cannot be had, the test fails saying why: never a skip."""
+    found = os.environ.get("E2E3D_MINIO_BINARY") or shutil.which("minio")
+    if found:
+        return found
+    from tests.minio_binary import MinioUnavailable, ensure_minio
+
+    try:
+        path = str(ensure_minio())
+    except MinioUnavailable as err:
+        pytest.fail(f"the MinIO lane cannot run: {err}", pytrace=False)
+    os.environ["E2E3D_MINIO_BINARY"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(request: pytest.FixtureRequest) -> str:
+    """The S3 server of this lane (``seaweedfs``, ``minio``, or ``external``)."""
+    if request.param == "minio":
+        request.getfixturevalue("minio_binary")
+    return request.param
+
+
+def own_stack_server(s3_server: str) -> str:
+    """The server a test's own stack runs (one it kills, restarts or starts with TLS): the lane's."""
+    if s3_server not in stack.SERVERS:
+        pytest.skip("external servers configured (E2E3D_TEST_*): this test needs an embedded stack of its own")
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def stack_info(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackInfo | None]:
+    """The embedded stack of this lane (None when external servers are configured)."""
+    if s3_server == "external":
         yield None
         return
-    base = tmp_path_factory.mktemp("stack")
-    info = stack.start_stack(base, owner_pid=os.getpid())
+    base = tmp_path_factory.mktemp(f"stack-{s3_server}")
+    info = stack.start_stack(base, owner_pid=os.getpid(), server=s3_server)
     try:
         yield info
     finally:
@@ -140,7 +245,7 @@ def airflow_deployment(stack_info, connections, storage, metadata, tmp_path_fact
     deployment = AirflowDeployment(
         stack_info,
         base / "home",
-        [REPO / "dags", REPO / "tests" / "dags"],
+        [DAGS_DIR, REPO / "tests" / "dags"],
         base / "data",
         owner_pid=os.getpid(),
     )
@@ -205,10 +310,10 @@ def run_dag(airflow_db, connections):
 
 
 def load_repo_dag(file_name: str, factory: str):
-    """Build a DAG of the repository's dags/ folder (tests may import what products must not)."""
+    """Build one of the package's example DAGs (tests may import what products must not)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"repo_dags_{Path(file_name).stem}", REPO / "dags" / file_name)
+    spec = importlib.util.spec_from_file_location(f"repo_dags_{Path(file_name).stem}", DAGS_DIR / file_name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, factory)()

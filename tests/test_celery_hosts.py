@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 
 from e2e3d_provider.core.layout import work_prefix
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment, write_pinned_lifecycle
+from e2e3d_provider.devstack.demo import SAMPLE_DIR
+from e2e3d_provider.example_dags import DAGS_DIR
 from e2e3d_provider.lifecycle.ingest import ingest
 from e2e3d_provider.lifecycle.publish import fetch_published, read_published
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.one_server, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO / "e2e3d_provider/devstack/sample_data/terrain"
 #: where each task runs: the reconstruction and the publish on host b, the rest on host a
 ON_B = ("reconstruct", "upload_results", "archive")
 
@@ -29,9 +28,7 @@ def test_the_lifecycle_runs_across_two_celery_workers_that_share_no_disk(
     if stack_info is None:
         pytest.skip("the Celery deployment runs on the embedded stack (its PostgreSQL holds the broker)")
     base = tmp_path_factory.mktemp("celery-deployment")
-    write_pinned_lifecycle(
-        base / "dags", REPO / "dags/e2e3d_reconstruction.py", dict.fromkeys(ON_B, "host_b"), "host_a"
-    )
+    write_pinned_lifecycle(base / "dags", DAGS_DIR / "e2e3d_reconstruction.py", dict.fromkeys(ON_B, "host_b"), "host_a")
     dataset, job_id = f"ds-{uuid.uuid4().hex[:8]}", f"hosts-{uuid.uuid4().hex[:8]}"
     ingest(storage, SAMPLE_DIR, dataset)
     deployment = AirflowDeployment(

@@ -4,6 +4,7 @@ the ones the code reads, both ways."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -28,8 +29,8 @@ LONG_RUNNING = {
     "airflow-worker",  # profile celery
 }
 ONE_SHOT = {"minio-init", "airflow-init"}
-#: modules that are development tooling (local stack, demo, CLI), not what a deployment runs
-DEV_TOOLING = {"stack.py", "demo.py", "cli.py"}
+#: development tooling (the devstack package: local stack, demo; and the CLI), not what a deployment runs
+DEV_TOOLING = {"devstack", "cli.py"}
 
 
 def compose() -> dict:
@@ -53,12 +54,7 @@ def test_services_healthchecks_images_and_volumes() -> None:
     for name in ONE_SHOT:
         assert services[name]["restart"] == "no"
     assert re.fullmatch(r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", services["minio"]["image"])
-    assert re.fullmatch(r"minio/mc:RELEASE\.[\dT:-]+Z", services["minio-init"]["image"])
     assert "--console-address" in services["minio"]["command"]
-    init = "\n".join(services["minio-init"]["command"])
-    for bucket in ("input", "output", "models", "archive"):
-        assert bucket in init
-    assert "mc version enable" in init and "--noncurrent-expire-days" in init
     assert set(spec["volumes"]) == {"postgres-data", "minio-data", "e2e3d-data"}
     for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
         service = services[name]
@@ -116,7 +112,7 @@ def code_env_vars() -> set[str]:
     """E2E3D_* variables the deployed code reads (not the dev tooling's, not the tests')."""
     names: set[str] = set()
     for path in (ROOT / "e2e3d_provider").rglob("*.py"):
-        if path.name not in DEV_TOOLING:
+        if not DEV_TOOLING & {path.name, *path.parts}:
             names |= set(re.findall(r'"(E2E3D_[A-Z_]+)"', path.read_text()))
     return {n for n in names if not n.startswith("E2E3D_TEST_")}
 
@@ -139,21 +135,24 @@ def test_env_example_documents_every_variable_the_compose_file_uses() -> None:
     assert used == documented
 
 
-def test_minio_init_creates_one_user_per_role_with_the_policy_the_grant_table_makes() -> None:
-    import json
+def test_minio_init_makes_the_roles_with_the_projects_own_bootstrap() -> None:
+    """No mc: minio-init runs ``e2e3d bootstrap --roles`` from the provider's image, with the connections
+    every component uses, so each role's MinIO user has exactly the keys its connection signs with."""
+    from e2e3d_provider.core.roles import GRANTS
 
-    from e2e3d_provider.core.roles import GRANTS, minio_policy
-
-    init = yaml.safe_load(COMPOSE.read_text())["services"]["minio-init"]
-    script = init["command"][0]
-    assert "./deploy/minio-policies:/policies:ro" in init["volumes"]
+    services = compose()["services"]
+    init = services["minio-init"]
+    assert init["image"] == services["airflow-apiserver"]["image"] and init["build"] == "."
+    assert "e2e3d bootstrap --roles --storage-only" in init["command"][-1]
+    assert init["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert init["environment"] == airflow_env()
     for role in GRANTS:
-        policy = ROOT / "deploy" / "minio-policies" / f"e2e3d-{role}.json"
-        assert json.loads(policy.read_text()) == minio_policy(role), f"{policy} is not what core/roles.py grants"
-        assert f"MINIO_{role.upper()}_USER" in init["environment"] and role in script.split("for role in")[1]
         conn = json.loads(airflow_env()[f"AIRFLOW_CONN_MINIO_{role.upper()}"])
         assert conn["login"].startswith(f"${{MINIO_{role.upper()}_USER")
-    assert "mc admin policy attach" in script and "mc admin user add" in script
+    for name in ("AIRFLOW_CONN_MINIO_API", "AIRFLOW_CONN_MINIO_DEFAULT"):  # the URLs a browser fetches
+        extra = json.loads(airflow_env()[name])["extra"]
+        assert extra["presign_endpoint_url"].startswith("${E2E3D_PUBLIC_S3_URL:-http://localhost:9000")
+    assert "mc " not in json.dumps(init)
 
 
 def test_the_compose_file_documents_tls_for_minio_and_postgresql() -> None:

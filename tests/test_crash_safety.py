@@ -24,7 +24,7 @@ from e2e3d_provider.devstack import stack
 from e2e3d_provider.exceptions import StorageError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import publish_run
-from tests.conftest import write_files
+from tests.conftest import own_stack_server, write_files
 
 MiB = 1024 * 1024
 STAMP = "20261124T120000Z"
@@ -35,10 +35,10 @@ RANDOM_KILL_POINTS = 4
 
 
 @pytest.fixture(scope="module")
-def crash_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackInfo]:
-    """A stack of this module's own: killing its S3 server disturbs no other test."""
+def crash_stack(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackInfo]:
+    """A stack of this module's own, on the lane's server: killing its S3 server disturbs no other test."""
     base = tmp_path_factory.mktemp("crash-stack")
-    info = stack.start_stack(base, owner_pid=os.getpid())
+    info = stack.start_stack(base, owner_pid=os.getpid(), server=own_stack_server(s3_server))
     os.environ["AIRFLOW_CONN_MINIO_CRASH"] = json.dumps(info.minio_conn())
     StorageHook("minio_crash").bootstrap(buckets=("output",), versioned=("output",))
     try:
@@ -96,7 +96,7 @@ def crash_and_rerun(
     restart it, check the SUCCESS invariant, rerun, check what the rerun sent. Returns
     (publish crashed, files already verified before the rerun)."""
     base = Path(crash_stack.base_dir)
-    pid = stack.read_state(base).weed_pid
+    pid = stack.read_state(base).s3_pid
     timer = threading.Timer(after_seconds, kill, (pid,)) if after_seconds is not None else None
 
     def on_progress(done: int, total: int) -> None:

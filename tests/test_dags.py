@@ -19,14 +19,14 @@ import trimesh
 from PIL import Image
 
 from e2e3d_provider.core.layout import RunLayout, archive_prefix, job_id_from_run_id
+from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
+from e2e3d_provider.example_dags import DAGS_DIR
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.datasets import read_dataset
 from e2e3d_provider.lifecycle.ingest import InvalidInputError, ingest
 from tests.conftest import REPO, load_repo_dag, task_states, write_files, xcom
 from tests.test_rightsize import load_textured
-
-SAMPLE = REPO / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
 
 
 @pytest.fixture
@@ -39,13 +39,13 @@ def test_every_dag_loads_without_import_errors() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     for folder, expected in (
-        (REPO / "dags", {"e2e3d_reconstruction", "e2e3d_maintenance", "e2e3d_backup"}),
+        (DAGS_DIR, {"e2e3d_reconstruction", "e2e3d_maintenance", "e2e3d_backup"}),
         (REPO / "tests" / "dags", {"e2e3d_test_blocks", "e2e3d_test_deferrable"}),
     ):
         bag = DagBag(dag_folder=str(folder))
         assert bag.import_errors == {}, bag.import_errors
         assert expected <= set(bag.dag_ids)
-    lifecycle = DagBag(dag_folder=str(REPO / "dags")).dags["e2e3d_reconstruction"]
+    lifecycle = DagBag(dag_folder=str(DAGS_DIR)).dags["e2e3d_reconstruction"]
     assert {"dataset", "job_id"} <= set(lifecycle.params)
     assert lifecycle.get_task("cleanup").trigger_rule == "all_done"
     assert lifecycle.get_task("mark_failed").trigger_rule == "one_failed"

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
 from e2e3d_provider.hooks import telemetry
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -22,7 +23,6 @@ from e2e3d_provider.lifecycle.ingest import ingest
 from tests.conftest import load_repo_dag
 from tests.test_api import ROLES, as_user, token
 
-SAMPLE = Path(__file__).resolve().parents[1] / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
 CHARTS = (
     "space",
     "objects",

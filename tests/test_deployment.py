@@ -6,15 +6,13 @@ from __future__ import annotations
 import ipaddress
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
+from e2e3d_provider.devstack.demo import SAMPLE_DIR
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "e2e3d_provider/devstack/sample_data/terrain"
+pytestmark = [pytest.mark.slow, pytest.mark.one_server, pytest.mark.timeout(600)]
 
 
 def _ingest(storage, dataset: str) -> None:

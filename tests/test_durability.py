@@ -36,10 +36,10 @@ from e2e3d_provider.lifecycle.publish import fetch_published, publish_run
 from e2e3d_provider.lifecycle.record import record_job_run
 from e2e3d_provider.lifecycle.restore import run_restore
 from e2e3d_provider.lifecycle.scrub import scrub
-from tests.conftest import write_files
+from tests.conftest import own_stack_server, write_files
 
 STAMP = "20261202T120000Z"
-SAMPLE = Path(__file__).resolve().parents[1] / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
+from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE  # noqa: E402  (the installed package's)
 
 
 @dataclass
@@ -52,9 +52,9 @@ class Drill:
 
 
 @pytest.fixture(scope="module")
-def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
+def drill(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
     base = tmp_path_factory.mktemp("drill-stack")
-    info = stack.start_stack(base, owner_pid=os.getpid())
+    info = stack.start_stack(base, owner_pid=os.getpid(), server=own_stack_server(s3_server))
     names = {"drill_s3": info.minio_conn(), "drill_pg": info.metadata_conn(), "drill_backup": info.backup_conn()}
     for conn_id, conn in names.items():
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 from e2e3d_provider.core.layout import archive_prefix, input_prefix, work_prefix
+from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
+from e2e3d_provider.example_dags import DAGS_DIR
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.ingest import ingest
-from tests.conftest import REPO
-
-SAMPLE = REPO / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
 
 RUN = """
 import importlib.util, sys
@@ -42,7 +41,7 @@ def test_operators_report_their_s3_inputs_and_outputs_to_openlineage(
         AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD="True",
         E2E3D_DATA_ROOT=str(tmp_path / "data"),
     )
-    dag_file = str(REPO / "dags" / "e2e3d_reconstruction.py")
+    dag_file = str(DAGS_DIR / "e2e3d_reconstruction.py")
     command = [sys.executable, "-c", RUN, dataset, unique_id, dag_file]
     # not from the repository's root: its *.egg-info would make the e2e3d plugin's entry point appear twice,
     # and Airflow's plugin loader stops at a duplicate name, dropping every plugin after it (OpenLineage's too)

@@ -159,3 +159,62 @@ def test_the_retry_loop_backs_off_doubling_and_stops_at_the_first_lasting_error(
     assert (len(made), pauses, retry.attempts_made(failed.value)) == (1, [], 1)
     with pytest.raises(ValueError, match="at least 1"):
         call(func, 0)
+
+
+def test_throttling_answers_are_transient() -> None:
+    """MinIO answers an overload with 503 ``TooManyRequests`` (AWS with ``SlowDown``); a HEAD's 503 has no
+    body. Each is retried; a 501 or an AccessDenied is not."""
+    from minio.error import S3Error, ServerError
+
+    from e2e3d_provider.core.retry import is_transient
+
+    def s3_error(code: str, status: int) -> S3Error:
+        response = urllib3.HTTPResponse(body=b"", status=status)
+        return S3Error(response, code, "message", "/b/k", "req", "host")
+
+    assert is_transient(s3_error("TooManyRequests", 503))
+    assert is_transient(s3_error("SlowDown", 503))
+    assert is_transient(s3_error("SomethingNew", 503))
+    assert is_transient(ServerError("503 from a HEAD", 503))
+    assert not is_transient(s3_error("NotImplemented", 501))
+    assert not is_transient(s3_error("AccessDenied", 403))
+
+
+def test_a_throttled_minio_is_ridden_out_on_the_control_plane(minio_binary: str, tmp_path, monkeypatch) -> None:
+    """MinIO with two requests at once and a 1 ms queue deadline refuses many of 30 concurrent puts and
+    copies with 503 TooManyRequests; the hook's one retry layer gets every one of them through (a retried
+    put sends its bytes again: it once sent the spent stream of the first attempt)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow.sdk import Connection
+
+    from e2e3d_provider.devstack import minio_server
+
+    monkeypatch.setenv("E2E3D_MINIO_BINARY", minio_binary)
+    monkeypatch.setenv("MINIO_API_REQUESTS_MAX", "2")
+    monkeypatch.setenv("MINIO_API_REQUESTS_DEADLINE", "1ms")
+    port, console = free_ports(2)
+    pid = minio_server.launch_minio(
+        tmp_path, minio_server.minio_args(tmp_path, port, console, False), port, "throttle", "throttle-secret"
+    )
+    try:
+        extra = json.dumps({"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"})
+        conn = Connection(
+            conn_id="throttled", conn_type="aws", login="throttle", password="throttle-secret", extra=extra
+        )
+        hook = StorageHook("throttled", connection=conn, attempts=8, retry_delay=0.05)
+        hook.client.make_bucket("throttled")
+        payload = b"x" * (1 << 20)
+
+        def put_and_copy(index: int) -> str:
+            hook.put_bytes("throttled", f"src/{index}", payload)
+            hook.copy_object("throttled", f"src/{index}", "throttled", f"dst/{index}")
+            return hook.get_bytes("throttled", f"dst/{index}") == payload and "ok"
+
+        with ThreadPoolExecutor(15) as pool:
+            results = list(pool.map(put_and_copy, range(30)))
+        assert results == ["ok"] * 30
+    finally:
+        from e2e3d_provider.devstack.stack import terminate
+
+        terminate(pid)

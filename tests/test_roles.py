@@ -1,6 +1,6 @@
 """Least-privilege storage roles, enforced by the S3 server itself: each role's keys are tried on every
-action in every bucket against the session's real SeaweedFS, and what the server allows must be exactly
-what ``core.roles.GRANTS`` grants (everything else refused)."""
+action in every bucket against the session's real S3 server (each lane: SeaweedFS, MinIO), and what the
+server allows must be exactly what ``core.roles.GRANTS`` grants (everything else refused)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from e2e3d_provider.core.roles import GRANTS, LIST, READ, TAG, WRITE
 from e2e3d_provider.hooks.storage import StorageHook
 
 #: the action tried -> the grant it needs
-PROBES = {"list": LIST, "get": READ, "put": WRITE, "delete": WRITE, "tag": TAG}
+#: (reading tags is reading: a large file's sha256 is its ``sha256`` tag, which every reader's stat reads;
+#: MinIO checks s3:GetObjectTagging for it, SeaweedFS does not)
+PROBES = {"list": LIST, "get": READ, "read_tags": READ, "put": WRITE, "delete": WRITE, "tag": TAG}
 
 
 def client(stack_info, access: str, secret: str) -> Minio:
@@ -30,6 +32,8 @@ def attempt(c: Minio, action: str, bucket: str, key: str) -> bool:
             list(c.list_objects(bucket, prefix="roles-probe/"))
         elif action == "get":
             c.get_object(bucket, key).read()
+        elif action == "read_tags":
+            c.get_object_tags(bucket, key)
         elif action == "put":
             c.put_object(bucket, f"roles-probe/new-{key.rsplit('/', 1)[-1]}", io.BytesIO(b"x"), 1)
         elif action == "delete":
@@ -93,3 +97,48 @@ def test_a_refusal_through_the_hook_says_the_role_may_not_and_names_the_connecti
         StorageHook("minio_worker").get_bytes("archive", "roles-probe/anything")
     with pytest.raises(StorageAuthError, match=r"connection 'minio_worker'.*not allowed"):
         StorageHook("minio_worker").list_keys("archive", "")
+
+
+def test_bootstrap_roles_makes_minio_users_from_the_role_connections(
+    stack_info, storage: StorageHook, s3_server: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``e2e3d bootstrap --roles`` (docker-compose's minio-init) creates one MinIO user per role with the
+    keys of that role's connection and the policy core/roles.py generates, through MinIO's admin API; the
+    server then refuses each new user outside its grant. On a server without that API, it says so."""
+    import json
+    import os
+    import secrets
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if stack_info is None:
+        pytest.skip("external servers configured (E2E3D_TEST_*): the admin keys of the stack are not known")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_MINIO_")}
+    env["AIRFLOW_CONN_MINIO_ADMIN"] = json.dumps(stack_info.role_conn("admin"))
+    fresh = {role: (f"boot{role[:4]}{secrets.token_hex(4)}", secrets.token_urlsafe(18)) for role in GRANTS}
+    for role, (access, secret) in fresh.items():
+        conn = {**stack_info.role_conn("admin"), "login": access, "password": secret}
+        env[f"AIRFLOW_CONN_MINIO_{role.upper()}"] = json.dumps(conn)
+    command = [str(Path(sys.executable).parent / "e2e3d"), "bootstrap", "--roles", "--storage-only"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    if s3_server != "minio":
+        assert result.returncode == 2 and "has no MinIO admin API" in result.stderr, result.stdout + result.stderr
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    for role in GRANTS:
+        assert f"role {role}: MinIO user {fresh[role][0]} with policy e2e3d-{role}" in result.stdout
+    worker = client(stack_info, *fresh["worker"])
+    assert attempt(worker, "list", "output", "roles-probe/x")
+    assert not attempt(worker, "put", "input", "roles-probe/x")
+    # run again: idempotent, and a changed secret takes effect
+    env["AIRFLOW_CONN_MINIO_WORKER"] = json.dumps(
+        {**stack_info.role_conn("admin"), "login": fresh["worker"][0], "password": "a-new-worker-secret"}
+    )
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert attempt(client(stack_info, fresh["worker"][0], "a-new-worker-secret"), "list", "output", "roles-probe/x")
+    # a role connection that reuses the admin's keys is refused
+    env["AIRFLOW_CONN_MINIO_API"] = json.dumps(stack_info.role_conn("admin"))
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert refused.returncode == 2 and "needs keys of its own" in refused.stderr

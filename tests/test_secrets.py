@@ -13,13 +13,12 @@ import httpx
 import pytest
 
 from e2e3d_provider.api.app import create_app
+from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.ingest import ingest
 from tests.conftest import load_repo_dag, serve
 from tests.test_api import as_user
-
-SAMPLE = Path(__file__).resolve().parents[1] / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
 
 
 def stack_secrets(stack_info) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from e2e3d_provider.devstack import stack
 
 #: Ports `weed mini` opens by default when not told otherwise (master, filer, S3, admin, lance, ...).
 WEED_DEFAULT_PORTS = {9333, 19333, 8888, 18888, 8333, 18333, 8080, 18080, 23646, 33646, 9101, 8181, 7333, 6060}
+MINIO_DEFAULT_PORTS = {9000, 9001}
 
 
 def _listening(pid: int) -> set[tuple[str, int]]:
@@ -37,12 +39,13 @@ def _wait_gone(pids: list[int], timeout: float = 30.0) -> bool:
 def test_session_stack_listens_on_loopback_only_with_assigned_ports(stack_info: stack.StackInfo | None) -> None:
     if stack_info is None:
         pytest.skip("external servers configured (E2E3D_TEST_*): there is no embedded stack to inspect")
-    weed = _listening(stack_info.weed_pid)
+    s3 = _listening(stack_info.s3_pid)
     postgres = _listening(stack_info.pg_pid)
-    assert ("127.0.0.1", stack_info.s3_port) in weed
+    assert ("127.0.0.1", stack_info.s3_port) in s3
     assert ("127.0.0.1", stack_info.pg_port) in postgres
-    assert {ip for ip, _ in weed | postgres} == {"127.0.0.1"}
-    assert not {port for _, port in weed} & WEED_DEFAULT_PORTS
+    # loopback only (MinIO also binds its ports on ::1, the IPv6 loopback)
+    assert all(ipaddress.ip_address(ip).is_loopback for ip, _ in s3 | postgres), s3 | postgres
+    assert not {port for _, port in s3} & (WEED_DEFAULT_PORTS | MINIO_DEFAULT_PORTS)
 
 
 def test_stack_env_prints_connection_exports(stack_info: stack.StackInfo | None) -> None:
@@ -76,7 +79,7 @@ def test_second_stack_runs_beside_the_first_and_stops_clean(tmp_path: Path, stac
         assert stack.start_stack(tmp_path / "second") == info  # up twice: the same stack
     finally:
         assert stack.stop_stack(tmp_path / "second")
-    assert _wait_gone([info.weed_pid, info.pg_pid])
+    assert _wait_gone([info.s3_pid, info.pg_pid])
     assert not stack.stop_stack(tmp_path / "second")
     again = stack.start_stack(tmp_path / "second")  # restart keeps credentials and data
     try:
@@ -93,7 +96,7 @@ def test_watchdog_stops_the_stack_when_its_owner_is_killed(tmp_path: Path) -> No
         assert info.watchdog_pid and stack.pid_alive(info.watchdog_pid)
         owner.kill()  # a crashed test run: no teardown runs
         owner.wait()
-        assert _wait_gone([info.weed_pid, info.pg_pid, info.watchdog_pid]), "stack outlived its owner"
+        assert _wait_gone([info.s3_pid, info.pg_pid, info.watchdog_pid]), "stack outlived its owner"
         assert stack.read_state(tmp_path / "owned") is None
     finally:
         owner.kill()
@@ -122,7 +125,7 @@ def test_a_stack_directory_that_is_not_ours_is_refused(tmp_path: Path) -> None:
         "secret_key": "theirs",
         "pg_port": 2,
         "pg_password": "theirs",
-        "weed_pid": 1,
+        "s3_pid": 1,
         "pg_pid": 1,
     }
     theirs = tmp_path / "theirs"
@@ -157,7 +160,8 @@ def test_the_stacks_secret_files_are_private(stack_info: stack.StackInfo | None)
     if stack_info is None:
         pytest.skip("external servers configured (E2E3D_TEST_*): there is no embedded stack to inspect")
     base = Path(stack_info.base_dir)
-    for name in ("s3-identities.json", "credentials.json", "stack.json"):  # pg-password is gone after initdb
+    secrets = {"seaweedfs": ("s3-identities.json",), "minio": ()}[stack_info.server]
+    for name in (*secrets, "credentials.json", "stack.json"):  # pg-password is gone after initdb
         assert (base / name).stat().st_mode & 0o777 == 0o600, name
     assert not list(base.glob(".*.tmp"))  # no temporary secret left behind
 

@@ -117,10 +117,11 @@ def local_stack(stack_info: stack.StackInfo | None) -> stack.StackInfo:
     return stack_info
 
 
+@pytest.mark.servers("seaweedfs")
 def test_every_seaweedfs_port_but_s3_refuses_a_client_without_the_stack_certificate(
     local_stack: stack.StackInfo,
 ) -> None:
-    ports = listening_tcp_ports(local_stack.weed_pid) - {local_stack.s3_port}
+    ports = listening_tcp_ports(local_stack.s3_pid) - {local_stack.s3_port}
     assert len(ports) >= 6, ports  # master, volume, filer and their gRPC twins at least
     answered = {}
     for port in sorted(ports):
@@ -138,7 +139,7 @@ def test_the_s3_gateway_refuses_unsigned_requests(local_stack: stack.StackInfo) 
 
 
 def test_other_users_cannot_connect_to_any_stack_socket(local_stack: stack.StackInfo) -> None:
-    sockets = listening_unix_sockets(local_stack.weed_pid) | listening_unix_sockets(local_stack.pg_pid)
+    sockets = listening_unix_sockets(local_stack.s3_pid) | listening_unix_sockets(local_stack.pg_pid)
     assert any(".s.PGSQL." in path for path in sockets), sockets
     probe = (
         "import socket, sys\n"
@@ -169,6 +170,7 @@ def test_starting_the_stack_leaves_the_folders_above_it_as_they_were(local_stack
     base = Path(local_stack.base_dir)
     assert stat.S_IMODE(base.stat().st_mode) == 0o700
     assert stat.S_IMODE(base.parent.stat().st_mode) == 0o700, "the stack widened a parent folder"
-    for path in (base / "pgdata", base / "pgsock", base / "tls"):
+    own = {"seaweedfs": base / "tls", "minio": base / "minio"}[local_stack.server]  # SeaweedFS: its CA always
+    for path in (base / "pgdata", base / "pgsock", own):
         st = path.stat()
         assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700, path

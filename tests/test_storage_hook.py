@@ -23,6 +23,7 @@ from e2e3d_provider.exceptions import (
     ObjectNotFoundError,
     SourceChangedError,
     StorageAuthError,
+    StorageError,
     StorageUnreachableError,
 )
 from e2e3d_provider.hooks.storage import StorageHook
@@ -269,6 +270,40 @@ def test_presigned_get_and_put_work_with_a_plain_http_client(storage: StorageHoo
     assert storage.get_bytes(bucket, "p/up.bin") == b"uploaded"
 
 
+def test_presigned_urls_are_signed_for_the_public_endpoint_a_browser_reaches(
+    storage: StorageHook, bucket: str, connections: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside compose the workers reach MinIO as http://minio:9000, a browser as http://localhost:9000; a
+    signature covers the host, so a URL for the browser is signed for the public name (extra
+    ``presign_endpoint_url``). Here: the hook talks to 127.0.0.1, the URLs name localhost."""
+    storage.put_bytes(bucket, "pub/a.bin", b"public payload")
+    internal = connections["minio_default"]["extra"]["endpoint_url"]
+    public = internal.replace("127.0.0.1", "localhost")
+    conn = {**connections["minio_default"]}
+    conn["extra"] = {**conn["extra"], "presign_endpoint_url": public}
+    monkeypatch.setenv("AIRFLOW_CONN_PUBLIC_NAME", json.dumps(conn))
+    hook = StorageHook("public_name")
+    url = hook.presigned_get(bucket, "pub/a.bin", 300)
+    assert url.startswith(f"{public}/{bucket}/pub/a.bin?")
+    with urllib.request.urlopen(url) as response:
+        assert response.read() == b"public payload"
+    # the same URL through the workers' name is refused: the signature names the host
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url.replace(public, internal))
+    assert caught.value.code == 403
+    grant, headers = hook.create_only_grant(bucket, "pub/new.bin", 3, 300)
+    assert grant.startswith(f"{public}/{bucket}/pub/new.bin?")
+    put = urllib.request.Request(grant, data=b"new", method="PUT", headers=headers)
+    with urllib.request.urlopen(put) as response:
+        assert response.status == 200
+    assert storage.get_bytes(bucket, "pub/new.bin") == b"new"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PUBLIC_NAME", json.dumps({**conn, "extra": {**conn["extra"], "presign_endpoint_url": "ftp://x"}})
+    )
+    with pytest.raises(StorageError, match="presign_endpoint_url"):
+        StorageHook("public_name").presigned_get(bucket, "pub/a.bin", 300)
+
+
 def test_expired_presigned_url_is_refused(storage: StorageHook, bucket: str) -> None:
     storage.put_bytes(bucket, "p/exp.bin", b"x")
     url = storage.presigned_get(bucket, "p/exp.bin", 1)
@@ -443,3 +478,65 @@ def test_a_count_split_into_key_ranges_equals_the_whole_count_on_a_versioned_buc
     for stats in (whole, split):
         assert {key: stats[key] for key in expected} == expected
         assert stats["noncurrent_bytes"] == expected["stored_bytes"] - expected["bytes"]
+
+
+def test_create_only_grants_sign_the_condition_this_server_honours(
+    storage: StorageHook, bucket: str, s3_server: str
+) -> None:
+    """A create-only grant signs the first conditional write the server really enforces. SeaweedFS (and
+    AWS, and MinIO since 2024) refuse ``If-None-Match: *`` over an existing object with 412; MinIO
+    RELEASE.2024-01-01 (the MinIO lane's build) ignores it and replaces the object, but refuses
+    ``If-Match`` with an ETag no object has: the hook must use that one there."""
+    import uuid
+
+    import httpx
+
+    from e2e3d_provider.core.presign import CREATE_ONLY_CONDITIONS, CREATE_ONLY_HEADERS, upload_headers
+
+    writes = {}  # condition header -> (status of the first write of a new key, status of the second)
+    for condition in CREATE_ONLY_CONDITIONS:
+        key = f"cond-{uuid.uuid4().hex}"
+        headers = upload_headers(5, condition)
+        url = storage._signed_put(bucket, key, storage.bound_expiry(60), headers)
+        first = httpx.put(url, content=b"first", headers=headers).status_code
+        second = httpx.put(url, content=b"again", headers=headers).status_code if first == 200 else None
+        writes[next(iter(condition))] = (first, second)
+        if first == 200:
+            assert storage.get_bytes(bucket, key) == (b"first" if second == 412 else b"again")
+    honoured = [c for c in CREATE_ONLY_CONDITIONS if writes[next(iter(c))] == (200, 412)]
+    assert honoured, f"this server enforces no conditional create: {writes}"
+    assert storage.create_only_condition(bucket) == honoured[0]
+    if s3_server == "seaweedfs":
+        assert honoured[0] == CREATE_ONLY_HEADERS
+    if s3_server == "minio" and "RELEASE.2024-01-01" in minio_release():
+        assert writes == {"If-None-Match": (200, 200), "If-Match": (200, 412)}, writes  # the difference, pinned
+    # the probe leaves nothing behind
+    assert not storage.list_keys(bucket, ".e2e3d-probe/")
+
+
+def minio_release() -> str:
+    """``minio --version`` of the MinIO lane's binary."""
+    import shutil
+    import subprocess
+
+    binary = os.environ.get("E2E3D_MINIO_BINARY") or shutil.which("minio") or "minio"
+    return subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60).stdout
+
+
+def test_bootstrap_keeps_the_lifecycle_rules_an_operator_added(storage: StorageHook, bucket: str) -> None:
+    """A lifecycle PUT replaces a bucket's whole configuration; bootstrap replaces only its own rule."""
+    from minio.commonconfig import ENABLED, Filter
+    from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
+
+    from e2e3d_provider.hooks.storage import LIFECYCLE_RULE_ID
+
+    operator_rule = Rule(
+        ENABLED, rule_filter=Filter(prefix="tmp/"), rule_id="operator-tmp", expiration=Expiration(days=7)
+    )
+    storage.client.set_bucket_lifecycle(bucket, LifecycleConfig([operator_rule]))
+    storage.bootstrap(buckets=(bucket,), versioned=(bucket,), noncurrent_days=9)
+    storage.bootstrap(buckets=(bucket,), versioned=(bucket,), noncurrent_days=12)
+    rules = {rule.rule_id: rule for rule in storage.client.get_bucket_lifecycle(bucket).rules}
+    assert set(rules) == {"operator-tmp", LIFECYCLE_RULE_ID}
+    assert rules["operator-tmp"].expiration.days == 7
+    assert storage.noncurrent_expiry_days(bucket) == 12

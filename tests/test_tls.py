@@ -18,17 +18,17 @@ import psycopg2
 import pytest
 
 from e2e3d_provider.devstack import stack
+from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
 from e2e3d_provider.exceptions import StorageTLSError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-
-SAMPLE = Path(__file__).resolve().parents[1] / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
+from tests.conftest import own_stack_server
 
 
 @pytest.fixture(scope="module")
-def tls_stack(tmp_path_factory: pytest.TempPathFactory, airflow_db):
+def tls_stack(s3_server: str, tmp_path_factory: pytest.TempPathFactory, airflow_db):
     base = tmp_path_factory.mktemp("tls-stack")
-    info = stack.start_stack(base, owner_pid=os.getpid(), tls=True)
+    info = stack.start_stack(base, owner_pid=os.getpid(), tls=True, server=own_stack_server(s3_server))
     os.environ["AIRFLOW_CONN_MINIO_TLS"] = json.dumps(info.minio_conn())
     os.environ["AIRFLOW_CONN_PG_TLS"] = json.dumps(info.metadata_conn())
     try:

@@ -21,7 +21,7 @@ from e2e3d_provider.lifecycle.workspace import Workspace, run_in_workspace
 from tests.conftest import write_files
 
 STAMP = "20260301T000000Z"
-SAMPLE = Path(__file__).resolve().parents[1] / "e2e3d_provider" / "devstack" / "sample_data" / "terrain"
+from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE  # noqa: E402  (the installed package's)
 
 
 @pytest.fixture

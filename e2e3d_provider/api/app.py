@@ -51,7 +51,7 @@ from e2e3d_provider.core.layout import (
     validate_sha256,
 )
 from e2e3d_provider.core.manifest import FileEntry
-from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, MAX_UPLOAD_BYTES, upload_headers
+from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, MAX_UPLOAD_BYTES
 from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
 from e2e3d_provider.exceptions import (
     ChecksumMismatchError,
@@ -320,9 +320,10 @@ def _groups(
 def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep, user: UserDep) -> UploadGrant:
     """Pre-signed PUT URLs so a client uploads input images straight to object storage.
 
-    Each URL creates one new object of the declared size, once: it signs ``If-None-Match: *`` and the
-    ``Content-Length``, so the server refuses a different size, a second use, and any name that is
-    already stored (names stored now are refused here with 409)."""
+    Each URL creates one new object of the declared size, once: it signs the server's conditional create
+    (``If-None-Match: *``, or the ``If-Match`` form on servers that ignore it; see
+    ``StorageHook.create_only_condition``) and the ``Content-Length``, so the server refuses a different
+    size, a second use, and any name that is already stored (names stored now are refused here with 409)."""
     dataset = checked_id(dataset, "dataset")
     max_bytes = b.max_upload_bytes
     problems: list[str] = []
@@ -373,15 +374,10 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep, user: Use
         max_bytes=max_bytes,
         stored=[StoredFile(file=name, bytes=files[name], sha256=sha) for name, sha in reused.items()],
         uploads=[
-            UploadURL(
-                file=name,
-                key=prefix + name,
-                bytes=size,
-                url=b.storage.presigned_put(BUCKET_INPUT, prefix + name, ttl, create_only_bytes=size),
-                headers=upload_headers(size),
-            )
+            UploadURL(file=name, key=prefix + name, bytes=size, url=url, headers=headers)
             for name, size in files.items()
             if name not in reused
+            for url, headers in [b.storage.create_only_grant(BUCKET_INPUT, prefix + name, size, ttl)]
         ],
     )
 

@@ -301,6 +301,15 @@ def manifest_key(job_id: str) -> str:
 
 
 #: the object-storage area where a task hands a run's files to the next task, whatever host that runs on
+#: where the storage hook probes what a server does with a conditional write (objects removed at once)
+PROBE_AREA = ".e2e3d-probe"
+
+
+def probe_key(token: str) -> str:
+    """``.e2e3d-probe/<token>``: a short-lived object of a server-capability probe."""
+    return f"{PROBE_AREA}/{validate_id(token, 'probe token')}"
+
+
 WORK_AREA = ".work"
 #: the hand-off's own manifest (every handed-off file with size, sha256 and ETag), at the top of its prefix
 HANDOFF_NAME = "handoff.json"

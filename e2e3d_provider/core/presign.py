@@ -21,12 +21,20 @@ def bound_expiry(expires: timedelta | float | None) -> timedelta:
 
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # largest input image an upload grant allows, unless configured
-CREATE_ONLY_HEADERS = {"If-None-Match": "*"}  # the server refuses (412) to replace an existing object
+#: the standard conditional create: the server refuses (412) to replace an existing object
+CREATE_ONLY_HEADERS = {"If-None-Match": "*"}
+#: the conditional create of servers that ignore ``If-None-Match: *`` on PUT but check ``If-Match`` (MinIO
+#: before its 2024 conditional-write support): an ETag no object has, so an existing object fails the
+#: precondition (412), while an absent key has nothing to compare and is created
+CREATE_ONLY_IF_MATCH_HEADERS = {"If-Match": '"00000000000000000000000000000000"'}
+#: the conditions a create-only grant may sign, in the order they are tried on a server
+CREATE_ONLY_CONDITIONS = (CREATE_ONLY_HEADERS, CREATE_ONLY_IF_MATCH_HEADERS)
 
 
-def upload_headers(content_length: int) -> dict[str, str]:
-    """The headers a create-only upload grant signs and its client must send exactly as given."""
-    return {**CREATE_ONLY_HEADERS, "Content-Length": str(content_length)}
+def upload_headers(content_length: int, condition: dict[str, str] | None = None) -> dict[str, str]:
+    """The headers a create-only upload grant signs and its client must send exactly as given: the
+    server's conditional create (:data:`CREATE_ONLY_CONDITIONS`; the standard one by default) and the size."""
+    return {**(condition or CREATE_ONLY_HEADERS), "Content-Length": str(content_length)}
 
 
 def presign_put_url(

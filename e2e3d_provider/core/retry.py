@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 DEFAULT_ATTEMPTS = 3
 DEFAULT_DELAY = 0.5
 MAX_DELAY = 10.0
-TRANSIENT_S3_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout"})
+#: S3 error codes a retry may cure; MinIO says ``TooManyRequests`` (503) where AWS says ``SlowDown``
+TRANSIENT_S3_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "TooManyRequests"})
+#: HTTP statuses of an S3 error answer a retry may cure, whatever its code says
+TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 _ATTEMPTS_ATTR = "e2e3d_attempts"
 
 T = TypeVar("T")
@@ -57,11 +60,11 @@ def tls_failure(err: BaseException) -> str | None:
 
 
 def is_transient(err: BaseException) -> bool:
-    """True for errors a retry may cure: dropped connections, timeouts, 5xx and SlowDown answers."""
+    """True for errors a retry may cure: dropped connections, timeouts, 5xx and throttling answers."""
     if tls_failure(err):
         return False
     if isinstance(err, S3Error):
-        return err.code in TRANSIENT_S3_CODES
+        return err.code in TRANSIENT_S3_CODES or getattr(err.response, "status", None) in TRANSIENT_STATUSES
     if isinstance(err, ServerError):
         return err.status_code >= 500
     if isinstance(err, obstore.exceptions.GenericError):  # the Rust client's network errors and 5xx answers

@@ -1,7 +1,8 @@
 """Least-privilege storage roles: who may do what in which bucket, enforced by the S3 server.
 
 One table (:data:`GRANTS`) is the truth; the embedded stack turns it into SeaweedFS identities
-(:func:`seaweed_actions`) and docker-compose's MinIO init into IAM policies (:func:`minio_policy`).
+(:func:`seaweed_actions`), and ``e2e3d bootstrap --roles`` (the embedded MinIO, docker-compose's
+``minio-init``) into MinIO users with IAM policies (:func:`minio_policy`) through MinIO's admin API.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def seaweed_actions(role: str) -> list[str]:
 
 
 _S3_ACTIONS = {
-    READ: ["s3:GetObject", "s3:GetObjectVersion"],
+    # reading an object includes reading its tags: a file uploaded without a known sha256 carries it as
+    # the tag ``sha256``, which every reader's stat reads (MinIO checks s3:GetObjectTagging; SeaweedFS
+    # does not)
+    READ: ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:GetObjectVersionTagging"],
     LIST: [
         "s3:ListBucket",
         "s3:ListBucketVersions",
@@ -65,7 +69,7 @@ _S3_ACTIONS = {
         "s3:AbortMultipartUpload",
         "s3:ListMultipartUploadParts",
     ],
-    TAG: ["s3:GetObjectTagging", "s3:PutObjectTagging"],
+    TAG: ["s3:PutObjectTagging", "s3:PutObjectVersionTagging"],
 }
 
 

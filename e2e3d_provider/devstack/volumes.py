@@ -24,7 +24,7 @@ VOLUME_SUFFIXES = (".dat", ".idx")
 
 def _weed_arg(info: StackInfo, name: str) -> str:
     """The value of ``-<name>=`` in the arguments the stack started SeaweedFS with."""
-    for arg in info.weed_args:
+    for arg in info.s3_args:
         if arg.startswith(f"-{name}="):
             return arg.split("=", 1)[1]
     raise StackError(f"the stack in {info.base_dir} did not record SeaweedFS's -{name}")
@@ -56,6 +56,8 @@ def embedded_vacuum(endpoint_url: str) -> Callable[[], dict[str, Any]] | None:
 
     info = read_state(default_stack_dir())
     if info is None or not is_running(info) or info.s3_endpoint.rstrip("/") != endpoint_url.rstrip("/"):
+        return None
+    if info.server != "seaweedfs":  # MinIO frees deleted objects' space itself
         return None
     base = Path(info.base_dir)
     return lambda: vacuum_volumes(base)

@@ -6,7 +6,9 @@ import functools
 import hashlib
 import io
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -34,11 +36,12 @@ from e2e3d_provider.core.layout import (
     DEFAULT_NONCURRENT_DAYS,
     VERSIONED_BUCKETS,
     normalize_prefix,
+    probe_key,
     validate_bucket,
     validate_relpath,
 )
 from e2e3d_provider.core.manifest import CHUNK_SIZE, Manifest
-from e2e3d_provider.core.presign import bound_expiry, presign_put_url, upload_headers
+from e2e3d_provider.core.presign import CREATE_ONLY_CONDITIONS, bound_expiry, presign_put_url, upload_headers
 from e2e3d_provider.core.retry import (
     DEFAULT_ATTEMPTS,
     DEFAULT_DELAY,
@@ -57,7 +60,7 @@ from e2e3d_provider.exceptions import (
     StorageTLSError,
     StorageUnreachableError,
 )
-from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS, telemetry
+from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS, storage_roles, telemetry
 
 LIFECYCLE_RULE_ID = "e2e3d-expire-noncurrent"
 #: the largest object one CopyObject request may copy (larger ones are composed from parts)
@@ -69,6 +72,11 @@ DELETE_BATCHES_IN_FLIGHT = 4
 #: COUNT_NAMES_PER_RANGE top-level names per range
 COUNT_PARTITIONS = 8
 COUNT_NAMES_PER_RANGE = 64
+#: (endpoint, bucket) -> the conditional-write headers that server honours (StorageHook.create_only_condition)
+_CREATE_ONLY_CONDITION: dict[tuple[str, str], dict[str, str]] = {}
+#: (endpoint, bucket) -> whether that server lists incomplete uploads by prefix (lists_uploads_by_prefix)
+_PREFIX_LISTING: dict[tuple[str, str], bool] = {}
+_CONDITION_LOCK = threading.Lock()
 _AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
 
 
@@ -161,6 +169,12 @@ class StorageHook(BaseHook):
                 f"connection {self.minio_conn_id!r} has no endpoint: set extra 'endpoint_url' (e.g. http://minio:9000)"
             )
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        public = extra.get("presign_endpoint_url") or None
+        public_parts = urlsplit(public if "://" in public else f"http://{public}") if public else None
+        if public_parts is not None and (public_parts.scheme not in ("http", "https") or not public_parts.netloc):
+            raise StorageError(
+                f"connection {self.minio_conn_id!r}: extra 'presign_endpoint_url' {public!r} is not an http(s) URL"
+            )
         verify = extra.get("verify", True)
         if isinstance(verify, str) and verify.lower() in ("false", "0", "no"):
             verify = False
@@ -174,12 +188,41 @@ class StorageHook(BaseHook):
             "access_key": conn.login or extra.get("aws_access_key_id"),
             "secret_key": conn.password or extra.get("aws_secret_access_key"),
             "bucket": extra.get("bucket") or None,  # a backup target's bucket (the e2e3d_backup connection)
+            # the endpoint pre-signed URLs are signed for: the name a browser reaches, where the workers
+            # use another (http://minio:9000 inside compose, http://localhost:9000 outside)
+            "presign_endpoint": public_parts.netloc if public_parts else None,
+            "presign_secure": (public_parts.scheme == "https") if public_parts else None,
         }
 
     @property
     def endpoint_url(self) -> str:
         s = self.settings
         return f"{'https' if s['secure'] else 'http'}://{s['endpoint']}"
+
+    @property
+    def presign_endpoint_url(self) -> str:
+        """The endpoint pre-signed URLs name: extra ``presign_endpoint_url``, else ``endpoint_url``."""
+        s = self.settings
+        if not s["presign_endpoint"]:
+            return self.endpoint_url
+        return f"{'https' if s['presign_secure'] else 'http'}://{s['presign_endpoint']}"
+
+    @cached_property
+    def presign_client(self) -> Minio:
+        """The client that signs URLs for :attr:`presign_endpoint_url`. A signature covers the host name,
+        so a URL for the browser's name must be signed for that name; this client never sends a request
+        (its region is fixed, so minio does not ask that endpoint for the bucket's location)."""
+        s = self.settings
+        if not s["presign_endpoint"]:
+            return self.client
+        return Minio(
+            s["presign_endpoint"],
+            access_key=s["access_key"],
+            secret_key=s["secret_key"],
+            secure=bool(s["presign_secure"]),
+            region=s["region"] or "us-east-1",
+            http_client=self.http,
+        )
 
     def get_conn(self) -> Minio:
         """Return the (cached) MinIO client for this connection."""
@@ -192,6 +235,21 @@ class StorageHook(BaseHook):
             raise StorageAuthError(
                 f"connection {self.minio_conn_id!r} has no access key (login) or secret key (password)"
             )
+        return Minio(
+            s["endpoint"],
+            access_key=s["access_key"],
+            secret_key=s["secret_key"],
+            secure=s["secure"],
+            region=s["region"],
+            http_client=self.http,
+            cert_check=s["verify"] is not False,
+        )
+
+    @cached_property
+    def http(self) -> urllib3.PoolManager:
+        """The HTTP connection pool of the control plane (the minio client's, and signed-URL requests'):
+        the connection's TLS settings, the hook's timeouts, no retries of its own."""
+        s = self.settings
         pool_args: dict[str, Any] = {}
         if s["secure"]:
             if s["verify"] is False:
@@ -200,20 +258,11 @@ class StorageHook(BaseHook):
                 pool_args["cert_reqs"] = "CERT_REQUIRED"
                 if isinstance(s["verify"], str):
                     pool_args["ca_certs"] = s["verify"]
-        http = urllib3.PoolManager(
+        return urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout),
             maxsize=max(10, self.max_workers * 3),
             retries=False,  # one retry layer only: StorageHook.retry (core/retry.py)
             **pool_args,
-        )
-        return Minio(
-            s["endpoint"],
-            access_key=s["access_key"],
-            secret_key=s["secret_key"],
-            secure=s["secure"],
-            region=s["region"],
-            http_client=http,
-            cert_check=s["verify"] is not False,
         )
 
     def store(self, bucket: str) -> Any:
@@ -409,9 +458,29 @@ class StorageHook(BaseHook):
                     rule_id=LIFECYCLE_RULE_ID,
                     noncurrent_version_expiration=NoncurrentVersionExpiration(noncurrent_days),
                 )
-                self._call(f"lifecycle {bucket}", self.client.set_bucket_lifecycle, bucket, LifecycleConfig([rule]))
+                # a PUT of the lifecycle replaces the bucket's whole configuration: keep every rule an
+                # operator added, replace only ours
+                current = self._call(f"lifecycle {bucket}", self.client.get_bucket_lifecycle, bucket)
+                others = [r for r in (current.rules if current else []) if r.rule_id != LIFECYCLE_RULE_ID]
+                config = LifecycleConfig([*others, rule])
+                self._call(f"lifecycle {bucket}", self.client.set_bucket_lifecycle, bucket, config)
             self.log.info("bucket %s: %s%s", bucket, states[bucket], " (versioned)" if bucket in versioned else "")
         return states
+
+    def apply_roles(self, role_keys: dict[str, tuple[str, str]]) -> list[str]:
+        """Create or update the least-privilege roles as MinIO users and policies, through MinIO's admin
+        API with this connection's keys (the admin role's); role -> (access key, secret key). Idempotent."""
+        s = self.settings
+        if not s["access_key"] or not s["secret_key"]:
+            raise StorageAuthError(
+                f"connection {self.minio_conn_id!r} has no access key (login) or secret key (password)"
+            )
+        admin = storage_roles.admin_client(s["endpoint"], s["access_key"], s["secret_key"], s["secure"], s["verify"])
+        where = f"the server of connection {self.minio_conn_id!r} at {self.endpoint_url}"
+        try:
+            return storage_roles.apply_roles(admin, role_keys, where)
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise self.translate(err, "roles") from err
 
     def versioning_enabled(self, bucket: str) -> bool:
         return self._call(f"versioning {bucket}", self.client.get_bucket_versioning, bucket).status == ENABLED
@@ -578,15 +647,16 @@ class StorageHook(BaseHook):
         """Write a small object with its sha256 in metadata; returns the sha256."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
         sha = hashlib.sha256(data).hexdigest()
-        self._call(
+        self._call(  # a fresh stream for each attempt: a retry must send the bytes again, not an empty stream
             f"put {bucket}/{key}",
-            self.client.put_object,
-            bucket,
-            key,
-            io.BytesIO(data),
-            len(data),
-            content_type=content_type,
-            metadata={transfer.SHA256_META: sha},
+            lambda: self.client.put_object(
+                bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata={transfer.SHA256_META: sha},
+            ),
         )
         return sha
 
@@ -885,6 +955,26 @@ class StorageHook(BaseHook):
 
         return list(self._call(f"list uploads {bucket}/{prefix}", pages))
 
+    def lists_uploads_by_prefix(self, bucket: str) -> bool:
+        """Whether this server lists incomplete multipart uploads below a prefix (SeaweedFS, AWS) or only
+        for an exact key (MinIO: a listing of a whole bucket or folder comes back empty). Asked once per
+        endpoint and bucket: an upload started on a probe key under ``.e2e3d-probe/`` is looked for by its
+        folder, then aborted."""
+        cache_key = (self.endpoint_url, bucket)
+        with _CONDITION_LOCK:
+            if cache_key in _PREFIX_LISTING:
+                return _PREFIX_LISTING[cache_key]
+        key = probe_key(uuid.uuid4().hex)
+        upload_id = self._call(f"probe upload {bucket}/{key}", self.client._create_multipart_upload, bucket, key, {})
+        try:
+            folder = key.rsplit("/", 1)[0] + "/"
+            found = any(u.upload_id == upload_id for u in self.list_multipart_uploads(bucket, folder))
+        finally:
+            self.abort_multipart_upload(bucket, key, upload_id)
+        with _CONDITION_LOCK:
+            _PREFIX_LISTING[cache_key] = found
+        return found
+
     def multipart_upload_bytes(self, bucket: str, key: str, upload_id: str) -> int | None:
         """The bytes the uploaded parts of an incomplete multipart upload hold; None if it is gone."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
@@ -930,7 +1020,11 @@ class StorageHook(BaseHook):
         """A URL that downloads the object without credentials until it expires."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
         return self._call(
-            f"presign GET {bucket}/{key}", self.client.presigned_get_object, bucket, key, expires=bound_expiry(expires)
+            f"presign GET {bucket}/{key}",
+            self.presign_client.presigned_get_object,
+            bucket,
+            key,
+            expires=bound_expiry(expires),
         )
 
     def presigned_put(
@@ -951,18 +1045,83 @@ class StorageHook(BaseHook):
         expiry = bound_expiry(expires)
         if create_only_bytes is None:
             return self._call(
-                f"presign PUT {bucket}/{key}", self.client.presigned_put_object, bucket, key, expires=expiry
+                f"presign PUT {bucket}/{key}", self.presign_client.presigned_put_object, bucket, key, expires=expiry
             )
-        if create_only_bytes < 0:
-            raise ValueError(f"an upload size cannot be negative, got {create_only_bytes}")
+        return self.create_only_grant(bucket, key, create_only_bytes, expiry)[0]
+
+    def create_only_grant(
+        self, bucket: str, key: str, size: int, expires: timedelta | int | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """A pre-signed PUT URL that creates ``bucket/key`` with a body of exactly ``size`` bytes, once, and
+        never replaces an object; and the headers its client must send as given. The condition signed is
+        the one this server honours (:meth:`create_only_condition`)."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        if size < 0:
+            raise ValueError(f"an upload size cannot be negative, got {size}")
+        headers = upload_headers(size, self.create_only_condition(bucket))
+        return self._signed_put(bucket, key, bound_expiry(expires), headers, self.presign_endpoint_url), headers
+
+    def _signed_put(
+        self, bucket: str, key: str, expires: timedelta, headers: dict[str, str], endpoint_url: str | None = None
+    ) -> str:
+        """A PUT URL signing ``headers``, for ``endpoint_url`` (default: the endpoint this hook talks to)."""
         s = self.settings
         return presign_put_url(
-            self.endpoint_url,
+            endpoint_url or self.endpoint_url,
             bucket,
             key,
             access_key=s["access_key"],
             secret_key=s["secret_key"],
             region=s["region"] or "us-east-1",
-            expires=expiry,
-            headers=upload_headers(create_only_bytes),
+            expires=expires,
+            headers=headers,
         )
+
+    def create_only_condition(self, bucket: str) -> dict[str, str]:
+        """The conditional-write headers with which this server refuses to replace an object in ``bucket``.
+
+        Servers differ: SeaweedFS, AWS and current MinIO honour ``If-None-Match: *`` on PUT; MinIO
+        RELEASE.2024-01-01 ignores it (and replaces the object) but checks ``If-Match``. So the hook asks the
+        server once per endpoint and bucket: it writes a probe object under ``.e2e3d-probe/`` through a
+        signed URL with each condition of :data:`CREATE_ONLY_CONDITIONS`, writes it again, and takes the
+        first condition the server refused the second time (412); the probes are removed. A server that
+        honours none gets no create-only grant at all: :class:`StorageError` says so."""
+        cache_key = (self.endpoint_url, bucket)
+        with _CONDITION_LOCK:
+            if cache_key in _CREATE_ONLY_CONDITION:
+                return _CREATE_ONLY_CONDITION[cache_key]
+        found = None
+        for condition in CREATE_ONLY_CONDITIONS:
+            if self._refuses_second_write(bucket, condition):
+                found = condition
+                break
+        if found is None:
+            raise StorageError(
+                f"the server of connection {self.minio_conn_id!r} at {self.endpoint_url} replaces objects "
+                f"despite every conditional write ({', '.join(str(c) for c in CREATE_ONLY_CONDITIONS)}): it "
+                "cannot enforce create-only upload grants, so none is given. Upgrade the server."
+            )
+        with _CONDITION_LOCK:
+            _CREATE_ONLY_CONDITION[cache_key] = found
+        return found
+
+    def _refuses_second_write(self, bucket: str, condition: dict[str, str]) -> bool:
+        """Write a probe object twice through one URL signing ``condition``: True when the server created it
+        and then refused (412) the second write; False when it replaced it, or refused to create it."""
+        key = probe_key(uuid.uuid4().hex)
+        headers = upload_headers(1, condition)
+        url = self._signed_put(bucket, key, timedelta(minutes=1), headers)
+        http = self.http
+        try:
+            first = self._call(f"probe {bucket}/{key}", lambda: http.request("PUT", url, body=b"1", headers=headers))
+            if first.status == 412:  # the condition refuses even a new key (AWS: If-Match on an absent key)
+                return False
+            if first.status != 200:
+                raise StorageError(
+                    f"probing conditional writes in {bucket} at {self.endpoint_url} ({self.minio_conn_id!r}): "
+                    f"the first write answered {first.status}: {first.data[:300]!r}"
+                )
+            second = self._call(f"probe {bucket}/{key}", lambda: http.request("PUT", url, body=b"1", headers=headers))
+            return second.status == 412
+        finally:
+            self.delete_object(bucket, key)

@@ -101,8 +101,18 @@ def abort_stale_uploads(
     }
 
 
+#: what the report says of a server that lists incomplete uploads only by exact key
+SERVER_EXPIRES_UPLOADS = (
+    "this server lists incomplete uploads only for an exact key (MinIO), so none can be found here; MinIO "
+    "aborts them itself after its api stale_uploads_expiry (24 h by default)"
+)
+
+
 def _abort_in(storage: StorageHook, bucket: str, cutoff: datetime) -> dict[str, Any]:
-    """Abort the uploads of one bucket started at or before ``cutoff`` (one gone meanwhile is not counted)."""
+    """Abort the uploads of one bucket started at or before ``cutoff`` (one gone meanwhile is not counted).
+    On a server that cannot list them by prefix, the report says so instead of counting a silent zero."""
+    if not storage.lists_uploads_by_prefix(bucket):
+        return {"aborted": 0, "bytes": 0, "sample": [], "skipped": SERVER_EXPIRES_UPLOADS}
     aborted, nbytes, keys = 0, 0, []
     for upload in storage.list_multipart_uploads(bucket):
         if upload.initiated is None or upload.initiated > cutoff:

@@ -1,0 +1,1 @@
+"""The storage core: naming contract, manifests, transfers, roles, listings; no Airflow imports."""

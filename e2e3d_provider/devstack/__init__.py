@@ -1,0 +1,1 @@
+"""Developer-machine tooling: the embedded stack (S3 server + PostgreSQL), the demo, sample data, local Airflow."""
