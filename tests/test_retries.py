@@ -218,3 +218,15 @@ def test_a_throttled_minio_is_ridden_out_on_the_control_plane(minio_binary: str,
         from e2e3d_provider.devstack.stack import terminate
 
         terminate(pid)
+
+
+def test_minio_admin_answers_of_a_server_still_starting_are_transient() -> None:
+    """Right after MinIO serves S3 requests its admin API answers 500 "Server not initialized" for a moment:
+    the stack's role set-up failed on it under load. Such answers are retried; a refusal is not."""
+    from minio.error import MinioAdminException
+
+    from e2e3d_provider.core.retry import is_transient
+
+    starting = MinioAdminException("500", '{"Code":"InternalError","Message":"Server not initialized"}')
+    assert is_transient(starting)
+    assert not is_transient(MinioAdminException("403", '{"Code":"AccessDenied"}'))

@@ -8,17 +8,29 @@ import io
 
 import pytest
 from minio import Minio
-from minio.commonconfig import Tags
+from minio.commonconfig import ENABLED, Tags
 from minio.error import S3Error
+from minio.versioningconfig import VersioningConfig
 
-from e2e3d_provider.core.layout import DEFAULT_BUCKETS
-from e2e3d_provider.core.roles import GRANTS, LIST, READ, TAG, WRITE
+from e2e3d_provider.core.layout import DEFAULT_BUCKETS, VERSIONED_BUCKETS
+from e2e3d_provider.core.roles import CONFIGURE, GRANTS, LIST, READ, TAG, WRITE
 from e2e3d_provider.hooks.storage import StorageHook
 
+#: each versioned bucket's lifecycle as the admin sees it (what the configure probe writes back unchanged)
+ADMIN_VIEW: dict = {}
 #: the action tried -> the grant it needs
 #: (reading tags is reading: a large file's sha256 is its ``sha256`` tag, which every reader's stat reads;
 #: MinIO checks s3:GetObjectTagging for it, SeaweedFS does not)
-PROBES = {"list": LIST, "get": READ, "read_tags": READ, "put": WRITE, "delete": WRITE, "tag": TAG}
+#: (changing a bucket's configuration is no role's: admin only; SeaweedFS's plain ``Write:bucket`` allowed it)
+PROBES = {
+    "list": LIST,
+    "get": READ,
+    "read_tags": READ,
+    "put": WRITE,
+    "delete": WRITE,
+    "tag": TAG,
+    "configure": CONFIGURE,
+}
 
 
 def client(stack_info, access: str, secret: str) -> Minio:
@@ -42,11 +54,25 @@ def attempt(c: Minio, action: str, bucket: str, key: str) -> bool:
             tags = Tags.new_object_tags()
             tags["probe"] = "1"
             c.set_object_tags(bucket, key, tags)
+        elif action == "configure":
+            configure(c, bucket)
         return True
     except S3Error as err:
         if err.code in ("AccessDenied", "AllAccessDisabled"):
             return False
+        if action == "configure" and err.code == "NoSuchLifecycleConfiguration":
+            return True  # past the server's permission check: nothing to remove is an answer, not a refusal
         raise
+
+
+def configure(c: Minio, bucket: str) -> None:
+    """Change nothing, with the requests that change a bucket's configuration: on the versioned buckets,
+    versioning on again and the lifecycle as it is; elsewhere, remove the (absent) lifecycle rules."""
+    if bucket in VERSIONED_BUCKETS:
+        c.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
+        c.set_bucket_lifecycle(bucket, ADMIN_VIEW[bucket])
+    else:
+        c.delete_bucket_lifecycle(bucket)
 
 
 @pytest.mark.parametrize("role", sorted(GRANTS))
@@ -55,6 +81,8 @@ def test_each_role_is_refused_every_action_outside_its_grant(stack_info, storage
         pytest.skip("the role identities are the embedded stack's; an external server has its own policies")
     access, secret = stack_info.role_keys[role]
     c = client(stack_info, access, secret)
+    for bucket in VERSIONED_BUCKETS:  # what configure() writes back: the lifecycle as bootstrap made it
+        ADMIN_VIEW[bucket] = storage.client.get_bucket_lifecycle(bucket)
     observed, expected = {}, {}
     for bucket in DEFAULT_BUCKETS:
         for action, needs in PROBES.items():

@@ -66,6 +66,18 @@ def test_stack_env_prints_connection_exports(stack_info: stack.StackInfo | None)
         text=True,
     )
     assert status.returncode == 0 and '"running": true' in status.stdout
+    api = subprocess.run(
+        [*ENV_COMMAND, "--dir", stack_info.base_dir, "--component", "api-server"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    exported = {line.split("=", 1)[0].removeprefix("export ") for line in api.splitlines()}
+    assert exported == {"AIRFLOW_CONN_MINIO_API", "AIRFLOW_CONN_E2E3D_METADATA", "E2E3D_DATA_ROOT"}
+    assert stack_info.secret_key not in api  # the admin's keys only where bootstrap runs
+
+
+ENV_COMMAND = [sys.executable, "-m", "e2e3d_provider.cli", "stack", "env"]
 
 
 @pytest.mark.slow

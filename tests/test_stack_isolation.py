@@ -9,6 +9,7 @@ readable to them.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg2
@@ -174,3 +176,77 @@ def test_starting_the_stack_leaves_the_folders_above_it_as_they_were(local_stack
     for path in (base / "pgdata", base / "pgsock", own):
         st = path.stat()
         assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700, path
+
+
+def test_a_stack_dir_made_beforehand_with_a_wide_mode_is_made_private(s3_server: str) -> None:
+    """``mkdir -m 755 d && e2e3d stack up --dir d`` once left d 0755, and the servers' data files (0644)
+    open to every local user: nobody read an object's bytes out of SeaweedFS's volume files."""
+    from tests.conftest import own_stack_server
+
+    # in a folder every user can reach (pytest's own temporary folders are 0700 all the way down), so
+    # only the stack directory's own mode can protect it
+    parent = Path(tempfile.mkdtemp(prefix="e2e3d-wide-"))
+    parent.chmod(0o755)
+    base = parent / "stack"
+    base.mkdir(mode=0o755)
+    base.chmod(0o755)
+    info = stack.start_stack(base, owner_pid=os.getpid(), server=own_stack_server(s3_server))
+    try:
+        from e2e3d_provider.hooks.storage import StorageHook
+
+        secret = b"the bytes of an object nobody may read " * 100
+        conn = info.minio_conn()
+        os.environ["AIRFLOW_CONN_WIDE_STACK"] = json.dumps(conn)
+        hook = StorageHook("wide_stack")
+        hook.client.make_bucket("input")
+        hook.put_bytes("input", "private.bin", secret)
+        assert stat.S_IMODE(base.stat().st_mode) == 0o700
+        probe = (
+            "import os, sys\n"
+            "found = []\n"
+            "for root, dirs, files in os.walk(sys.argv[1]):\n"
+            "    for name in files:\n"
+            "        try:\n"
+            "            with open(os.path.join(root, name), 'rb') as f:\n"
+            "                found.append(name) if b'nobody may read' in f.read() else None\n"
+            "        except OSError:\n"
+            "            pass\n"
+            "print('LISTED', len(list(os.scandir(sys.argv[1]))) if os.access(sys.argv[1], os.R_OK | os.X_OK) else 0)\n"
+            "print('FOUND', found)\n"
+        )
+        result = as_nobody(probe, str(base))
+        assert result.returncode == 0, result.stderr
+        assert "LISTED 0" in result.stdout and "FOUND []" in result.stdout, result.stdout
+    finally:
+        os.environ.pop("AIRFLOW_CONN_WIDE_STACK", None)
+        stack.stop_stack(base)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_folder_of_other_files_is_refused_as_a_stack_dir_not_narrowed(tmp_path: Path) -> None:
+    folder = tmp_path / "documents"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(stack.StackError, match="holds files but no stack"):
+        stack.start_stack(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755 and (folder / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("action", ["up", "down", "status", "env"])
+def test_every_stack_command_refuses_a_symlinked_dir_instead_of_following_it(tmp_path: Path, action: str) -> None:
+    """``stack up --dir <link>`` resolved the link before checking it (``stack env`` refused the same link),
+    so the link's target was used and left as it was."""
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o755)
+    target.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "e2e3d"), "stack", action, "--dir", str(link)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "symbolic link" in result.stderr, (result.stdout, result.stderr)
+    assert list(target.iterdir()) == [] and stat.S_IMODE(target.stat().st_mode) == 0o755

@@ -14,10 +14,12 @@ from typing import Annotated, Any, Literal
 
 from airflow.configuration import conf
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from e2e3d_provider import __version__
 from e2e3d_provider.api.auth import authorized_user
+from e2e3d_provider.api.limits import BodyLimit, validation_failed
 from e2e3d_provider.api.schemas import (
     BucketUsage,
     CommitRequest,
@@ -419,6 +421,7 @@ def dataset_commit(dataset: str, body: CommitRequest, b: BackendsDep) -> CommitR
         adopted=done.adopted,
         new_blobs=done.new_blobs,
         deduplicated=done.deduplicated,
+        rejected=done.rejected,
     )
 
 
@@ -524,5 +527,6 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
 
     for kind, *_ in failures:
         app.add_exception_handler(kind, failed)
-
+    app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_middleware(BodyLimit)
     return app

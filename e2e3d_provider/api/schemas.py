@@ -114,6 +114,9 @@ class CommitResult(BaseModel):
     adopted: int = Field(description="uploaded or reused images this commit added")
     new_blobs: int = Field(description="images stored for the first time")
     deduplicated: int = Field(description="uploaded images whose content was stored already")
+    rejected: list[str] = Field(
+        default_factory=list, description="uploaded files that are not images (whatever their name): not adopted"
+    )
 
 
 class BucketUsage(BaseModel):

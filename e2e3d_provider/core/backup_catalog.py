@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from e2e3d_provider.core.layout import sharded_sha_key
+from e2e3d_provider.core.layout import sharded_sha_key, validate_project_key, validate_sha256
 from e2e3d_provider.exceptions import InvalidNameError, ManifestError
 
 BLOB_AREA = "blobs"
@@ -76,12 +76,29 @@ def encode_catalog(entries: list[CatalogEntry]) -> bytes:
 
 
 def decode_catalog(data: bytes) -> list[CatalogEntry]:
-    """The entries of a catalog file; a malformed one raises ManifestError."""
+    """The entries of a catalog file; a malformed one raises ManifestError, and so does one entry outside
+    the project's buckets and key layout (:func:`~e2e3d_provider.core.layout.validate_project_key`): a
+    catalog is what a restore writes, and a hand that can write the backup bucket must not steer a restore
+    into another bucket (the backup's own included) or a key no component makes."""
     try:
         text = gzip.decompress(data).decode()
-        return [CatalogEntry(**json.loads(line)) for line in text.splitlines() if line]
+        entries = [CatalogEntry(**json.loads(line)) for line in text.splitlines() if line]
     except (OSError, ValueError, TypeError) as err:
         raise ManifestError(f"backup catalog is unreadable: {err}") from err
+    for entry in entries:
+        try:
+            validate_project_key(entry.bucket, entry.key)
+            validate_sha256(entry.sha256)
+            if not isinstance(entry.size, int) or isinstance(entry.size, bool) or entry.size < 0:
+                raise InvalidNameError(f"size {entry.size!r} is not a byte count")
+            if entry.etag is not None and not isinstance(entry.etag, str):
+                raise InvalidNameError(f"etag {entry.etag!r} is not a string")
+        except InvalidNameError as err:
+            raise ManifestError(
+                f"backup catalog entry {entry.bucket!r}/{entry.key!r} is refused: {err}; nothing is restored "
+                "from a catalog that names objects outside the project's buckets and layout"
+            ) from err
+    return entries
 
 
 @dataclass(frozen=True)

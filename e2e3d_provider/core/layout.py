@@ -300,7 +300,6 @@ def manifest_key(job_id: str) -> str:
     return output_key(job_id, MANIFEST_NAME)
 
 
-#: the object-storage area where a task hands a run's files to the next task, whatever host that runs on
 #: where the storage hook probes what a server does with a conditional write (objects removed at once)
 PROBE_AREA = ".e2e3d-probe"
 
@@ -310,6 +309,7 @@ def probe_key(token: str) -> str:
     return f"{PROBE_AREA}/{validate_id(token, 'probe token')}"
 
 
+#: the object-storage area where a task hands a run's files to the next task, whatever host that runs on
 WORK_AREA = ".work"
 #: the hand-off's own manifest (every handed-off file with size, sha256 and ETag), at the top of its prefix
 HANDOFF_NAME = "handoff.json"
@@ -324,6 +324,23 @@ def work_prefix(job_id: str, stamp: str) -> str:
 def archive_prefix(job_id: str, stamp: str) -> str:
     """Return ``<job_id>/<job_id>_<stamp>/``, the prefix of one archived run."""
     return f"{validate_id(job_id, 'job_id')}/{run_name(job_id, stamp)}/"
+
+
+#: the areas each bucket holds besides its top-level ids (datasets, jobs, model folders)
+BUCKET_AREAS = {BUCKET_INPUT: (BLOB_AREA.split("/")[0],), BUCKET_OUTPUT: (WORK_AREA,)}
+
+
+def validate_project_key(bucket: str, key: str) -> str:
+    """Return ``key`` if it is a key of the project's layout in one of the project's buckets: a valid
+    relative path whose first folder is an id (a dataset, a job, a model folder) or one of the bucket's
+    own areas (:data:`BUCKET_AREAS`); else :class:`InvalidNameError`. What a restore may write."""
+    if bucket not in DEFAULT_BUCKETS:
+        raise InvalidNameError(f"bucket {bucket!r} is not one of the project's ({', '.join(DEFAULT_BUCKETS)})")
+    key = validate_relpath(key)
+    top = key.split("/", 1)[0]
+    if top not in BUCKET_AREAS.get(bucket, ()):
+        validate_id(top, f"first folder of {bucket}/{key}")
+    return key
 
 
 def normalize_prefix(prefix: str) -> str:

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import obstore.exceptions
 import urllib3
-from minio.error import S3Error, ServerError
+from minio.error import MinioAdminException, S3Error, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def is_transient(err: BaseException) -> bool:
         return err.code in TRANSIENT_S3_CODES or getattr(err.response, "status", None) in TRANSIENT_STATUSES
     if isinstance(err, ServerError):
         return err.status_code >= 500
+    if isinstance(err, MinioAdminException):  # MinIO's admin API: 5xx, e.g. "Server not initialized" at start
+        return str(getattr(err, "_code", "")) in {str(code) for code in TRANSIENT_STATUSES}
     if isinstance(err, obstore.exceptions.GenericError):  # the Rust client's network errors and 5xx answers
         return is_unreachable(err) or any(f"status code: {code}" in str(err) for code in (500, 502, 503, 504))
     return isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)

@@ -12,6 +12,8 @@ from typing import Any
 from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_INPUT, BUCKET_MODELS, BUCKET_OUTPUT
 
 READ, LIST, WRITE, TAG = "Read", "List", "Write", "Tagging"
+#: changing a bucket's configuration (versioning, lifecycle rules, policy, tags): no role's grant, admin only
+CONFIGURE = "Configure"
 
 #: role -> bucket -> what it may do there. Write includes deleting objects: S3 servers' simple grants
 #: (SeaweedFS identities) do not tell the two apart. ``admin`` may do anything (bootstrap, the demo).
@@ -43,11 +45,23 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
 ROLES = ("admin", *GRANTS)
 
 
+#: grants that SeaweedFS scopes to a bucket's objects (``Write:bucket/*``): its plain ``Write:bucket`` also
+#: covers the bucket's configuration (versioning, lifecycle, policy, tags, deleting the bucket), which only
+#: ``admin`` may change; the object-scoped form allows puts, copies, multipart uploads, deletes (one and many)
+#: and refuses every bucket-level write
+OBJECT_SCOPED = (WRITE, TAG)
+
+
 def seaweed_actions(role: str) -> list[str]:
-    """The SeaweedFS identity actions of ``role`` (``Action:bucket``)."""
+    """The SeaweedFS identity actions of ``role``: ``Action:bucket`` for reading and listing,
+    ``Action:bucket/*`` for writing and tagging objects (so no role but admin configures a bucket)."""
     if role == "admin":
         return ["Admin", READ, WRITE, LIST, TAG]
-    return [f"{action}:{bucket}" for bucket, actions in GRANTS[role].items() for action in actions]
+    return [
+        f"{action}:{bucket}/*" if action in OBJECT_SCOPED else f"{action}:{bucket}"
+        for bucket, actions in GRANTS[role].items()
+        for action in actions
+    ]
 
 
 _S3_ACTIONS = {

@@ -242,9 +242,20 @@ class AirflowDeployment:
             env["AIRFLOW__CELERY__BROKER_URL"] = f"sqla+postgresql://{database}"
             env["AIRFLOW__CELERY__RESULT_BACKEND"] = f"db+postgresql://{database}"
             env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = "2"
+        # the deployment's own environment (what the harness runs against it) holds every connection; each
+        # component gets only its own share of them (component_env)
         env.update({k: v for k, v in self.stack_info.env().items() if k.startswith("AIRFLOW_CONN_")})
         env.update(self.extra_env)
         self._env = env
+        return env
+
+    def component_env(self, component: str) -> dict[str, str]:
+        """What ``component`` (``api-server``, ``scheduler``, ``celery-worker``, ...) is started with: the
+        deployment's settings and only the connections that component is given
+        (:data:`~e2e3d_provider.hooks.COMPONENT_CONN_IDS`): no component holds the admin's keys."""
+        env = {k: v for k, v in self._env.items() if not k.startswith("AIRFLOW_CONN_")}
+        env.update({k: v for k, v in self.stack_info.env(component).items() if k.startswith("AIRFLOW_CONN_")})
+        env.update({k: v for k, v in self.extra_env.items() if k.startswith("AIRFLOW_CONN_")})
         return env
 
     # ------------------------------------------------------------------ lifecycle
@@ -294,7 +305,7 @@ class AirflowDeployment:
         with open(self.log_path(component), "ab") as log:
             self.processes[component] = subprocess.Popen(
                 args,
-                env=self._env,
+                env=self.component_env(component),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -319,7 +330,7 @@ class AirflowDeployment:
             f"exec {shlex.quote(self.airflow)} celery worker --celery-hostname {hostname} --queues {queues} "
             "--concurrency 2 --skip-serve-logs"
         )
-        env = dict(self._env, E2E3D_DATA_ROOT=str(root))
+        env = dict(self.component_env("celery-worker"), E2E3D_DATA_ROOT=str(root))
         with open(self.log_path(f"worker-{hostname}"), "ab") as log:
             self.processes[f"worker-{hostname}"] = subprocess.Popen(
                 ["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -348,7 +359,7 @@ class AirflowDeployment:
         """With an owner PID, a watchdog ends the deployment's processes once the owner is gone."""
         if not self.owner_pid:
             return
-        env = {k: v for k, v in self._env.items() if k != MARKER_ENV}
+        env = {k: v for k, v in self._env.items() if k != MARKER_ENV and not k.startswith("AIRFLOW_CONN_")}
         sessions = ",".join(str(pid) for pid in sorted(self.sessions))
         self.watchdog_pid = subprocess.Popen(
             [sys.executable, "-m", __name__, "watchdog", str(self.owner_pid), self.marker, sessions],

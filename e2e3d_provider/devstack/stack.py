@@ -34,7 +34,13 @@ from e2e3d_provider.core.layout import DATA_ROOT_ENV
 from e2e3d_provider.core.roles import GRANTS, seaweed_actions
 from e2e3d_provider.devstack import minio_server
 from e2e3d_provider.exceptions import StackError
-from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, DEFAULT_METADATA_CONN_ID, DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS
+from e2e3d_provider.hooks import (
+    COMPONENT_CONN_IDS,
+    DEFAULT_BACKUP_CONN_ID,
+    DEFAULT_METADATA_CONN_ID,
+    DEFAULT_MINIO_CONN_ID,
+    ROLE_CONN_IDS,
+)
 
 STATE_FILE = "stack.json"
 PG_SYSTEM_USER = "embedded_postgres"  # the uid root is mapped to in PostgreSQL's user namespace
@@ -137,24 +143,44 @@ class StackInfo:
         """The local data root that goes with this stack (``<stack dir>/data``): run dirs, staged input, temp."""
         return Path(self.base_dir) / "data"
 
-    def env(self) -> dict[str, str]:
-        """Environment variables that point Airflow and the tests at this stack."""
+    def connections(self) -> dict[str, dict[str, Any]]:
+        """Every connection of this stack by id: the admin's keys (``minio_default``, ``minio_admin``), one per
+        role, the backup target and the metadata database."""
         roles = {
-            f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(self.role_conn(role))
+            conn_id: self.role_conn(role)
             for role, conn_id in ROLE_CONN_IDS.items()
             if role == "admin" or role in self.role_keys
         }
         return {
-            f"AIRFLOW_CONN_{DEFAULT_MINIO_CONN_ID.upper()}": json.dumps(self.minio_conn()),
+            DEFAULT_MINIO_CONN_ID: self.minio_conn(),
             **roles,
-            f"AIRFLOW_CONN_{DEFAULT_METADATA_CONN_ID.upper()}": json.dumps(self.metadata_conn()),
-            f"AIRFLOW_CONN_{DEFAULT_BACKUP_CONN_ID.upper()}": json.dumps(self.backup_conn()),
-            DATA_ROOT_ENV: str(self.data_root),
-            "E2E3D_TEST_S3_ENDPOINT": self.s3_endpoint,
-            "E2E3D_TEST_S3_ACCESS_KEY": self.access_key,
-            "E2E3D_TEST_S3_SECRET_KEY": self.secret_key,
-            "E2E3D_TEST_PG_DSN": self.pg_dsn,
+            DEFAULT_METADATA_CONN_ID: self.metadata_conn(),
+            DEFAULT_BACKUP_CONN_ID: self.backup_conn(),
         }
+
+    def env(self, component: str | None = None) -> dict[str, str]:
+        """Environment variables that point at this stack. With ``component`` (an Airflow component of
+        :data:`~e2e3d_provider.hooks.COMPONENT_CONN_IDS`), only the connections that component is given;
+        without, all of them and the admin's keys for the tests (a developer's shell: bootstrap, backup and
+        restore run there)."""
+        connections = self.connections()
+        if component is not None:
+            if component not in COMPONENT_CONN_IDS:
+                raise ValueError(f"unknown component {component!r}: choose from {', '.join(COMPONENT_CONN_IDS)}")
+            wanted = COMPONENT_CONN_IDS[component]
+            connections = {conn_id: conn for conn_id, conn in connections.items() if conn_id in wanted}
+        env = {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in connections.items()}
+        env[DATA_ROOT_ENV] = str(self.data_root)
+        if component is None:
+            env.update(
+                {
+                    "E2E3D_TEST_S3_ENDPOINT": self.s3_endpoint,
+                    "E2E3D_TEST_S3_ACCESS_KEY": self.access_key,
+                    "E2E3D_TEST_S3_SECRET_KEY": self.secret_key,
+                    "E2E3D_TEST_PG_DSN": self.pg_dsn,
+                }
+            )
+        return env
 
 
 def default_stack_dir() -> Path:
@@ -424,7 +450,7 @@ def _launch_weed(base: Path, args: list[str], s3_port: int, access_key: str, sec
 
 def restart_s3(base_dir: Path) -> StackInfo:
     """Start the stack's S3 server again on the same ports and data (after it was stopped or killed)."""
-    base = Path(base_dir).resolve()
+    base = stack_path(base_dir)
     info = read_state(base)
     if info is None or not info.s3_args:
         raise StackError(f"no stack recorded in {base}")
@@ -656,6 +682,30 @@ def require_private(path: Path, what: str) -> None:
         )
 
 
+def stack_path(base_dir: Path | None) -> Path:
+    """The stack directory ``base_dir`` (default :func:`default_stack_dir`) as an absolute path, checked
+    before it is resolved: a symbolic link is refused, never followed to wherever it points."""
+    given = Path(base_dir or default_stack_dir()).absolute()
+    require_private(given, "stack directory")
+    return given.resolve()
+
+
+def make_private_dir(base: Path) -> None:
+    """Create the stack directory 0700, or make an existing one 0700: a directory made beforehand with a
+    wider mode (``mkdir -m 755``) would let other users into the servers' files. An existing directory that
+    holds files but no stack is refused rather than narrowed: it is some other folder of the user's."""
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    require_private(base, "stack directory")
+    if stat.S_IMODE(base.stat().st_mode) == 0o700:
+        return
+    if any(base.iterdir()) and not (base / "credentials.json").exists():
+        raise StackError(
+            f"refusing the stack directory {base}: it holds files but no stack, and a stack needs a directory "
+            f"only you can enter. Choose an empty or new directory with --dir or ${DEFAULT_STACK_DIR_ENV}."
+        )
+    base.chmod(0o700)
+
+
 def read_state(base_dir: Path) -> StackInfo | None:
     """The recorded stack in ``base_dir``, or None if there is none; a directory or state file that is
     not this user's own is refused (:func:`require_private`)."""
@@ -720,7 +770,7 @@ def start_stack(
     """
     if server not in SERVERS:
         raise ValueError(f"unknown S3 server {server!r}: choose {' or '.join(SERVERS)}")
-    base = Path(base_dir or default_stack_dir()).resolve()
+    base = stack_path(base_dir)
     existing = read_state(base)
     if existing is not None and existing.server != server and is_running(existing):
         raise StackError(
@@ -732,8 +782,7 @@ def start_stack(
         return existing
     if existing is not None:
         stop_stack(base)
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    require_private(base, "stack directory")
+    make_private_dir(base)
     other = next((name for name in SERVERS if name != server and (base / DATA_DIRS[name]).exists()), None)
     if other:
         raise StackError(
@@ -782,7 +831,7 @@ def _write_state(base: Path, info: StackInfo) -> None:
 
 def stop_stack(base_dir: Path | None = None) -> bool:
     """Stop the stack recorded in ``base_dir`` by its PIDs; True if anything was running."""
-    base = Path(base_dir or default_stack_dir()).resolve()
+    base = stack_path(base_dir)
     info = read_state(base)
     if info is None:
         return False
@@ -796,7 +845,7 @@ def stop_stack(base_dir: Path | None = None) -> bool:
 
 
 def stack_status(base_dir: Path | None = None) -> dict[str, Any]:
-    base = Path(base_dir or default_stack_dir()).resolve()
+    base = stack_path(base_dir)
     info = read_state(base)
     if info is None:
         return {"running": False, "base_dir": str(base)}

@@ -18,3 +18,23 @@ ROLE_CONN_IDS = {
     "api": "minio_api",
     "maintenance": "minio_maintenance",
 }
+
+#: the connections the tasks use: the workers' and maintenance roles, the backup target (the backup DAG,
+#: scrub's repairs) and the metadata database; never the admin's keys
+TASK_CONN_IDS = (
+    ROLE_CONN_IDS["worker"],
+    ROLE_CONN_IDS["maintenance"],
+    DEFAULT_BACKUP_CONN_ID,
+    DEFAULT_METADATA_CONN_ID,
+)
+#: each Airflow component -> the connections it is given, and no others: least privilege holds only if a
+#: component's environment lacks the keys its role withholds (any task's code can read its environment).
+#: The LocalExecutor runs tasks under the scheduler, so the scheduler gets the tasks' share; the admin keys
+#: (``minio_admin``, ``minio_default``) go only where bootstrap runs (compose's init services, a shell).
+COMPONENT_CONN_IDS: dict[str, tuple[str, ...]] = {
+    "api-server": (ROLE_CONN_IDS["api"], DEFAULT_METADATA_CONN_ID),
+    "scheduler": TASK_CONN_IDS,
+    "celery-worker": TASK_CONN_IDS,
+    "triggerer": (ROLE_CONN_IDS["worker"], DEFAULT_METADATA_CONN_ID),
+    "dag-processor": (),
+}

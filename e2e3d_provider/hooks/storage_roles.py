@@ -10,12 +10,14 @@ or hold ``admin:*``.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from minio import MinioAdmin
 from minio.credentials import StaticProvider
 from minio.error import MinioAdminException
 
+from e2e3d_provider.core.retry import RetryPolicy
 from e2e3d_provider.core.roles import GRANTS, minio_policy
 from e2e3d_provider.exceptions import StorageAuthError, StorageError
 
@@ -63,7 +65,14 @@ def _admin_error(err: MinioAdminException, what: str, where: str) -> StorageErro
     return StorageError(f"{where}: {what} failed: {status} {code} {body[:300]}")
 
 
-def apply_roles(admin: MinioAdmin, role_keys: dict[str, tuple[str, str]], where: str) -> list[str]:
+#: MinIO answers its admin API with 500 "Server not initialized" for a moment after it serves S3 requests:
+#: each admin call is retried through that (about 30 s in all)
+ADMIN_RETRY = RetryPolicy(attempts=8, delay=0.25)
+
+
+def apply_roles(
+    admin: MinioAdmin, role_keys: dict[str, tuple[str, str]], where: str, retry: RetryPolicy = ADMIN_RETRY
+) -> list[str]:
     """Create or update one MinIO user and policy per role in ``role_keys`` (role -> access key, secret);
     return the roles applied. Unknown roles and secrets MinIO would refuse are refused first."""
     for role, (access_key, secret_key) in role_keys.items():
@@ -79,11 +88,11 @@ def apply_roles(admin: MinioAdmin, role_keys: dict[str, tuple[str, str]], where:
         name = policy_name(role)
         step = f"policy {name}"
         try:
-            admin.policy_add(name, policy=minio_policy(role))
+            retry.call(partial(admin.policy_add, name, policy=minio_policy(role)), step)
             step = f"user {access_key}"
-            admin.user_add(access_key, secret_key)
+            retry.call(partial(admin.user_add, access_key, secret_key), step)
             step = f"policy mapping of {access_key}"
-            admin.policy_set(name, user=access_key)
+            retry.call(partial(admin.policy_set, name, user=access_key), step)
         except MinioAdminException as err:
             raise _admin_error(err, step, where) from err
         applied.append(role)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from e2e3d_provider.core.dataset_manifest import DatasetImage, DatasetManifest
 from e2e3d_provider.core.layout import (
     BUCKET_INPUT,
@@ -123,6 +125,19 @@ class Adopted:
     deduplicated: int = 0
     bytes: int = 0
     removed: list[str] = field(default_factory=list)
+    #: loose objects that are not images ("<relpath>: <why>"): not adopted, left as they are
+    rejected: list[str] = field(default_factory=list)
+
+
+def image_problem(path: Path) -> str | None:
+    """Why the file at ``path`` is not an input image, or None: Pillow must identify and verify its bytes
+    (a name ending in ``.jpg`` proves nothing). One check for ingest and for an upload commit."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"not a readable image: {err}"
+    return None
 
 
 def adopt_loose(
@@ -137,7 +152,8 @@ def adopt_loose(
     server-side to its blob key while it still has the ETag that was read (skipped when the blob exists),
     then the manifest (with ``reuse``: images of blobs already stored, as a client that skipped their upload
     declares them) is written, and only then are the loose objects removed. A run stopped anywhere leaves
-    the dataset readable and is finished by running again."""
+    the dataset readable and is finished by running again. A loose object that is not an image (whatever
+    its name says) is not adopted: it stays where it is, named in ``rejected``."""
     dataset = validate_id(dataset, "dataset")
     prefix = input_prefix(dataset)
     result = Adopted(dataset)
@@ -151,13 +167,19 @@ def adopt_loose(
         )
     images: list[DatasetImage] = []
     loose = loose_objects(storage, dataset, bucket)
+    loose_rejected: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="e2e3d-adopt-") as scratch:
         for obj in loose:
             rel = key_relpath(obj.key, prefix)
             local = Path(scratch) / "object"
             storage.download_file(bucket, obj.key, local, size=obj.size)
             sha, size = sha256_file(local), local.stat().st_size  # what was read, not what was listed
+            problem = image_problem(local)
             local.unlink()
+            if problem:
+                result.rejected.append(f"{rel}: {problem}")
+                loose_rejected.add(obj.key)
+                continue
             target = blob_key(sha)
             if storage.exists(bucket, target):
                 result.deduplicated += 1
@@ -170,7 +192,7 @@ def adopt_loose(
         return result
     current = read_dataset(storage, dataset, bucket) or DatasetManifest(dataset, [])
     write_dataset(storage, current.merged([*reused, *images]), bucket)
-    for obj in loose:
+    for obj in (o for o in loose if o.key not in loose_rejected):
         now = storage.stat(bucket, obj.key)
         if now is not None and now.etag != obj.etag:  # replaced since it was read: not what was adopted
             continue

@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from e2e3d_provider.core.dataset_manifest import DatasetManifest
 from e2e3d_provider.core.layout import BUCKET_INPUT, input_prefix, validate_id
 from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
 from e2e3d_provider.core.transfer import TransferResult, iter_local_files
 from e2e3d_provider.exceptions import E2E3DError, IngestIncompleteError, InvalidInputError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.datasets import hash_images, read_dataset, store_blobs, stored_blobs, write_dataset
+from e2e3d_provider.lifecycle.datasets import (
+    hash_images,
+    image_problem,
+    read_dataset,
+    store_blobs,
+    stored_blobs,
+    write_dataset,
+)
 
 
 def classify(directory: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
@@ -28,11 +33,9 @@ def classify(directory: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, s
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             rejected.append((rel, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"))
             continue
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            rejected.append((rel, f"not a readable image: {err}"))
+        problem = image_problem(path)
+        if problem:
+            rejected.append((rel, problem))
             continue
         images.append((rel, path))
     return images, rejected
