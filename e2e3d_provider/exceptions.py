@@ -12,8 +12,23 @@ class InvalidNameError(E2E3DError, ValueError):
     """An id, stamp, bucket or relative path that the naming contract rejects (before any I/O)."""
 
 
+class UnsafePathError(InvalidNameError):
+    """A local path refused before anything is read, written or removed through it: it lies outside the
+    data root where the contract puts it, or its way passes through a symbolic link (which could lead out)."""
+
+
 class ManifestError(E2E3DError, ValueError):
     """A manifest that cannot be read, or a run directory that does not match its manifest."""
+
+
+class RunMismatchError(ManifestError):
+    """A published set, archive copy or hand-off names another job or run than the one asked for (PostgreSQL's
+    record of it): a stale copy, or one a writer put there. Nothing is copied over it or served from it.
+    ``found`` is the run (stamp) it names, when it names one."""
+
+    def __init__(self, message: str, found: str | None = None) -> None:
+        super().__init__(message)
+        self.found = found
 
 
 class UnreadablePathError(E2E3DError, OSError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,16 @@ MANIFEST_VERSION = 1
 CONTROL_FILES = frozenset({MANIFEST_NAME, SUCCESS_NAME, VARIANTS_NAME})
 #: what a file is to its job: a reconstruction result, a variant derived from one, or a kept intermediate
 ROLES = ("original", "lod", "web", "tile", "intermediate")
+#: the roles of files right-sizing derives from an original
+VARIANT_ROLES = ("lod", "web", "tile")
+#: the highest level a file may have (level of detail, pyramid level); the results API asks for at most 64
+MAX_LEVEL = 64
+#: the largest file a manifest may list: S3's largest object (5 TiB)
+MAX_FILE_BYTES = 5 * 1024**4
+#: how deep figures and statistics may nest (what right-sizing writes is two levels deep)
+MAX_DEPTH = 16
+#: the figures of a tile that say where it lies and how big it is: whole numbers from 0 (the API serves them)
+TILE_FIGURES = ("row", "col", "width", "height")
 
 
 def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
@@ -115,51 +126,178 @@ class Manifest:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """The manifest as JSON; a value JSON has no number for (NaN, infinity, in statistics or figures) is
+        refused here, at publish, rather than written into a manifest no reader would take."""
+        try:
+            return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        except ValueError as err:
+            raise ManifestError(f"manifest of job {self.job_id} run {self.stamp}: {err} (NaN or infinity)") from err
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """The manifest ``data`` describes, every value checked: a manifest is written by whoever holds the
+        worker's keys, so each reader (archive, scrub, backup, hygiene, the API) gets either a manifest whose
+        values are what a publish writes or a :class:`ManifestError` saying what is wrong."""
         try:
-            version = int(data.get("version", MANIFEST_VERSION))
-            if version != MANIFEST_VERSION:
-                raise ManifestError(f"unsupported manifest version {version}")
-            files = [
-                FileEntry(
-                    validate_relpath(item["path"]),
-                    int(item["size"]),
-                    _check_sha(item["sha256"]),
-                    str(item["etag"]) if item.get("etag") else None,
-                    _check_role(item.get("role")),
-                    validate_relpath(item["source"]) if item.get("source") else None,
-                    int(item["level"]) if item.get("level") is not None else None,
-                    dict(item["figures"]) if item.get("figures") else None,
-                )
-                for item in data["files"]
-            ]
+            version = data.get("version", MANIFEST_VERSION)
+            if isinstance(version, bool) or version != MANIFEST_VERSION:
+                raise ManifestError(f"unsupported manifest version {version!r}")
+            if not isinstance(data["files"], list):
+                raise ManifestError("manifest files must be a list")
+            files = [_file_entry(item) for item in data["files"]]
+            seen: set[str] = set()
+            for entry in files:
+                if entry.path in seen:
+                    raise ManifestError(f"manifest lists {entry.path} twice")
+                seen.add(entry.path)
+            created_at = data.get("created_at", "")
+            if not isinstance(created_at, str):
+                raise ManifestError(f"created_at must be a string, not {created_at!r}")
+            dropped = data.get("dropped") or []
+            if not isinstance(dropped, list):
+                raise ManifestError("dropped must be a list")
             return cls(
                 job_id=validate_id(data["job_id"], "job_id"),
                 stamp=validate_stamp(data["stamp"]),
                 files=files,
-                statistics=dict(data.get("statistics") or {}),
-                created_at=str(data.get("created_at", "")),
+                statistics=check_object(data.get("statistics"), "statistics"),
+                created_at=created_at,
                 version=version,
-                dropped=[dict(item) for item in data.get("dropped") or []],
-                preservation=dict(data.get("preservation") or {}),
+                dropped=[_dropped(item) for item in dropped],
+                preservation=_preservation(data.get("preservation")),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
             if isinstance(err, ManifestError):
                 raise
-            raise ManifestError(f"malformed manifest: {err}") from err
+            missing = f"no {err}" if isinstance(err, KeyError) else str(err)
+            raise ManifestError(f"malformed manifest: {missing}") from err
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ManifestError(f"manifest is not valid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise ManifestError("manifest must be a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(load_json_object(text, "manifest"))
+
+
+def load_json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, refusing what JSON has no number for (``NaN``, ``Infinity``, and
+    numbers beyond a float's range such as ``1e400``, which Python would read as infinity): no reader, and
+    no JSON answer of the API, can carry those. Anything else that is not a JSON object is a ManifestError."""
+    try:
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, an int of 5000 digits, deep nesting
+        if isinstance(err, ManifestError):
+            raise ManifestError(f"{what}: {err}") from None
+        raise ManifestError(f"{what} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ManifestError(f"{what} must be a JSON object")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ManifestError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ManifestError(f"the number {text} is out of range")
+    return value
+
+
+def check_count(value: object, what: str, maximum: int | None = None) -> int:
+    """``value`` if it is a whole number from 0 (to ``maximum``); booleans, fractions and strings are not."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (maximum is not None and value > maximum):
+        bound = f" to {maximum}" if maximum is not None else ""
+        raise ManifestError(f"{what} must be a whole number from 0{bound}, not {value!r}")
+    return value
+
+
+def check_level(value: object) -> int:
+    """A file's level (0 = full resolution), at most :data:`MAX_LEVEL`."""
+    return check_count(value, "level", MAX_LEVEL)
+
+
+def check_json(value: object, what: str, depth: int = 0) -> Any:
+    """``value`` if it is plain JSON (objects with string keys, lists, strings, whole numbers, finite
+    numbers, booleans, null) nested at most :data:`MAX_DEPTH` deep: what figures and statistics may hold."""
+    if depth > MAX_DEPTH:
+        raise ManifestError(f"{what} nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ManifestError(f"{what} holds {value}, which is not a JSON number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ManifestError(f"{what} has a key that is not a string: {key!r}")
+            check_json(item, f"{what}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, what, depth + 1)
+    elif value is not None and not isinstance(value, str | int | float):
+        raise ManifestError(f"{what} holds {type(value).__name__}, which is not JSON")
+    return value
+
+
+def check_object(value: object, what: str) -> dict[str, Any]:
+    """``value`` as a JSON object (``None`` is an empty one); anything else, a list of pairs say, is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ManifestError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return dict(check_json(value, what))
+
+
+def check_figures(value: object, role: str | None) -> dict[str, Any] | None:
+    """A file's figures: a JSON object (or ``None``); a tile's place and size, when given, whole numbers."""
+    figures = check_object(value, "figures")
+    if role == "tile" and any(name in figures for name in TILE_FIGURES):
+        for name in TILE_FIGURES:
+            check_count(figures.get(name), f"tile {name}")
+    return figures or None
+
+
+def _file_entry(item: object) -> FileEntry:
+    if not isinstance(item, dict):
+        raise ManifestError(f"a manifest file must be a JSON object, not {item!r}")
+    path = validate_relpath(item["path"])
+    etag = item.get("etag")
+    if etag is not None and not isinstance(etag, str):
+        raise ManifestError(f"{path}: etag must be a string, not {etag!r}")
+    role = _check_role(item.get("role"))
+    level = item.get("level")
+    try:
+        return FileEntry(
+            path,
+            check_count(item["size"], "size", MAX_FILE_BYTES),
+            _check_sha(item["sha256"]),
+            etag or None,
+            role,
+            validate_relpath(item["source"]) if item.get("source") else None,
+            None if level is None else check_level(level),
+            check_figures(item.get("figures"), role),
+        )
+    except ManifestError as err:
+        raise ManifestError(f"{path}: {err}") from None
+
+
+def _dropped(item: object) -> dict[str, Any]:
+    """One entry of ``dropped``: a run-relative folder prefix and its files and bytes (after archive: where)."""
+    entry = check_object(item, "a dropped entry")
+    prefix = entry.get("prefix")
+    if not isinstance(prefix, str) or not prefix.endswith("/"):
+        raise ManifestError(f"a dropped entry's prefix must be a folder ending in '/', not {prefix!r}")
+    validate_relpath(prefix.rstrip("/"))
+    check_count(entry.get("files"), "dropped files")
+    check_count(entry.get("bytes"), "dropped bytes")
+    return entry
+
+
+def _preservation(value: object) -> dict[str, Any]:
+    """The preservation policy a run was published under, checked as right-sizing checks it (the archive
+    removes what its ``remove_after_archive`` names from ``output``)."""
+    if not value:
+        return {}
+    from e2e3d_provider.core.variants import preservation_policy  # variants builds on this module
+
+    return dict(preservation_policy(check_object(value, "preservation")))
 
 
 def _check_sha(value: object) -> str:

@@ -9,13 +9,22 @@ stopped half-way) makes publish refuse, so no unexplained variant is ever publis
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from e2e3d_provider.core.layout import VARIANTS_NAME, is_result_original, is_variant_path, validate_relpath
-from e2e3d_provider.core.manifest import FileEntry, write_atomic
-from e2e3d_provider.exceptions import ManifestError
+from e2e3d_provider.core.manifest import (
+    VARIANT_ROLES,
+    FileEntry,
+    check_figures,
+    check_level,
+    check_object,
+    load_json_object,
+    write_atomic,
+)
+from e2e3d_provider.exceptions import ManifestError, UnsafePathError
 
 RECORD_VERSION = 1
 #: the preservation policy when none is given: logs are published, temp/ is not, nothing goes after archive
@@ -55,28 +64,23 @@ class RightSizeRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RightSizeRecord:
+        """The record ``text`` holds, every value checked as a manifest's are (publish copies them into one)."""
         try:
-            data = json.loads(text)
-            if data.get("version") != RECORD_VERSION:
+            data = load_json_object(text, VARIANTS_NAME)
+            if data.get("version") != RECORD_VERSION or isinstance(data.get("version"), bool):
                 raise ManifestError(f"unsupported {VARIANTS_NAME} version {data.get('version')!r}")
             return cls(
-                variants=[
-                    Variant(
-                        validate_relpath(v["path"]),
-                        str(v["role"]),
-                        validate_relpath(v["source"]),
-                        int(v["level"]),
-                        dict(v.get("figures") or {}),
-                    )
-                    for v in data["variants"]
-                ],
-                originals={validate_relpath(k): dict(v) for k, v in (data.get("originals") or {}).items()},
+                variants=[_variant(v) for v in data["variants"]],
+                originals={
+                    validate_relpath(k): check_object(v, f"figures of {k}")
+                    for k, v in check_object(data.get("originals"), "originals").items()
+                },
                 preservation=preservation_policy(data.get("preservation")),
-                statistics=dict(data.get("statistics") or {}),
+                statistics=check_object(data.get("statistics"), "statistics"),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as err:
             if isinstance(err, ManifestError):
-                raise
+                raise ManifestError(f"{VARIANTS_NAME}: {err}") from None
             raise ManifestError(f"malformed {VARIANTS_NAME}: {err}") from err
 
     def write(self, run_dir: Path) -> None:
@@ -84,11 +88,38 @@ class RightSizeRecord:
 
     @classmethod
     def read(cls, run_dir: Path) -> RightSizeRecord | None:
-        """The run's record, or ``None`` when right-sizing never ran there."""
+        """The run's record, or ``None`` when right-sizing never ran there. A record that is a symbolic link
+        is refused (``O_NOFOLLOW``), never followed to a file elsewhere."""
+        path = run_dir / VARIANTS_NAME
         try:
-            return cls.from_json((run_dir / VARIANTS_NAME).read_bytes())
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        except OSError as err:
+            if path.is_symlink():
+                raise UnsafePathError(f"{path} is a symbolic link; right-sizing writes its record as a file") from err
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            return cls.from_json(handle.read())
+
+
+def _variant(item: object) -> Variant:
+    """One recorded variant: a path in a variant folder, a variant role, the original's path, a level, figures."""
+    if not isinstance(item, dict):
+        raise ManifestError(f"a variant must be a JSON object, not {item!r}")
+    path, role = validate_relpath(item["path"]), item["role"]
+    if role not in VARIANT_ROLES:
+        raise ManifestError(f"{path}: unknown variant role {role!r} (roles: {', '.join(VARIANT_ROLES)})")
+    try:
+        return Variant(
+            path,
+            role,
+            validate_relpath(item["source"]),
+            check_level(item["level"]),
+            check_figures(item.get("figures"), role) or {},
+        )
+    except ManifestError as err:
+        raise ManifestError(f"{path}: {err}") from None
 
 
 def preservation_policy(value: Any) -> dict[str, list[str]]:
