@@ -200,3 +200,131 @@ def test_download_file_with_a_manifest_checksum_refuses_an_object_without_any_la
     right = hashlib.sha256(b"what is stored").hexdigest()
     assert storage.download_file(bucket, key, tmp_path / "plain.bin", sha256=right, size=14)
     assert not storage.download_file(bucket, key, tmp_path / "plain.bin", sha256=right, size=14)  # cached
+
+
+# --- issue 28: hostile writers. A worker's keys may write anything in ``output``; the archive, which the
+# --- maintenance role runs, must never let that reach ``archive`` or stop its sweep.
+
+OLD, NEW = "20260105T000000Z", "20260106T000000Z"
+
+
+def succeeded(metadata, job_id: str, stamp: str) -> None:
+    metadata.record_job(job_id, stamp, "ds", "running")
+    metadata.record_job(job_id, stamp, "ds", "succeeded")
+
+
+def archived_bytes(storage: StorageHook, job_id: str, stamp: str) -> dict[str, bytes]:
+    from e2e3d_provider.core.layout import archive_prefix
+
+    prefix = archive_prefix(job_id, stamp)
+    return {key: storage.get_bytes("archive", key) for key in storage.list_keys("archive", prefix)}
+
+
+def forge_a_published_run(tmp_path: Path, job_id: str, stamp: str) -> None:
+    """What a writer with the worker's keys can do: publish its own bytes for ``job_id`` under any stamp,
+    with a manifest and a SUCCESS marker that agree with them."""
+    worker = StorageHook("minio_worker")
+    forged = {rel: b"forged " + data for rel, data in FILES.items()}
+    write_files(tmp_path / "forged", forged)
+    publish_run(worker, tmp_path / "forged", job_id, stamp, "output")
+
+
+def test_a_worker_claiming_an_archived_runs_stamp_never_replaces_its_archive_copy(
+    storage: StorageHook, metadata, tmp_path: Path, unique_id: str
+) -> None:
+    """Issue 28 (2): the sweep copied output to archive/J/J_<the manifest's stamp>/ before comparing that stamp
+    with PostgreSQL's, into a prefix that already held the archived run and its SUCCESS."""
+    from e2e3d_provider.lifecycle.archive import archive_and_record, archive_completed
+
+    publish_run(storage, run_dir(tmp_path / "old"), unique_id, OLD, "output")
+    succeeded(metadata, unique_id, OLD)
+    archive_and_record(storage, metadata, unique_id)
+    assert metadata.get_job(unique_id, OLD)["status"] == "archived"
+    before = archived_bytes(storage, unique_id, OLD)
+    assert any(key.endswith("/SUCCESS") for key in before)
+    publish_run(storage, run_dir(tmp_path / "new"), unique_id, NEW, "output")
+    succeeded(metadata, unique_id, NEW)  # the newer run waits for the sweep
+    forge_a_published_run(tmp_path, unique_id, OLD)  # ... and a worker writes over it, claiming the old run
+
+    result = archive_completed(storage, metadata, limit=10_000)
+    assert archived_bytes(storage, unique_id, OLD) == before  # the archived run's bytes are its own
+    assert unique_id in result["damaged"] and unique_id not in result["jobs"]
+    assert "not the run PostgreSQL records" in result["problems"][unique_id]
+    assert metadata.get_job(unique_id, NEW)["status"] == "succeeded"  # not archived: left for someone to look at
+    assert metadata.get_job(unique_id, OLD)["status"] == "archived"
+
+
+def test_an_archive_copy_with_its_success_is_never_replaced(
+    storage: StorageHook, metadata, tmp_path: Path, unique_id: str
+) -> None:
+    """Issue 28 (2), the other half: whatever stamp the caller expects (or none, as ArchiveOperator without a
+    metadata connection), a target prefix that holds a SUCCESS is never written again."""
+    from e2e3d_provider.lifecycle.archive import archive_job
+
+    publish_run(storage, run_dir(tmp_path / "old"), unique_id, OLD, "output")
+    first = archive_job(storage, unique_id)
+    before = archived_bytes(storage, unique_id, OLD)
+    again = archive_job(storage, unique_id)  # the same run again (a retried task): nothing rewritten, same answer
+    assert (again.archive_key, again.files) == (first.archive_key, first.files)
+    assert archived_bytes(storage, unique_id, OLD) == before
+    forge_a_published_run(tmp_path, unique_id, OLD)
+    with pytest.raises(ChecksumMismatchError, match="already holds run"):
+        archive_job(storage, unique_id)
+    assert archived_bytes(storage, unique_id, OLD) == before
+
+
+def forge_manifest(storage: StorageHook, job_id: str, edit) -> None:
+    """Replace a published job's manifest by ``edit(text)`` and its SUCCESS by one naming the new manifest, as a
+    worker can: a consistent pair, so only the manifest's own content is wrong."""
+    worker = StorageHook("minio_worker")
+    text = edit(storage.get_bytes("output", f"{job_id}/metadata.json").decode())
+    marker = json.loads(storage.get_bytes("output", f"{job_id}/SUCCESS"))
+    marker["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    worker.put_bytes("output", f"{job_id}/metadata.json", text.encode(), "application/json")
+    worker.put_bytes("output", f"{job_id}/SUCCESS", json.dumps(marker).encode(), "application/json")
+
+
+def edit_first_file(change: dict):
+    """An edit of a manifest's first file entry, keeping the rest; values spelled ``@...`` go in verbatim."""
+
+    def edit(text: str) -> str:
+        body = json.loads(text)
+        body["files"][0].update(change)
+        return json.dumps(body).replace('"@1e400"', "1e400")
+
+    return edit
+
+
+MALFORMED = {
+    "odd figures": edit_first_file({"figures": [["faces", 1, 2]]}),
+    "level 1e400": edit_first_file({"role": "lod", "level": "@1e400"}),
+    "bad tile row": edit_first_file({"role": "tile", "level": 0, "figures": {"row": "x", "col": 0}}),
+    "a ../ path": edit_first_file({"path": "../other-job/mesh/reconstructed_mesh.obj"}),
+}
+
+
+def test_malformed_manifests_are_damaged_jobs_and_the_archive_sweep_goes_on(
+    storage: StorageHook, metadata, tmp_path: Path, unique_id: str
+) -> None:
+    """Issue 28 (8): one malformed manifest made archive_completed raise and end the sweep, so the good jobs
+    behind it waited for ever."""
+    from e2e3d_provider.lifecycle.archive import archive_completed
+
+    bad = {f"{unique_id}-{n}": edit for n, edit in enumerate(MALFORMED.values())}
+    foreign, good = f"{unique_id}-foreign", f"{unique_id}-good"
+    for job in [*bad, foreign, good]:
+        publish_run(storage, run_dir(tmp_path / job), job, STAMP, "output")
+        succeeded(metadata, job, STAMP)
+    for job, edit in bad.items():
+        forge_manifest(storage, job, edit)
+    worker = StorageHook("minio_worker")  # another job's manifest and marker copied in: consistent, but not its own
+    for name in ("metadata.json", "SUCCESS"):
+        worker.put_bytes("output", f"{foreign}/{name}", storage.get_bytes("output", f"{good}/{name}"))
+
+    result = archive_completed(storage, metadata, limit=10_000)
+    assert sorted(job for job in result["damaged"] if job.startswith(unique_id)) == sorted([*bad, foreign])
+    assert "belongs to job" in result["problems"][foreign]
+    assert metadata.get_job(good, STAMP)["status"] == "archived"
+    for job in [*bad, foreign]:
+        assert metadata.get_job(job, STAMP)["status"] == "succeeded"
+        assert archived_bytes(storage, job, STAMP) == {}  # nothing of a damaged job reaches the archive

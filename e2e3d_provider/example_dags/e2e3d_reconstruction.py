@@ -156,7 +156,7 @@ def e2e3d_reconstruction() -> None:
         upload=upload.output,
     )
     archive = ArchiveOperator(
-        task_id="archive", job_id=job_id, remove_source="{{ params.remove_output_after_archive }}"
+        task_id="archive", job_id=job_id, stamp=stamp, remove_source="{{ params.remove_output_after_archive }}"
     )
     cleanup = CleanupOperator(
         task_id="cleanup", job_id=job_id, stamp=stamp, remove_run_dir="{{ params.remove_run_dir }}"

@@ -1,11 +1,16 @@
 """Archive: a completed job from ``output`` into ``archive``, verified against its manifest, then
 recorded; and the maintenance sweep that archives every succeeded job.
 
-One job costs two GETs (marker and manifest), one server-side copy per file pinned to the ETag the
-manifest recorded (``x-amz-copy-source-if-match``: the check and the copy are one step, so no HEAD
-or listing of the source is needed), one listing of the copy checked against the manifest, and two
-PUTs (manifest, then SUCCESS). The sweep runs jobs in parallel, oldest first, on one PostgreSQL
-connection, until the backlog is empty or its time budget is spent.
+One job costs two GETs (marker and manifest), a HEAD of the target's SUCCESS, one server-side copy per
+file pinned to the ETag the manifest recorded (``x-amz-copy-source-if-match``: the check and the copy are
+one step, so no HEAD or listing of the source is needed), one listing of the copy checked against the
+manifest, and two PUTs (manifest, then SUCCESS). The sweep runs jobs in parallel, oldest first, on one
+PostgreSQL connection, until the backlog is empty or its time budget is spent.
+
+Whoever holds the worker's keys can write anything in ``output``, the archive cannot be written by them and
+is not versioned, and the next backup keeps what it holds as good. So the set in ``output`` is archived only
+when its manifest names the run PostgreSQL records (never the stamp the manifest claims alone), and a target
+prefix that holds a SUCCESS is never written again.
 """
 
 from __future__ import annotations
@@ -24,14 +29,22 @@ from e2e3d_provider.core.layout import (
     archive_prefix,
     output_prefix,
     validate_id,
+    validate_stamp,
 )
 from e2e3d_provider.core.manifest import Manifest
 from e2e3d_provider.core.transfer import raise_failures, run_parallel
-from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError
+from e2e3d_provider.exceptions import ChecksumMismatchError, ManifestError, ObjectNotFoundError, RunMismatchError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.publish import copy_pinned, publish_subset, read_published, unpublish, verify_remote
+from e2e3d_provider.lifecycle.publish import (
+    Published,
+    copy_pinned,
+    publish_subset,
+    read_published,
+    unpublish,
+    verify_remote,
+)
 
 #: jobs archived at once by the maintenance sweep, and jobs read from PostgreSQL per page
 ARCHIVE_WORKERS = 16
@@ -71,20 +84,58 @@ def archive_job(
     storage: StorageHook,
     job_id: str,
     *,
+    stamp: str | None = None,
     source_bucket: str = BUCKET_OUTPUT,
     archive_bucket: str = BUCKET_ARCHIVE,
     remove_source: bool = False,
 ) -> ArchiveResult:
     """Server-side copy a completed job to ``archive/<job_id>/<job_id>_<stamp>/`` and verify it.
 
-    The job must have SUCCESS and a manifest that its stored objects match. The archive copy gets
-    its own SUCCESS last. With ``remove_source`` the job is unpublished from ``source_bucket``
-    (SUCCESS first, then the rest), so no reader ever sees a marker over a partial set.
+    The job must have SUCCESS and a manifest that its stored objects match. ``stamp`` is the run PostgreSQL
+    records as the one to archive: a published set that names another run raises RunMismatchError (``found``:
+    the run it names) before anything is copied. A target that already holds a SUCCESS is never written
+    again: when its archived manifest has every file the published one lists, with the same sha256 (this
+    run, archived before: a retried task), the job counts as archived; otherwise ChecksumMismatchError.
+    The archive copy gets its own SUCCESS last. With ``remove_source`` the job is unpublished from
+    ``source_bucket`` (SUCCESS first, then the rest), so no reader ever sees a marker over a partial set.
     """
     validate_id(job_id, "job_id")
     published = read_published(storage, source_bucket, job_id)
     manifest = published.manifest
-    source, target = output_prefix(job_id), archive_prefix(job_id, manifest.stamp)
+    source = output_prefix(job_id)
+    if stamp is not None and manifest.stamp != validate_stamp(stamp):
+        raise RunMismatchError(
+            f"{source_bucket}/{source} holds run {manifest.stamp} of job {job_id}, not the run PostgreSQL records "
+            f"({stamp}); nothing was copied",
+            found=manifest.stamp,
+        )
+    target = archive_prefix(job_id, manifest.stamp)
+    if storage.exists(archive_bucket, target + SUCCESS_NAME):
+        _archived_before(storage, archive_bucket, target, source_bucket, manifest)
+        log.info(
+            "%s: run %s is already archived at %s/%s; nothing rewritten", job_id, manifest.stamp, archive_bucket, target
+        )
+    else:
+        _copy_verified(storage, published, source_bucket, source, archive_bucket, target)
+    if remove_source:
+        unpublish(storage, source_bucket, source)
+    elif manifest.preservation.get("remove_after_archive"):  # the policy keeps these only in the archive
+        note = {"after_archive": True, "archive_key": f"{archive_bucket}/{target}"}
+        removed = publish_subset(
+            storage, source_bucket, job_id, published, list(manifest.preservation["remove_after_archive"]), note
+        )
+        log.info("%s: removed %d files from %s after archive (preservation policy)", job_id, removed, source_bucket)
+    return ArchiveResult(
+        job_id, manifest.stamp, archive_bucket, target, len(manifest.files), manifest.total_bytes, remove_source
+    )
+
+
+def _copy_verified(
+    storage: StorageHook, published: Published, source_bucket: str, source: str, archive_bucket: str, target: str
+) -> None:
+    """Copy every manifest file pinned to its recorded ETag, check the copy by one listing, then write the
+    manifest and the archive's SUCCESS last."""
+    manifest = published.manifest
     try:
         copy_pinned(storage, manifest, source_bucket, source, archive_bucket, target, _recorded_etags(manifest))
     except ChecksumMismatchError:
@@ -97,17 +148,27 @@ def archive_job(
     verify_remote(storage, archive_bucket, target, manifest)  # one listing of the copy
     storage.put_bytes(archive_bucket, target + MANIFEST_NAME, published.manifest_bytes, "application/json")
     storage.put_bytes(archive_bucket, target + SUCCESS_NAME, published.marker_bytes, "application/json")  # last
-    if remove_source:
-        unpublish(storage, source_bucket, source)
-    elif manifest.preservation.get("remove_after_archive"):  # the policy keeps these only in the archive
-        note = {"after_archive": True, "archive_key": f"{archive_bucket}/{target}"}
-        removed = publish_subset(
-            storage, source_bucket, job_id, published, list(manifest.preservation["remove_after_archive"]), note
+
+
+def _archived_before(storage: StorageHook, bucket: str, target: str, source_bucket: str, manifest: Manifest) -> None:
+    """Raise ChecksumMismatchError unless the complete archive copy at ``target`` is this run: the same stamp,
+    and every file the published manifest lists with the same sha256 (a smaller published set, after the
+    preservation policy removed files once archived, is the same run)."""
+    try:
+        archived = read_published(storage, bucket, manifest.job_id, target).manifest
+    except (ChecksumMismatchError, ManifestError) as err:
+        raise ChecksumMismatchError(
+            f"{bucket}/{target} already holds a SUCCESS, which vouches for no readable manifest of this run ({err}); "
+            "an archived run is never replaced: run e2e3d scrub"
+        ) from err
+    held = {entry.path: entry.sha256 for entry in archived.files}
+    differs = [entry.path for entry in manifest.files if held.get(entry.path) != entry.sha256]
+    if archived.stamp != manifest.stamp or differs:
+        raise ChecksumMismatchError(
+            f"{bucket}/{target} already holds run {archived.stamp} of job {manifest.job_id}, archived with its "
+            f"SUCCESS, and {source_bucket}/{output_prefix(manifest.job_id)} differs from it "
+            f"({', '.join(differs[:5]) or 'its stamp'}): an archived run is never replaced"
         )
-        log.info("%s: removed %d files from %s after archive (preservation policy)", job_id, removed, source_bucket)
-    return ArchiveResult(
-        job_id, manifest.stamp, archive_bucket, target, len(manifest.files), manifest.total_bytes, remove_source
-    )
 
 
 def _recorded_etags(manifest: Manifest) -> dict[str, str | None]:
@@ -133,21 +194,35 @@ def archive_and_record(
     metadata: MetadataHook | None,
     job_id: str,
     *,
+    stamp: str | None = None,
     source_bucket: str = BUCKET_OUTPUT,
     archive_bucket: str = BUCKET_ARCHIVE,
     remove_source: bool = False,
 ) -> ArchiveResult:
     """:func:`archive_job` under the job's lock (it may change what ``output`` holds), then (with a
-    metadata hook) :func:`record_archived`."""
+    metadata hook) :func:`record_archived`. The run archived must be ``stamp``, by default (with a metadata
+    hook) the job's latest run in PostgreSQL: a published set naming another run is never archived."""
     with job_lock(metadata, job_id):
+        if stamp is None and metadata is not None:
+            latest = metadata.get_job(job_id)
+            stamp = latest["stamp"] if latest else None
         result = archive_job(
-            storage, job_id, source_bucket=source_bucket, archive_bucket=archive_bucket, remove_source=remove_source
+            storage,
+            job_id,
+            stamp=stamp,
+            source_bucket=source_bucket,
+            archive_bucket=archive_bucket,
+            remove_source=remove_source,
         )
     if metadata is not None:
         recorded = record_archived(metadata, result)
         if recorded and remove_source:  # its output is gone on purpose: retention and the scrub skip it
             metadata.mark_output_removed([(result.job_id, result.stamp)], datetime.now(UTC))
     return result
+
+
+class _Damaged(str):
+    """Why one job of the sweep was not archived (the sweep goes on)."""
 
 
 def archive_completed(
@@ -163,26 +238,31 @@ def archive_completed(
     at a time; record them archived. Runs until no succeeded job is left (or ``limit`` jobs were looked
     at, or ``time_budget`` seconds passed: ``complete`` is then False and the next run goes on).
 
-    A job whose stored objects no longer match its manifest is not archived: it is reported under
-    ``damaged`` (and logged) and the sweep goes on, so one damaged job never stops the others. An
-    error of the storage itself (unreachable, refused) stops the sweep once the jobs in flight are
-    recorded.
+    A job is archived only when ``output`` holds the run PostgreSQL records (a newer run there: ``skipped``).
+    A job whose set cannot be archived as it is (objects that no longer match its manifest, a malformed
+    manifest or one of another job, a set claiming another run, an archive copy of the run that differs) is
+    not archived: it is reported under ``damaged`` (and ``problems``, and logged) and the sweep goes on, so
+    one bad job never stops the others. An error of the storage itself (unreachable, refused) stops the
+    sweep once the jobs in flight are recorded.
     """
     started = time.monotonic()
     archived: list[str] = []
     skipped: list[str] = []
-    damaged: list[str] = []
+    damaged: dict[str, str] = {}
     failures: dict[str, BaseException] = {}
     looked_at, complete = 0, True
 
     def one(job: dict[str, Any]) -> tuple[dict[str, Any], ArchiveResult | str | BaseException]:
         try:
-            return job, archive_job(storage, job["job_id"])
+            return job, archive_job(storage, job["job_id"], stamp=job["stamp"])
         except ObjectNotFoundError:
             return job, "skipped"  # no SUCCESS (a newer run is publishing, or it was removed)
-        except ChecksumMismatchError as err:
-            log.error("archive_completed: job %s not archived: %s", job["job_id"], err)
-            return job, "damaged"
+        except RunMismatchError as err:
+            if err.found is not None and err.found > job["stamp"]:
+                return job, "skipped"  # a newer run of the job owns the output
+            return job, _Damaged(str(err))
+        except (ChecksumMismatchError, ManifestError) as err:
+            return job, _Damaged(str(err))
         except Exception as err:
             return job, err
 
@@ -202,8 +282,9 @@ def archive_completed(
                     archived.append(job["job_id"])
                 elif isinstance(outcome, ArchiveResult) or outcome == "skipped":
                     skipped.append(job["job_id"])  # output holds a newer run than this record
-                elif outcome == "damaged":
-                    damaged.append(job["job_id"])
+                elif isinstance(outcome, _Damaged):
+                    log.error("archive_completed: job %s run %s not archived: %s", job["job_id"], job["stamp"], outcome)
+                    damaged[job["job_id"]] = str(outcome)
                 else:
                     failures[job["job_id"]] = storage.translate(outcome, f"archive {job['job_id']}")
             if len(page) < size:
@@ -222,10 +303,12 @@ def archive_completed(
         "" if complete else "; more are waiting (the next run goes on)",
     )
     raise_failures(failures, looked_at)
+    shown = list(damaged)[:20]
     return {
         "archived": len(archived),
         "skipped": len(skipped),
-        "damaged": damaged[:20],
+        "damaged": shown,
+        "problems": {job_id: damaged[job_id][:500] for job_id in shown},
         "jobs": archived[:20],
         "seconds": round(seconds, 3),
         "complete": complete and not failures,

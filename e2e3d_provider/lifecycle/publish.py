@@ -35,7 +35,7 @@ from e2e3d_provider.core.layout import (
 from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files, sha256_file, write_atomic, write_manifest
 from e2e3d_provider.core.transfer import RemoteObject, TransferResult
 from e2e3d_provider.core.variants import RightSizeRecord, annotate, select_paths, select_published
-from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError
+from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError, RunMismatchError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.handoff import read_handoff
 
@@ -344,7 +344,8 @@ class Published:
 
 def read_published(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> Published:
     """The published run below ``prefix`` (default ``<job_id>/``); refuses a job without SUCCESS
-    (ObjectNotFoundError) or whose marker does not name this manifest."""
+    (ObjectNotFoundError), whose marker does not name this manifest (ChecksumMismatchError), whose manifest is
+    malformed (ManifestError) or another job's (RunMismatchError, a ManifestError)."""
     prefix = prefix if prefix is not None else output_prefix(job_id)
     marker = storage.get_bytes(bucket, prefix + SUCCESS_NAME)
     raw = storage.get_bytes(bucket, prefix + MANIFEST_NAME)
@@ -357,8 +358,8 @@ def read_published(storage: StorageHook, bucket: str, job_id: str, prefix: str |
     if hashlib.sha256(raw).hexdigest() != expected:
         raise ChecksumMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} is not the manifest its SUCCESS marker names")
     manifest = Manifest.from_json(raw)
-    if manifest.job_id != job_id:
-        raise ChecksumMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} belongs to job {manifest.job_id}, not {job_id}")
+    if manifest.job_id != job_id:  # a consistent pair, copied in from another job: not this job's results
+        raise RunMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} belongs to job {manifest.job_id}, not {job_id}")
     return Published(manifest, raw, marker)
 
 

@@ -22,17 +22,21 @@ class ArchiveOperator(E2E3DOperator):
     Returns ``{"job_id", "archive_key", "archive_bucket", "stamp", "files", "bytes"}``.
 
     :param job_id: job id (templated).
+    :param stamp: the run to archive (templated; usually ``stage_in``'s). By default, with a metadata
+        connection, the job's latest run in PostgreSQL. A published set that names another run (a stale copy,
+        or one a writer with the worker's keys put there) is refused, never archived over that run's copy.
     :param remove_source: delete the job from the source bucket once archived (templated).
     """
 
     storage_role = "maintenance"  # copies output to archive, and may remove the source
-    template_fields: Sequence[str] = ("job_id", "source_bucket", "archive_bucket", "remove_source")
+    template_fields: Sequence[str] = ("job_id", "stamp", "source_bucket", "archive_bucket", "remove_source")
     ui_color = "#d0d0d0"
 
     def __init__(
         self,
         *,
         job_id: str,
+        stamp: str | None = None,
         source_bucket: str = BUCKET_OUTPUT,
         archive_bucket: str = BUCKET_ARCHIVE,
         remove_source: bool | str = False,
@@ -40,6 +44,7 @@ class ArchiveOperator(E2E3DOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.job_id = job_id
+        self.stamp = stamp
         self.source_bucket = source_bucket
         self.archive_bucket = archive_bucket
         self.remove_source = remove_source
@@ -49,6 +54,7 @@ class ArchiveOperator(E2E3DOperator):
             self.storage,
             self.metadata,
             self.job_id,
+            stamp=self.stamp or None,
             source_bucket=self.source_bucket,
             archive_bucket=self.archive_bucket,
             remove_source=as_bool(self.remove_source),
