@@ -9,6 +9,7 @@ ports in a temporary directory, watched by a watchdog that stops it if pytest di
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import shutil
@@ -394,3 +395,27 @@ def api(airflow_db, connections) -> Iterator[str]:
     yield url
     server.should_exit = True
     thread.join(10)
+
+
+def forge_manifest(storage, job_id: str, edit, bucket: str = "output") -> None:
+    """Replace a published job's manifest by ``edit(text)`` and its SUCCESS by one naming the new manifest, as a
+    worker can: a consistent pair, so only the manifest's own content is wrong."""
+    from e2e3d_provider.hooks.storage import StorageHook
+
+    worker = StorageHook("minio_worker")
+    text = edit(storage.get_bytes(bucket, f"{job_id}/metadata.json").decode())
+    marker = json.loads(storage.get_bytes(bucket, f"{job_id}/SUCCESS"))
+    marker["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    worker.put_bytes(bucket, f"{job_id}/metadata.json", text.encode(), "application/json")
+    worker.put_bytes(bucket, f"{job_id}/SUCCESS", json.dumps(marker).encode(), "application/json")
+
+
+def edit_first_file(change: dict):
+    """An edit of a manifest's first file entry, keeping the rest; values spelled ``@...`` go in verbatim."""
+
+    def edit(text: str) -> str:
+        body = json.loads(text)
+        body["files"][0].update(change)
+        return json.dumps(body).replace('"@1e400"', "1e400").replace('"@NaN"', "NaN")
+
+    return edit

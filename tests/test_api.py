@@ -19,7 +19,7 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.archive import archive_job
 from e2e3d_provider.lifecycle.publish import publish_run
-from tests.conftest import serve, tiny_png, write_files
+from tests.conftest import edit_first_file, forge_manifest, serve, tiny_png, write_files
 
 STAMP = "20261124T120000Z"
 
@@ -465,3 +465,48 @@ def test_a_request_body_is_bounded_and_a_422_does_not_echo_it(api: str, unique_i
     invalid = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json=wrong, headers=as_user("runner"))
     assert invalid.status_code == 422 and len(invalid.content) < 5_000, len(invalid.content)
     assert "x" * 1000 not in invalid.text
+
+
+BAD_MANIFESTS = {
+    "odd figures": (edit_first_file({"figures": [["faces", 1, 2]]}), "figures must be a JSON object"),
+    "figures NaN": (edit_first_file({"figures": {"faces": "@NaN"}}), "NaN is not a JSON number"),
+    "level 1e400": (edit_first_file({"role": "lod", "level": "@1e400"}), "1e400 is out of range"),
+    "bad tile row": (
+        edit_first_file({"role": "tile", "level": 0, "figures": {"index": True, "row": "x", "col": 0}}),
+        "tile row must be a whole number",
+    ),
+    "a ../ path": (edit_first_file({"path": "../other/mesh.obj"}), "'..' segments"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MANIFESTS, ids=BAD_MANIFESTS.keys())
+def test_a_malformed_manifest_gets_a_409_saying_what_is_wrong_not_a_500(
+    api: str, storage: StorageHook, unique_id: str, published_job: dict, case: str
+) -> None:
+    """Issue 28 (8): a manifest a worker wrote with odd values made the results route answer 500."""
+    edit, problem = BAD_MANIFESTS[case]
+    forge_manifest(storage, unique_id, edit)
+    answer = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    assert answer.status_code == 409, answer.text
+    detail = answer.json()["detail"]
+    assert unique_id in detail and "output" in detail and problem in detail, detail
+
+
+def test_another_jobs_manifest_copied_in_gets_a_409_not_a_502(
+    api: str, storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str, published_job: dict
+) -> None:
+    """Issue 28 (8): another job's manifest and SUCCESS copied into a job's prefix (a consistent pair) made the
+    results route answer 502 "ChecksumMismatchError", as if object storage had failed."""
+    other = f"{unique_id}-other"
+    write_files(tmp_path / "other", {"mesh/reconstructed_mesh.obj": b"v 1 1 1\n"})
+    publish_run(storage, tmp_path / "other", other, STAMP, "output")
+    worker = StorageHook("minio_worker")
+    for name in ("metadata.json", "SUCCESS"):
+        worker.put_bytes("output", f"{unique_id}/{name}", storage.get_bytes("output", f"{other}/{name}"))
+    answer = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    assert answer.status_code == 409, answer.text
+    assert f"belongs to job {other}" in answer.json()["detail"]
+    # and a SUCCESS that names no manifest, or another one than is stored: 409 too, never 502
+    worker.put_bytes("output", f"{unique_id}/SUCCESS", json.dumps({"job_id": unique_id}).encode())
+    answer = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    assert answer.status_code == 409 and "names no manifest" in answer.json()["detail"], answer.text

@@ -16,7 +16,7 @@ import pytest
 from e2e3d_provider.exceptions import ChecksumMismatchError, E2E3DError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.publish import publish_run, read_published_manifest
-from tests.conftest import write_files
+from tests.conftest import edit_first_file, forge_manifest, write_files
 
 STAMP = "20260105T000000Z"
 FILES = {
@@ -271,28 +271,6 @@ def test_an_archive_copy_with_its_success_is_never_replaced(
     with pytest.raises(ChecksumMismatchError, match="already holds run"):
         archive_job(storage, unique_id)
     assert archived_bytes(storage, unique_id, OLD) == before
-
-
-def forge_manifest(storage: StorageHook, job_id: str, edit) -> None:
-    """Replace a published job's manifest by ``edit(text)`` and its SUCCESS by one naming the new manifest, as a
-    worker can: a consistent pair, so only the manifest's own content is wrong."""
-    worker = StorageHook("minio_worker")
-    text = edit(storage.get_bytes("output", f"{job_id}/metadata.json").decode())
-    marker = json.loads(storage.get_bytes("output", f"{job_id}/SUCCESS"))
-    marker["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    worker.put_bytes("output", f"{job_id}/metadata.json", text.encode(), "application/json")
-    worker.put_bytes("output", f"{job_id}/SUCCESS", json.dumps(marker).encode(), "application/json")
-
-
-def edit_first_file(change: dict):
-    """An edit of a manifest's first file entry, keeping the rest; values spelled ``@...`` go in verbatim."""
-
-    def edit(text: str) -> str:
-        body = json.loads(text)
-        body["files"][0].update(change)
-        return json.dumps(body).replace('"@1e400"', "1e400")
-
-    return edit
 
 
 MALFORMED = {

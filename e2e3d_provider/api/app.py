@@ -57,6 +57,7 @@ from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPI
 from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
 from e2e3d_provider.exceptions import (
     ChecksumMismatchError,
+    ManifestError,
     MetadataError,
     ObjectNotFoundError,
     RunConflictError,
@@ -148,7 +149,10 @@ public = APIRouter(prefix="/api")
     tags=["results"],
     responses={
         404: {"description": "unknown job"},
-        409: {"description": "job not complete (no SUCCESS), or damaged (a scrub could not repair it)"},
+        409: {
+            "description": "job not complete (no SUCCESS), damaged (a scrub could not repair it), or its stored "
+            "manifest malformed, another job's, or not the one its SUCCESS names (the body says which)"
+        },
         422: {"description": "malformed job id or expiry"},
     },
 )
@@ -188,6 +192,13 @@ def job_results(
             break
         except ObjectNotFoundError:
             continue
+        except (ManifestError, ChecksumMismatchError) as err:  # what is stored, not the storage, is wrong
+            log.error("results API: %s", err)
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"job {job_id!r}: the results in {bucket}/{prefix} are not served: {err}. "
+                f"Re-publish the job, or restore it (e2e3d restore --job {job_id}).",
+            ) from None
     else:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -527,6 +538,14 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
 
     for kind, *_ in failures:
         app.add_exception_handler(kind, failed)
+
+    async def malformed(request: Request, err: Exception) -> JSONResponse:
+        """A stored manifest (a job's, a dataset's) that cannot be used: what is stored is wrong, not the
+        request nor the server; the body says what (keys and values only, never hosts)."""
+        log.error("results API: %s", err)
+        return JSONResponse({"detail": f"a stored manifest cannot be used: {err}"}, status_code=409)
+
+    app.add_exception_handler(ManifestError, malformed)
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_middleware(BodyLimit)
     return app
