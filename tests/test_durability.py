@@ -479,3 +479,49 @@ def test_a_tampered_catalog_steers_no_restore_outside_the_projects_buckets_and_l
     assert not d.storage.bucket_exists("stolen-bucket")
     assert not d.target.storage.exists(d.target.bucket, "blobs/00/planted")
     assert not d.storage.exists("input", "evil/dataset.json")
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        {"manifest_sha256": "from the published marker"},  # no stamp at all
+        {"stamp": "20200101T000000Z", "manifest_sha256": "from the published marker"},  # a run PostgreSQL never had
+        {"stamp": STAMP},  # this run, but vouching for no manifest
+    ],
+    ids=["no stamp", "another stamp", "no manifest"],
+)
+def test_scrub_reports_a_success_that_names_no_or_another_run_and_puts_the_runs_own_back(
+    storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str, marker: dict
+) -> None:
+    """Issue 28 (8): a run whose SUCCESS names no stamp or another one was skipped in silence, as if a newer
+    run owned the output (and one naming no manifest stopped the whole scrub with a KeyError)."""
+    write_files(tmp_path / "run", {"mesh/model.obj": b"v 0 0 0\n", "texture/albedo.png": os.urandom(512)})
+    publish_run(storage, tmp_path / "run", unique_id, STAMP, "output")
+    record_job_run(metadata, storage, unique_id, STAMP, "terrain", "succeeded")
+    key = output_prefix(unique_id) + "SUCCESS"
+    published = storage.get_bytes("output", key)
+    body = {"job_id": unique_id, **marker}
+    if body.get("manifest_sha256"):
+        body["manifest_sha256"] = json.loads(published)["manifest_sha256"]
+    StorageHook("minio_worker").put_bytes("output", key, json.dumps(body).encode())  # a worker's keys suffice
+
+    result = scrub(StorageHook("minio_maintenance"), metadata, tmp_path / "spool", job_id=unique_id)
+    assert [(f["key"], f["problem"]) for f in result.findings] == [(key, "mismatch")], result
+    assert result.damaged == [] and result.errors == [] and result.runs == 1
+    assert storage.get_bytes("output", key) == published  # the run's own marker, from an earlier version
+    recorded = metadata.scrub_findings(unique_id)
+    assert [(r["key"], r["problem"]) for r in recorded] == [(key, "mismatch")]
+    assert "SUCCESS names" in recorded[0]["detail"]
+
+
+def test_scrub_still_leaves_a_run_whose_output_a_newer_run_owns(
+    storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str
+) -> None:
+    """The one marker naming another run that is no finding: a newer run of the job, known to PostgreSQL."""
+    newer = "20261203T120000Z"
+    for stamp in (STAMP, newer):
+        write_files(tmp_path / stamp, {"mesh/model.obj": stamp.encode()})
+        publish_run(storage, tmp_path / stamp, unique_id, stamp, "output")
+        record_job_run(metadata, storage, unique_id, stamp, "terrain", "succeeded")
+    result = scrub(StorageHook("minio_maintenance"), metadata, tmp_path / "spool", job_id=unique_id)
+    assert result.findings == [] and result.runs == 1 and result.damaged == []

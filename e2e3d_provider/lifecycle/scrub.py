@@ -10,6 +10,10 @@ whichever verifies first; the repaired object is read back. Each finding and rep
 ``damaged`` (the marker is kept in the job's statistics), so no reader trusts it; a damaged run found
 whole again (restored from a backup, say) gets its marker back and its status.
 
+A marker that names no run, another run (other than a newer one PostgreSQL knows, which owns the output now)
+or no manifest is not the run's: it is a finding (``mismatch`` on SUCCESS), never skipped in silence, and is
+treated as missing: the run's own marker comes back (an earlier version, the archive copy), or the run is damaged.
+
 Each run is scrubbed under its job's lock, so no publish, archive or hygiene of the job runs meanwhile; a
 job whose lock another task holds is left for the next scrub. A run whose output was taken away after its
 archive copy was complete (``remove_output_after_archive``, retention) is not the scrub's to bring back.
@@ -104,12 +108,20 @@ class _Scrubber:
     def _run(self, place: _Place, status: str) -> None:
         job_id, stamp = place.job_id, place.stamp
         kept: bytes | None = None
+        reported = False
         try:
             marker: bytes | None = self.storage.get_bytes(place.bucket, place.prefix + SUCCESS_NAME)
         except (ObjectNotFoundError, ChecksumMismatchError):
             marker = None
-        if marker is not None and _marker_stamp(marker) != stamp:
-            return  # the output holds another run of this job: this one was superseded
+        if marker is not None and not _vouches(marker, stamp):
+            named = _marker_stamp(marker)
+            if place.bucket == BUCKET_OUTPUT and self._newer_run(job_id, stamp, named):
+                return  # the output holds a newer run of this job: this one was superseded
+            # a marker no publish of this run wrote (no stamp, an older or unknown one, no manifest): reported,
+            # then treated as missing, so the run's own marker comes back or the run is found damaged
+            said = "no manifest" if named == stamp else f"run {named}" if named else "no run"
+            self._finding(place, SUCCESS_NAME, "mismatch", None, f"SUCCESS names {said}, not run {stamp}")
+            marker, reported = None, True
         if marker is None:
             if place.bucket == BUCKET_OUTPUT:
                 if self.metadata.latest_stamps([job_id]).get(job_id) != stamp:
@@ -117,7 +129,7 @@ class _Scrubber:
                 archived = archive_prefix(job_id, stamp) + SUCCESS_NAME
                 if status == "archived" and self.storage.exists(BUCKET_ARCHIVE, archived):
                     return  # its output was taken away after the archive copy was complete (retention, by choice)
-            if status != "damaged":
+            if status != "damaged" and not reported:
                 self._finding(place, SUCCESS_NAME, "missing", None, "no SUCCESS marker")
             kept = self._kept_marker(place)
             if kept is None:
@@ -145,12 +157,12 @@ class _Scrubber:
         the object, or (for its output) the archive copy."""
         job = self.metadata.get_job(place.job_id, place.stamp) or {}
         damaged = (job.get("statistics") or {}).get("damaged") or {}
-        if damaged.get("marker"):
+        if damaged.get("marker") and _vouches(str(damaged["marker"]).encode(), place.stamp):
             return str(damaged["marker"]).encode()
         key = place.prefix + SUCCESS_NAME
         for version in self.storage.object_versions(place.bucket, key):
             body = self.storage.get_bytes(place.bucket, key, version_id=version.version_id)
-            if _marker_stamp(body) == place.stamp:
+            if _vouches(body, place.stamp):
                 return body
         if place.bucket == BUCKET_ARCHIVE:
             return None
@@ -158,7 +170,12 @@ class _Scrubber:
             body = self.storage.get_bytes(BUCKET_ARCHIVE, archive_prefix(place.job_id, place.stamp) + SUCCESS_NAME)
         except ObjectNotFoundError:
             return None
-        return body if _marker_stamp(body) == place.stamp else None
+        return body if _vouches(body, place.stamp) else None
+
+    def _newer_run(self, job_id: str, stamp: str, named: str | None) -> bool:
+        """Whether ``named`` is a run of the job PostgreSQL knows, newer than ``stamp``: the one case in which
+        an output marker naming another run is no finding (that run owns the output now)."""
+        return named is not None and named > stamp and self.metadata.get_job(job_id, named) is not None
 
     def _manifest(self, place: _Place, sha: str) -> Manifest | None:
         key = place.prefix + MANIFEST_NAME
@@ -276,6 +293,20 @@ class _Place:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _vouches(body: bytes, stamp: str) -> bool:
+    """Whether a SUCCESS marker is one a publish of run ``stamp`` wrote: it names that run and a manifest."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return (
+        isinstance(data, dict)
+        and data.get("stamp") == stamp
+        and isinstance(data.get("manifest_sha256"), str)
+        and len(data["manifest_sha256"]) == 64
+    )
 
 
 def _marker_stamp(body: bytes) -> str | None:
