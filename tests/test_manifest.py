@@ -235,3 +235,19 @@ def test_odd_values_in_a_rightsize_record_are_manifest_errors(variant: dict) -> 
     text = text.replace('"@1e400"', "1e400").replace('"@NaN"', "NaN")
     with pytest.raises(mf.ManifestError):
         RightSizeRecord.from_json(text)
+
+
+def test_a_rightsize_record_that_is_a_link_is_never_read(
+    run_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Issue 28 (6): publish read rightsize.json through a link to a file elsewhere (and copied its figures into
+    the manifest); now the record is opened without following a link."""
+    from e2e3d_provider.core.variants import RightSizeRecord
+    from e2e3d_provider.exceptions import UnsafePathError
+
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "record.json"
+    elsewhere.write_text(RightSizeRecord(statistics={"from": "elsewhere"}).to_json())
+    elsewhere.chmod(0o600)
+    (run_dir / "rightsize.json").symlink_to(elsewhere)
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        RightSizeRecord.read(run_dir)

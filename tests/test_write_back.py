@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from e2e3d_provider.core.layout import HANDOFF_NAME, success_key, work_prefix
+from e2e3d_provider.exceptions import UnsafePathError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.handoff import materialize, read_handoff
 from e2e3d_provider.lifecycle.ingest import ingest
@@ -149,3 +150,15 @@ def test_the_workspace_decorator_is_registered_with_airflow() -> None:
     with DAG("decorator_probe", schedule=None):
         op = reconstruct({"dataset": "d"}).operator
     assert isinstance(op, WorkspaceDecoratedOperator) and op.task_id == "reconstruct"
+
+
+def test_a_staged_output_dir_outside_the_data_root_is_never_handed_on(
+    storage: StorageHook, tmp_path: Path, staged: dict[str, Any], unique_id: str
+) -> None:
+    """Issue 28 (6): the workspace took stage_in's output_dir as it came and handed on every file below it,
+    so an XCom naming another folder of this host (a home directory) published that folder's files."""
+    home = tmp_path / "home"
+    write_files(home, {".ssh/id_ed25519": b"private key"})
+    with pytest.raises(UnsafePathError, match="data root"):
+        run_in_workspace(storage, tmp_path / "root", {**staged, "output_dir": str(home)}, lambda ws: None)
+    assert storage.list_keys("output", work_prefix(unique_id, STAMP)) == []

@@ -22,7 +22,7 @@ from e2e3d_provider.core.layout import (
     validate_relpath,
     validate_stamp,
 )
-from e2e3d_provider.exceptions import ManifestError, UnreadablePathError
+from e2e3d_provider.exceptions import ManifestError, UnreadablePathError, UnsafePathError
 
 CHUNK_SIZE = 1024 * 1024
 MANIFEST_VERSION = 1
@@ -320,14 +320,33 @@ def raise_unreadable(err: OSError) -> NoReturn:
     ) from err
 
 
-def iter_run_files(run_dir: Path) -> Iterator[tuple[str, Path]]:
+def refuse_links(root: Path, path: Path) -> None:
+    """Raise :class:`UnsafePathError` if any step from ``root`` (itself trusted) down to ``path`` (included)
+    is a symbolic link: a link on the way could lead a write, a read or a removal out of ``root``. Steps that
+    do not exist yet are fine (they are made as real folders)."""
+    step = root
+    for part in path.relative_to(root).parts:
+        step = step / part
+        if step.is_symlink():
+            raise UnsafePathError(
+                f"{step} is a symbolic link (to {os.readlink(step)}); nothing is read, written or removed through "
+                f"a link below {root}"
+            )
+
+
+def iter_run_files(run_dir: Path, *, links: bool = True) -> Iterator[tuple[str, Path]]:
     """Yield ``(relpath, path)`` for every regular file below ``run_dir``, sorted, skipping the
-    manifest and SUCCESS marker at its top and refusing symlinks that leave the directory."""
+    manifest and SUCCESS marker at its top and refusing symlinks that leave the directory. With
+    ``links=False`` every symbolic link below ``run_dir`` (file or folder) is refused (UnsafePathError):
+    what a task hands on must be the run directory's own files, and a linked folder is not skipped in silence."""
     root = run_dir.resolve()
     if not root.is_dir():
         return  # nothing there: the caller says what that means
     for dirpath, dirnames, filenames in os.walk(root, onerror=raise_unreadable):
         dirnames.sort()
+        if not links:
+            for name in (*dirnames, *filenames):
+                refuse_links(root, Path(dirpath) / name)
         for name in sorted(filenames):
             path = Path(dirpath) / name
             relpath = path.relative_to(root).as_posix()

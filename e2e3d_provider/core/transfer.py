@@ -41,7 +41,7 @@ from minio.error import S3Error
 
 from e2e3d_provider.core import object_io
 from e2e3d_provider.core.layout import key_relpath, local_path_for, validate_relpath
-from e2e3d_provider.core.manifest import raise_unreadable, sha256_file
+from e2e3d_provider.core.manifest import raise_unreadable, refuse_links, sha256_file
 from e2e3d_provider.core.object_io import SHA256_META, SMALL_READ_LIMIT
 from e2e3d_provider.core.retry import DEFAULT_RETRY, RetryPolicy
 from e2e3d_provider.exceptions import ChecksumMismatchError, SourceChangedError, TransferError
@@ -789,7 +789,9 @@ def download_prefix(
     only if its own bytes hash to it): never against the objects' labels, which any writer can set.
     Without it, one LIST gives sizes and ETags, and a local file of the same size is kept when its bytes
     give the same ETag (no HEAD per file). With ``delete_extraneous``, local files that are no longer
-    wanted are removed, so the directory is an exact copy (a read-through cache of the prefix).
+    wanted are removed, so the directory is an exact copy (a read-through cache of the prefix). A target
+    whose way below ``local_dir`` passes through a symbolic link is refused (UnsafePathError) before anything
+    is fetched.
     """
     result = TransferResult("download", engine.bucket, prefix)
     lock = threading.Lock()
@@ -813,6 +815,8 @@ def download_prefix(
             f"download {engine.bucket}/{prefix} -> {local_dir}", len(planned), sum(o.size for _, o in planned)
         )
         targets = {rel: local_path_for(local_dir, rel) for rel, _ in planned}
+        for path in targets.values():  # a linked folder (or file) on the way would take the bytes elsewhere
+            refuse_links(local_dir, path)
         for folder in {path.parent for path in targets.values()}:
             folder.mkdir(parents=True, exist_ok=True)
         budget = ByteBudget(engine.memory)

@@ -54,6 +54,7 @@ from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import (
     BucketNotFoundError,
     ChecksumMismatchError,
+    E2E3DError,
     ObjectNotFoundError,
     StorageAuthError,
     StorageError,
@@ -318,8 +319,9 @@ class StorageHook(BaseHook):
     def translate(self, err: BaseException, what: str = "") -> BaseException:
         """Turn a client error into a :class:`StorageError` that names the connection and the fix; each
         failure (after its retries) is counted by operation, bucket and error class, except a lookup's
-        "no such object", which is an answer."""
-        if isinstance(err, StorageError):
+        "no such object", which is an answer. The provider's own errors (a storage error already, a name or
+        path refused, a manifest that cannot be used) already say what failed: they pass unchanged."""
+        if isinstance(err, E2E3DError):
             return err
         translated = self._translate(err, what)
         if not isinstance(translated, ObjectNotFoundError):

@@ -24,12 +24,12 @@ from e2e3d_provider.core.layout import (
     RunLayout,
     work_prefix,
 )
-from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files
+from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files, refuse_links
 from e2e3d_provider.core.transfer import TransferResult
-from e2e3d_provider.exceptions import LocalPathError, ObjectNotFoundError
+from e2e3d_provider.exceptions import LocalPathError, ObjectNotFoundError, RunMismatchError, UnsafePathError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.input_cache import stage_dataset
-from e2e3d_provider.lifecycle.local_paths import REMEDIES
+from e2e3d_provider.lifecycle.local_paths import REMEDIES, confined_run_dir
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,16 @@ class HandOff:
 
 
 def handed_files(run_dir: Path) -> list[tuple[str, Path]]:
-    """What a hand-off carries: the run's files and right-sizing's record (publish needs it too)."""
-    files = list(iter_run_files(run_dir))
-    if (run_dir / VARIANTS_NAME).is_file():
-        files.append((VARIANTS_NAME, run_dir / VARIANTS_NAME))
+    """What a hand-off carries: the run's files and right-sizing's record (publish needs it too). Every one
+    is the run directory's own: a symbolic link anywhere below it (a record linked to a file elsewhere, a
+    linked folder) is refused with UnsafePathError, never followed nor skipped in silence."""
+    if run_dir.is_symlink():
+        raise UnsafePathError(f"run directory {run_dir} is a symbolic link; a hand-off carries a run's own files")
+    files = list(iter_run_files(run_dir, links=False))
+    record = run_dir / VARIANTS_NAME
+    refuse_links(run_dir, record)
+    if record.is_file():
+        files.append((VARIANTS_NAME, record))
     return files
 
 
@@ -100,12 +106,22 @@ def seal_handoff(
 
 
 def read_handoff(storage: StorageHook, job_id: str, stamp: str, bucket: str = BUCKET_OUTPUT) -> Manifest | None:
-    """The run's hand-off manifest, or ``None`` when no task has handed the run off (completely)."""
+    """The run's hand-off manifest, or ``None`` when no task has handed the run off (completely). One that
+    names another job or run (copied in from another prefix) is refused with RunMismatchError: its files
+    are not this run's."""
+    key = work_prefix(job_id, stamp) + HANDOFF_NAME
     try:
-        raw = storage.get_bytes(bucket, work_prefix(job_id, stamp) + HANDOFF_NAME)
+        raw = storage.get_bytes(bucket, key)
     except ObjectNotFoundError:
         return None
-    return Manifest.from_json(raw)
+    manifest = Manifest.from_json(raw)
+    if (manifest.job_id, manifest.stamp) != (job_id, stamp):
+        raise RunMismatchError(
+            f"{bucket}/{key} names job {manifest.job_id} run {manifest.stamp}, not job {job_id} run {stamp}: "
+            "it is not this run's hand-off",
+            found=manifest.stamp,
+        )
+    return manifest
 
 
 def materialize(
@@ -146,10 +162,17 @@ def local_run_dir(
     directory (``hint``, a path from XCom, when it was written on this host; else the run's place under
     this host's ``data_root``) is made equal to it, moving only what differs. Without a hand-off, ``hint``
     is used as it is when it is here; a path that only exists on another host is a LocalPathError naming
-    both hosts."""
+    both hosts. ``hint`` must be the run's directory under ``data_root``, and no step below the root a
+    symbolic link (UnsafePathError otherwise, before anything is touched)."""
     here = socket.gethostname()
     origin_dir = bool(hint) and Path(str(hint)).is_dir() and (not origin_host or origin_host == here)
-    run_dir = Path(str(hint)) if origin_dir else RunLayout(data_root, job_id, stamp).run_dir
+    # the directory rebuilt (every file the hand-off does not name removed) must be the run's own under the
+    # data root, reached with no symbolic link on the way: never a folder a template or XCom happens to name
+    run_dir = RunLayout(data_root, job_id, stamp).run_dir
+    if origin_dir:
+        run_dir = confined_run_dir(str(hint), data_root, job_id, stamp)
+    else:
+        refuse_links(data_root, run_dir)
     moved = materialize(storage, job_id, stamp, run_dir, bucket)
     if moved is None and not origin_dir:
         raise LocalPathError(

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from e2e3d_provider.exceptions import InvalidNameError, LocalPathError
+from e2e3d_provider.core.layout import RunLayout
+from e2e3d_provider.core.manifest import refuse_links
+from e2e3d_provider.exceptions import InvalidNameError, LocalPathError, UnsafePathError
 
 REMEDIES = (
     "mount the data root on every worker (NFS, a shared PVC), or run the tasks that share a run "
@@ -31,6 +33,26 @@ def require_local_dir(path: str | Path, origin_host: str | None = None, what: st
             f"host that wrote them: {REMEDIES}."
         )
     raise LocalPathError(f"{what} {local} does not exist on {here!r}")
+
+
+def confined_run_dir(path: str | Path, root: Path, job_id: str, stamp: str) -> Path:
+    """Return ``path`` if it is the run's own directory under the data root ``root``
+    (``<root>/output/<job_id>/<job_id>_<stamp>``, the root spelled as given or resolved) and no step below
+    the root is a symbolic link; else UnsafePathError. A run directory from XCom or a template is rebuilt
+    from the hand-off (every file it does not name removed) and handed on (every file uploaded): anywhere
+    else, that would remove or publish files that are not the run's."""
+    given = Path(os.path.abspath(path))
+    real_root = root.resolve()
+    for base in (Path(os.path.abspath(root)), real_root):
+        if given == RunLayout(base, job_id, stamp).run_dir:
+            refuse_links(base, given)
+            return given
+    raise UnsafePathError(
+        f"run directory {path} is not run {stamp} of job {job_id} under this host's data root {real_root} "
+        f"({RunLayout(real_root, job_id, stamp).run_dir}): refused before anything in it is touched. Pass the "
+        "run directory stage_in made (its output_dir), or give the task the data root stage_in used "
+        "(E2E3D_DATA_ROOT, the Variable e2e3d_data_root, or the operator's data_root)."
+    )
 
 
 def inside_root(path: str | Path, root: Path, area: str = "", min_depth: int = 1) -> Path:

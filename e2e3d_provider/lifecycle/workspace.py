@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, RunLayout, validate_id, validate_stamp
 from e2e3d_provider.core.layout import input_dir as input_dir_of
+from e2e3d_provider.core.manifest import refuse_links
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.handoff import HandOff, local_input_dir
 from e2e3d_provider.lifecycle.input_cache import reading
-from e2e3d_provider.lifecycle.local_paths import remove_tree
+from e2e3d_provider.lifecycle.local_paths import confined_run_dir, remove_tree
 from e2e3d_provider.lifecycle.stage_in import mirror_models
 from e2e3d_provider.lifecycle.write_back import WriteBack, WriteBackStats
 
@@ -115,7 +116,9 @@ def _run_locked(
         storage, dataset, data_root, staged.get("input_dir"), staged.get("host"), bucket=input_bucket
     )
     layout = RunLayout(data_root, job_id, stamp)
-    run_dir = Path(staged["output_dir"]) if here else layout.run_dir
+    # every file of the run directory is handed on: it must be the run's own under the data root, no link on the way
+    run_dir = confined_run_dir(staged["output_dir"], data_root, job_id, stamp) if here else layout.run_dir
+    refuse_links(data_root, run_dir)
     temp_dir = Path(staged["temp_dir"]) if here and staged.get("temp_dir") else layout.temp_dir
     models_dir = None
     if staged.get("models"):  # the models: the staging host's copy, else mirrored here from their bucket

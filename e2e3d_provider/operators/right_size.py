@@ -41,6 +41,10 @@ class RightSizeOperator(E2E3DOperator):
     :param preservation: ``{"keep": [...], "drop": [...], "remove_after_archive": [...]}``: run-dir
         prefixes published, left out of the publish, and removed from ``output`` after archive
         (default: ``logs/`` kept, ``temp/`` dropped).
+    :param data_root: local data root (templated; default ``$E2E3D_DATA_ROOT``, Variable ``e2e3d_data_root``,
+        ``/app/data``). With ``job_id`` and ``stamp``, ``run_dir`` must be the run's directory below it
+        (``<root>/output/<job_id>/<job_id>_<stamp>``, no symbolic link on the way), since it is made equal to
+        the hand-off (files it does not name are removed): any other folder is refused before it is touched.
     """
 
     template_fields: Sequence[str] = (
@@ -51,6 +55,7 @@ class RightSizeOperator(E2E3DOperator):
         "enabled",
         "settings",
         "preservation",
+        "data_root",
     )
     template_fields_renderers = {"settings": "json", "preservation": "json"}
     ui_color = "#e8dcc5"
@@ -66,6 +71,7 @@ class RightSizeOperator(E2E3DOperator):
         enabled: bool | str = True,
         settings: dict[str, Any] | None = None,
         preservation: dict[str, list[str]] | None = None,
+        data_root: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -76,13 +82,15 @@ class RightSizeOperator(E2E3DOperator):
         self.enabled = enabled
         self.settings = settings
         self.preservation = preservation
+        self.data_root = data_root
 
     def execute(self, context: Context) -> dict[str, Any]:
         handing = bool(self.job_id and self.stamp)
         rebuilt = False
         if handing:
             job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
-            local = local_run_dir(self.storage, job_id, stamp, data_root(), self.run_dir, self.origin_host)
+            root = data_root(self.data_root)
+            local = local_run_dir(self.storage, job_id, stamp, root, self.run_dir, self.origin_host)
             run_dir, rebuilt, moved = local.run_dir, local.rebuilt, local.moved
             if moved is not None:
                 self.log.info("%s made equal to its hand-off: %d bytes moved", run_dir, moved.bytes)
