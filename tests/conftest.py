@@ -136,6 +136,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("s3_server", lanes, indirect=True, scope="session")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``compose`` (docker-compose.yaml brought up with podman: root, many minutes) run only when
+    asked for: ``-m`` names the marker (``-m compose``), or ``E2E3D_TEST_COMPOSE=1``. Otherwise they are
+    deselected, as ``-m "not compose"`` would (left to a ``-m`` of the user's own when it mentions them)."""
+    if "compose" in (config.getoption("markexpr") or "") or os.environ.get("E2E3D_TEST_COMPOSE") == "1":
+        return
+    deselected = [item for item in items if item.get_closest_marker("compose")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("compose")]
+
+
 @pytest.fixture(scope="session")
 def minio_binary() -> str:
     """The MinIO server binary: ``$E2E3D_MINIO_BINARY`` or ``minio`` on PATH, else the pinned test build,
