@@ -75,14 +75,18 @@ def _size(run_dir: Path, rel: str) -> int:
 def right_size_texture(run_dir: Path, original: str, policy: RightSizePolicy, record: RightSizeRecord) -> None:
     from e2e3d_provider.rightsize import texture
 
-    with texture.open_texture(run_dir / original) as image:
+    with texture.open_texture(run_dir / original, policy.max_pixels) as image:
         width, height, mode = image.width, image.height, image.mode
     record.originals[original] = {"width": width, "height": height, "pixels": width * height, "mode": mode}
     name = Path(original).name
     if Path(original).suffix.lower() == ".png":
         rel = variant_relpath(original, "lod0")
         figures = texture.optimize_png(
-            run_dir / original, run_dir / rel, level=policy.png_level, min_gain=policy.png_min_gain
+            run_dir / original,
+            run_dir / rel,
+            level=policy.png_level,
+            min_gain=policy.png_min_gain,
+            max_pixels=policy.max_pixels,
         )
         if figures is not None:
             figures.update(bytes=_size(run_dir, rel), pixels=width * height, of_original=_ratio(run_dir, rel, original))
@@ -100,6 +104,7 @@ def right_size_texture(run_dir: Path, original: str, policy: RightSizePolicy, re
         tile_size=policy.tile_size,
         tile_threshold=policy.tile_threshold,
         stem=Path(name).stem,
+        max_pixels=policy.max_pixels,
     )
     for out in outputs:
         figures = {**out.figures, "bytes": _size(run_dir, out.relpath)}
@@ -234,7 +239,8 @@ STEPS: dict[str, Callable[[Path, str, RightSizePolicy, RightSizeRecord], None]] 
 def right_size_run(run_dir: Path, policy: RightSizePolicy, *, enabled: bool = True) -> RightSizeRecord:
     """Right-size every result of ``run_dir`` under ``policy`` (or, with ``enabled=False``, only record
     the preservation policy) and write the record last. Raises RightSizeInputError for a result it
-    cannot read, after removing every variant it wrote: the originals stay exactly as they were."""
+    cannot read or that passes one of the policy's limits, after removing every variant it wrote: the
+    originals stay exactly as they were."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     removed = clear_variants(run_dir)

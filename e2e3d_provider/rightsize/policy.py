@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from e2e3d_provider.core.variants import DEFAULT_PRESERVATION, preservation_policy
+from e2e3d_provider.rightsize import limits
 from e2e3d_provider.rightsize.texture import WEB_FORMATS
 
 #: the ``e2e3d.config`` key holding a JSON object of :class:`RightSizePolicy` fields
@@ -22,7 +23,10 @@ class RightSizePolicy:
     textures get a ``web_format`` variant at ``web_quality``, mips down to ``mip_min_size`` pixels and,
     above ``tile_threshold`` pixels a side, ``tile_size`` tiles; ``png_level`` is oxipng's effort, and its
     lossless copy is kept only when it saves at least ``png_min_gain`` of the input's bytes.
-    ``preservation`` lists the run-dir prefixes kept, dropped and removed after archive."""
+    ``preservation`` lists the run-dir prefixes kept, dropped and removed after archive.
+
+    The limits, since a result is untrusted input (passing one is a :class:`RightSizeInputError`):
+    ``max_pixels`` a texture may have (read from its header, before it is decoded)."""
 
     mesh_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
     mesh_error_samples: int = 50_000
@@ -36,6 +40,7 @@ class RightSizePolicy:
     pointcloud_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
     pointcloud_max_points: int = 1_500_000
     preservation: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PRESERVATION))
+    max_pixels: int = limits.MAX_PIXELS
 
     def __post_init__(self) -> None:
         for name in ("mesh_lod_ratios", "pointcloud_lod_ratios"):
@@ -54,6 +59,10 @@ class RightSizePolicy:
         for name in ("mesh_error_samples", "mip_min_size", "tile_size", "tile_threshold", "pointcloud_max_points"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        for name in ("max_pixels",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         object.__setattr__(self, "preservation", preservation_policy(self.preservation))
 
     @classmethod

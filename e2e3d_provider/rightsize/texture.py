@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,29 +16,79 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from e2e3d_provider.exceptions import RightSizeInputError
+from e2e3d_provider.rightsize.limits import MAX_PIXELS
 
 #: pixel modes right-sizing reads (8 bits per channel); anything else is refused, not guessed at
 SUPPORTED_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 #: file suffix and Pillow format of each web format
 WEB_FORMATS = {"jpeg": (".jpg", "JPEG"), "webp": (".webp", "WEBP")}
 
-Image.MAX_IMAGE_PIXELS = 1 << 30  # a 32768 x 32768 atlas is a texture, not a decompression bomb
+#: Pillow raises these for damaged files
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError)
 
 
 @contextmanager
-def open_texture(path: Path) -> Iterator[Image.Image]:
+def open_texture(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
     """The image at ``path``, fully decoded, or :class:`RightSizeInputError` if it is not a readable
-    image in a supported mode."""
+    image in a supported mode, or has more than ``max_pixels`` pixels (checked from its header, before
+    any pixel is decoded: a 24000 x 24000 PNG of 1.7 MB decodes into gigabytes).
+
+    Pillow's own decompression-bomb limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 178,956,970 pixels unless
+    the process changed it) refuses larger images first; its warning between 1 x and 2 x is silenced here,
+    since ``max_pixels`` decides."""
+    image = _open_checked(path, max_pixels)
+    with image:  # errors of the caller's own work while it is open are the caller's, not "unreadable"
+        yield image
+
+
+def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+    """:func:`open_texture`'s checks: the header's size, mode and bit depth first, then the decode."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in SUPPORTED_MODES:
-                raise RightSizeInputError(
-                    f"{path}: pixel mode {image.mode} is not supported (use one of {', '.join(SUPPORTED_MODES)})"
-                )
-            yield image
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:  # Pillow raises these for damaged files
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise RightSizeInputError(f"{path} is too large to decode: {err}") from None
+    except _UNREADABLE as err:
         raise RightSizeInputError(f"{path} is not a readable image: {err}") from None
+    try:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise RightSizeInputError(
+                f"{path} is {width} x {height} = {width * height:,} pixels, more than max_pixels = {max_pixels:,} "
+                "(raise max_pixels if the texture is sound)"
+            )
+        if image.mode not in SUPPORTED_MODES:
+            raise RightSizeInputError(
+                f"{path}: pixel mode {image.mode} is not supported (use one of {', '.join(SUPPORTED_MODES)})"
+            )
+        if deep := _deep_rawmode(image):
+            raise RightSizeInputError(
+                f"{path}: 16 bits per channel ({deep}) is not supported; right-sizing reads 8 bits per channel "
+                "(Pillow would silently drop the low 8 bits)"
+            )
+        image.load()
+    except Image.DecompressionBombError as err:  # a format whose size is known only as it decodes
+        image.close()
+        raise RightSizeInputError(f"{path} is too large to decode: {err}") from None
+    except _UNREADABLE as err:
+        image.close()
+        raise RightSizeInputError(f"{path} is not a readable image: {err}") from None
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def _deep_rawmode(image: Image.Image) -> str | None:
+    """The raw mode of a not yet decoded image whose file stores 16 bits a channel (``RGB;16B``,
+    ``RGBA;16B``, ``LA;16B``), which Pillow decodes into an 8-bit mode, or ``None``."""
+    for tile in getattr(image, "tile", None) or []:  # ImageFile's list of what its decoder will read
+        args = tile[3]
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return rawmode
+    return None
 
 
 def pixel_digest(image: Image.Image, mode: str) -> str:
@@ -48,14 +99,16 @@ def pixel_digest(image: Image.Image, mode: str) -> str:
     return digest.hexdigest()
 
 
-def optimize_png(source: Path, target: Path, level: int = 2, min_gain: float = 0.0) -> dict[str, Any] | None:
+def optimize_png(
+    source: Path, target: Path, level: int = 2, min_gain: float = 0.0, max_pixels: int = MAX_PIXELS
+) -> dict[str, Any] | None:
     """A losslessly recompressed copy of the PNG ``source`` at ``target`` (oxipng at ``level``), kept
     only when it is smaller by more than ``min_gain`` (a fraction of the source's bytes) and its pixels
     are identical to the source's (checked by decoding both). Returns its figures, or ``None`` when
-    oxipng could not make it small enough (nothing is written)."""
+    oxipng could not make it small enough (nothing is written). A source over ``max_pixels`` is refused."""
     import oxipng
 
-    with open_texture(source) as image:
+    with open_texture(source, max_pixels) as image:
         mode, size, before = image.mode, image.size, pixel_digest(image, image.mode)
         if image.format != "PNG":
             return None
@@ -66,7 +119,7 @@ def optimize_png(source: Path, target: Path, level: int = 2, min_gain: float = 0
         saved = 1 - partial.stat().st_size / source.stat().st_size
         if saved <= 0 or saved < min_gain:
             return None
-        with open_texture(partial) as optimized:
+        with open_texture(partial, max_pixels) as optimized:
             if optimized.size != size or pixel_digest(optimized, mode) != before:
                 raise RightSizeInputError(f"oxipng changed the pixels of {source}: the optimized copy is discarded")
         partial.replace(target)
@@ -118,12 +171,13 @@ def pyramid(
     tile_size: int = 1024,
     tile_threshold: int = 4096,
     stem: str = "texture",
+    max_pixels: int = MAX_PIXELS,
 ) -> list[TextureOutput]:
     """The web variant (full resolution, lossy) and the mip pyramid (each level half the last, while it is
     at least ``min_size`` on its longer side) of ``source`` in ``out_dir``; when the texture is larger
     than ``tile_threshold`` on a side, every level larger than ``tile_size`` is also cut into
     ``tile_size`` tiles, listed with their level, row and column in ``tiles/index.json``. Paths in the
-    result are relative to ``run_dir``."""
+    result are relative to ``run_dir``. A source over ``max_pixels`` is refused."""
     if fmt not in WEB_FORMATS:
         raise ValueError(f"unknown web format {fmt!r} (use {', '.join(WEB_FORMATS)})")
     suffix = WEB_FORMATS[fmt][0]
@@ -132,7 +186,7 @@ def pyramid(
     def rel(path: Path) -> str:
         return path.relative_to(run_dir).as_posix()
 
-    with open_texture(source) as original:
+    with open_texture(source, max_pixels) as original:
         tiled = max(original.size) > tile_threshold
         index: dict[str, Any] = {"tile_size": tile_size, "format": fmt, "levels": [], "tiles": []}
         level, image = 0, original

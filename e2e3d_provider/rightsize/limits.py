@@ -1,0 +1,11 @@
+"""The bounds right-sizing keeps to, whatever its input: the defaults of the policy's limit settings.
+No Airflow.
+
+A result is untrusted input (a reconstruction tool's output, or anything uploaded as one), so each reader
+is bounded before it reads, by the policy setting whose default is named here.
+"""
+
+from __future__ import annotations
+
+#: a texture of more pixels is refused from its header: decoding costs about 20 bytes a pixel at peak
+MAX_PIXELS = 100_000_000

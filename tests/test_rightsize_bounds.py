@@ -1,0 +1,147 @@
+"""Right-sizing keeps to its bounds whatever the input (issue 28, item 7): every hostile file here is
+real, made by the test, and refused with a :class:`RightSizeInputError` that names the limit, within
+seconds, leaving the run directory as it was; small limits set through the policy keep each case fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.rightsize_data import make_results
+from e2e3d_provider.core.layout import VARIANTS_NAME
+from e2e3d_provider.exceptions import RightSizeInputError
+from e2e3d_provider.lifecycle.right_size import right_size_run
+from e2e3d_provider.rightsize import texture as textures
+from e2e3d_provider.rightsize.policy import RightSizePolicy
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    make_results(root, "tiny")  # 242 faces, 64 x 64 pixels, 500 points
+    return root
+
+
+@pytest.fixture
+def run_dir(generated: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(generated, target)
+    return target
+
+
+def digests(run_dir: Path) -> dict[str, str]:
+    return {
+        p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def write_png(path: Path, width: int, height: int, depth: int, colour: int, rows: Iterable[bytes]) -> None:
+    """A PNG written chunk by chunk (Pillow writes no 16-bit RGB, and no image it cannot hold in memory):
+    ``rows`` are the scanlines without their filter byte, compressed as they come."""
+    packer = zlib.compressobj(1)
+    data = [packer.compress(b"\0" + row) for row in rows]  # filter type 0 on every row
+    data.append(packer.flush())
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(data)) + chunk(b"IEND", b"")
+    )
+
+
+def _sixteen_bit(colour: int) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        channels = {2: 3, 6: 4}[colour]
+        row = np.arange(64 * channels, dtype=">u2").tobytes()  # high bytes 0, low bytes count up
+        write_png(run / "textures/texture.png", 64, 64, 16, colour, [row] * 64)
+
+    return damage
+
+
+def _decompression_bomb(run: Path) -> None:
+    """A 100,000 x 100,000 PNG as the issue found it: its header and the first rows (all an image
+    decoder reads before it allocates); Pillow's own bomb check refuses it on open."""
+    write_png(run / "textures/texture.png", 100_000, 100_000, 8, 0, [bytes(100_000)] * 4)
+
+
+def _nothing(run: Path) -> None:
+    """The run as generated: the policy's limit alone refuses it."""
+
+
+@pytest.mark.parametrize(
+    ("damage", "settings", "message"),
+    [
+        pytest.param(_sixteen_bit(2), {}, r"16 bits per channel \(RGB;16B\) is not supported", id="16-bit-rgb-png"),
+        pytest.param(_sixteen_bit(6), {}, r"16 bits per channel \(RGBA;16B\) is not supported", id="16-bit-rgba-png"),
+        pytest.param(_decompression_bomb, {}, r"png is too large to decode: .*10000000000 pixels", id="bomb-png"),
+        pytest.param(_nothing, {"max_pixels": 4000}, r"64 x 64 = 4,096 pixels, more than max_pixels", id="pixels"),
+    ],
+)
+def test_a_hostile_or_oversized_result_is_refused_within_its_bounds_and_leaves_the_run_as_it_was(
+    run_dir: Path, damage: Callable[[Path], None], settings: dict, message: str
+) -> None:
+    damage(run_dir)
+    before = digests(run_dir)
+    policy = RightSizePolicy.from_settings({"mesh_error_samples": 2000}, settings)
+    began = time.perf_counter()
+    with pytest.raises(RightSizeInputError, match=message):
+        right_size_run(run_dir, policy)
+    assert time.perf_counter() - began < 20  # the identical faces alone took minutes unbounded
+    assert digests(run_dir) == before  # no variant, no record, originals byte for byte
+    assert not (run_dir / VARIANTS_NAME).exists()
+
+
+def test_a_texture_is_checked_against_max_pixels_before_it_is_decoded(tmp_path: Path) -> None:
+    """The issue's 24000 x 24000 PNG (1.7 MB of zeros) peaked at 10.7 GB: the module raised Pillow's
+    decompression-bomb limit to 2^30 pixels for every image the process opened. Now Pillow's limit is
+    left alone (it refuses 576 M pixels itself), and max_pixels (100 M by default) refuses what Pillow's
+    would let through, from the header, in well under a second."""
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # importing right-sizing changes nothing for anyone else
+    cases = [
+        (24_000, 24_000, r"huge\.png is too large to decode: Image size \(576000000 pixels\) exceeds limit"),
+        (12_000, 10_000, r"12000 x 10000 = 120,000,000 pixels, more than max_pixels = 100,000,000"),
+    ]
+    for width, height, refused in cases:
+        path = tmp_path / "huge.png"
+        write_png(path, width, height, 8, 0, (bytes(width) for _ in range(height)))
+        assert path.stat().st_size < 3 << 20  # a few MB on disk, hundreds of MB decoded
+        began = time.perf_counter()
+        with pytest.raises(RightSizeInputError, match=refused), textures.open_texture(path):
+            pass
+        assert time.perf_counter() - began < 1
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((100, 120, 3), dtype=np.uint8)).save(small)
+    with textures.open_texture(small, max_pixels=12_000) as image:  # the limit itself is allowed
+        assert image.size == (120, 100)
+
+
+def test_an_error_of_the_callers_own_work_is_not_called_an_unreadable_image(tmp_path: Path) -> None:
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(small)
+    with pytest.raises(PermissionError, match="disk says no"), textures.open_texture(small):
+        raise PermissionError("disk says no")
+
+
+def test_the_operator_fails_a_decompression_bomb_once_instead_of_retrying_it(run_dir: Path, connections: dict) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from e2e3d_provider.operators.right_size import RightSizeOperator
+
+    _decompression_bomb(run_dir)
+    operator = RightSizeOperator(task_id="right_size", run_dir=str(run_dir), settings={"mesh_error_samples": 1000})
+    with pytest.raises(AirflowFailException, match=r"texture\.png is too large to decode"):
+        operator.execute({})
