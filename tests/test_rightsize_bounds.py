@@ -21,8 +21,11 @@ from bench.rightsize_data import make_results
 from e2e3d_provider.core.layout import VARIANTS_NAME
 from e2e3d_provider.exceptions import RightSizeInputError
 from e2e3d_provider.lifecycle.right_size import right_size_run
+from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as textures
 from e2e3d_provider.rightsize.policy import RightSizePolicy
+
+PLY_XYZ = "ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +85,17 @@ def _nothing(run: Path) -> None:
     """The run as generated: the policy's limit alone refuses it."""
 
 
+def _duplicate_ply_property(run: Path) -> None:
+    (run / "pointcloud/pointcloud.ply").write_text(
+        "ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\nproperty float y\n"
+        "property float z\nend_header\n0 0 0 0\n"
+    )
+
+
+def _long_ply_row(run: Path) -> None:
+    (run / "pointcloud/pointcloud.ply").write_text(PLY_XYZ + "0  0  0\n" + "1" * 5000 + "  1  1\n")
+
+
 @pytest.mark.parametrize(
     ("damage", "settings", "message"),
     [
@@ -89,6 +103,10 @@ def _nothing(run: Path) -> None:
         pytest.param(_sixteen_bit(6), {}, r"16 bits per channel \(RGBA;16B\) is not supported", id="16-bit-rgba-png"),
         pytest.param(_decompression_bomb, {}, r"png is too large to decode: .*10000000000 pixels", id="bomb-png"),
         pytest.param(_nothing, {"max_pixels": 4000}, r"64 x 64 = 4,096 pixels, more than max_pixels", id="pixels"),
+        pytest.param(_duplicate_ply_property, {}, "property 'y' is declared more than once", id="ply-twice-y"),
+        pytest.param(
+            _long_ply_row, {"max_line_bytes": 1000}, "point row 1 is longer than max_line_bytes = 1,000", id="row"
+        ),
     ],
 )
 def test_a_hostile_or_oversized_result_is_refused_within_its_bounds_and_leaves_the_run_as_it_was(
@@ -145,3 +163,46 @@ def test_the_operator_fails_a_decompression_bomb_once_instead_of_retrying_it(run
     operator = RightSizeOperator(task_id="right_size", run_dir=str(run_dir), settings={"mesh_error_samples": 1000})
     with pytest.raises(AirflowFailException, match=r"texture\.png is too large to decode"):
         operator.execute({})
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("max_line_bytes", [None, 64 << 20])
+def test_an_ascii_ply_row_with_no_line_end_is_refused_not_read_forever(
+    tmp_path: Path, max_line_bytes: int | None
+) -> None:
+    """A 24 MiB row and no newline looped forever (a 20 MiB one failed cleanly): the reader took the end
+    of the file for the middle of a row once its buffer was a full block. With the default limit the row
+    is too long; with a limit above it, the reader sees the end of the file and the row is not 3 numbers."""
+    path = tmp_path / "cloud.ply"
+    with open(path, "w") as out:
+        out.write(PLY_XYZ.replace("vertex 2", "vertex 1"))
+        out.write("1  " * (8 << 20))  # 24 MiB, double spaces: the general reader, not Arrow's
+    limit = {} if max_line_bytes is None else {"max_line_bytes": max_line_bytes}
+    expected = "longer than max_line_bytes = 65,536" if max_line_bytes is None else "where 3 were expected"
+    began = time.perf_counter()
+    with pytest.raises(RightSizeInputError, match=expected):
+        clouds.to_binary(path, tmp_path / "out.ply", **limit)
+    assert time.perf_counter() - began < 15
+
+
+def test_ascii_rows_are_read_in_bounded_blocks_and_the_last_row_may_lack_its_line_end(tmp_path: Path) -> None:
+    """Chunks are cut at whole rows whatever their length (rows longer than the reader's estimate do not
+    make it hold more than a block or so), and the same points come out whatever the chunk size."""
+    rng = np.random.default_rng(3)
+    points = rng.uniform(-50, 50, size=(30_000, 3)).round(6)
+    text = [[f"{value:.6f}" for value in point] for point in points]
+    rows = "".join(f"{x}   {y}\t{z}{' ' * 40}\n" for x, y, z in text)  # ~80 bytes a row, where 48 are expected
+    expected = np.array(text, dtype=np.float64).astype(np.float32)
+    path = tmp_path / "cloud.ply"
+    path.write_text(PLY_XYZ.replace("vertex 2", f"vertex {len(points)}") + rows.rstrip("\n"))
+    header = clouds.read_header(path)
+    for chunk_rows in (1000, 20_000, 500_000):  # 20,000 rows are more than the 1 MiB block holds
+        with open(path, "rb") as handle:
+            handle.seek(header.data_offset)
+            chunks = list(clouds._ascii_chunks(handle, header, chunk_rows, path))
+        assert max(len(c) for c in chunks) <= chunk_rows
+        got = np.concatenate(chunks)
+        assert np.array_equal(np.column_stack([got["x"], got["y"], got["z"]]), expected)
+    path.write_text(PLY_XYZ + "0  0  0\n")
+    with pytest.raises(RightSizeInputError, match="ends after 1 of 2 points"):
+        list(clouds.iter_points(path, clouds.read_header(path)))

@@ -200,7 +200,7 @@ def right_size_pointcloud(run_dir: Path, original: str, policy: RightSizePolicy,
     from e2e3d_provider.rightsize import pointcloud as clouds
 
     binary = variant_relpath(original, "lod0")
-    cloud = clouds.to_binary(run_dir / original, run_dir / binary)
+    cloud = clouds.to_binary(run_dir / original, run_dir / binary, max_line_bytes=policy.max_line_bytes)
     record.originals[original] = {"points": cloud.points}
     figures = {
         "points": cloud.points,

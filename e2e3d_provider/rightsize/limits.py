@@ -9,3 +9,5 @@ from __future__ import annotations
 
 #: a texture of more pixels is refused from its header: decoding costs about 20 bytes a pixel at peak
 MAX_PIXELS = 100_000_000
+#: the longest ASCII PLY row read; a longer one (or a file with no line ends) is refused
+MAX_LINE_BYTES = 64 << 10

@@ -17,6 +17,7 @@ import numpy as np
 
 from e2e3d_provider.exceptions import RightSizeInputError
 from e2e3d_provider.rightsize.formatting import parse_numbers
+from e2e3d_provider.rightsize.limits import MAX_LINE_BYTES
 
 #: PLY scalar type names -> numpy type codes (without byte order)
 PLY_TYPES = {
@@ -55,7 +56,8 @@ class PlyHeader:
 
 def read_header(path: Path) -> PlyHeader:
     """Parse a PLY header; a file that is not a PLY point cloud (no vertex element with x, y, z, a
-    list property on vertices, an unknown format) is a :class:`RightSizeInputError`."""
+    list property on vertices, a property declared twice, an unknown format) is a
+    :class:`RightSizeInputError`."""
     with open(path, "rb") as handle:
         head = handle.read(64 * 1024)
     end = head.find(b"end_header")
@@ -66,7 +68,8 @@ def read_header(path: Path) -> PlyHeader:
         lines = head[:end].decode("ascii").splitlines()
     except UnicodeDecodeError:
         raise RightSizeInputError(f"{path}: its PLY header is not ASCII text") from None
-    fmt, count, properties, comments, element, more_elements = "", -1, [], [], None, False
+    fmt, count, comments, element, more_elements = "", -1, [], None, False
+    properties: list[tuple[str, str]] = []
     for line in lines[1:]:
         words = line.split()
         if not words:
@@ -86,6 +89,8 @@ def read_header(path: Path) -> PlyHeader:
         elif words[0] == "property" and element == "vertex":
             if words[1] == "list" or len(words) != 3 or words[1] not in PLY_TYPES:
                 raise RightSizeInputError(f"{path}: vertex property {line.strip()!r} is not a scalar PLY type")
+            if any(name == words[2] for name, _ in properties):  # no record type can hold it twice
+                raise RightSizeInputError(f"{path}: vertex property {words[2]!r} is declared more than once")
             properties.append((words[2], words[1]))
     if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
         raise RightSizeInputError(f"{path}: unknown PLY format {fmt!r}")
@@ -97,18 +102,23 @@ def read_header(path: Path) -> PlyHeader:
     return PlyHeader(fmt, count, properties, newline + 1, comments, more_elements)
 
 
-def iter_points(path: Path, header: PlyHeader, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+def iter_points(
+    path: Path, header: PlyHeader, rows: int = CHUNK_ROWS, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[np.ndarray]:
     """The vertex rows of a PLY file as little-endian structured arrays of at most ``rows`` rows each,
     read one chunk at a time. A file that ends early, or holds rows that are not numbers, or NaN or
-    infinite coordinates, is a :class:`RightSizeInputError` naming the row."""
+    infinite coordinates, or (ASCII) a row longer than ``max_line_bytes``, is a
+    :class:`RightSizeInputError` naming the row."""
     dtype = header.dtype("<")
     done = 0
     with open(path, "rb") as handle:
         handle.seek(header.data_offset)
         reader = None
         if header.format == "ascii":
-            simple = _single_spaced(handle, header) and not header.more_elements
-            reader = (_arrow_chunks if simple else _ascii_chunks)(handle, header, rows, path)
+            if _single_spaced(handle, header, max_line_bytes) and not header.more_elements:
+                reader = _arrow_chunks(handle, header, rows, path)
+            else:
+                reader = _ascii_chunks(handle, header, rows, path, max_line_bytes)
         while done < header.count:
             want = min(rows, header.count - done)
             if reader is not None:
@@ -129,10 +139,11 @@ def iter_points(path: Path, header: PlyHeader, rows: int = CHUNK_ROWS) -> Iterat
             yield chunk
 
 
-def _single_spaced(handle: BinaryIO, header: PlyHeader) -> bool:
-    """Whether the first vertex row is values split by single spaces (what the fast CSV reader takes)."""
+def _single_spaced(handle: BinaryIO, header: PlyHeader, max_line_bytes: int) -> bool:
+    """Whether the first vertex row is values split by single spaces (what the fast CSV reader takes);
+    at most ``max_line_bytes`` of it are read (a longer row is the general reader's to refuse)."""
     at = handle.tell()
-    first = handle.readline().rstrip(b"\r\n")
+    first = handle.readline(max_line_bytes + 1).rstrip(b"\r\n")
     handle.seek(at)
     return len(first.split(b" ")) == len(header.properties)
 
@@ -179,25 +190,42 @@ def _arrow_chunks(handle: BinaryIO, header: PlyHeader, rows: int, path: Path) ->
         yield merged[:left]
 
 
-def _ascii_chunks(handle: BinaryIO, header: PlyHeader, rows: int, path: Path) -> Iterator[np.ndarray]:
-    """ASCII vertex rows parsed a block of bytes at a time (cut at a line end), ``rows`` per chunk: the
-    general reader (any whitespace, elements after the vertices)."""
+def _ascii_chunks(
+    handle: BinaryIO, header: PlyHeader, rows: int, path: Path, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[np.ndarray]:
+    """ASCII vertex rows parsed a block of bytes at a time (cut at a line end), at most ``rows`` per chunk:
+    the general reader (any whitespace, elements after the vertices). What it holds is bounded: a chunk is
+    cut once a block's worth of whole rows is in, and a row longer than ``max_line_bytes`` (or a file with
+    no line ends) is refused; the end of the file is where a read returns nothing."""
     width, dtype = len(header.properties), header.dtype("<")
-    left, carry = header.count, b""
+    block = max(1 << 20, rows * 48)
+    left, buffer, ended = header.count, b"", False
     while left:
-        block = carry + handle.read(max(1 << 20, rows * 48))
-        if not block:
-            raise RightSizeInputError(f"{path} ends after {header.count - left} of {header.count} points")
-        lines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
-        if len(lines) >= min(rows, left):
-            cut = lines[min(rows, left) - 1] + 1
-        elif len(block) < max(1 << 20, rows * 48) and block.strip():  # the file's last line has no newline
-            cut = len(block)
+        want = min(rows, left)
+        ends = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8) == 10)
+        lengths = np.diff(ends, prepend=-1) - 1  # each whole row's bytes, without its line end
+        start = int(ends[-1]) + 1 if len(ends) else 0  # where the row still being read begins
+        over = np.flatnonzero(lengths > max_line_bytes)
+        if len(over) or len(buffer) - start > max_line_bytes:
+            row = header.count - left + (int(over[0]) if len(over) else len(ends))
+            raise RightSizeInputError(
+                f"{path}: point row {row} is longer than max_line_bytes = {max_line_bytes:,} bytes "
+                "(a PLY vertex row is a few numbers; raise max_line_bytes if the file is sound)"
+            )
+        if len(ends) >= want:
+            cut, take = int(ends[want - 1]) + 1, want
+        elif len(ends) and (ended or len(buffer) >= block):  # a block's worth of whole rows, or the last ones
+            cut, take = start, len(ends)
+        elif ended:
+            if not buffer.strip():
+                raise RightSizeInputError(f"{path} ends after {header.count - left} of {header.count} points")
+            cut, take = len(buffer), 1  # the file's last row, without a line end
         else:
-            carry = block
+            data = handle.read(block)
+            ended = not data
+            buffer += data
             continue
-        text, carry = block[:cut], block[cut:]
-        take = min(rows, left, len(lines) + (1 if cut == len(block) and not text.endswith(b"\n") else 0))
+        text, buffer = buffer[:cut], buffer[cut:]
         values = parse_numbers(text, np.float64, take * width, f"point rows {header.count - left}..", path)
         table = values.reshape(take, width)
         chunk = np.empty(take, dtype=dtype)
@@ -221,9 +249,10 @@ class BinaryResult:
         return float(np.linalg.norm(self.upper - self.lower))
 
 
-def to_binary(source: Path, target: Path, rows: int = CHUNK_ROWS) -> BinaryResult:
+def to_binary(source: Path, target: Path, rows: int = CHUNK_ROWS, max_line_bytes: int = MAX_LINE_BYTES) -> BinaryResult:
     """Rewrite the PLY ``source`` as binary little-endian PLY at ``target`` (same properties and values),
-    chunk by chunk; written to a partial file and renamed, so ``target`` is never half-written."""
+    chunk by chunk; written to a partial file and renamed, so ``target`` is never half-written. An ASCII
+    row longer than ``max_line_bytes`` is refused."""
     header = read_header(source)
     if header.count == 0:
         raise RightSizeInputError(f"{source} holds no points")
@@ -236,7 +265,7 @@ def to_binary(source: Path, target: Path, rows: int = CHUNK_ROWS) -> BinaryResul
         with open(partial, "wb") as out:
             out.write(header.text(comment="binary rewrite by e2e3d-provider right-sizing"))
             done = 0
-            for chunk in iter_points(source, header, rows):
+            for chunk in iter_points(source, header, rows, max_line_bytes):
                 out.write(chunk.tobytes())
                 xyz = np.column_stack([chunk["x"], chunk["y"], chunk["z"]]).astype(np.float64)
                 lower, upper = np.minimum(lower, xyz.min(axis=0)), np.maximum(upper, xyz.max(axis=0))

@@ -26,7 +26,8 @@ class RightSizePolicy:
     ``preservation`` lists the run-dir prefixes kept, dropped and removed after archive.
 
     The limits, since a result is untrusted input (passing one is a :class:`RightSizeInputError`):
-    ``max_pixels`` a texture may have (read from its header, before it is decoded)."""
+    ``max_pixels`` a texture may have (read from its header, before it is decoded);
+    ``max_line_bytes`` an ASCII PLY row may take."""
 
     mesh_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
     mesh_error_samples: int = 50_000
@@ -41,6 +42,7 @@ class RightSizePolicy:
     pointcloud_max_points: int = 1_500_000
     preservation: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PRESERVATION))
     max_pixels: int = limits.MAX_PIXELS
+    max_line_bytes: int = limits.MAX_LINE_BYTES
 
     def __post_init__(self) -> None:
         for name in ("mesh_lod_ratios", "pointcloud_lod_ratios"):
@@ -59,7 +61,7 @@ class RightSizePolicy:
         for name in ("mesh_error_samples", "mip_min_size", "tile_size", "tile_threshold", "pointcloud_max_points"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
-        for name in ("max_pixels",):
+        for name in ("max_pixels", "max_line_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
