@@ -5,9 +5,14 @@ seconds, leaving the run directory as it was; small limits set through the polic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -21,6 +26,7 @@ from bench.rightsize_data import make_results
 from e2e3d_provider.core.layout import VARIANTS_NAME
 from e2e3d_provider.exceptions import RightSizeInputError
 from e2e3d_provider.lifecycle.right_size import right_size_run
+from e2e3d_provider.rightsize import mesh as meshes
 from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as textures
 from e2e3d_provider.rightsize.policy import RightSizePolicy
@@ -96,6 +102,13 @@ def _long_ply_row(run: Path) -> None:
     (run / "pointcloud/pointcloud.ply").write_text(PLY_XYZ + "0  0  0\n" + "1" * 5000 + "  1  1\n")
 
 
+def _identical_faces(run: Path) -> None:
+    """50,000 copies of one textured triangle: meshoptimizer, the error figures and Draco take over a
+    minute on it (200,000 copies: past five minutes), in native code no Python timeout interrupts."""
+    head = "v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\n"
+    (run / "mesh/reconstructed_mesh.obj").write_text(head + "f 1/1 2/2 3/3\n" * 50_000)
+
+
 @pytest.mark.parametrize(
     ("damage", "settings", "message"),
     [
@@ -106,6 +119,11 @@ def _long_ply_row(run: Path) -> None:
         pytest.param(_duplicate_ply_property, {}, "property 'y' is declared more than once", id="ply-twice-y"),
         pytest.param(
             _long_ply_row, {"max_line_bytes": 1000}, "point row 1 is longer than max_line_bytes = 1,000", id="row"
+        ),
+        pytest.param(_nothing, {"max_faces": 200}, "has 242 f lines, more than max_faces = 200", id="faces"),
+        pytest.param(_identical_faces, {"mesh_seconds": 1.0}, "stopped after mesh_seconds = 1 s", id="mesh-seconds"),
+        pytest.param(  # less than the worker has mapped once its libraries are in: its first allocation fails
+            _nothing, {"mesh_memory_bytes": 50 << 20}, "worker .+ within mesh_memory_bytes = 52,428", id="mesh-memory"
         ),
     ],
 )
@@ -206,3 +224,82 @@ def test_ascii_rows_are_read_in_bounded_blocks_and_the_last_row_may_lack_its_lin
     path.write_text(PLY_XYZ + "0  0  0\n")
     with pytest.raises(RightSizeInputError, match="ends after 1 of 2 points"):
         list(clouds.iter_points(path, clouds.read_header(path)))
+
+
+def test_a_mesh_over_max_faces_is_refused_before_its_lines_are_split(tmp_path: Path) -> None:
+    path = tmp_path / "quads.obj"
+    path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\n" + "f 1 2 3 4\n" * 60)  # 120 triangles
+    assert len(meshes.read_obj(path, max_faces=120).faces) == 120
+    with pytest.raises(RightSizeInputError, match="about 120 triangles, more than max_faces = 100"):
+        meshes.read_obj(path, max_faces=100)
+    path.write_text("v 0 0 0\n" * 400 + "f 1 2 3\n")
+    with pytest.raises(RightSizeInputError, match=r"400 v lines, more than 3 x max_faces = 100"):
+        meshes.read_obj(path, max_faces=100)
+
+
+def test_the_mesh_chain_in_its_worker_gives_what_it_gives_in_process(generated: Path) -> None:
+    full = meshes.read_obj(generated / "mesh/reconstructed_mesh.obj")
+    chain = meshes.lod_chain(full, (0.5, 0.2), 2000)
+    here = meshes.lod_chain_arrays(
+        {"positions": full.positions, "faces": full.faces, "uvs": full.uvs}, [0.5, 0.2], 2000
+    )
+    assert [step.level for step in chain] == [0, 1, 2] and chain[0].mesh is full
+    for step in chain:
+        assert step.draco.data == here[f"draco{step.level}"].tobytes()
+        assert [step.error["hausdorff"], step.error["mean_distance"]] == here[f"error{step.level}"].tolist()
+        if step.level:
+            assert np.array_equal(step.mesh.faces, here[f"faces{step.level}"])
+            assert np.array_equal(step.mesh.positions, full.positions[here[f"used{step.level}"]])
+
+
+def test_the_worker_runs_only_right_sizing_functions_and_reports_a_bug_as_a_bug() -> None:
+    from e2e3d_provider.rightsize.worker import run_bounded
+
+    with pytest.raises(ValueError, match=r"runs functions of e2e3d_provider\.rightsize"):
+        run_bounded("os:system", {}, {}, seconds=5, memory_bytes=1 << 30, what="x")
+    with pytest.raises(RuntimeError, match=r"(?s)worker failed \(exit 1\).*TypeError"):  # not an input error
+        run_bounded(
+            "e2e3d_provider.rightsize.mesh:lod_chain_arrays",
+            {},
+            {"nope": 1},
+            seconds=30,
+            memory_bytes=4 << 30,
+            what="x",
+        )
+
+
+def test_the_worker_dies_with_the_process_that_started_it() -> None:
+    """A worker whose parent is killed outright (SIGKILL leaves it no chance to stop its children) does not
+    run on: Linux kills it (PR_SET_PDEATHSIG), once it has limited itself and started on the work."""
+    script = (  # the identical faces keep the worker busy for 20 s or more
+        "import numpy as np\n"
+        "from e2e3d_provider.rightsize.worker import run_bounded\n"
+        "arrays = {'positions': np.eye(3), 'faces': np.tile([0, 1, 2], (50_000, 1)), 'uvs': np.eye(3)[:, :2]}\n"
+        "options = {'ratios': [0.5], 'error_samples': 50_000}\n"
+        "run_bounded('e2e3d_provider.rightsize.mesh:lod_chain_arrays', arrays, options, seconds=600,\n"
+        "            memory_bytes=3 << 30, what='x')\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        child, deadline = None, time.monotonic() + 30
+        while time.monotonic() < deadline:  # the worker, past its start: its address space is limited
+            found = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+            with contextlib.suppress(OSError):
+                if found and str(3 << 30) in Path(f"/proc/{found[0]}/limits").read_text():
+                    child = int(found[0])
+                    break
+            time.sleep(0.05)
+        assert child is not None, "the worker did not start"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                break  # dead, not yet reaped by whoever adopted it
+        time.sleep(0.05)
+    else:
+        if Path(f"/proc/{child}").exists():
+            os.kill(child, signal.SIGKILL)
+            pytest.fail(f"worker {child} outlived its parent")

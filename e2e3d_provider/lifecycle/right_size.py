@@ -157,7 +157,7 @@ def right_size_mesh(run_dir: Path, original: str, policy: RightSizePolicy, recor
     from e2e3d_provider.rightsize import mesh as meshes
     from e2e3d_provider.rightsize.texture import WEB_FORMATS
 
-    full = meshes.read_obj(run_dir / original)
+    full = meshes.read_obj(run_dir / original, max_faces=policy.max_faces)
     record.originals[original] = {"faces": len(full.faces), "vertices": len(full.positions)}
     mtl = _mtl_path(original, full.mtllib)
     texture = _texture_of(run_dir, mtl)
@@ -165,12 +165,19 @@ def right_size_mesh(run_dir: Path, original: str, policy: RightSizePolicy, recor
     if texture:
         web_texture = variant_relpath(texture, "web", Path(texture).stem + WEB_FORMATS[policy.web_format][0])
     stem = Path(original).stem
-    chain = [(0, 1.0, full)] + [(n, r, None) for n, r in enumerate(policy.mesh_lod_ratios, 1)]
-    for level, ratio, lod in chain:
-        lod = lod or meshes.simplify(full, ratio)
+    chain = meshes.lod_chain(
+        full,
+        policy.mesh_lod_ratios,
+        policy.mesh_error_samples,
+        seconds=policy.mesh_seconds,
+        memory_bytes=policy.mesh_memory_bytes,
+        what=str(run_dir / original),
+    )
+    for step in chain:
+        level, ratio, lod = step.level, step.ratio, step.mesh
         figures: dict[str, Any] = {"faces": len(lod.faces), "vertices": len(lod.positions), "ratio": ratio}
         if level:
-            figures.update(meshes.surface_error(full, lod, policy.mesh_error_samples))
+            figures.update(step.error)
             rel = variant_relpath(original, f"lod{level}")
             mtllib = None
             if mtl is not None and is_result_original(mtl) and (run_dir / mtl).is_file():
@@ -191,7 +198,7 @@ def right_size_mesh(run_dir: Path, original: str, policy: RightSizePolicy, recor
             figures.update(hausdorff=0.0, mean_distance=0.0)
         glb = variant_relpath(original, f"lod{level}", f"{stem}.glb")
         uri = posixpath.relpath(web_texture, posixpath.dirname(glb)) if web_texture else None
-        meshes.write_glb(lod, run_dir / glb, uri)
+        meshes.write_glb(lod, step.draco, run_dir / glb, uri)
         figures.update(bytes=_size(run_dir, glb), of_original=_ratio(run_dir, glb, original), compression="draco")
         record.variants.append(Variant(glb, "web", original, level, figures))
 

@@ -23,7 +23,8 @@ class RightSizeOperator(E2E3DOperator):
     optimized PNG, a web variant, mips and tiles of each texture, and a binary PLY and voxel-grid LODs
     of each point cloud, and records them (with the preservation policy) for ``UploadResultsOperator``,
     which publishes originals and variants under one manifest and one SUCCESS. Originals are never
-    changed; a result it cannot read fails the task (no retry) and leaves no variant behind.
+    changed; a result it cannot read, or that passes one of the policy's limits (``max_pixels``,
+    ``max_faces``, ``mesh_seconds`` ...), fails the task (no retry) and leaves no variant behind.
 
     Returns ``{"enabled", "variants", "original_bytes", "variant_bytes", "seconds", "dropped"}`` (and, with
     ``job_id`` and ``stamp``, ``"handoff"``: the bucket, prefix and manifest key the run waits at).

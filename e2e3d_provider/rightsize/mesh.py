@@ -1,6 +1,9 @@
 """Meshes: read a textured OBJ, simplify it into a level-of-detail chain, write each LOD as an OBJ that
 shares the original's MTL and texture and as a Draco-compressed binary glTF, and measure each LOD's
 geometric error against the full mesh. Pure functions over files and arrays; no Airflow.
+
+The chain itself (meshoptimizer, the error figures, Draco: native code whose time some inputs blow up)
+runs in a child process with a time and a memory limit (:func:`lod_chain`, :mod:`.worker`).
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import numpy as np
 
 from e2e3d_provider.exceptions import RightSizeInputError
 from e2e3d_provider.rightsize.formatting import format_rows, parse_numbers
+from e2e3d_provider.rightsize.limits import MAX_FACES, MESH_MEMORY_BYTES, MESH_SECONDS
 
 #: quantization of positions in the GLB's Draco stream (bits per axis): 1/16384 of the largest extent
 DRACO_POSITION_BITS = 14
@@ -47,13 +52,28 @@ def _face_fields(sample: bytes) -> tuple[int, bool]:
     return corner.count(b"/") + 1, corner.count(b"/") >= 1
 
 
-def read_obj(path: Path) -> Mesh:
+def _count_lines(data: bytes, keyword: bytes) -> int:
+    """How many lines of ``data`` start with ``keyword`` and a blank (the lines ``_LINE_START`` finds),
+    counted in C before any line is split out."""
+    return sum(data.count(b"\n" + keyword + gap) + data.startswith(keyword + gap) for gap in (b" ", b"\t"))
+
+
+def read_obj(path: Path, max_faces: int = MAX_FACES) -> Mesh:
     """Read a triangle or polygon OBJ (polygons are fan-triangulated) with optional UVs and one material.
 
     Raises :class:`RightSizeInputError` for anything that is not such a file: no vertices, no faces,
-    indices out of range, unparsable numbers, several materials.
+    indices out of range, unparsable numbers, several materials; and for a mesh of more than ``max_faces``
+    triangles, or more than three times as many ``v`` or ``vt`` lines (more than its faces can use), which
+    is refused before its lines are split out (that costs about 40 bytes of memory a line).
     """
     data = path.read_bytes()
+    for keyword, most in ((b"f", max_faces), (b"v", 3 * max_faces), (b"vt", 3 * max_faces)):
+        if (count := _count_lines(data, keyword)) > most:
+            raise RightSizeInputError(
+                f"{path} has {count:,} {keyword.decode()} lines, more than "
+                f"{'' if keyword == b'f' else '3 x '}max_faces = {max_faces:,} allows "
+                "(raise max_faces if the mesh is sound)"
+            )
     found: dict[bytes, list[bytes]] = {b"v": [], b"vt": [], b"f": [], b"mtllib": [], b"usemtl": []}
     for match in _LINE_START.finditer(data):
         found[match.group(1)].append(match.group(2))
@@ -80,11 +100,15 @@ def read_obj(path: Path) -> Mesh:
     fields, has_uv = _face_fields(found[b"f"][0])
     text = b" ".join(found[b"f"]).replace(b"//", b" ").replace(b"/", b" ")
     corners = parse_numbers(text, np.int64, None, "a face line", path)
+    if (triangles := corners.size // fields - 2 * len(found[b"f"])) > max_faces:  # polygons: corners - 2 each
+        raise RightSizeInputError(f"{path} has about {triangles:,} triangles, more than max_faces = {max_faces:,}")
     if corners.size == len(found[b"f"]) * 3 * fields and b"#" not in text:  # all triangles, one format: vectorised
         table = corners.reshape(-1, 3, fields)
         face_v, face_t = table[:, :, 0], table[:, :, 1] if has_uv else None
     else:
         face_v, face_t = _polygon_faces(found[b"f"], fields, has_uv, path)
+    if len(face_v) > max_faces:
+        raise RightSizeInputError(f"{path} has {len(face_v):,} triangles, more than max_faces = {max_faces:,}")
     face_v = _absolute(face_v, len(positions), path, "vertex")
     if face_t is not None and uvs is not None:
         face_t = _absolute(face_t, len(uvs), path, "texture coordinate")
@@ -145,12 +169,29 @@ def simplify(mesh: Mesh, ratio: float) -> Mesh:
     meshoptimizer keeps the original vertices (it only collapses edges onto existing ones), so every
     LOD keeps exact UVs into the same texture; the border is locked so a terrain keeps its outline.
     """
-    import meshoptimizer
-
     if not 0 < ratio <= 1:
         raise ValueError(f"a level of detail keeps a fraction of the faces in (0, 1], not {ratio}")
     if ratio == 1:
         return mesh
+    return _subset(mesh, *_simplified(mesh, ratio))
+
+
+def _subset(mesh: Mesh, used: np.ndarray, faces: np.ndarray) -> Mesh:
+    """The mesh of ``faces`` over the vertices ``used`` of ``mesh`` (UVs and material kept)."""
+    return Mesh(
+        positions=mesh.positions[used],
+        faces=faces,
+        uvs=mesh.uvs[used] if mesh.uvs is not None else None,
+        mtllib=mesh.mtllib,
+        material=mesh.material,
+    )
+
+
+def _simplified(mesh: Mesh, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """meshoptimizer's simplification of ``mesh`` to ``ratio`` of its faces, as the indices of the
+    vertices it keeps and its faces over them."""
+    import meshoptimizer
+
     indices = np.ascontiguousarray(mesh.faces.ravel(), dtype=np.uint32)
     positions = np.ascontiguousarray(mesh.positions, dtype=np.float32)
     target = max(3, int(len(indices) * ratio) // 3 * 3)
@@ -164,13 +205,106 @@ def simplify(mesh: Mesh, ratio: float) -> Mesh:
         options=meshoptimizer.SIMPLIFY_LOCK_BORDER,
     )
     used, faces = np.unique(out[:kept], return_inverse=True)
-    return Mesh(
-        positions=mesh.positions[used],
-        faces=faces.reshape(-1, 3).astype(np.int64),
-        uvs=mesh.uvs[used] if mesh.uvs is not None else None,
-        mtllib=mesh.mtllib,
-        material=mesh.material,
+    return used, faces.reshape(-1, 3).astype(np.int64)
+
+
+@dataclass
+class DracoStream:
+    """A mesh's geometry as one Draco stream, and the unique ids Draco gave its attributes (the glTF
+    extension names them)."""
+
+    data: bytes
+    ids: dict[str, int]
+
+
+def encode_draco(mesh: Mesh) -> DracoStream:
+    """The mesh as one Draco stream: positions quantized to :data:`DRACO_POSITION_BITS`, UVs (flipped to
+    glTF's top-left origin) to :data:`DRACO_UV_BITS`. Native code: :func:`lod_chain` runs it bounded."""
+    import DracoPy
+
+    uvs = None if mesh.uvs is None else np.column_stack([mesh.uvs[:, 0], 1.0 - mesh.uvs[:, 1]])
+    try:
+        draco = DracoPy.encode(
+            mesh.positions.astype(np.float32),
+            faces=mesh.faces.astype(np.uint32),
+            quantization_bits=DRACO_POSITION_BITS,
+            compression_level=7,
+            tex_coord=uvs,
+            tex_coord_quantization_bits=DRACO_UV_BITS,
+        )
+    except DracoPy.EncodingFailedException as err:
+        raise RightSizeInputError(f"Draco cannot encode the mesh: {err}") from None
+    return DracoStream(draco, _draco_attribute_ids(draco))
+
+
+@dataclass
+class Level:
+    """One level of a mesh's chain: the mesh (level 0 is the original), the fraction of the faces it was
+    asked for, its Draco stream and its surface error against the original (fractions of the diagonal)."""
+
+    level: int
+    ratio: float
+    mesh: Mesh
+    draco: DracoStream
+    error: dict[str, float]
+
+
+def lod_chain(
+    mesh: Mesh,
+    ratios: Sequence[float],
+    error_samples: int,
+    *,
+    seconds: float = MESH_SECONDS,
+    memory_bytes: int = MESH_MEMORY_BYTES,
+    what: str = "the mesh",
+) -> list[Level]:
+    """The mesh and its simplifications to each of ``ratios`` of its faces, each with its Draco stream and
+    surface error (``error_samples`` points each way), computed in a child process that may use
+    ``memory_bytes`` of address space and is stopped after ``seconds``: a :class:`RightSizeInputError`
+    naming ``what`` and the limit then, so a hostile mesh costs bounded time and memory."""
+    from e2e3d_provider.rightsize.worker import run_bounded
+
+    arrays = {"positions": mesh.positions, "faces": mesh.faces}
+    if mesh.uvs is not None:
+        arrays["uvs"] = mesh.uvs
+    out = run_bounded(
+        f"{__name__}:lod_chain_arrays",
+        arrays,
+        {"ratios": [float(r) for r in ratios], "error_samples": int(error_samples)},
+        seconds=seconds,
+        memory_bytes=memory_bytes,
+        what=f"{what}: simplifying, measuring and Draco-encoding its levels",
+        preload=("meshoptimizer", "DracoPy", "scipy.spatial"),
     )
+    levels = []
+    for level, ratio in enumerate([1.0, *ratios]):
+        lod = mesh if level == 0 else _subset(mesh, out[f"used{level}"], out[f"faces{level}"])
+        ids = {"position": int(out[f"ids{level}"][0]), "tex_coord": int(out[f"ids{level}"][1])}
+        draco = DracoStream(out[f"draco{level}"].tobytes(), ids)
+        error = {"hausdorff": float(out[f"error{level}"][0]), "mean_distance": float(out[f"error{level}"][1])}
+        levels.append(Level(level, ratio, lod, draco, error))
+    return levels
+
+
+def lod_chain_arrays(arrays: dict[str, np.ndarray], ratios: list[float], error_samples: int) -> dict[str, np.ndarray]:
+    """:func:`lod_chain`'s work, run by the worker: per level ``n`` (0 = the mesh itself), ``used<n>`` and
+    ``faces<n>`` (the simplification), ``draco<n>`` and ``ids<n>`` (its stream, position and UV ids),
+    ``error<n>`` (Hausdorff and mean distance)."""
+    mesh = Mesh(arrays["positions"], arrays["faces"], arrays.get("uvs"))
+    out: dict[str, np.ndarray] = {}
+    for level, ratio in enumerate([1.0, *ratios]):
+        if level:
+            used, faces = _simplified(mesh, ratio)
+            lod = _subset(mesh, used, faces)
+            out[f"used{level}"], out[f"faces{level}"] = used, faces
+            error = surface_error(mesh, lod, error_samples)
+        else:
+            lod, error = mesh, {"hausdorff": 0.0, "mean_distance": 0.0}
+        draco = encode_draco(lod)
+        out[f"draco{level}"] = np.frombuffer(draco.data, dtype=np.uint8)
+        out[f"ids{level}"] = np.array([draco.ids["position"], draco.ids["tex_coord"]], dtype=np.int64)
+        out[f"error{level}"] = np.array([error["hausdorff"], error["mean_distance"]])
+    return out
 
 
 def write_obj(mesh: Mesh, path: Path, mtllib: str | None = None, comment: str = "") -> None:
@@ -193,23 +327,11 @@ def write_obj(mesh: Mesh, path: Path, mtllib: str | None = None, comment: str = 
             out.writelines(format_rows("f %d %d %d\n", corners))
 
 
-def write_glb(mesh: Mesh, path: Path, texture_uri: str | None = None) -> int:
-    """A binary glTF 2.0 of ``mesh`` whose geometry is one Draco stream (KHR_draco_mesh_compression):
-    positions quantized to :data:`DRACO_POSITION_BITS`, UVs (flipped to glTF's top-left origin) to
-    :data:`DRACO_UV_BITS`. ``texture_uri`` (relative to the GLB) becomes its base colour texture.
-    Returns the bytes written."""
-    import DracoPy
-
-    uvs = None if mesh.uvs is None else np.column_stack([mesh.uvs[:, 0], 1.0 - mesh.uvs[:, 1]])
-    draco = DracoPy.encode(
-        mesh.positions.astype(np.float32),
-        faces=mesh.faces.astype(np.uint32),
-        quantization_bits=DRACO_POSITION_BITS,
-        compression_level=7,
-        tex_coord=uvs,
-        tex_coord_quantization_bits=DRACO_UV_BITS,
-    )
-    ids = _draco_attribute_ids(draco)
+def write_glb(mesh: Mesh, stream: DracoStream, path: Path, texture_uri: str | None = None) -> int:
+    """A binary glTF 2.0 of ``mesh`` whose geometry is ``stream``, its Draco stream (from
+    :func:`encode_draco`; KHR_draco_mesh_compression). ``texture_uri`` (relative to the GLB) becomes its
+    base colour texture. Returns the bytes written."""
+    draco, ids = stream.data, stream.ids
     attributes = {"POSITION": 0}
     draco_attributes = {"POSITION": ids["position"]}
     accessors: list[dict[str, object]] = [
@@ -221,10 +343,10 @@ def write_glb(mesh: Mesh, path: Path, texture_uri: str | None = None) -> int:
             "max": mesh.positions.max(axis=0).tolist(),
         }
     ]
-    if uvs is not None:
+    if mesh.uvs is not None:
         attributes["TEXCOORD_0"] = len(accessors)
         draco_attributes["TEXCOORD_0"] = ids["tex_coord"]
-        accessors.append({"componentType": 5126, "count": len(uvs), "type": "VEC2"})
+        accessors.append({"componentType": 5126, "count": len(mesh.uvs), "type": "VEC2"})
     primitive: dict[str, object] = {
         "attributes": attributes,
         "indices": len(accessors),

@@ -27,7 +27,9 @@ class RightSizePolicy:
 
     The limits, since a result is untrusted input (passing one is a :class:`RightSizeInputError`):
     ``max_pixels`` a texture may have (read from its header, before it is decoded);
-    ``max_line_bytes`` an ASCII PLY row may take."""
+    ``max_line_bytes`` an ASCII PLY row may take;
+    ``max_faces`` a mesh may have, and ``mesh_seconds`` and ``mesh_memory_bytes`` for the child process its
+    level chain (meshoptimizer, the error figures, Draco) runs in."""
 
     mesh_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
     mesh_error_samples: int = 50_000
@@ -43,6 +45,9 @@ class RightSizePolicy:
     preservation: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PRESERVATION))
     max_pixels: int = limits.MAX_PIXELS
     max_line_bytes: int = limits.MAX_LINE_BYTES
+    max_faces: int = limits.MAX_FACES
+    mesh_seconds: float = limits.MESH_SECONDS
+    mesh_memory_bytes: int = limits.MESH_MEMORY_BYTES
 
     def __post_init__(self) -> None:
         for name in ("mesh_lod_ratios", "pointcloud_lod_ratios"):
@@ -61,10 +66,13 @@ class RightSizePolicy:
         for name in ("mesh_error_samples", "mip_min_size", "tile_size", "tile_threshold", "pointcloud_max_points"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
-        for name in ("max_pixels", "max_line_bytes"):
+        for name in ("max_pixels", "max_line_bytes", "max_faces", "mesh_memory_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        seconds = self.mesh_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < float("inf"):
+            raise ValueError(f"mesh_seconds must be a positive number of seconds, not {seconds!r}")
         object.__setattr__(self, "preservation", preservation_policy(self.preservation))
 
     @classmethod
