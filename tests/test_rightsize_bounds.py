@@ -125,6 +125,9 @@ def _identical_faces(run: Path) -> None:
         pytest.param(  # less than the worker has mapped once its libraries are in: its first allocation fails
             _nothing, {"mesh_memory_bytes": 50 << 20}, "worker .+ within mesh_memory_bytes = 52,428", id="mesh-memory"
         ),
+        pytest.param(
+            _nothing, {"max_input_bytes": 10_000}, r"obj is [\d,]+ bytes, more than max_input_bytes", id="bytes"
+        ),
     ],
 )
 def test_a_hostile_or_oversized_result_is_refused_within_its_bounds_and_leaves_the_run_as_it_was(
@@ -303,3 +306,18 @@ def test_the_worker_dies_with_the_process_that_started_it() -> None:
         if Path(f"/proc/{child}").exists():
             os.kill(child, signal.SIGKILL)
             pytest.fail(f"worker {child} outlived its parent")
+
+
+def test_the_policy_takes_the_limits_and_refuses_nonsense() -> None:
+    policy = RightSizePolicy.from_settings({"max_pixels": 10_000, "mesh_seconds": 2.5})
+    assert (policy.max_pixels, policy.mesh_seconds) == (10_000, 2.5)
+    defaults = RightSizePolicy()
+    assert (defaults.max_pixels, defaults.max_faces, defaults.max_line_bytes) == (100_000_000, 5_000_000, 65_536)
+    assert (defaults.max_input_bytes, defaults.mesh_seconds, defaults.mesh_memory_bytes) == (2 << 30, 300.0, 4 << 30)
+    bad = [("max_pixels", 0), ("max_faces", "many"), ("max_line_bytes", 1.5), ("mesh_memory_bytes", True)]
+    for key, value in [*bad, ("max_input_bytes", -1)]:
+        with pytest.raises(ValueError, match=f"{key} must be a positive integer"):
+            RightSizePolicy.from_settings({key: value})
+    for value in (0, -1, float("inf"), "60"):
+        with pytest.raises(ValueError, match="mesh_seconds must be a positive number"):
+            RightSizePolicy.from_settings({"mesh_seconds": value})

@@ -26,6 +26,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.manifest import iter_run_files
 from e2e3d_provider.core.variants import RightSizeRecord, Variant
+from e2e3d_provider.rightsize.limits import check_size
 from e2e3d_provider.rightsize.policy import RightSizePolicy
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,7 @@ def right_size_run(run_dir: Path, policy: RightSizePolicy, *, enabled: bool = Tr
                 before = sum(_size(run_dir, rel) for rel in originals)
                 count = len(record.variants)
                 for rel in originals:
+                    check_size(run_dir / rel, policy.max_input_bytes)  # before any reader holds it
                     STEPS[kind](run_dir, rel, policy, record)
                 added = sum(v.figures.get("bytes", 0) for v in record.variants[count:])
                 record.statistics[kind] = {

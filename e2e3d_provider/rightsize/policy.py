@@ -29,7 +29,8 @@ class RightSizePolicy:
     ``max_pixels`` a texture may have (read from its header, before it is decoded);
     ``max_line_bytes`` an ASCII PLY row may take;
     ``max_faces`` a mesh may have, and ``mesh_seconds`` and ``mesh_memory_bytes`` for the child process its
-    level chain (meshoptimizer, the error figures, Draco) runs in."""
+    level chain (meshoptimizer, the error figures, Draco) runs in;
+    ``max_input_bytes`` any original may have (checked before it is opened)."""
 
     mesh_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
     mesh_error_samples: int = 50_000
@@ -48,6 +49,7 @@ class RightSizePolicy:
     max_faces: int = limits.MAX_FACES
     mesh_seconds: float = limits.MESH_SECONDS
     mesh_memory_bytes: int = limits.MESH_MEMORY_BYTES
+    max_input_bytes: int = limits.MAX_INPUT_BYTES
 
     def __post_init__(self) -> None:
         for name in ("mesh_lod_ratios", "pointcloud_lod_ratios"):
@@ -66,7 +68,7 @@ class RightSizePolicy:
         for name in ("mesh_error_samples", "mip_min_size", "tile_size", "tile_threshold", "pointcloud_max_points"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
-        for name in ("max_pixels", "max_line_bytes", "max_faces", "mesh_memory_bytes"):
+        for name in ("max_pixels", "max_line_bytes", "max_faces", "mesh_memory_bytes", "max_input_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
