@@ -64,11 +64,13 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     for bucket, state in states.items():
         print(f"bucket {bucket}: {state}")
     if args.roles:
-        from e2e3d_provider.hooks.storage_roles import role_keys_from_connections
+        from e2e3d_provider.hooks.storage_roles import backup_user_from_connection, role_keys_from_connections
 
         keys = role_keys_from_connections(storage.settings["access_key"])
-        for role in storage.apply_roles(keys):
-            print(f"role {role}: MinIO user {keys[role][0]} with policy e2e3d-{role}")
+        backup = backup_user_from_connection(storage.endpoint_url, storage.settings["access_key"])
+        users = {**keys, **({"backup": backup[:2]} if backup else {})}
+        for role in storage.apply_roles(keys, backup):
+            print(f"role {role}: MinIO user {users[role][0]} with policy e2e3d-{role}")
     if args.storage_only:
         return 0
     version = MetadataHook(args.metadata_conn_id).migrate()
@@ -402,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles",
         action="store_true",
         help="also create the least-privilege roles on MinIO (users and policies, through its admin API) with "
-        "the keys of the role connections minio_ingest, minio_worker, minio_api, minio_maintenance",
+        "the keys of the role connections minio_ingest, minio_worker, minio_api, minio_maintenance, and the "
+        "backup target's user (e2e3d_backup, limited to its bucket) when that bucket is on this MinIO",
     )
     boot.add_argument("--storage-only", action="store_true", help="buckets (and roles) only, not the schema")
     boot.set_defaults(func=cmd_bootstrap)

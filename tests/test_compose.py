@@ -85,12 +85,14 @@ def test_the_celery_profile_runs_scalable_workers_as_airflows_official_compose_d
         and "@redis:6379" in env["AIRFLOW__CELERY__BROKER_URL"]
     )
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
-    assert {k: v for k, v in env.items() if k != "DUMB_INIT_SETSID"} == airflow_env()  # the same Airflow as the rest
+    settings = {k: v for k, v in env.items() if k != "DUMB_INIT_SETSID" and not k.startswith("AIRFLOW_CONN_")}
+    assert settings == airflow_env()  # the same Airflow as the rest (its connections: the tasks' share)
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
 def airflow_env() -> dict[str, str]:
-    return compose()["services"]["airflow-apiserver"]["environment"]
+    """The environment every Airflow service shares (its connections come per service, see below)."""
+    return compose()["services"]["airflow-dag-processor"]["environment"]
 
 
 def code_conn_ids() -> set[str]:
@@ -117,11 +119,64 @@ def code_env_vars() -> set[str]:
     return {n for n in names if not n.startswith("E2E3D_TEST_")}
 
 
-def test_connections_set_are_exactly_those_the_code_reads() -> None:
-    set_ids = {name.removeprefix("AIRFLOW_CONN_").lower() for name in airflow_env() if name.startswith("AIRFLOW_CONN_")}
-    assert set_ids == code_conn_ids()
-    assert '"conn_type": "aws"' in airflow_env()["AIRFLOW_CONN_MINIO_DEFAULT"]
-    assert airflow_env()["AIRFLOW_CONN_E2E3D_METADATA"].startswith("postgresql://")
+#: compose service -> the Airflow component it runs (hooks.COMPONENT_CONN_IDS says what each is given)
+SERVICE_COMPONENTS = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-worker": "celery-worker",
+    "airflow-triggerer": "triggerer",
+    "airflow-dag-processor": "dag-processor",
+}
+
+
+def conn_ids_of(service: str) -> set[str]:
+    env = compose()["services"][service].get("environment", {})
+    return {name.removeprefix("AIRFLOW_CONN_").lower() for name in env if name.startswith("AIRFLOW_CONN_")}
+
+
+def test_each_service_gets_only_the_connections_its_component_is_given() -> None:
+    """Every connection was handed to every service, so any task could read the MinIO root keys and the
+    backup target's. Each Airflow service now holds its component's share (COMPONENT_CONN_IDS), the admin's
+    keys are only in the two init services, and together they set every connection the code reads."""
+    from e2e3d_provider.hooks import COMPONENT_CONN_IDS, DEFAULT_METADATA_CONN_ID, ROLE_CONN_IDS
+
+    for service, component in SERVICE_COMPONENTS.items():
+        assert conn_ids_of(service) == set(COMPONENT_CONN_IDS[component]), service
+    assert conn_ids_of("airflow-init") == {ROLE_CONN_IDS["admin"], DEFAULT_METADATA_CONN_ID}  # bootstrap
+    roles = {conn for role, conn in ROLE_CONN_IDS.items() if role != "admin"}
+    assert conn_ids_of("minio-init") == {ROLE_CONN_IDS["admin"], *roles, "e2e3d_backup"}  # the users it makes
+    admin_holders = {name for name in compose()["services"] if ROLE_CONN_IDS["admin"] in conn_ids_of(name)}
+    assert admin_holders == {"minio-init", "airflow-init"}
+    every = set().union(*(conn_ids_of(name) for name in compose()["services"]))
+    assert every == code_conn_ids() - {StorageHook.default_conn_name}  # minio_default: the roles replace it
+    api = compose()["services"]["airflow-apiserver"]["environment"]
+    assert '"conn_type": "aws"' in api["AIRFLOW_CONN_MINIO_API"]
+    assert api["AIRFLOW_CONN_E2E3D_METADATA"].startswith("postgresql://")
+
+
+def test_compose_refuses_to_start_without_every_secret() -> None:
+    """Compose defaulted to a known JWT secret and known passwords. Now every secret is required
+    (``${VAR:?...}``), .env.example leaves each empty, and deploy/new_env.py fills them with fresh values."""
+    import importlib.util
+
+    text = COMPOSE.read_text()
+    secret = re.compile(r"^[A-Z0-9_]*(PASSWORD|SECRET|SECRET_KEY|FERNET_KEY)$")
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", text))
+    secrets_used = {name for name in used if secret.match(name)}
+    assert len(secrets_used) >= 10, secrets_used
+    for name in secrets_used:
+        assert "${" + name + ":-" not in text, f"{name} has a default in docker-compose.yaml"
+        assert "${" + name + ":?" in text, f"{name} is not required in docker-compose.yaml"
+    example = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert all(example[name] == "" for name in secrets_used), "a secret in .env.example has a value"
+    spec = importlib.util.spec_from_file_location("new_env", ROOT / "deploy" / "new_env.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    one, two = (dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", module.new_env((ROOT / ".env.example").read_text()), re.M))
+                for _ in range(2))  # fmt: skip
+    for name in secrets_used:
+        assert one[name] and one[name] != two[name], name  # fresh each time
+    assert len(one["AIRFLOW_JWT_SECRET"]) >= 64 and 8 <= len(one["MINIO_WORKER_PASSWORD"]) <= 40
 
 
 def test_e2e3d_variables_set_are_exactly_those_the_code_reads() -> None:
@@ -130,7 +185,7 @@ def test_e2e3d_variables_set_are_exactly_those_the_code_reads() -> None:
 
 
 def test_env_example_documents_every_variable_the_compose_file_uses() -> None:
-    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", COMPOSE.read_text()))  # not $$-escaped
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::[-?][^}]*)?\}", COMPOSE.read_text()))  # not $$-escaped
     documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert used == documented
 
@@ -145,13 +200,15 @@ def test_minio_init_makes_the_roles_with_the_projects_own_bootstrap() -> None:
     assert init["image"] == services["airflow-apiserver"]["image"] and init["build"] == "."
     assert "e2e3d bootstrap --roles --storage-only" in init["command"][-1]
     assert init["depends_on"] == {"minio": {"condition": "service_healthy"}}
-    assert init["environment"] == airflow_env()
+    env = init["environment"]
+    assert {k: v for k, v in env.items() if not k.startswith("AIRFLOW_CONN_")} == airflow_env()
     for role in GRANTS:
-        conn = json.loads(airflow_env()[f"AIRFLOW_CONN_MINIO_{role.upper()}"])
+        conn = json.loads(env[f"AIRFLOW_CONN_MINIO_{role.upper()}"])
         assert conn["login"].startswith(f"${{MINIO_{role.upper()}_USER")
-    for name in ("AIRFLOW_CONN_MINIO_API", "AIRFLOW_CONN_MINIO_DEFAULT"):  # the URLs a browser fetches
-        extra = json.loads(airflow_env()[name])["extra"]
-        assert extra["presign_endpoint_url"].startswith("${E2E3D_PUBLIC_S3_URL:-http://localhost:9000")
+    backup = json.loads(env["AIRFLOW_CONN_E2E3D_BACKUP"])
+    assert backup["login"].startswith("${E2E3D_BACKUP_USER:-e2e3d-backup")  # its own user, not the root's
+    extra = json.loads(services["airflow-apiserver"]["environment"]["AIRFLOW_CONN_MINIO_API"])["extra"]
+    assert extra["presign_endpoint_url"].startswith("${E2E3D_PUBLIC_S3_URL:-http://localhost:9000")  # for browsers
     assert "mc " not in json.dumps(init)
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -198,8 +199,12 @@ def dotenv(path: Path) -> dict[str, str]:
 
 
 def write_env(target: Path, **values: str) -> Path:
-    """.env.example with ``values`` put in (replaced where it has them, appended otherwise)."""
-    lines = (ROOT / ".env.example").read_text().splitlines()
+    """A .env as a user makes one (``deploy/new_env.py``: .env.example with fresh secrets), with ``values`` put
+    in (replaced where it has them, appended otherwise)."""
+    made = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "new_env.py")], capture_output=True, text=True, check=True, timeout=60
+    )
+    lines = made.stdout.splitlines()
     todo = dict(values)
     for i, line in enumerate(lines):
         key = line.split("=", 1)[0]

@@ -148,6 +148,10 @@ def test_bootstrap_roles_makes_minio_users_from_the_role_connections(
     for role, (access, secret) in fresh.items():
         conn = {**stack_info.role_conn("admin"), "login": access, "password": secret}
         env[f"AIRFLOW_CONN_MINIO_{role.upper()}"] = json.dumps(conn)
+    backup_keys = (f"bootbackup{secrets.token_hex(4)}", secrets.token_urlsafe(18))
+    backup_conn = {**stack_info.role_conn("admin"), "login": backup_keys[0], "password": backup_keys[1]}
+    backup_conn["extra"] = {**backup_conn["extra"], "bucket": "boot-backup"}
+    env["AIRFLOW_CONN_E2E3D_BACKUP"] = json.dumps(backup_conn)
     command = [str(Path(sys.executable).parent / "e2e3d"), "bootstrap", "--roles", "--storage-only"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     if s3_server != "minio":
@@ -159,6 +163,12 @@ def test_bootstrap_roles_makes_minio_users_from_the_role_connections(
     worker = client(stack_info, *fresh["worker"])
     assert attempt(worker, "list", "output", "roles-probe/x")
     assert not attempt(worker, "put", "input", "roles-probe/x")
+    # the backup target on this MinIO gets a user of its own, limited to its bucket (which now exists)
+    assert f"role backup: MinIO user {backup_keys[0]} with policy e2e3d-backup" in result.stdout
+    backup = client(stack_info, *backup_keys)
+    assert attempt(backup, "put", "boot-backup", "roles-probe/x")
+    assert not attempt(backup, "list", "output", "roles-probe/x")
+    assert not attempt(backup, "put", "output", "roles-probe/x")
     # run again: idempotent, and a changed secret takes effect
     env["AIRFLOW_CONN_MINIO_WORKER"] = json.dumps(
         {**stack_info.role_conn("admin"), "login": fresh["worker"][0], "password": "a-new-worker-secret"}

@@ -98,3 +98,17 @@ def minio_policy(role: str) -> dict[str, Any]:
         if object_level:
             statements.append({"Effect": "Allow", "Action": object_level, "Resource": [f"arn:aws:s3:::{bucket}/*"]})
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def minio_backup_policy(bucket: str) -> dict[str, Any]:
+    """The IAM policy of the backup target's own user on a MinIO that also holds the live buckets: its
+    bucket alone (list it, read, write and delete objects in it), nothing of the live buckets, no
+    configuration. The backup reads the live buckets with the maintenance role, and writes here."""
+    object_actions = sorted({*_S3_ACTIONS[READ], *_S3_ACTIONS[WRITE], *_S3_ACTIONS[TAG]})
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": _S3_ACTIONS[LIST], "Resource": [f"arn:aws:s3:::{bucket}"]},
+            {"Effect": "Allow", "Action": object_actions, "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+        ],
+    }

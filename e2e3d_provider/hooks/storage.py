@@ -469,9 +469,15 @@ class StorageHook(BaseHook):
             self.log.info("bucket %s: %s%s", bucket, states[bucket], " (versioned)" if bucket in versioned else "")
         return states
 
-    def apply_roles(self, role_keys: dict[str, tuple[str, str]]) -> list[str]:
+    def apply_roles(
+        self, role_keys: dict[str, tuple[str, str]], backup: tuple[str, str, str] | None = None
+    ) -> list[str]:
         """Create or update the least-privilege roles as MinIO users and policies, through MinIO's admin
-        API with this connection's keys (the admin role's); role -> (access key, secret key). Idempotent."""
+        API with this connection's keys (the admin role's); role -> (access key, secret key); with
+        ``backup`` (access key, secret, bucket) also the backup target's user, limited to its bucket
+        (which is created). Idempotent."""
+        if backup is not None:
+            self.bootstrap(buckets=(backup[2],), versioned=())
         s = self.settings
         if not s["access_key"] or not s["secret_key"]:
             raise StorageAuthError(
@@ -480,7 +486,7 @@ class StorageHook(BaseHook):
         admin = storage_roles.admin_client(s["endpoint"], s["access_key"], s["secret_key"], s["secure"], s["verify"])
         where = f"the server of connection {self.minio_conn_id!r} at {self.endpoint_url}"
         try:
-            return storage_roles.apply_roles(admin, role_keys, where)
+            return storage_roles.apply_roles(admin, role_keys, where, backup=backup)
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise self.translate(err, "roles") from err
 

@@ -18,9 +18,11 @@ from minio.credentials import StaticProvider
 from minio.error import MinioAdminException
 
 from e2e3d_provider.core.retry import RetryPolicy
-from e2e3d_provider.core.roles import GRANTS, minio_policy
+from e2e3d_provider.core.roles import GRANTS, minio_backup_policy, minio_policy
 from e2e3d_provider.exceptions import StorageAuthError, StorageError
 
+#: the name (policy ``e2e3d-backup``) of the backup target's own user, when the target is a bucket on this MinIO
+BACKUP_USER = "backup"
 #: MinIO's limits on a user's secret key
 SECRET_LENGTH = (8, 40)
 
@@ -71,24 +73,34 @@ ADMIN_RETRY = RetryPolicy(attempts=8, delay=0.25)
 
 
 def apply_roles(
-    admin: MinioAdmin, role_keys: dict[str, tuple[str, str]], where: str, retry: RetryPolicy = ADMIN_RETRY
+    admin: MinioAdmin,
+    role_keys: dict[str, tuple[str, str]],
+    where: str,
+    retry: RetryPolicy = ADMIN_RETRY,
+    backup: tuple[str, str, str] | None = None,
 ) -> list[str]:
-    """Create or update one MinIO user and policy per role in ``role_keys`` (role -> access key, secret);
+    """Create or update one MinIO user and policy per role in ``role_keys`` (role -> access key, secret),
+    and with ``backup`` (access key, secret, bucket) the backup target's own user, limited to its bucket;
     return the roles applied. Unknown roles and secrets MinIO would refuse are refused first."""
+    users: dict[str, tuple[str, str, dict[str, Any]]] = {}
     for role, (access_key, secret_key) in role_keys.items():
         if role not in GRANTS:
             raise ValueError(f"unknown storage role {role!r}: the roles are {', '.join(GRANTS)}")
+        users[role] = (access_key, secret_key, minio_policy(role))
+    if backup is not None:
+        users[BACKUP_USER] = (backup[0], backup[1], minio_backup_policy(backup[2]))
+    for role, (access_key, secret_key, _) in users.items():
         if not access_key or not SECRET_LENGTH[0] <= len(secret_key or "") <= SECRET_LENGTH[1]:
             raise ValueError(
                 f"role {role!r}: MinIO needs an access key and a secret key of {SECRET_LENGTH[0]} to "
                 f"{SECRET_LENGTH[1]} characters"
             )
     applied = []
-    for role, (access_key, secret_key) in sorted(role_keys.items()):
+    for role, (access_key, secret_key, policy) in sorted(users.items()):
         name = policy_name(role)
         step = f"policy {name}"
         try:
-            retry.call(partial(admin.policy_add, name, policy=minio_policy(role)), step)
+            retry.call(partial(admin.policy_add, name, policy=policy), step)
             step = f"user {access_key}"
             retry.call(partial(admin.user_add, access_key, secret_key), step)
             step = f"policy mapping of {access_key}"
@@ -132,3 +144,31 @@ def user_policies(admin: MinioAdmin) -> dict[str, Any]:
     """Access key -> the policy names MinIO maps it to (what :func:`apply_roles` set)."""
     users = json.loads(admin.user_list() or "{}")
     return {key: (value.get("policyName") or "") for key, value in users.items()}
+
+
+def backup_user_from_connection(admin_endpoint: str, admin_access_key: str) -> tuple[str, str, str] | None:
+    """The backup target's own user (access key, secret, bucket), read from the ``e2e3d_backup`` connection,
+    when that target is a bucket on the admin's own server: it gets a user limited to that bucket, so the
+    tasks that back up never hold the admin's keys. None when the connection is not defined or names
+    another endpoint (whose keys are that server's own). Reusing the admin's keys is refused."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from e2e3d_provider.core.backup_catalog import DEFAULT_BACKUP_BUCKET
+    from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID
+
+    try:
+        conn = BaseHook.get_connection(DEFAULT_BACKUP_CONN_ID)
+    except AirflowNotFoundException:
+        return None
+    extra = conn.extra_dejson or {}
+    if (extra.get("endpoint_url") or "").rstrip("/") != admin_endpoint.rstrip("/"):
+        return None
+    if not conn.login or not conn.password:
+        raise StorageError(f"connection {DEFAULT_BACKUP_CONN_ID!r} has no access key (login) or secret key (password)")
+    if conn.login == admin_access_key:
+        raise StorageError(
+            f"connection {DEFAULT_BACKUP_CONN_ID!r} uses the admin's access key: the backup target needs keys of "
+            "its own (a user limited to its bucket, which bootstrap --roles creates)"
+        )
+    return conn.login, conn.password, extra.get("bucket") or DEFAULT_BACKUP_BUCKET
