@@ -313,13 +313,22 @@ def check_bootstrap(compose: Compose) -> None:
 
 
 def ingest_sample(compose: Compose, dataset: str) -> None:
-    """The package's sample images, ingested from inside the api-server's container (e2e3d ingest, with the
-    ingest role's connection)."""
+    """The package's sample images, ingested from inside the api-server's container with ``e2e3d ingest`` and
+    the ingest role's keys, given to that one command as an operator would: no service holds them (each has
+    only its component's connections)."""
     container = compose.container("airflow-apiserver")
     sample = compose.podman(
         "exec", container, "python", "-c", "from e2e3d_provider.devstack.demo import SAMPLE_DIR; print(SAMPLE_DIR)"
     ).stdout.strip()
-    compose.podman("exec", container, "e2e3d", "ingest", sample, "--dataset", dataset, timeout=300)
+    v = compose.values
+    ingest = {
+        "conn_type": "aws",
+        "login": v["MINIO_INGEST_USER"],
+        "password": v["MINIO_INGEST_PASSWORD"],
+        "extra": {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"},
+    }
+    role = f"AIRFLOW_CONN_MINIO_INGEST={json.dumps(ingest)}"
+    compose.podman("exec", "-e", role, container, "e2e3d", "ingest", sample, "--dataset", dataset, timeout=300)
 
 
 def run_lifecycle(api: ComposeAirflow, dataset: str, job_id: str) -> str:
