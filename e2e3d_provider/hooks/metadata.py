@@ -232,8 +232,8 @@ class MetadataHook(PostgresHook):
             if error is not None or status == "failed":
                 sets.append("error = %s")
                 params.append(error)
-            elif current == "damaged" and status != "damaged":
-                sets.append("error = NULL")  # the damage is repaired (or the job runs again)
+            elif current == "damaged" and status not in ("damaged", "running"):  # running cleared it above
+                sets.append("error = NULL")  # the damage is repaired
             for column, value in locations.items():
                 sets.append(f"{column} = %s")
                 params.append(value)
