@@ -112,10 +112,17 @@ def test_a_file_rewritten_after_its_early_upload_is_sent_again(
         write_files(ws.run_dir, {"logs/run.log": final})
 
     produced = run_in_workspace(storage, tmp_path / "root", staged, produce, settle=0.2, interval=0.1)
-    assert produced.write_back.resent_files == 1
     (entry,) = read_handoff(storage, unique_id, STAMP).files
     assert entry.sha256 == sha(final)
     assert storage.get_bytes("output", prefix + "logs/run.log") == final
+    # the server holds both: the draft sent early, the final version sent again (the bucket is versioned)
+    versions = storage.object_versions("output", prefix + "logs/run.log")
+    assert sorted(v.size for v in versions) == [len(draft), len(final)]
+    # and what moved is counted, however close the rewrite came to the early upload's end; the final
+    # version goes at the end (resent) unless the watcher took it first (a producer held up past settle)
+    stats = produced.write_back
+    assert (produced.sent.files, produced.sent.bytes) == (2, len(draft) + len(final))
+    assert (stats.early_files, stats.resent_files) in {(1, 1), (2, 0)}, stats
 
 
 def test_on_another_host_the_workspace_is_built_from_the_bucket_and_removed_once_handed_on(

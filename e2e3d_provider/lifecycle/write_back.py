@@ -125,13 +125,11 @@ class WriteBack:
     def _upload(self, rel: str, path: Path, signature: Signature) -> None:
         try:
             sent = self.storage.send_file(path, self.bucket, self.prefix + rel)
-            st = path.stat()
-            if (st.st_size, st.st_mtime_ns) == signature:  # else it changed meanwhile: the flush sends it
-                with self._lock:
-                    self._sent[rel] = _Sent(signature, sent.size, sent.sha256, sent.etag, sent.sent)
-                    if sent.sent:
-                        self.stats.early_files += 1
-                        self.stats.early_bytes += sent.size
+            with self._lock:  # noted under the signature the scan saw: a file changed since is sent again
+                self._sent[rel] = _Sent(signature, sent.size, sent.sha256, sent.etag, sent.sent)
+                if sent.sent:
+                    self.stats.early_files += 1
+                    self.stats.early_bytes += sent.size
         except Exception as err:  # retried by the final flush; never fails the producer
             self.stats.errors.append(f"{rel}: {type(err).__name__}: {err}")
             log.warning("write-back of %s deferred to the final flush: %s", rel, err)
