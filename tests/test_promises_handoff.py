@@ -4,6 +4,7 @@ exactly the files ``handoff.json`` names."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -45,6 +46,26 @@ def test_an_object_replaced_at_the_same_size_before_finish_is_refused(
         writer.finish()
     assert not storage.exists("output", prefix + HANDOFF_NAME)
     assert read_handoff(storage, unique_id, STAMP) is None
+
+
+def test_a_file_rewritten_at_the_same_size_after_its_early_upload_is_sent_again(
+    storage: StorageHook, tmp_path: Path, unique_id: str
+) -> None:
+    run = tmp_path / "run"
+    draft = os.urandom(100_000)
+    final = bytes(b ^ 0x5A for b in draft)  # the same size, other bytes
+    writer = WriteBack(storage, run, unique_id, STAMP, settle=0.2, interval=0.1)
+    with writer:
+        write_files(run, {"logs/run.log": draft})
+        deadline = time.monotonic() + 30
+        while writer.stats.early_files < 1:
+            assert time.monotonic() < deadline, "the write-back never sent the draft"
+            time.sleep(0.05)
+        write_files(run, {"logs/run.log": final})
+    writer.finish()
+    (entry,) = read_handoff(storage, unique_id, STAMP).files
+    assert entry.sha256 == hashlib.sha256(final).hexdigest()
+    assert storage.get_bytes("output", work_prefix(unique_id, STAMP) + "logs/run.log") == final
 
 
 def test_a_run_rebuilt_from_its_hand_off_holds_exactly_the_files_it_names(
