@@ -368,6 +368,17 @@ def tiny_png(label: str) -> bytes:
     return out.getvalue()
 
 
+def digests(root: Path) -> dict[str, str]:
+    """relpath -> sha256 of every file below ``root``: what a test compares to say a folder was left as it was."""
+    import hashlib
+
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
 def write_files(root: Path, files: dict[str, bytes]) -> dict[str, Path]:
     """Create ``files`` (relpath -> bytes) below ``root``; return relpath -> path."""
     out = {}

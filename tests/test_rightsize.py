@@ -31,7 +31,7 @@ from e2e3d_provider.lifecycle.right_size import right_size_job, right_size_run
 from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as texture_module
 from e2e3d_provider.rightsize.policy import RightSizePolicy
-from tests.conftest import write_files
+from tests.conftest import digests, write_files
 from tests.test_api import as_user
 
 STAMP = "20261202T080000Z"
@@ -52,14 +52,6 @@ def run_dir(generated: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(generated, target)
     return target
-
-
-def digests(run_dir: Path) -> dict[str, str]:
-    return {
-        p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(run_dir.rglob("*"))
-        if p.is_file()
-    }
 
 
 def load_textured(path: Path) -> trimesh.Trimesh:

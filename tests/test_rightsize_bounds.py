@@ -6,7 +6,6 @@ seconds, leaving the run directory as it was; small limits set through the polic
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -30,6 +29,7 @@ from e2e3d_provider.rightsize import mesh as meshes
 from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as textures
 from e2e3d_provider.rightsize.policy import RightSizePolicy
+from tests.conftest import digests
 
 PLY_XYZ = "ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
 
@@ -46,14 +46,6 @@ def run_dir(generated: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(generated, target)
     return target
-
-
-def digests(run_dir: Path) -> dict[str, str]:
-    return {
-        p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(run_dir.rglob("*"))
-        if p.is_file()
-    }
 
 
 def write_png(path: Path, width: int, height: int, depth: int, colour: int, rows: Iterable[bytes]) -> None:
