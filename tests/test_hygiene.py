@@ -250,7 +250,9 @@ def test_seaweedfs_volumes_give_back_the_space_of_deleted_objects(
         pytest.skip("volume compaction is the embedded stack's (SeaweedFS); MinIO reclaims space itself")
     from e2e3d_provider.devstack.volumes import vacuum_volumes
 
-    assert hygiene.vacuum_volumes(None) == {"skipped": "this object store reclaims a deleted object's space itself"}
+    assert hygiene.vacuum_volumes(None) == {
+        "skipped": "no volume compaction was given for this object store: nothing was compacted"
+    }
     keys = [f"garbage/{i:02d}.bin" for i in range(20)]
     for key in keys:
         storage.put_bytes(bucket, key, os.urandom(1024 * 1024))  # random: no volume compresses it
@@ -262,18 +264,39 @@ def test_seaweedfs_volumes_give_back_the_space_of_deleted_objects(
         report = hygiene.vacuum_volumes(lambda: vacuum_volumes(base))
         assert report["bytes_after"] <= report["bytes_before"]
         reclaimed += report["reclaimed_bytes"]
+        if report["reclaimed_bytes"]:  # the report says it in words too
+            assert report["compacted"] >= 1
+            assert report["done"].startswith(f"compacted {report['compacted']} of {report['volumes']} SeaweedFS")
     assert reclaimed >= 20 * 1024 * 1024
 
 
-@pytest.mark.servers("minio")
-def test_the_maintenance_dags_volume_vacuum_is_off_on_a_minio_stack(stack_info) -> None:
-    """MinIO frees a deleted object's space itself: the embedded MinIO stack offers no volume vacuum."""
+def test_the_maintenance_dag_finds_the_stack_its_components_run_on(
+    stack_info, storage: StorageHook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `e2e3d airflow --dir X` the components had no E2E3D_STACK_DIR: maintenance looked for the stack in
+    the default directory, never compacted SeaweedFS's volumes and said "this object store reclaims a deleted
+    object's space itself". Each component now carries its stack's directory, and the report says what was
+    done: the volumes compacted on SeaweedFS, MinIO's own reclaiming, or why no stack's volumes were touched."""
+    from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
     from e2e3d_provider.devstack.volumes import embedded_vacuum
 
     if stack_info is None:
         pytest.skip("external servers configured (E2E3D_TEST_*): there is no embedded stack")
-    os.environ["E2E3D_STACK_DIR"] = stack_info.base_dir
-    try:
-        assert embedded_vacuum(stack_info.s3_endpoint) is None
-    finally:
-        os.environ.pop("E2E3D_STACK_DIR")
+    (tmp_path / "home").mkdir()
+    deployment = AirflowDeployment(stack_info, tmp_path / "home", [tmp_path], tmp_path / "data")
+    deployment.build_env()
+    for component in ("scheduler", "celery-worker"):  # where the maintenance DAG's tasks run
+        assert deployment.component_env(component)["E2E3D_STACK_DIR"] == stack_info.base_dir, component
+    monkeypatch.setenv("E2E3D_STACK_DIR", deployment.component_env("scheduler")["E2E3D_STACK_DIR"])
+    report = hygiene.vacuum_volumes(embedded_vacuum(storage.endpoint_url))
+    if stack_info.server == "seaweedfs":
+        assert "skipped" not in report, report
+        assert report["done"].startswith("compacted ") and f"of {report['volumes']} SeaweedFS volumes" in report["done"]
+    else:
+        assert report == {"skipped": "MinIO reclaims a deleted object's space itself: there is nothing to compact"}
+    other = embedded_vacuum("http://127.0.0.1:9")()["skipped"]
+    assert other.startswith("http://127.0.0.1:9 is not the embedded stack in ") and stack_info.s3_endpoint in other
+    monkeypatch.setenv("E2E3D_STACK_DIR", str(tmp_path / "none"))
+    assert embedded_vacuum(storage.endpoint_url)()["skipped"].startswith(
+        f"no embedded stack runs in {tmp_path / 'none'} ($E2E3D_STACK_DIR)"
+    )

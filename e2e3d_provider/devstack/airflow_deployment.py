@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from e2e3d_provider.devstack.stack import StackInfo, free_ports, pid_alive
+from e2e3d_provider.devstack.stack import DEFAULT_STACK_DIR_ENV, StackInfo, free_ports, pid_alive
 from e2e3d_provider.exceptions import StackError
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -234,6 +234,7 @@ class AirflowDeployment:
                 "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret", 64),  # HS512 wants >= 64 bytes
                 "AIRFLOW__METRICS__STATSD_ON": "False",
                 "E2E3D_DATA_ROOT": str(self.data_root),
+                DEFAULT_STACK_DIR_ENV: self.stack_info.base_dir,  # the stack whose volumes maintenance compacts
                 "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(self.home)),
             }
         )

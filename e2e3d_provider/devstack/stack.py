@@ -171,6 +171,9 @@ class StackInfo:
             connections = {conn_id: conn for conn_id, conn in connections.items() if conn_id in wanted}
         env = {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in connections.items()}
         env[DATA_ROOT_ENV] = str(self.data_root)
+        # the stack a component belongs to: the maintenance DAG compacts this stack's volumes
+        # (devstack.volumes.embedded_vacuum), which it could not find from the endpoint alone
+        env[DEFAULT_STACK_DIR_ENV] = self.base_dir
         if component is None:
             env.update(
                 {

@@ -8,13 +8,14 @@ The master's HTTP port takes only clients with a certificate from the stack's ow
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import urllib3
 
-from e2e3d_provider.devstack.stack import StackInfo, read_state
+from e2e3d_provider.devstack.stack import DEFAULT_STACK_DIR_ENV, StackInfo, default_stack_dir, is_running, read_state
 from e2e3d_provider.exceptions import StackError
 
 #: seconds the master may take to have every volume compacted
@@ -49,23 +50,52 @@ def volume_bytes(data_dir: Path) -> tuple[int, int]:
     return sum(1 for p in files if p.suffix == ".dat"), sum(p.stat().st_size for p in files)
 
 
-def embedded_vacuum(endpoint_url: str) -> Callable[[], dict[str, Any]] | None:
-    """The volume vacuum of the embedded stack serving ``endpoint_url`` (``$E2E3D_STACK_DIR`` or the default
-    stack dir), or None when the storage is not that stack (MinIO frees deleted objects' space itself)."""
-    from e2e3d_provider.devstack.stack import default_stack_dir, is_running
+def _data_files(data_dir: Path) -> dict[Path, int]:
+    """Each volume's data file and its size: a volume the master compacted has a smaller one after."""
+    return {p: p.stat().st_size for p in data_dir.rglob("*.dat") if p.is_file()}
 
-    info = read_state(default_stack_dir())
-    if info is None or not is_running(info) or info.s3_endpoint.rstrip("/") != endpoint_url.rstrip("/"):
-        return None
-    if info.server != "seaweedfs":  # MinIO frees deleted objects' space itself
-        return None
-    base = Path(info.base_dir)
-    return lambda: vacuum_volumes(base)
+
+def embedded_vacuum(endpoint_url: str) -> Callable[[], dict[str, Any]]:
+    """The volume compaction for the object store at ``endpoint_url``; its report says what it did.
+
+    The stack is the one in ``$E2E3D_STACK_DIR`` (which ``e2e3d airflow`` and ``e2e3d stack env`` give every
+    component), else the default stack directory. When that stack runs SeaweedFS at ``endpoint_url``, its
+    master compacts the volumes (:func:`vacuum_volumes`: how many it compacted, the bytes reclaimed);
+    otherwise nothing is compacted and the report's ``skipped`` says why: MinIO frees a deleted object's
+    space itself, or no embedded stack serves that endpoint (an object store of your own compacts on its own
+    terms).
+    """
+    base = default_stack_dir()
+    where = (
+        f"{base} (${DEFAULT_STACK_DIR_ENV})"
+        if os.environ.get(DEFAULT_STACK_DIR_ENV)
+        else (f"{base} (the default; ${DEFAULT_STACK_DIR_ENV} is not set)")
+    )
+    info = read_state(base)
+    if info is None or not is_running(info):
+        return _skipped(
+            f"no embedded stack runs in {where}, so nothing here compacts the volumes of {endpoint_url}: "
+            "an object store of your own reclaims space on its own terms (SeaweedFS: `volume.vacuum`)"
+        )
+    if info.s3_endpoint.rstrip("/") != endpoint_url.rstrip("/"):
+        return _skipped(
+            f"{endpoint_url} is not the embedded stack in {where}, which serves {info.s3_endpoint}: "
+            "its volumes are not compacted here"
+        )
+    if info.server != "seaweedfs":
+        return _skipped(f"{info.server_name} reclaims a deleted object's space itself: there is nothing to compact")
+    stack_dir = Path(info.base_dir)
+    return lambda: vacuum_volumes(stack_dir)
+
+
+def _skipped(reason: str) -> Callable[[], dict[str, Any]]:
+    return lambda: {"skipped": reason}
 
 
 def vacuum_volumes(base_dir: Path, garbage_threshold: float = 0.01) -> dict[str, Any]:
     """Have the stack's SeaweedFS master compact every volume whose deleted bytes exceed
-    ``garbage_threshold`` of its size; the volumes' bytes on disk before and after."""
+    ``garbage_threshold`` of its size; how many volumes it compacted, the volumes' bytes on disk before and
+    after, and ``done``, which says it in words."""
     if not 0.0 <= garbage_threshold < 1.0:
         raise ValueError(f"garbage_threshold is a share of a volume, 0 <= x < 1; got {garbage_threshold}")
     base = Path(base_dir).resolve()
@@ -74,6 +104,7 @@ def vacuum_volumes(base_dir: Path, garbage_threshold: float = 0.01) -> dict[str,
         raise StackError(f"no stack recorded in {base}")
     data_dir = Path(_weed_arg(info, "dir"))
     volumes, before = volume_bytes(data_dir)
+    sizes = _data_files(data_dir)
     url = f"https://127.0.0.1:{_weed_arg(info, 'master.port')}/vol/vacuum?garbageThreshold={garbage_threshold}"
     try:
         response = _master_client(base).request("POST", url)
@@ -83,7 +114,15 @@ def vacuum_volumes(base_dir: Path, garbage_threshold: float = 0.01) -> dict[str,
         raise StackError(f"the SeaweedFS master refused the vacuum ({response.status}): {response.data[:300]!r}")
     json.loads(response.data)  # the topology it answers with: a master, not some other server on that port
     _, after = volume_bytes(data_dir)
+    compacted = sum(1 for path, size in _data_files(data_dir).items() if size < sizes.get(path, 0))
+    done = (
+        f"compacted {compacted} of {volumes} SeaweedFS volumes, reclaiming {before - after} bytes"
+        if compacted
+        else f"compacted none of {volumes} SeaweedFS volumes: none had more than {garbage_threshold:.0%} deleted bytes"
+    )
     return {
+        "done": done,
+        "compacted": compacted,
         "garbage_threshold": garbage_threshold,
         "volumes": volumes,
         "bytes_before": before,

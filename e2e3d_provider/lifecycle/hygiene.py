@@ -427,7 +427,8 @@ def vacuum_metadata(metadata: MetadataHook, dead_share: float = 0.2, min_dead_ro
 
 def vacuum_volumes(vacuum: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
     """The object store's own compaction, through ``vacuum`` (for SeaweedFS, whose volumes keep deleted
-    objects' bytes until compacted); skipped without one (MinIO frees an object's space when it goes)."""
+    objects' bytes until compacted), whose report says what it did or why it did nothing; skipped, saying
+    so, when none is given."""
     if vacuum is None:
-        return {"skipped": "this object store reclaims a deleted object's space itself"}
+        return {"skipped": "no volume compaction was given for this object store: nothing was compacted"}
     return vacuum()
