@@ -30,7 +30,20 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     base = _stack_dir(args)
     if args.action == "up":
+        before = stack.read_state(stack.stack_path(base))
         info = stack.start_stack(base, tls=args.tls, server=args.server)
+        if before is not None and stack.partly_running(before) and not stack.is_running(before):  # half-dead
+            restarted = [
+                name
+                for name, old, new in (
+                    (info.server_name, before.s3_pid, info.s3_pid),
+                    ("PostgreSQL", before.pg_pid, info.pg_pid),
+                )
+                if old != new
+            ]
+            print(f"restarted:      {', '.join(restarted) or 'nothing'} (on the recorded ports; the rest kept running)")
+        elif before is not None and (before.s3_port, before.pg_port) != (info.s3_port, info.pg_port):
+            print("new ports:      the recorded ones were taken meanwhile (or --tls changed): reconfigure clients")
         print(f"S3 ({info.server_name}):{' ' * (9 - len(info.server_name))}{info.s3_endpoint}  pid {info.s3_pid}")
         if info.tls:
             print(f"TLS:            S3 over HTTPS, PostgreSQL over SSL only; CA {info.ca_file}")

