@@ -55,8 +55,9 @@ class AirflowDeployment:
     """Airflow 3 running as separate processes against the embedded stack, plus a small REST client.
 
     ``start()`` creates the deployment's database, migrates it, starts the api-server, scheduler,
-    dag-processor and triggerer and waits until all report healthy; ``stop()`` ends every process
-    it started (process groups; SIGTERM, then SIGKILL). Use it as a context manager to get both.
+    dag-processor and triggerer and waits until all report healthy; ``restart(component)`` starts one
+    that exited again, as it was (same ports, same environment); ``stop()`` ends every process it started
+    (process groups; SIGTERM, then SIGKILL). Use it as a context manager to get start and stop.
     """
 
     def __init__(
@@ -94,6 +95,9 @@ class AirflowDeployment:
         self.password = ""
         self.port = 0
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: sessions of components that exited and were restarted, where processes of theirs may still run
+        #: (a killed scheduler's LocalExecutor workers finishing a task): stop() ends them too
+        self.retired_sessions: set[int] = set()
         self.watchdog_pid: int | None = None
         self.start_seconds: float | None = None
         self._env: dict[str, str] = {}
@@ -371,10 +375,34 @@ class AirflowDeployment:
             start_new_session=True,
         ).pid
 
+    def restart(self, component: str) -> None:
+        """Start ``component`` (a key of :attr:`processes`) again after it exited: the same command line,
+        environment and ports, so the UI's address and everything the others know stay valid.
+
+        What the old process left in its session is ended first (an api-server's worker would hold its
+        port), except for the scheduler: its LocalExecutor workers may be running a task, which finishes
+        and reports through the api-server; they end with the deployment (:attr:`retired_sessions`).
+        """
+        proc = self.processes[component]
+        if proc.poll() is None:
+            raise StackError(f"airflow {component} is still running (pid {proc.pid}): it needs no restart")
+        if component == "scheduler":
+            self.retired_sessions.add(proc.pid)
+        else:
+            _signal_group(proc.pid, signal.SIGKILL)
+        if component.startswith("worker-"):
+            self._launch_worker(component.removeprefix("worker-"))
+        else:
+            self._launch(component)
+        if self.watchdog_pid:  # the watchdog knows the sessions it ends: give it the new one
+            self._stop_watchdog()
+            self._start_watchdog()
+
     @property
     def sessions(self) -> set[int]:
-        """The session ids of the components (each starts its own session; its children stay in it)."""
-        return {proc.pid for proc in self.processes.values()}
+        """The session ids of the components (each starts its own session; its children stay in it), and of
+        those restarted (:attr:`retired_sessions`)."""
+        return {proc.pid for proc in self.processes.values()} | self.retired_sessions
 
     def failed_components(self) -> dict[str, int]:
         """Components that exited, with their exit codes."""
@@ -423,6 +451,10 @@ class AirflowDeployment:
                 proc.wait(timeout=5)
         kill_deployment(self.marker, self.sessions, timeout=5.0)
         self.processes.clear()
+        self.retired_sessions.clear()
+        self._stop_watchdog()
+
+    def _stop_watchdog(self) -> None:
         if self.watchdog_pid and pid_alive(self.watchdog_pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.watchdog_pid, signal.SIGTERM)

@@ -2,7 +2,10 @@
 
 The stack (started here unless one runs in the directory), buckets, schema and the sample dataset,
 then :class:`~e2e3d_provider.devstack.airflow_deployment.AirflowDeployment` with the repository's
-DAGs; what a user needs to log in and connect is printed; SIGINT or SIGTERM stops what was started.
+DAGs; what a user needs to log in and connect is printed. While it runs, a component that exits (or a
+server of the stack that dies) is started again on the same ports, at most a few times in a few minutes
+(:mod:`~e2e3d_provider.devstack.supervisor`); a SIGTERM to one component is therefore not the end of
+the others. SIGINT (Ctrl-C) or SIGTERM to this command stops what was started.
 """
 
 from __future__ import annotations
@@ -17,13 +20,21 @@ from pathlib import Path
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
 from e2e3d_provider.devstack.demo import SAMPLE_DATASET, SAMPLE_DIR, dags_dir
+from e2e3d_provider.devstack.supervisor import GaveUp, RestartBudget, Supervisor
+from e2e3d_provider.exceptions import StackError
 
 
 def run_local_airflow(
-    base: Path, *, user: str = "admin", extra_dags: list[Path] | None = None, dir_given: bool = False
+    base: Path,
+    *,
+    user: str = "admin",
+    extra_dags: list[Path] | None = None,
+    dir_given: bool = False,
+    budget: RestartBudget | None = None,
 ) -> int:
-    """Serve Airflow on the stack in ``base`` until interrupted; the exit code."""
-    ours = not stack.is_running(stack.read_state(base))  # stop only a stack this command started
+    """Serve Airflow on the stack in ``base`` until interrupted, restarting what exits within ``budget``;
+    the exit code (0 after Ctrl-C, 1 when a component kept exiting or the stack was stopped)."""
+    ours = not stack.partly_running(stack.read_state(base))  # stop only a stack this command started
     print(f"starting the local stack in {base} (SeaweedFS S3 + PostgreSQL on 127.0.0.1)", flush=True)
     info = stack.start_stack(base, owner_pid=os.getpid() if ours else None)
     deployment: AirflowDeployment | None = None
@@ -59,13 +70,16 @@ def run_local_airflow(
         print(f'  connections:  eval "$({env_hint})"')
         print(f'  trigger:      e2e3d_reconstruction with {{"dataset": "{SAMPLE_DATASET}", "job_id": "my-job"}}')
         print("Ctrl-C stops Airflow" + (" and the stack" if ours else " (the stack keeps running)"), flush=True)
+        supervisor = Supervisor(deployment, base, budget, say=lambda line: print(line, flush=True))
         while True:
             time.sleep(1)
-            failed = deployment.failed_components()
-            if failed:
-                print(
-                    f"e2e3d: error: Airflow components exited: {failed}; see {deployment.home}/*.log", file=sys.stderr
-                )
+            try:
+                supervisor.check()
+            except GaveUp as err:
+                print(f"e2e3d: error: {err}. Stopping everything.", file=sys.stderr, flush=True)
+                return 1
+            except StackError as err:
+                print(f"e2e3d: error: {err}; Airflow cannot run without it. Stopping.", file=sys.stderr, flush=True)
                 return 1
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
