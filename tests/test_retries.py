@@ -110,10 +110,12 @@ def test_the_data_path_is_tried_exactly_as_often_as_the_error_says(
 def test_the_retry_loop_backs_off_doubling_and_stops_at_the_first_lasting_error(
     monkeypatch: pytest.MonkeyPatch, run: str
 ) -> None:
-    """Faked failures and a faked clock: three transient errors are retried with pauses of 0.5, 1, 2 s;
-    the fourth attempt's success is returned; a permission error is raised at once, marked 1 attempt."""
+    """Faked failures and a faked clock: three transient errors are retried with pauses of 0.5, 1, 2 s
+    (the jitter's draw pinned to its top); the fourth attempt's success is returned; a permission error is
+    raised at once, marked 1 attempt."""
     from e2e3d_provider.core import retry
 
+    monkeypatch.setattr(retry, "_draw", lambda: 0.0)
     pauses: list[float] = []
 
     async def fake_async_sleep(seconds: float) -> None:
@@ -159,6 +161,92 @@ def test_the_retry_loop_backs_off_doubling_and_stops_at_the_first_lasting_error(
     assert (len(made), pauses, retry.attempts_made(failed.value)) == (1, [], 1)
     with pytest.raises(ValueError, match="at least 1"):
         call(func, 0)
+
+
+class FakeClock:
+    """A clock that moves only when the retry loop sleeps (sync or async), and a seeded jitter draw."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, seed: int = 29) -> None:
+        import random
+
+        from e2e3d_provider.core import retry
+
+        self.now = 1000.0
+        self.pauses: list[float] = []
+        rng = random.Random(seed)
+        self.draws: list[float] = []
+
+        def draw() -> float:
+            self.draws.append(rng.random())
+            return self.draws[-1]
+
+        async def async_sleep(seconds: float) -> None:
+            self.sleep(seconds)
+
+        monkeypatch.setattr(retry, "_clock", lambda: self.now)
+        monkeypatch.setattr(retry, "_draw", draw)
+        monkeypatch.setattr(retry.time, "sleep", self.sleep)
+        monkeypatch.setattr(retry.asyncio, "sleep", async_sleep)
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_the_backoff_is_bounded_jittered_and_ends_at_the_deadline(monkeypatch: pytest.MonkeyPatch, run: str) -> None:
+    """A faked clock and a server down for good: each pause lies in the upper half of its bound (0.5 s
+    doubling, at most 10 s), the draws differ, and the attempts stop at the deadline: the last pause is cut
+    to end exactly there, one last attempt is made, and the error says how many were made and for how long.
+    A server back before the deadline (70 s of outage, deadline 120 s) is ridden out."""
+    from e2e3d_provider.core import retry
+
+    clock = FakeClock(monkeypatch)
+
+    def call(func, deadline: float):
+        if run == "sync":
+            return retry.retry_call(func, "get x", deadline=deadline)
+
+        async def wrapped() -> str:
+            return func()
+
+        return asyncio.run(retry.retry_call_async(wrapped, "get x", deadline=deadline))
+
+    made: list[float] = []
+
+    def down() -> str:
+        made.append(clock.now)
+        raise ConnectionError("refused")
+
+    with pytest.raises(ConnectionError) as failed:
+        call(down, 120.0)
+    bounds = [min(0.5 * 2**i, 10.0) for i in range(len(clock.pauses))]
+    for pause, bound in zip(clock.pauses[:-1], bounds, strict=False):
+        assert bound / 2 <= pause <= bound
+    assert clock.pauses[-1] <= bounds[-1]
+    assert max(clock.pauses) <= 10.0 and len(set(clock.pauses[:-1])) == len(clock.pauses) - 1  # jittered
+    assert made[-1] - made[0] == pytest.approx(120.0)  # the last attempt at the deadline, none after it
+    assert retry.attempts_made(failed.value) == len(made) and 14 <= len(made) <= 24
+    assert retry.seconds_spent(failed.value) == pytest.approx(120.0)
+
+    clock.pauses.clear()
+    back_at = clock.now + 70.0
+
+    def outage() -> str:
+        if clock.now < back_at:
+            raise TimeoutError("no answer")
+        return "ok"
+
+    assert call(outage, 120.0) == "ok"
+    assert 70.0 <= sum(clock.pauses) <= 80.0  # back within one (bounded) pause of the server's return
+
+    clock.pauses.clear()
+    with pytest.raises(ConnectionError) as at_once:
+        call(down, 0.0)  # a deadline of 0: fail at the first error
+    assert clock.pauses == [] and retry.attempts_made(at_once.value) == 1
+    with pytest.raises(ValueError, match="cannot be negative"):
+        call(down, -1.0)
 
 
 def test_throttling_answers_are_transient() -> None:

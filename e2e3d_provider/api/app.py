@@ -80,6 +80,9 @@ MAX_EXPIRY = int(MAX_PRESIGN_EXPIRY.total_seconds())
 #: Airflow configuration section of the API's settings: ``[e2e3d] minio_conn_id`` and ``metadata_conn_id``
 #: (``AIRFLOW__E2E3D__MINIO_CONN_ID`` ...), read when the API first needs a hook, not at import
 CONFIG_SECTION = "e2e3d"
+#: seconds an API request waits out an outage of object storage or PostgreSQL (a person is waiting for the
+#: answer: a 503 soon beats a page that hangs for the workers' two minutes)
+RETRY_DEADLINE = 2.0
 
 
 class Backends:
@@ -107,11 +110,11 @@ class Backends:
 
     @cached_property
     def storage(self) -> StorageHook:
-        return StorageHook(self.minio_conn_id)
+        return StorageHook(self.minio_conn_id, retry_deadline=RETRY_DEADLINE)
 
     @cached_property
     def metadata(self) -> MetadataHook:
-        return MetadataHook(self.metadata_conn_id)
+        return MetadataHook(self.metadata_conn_id, retry_deadline=RETRY_DEADLINE)
 
 
 def backends(request: Request) -> Backends:

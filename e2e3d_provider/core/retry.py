@@ -1,8 +1,17 @@
-"""The one retry layer: transient object-storage errors are retried here and nowhere else.
+"""The one retry layer: transient errors are retried here and nowhere else.
 
 The HTTP clients below it are built with retries off (see ``StorageHook.client`` and
-``StorageHook.store``), so one call of :func:`retry_call` with ``attempts=3`` opens at most three
-connections, and the error that ends it knows how many attempts were made (:func:`attempts_made`).
+``StorageHook.store``), so the error that ends a :func:`retry_call` knows how many attempts were
+made and for how long (:func:`attempts_made`, :func:`seconds_spent`).
+
+How long an operation is retried: until its **deadline** (seconds since its first attempt; default
+:data:`DEFAULT_DEADLINE`, 120 s) or, when a cap is given, its number of ``attempts``, whichever comes
+first. The pauses back off exponentially from ``delay`` (0.5 s), doubling, bounded by ``max_delay``
+(10 s), each drawn at random in its upper half (jitter, so many clients do not come back in step);
+the last pause is shortened to end at the deadline, so an outage shorter than the deadline is ridden
+out. Errors a retry cannot cure (refused credentials, a missing object, a failed TLS verification,
+bad input) are raised at once.
+
 A plain loop rather than a retry library: a call that succeeds first time (nearly all of them) costs
 one ``try``, which matters at thousands of small objects a second.
 """
@@ -12,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -24,14 +34,24 @@ from minio.error import MinioAdminException, S3Error, ServerError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ATTEMPTS = 3
+#: no cap on the number of attempts by default: the deadline bounds an operation
+DEFAULT_ATTEMPTS: int | None = None
 DEFAULT_DELAY = 0.5
 MAX_DELAY = 10.0
+#: seconds an operation keeps retrying transient errors after its first attempt: rides out an outage
+#: (a server restart, a network cut) of up to about this long
+DEFAULT_DEADLINE = 120.0
+#: a pause is drawn uniformly in [(1 - JITTER) * backoff, backoff]
+JITTER = 0.5
 #: S3 error codes a retry may cure; MinIO says ``TooManyRequests`` (503) where AWS says ``SlowDown``
 TRANSIENT_S3_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "TooManyRequests"})
 #: HTTP statuses of an S3 error answer a retry may cure, whatever its code says
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 _ATTEMPTS_ATTR = "e2e3d_attempts"
+_SECONDS_ATTR = "e2e3d_retry_seconds"
+#: the clock and the random draw of the loop (a test fakes them)
+_clock = time.monotonic
+_draw = random.random
 
 T = TypeVar("T")
 
@@ -88,71 +108,126 @@ def attempts_made(err: BaseException) -> int:
     return int(getattr(err, _ATTEMPTS_ATTR, 1))
 
 
-def retry_call(func: Callable[[], T], what: str, attempts: int = DEFAULT_ATTEMPTS, delay: float = DEFAULT_DELAY) -> T:
-    """Run ``func``; retry transient errors until ``attempts`` calls were made, backing off
-    exponentially from ``delay`` seconds. The final error is raised as it came, marked with the
-    number of attempts made."""
-    _check(attempts)
-    attempt = 1
+def seconds_spent(err: BaseException) -> float:
+    """Seconds from the first attempt to the one that ended with ``err`` (0 if it never retried)."""
+    return float(getattr(err, _SECONDS_ATTR, 0.0))
+
+
+def backoff(attempt: int, delay: float = DEFAULT_DELAY, max_delay: float = MAX_DELAY) -> float:
+    """The upper bound of the pause after attempt number ``attempt``: ``delay`` doubled per attempt,
+    at most ``max_delay``."""
+    return min(delay * 2 ** min(attempt - 1, 64), max_delay)
+
+
+def retry_call(
+    func: Callable[[], T],
+    what: str,
+    attempts: int | None = DEFAULT_ATTEMPTS,
+    delay: float = DEFAULT_DELAY,
+    deadline: float = DEFAULT_DEADLINE,
+    *,
+    max_delay: float = MAX_DELAY,
+    transient: Callable[[BaseException], bool] | None = None,
+) -> T:
+    """Run ``func``; retry the errors ``transient`` accepts (default :func:`is_transient`) with jittered
+    exponential backoff until ``deadline`` seconds after the first attempt (or ``attempts`` calls, when
+    given). The final error is raised as it came, marked with the attempts made and seconds spent."""
+    _check(attempts, deadline)
+    started, attempt = _clock(), 1
     while True:
         try:
             return func()
         except BaseException as err:
-            time.sleep(_pause_or_raise(err, what, attempt, attempts, delay))
+            time.sleep(_pause_or_raise(err, what, attempt, attempts, delay, deadline, max_delay, started, transient))
         attempt += 1
 
 
 async def retry_call_async(
-    func: Callable[[], Awaitable[T]], what: str, attempts: int = DEFAULT_ATTEMPTS, delay: float = DEFAULT_DELAY
+    func: Callable[[], Awaitable[T]],
+    what: str,
+    attempts: int | None = DEFAULT_ATTEMPTS,
+    delay: float = DEFAULT_DELAY,
+    deadline: float = DEFAULT_DEADLINE,
+    *,
+    max_delay: float = MAX_DELAY,
+    transient: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """:func:`retry_call` for a coroutine: ``func`` makes a fresh awaitable for each attempt."""
-    _check(attempts)
-    attempt = 1
+    _check(attempts, deadline)
+    started, attempt = _clock(), 1
     while True:
         try:
             return await func()
         except BaseException as err:
-            await asyncio.sleep(_pause_or_raise(err, what, attempt, attempts, delay))
+            pause = _pause_or_raise(err, what, attempt, attempts, delay, deadline, max_delay, started, transient)
+            await asyncio.sleep(pause)
         attempt += 1
 
 
-def _check(attempts: int) -> None:
-    if attempts < 1:
+def _check(attempts: int | None, deadline: float) -> None:
+    if attempts is not None and attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
+    if deadline < 0:
+        raise ValueError(f"a retry deadline cannot be negative, got {deadline}")
 
 
-def _pause_or_raise(err: BaseException, what: str, attempt: int, attempts: int, delay: float) -> float:
+def _pause_or_raise(
+    err: BaseException,
+    what: str,
+    attempt: int,
+    attempts: int | None,
+    delay: float,
+    deadline: float,
+    max_delay: float,
+    started: float,
+    transient: Callable[[BaseException], bool] | None,
+) -> float:
     """The pause before the next attempt after ``err`` ended attempt number ``attempt``; re-raises
-    ``err`` (marked with the attempts made) when it is not transient or no attempt is left."""
-    if attempt >= attempts or not is_transient(err):
+    ``err`` (marked with the attempts made and seconds spent) when it is not transient, no attempt is
+    left, or the deadline has passed. The pause never reaches past the deadline."""
+    spent = _clock() - started
+    left = deadline - spent
+    cured = (transient or is_transient)(err) if not isinstance(err, KeyboardInterrupt | SystemExit) else False
+    if not cured or (attempts is not None and attempt >= attempts) or left <= 0:
         with contextlib.suppress(AttributeError):  # an exception without a __dict__ simply reports 1
             setattr(err, _ATTEMPTS_ATTR, attempt)
+            setattr(err, _SECONDS_ATTR, spent)
         raise err
-    pause = min(delay * 2 ** (attempt - 1), MAX_DELAY)
+    bound = backoff(attempt, delay, max_delay)
+    pause = min(bound * (1.0 - JITTER * _draw()), left)
     log.warning(
-        "%s failed (%s: %s); attempt %d of %d, next in %.1fs",
+        "%s failed (%s: %s); attempt %d%s, next in %.1fs (gives up %.0fs after the first)",
         what,
         type(err).__name__,
         str(err).splitlines()[0] if str(err) else "",
         attempt,
-        attempts,
+        f" of {attempts}" if attempts is not None else "",
         pause,
+        deadline,
     )
     return pause
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently to retry: ``attempts`` calls in all, backing off from ``delay`` s."""
+    """How patiently to retry: until ``deadline`` seconds after the first attempt (and at most ``attempts``
+    calls when a cap is set), pauses backing off from ``delay`` s to at most ``max_delay`` s, jittered."""
 
-    attempts: int = DEFAULT_ATTEMPTS
+    attempts: int | None = DEFAULT_ATTEMPTS
     delay: float = DEFAULT_DELAY
+    deadline: float = DEFAULT_DEADLINE
+    max_delay: float = MAX_DELAY
+
+    def __post_init__(self) -> None:
+        _check(self.attempts, self.deadline)
+        if self.delay < 0 or self.max_delay < 0:
+            raise ValueError(f"retry pauses cannot be negative, got delay={self.delay}, max_delay={self.max_delay}")
 
     def call(self, func: Callable[[], T], what: str) -> T:
-        return retry_call(func, what, self.attempts, self.delay)
+        return retry_call(func, what, self.attempts, self.delay, self.deadline, max_delay=self.max_delay)
 
     async def call_async(self, func: Callable[[], Awaitable[T]], what: str) -> T:
-        return await retry_call_async(func, what, self.attempts, self.delay)
+        return await retry_call_async(func, what, self.attempts, self.delay, self.deadline, max_delay=self.max_delay)
 
 
 DEFAULT_RETRY = RetryPolicy()

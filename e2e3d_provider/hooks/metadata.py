@@ -15,6 +15,7 @@ from typing import Any
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from e2e3d_provider.core.layout import validate_id, validate_stamp
+from e2e3d_provider.core.retry import DEFAULT_DEADLINE, attempts_made, retry_call, seconds_spent
 from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError, RunConflictError
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID
 from e2e3d_provider.hooks.metadata_schema import (
@@ -30,6 +31,37 @@ from e2e3d_provider.hooks.metadata_schema import (
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "STATUSES", "TRANSITIONS", "MetadataHook"]
 
+#: seconds a health probe retries: it reports the present, it does not wait out a restart
+PROBE_DEADLINE = 1.0
+#: what PostgreSQL (or the way to it) says while it restarts, starts or is briefly out of reach: a new
+#: connection a moment later may succeed. Anything else (a wrong password, no such database, a refused TLS
+#: certificate, no pg_hba.conf entry) fails at once.
+_PG_TRANSIENT_SIGNS = (
+    "connection refused",
+    "could not connect to server",
+    "is the server running",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "terminating connection due to administrator command",
+    "server closed the connection unexpectedly",
+    "timeout expired",
+    "connection timed out",
+    "sorry, too many clients already",
+    "no route to host",
+)
+
+
+def pg_connection_lost(err: BaseException) -> bool:
+    """True when connecting to PostgreSQL failed in a way a new attempt may cure (a restart, a cut)."""
+    if isinstance(err, ConnectionError | TimeoutError):
+        return True
+    if type(err).__name__ not in ("OperationalError", "InterfaceError"):  # psycopg2's and psycopg's
+        return False
+    text = str(err).lower()
+    return any(sign in text for sign in _PG_TRANSIENT_SIGNS)
+
 
 class MetadataHook(PostgresHook):
     """Job tracking, file inventories, transfer and storage statistics, configuration (PostgreSQL).
@@ -37,6 +69,14 @@ class MetadataHook(PostgresHook):
     Uses Airflow's standard ``postgres`` connection (default id ``e2e3d_metadata``). Every table
     lives in the ``e2e3d`` schema, so the database may be shared with other applications.
     Writes are upserts keyed by ``(job_id, stamp)`` so task retries never duplicate rows.
+
+    A PostgreSQL restart is ridden out: a new connection that fails because the server is down, starting
+    or shutting down is tried again (jittered backoff) until ``retry_deadline`` seconds after the first
+    attempt. A statement cut off by the restart itself still fails (its transaction is not replayed).
+
+    :param metadata_conn_id: Airflow ``postgres`` connection id (default ``e2e3d_metadata``).
+    :param retry_deadline: seconds to keep trying to connect; ``None`` (default): ``[e2e3d]
+        metadata_retry_deadline`` in Airflow's configuration, else 120.
     """
 
     conn_name_attr = "metadata_conn_id"
@@ -44,8 +84,17 @@ class MetadataHook(PostgresHook):
     conn_type = "postgres"
     hook_name = "E2E3D metadata (PostgreSQL)"
 
-    def __init__(self, metadata_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self, metadata_conn_id: str = default_conn_name, *, retry_deadline: float | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(metadata_conn_id=metadata_conn_id, **kwargs)
+        if retry_deadline is None:
+            from airflow.sdk.configuration import conf
+
+            retry_deadline = conf.getfloat("e2e3d", "metadata_retry_deadline", fallback=DEFAULT_DEADLINE)
+        if retry_deadline < 0:
+            raise ValueError(f"retry_deadline cannot be negative, got {retry_deadline}")
+        self.retry_deadline = retry_deadline
         self._migrated = False
         self._sessions = threading.local()  # each thread's open session() connection, if any
 
@@ -122,11 +171,20 @@ class MetadataHook(PostgresHook):
             conn.close()
 
     def _connect(self) -> Any:
+        """A new DB-API connection (psycopg2); a server restarting or out of reach is waited out up to
+        :attr:`retry_deadline` seconds."""
         try:
-            return self.get_conn()  # a DB-API connection (psycopg2)
+            return retry_call(
+                self.get_conn,
+                f"connect to PostgreSQL ({self.get_conn_id()!r})",
+                deadline=self.retry_deadline,
+                transient=pg_connection_lost,
+            )
         except Exception as err:
+            made = attempts_made(err)
+            tried = f" (after {made} attempts over {seconds_spent(err):.0f} s)" if made > 1 else ""
             raise MetadataError(
-                f"cannot connect to the metadata database through connection {self.get_conn_id()!r}: "
+                f"cannot connect to the metadata database through connection {self.get_conn_id()!r}{tried}: "
                 f"{str(err).strip()}. Check that PostgreSQL runs and the connection's host, port, login and "
                 "password."
             ) from err
@@ -167,12 +225,14 @@ class MetadataHook(PostgresHook):
             yield cur
 
     def health(self) -> dict[str, Any]:
-        """Reachability and schema version; never raises."""
+        """Reachability and schema version; never raises. A probe: it says how things are now, so it waits
+        out a restart for at most :data:`PROBE_DEADLINE` seconds."""
         try:
-            with self.transaction() as cur:
+            probe = type(self)(self.get_conn_id(), retry_deadline=min(self.retry_deadline, PROBE_DEADLINE))
+            with probe.transaction() as cur:
                 cur.execute("SELECT current_setting('server_version')")
                 version = cur.fetchone()[0]
-            return {"ok": True, "server_version": version, "schema_version": self.schema_version()}
+            return {"ok": True, "server_version": version, "schema_version": probe.schema_version()}
         except Exception as err:
             return {"ok": False, "error": str(err)}
 

@@ -44,10 +44,13 @@ from e2e3d_provider.core.manifest import CHUNK_SIZE, Manifest
 from e2e3d_provider.core.presign import CREATE_ONLY_CONDITIONS, bound_expiry, presign_put_url, upload_headers
 from e2e3d_provider.core.retry import (
     DEFAULT_ATTEMPTS,
+    DEFAULT_DEADLINE,
     DEFAULT_DELAY,
+    MAX_DELAY,
     RetryPolicy,
     attempts_made,
     is_unreachable,
+    seconds_spent,
     tls_failure,
 )
 from e2e3d_provider.core.transfer import TransferResult
@@ -78,6 +81,8 @@ _CREATE_ONLY_CONDITION: dict[tuple[str, str], dict[str, str]] = {}
 #: (endpoint, bucket) -> whether that server lists incomplete uploads by prefix (lists_uploads_by_prefix)
 _PREFIX_LISTING: dict[tuple[str, str], bool] = {}
 _CONDITION_LOCK = threading.Lock()
+#: seconds a health probe (test_connection, health) retries: it reports the present, it does not wait
+PROBE_DEADLINE = 1.0
 _AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
 
 
@@ -98,15 +103,26 @@ class StorageHook(BaseHook):
     The connection is Airflow's standard ``aws`` type, as Airflow users configure MinIO: access
     key as login, secret key as password, and in extras ``endpoint_url`` (``http://host:9000``),
     optional ``region_name`` and ``verify`` (``false`` to skip TLS verification, or the path of a
-    CA bundle).
+    CA bundle), and ``retry_deadline`` (seconds, below).
+
+    Outages: every request (a file of a transfer, a listing page, a HEAD) that meets a transient error (the
+    server unreachable or restarting, a dropped connection, a 5xx or throttling answer) is retried with
+    jittered exponential backoff (0.5 s doubling to at most 10 s) until ``retry_deadline`` seconds after its
+    first attempt: 120 s unless the hook's parameter or the connection's extra ``retry_deadline`` says
+    otherwise. Errors no retry cures (refused credentials, AccessDenied, a missing object or bucket, a
+    failed TLS verification) fail at once.
 
     :param minio_conn_id: Airflow connection id (default ``minio_default``).
     :param max_workers: threads for the thread-pool operations (server-side copies).
     :param concurrency: requests in flight at once on the data path (uploads, downloads).
     :param part_size: multipart part size and ranged-GET size in bytes for large files (at least 5 MiB).
-    :param attempts: calls in all per request or file for transient errors (dropped connections, 5xx,
-        timeouts); the only retry layer, so an error's "after N attempts" is what was made.
-    :param retry_delay: seconds before the first retry; each further one waits twice as long.
+    :param attempts: at most this many calls per request or file for transient errors (dropped
+        connections, 5xx, timeouts); ``None`` (default): as many as fit in ``retry_deadline``. The only
+        retry layer, so an error's "after N attempts" is what was made.
+    :param retry_delay: seconds before the first retry; each further one waits about twice as long
+        (at most 10 s, jittered).
+    :param retry_deadline: seconds after a request's first attempt that it is no longer retried; ``None``
+        (default): the connection's extra ``retry_deadline``, else 120.
     :param connect_timeout: seconds to wait for a TCP connection to the endpoint.
     :param read_timeout: seconds to wait for data on an open connection.
     :param connection: an Airflow ``Connection`` already fetched (by a trigger, asynchronously);
@@ -125,8 +141,9 @@ class StorageHook(BaseHook):
         max_workers: int = transfer.DEFAULT_WORKERS,
         concurrency: int = transfer.DEFAULT_CONCURRENCY,
         part_size: int = transfer.DEFAULT_PART_SIZE,
-        attempts: int = DEFAULT_ATTEMPTS,
+        attempts: int | None = DEFAULT_ATTEMPTS,
         retry_delay: float = DEFAULT_DELAY,
+        retry_deadline: float | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 120.0,
         connection: Any = None,
@@ -139,7 +156,9 @@ class StorageHook(BaseHook):
         self.part_size = part_size
         self._stores: dict[str, Any] = {}
         self.attempts = attempts
-        self.retry = RetryPolicy(attempts, retry_delay)
+        self.retry_delay = retry_delay
+        self._retry_deadline = retry_deadline
+        RetryPolicy(attempts, retry_delay, retry_deadline or 0.0)  # bad values fail here, not at first use
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
 
@@ -193,7 +212,33 @@ class StorageHook(BaseHook):
             # use another (http://minio:9000 inside compose, http://localhost:9000 outside)
             "presign_endpoint": public_parts.netloc if public_parts else None,
             "presign_secure": (public_parts.scheme == "https") if public_parts else None,
+            "retry_deadline": self._extra_deadline(extra.get("retry_deadline")),
         }
+
+    def _extra_deadline(self, value: Any) -> float | None:
+        """The connection's extra ``retry_deadline`` as seconds (``None`` when not set)."""
+        if value is None or value == "":
+            return None
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if seconds < 0:
+            raise StorageError(
+                f"connection {self.minio_conn_id!r}: extra 'retry_deadline' {value!r} is not a number of seconds >= 0"
+            )
+        return seconds
+
+    @cached_property
+    def retry(self) -> RetryPolicy:
+        """How this hook retries transient errors: its own ``retry_deadline``, else the connection's extra
+        ``retry_deadline``, else :data:`~e2e3d_provider.core.retry.DEFAULT_DEADLINE` (120 s)."""
+        deadline = self._retry_deadline
+        if deadline is None:
+            deadline = self.settings["retry_deadline"]
+        return RetryPolicy(
+            self.attempts, self.retry_delay, DEFAULT_DEADLINE if deadline is None else deadline, MAX_DELAY
+        )
 
     @property
     def endpoint_url(self) -> str:
@@ -385,8 +430,9 @@ class StorageHook(BaseHook):
         if isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError) or is_unreachable(err):
             return StorageUnreachableError(
                 f"object storage is unreachable through {conn}{where} after "
-                f"{attempts_made(err)} attempt(s): {type(err).__name__}. Check that the "
-                "server runs and the connection's endpoint_url."
+                f"{attempts_made(err)} attempt(s) over {seconds_spent(err):.0f} s: {type(err).__name__}. Check "
+                "that the server runs and the connection's endpoint_url; the connection's extra 'retry_deadline' "
+                f"(now {self.retry.deadline:g} s) sets how long an outage is waited out."
             )
         if isinstance(err, OSError):
             return err
@@ -400,11 +446,13 @@ class StorageHook(BaseHook):
             raise self.translate(err, what) from err
 
     def test_connection(self) -> tuple[bool, str]:
-        """List buckets (the amazon hook's STS call fails on MinIO, apache/airflow #43871)."""
+        """List buckets (the amazon hook's STS call fails on MinIO, apache/airflow #43871). A probe: it says
+        how things are now, so it waits out at most :data:`PROBE_DEADLINE` seconds, not a whole outage."""
         try:
-            names = [b.name for b in self._call("list buckets", lambda: self.client.list_buckets())]
+            probe = replace(self.retry, deadline=min(self.retry.deadline, PROBE_DEADLINE))
+            names = [b.name for b in probe.call(lambda: self.client.list_buckets(), "list buckets")]
         except Exception as err:
-            return False, str(err)
+            return False, str(self.translate(err, "list buckets"))
         return True, f"connected to {self.endpoint_url}; buckets: {', '.join(names) or '(none)'}"
 
     def health(self) -> dict[str, Any]:
