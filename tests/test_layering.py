@@ -28,7 +28,7 @@ ALLOWED = {
     "operators": {"core.layout", "hooks", "lifecycle"},
     "decorators": {"lifecycle", "operators"},
     "api": {"core", "hooks", "lifecycle", "__init__"},
-    "plugin": {"api"},
+    "plugin": {"api", "hooks.telemetry"},
     "devstack": {"core", "hooks", "lifecycle", "example_dags"},
     "cli": {"__init__", "core", "hooks", "lifecycle", "devstack", "example_dags"},
     # the example DAGs (shipped in the package; the checkout's dags/ links here): the Airflow classes and

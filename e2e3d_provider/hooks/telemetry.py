@@ -3,19 +3,28 @@
 
 Recording never fails what it describes: a metric or a row that cannot be sent is dropped with a
 warning. Rows wait in a bounded in-process buffer and go to PostgreSQL (``[e2e3d] metadata_conn_id``,
-default ``e2e3d_metadata``) from a background thread every second, or when :func:`flush` is called
-(and at exit).
+default ``e2e3d_metadata``) from a background thread every second, or when :func:`flush` is called.
+
+An Airflow task process ends with ``os._exit`` and clears the atexit handlers it inherited when it was
+forked, so neither the thread nor an atexit hook can be trusted with the rows of a task that fails:
+:class:`TaskEndListener` (an Airflow listener the provider's plugin registers) flushes them in the task
+runner's ``before_stopping``, which runs whatever the task's outcome (success, retry, failure, skip).
+A forked child starts with an empty buffer of its own (:func:`_after_fork`): the parent's rows are the
+parent's to write, and a lock held by the parent's thread at the fork would never be released.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +37,9 @@ METRIC_STORAGE_ERRORS = "e2e3d.storage.errors"
 METRIC_ACCESS = "e2e3d.api.access"
 MAX_PENDING_ROWS = 10_000
 FLUSH_SECONDS = 1.0
+#: how long the flush at a task's end waits out a PostgreSQL restart before it drops its rows (the other
+#: flushes, every second and at exit, try once: PostgreSQL may simply not be there, as for a CLI command)
+TASK_END_DEADLINE = 10.0
 
 
 def _stats() -> Any:
@@ -70,6 +82,13 @@ class RowBuffer:
         self._writer = writer
         self.dropped = 0
 
+    def reset(self) -> None:
+        """Forget the pending rows, the lock and the thread (in a forked child, where they are the parent's)."""
+        self._rows = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+
     def add(self, table: str, row: dict[str, Any]) -> None:
         row.setdefault("at", datetime.now(UTC))
         with self._lock:
@@ -92,14 +111,18 @@ class RowBuffer:
                     self._thread = None
                     return
 
-    def flush(self) -> int:
-        """Write what is pending; returns how many rows were written (0 when PostgreSQL is not there)."""
+    def flush(self, deadline: float = 0.0) -> int:
+        """Write what is pending, waiting out a PostgreSQL restart up to ``deadline`` seconds; returns how
+        many rows were written (0 when PostgreSQL is not there)."""
         with self._lock:
             batch, self._rows = self._rows, {}
         if not any(batch.values()):
             return 0
         try:
-            (self._writer or _write_rows)(batch)
+            if self._writer is not None:
+                self._writer(batch)
+            else:
+                _write_rows(batch, deadline)
         except Exception as err:  # telemetry must never fail what it describes
             count = sum(len(rows) for rows in batch.values())
             self.dropped += count
@@ -108,22 +131,45 @@ class RowBuffer:
         return sum(len(rows) for rows in batch.values())
 
 
-def _write_rows(batch: dict[str, list[dict[str, Any]]]) -> None:
+def _write_rows(batch: dict[str, list[dict[str, Any]]], deadline: float) -> None:
     from airflow.configuration import conf
 
     from e2e3d_provider.hooks.metadata import MetadataHook
 
     conn_id = conf.get("e2e3d", "metadata_conn_id", fallback=MetadataHook.default_conn_name)
-    MetadataHook(conn_id).record_telemetry(batch)
+    MetadataHook(conn_id, retry_deadline=deadline).record_telemetry(batch)
 
 
 BUFFER = RowBuffer()
 atexit.register(BUFFER.flush)
 
 
-def flush() -> int:
-    """Write the pending telemetry rows now (tests, the end of a command)."""
-    return BUFFER.flush()
+def _after_fork() -> None:
+    BUFFER.reset()
+    atexit.register(BUFFER.flush)  # the fork's own exit (Airflow's task runner clears the inherited ones)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class TaskEndListener:
+    """An Airflow listener: writes the pending telemetry rows before an Airflow component stops, in
+    particular before a task process ends, whatever the task's outcome (the task runner calls
+    ``before_stopping`` after the task's success, retry, failure or skip callbacks)."""
+
+    @hookimpl
+    def before_stopping(self, component: Any) -> None:
+        flush(TASK_END_DEADLINE)
+
+
+#: the instance the plugin registers (``E2E3DPlugin.listeners``)
+TASK_END_LISTENER = TaskEndListener()
+
+
+def flush(deadline: float = 0.0) -> int:
+    """Write the pending telemetry rows now (tests, the end of a command or a task), waiting out a
+    PostgreSQL restart up to ``deadline`` seconds."""
+    return BUFFER.flush(deadline)
 
 
 def storage_error(operation: str, bucket: str | None, error: BaseException) -> None:
