@@ -36,7 +36,7 @@ from e2e3d_provider.core.layout import (
     validate_id,
 )
 from e2e3d_provider.core.manifest import sha256_file
-from e2e3d_provider.core.transfer import TransferResult, iter_local_files
+from e2e3d_provider.core.transfer import PARTIAL_SUFFIX, TransferResult, iter_local_files
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.datasets import dataset_view
 from e2e3d_provider.lifecycle.local_paths import mirror_lock, reader_lock_path, remove_tree, writer_lock_path
@@ -96,13 +96,17 @@ def admit(root: Path, source: Path, sha256: str) -> Path:
 def place(source: Path, target: Path) -> None:
     """Make ``target`` a hard link to ``source`` (a copy where links cannot be made), atomically: a reader
     sees the old file or the new one, never a half-written one."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident():x}{PARTIAL_SUFFIX}")
     tmp.unlink(missing_ok=True)  # left by a crash
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def link_view(root: Path, local: Path, files: Mapping[str, str]) -> int:
@@ -211,6 +215,9 @@ class TrimResult:
     freed_bytes: int = 0
     held_bytes: int = 0
     busy: list[str] = field(default_factory=list)
+    #: downloads into the cache under way (partial files): counted in ``held_bytes``, never removed here
+    partial_files: int = 0
+    partial_bytes: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -219,13 +226,26 @@ class TrimResult:
             "freed_bytes": self.freed_bytes,
             "held_bytes": self.held_bytes,
             "busy": self.busy,
+            "partial_files": self.partial_files,
+            "partial_bytes": self.partial_bytes,
         }
+
+
+def _partials(root: Path) -> list[os.stat_result]:
+    """The partial files of downloads into the cache (the sweep removes those whose process is gone)."""
+    found = []
+    for path in (root / CACHE_DIR).rglob(f"*{PARTIAL_SUFFIX}"):
+        try:
+            found.append(path.lstat())
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _blobs(root: Path) -> list[tuple[Path, os.stat_result]]:
     found = []
     for path in blobs_dir(root).glob("*/*"):
-        if path.name.startswith("."):
+        if path.name.startswith("."):  # a partial file: counted by _partials
             continue
         try:
             found.append((path, path.lstat()))
@@ -265,9 +285,13 @@ def trim(root: Path, max_bytes: int, max_age_hours: float, now: float | None = N
     """Bound this host's cache: staged datasets unused for ``max_age_hours`` go (unless a task is staging or
     reading them), then cache entries no staged dataset links to go, oldest use first, while the cache
     holds more than ``max_bytes`` or they are older than ``max_age_hours``; if it is still over, the least
-    recently used staged datasets go too (they are staged again, from the cache or the bucket, on next use)."""
+    recently used staged datasets go too (they are staged again, from the cache or the bucket, on next use).
+    Partial files of downloads into the cache count towards ``max_bytes`` (they take the disk all the same);
+    they are removed by their transfer, or by the host sweep once their process is gone."""
     now = time.time() if now is None else now
     result = TrimResult()
+    partials = _partials(root)
+    result.partial_files, result.partial_bytes = len(partials), sum(st.st_size for st in partials)
     max_age = max_age_hours * 3600
     inputs = root / "input"
     staged = sorted((p for p in inputs.iterdir() if p.is_dir()), key=_last_use) if inputs.is_dir() else []
@@ -288,7 +312,7 @@ def trim(root: Path, max_bytes: int, max_age_hours: float, now: float | None = N
 
     def drop_unlinked() -> int:
         blobs = _blobs(root)
-        held = sum(st.st_size for _, st in blobs)
+        held = sum(st.st_size for _, st in blobs) + result.partial_bytes
         for path, st in sorted(blobs, key=lambda b: b[1].st_atime):
             if st.st_nlink > 1:
                 continue  # a staged dataset links to it
