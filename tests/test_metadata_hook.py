@@ -94,7 +94,7 @@ def test_a_version_5_database_learns_the_damaged_status(connections: dict, monke
             with pytest.raises(Exception, match="jobs_status_check"), old.transaction() as cur:
                 cur.execute(f"UPDATE {SCHEMA}.jobs SET status = 'damaged'")  # version 5 does not know it
         hook = MetadataHook("e2e3d_mig5")
-        assert hook.migrate() == 6
+        assert hook.migrate() == SCHEMA_VERSION
         assert hook.record_job("j1", STAMP, "ds", "damaged", error="scrub")["status"] == "damaged"
         with pytest.raises(Exception, match="jobs_status_check"), hook.transaction() as cur:
             cur.execute(f"UPDATE {SCHEMA}.jobs SET status = 'lost'")
@@ -120,7 +120,7 @@ def test_a_version_3_inventory_migrates_to_roles_and_keeps_its_rows(
                 )
         hook = MetadataHook("e2e3d_mig3")
         assert hook.schema_version() == 3
-        assert hook.migrate() == SCHEMA_VERSION == 6
+        assert hook.migrate() == SCHEMA_VERSION == 7
         assert hook.job_files("j1", STAMP) == [
             {"kind": "mesh", "key": "j1/mesh/m.obj", "size": 7, "sha256": "a" * 64}
             | {"role": None, "source": None, "level": None, "figures": None}

@@ -249,12 +249,15 @@ class MetadataHook(PostgresHook):
         *,
         error: str | None = None,
         statistics: dict[str, Any] | None = None,
+        started_at: datetime | None = None,
         **locations: Any,
     ) -> dict[str, Any]:
         """Create the job row or move it to ``status`` (checked against :data:`TRANSITIONS`).
 
         ``locations`` may set ``result_bucket``, ``result_prefix``, ``manifest_key``,
         ``archive_key``, ``files`` and ``bytes``. ``statistics`` are merged into the stored ones.
+        A run that starts (again) is timed from ``started_at`` when given (when its DAG run started:
+        a Clear restarts the clock), else from now.
         """
         validate_id(job_id, "job_id")
         validate_stamp(stamp)
@@ -286,7 +289,8 @@ class MetadataHook(PostgresHook):
             sets = ["status = %s", "updated_at = now()", "statistics = statistics || %s::jsonb"]
             params: list[Any] = [status, json.dumps(statistics or {})]
             if status == "running" and current != "running":
-                sets += ["started_at = now()", "finished_at = NULL", "error = NULL"]
+                sets += ["started_at = coalesce(%s, now())", "finished_at = NULL", "error = NULL"]
+                params.append(started_at)
             if status in ("succeeded", "failed") and current not in (status, "damaged"):
                 sets.append("finished_at = now()")  # a damaged run made whole again finished when it did
             if error is not None or status == "failed":
@@ -406,6 +410,23 @@ class MetadataHook(PostgresHook):
         with self._migrated_transaction() as cur:
             cur.execute(
                 f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs WHERE job_id = %s {where} ORDER BY stamp DESC",
+                params,
+            )
+            return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+
+    def dag_run_jobs(self, dag_id: str, run_id: str, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The runs of jobs that the DAG run ``run_id`` of ``dag_id`` owns (``begin_run`` records it in their
+        statistics), optionally only those in ``statuses``; one indexed query, so a listener may ask it on
+        every DAG run's state change."""
+        where = ""
+        params: list[Any] = [dag_id, run_id]
+        if statuses is not None:
+            where = "AND status = ANY(%s)"
+            params.append(list(statuses))
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs WHERE (statistics ->> 'dag_id') = %s "
+                f"AND (statistics ->> 'dag_run_id') = %s {where} ORDER BY job_id, stamp",
                 params,
             )
             return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]

@@ -212,6 +212,16 @@ MIGRATIONS.append(
     """,
     )
 )
+MIGRATIONS.append(
+    (
+        7,
+        "jobs are found by the DAG run that owns them (a listener follows every DAG run's state)",
+        f"""
+        CREATE INDEX IF NOT EXISTS jobs_dag_run_idx
+            ON {SCHEMA}.jobs ((statistics ->> 'dag_id'), (statistics ->> 'dag_run_id'));
+    """,
+    )
+)
 #: telemetry tables and the columns a batch of rows may fill (the maintenance DAG trims them by ``at``)
 TELEMETRY_TABLES = {
     "access_log": ("at", "actor", "action", "job_id", "dataset", "bucket", "key", "variant"),

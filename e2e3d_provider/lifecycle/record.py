@@ -4,6 +4,7 @@ file inventory, read from the manifest its SUCCESS marker names."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from e2e3d_provider.core.layout import (
@@ -135,20 +136,25 @@ def record_job_run(
     statistics: dict[str, Any] | None = None,
     error: str | None = None,
     bucket: str = BUCKET_OUTPUT,
+    started_at: datetime | None = None,
 ) -> dict[str, Any]:
     """Move a run to ``status``; returns its row.
 
     ``succeeded`` is recorded only over a published run: the manifest that ``<job_id>/SUCCESS`` names
     (so ``storage`` is needed) must be for this very run. Its totals, statistics and per-file inventory
     are stored, the inventory in bulk. Every write is an upsert keyed by job id and stamp, so retries
-    never duplicate rows; a run recorded ``queued`` or ``failed`` passes through ``running`` first.
+    never duplicate rows; a run recorded ``queued`` or ``failed`` passes through ``running`` first,
+    started at ``started_at`` (its DAG run's start: a failed run that a Clear re-ran, when no listener
+    moved it back to ``running``, is timed from the restart, not from the instant it is recorded).
     """
     job_id, stamp, dataset = validate_id(job_id, "job_id"), validate_stamp(stamp), validate_id(dataset, "dataset")
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     statistics = dict(statistics or {})
     if status != "succeeded":
-        return metadata.record_job(job_id, stamp, dataset, status, error=error, statistics=statistics)
+        return metadata.record_job(
+            job_id, stamp, dataset, status, error=error, statistics=statistics, started_at=started_at
+        )
     if storage is None:
         raise ValueError("recording a succeeded run needs object storage, to read its published manifest")
 
@@ -157,7 +163,7 @@ def record_job_run(
         raise ValueError(f"the published manifest of {job_id} is for run {manifest.stamp}, not {stamp}")
     existing = metadata.get_job(job_id, stamp)
     if existing is None or existing["status"] in ("queued", "failed"):
-        metadata.record_job(job_id, stamp, dataset, "running")
+        metadata.record_job(job_id, stamp, dataset, "running", started_at=started_at)
     metadata.record_files(
         job_id,
         stamp,

@@ -73,6 +73,7 @@ class MetadataRecordOperator(E2E3DOperator):
             statistics=statistics,
             error=self.error,
             bucket=self.bucket,
+            started_at=getattr(context.get("dag_run"), "start_date", None),  # a Clear's restart times a re-run
         )
         self.log.info("job %s run %s: %s", row["job_id"], row["stamp"], row["status"])
         return {"job_id": row["job_id"], "status": row["status"]}
