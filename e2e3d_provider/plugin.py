@@ -1,4 +1,5 @@
-"""The Airflow plugin that mounts the E2E3D results API on the api-server under ``/e2e3d``."""
+"""The Airflow plugin that mounts the E2E3D results API on the api-server under ``/e2e3d`` and keeps each
+job's state in step with its DAG run (a listener on DAG-run state changes)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from airflow.plugins_manager import AirflowPlugin
 
 from e2e3d_provider.api.app import create_app
 from e2e3d_provider.hooks.telemetry import TASK_END_LISTENER
+from e2e3d_provider.listeners.dag_runs import DAG_RUN_JOBS
 
 URL_PREFIX = "/e2e3d"
 
@@ -15,8 +17,11 @@ class E2E3DPlugin(AirflowPlugin):
     under Browse in the UI); the provider declares it, so installing the package is enough."""
 
     name = "e2e3d"
-    #: writes a task's storage-error rows before its process ends, whatever the outcome (hooks/telemetry.py)
-    listeners = [TASK_END_LISTENER]
+    #: TASK_END_LISTENER writes a task's storage-error rows before its process ends, whatever the outcome
+    #: (hooks/telemetry.py); DAG_RUN_JOBS keeps job tracking in step with the DAG run as Airflow changes it
+    #: (a Clear, a run marked failed or succeeded), called where the run's state changes: in the scheduler and
+    #: the api-server
+    listeners = [TASK_END_LISTENER, DAG_RUN_JOBS]
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "E2E3D results API"}]
     #: the storage dashboard in the Airflow UI's Browse menu, shown in the UI's frame (the UI's login cookie
     #: reaches the page: same origin), served by the app above

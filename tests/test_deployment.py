@@ -6,11 +6,13 @@ from __future__ import annotations
 import ipaddress
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
 from e2e3d_provider.devstack.demo import SAMPLE_DIR
+from e2e3d_provider.lifecycle.record import begin_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_server, pytest.mark.timeout(600)]
 
@@ -147,33 +149,95 @@ def test_clear_on_a_succeeded_run_is_a_no_op_that_says_why(airflow_deployment, s
     assert (after["stamp"], after["status"]) == (before["stamp"], before["status"])  # untouched
 
 
-def test_a_run_marked_failed_through_rest_ends_with_the_job_failed(airflow_deployment, storage, metadata) -> None:
-    dag_id, job_id = "e2e3d_reconstruction", f"ext-{uuid.uuid4().hex[:8]}"
+def _wait_for_job(metadata, job_id: str, status: str, timeout: float, what: str) -> dict:
+    """The job's row once it has ``status`` (polled: the listener applies a change moments after it)."""
+    deadline = time.monotonic() + timeout
+    while (job := metadata.get_job(job_id)) is None or job["status"] != status:
+        assert time.monotonic() < deadline, f"{what}: job {job_id} is not {status} after {timeout:.0f} s: {job}"
+        time.sleep(0.5)
+    return job
+
+
+def test_runs_marked_failed_or_succeeded_through_rest_fail_their_jobs_at_once(
+    airflow_deployment, storage, metadata
+) -> None:
+    """The api-server's listener reconciles a run marked failed or succeeded (the UI's buttons call the same
+    endpoint) within moments; what no listener saw (PostgreSQL down at that moment) is the daily
+    ``reconcile_jobs``' to catch, asking Airflow for the run's state."""
+    dag_id, job_id, marked_ok = "e2e3d_reconstruction", f"ext-{uuid.uuid4().hex[:8]}", f"ok-{uuid.uuid4().hex[:8]}"
     empty = f"empty-{uuid.uuid4().hex[:8]}"  # no images: input_present waits (reschedule) until we intervene
     airflow_deployment.wait_for_dag(dag_id)
     airflow_deployment.unpause(dag_id)
     run_id = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": job_id})
-    deadline = time.monotonic() + 90
-    while (job := metadata.get_job(job_id)) is None or job["status"] != "running":
-        assert time.monotonic() < deadline, airflow_deployment.task_states(dag_id, run_id)
-        time.sleep(1)
+    ok_run = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": marked_ok})
+    for job in (job_id, marked_ok):
+        _wait_for_job(metadata, job, "running", 90, "prepare")
     # a second run of the same job while the first is in progress is refused, touching nothing of it
     second = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": job_id})
     assert airflow_deployment.wait_for_run(dag_id, second, timeout=120) == "failed"
     assert airflow_deployment.task_states(dag_id, second)["prepare"] == "failed"
     assert "has a run in progress" in airflow_deployment.task_log(dag_id, second, "prepare")
-    assert metadata.get_job(job_id)["status"] == "running"
+    assert metadata.get_job(job_id)["status"] == "running"  # the refused run's listener call left it alone
 
     airflow_deployment.patch(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", {"state": "failed"})
     assert airflow_deployment.run_state(dag_id, run_id) == "failed"
+    job = _wait_for_job(metadata, job_id, "failed", 120, "marked failed")
+    assert f"DAG run {run_id} of {dag_id} ended failed" in job["error"], job
+    assert "manually set to `failed`" in job["error"], job  # the api-server's listener, not maintenance
 
+    airflow_deployment.patch(f"/api/v2/dags/{dag_id}/dagRuns/{ok_run}", {"state": "success"})
+    job = _wait_for_job(metadata, marked_ok, "failed", 120, "marked success")  # nothing was published
+    assert f"DAG run {ok_run} of {dag_id} ended success without finishing the job" in job["error"], job
+
+    # the backstop: jobs left running under a run that ended (the refused one) or that Airflow never had, as
+    # a listener that could not reach PostgreSQL would leave them
+    missed, gone = f"missed-{uuid.uuid4().hex[:8]}", f"gone-{uuid.uuid4().hex[:8]}"
+    begin_run(metadata, missed, "20260101T000000Z", empty, second, dag_id)
+    begin_run(metadata, gone, "20260101T000000Z", empty, f"manual__{uuid.uuid4().hex}", dag_id)
     airflow_deployment.wait_for_dag("e2e3d_maintenance")
     airflow_deployment.unpause("e2e3d_maintenance")
     maintenance = airflow_deployment.trigger("e2e3d_maintenance", {})
     state = airflow_deployment.wait_for_run("e2e3d_maintenance", maintenance, timeout=240)
     assert state == "success", airflow_deployment.task_states("e2e3d_maintenance", maintenance)
+    job = metadata.get_job(missed)
+    assert job["status"] == "failed" and f"DAG run {second} of {dag_id} ended failed" in job["error"], job
+    assert "reconciled by maintenance" in job["error"], job
+    job = metadata.get_job(gone)
+    assert job["status"] == "failed" and "no longer exists" in job["error"], job
+
+
+def test_a_clear_of_a_failed_task_runs_the_job_again_timed_from_the_restart(
+    airflow_deployment, storage, metadata
+) -> None:
+    """A Clear of the failed task (after fixing its cause) sets the job back to ``running`` while the run
+    re-runs, and the job's duration is the re-run's (it was 0.02 s: the clock restarted as it succeeded)."""
+    _ingest(storage, "terrain")
+    dag_id, job_id, models = "e2e3d_reconstruction", f"clf-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:8]}"
+    airflow_deployment.wait_for_dag(dag_id)
+    airflow_deployment.unpause(dag_id)
+    run_id = airflow_deployment.trigger(dag_id, {"dataset": "terrain", "job_id": job_id, "models_prefix": models})
+    assert airflow_deployment.wait_for_run(dag_id, run_id, timeout=180) == "failed"
+    assert airflow_deployment.task_states(dag_id, run_id)["stage_in"] == "failed"  # no models under the prefix
+    failed = _wait_for_job(metadata, job_id, "failed", 60, "mark_failed")
+
+    storage.put_bytes("models", f"{models}/weights.bin", b"weights")  # the cause, fixed
+    airflow_deployment.post(  # what the UI's "Clear" on the failed task does (downstream included)
+        f"/api/v2/dags/{dag_id}/clearTaskInstances",
+        {"dag_run_id": run_id, "task_ids": ["stage_in"], "include_downstream": True, "only_failed": False,
+         "dry_run": False, "reset_dag_runs": True},
+    )  # fmt: skip
+    rerun = _wait_for_job(metadata, job_id, "running", 120, "the Clear's restart")
+    assert rerun["started_at"] > failed["finished_at"] and rerun["error"] is None, rerun
+    assert airflow_deployment.wait_for_run(dag_id, run_id, timeout=180) == "success"
+
+    body = airflow_deployment.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+    restarted, ended = (datetime.fromisoformat(body[k]) for k in ("start_date", "end_date"))
+    stage_in = next(t for t in airflow_deployment.task_instances(dag_id, run_id) if t["task_id"] == "stage_in")
     job = metadata.get_job(job_id)
-    assert job["status"] == "failed" and f"DAG run {run_id} of {dag_id} ended failed" in job["error"], job
+    assert job["status"] in ("succeeded", "archived"), job
+    assert job["started_at"] == restarted == rerun["started_at"]  # timed from the restart ...
+    assert job["started_at"] <= datetime.fromisoformat(stage_in["start_date"])  # ... before the re-run's first task
+    assert restarted < job["finished_at"] <= ended
 
 
 def test_the_results_api_is_mounted_in_the_real_api_server(airflow_deployment: AirflowDeployment) -> None:
