@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from airflow.configuration import conf
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from e2e3d_provider import __version__
@@ -486,17 +487,28 @@ def dashboard_data(b: BackendsDep, days: Annotated[float, Query(gt=0, le=366)] =
 
 pages = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "static"
+#: the static files the pages load, by suffix: the dashboard's own and the vendored Swagger UI, ReDoc and
+#: plotly.js (static/vendor/, see its README): every page works with no internet
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+VENDOR = "static/vendor"
+#: the docs pages fetch nothing from another origin, whatever the vendored bundles would (ReDoc's footer
+#: loads its logo from cdn.redoc.ly): scripts, styles, fonts, images, workers and requests are same-origin
+#: (the pages' inline init script and the bundles' injected styles are inline; ReDoc's search worker is a blob)
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
+
+
+def _root(request: Request) -> str:
+    """Where the app is mounted (``/e2e3d`` under the api-server's plugin), for same-origin asset URLs."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 @pages.get("/dashboard", response_class=HTMLResponse)
 def dashboard_page(user: UserDep) -> HTMLResponse:
     """The storage dashboard (the Airflow UI's nav entry opens it; the UI's login cookie authenticates)."""
-    return HTMLResponse((STATIC / "dashboard.html").read_text())
-
-
-@pages.get("/static/dashboard.js")
-def dashboard_script() -> FileResponse:
-    return FileResponse(STATIC / "dashboard.js", media_type="text/javascript")
+    return HTMLResponse((STATIC / "dashboard.html").read_text(), headers={"Cache-Control": "no-cache"})
 
 
 @pages.get("/static/plotly.min.js")
@@ -511,12 +523,56 @@ def plotly_script() -> FileResponse:
     )
 
 
+@pages.get("/static/{name:path}")
+def static_file(name: str) -> FileResponse:
+    """A file of ``static/`` (the pages' scripts, styles and icons; no data), revalidated by its ETag."""
+    base = STATIC.resolve()
+    path = (STATIC / name).resolve()
+    if path.suffix not in STATIC_TYPES or not path.is_relative_to(base) or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such static file")
+    return FileResponse(path, media_type=STATIC_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
+
+
+@pages.get("/docs", response_class=HTMLResponse)
+def swagger_page(request: Request) -> HTMLResponse:
+    """Swagger UI for the API, from the package's own copy (FastAPI's default loads it from a CDN)."""
+    root = _root(request)
+    page = get_swagger_ui_html(
+        openapi_url=root + str(request.app.openapi_url),
+        title=f"{request.app.title} - Swagger UI",
+        swagger_js_url=f"{root}/{VENDOR}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/{VENDOR}/swagger-ui.css",
+        swagger_favicon_url=f"{root}/{VENDOR}/swagger-ui-favicon-32x32.png",
+        # no badge asking swagger.io to validate the schema: nothing leaves the api-server's origin
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    page.headers["Content-Security-Policy"] = DOCS_POLICY
+    return page
+
+
+@pages.get("/redoc", response_class=HTMLResponse)
+def redoc_page(request: Request) -> HTMLResponse:
+    """ReDoc for the API, from the package's own copy, with the system fonts (no Google Fonts)."""
+    root = _root(request)
+    page = get_redoc_html(
+        openapi_url=root + str(request.app.openapi_url),
+        title=f"{request.app.title} - ReDoc",
+        redoc_js_url=f"{root}/{VENDOR}/redoc.standalone.js",
+        redoc_favicon_url=f"{root}/{VENDOR}/swagger-ui-favicon-32x32.png",
+        with_google_fonts=False,
+    )
+    page.headers["Content-Security-Policy"] = DOCS_POLICY
+    return page
+
+
 def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = None) -> FastAPI:
     """The results API as a FastAPI app (the plugin mounts one under ``/e2e3d``). Without connection ids,
     ``[e2e3d] minio_conn_id`` / ``metadata_conn_id`` from Airflow's configuration are read at first use,
     else the hooks' defaults."""
     app = FastAPI(
         title="E2E3D results API",
+        docs_url=None,  # served by `pages` from the package's copies of Swagger UI and ReDoc, not a CDN
+        redoc_url=None,
         version=__version__,
         description="Pre-signed URLs for reconstruction results and input uploads, storage statistics "
         "and health. Authenticate with an Airflow JWT (POST /auth/token on the api-server).",
