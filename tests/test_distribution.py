@@ -70,10 +70,11 @@ def test_the_wheel_carries_the_whole_package_and_the_license(built: dict[str, Pa
         "e2e3d = e2e3d_provider.cli:main",
     ):
         assert line in entry_points
-    # the sample images, the dashboard's files, the vendored Swagger UI and ReDoc, and the example DAGs
+    # the sample images, the dashboard's files, the vendored Swagger UI, ReDoc and plotly.js, and the example DAGs
     for name in (
         "e2e3d_provider/devstack/sample_data/terrain/view_01.jpg",
         "e2e3d_provider/api/static/dashboard.js",
+        "e2e3d_provider/api/static/vendor/plotly-basic.min.js",
         "e2e3d_provider/api/static/vendor/swagger-ui-bundle.js",
         "e2e3d_provider/api/static/vendor/redoc.standalone.js",
         "e2e3d_provider/example_dags/e2e3d_reconstruction.py",

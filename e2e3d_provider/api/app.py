@@ -511,18 +511,6 @@ def dashboard_page(user: UserDep) -> HTMLResponse:
     return HTMLResponse((STATIC / "dashboard.html").read_text(), headers={"Cache-Control": "no-cache"})
 
 
-@pages.get("/static/plotly.min.js")
-def plotly_script() -> FileResponse:
-    """plotly.js as the plotly package ships it: the dashboard needs no internet."""
-    import plotly
-
-    return FileResponse(
-        Path(plotly.__file__).parent / "package_data" / "plotly.min.js",
-        media_type="text/javascript",
-        headers={"Cache-Control": "public, max-age=86400"},
-    )
-
-
 @pages.get("/static/{name:path}")
 def static_file(name: str) -> FileResponse:
     """A file of ``static/`` (the pages' scripts, styles and icons; no data), revalidated by its ETag."""

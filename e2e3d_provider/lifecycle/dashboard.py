@@ -8,13 +8,17 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from e2e3d_provider.core.projection import project
+from e2e3d_provider.core.projection import MIN_SPAN, project
 from e2e3d_provider.hooks.metadata import MetadataHook
 
 #: e2e3d.config key: the object store's capacity in bytes (buckets are projected against it when set)
 CONFIG_STORAGE_CAPACITY = "storage_capacity_bytes"
 #: a projected fill within this many days is a health warning
 WARN_DAYS = 14.0
+#: the dashboard's job list: the most recently updated runs
+RECENT_JOBS = 25
+#: statuses whose results the results API serves
+SERVED = ("succeeded", "archived")
 
 
 def _iso(when: datetime) -> str:
@@ -112,5 +116,27 @@ def dashboard_figures(metadata: MetadataHook, days: float = 30.0) -> dict[str, A
             }
             for status, n, mean, longest in rows["jobs"]
         ],
+        "recent_jobs": [_job(j) for j in metadata.list_jobs(limit=RECENT_JOBS)],
+        # a projection (growth per day, fill date) needs samples spanning this long
+        "projection_min_hours": MIN_SPAN.total_seconds() / 3600,
         "warnings": warnings,
+    }
+
+
+def _job(job: dict[str, Any]) -> dict[str, Any]:
+    """One run of the job list: its status, times, size, and where its results are served (or why not)."""
+    started, finished = job.get("started_at"), job.get("finished_at")
+    return {
+        "job_id": job["job_id"],
+        "stamp": job["stamp"],
+        "dataset": job["dataset"],
+        "status": job["status"],
+        "started_at": _iso(started) if started else None,
+        "finished_at": _iso(finished) if finished else None,
+        "seconds": round((finished - started).total_seconds(), 1) if started and finished else None,
+        "files": job.get("files"),
+        "bytes": job.get("bytes"),
+        "error": (job.get("error") or "")[:300] or None,
+        # relative to the dashboard page (both under the plugin's /e2e3d)
+        "results": f"api/job/{job['job_id']}/results" if job["status"] in SERVED else None,
     }
