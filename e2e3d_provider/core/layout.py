@@ -18,6 +18,12 @@ from pathlib import Path, PurePosixPath
 from e2e3d_provider.exceptions import InvalidNameError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: :data:`ID_PATTERN` and the no-``..`` rule in one regular expression that JSON schema (ECMA-262) and Python's
+#: ``re.search`` (what jsonschema runs) read alike (``(?!\n)``: Python's ``$`` also matches before a final newline):
+#: a trigger form's ``pattern``, so Airflow refuses a bad id before a run exists
+ID_JSON_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?!\n)$"
+#: the id rule in words (error messages and trigger-form descriptions)
+ID_RULE = "1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit, and no '..'"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 STAMP_PATTERN = re.compile(r"^\d{8}T\d{6}Z$")
 
@@ -66,10 +72,7 @@ def validate_id(value: object, kind: str = "id") -> str:
         raise InvalidNameError(f"{kind} must be a string, got {type(value).__name__}")
     if not ID_PATTERN.fullmatch(value) or ".." in value:
         shown = value if len(value) <= 40 else value[:40] + "..."
-        raise InvalidNameError(
-            f"invalid {kind} {shown!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit, and no '..'"
-        )
+        raise InvalidNameError(f"invalid {kind} {shown!r}: use {ID_RULE}")
     return value
 
 

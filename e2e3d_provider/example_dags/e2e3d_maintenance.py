@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
 from e2e3d_provider.devstack.volumes import embedded_vacuum
 from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, ROLE_CONN_IDS
@@ -23,6 +23,7 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle import maintenance
 from e2e3d_provider.lifecycle.backup import BackupTarget
 from e2e3d_provider.lifecycle.host_sweep import sweep_host
+from e2e3d_provider.operators.params import form_param
 from e2e3d_provider.operators.run_context import dag_run_state, data_root, scratch_bounds
 
 MAINTENANCE_CONN_ID = ROLE_CONN_IDS["maintenance"]  # archive, retention deletes, statistics: its role only
@@ -40,22 +41,37 @@ BACKUP_CONN_ID = DEFAULT_BACKUP_CONN_ID  # the scrub's last place to repair from
     render_template_as_native_obj=True,
     default_args={"retries": 1, "retry_delay": timedelta(minutes=5)},
     params={
-        "temp_max_age_hours": Param(
+        "temp_max_age_hours": form_param(
             None,
+            title="Temp dir age (hours)",
+            description_md=(
+                "`clean_temp` removes temp dirs untouched this long. Empty: `temp_max_age_hours` of "
+                "`e2e3d.config`, else 24."
+            ),
+            section="Thresholds",
             type=["null", "number"],
             minimum=0,
-            description="temp dirs untouched this long are removed (default: config)",
         ),
-        "remove_strays": Param(
+        "output_retention_days": form_param(
+            None,
+            title="Output retention (days)",
+            description_md=(
+                "`apply_retention` removes archived jobs older than this from `output` (the archive keeps them). "
+                "Empty: `output_retention_days` of `e2e3d.config`, else 30."
+            ),
+            section="Thresholds",
+            type=["null", "number"],
+            minimum=0,
+        ),
+        "remove_strays": form_param(
             False,
+            title="Remove stray objects",
+            description_md=(
+                "`storage_hygiene` deletes the stray objects it finds: objects no manifest names, left by a "
+                "transfer that stopped part-way (never anything younger than its age bound). Off: it only reports them."
+            ),
+            section="Storage hygiene",
             type="boolean",
-            description="storage_hygiene removes the stray objects it finds (default: only reports them)",
-        ),
-        "output_retention_days": Param(
-            None,
-            type=["null", "number"],
-            minimum=0,
-            description="archived outputs older than this leave `output` (default: config)",
         ),
     },
 )

@@ -21,10 +21,10 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk import TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from e2e3d_provider.core.layout import ID_PATTERN, derived_job_id, validate_id
+from e2e3d_provider.core.layout import derived_job_id, validate_id
 from e2e3d_provider.exceptions import RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.lifecycle.record import begin_run
@@ -32,11 +32,15 @@ from e2e3d_provider.lifecycle.workspace import Workspace
 from e2e3d_provider.operators.archive import ArchiveOperator
 from e2e3d_provider.operators.cleanup import CleanupOperator
 from e2e3d_provider.operators.metadata_record import MetadataRecordOperator
+from e2e3d_provider.operators.params import form_param, id_param, right_size_settings_param
 from e2e3d_provider.operators.right_size import RightSizeOperator
 from e2e3d_provider.operators.run_context import run_is_live, run_stamp
 from e2e3d_provider.operators.stage_in import StageInOperator
 from e2e3d_provider.operators.upload_results import UploadResultsOperator
 from e2e3d_provider.sensors.input_presence import InputPresenceSensor
+
+#: the trigger form's sections
+JOB, INPUT, RIGHT_SIZING, CLEAN_UP = "Job", "Input", "Right-sizing", "Clean-up"
 
 
 @dag(
@@ -50,24 +54,72 @@ from e2e3d_provider.sensors.input_presence import InputPresenceSensor
     render_template_as_native_obj=True,  # "{{ params.min_files }}" arrives as an int, a flag as a bool
     default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
     params={
-        "dataset": Param("terrain", type="string", pattern=ID_PATTERN.pattern, description="dataset id in `input`"),
-        # optional params admit null: the trigger form marks a non-null string required and keeps the
-        # Trigger button disabled while it is empty
-        "job_id": Param(
+        "dataset": id_param(
+            "terrain",
+            kind="dataset id",
+            title="Dataset",
+            description_md="The dataset in the `input` bucket to reconstruct (`e2e3d ingest` puts one there).",
+            section=JOB,
+        ),
+        "job_id": id_param(
             None,
+            kind="job id",
+            title="Job id",
+            description_md=(
+                "Names the job's results in `output/<job_id>/`. Empty: `<dataset>-<stamp>-<6 hex of the run id>`. "
+                "A job id that already has a run in progress is refused."
+            ),
+            section=JOB,
+            optional=True,  # the form marks a param required unless it admits null
+        ),
+        "models_prefix": form_param(
+            None,
+            title="Models prefix",
+            description_md="Optional: a prefix of the `models` bucket to stage too; it must hold objects.",
+            section=JOB,
             type=["null", "string"],
-            pattern=ID_PATTERN.pattern,
-            description="job id; empty: <dataset>-<stamp>-<6 hex of the run id>",
         ),
-        "models_prefix": Param(None, type=["null", "string"], description="prefix in `models` to stage too (optional)"),
-        "min_files": Param(1, type="integer", minimum=1, description="images required before staging"),
-        "stable_for": Param(0, type="number", minimum=0, description="seconds the input must be unchanged"),
-        "right_size": Param(True, type="boolean", description="publish LOD, web and tiled variants beside the results"),
-        "right_size_settings": Param(
-            {}, type="object", description="RightSizePolicy fields over the e2e3d.config 'rightsize' defaults"
+        "min_files": form_param(
+            1,
+            title="Minimum images",
+            description_md="`input_present` waits until the dataset holds at least this many images.",
+            section=INPUT,
+            type="integer",
+            minimum=1,
         ),
-        "remove_output_after_archive": Param(False, type="boolean"),
-        "remove_run_dir": Param(False, type="boolean", description="delete the local run dir at the end"),
+        "stable_for": form_param(
+            0,
+            title="Stable for (seconds)",
+            description_md="`input_present` also waits until the dataset has not changed for this many seconds.",
+            section=INPUT,
+            type="number",
+            minimum=0,
+        ),
+        "right_size": form_param(
+            True,
+            title="Right-size",
+            description_md="Publish level-of-detail, web and tiled variants beside the results.",
+            section=RIGHT_SIZING,
+            type="boolean",
+        ),
+        "right_size_settings": right_size_settings_param(section=RIGHT_SIZING),
+        "remove_output_after_archive": form_param(
+            False,
+            title="Remove output after archive",
+            description_md=(
+                "Once `archive` has copied and verified the job in the `archive` bucket, delete it from `output` "
+                "(the results API then serves the archived copy)."
+            ),
+            section=CLEAN_UP,
+            type="boolean",
+        ),
+        "remove_run_dir": form_param(
+            False,
+            title="Remove the run directory",
+            description_md="Delete the run's local directory on the worker at the end (its temp dir always goes).",
+            section=CLEAN_UP,
+            type="boolean",
+        ),
     },
 )
 def e2e3d_reconstruction() -> None:

@@ -91,5 +91,58 @@ class RightSizePolicy:
                     merged[key] = value
         return cls(**merged)
 
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """A JSON schema of the settings :meth:`from_settings` accepts (one object of field overrides): each
+        field's type and the bounds ``__post_init__`` checks, so a trigger form (or Airflow's validation of a
+        REST trigger) refuses a bad value before a run starts. ``null`` leaves a setting at its default; what
+        JSON schema cannot say (ratios decreasing, prefixes kept and dropped at once) is still checked here."""
+        defaults = cls()
+
+        def field_schema(kind: str, description: str, **bounds: Any) -> dict[str, Any]:
+            return {"type": [kind, "null"], "description": description, **bounds}
+
+        def positive(description: str) -> dict[str, Any]:
+            return field_schema("integer", description, minimum=1)
+
+        def ratios(what: str) -> dict[str, Any]:
+            return {
+                "type": ["array", "null"],
+                "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "description": f"share of the {what} each level keeps, decreasing",
+            }
+
+        prefixes = {"type": "array", "items": {"type": "string", "minLength": 1}}
+        properties: dict[str, Any] = {
+            "mesh_lod_ratios": ratios("faces"),
+            "mesh_error_samples": positive("points sampled to measure a level's geometric error"),
+            "web_format": {"enum": [*sorted(WEB_FORMATS), None], "description": "format of a texture's web variant"},
+            "web_quality": field_schema("integer", "quality of the web variant", minimum=1, maximum=100),
+            "mip_min_size": positive("smallest mip, in pixels a side"),
+            "tile_size": positive("tile edge, in pixels"),
+            "tile_threshold": positive("textures larger than this many pixels a side are tiled"),
+            "png_level": field_schema("integer", "oxipng's effort", minimum=0, maximum=6),
+            "png_min_gain": field_schema(
+                "number", "keep the optimized PNG only when it saves this share", minimum=0, exclusiveMaximum=1
+            ),
+            "pointcloud_lod_ratios": ratios("points"),
+            "pointcloud_max_points": positive("most points in a point-cloud level"),
+            "preservation": {
+                "type": ["object", "null"],
+                "properties": {key: prefixes for key in DEFAULT_PRESERVATION},
+                "additionalProperties": False,
+                "description": "run-dir folder prefixes kept, dropped, and removed after archive",
+            },
+            "max_pixels": positive("a texture with more pixels is refused"),
+            "max_line_bytes": positive("longest ASCII PLY row read"),
+            "max_faces": positive("a mesh with more triangles is refused"),
+            "mesh_seconds": field_schema("number", "seconds for one mesh's level chain", exclusiveMinimum=0),
+            "mesh_memory_bytes": positive("address space of a mesh's child process"),
+            "max_input_bytes": positive("an original larger than this is refused"),
+        }
+        for name, value in defaults.to_dict().items():
+            properties[name]["default"] = value
+        return {"type": "object", "properties": properties, "additionalProperties": False}
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
