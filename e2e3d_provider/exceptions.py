@@ -43,6 +43,11 @@ class InvalidInputError(E2E3DError):
     """An input folder holds files that are not images (or no images at all)."""
 
 
+class MissingInputError(E2E3DError, FileNotFoundError):
+    """A dataset or models prefix a run needs has no objects in object storage: upload it first. A retry
+    of the task cannot help."""
+
+
 class LocalPathError(E2E3DError, FileNotFoundError):
     """A local path handed on from another task does not exist on this host."""
 

@@ -146,8 +146,11 @@ def test_a_run_dir_outside_the_data_root_is_refused_before_anything_is_deleted(
     task = RightSizeOperator(
         task_id="right_size", run_dir=str(home), job_id=unique_id, stamp=STAMP, enabled=False, metadata_conn_id=None
     )
-    with pytest.raises(UnsafePathError, match="data root"):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="data root") as refused:  # no retry: it would be refused again
         task.execute({})
+    assert isinstance(refused.value.__cause__, UnsafePathError)
     assert (home / "precious.txt").read_bytes() == b"keep me" and sorted(p.name for p in home.iterdir()) == [
         "precious.txt"
     ]

@@ -142,8 +142,13 @@ def test_stage_in_of_a_missing_dataset_fails_clearly(storage: StorageHook, tmp_p
     op = StageInOperator(
         task_id="s", dataset=f"absent-{unique_id}", job_id=unique_id, data_root=str(tmp_path), stamp="20260101T000000Z"
     )
-    with pytest.raises(FileNotFoundError, match=r"has no images in bucket 'input'"):
-        op.execute({})
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from e2e3d_provider.exceptions import MissingInputError
+
+    with pytest.raises(AirflowFailException, match=r"has no images in bucket 'input'") as failed:
+        op.execute({})  # missing input: the task fails at once, no retry
+    assert isinstance(failed.value.__cause__, MissingInputError)
     assert not (tmp_path / "output").exists()
 
 

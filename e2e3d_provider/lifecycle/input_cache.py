@@ -37,6 +37,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.manifest import sha256_file
 from e2e3d_provider.core.transfer import PARTIAL_SUFFIX, TransferResult, iter_local_files
+from e2e3d_provider.exceptions import MissingInputError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.datasets import dataset_view
 from e2e3d_provider.lifecycle.local_paths import mirror_lock, reader_lock_path, remove_tree, writer_lock_path
@@ -147,11 +148,11 @@ def stage_dataset(storage: StorageHook, root: Path, dataset: str, bucket: str = 
     """Make ``<root>/input/<dataset>/`` the dataset as stored now, through this host's cache: only images
     the cache does not hold are fetched (each checked against its sha256), then the folder is relinked.
     Loose objects (a dataset from before content addressing) are mirrored by ETag and hashed into the
-    cache. A dataset with no images is ``FileNotFoundError``."""
+    cache. A dataset with no images is :class:`MissingInputError`."""
     dataset = validate_id(dataset, "dataset")
     view = dataset_view(storage, dataset, bucket)
     if not view.count:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"dataset {dataset!r} has no images in bucket {bucket!r} (no {input_prefix(dataset)}dataset.json and "
             f"no objects below {input_prefix(dataset)}); upload it first (e2e3d ingest)"
         )

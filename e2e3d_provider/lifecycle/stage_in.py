@@ -18,6 +18,7 @@ from e2e3d_provider.core.layout import (
     validate_id,
 )
 from e2e3d_provider.core.transfer import TransferResult
+from e2e3d_provider.exceptions import MissingInputError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.input_cache import stage_dataset
 from e2e3d_provider.lifecycle.local_paths import mirror_lock
@@ -111,9 +112,9 @@ def mirror_models(
     storage: StorageHook, root: Path, prefix: str, bucket: str = BUCKET_MODELS
 ) -> tuple[Path, TransferResult]:
     """Mirror ``<bucket>/<prefix>`` into ``<root>/models/<prefix>`` (unchanged files move no bytes, files gone
-    from the bucket are removed locally). A prefix with no objects is ``FileNotFoundError``."""
+    from the bucket are removed locally). A prefix with no objects is :class:`MissingInputError`."""
     if not storage.list_keys(bucket, prefix):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"models prefix {normalize_prefix(prefix)!r} has no objects in bucket {bucket!r}; "
             "upload the models first, or leave models_prefix empty"
         )

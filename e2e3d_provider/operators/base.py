@@ -1,17 +1,66 @@
-"""What every E2E3D operator shares: connection ids with defaults, lazily created hooks, and
-idempotent transfer records."""
+"""What every E2E3D operator shares: connection ids with defaults, lazily created hooks, idempotent
+transfer records, and permanent errors that fail the task without a retry."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
 
+from e2e3d_provider.exceptions import (
+    BucketNotFoundError,
+    InvalidInputError,
+    InvalidTransitionError,
+    MissingInputError,
+    ReconstructionError,
+    RunFinishedError,
+)
 from e2e3d_provider.hooks import ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook, TransferResult
 from e2e3d_provider.lifecycle.record import record_transfer
+
+#: errors a retry of the task cannot mend: input that is not there (a dataset or models prefix with no
+#: objects, a bucket that does not exist) or not usable images, and values that fail validation (``ValueError``:
+#: bad ids and paths, manifests that cannot be read or name another run, right-sizing settings and
+#: inputs out of bounds), status changes the job lifecycle forbids. Everything else (object-store and
+#: PostgreSQL outages, checksum mismatches, another run holding the job's lock, a run dir on another
+#: host) keeps the task's retries.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    MissingInputError,
+    BucketNotFoundError,
+    InvalidInputError,
+    ReconstructionError,
+    ValueError,
+    InvalidTransitionError,
+    RunFinishedError,
+)
+
+
+def is_permanent(err: BaseException) -> bool:
+    """Whether ``err`` fails a task for good (:data:`PERMANENT_ERRORS`): the one place that decides."""
+    return isinstance(err, PERMANENT_ERRORS)
+
+
+def failing_permanently(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """``execute`` with permanent errors raised as :class:`AirflowFailException` (its cause chained), which
+    fails the task at once whatever its ``retries``; other errors pass through to the retry policy."""
+
+    @functools.wraps(execute)
+    def run(self: BaseOperator, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return execute(self, *args, **kwargs)
+        except Exception as err:
+            if not is_permanent(err):
+                raise
+            raise AirflowFailException(f"{err} ({type(err).__name__}: a retry cannot mend this)") from err
+
+    run.__e2e3d_failing_permanently__ = True  # type: ignore[attr-defined]
+    return run
 
 
 class E2E3DOperator(BaseOperator):
@@ -28,6 +77,13 @@ class E2E3DOperator(BaseOperator):
     sweeps_scratch: bool = False
     #: the least-privilege storage role whose connection is the default (``core.roles``)
     storage_role: str = "worker"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every ``execute`` a subclass defines fails permanently on :data:`PERMANENT_ERRORS`."""
+        super().__init_subclass__(**kwargs)
+        execute = cls.__dict__.get("execute")
+        if callable(execute) and not getattr(execute, "__e2e3d_failing_permanently__", False):
+            cls.execute = failing_permanently(execute)  # type: ignore[method-assign]
 
     def __init__(
         self,

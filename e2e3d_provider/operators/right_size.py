@@ -6,10 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException
 
 from e2e3d_provider.core.layout import validate_id, validate_stamp
-from e2e3d_provider.exceptions import RightSizeInputError
 from e2e3d_provider.lifecycle.handoff import hand_off, local_run_dir
 from e2e3d_provider.lifecycle.local_paths import remove_tree, require_local_dir
 from e2e3d_provider.lifecycle.right_size import right_size_job, summary
@@ -100,10 +98,8 @@ class RightSizeOperator(E2E3DOperator):
         settings = dict(self.settings or {})
         if self.preservation is not None:
             settings["preservation"] = self.preservation
-        try:
-            record = right_size_job(run_dir, self.metadata, settings, enabled=as_bool(self.enabled))
-        except (RightSizeInputError, ValueError) as err:  # bad input or settings: a retry cannot help
-            raise AirflowFailException(f"right-sizing {run_dir.name}: {err}") from err
+        # bad input or settings (RightSizeInputError, ValueError) fail at once: E2E3DOperator's permanent errors
+        record = right_size_job(run_dir, self.metadata, settings, enabled=as_bool(self.enabled))
         result = summary(record)
         if handing:
             handed, sent = hand_off(self.storage, run_dir, job_id, stamp)

@@ -6,16 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, input_prefix
-from e2e3d_provider.exceptions import InvalidInputError, ReconstructionError, RightSizeInputError
+from e2e3d_provider.exceptions import InvalidInputError
 from e2e3d_provider.lifecycle.workspace import Produced, Workspace, run_in_workspace
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import data_root
-
-#: errors of the input itself: a retry cannot help, so the task fails at once
-NO_RETRY_ERRORS: tuple[type[BaseException], ...] = (ReconstructionError, InvalidInputError, RightSizeInputError)
 
 
 class WorkspaceOperator(E2E3DOperator):
@@ -67,19 +63,18 @@ class WorkspaceOperator(E2E3DOperator):
         return self.staged
 
     def execute(self, context: Context) -> Any:
-        try:
-            produced = run_in_workspace(
-                self.storage,
-                data_root(self.data_root),
-                self.staged_input(),
-                lambda workspace: self.produce(workspace, context),
-                input_bucket=self.input_bucket,
-                output_bucket=self.output_bucket,
-                settle=self.settle_seconds,
-                concurrency=self.upload_concurrency,
-            )
-        except NO_RETRY_ERRORS as err:
-            raise AirflowFailException(str(err)) from err
+        # errors of the input itself (ReconstructionError, InvalidInputError, RightSizeInputError...) fail at
+        # once, without a retry: E2E3DOperator's permanent errors
+        produced = run_in_workspace(
+            self.storage,
+            data_root(self.data_root),
+            self.staged_input(),
+            lambda workspace: self.produce(workspace, context),
+            input_bucket=self.input_bucket,
+            output_bucket=self.output_bucket,
+            settle=self.settle_seconds,
+            concurrency=self.upload_concurrency,
+        )
         self.report(produced, context)
         return produced.value
 
