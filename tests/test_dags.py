@@ -47,7 +47,8 @@ def test_every_dag_loads_without_import_errors() -> None:
         assert expected <= set(bag.dag_ids)
     lifecycle = DagBag(dag_folder=str(DAGS_DIR)).dags["e2e3d_reconstruction"]
     assert {"dataset", "job_id"} <= set(lifecycle.params)
-    assert lifecycle.get_task("cleanup").trigger_rule == "all_done"
+    assert lifecycle.get_task("cleanup").trigger_rule == "all_done_min_one_success"
+    assert "prepare" in lifecycle.get_task("cleanup").upstream_task_ids
     assert lifecycle.get_task("mark_failed").trigger_rule == "one_failed"
 
 
@@ -341,16 +342,26 @@ def test_maintenance_runs_nothing_before_health() -> None:
             assert "health" in {t.task_id for t in dag.get_task(task_id).get_flat_relatives(upstream=True)}, task_id
 
 
-def test_a_failed_prepare_is_cleaned_without_a_crash_and_named_alone(
-    run_dag, storage: StorageHook, data_root: Path, unique_id: str
+def test_a_conflicting_run_fails_in_prepare_saying_why_and_pulls_no_missing_xcom(
+    run_dag, metadata: MetadataHook, data_root: Path, unique_id: str, capfd: pytest.CaptureFixture[str], caplog
 ) -> None:
+    """Another DAG run holds the job: prepare fails at once (its reason first in its log) and the run
+    fails. Nothing downstream pulls an XCom prepare never pushed (each pull of a missing one is an
+    ``[error] XCom not found`` line in the scheduler's log): cleanup has nothing to clean, and is not run."""
+    elsewhere = {"dag_run_id": "manual__elsewhere"}  # a live run of the job that no DAG here can see end
+    metadata.record_job(unique_id, "20200101T000000Z", "terrain", "running", statistics=elsewhere)
     dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
-    dr = run_dag(dag, {"dataset": "terrain", "job_id": f"{unique_id}..bad"})  # passes the form, fails prepare
+    dr = run_dag(dag, {"dataset": "terrain", "job_id": unique_id})
     states = task_states(dr)
     assert str(dr.state) == "failed", states
-    assert states["prepare"] == "failed" and states["cleanup"] == "success", states
-    assert states["mark_failed"] == "failed"
-    assert dr.get_task_instance("cleanup").try_number == 1  # no crash, so no retry
+    assert states["prepare"] == "failed" and states["mark_failed"] == "failed", states
+    assert states["cleanup"] == "upstream_failed", states  # nothing of this run to clean
+    assert dr.get_task_instance("prepare").try_number == 1
+    output = capfd.readouterr().out + capfd.readouterr().err + caplog.text
+    assert "has a run in progress" in output
+    assert "XCom not found" not in output
+    job = metadata.get_job(unique_id, "20200101T000000Z")
+    assert job["status"] == "running" and job["statistics"]["dag_run_id"] == "manual__elsewhere"  # untouched
 
 
 def test_an_ingest_that_stops_part_way_says_how_many_are_stored_and_a_rerun_completes_it(

@@ -4,6 +4,7 @@ embedded stack, driven only through Airflow's REST API, as an operator of the pl
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 import uuid
 from datetime import datetime
@@ -21,6 +22,29 @@ def _ingest(storage, dataset: str) -> None:
     from e2e3d_provider.lifecycle.ingest import ingest
 
     ingest(storage, SAMPLE_DIR, dataset)
+
+
+def first_entry(log: str) -> str:
+    """The first entry a task logged itself: what the UI shows first, below the folded "Pre Execute" group
+    (the runner's own entries before it, and after it its "Post Execute" group)."""
+    events = []
+    for line in log.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("event"), str):
+            events.append(entry["event"])
+    pre = events.index("::group::Pre Execute")
+    body = events[events.index("::endgroup::", pre) + 1 :]
+    return body[0] if body else ""
+
+
+def xcom_not_found(deployment: AirflowDeployment, run_id: str) -> list[str]:
+    """The scheduler log's ``XCom not found`` error lines about ``run_id`` (LocalExecutor: the task
+    supervisors run in the scheduler, and log each pull of an XCom that does not exist)."""
+    text = deployment.log_path("scheduler").read_text(errors="replace")
+    return [line for line in text.splitlines() if "XCom not found" in line and run_id in line]
 
 
 def test_every_component_listens_on_loopback_only(airflow_deployment: AirflowDeployment) -> None:
@@ -143,8 +167,10 @@ def test_clear_on_a_succeeded_run_is_a_no_op_that_says_why(airflow_deployment, s
     assert airflow_deployment.wait_for_run(dag_id, run_id, timeout=120) == "success"
     states = airflow_deployment.task_states(dag_id, run_id)
     assert states["prepare"] == "skipped" and states["upload_results"] == "skipped", states
-    assert states["cleanup"] == "success" and states["mark_failed"] == "skipped", states
-    assert "is not redone" in airflow_deployment.task_log(dag_id, run_id, "prepare", try_number=2)
+    assert states["cleanup"] == "skipped" and states["mark_failed"] == "skipped", states  # nothing to clean
+    log = airflow_deployment.task_log(dag_id, run_id, "prepare", try_number=2)
+    assert "is not redone" in first_entry(log), log  # the reason, first, not folded into "Post Execute"
+    assert xcom_not_found(airflow_deployment, run_id) == [], "the skipped run pulled XComs prepare never pushed"
     after = metadata.get_job(job_id)
     assert (after["stamp"], after["status"]) == (before["stamp"], before["status"])  # untouched
 
@@ -175,8 +201,11 @@ def test_runs_marked_failed_or_succeeded_through_rest_fail_their_jobs_at_once(
     # a second run of the same job while the first is in progress is refused, touching nothing of it
     second = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": job_id})
     assert airflow_deployment.wait_for_run(dag_id, second, timeout=120) == "failed"
-    assert airflow_deployment.task_states(dag_id, second)["prepare"] == "failed"
-    assert "has a run in progress" in airflow_deployment.task_log(dag_id, second, "prepare")
+    second_states = airflow_deployment.task_states(dag_id, second)
+    assert second_states["prepare"] == "failed" and second_states["cleanup"] == "upstream_failed", second_states
+    log = airflow_deployment.task_log(dag_id, second, "prepare")
+    assert "has a run in progress" in first_entry(log), log  # the reason, first
+    assert xcom_not_found(airflow_deployment, second) == [], "the refused run pulled XComs prepare never pushed"
     assert metadata.get_job(job_id)["status"] == "running"  # the refused run's listener call left it alone
 
     airflow_deployment.patch(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", {"state": "failed"})
@@ -238,6 +267,24 @@ def test_a_clear_of_a_failed_task_runs_the_job_again_timed_from_the_restart(
     assert job["started_at"] == restarted == rerun["started_at"]  # timed from the restart ...
     assert job["started_at"] <= datetime.fromisoformat(stage_in["start_date"])  # ... before the re-run's first task
     assert restarted < job["finished_at"] <= ended
+
+
+def test_a_rest_trigger_with_a_bad_job_id_is_refused_with_the_rule_in_words(airflow_deployment) -> None:
+    """What the UI's Trigger sends too: the api-server validates the params against the serialized DAG and
+    answers 400 with the id rule, not a regular expression; no run is created."""
+    from e2e3d_provider.core.layout import ID_RULE
+    from e2e3d_provider.devstack.airflow_deployment import ApiError
+
+    dag_id = "e2e3d_reconstruction"
+    airflow_deployment.wait_for_dag(dag_id)
+    runs_before = airflow_deployment.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=1")["total_entries"]
+    with pytest.raises(ApiError) as refused:
+        airflow_deployment.trigger(dag_id, {"dataset": "terrain", "job_id": "bad id!"})
+    detail = refused.value.detail
+    assert refused.value.status == 400, detail
+    assert "Invalid input for param job_id" in detail and ID_RULE in detail, detail
+    assert "[A-Za-z0-9]" not in detail, detail  # words, not a regular expression
+    assert airflow_deployment.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=1")["total_entries"] == runs_before
 
 
 def test_the_results_api_is_mounted_in_the_real_api_server(airflow_deployment: AirflowDeployment) -> None:

@@ -4,7 +4,7 @@ Trigger from the UI ("Trigger DAG w/ config") with ``{"dataset": "...", "job_id"
 ``job_id`` defaults to a readable ``<dataset>-<stamp>-<6 hex>``. Flow:
 
     prepare -> input_present -> stage_in -> reconstruct -> right_size -> upload_results -> record_succeeded
-            -> archive -> cleanup (all_done);  mark_failed (one_failed: job failed)
+            -> archive -> cleanup (all done, if prepare succeeded);  mark_failed (one_failed: job failed)
 
 ``right_size`` writes level-of-detail, web and tiled variants beside the results (``right_size=false`` turns
 it off; ``right_size_settings`` overrides its thresholds), so ``upload_results`` publishes originals and
@@ -25,7 +25,7 @@ from airflow.sdk import TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from e2e3d_provider.core.layout import derived_job_id, validate_id
-from e2e3d_provider.exceptions import RunFinishedError
+from e2e3d_provider.exceptions import RunConflictError, RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.lifecycle.record import begin_run
 from e2e3d_provider.lifecycle.workspace import Workspace
@@ -141,8 +141,12 @@ def e2e3d_reconstruction() -> None:
                 context["dag"].dag_id,
                 run_is_live=partial(run_is_live, context["ti"]),
             )
-        except RunFinishedError as err:  # a Clear of a finished run: a no-op that says why
+        except RunFinishedError as err:  # a Clear of a finished run: a no-op that says why, first in its log
+            context["task"].log.warning("skipped: %s", err)
             raise AirflowSkipException(str(err)) from err
+        except RunConflictError as err:  # another DAG run holds the job: fail at once, saying why first
+            context["task"].log.error("refused: %s", err)
+            raise AirflowFailException(str(err)) from err
         return {
             "dataset": dataset,
             "job_id": job_id,
@@ -210,8 +214,15 @@ def e2e3d_reconstruction() -> None:
     archive = ArchiveOperator(
         task_id="archive", job_id=job_id, stamp=stamp, remove_source="{{ params.remove_output_after_archive }}"
     )
+    # cleanup runs once the run is done, failed or not, but only when prepare succeeded (it is an upstream: job_id
+    # and stamp are its XComs): a run prepare skipped (a Clear of a finished run) or refused (a conflict) has
+    # nothing of its own to clean, and pulling XComs prepare never pushed is an error line per pull
     cleanup = CleanupOperator(
-        task_id="cleanup", job_id=job_id, stamp=stamp, remove_run_dir="{{ params.remove_run_dir }}"
+        task_id="cleanup",
+        job_id=job_id,
+        stamp=stamp,
+        remove_run_dir="{{ params.remove_run_dir }}",
+        trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
     )
 
     @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
@@ -233,6 +244,7 @@ def e2e3d_reconstruction() -> None:
 
     work = [prepared, input_present, stage_in, statistics, right_size, upload, record, archive]
     prepared >> input_present >> stage_in >> statistics >> right_size >> upload >> record >> archive >> cleanup
+    prepared >> cleanup  # already so through its XComs; said here since its trigger rule counts on it
     work >> mark_failed()
 
 
