@@ -96,6 +96,47 @@ def test_second_download_of_an_unchanged_prefix_moves_zero_bytes(
     assert (tmp_path / "dst/images/img_003.jpg").read_bytes() == files["images/img_003.jpg"]
 
 
+def test_a_transfer_that_moved_nothing_logs_no_throughput(
+    storage: StorageHook,
+    bucket: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A rerun that finds everything in place says what it left unchanged, and no MB/s (of bytes that never
+    moved); a transfer that moved bytes still says its rate."""
+    files = sample_files()
+    write_files(tmp_path / "src", files)
+    caplog.set_level("INFO")
+    capfd.readouterr()
+
+    def lines() -> list[str]:
+        """What the transfers logged since last asked: core.transfer's records (stdlib logging) and the hook's
+        lines (Airflow's structlog logger, which writes to the console and not through stdlib logging)."""
+        said = [record.getMessage() for record in caplog.records]
+        captured = capfd.readouterr()
+        caplog.clear()
+        return said + (captured.out + captured.err).splitlines()
+
+    moved = [
+        storage.upload_dir(tmp_path / "src", bucket, "ds3"),
+        storage.download_prefix(bucket, "ds3", tmp_path / "dst"),
+    ]
+    assert all(result.bytes for result in moved)
+    said = lines()
+    assert len([line for line in said if " sent (" in line and "MB/s" in line]) == 2, said  # each with a rate
+
+    again = [
+        storage.upload_dir(tmp_path / "src", bucket, "ds3"),
+        storage.download_prefix(bucket, "ds3", tmp_path / "dst"),
+    ]
+    assert [(result.bytes, result.skipped_files) for result in again] == [(0, len(files))] * 2
+    said = lines()
+    summaries = [line for line in said if f"0 sent (0.0 MB), {len(files)} unchanged" in line]
+    assert len(summaries) == 2, said  # upload and download each say what they left alone ...
+    assert not [line for line in said if "MB/s" in line], said  # ... and no throughput
+
+
 def test_download_mirror_removes_files_gone_from_the_prefix(storage: StorageHook, bucket: str, tmp_path: Path) -> None:
     write_files(tmp_path / "src", {"a.jpg": b"a", "b.jpg": b"b"})
     storage.upload_dir(tmp_path / "src", bucket, "ds")

@@ -143,7 +143,9 @@ def watch_progress(listener: Callable[[str, int, int, bool], None]) -> Iterator[
 
 class Progress:
     """Thread-safe counter that logs files done/total, MB and MB/s every few seconds (and tells the
-    :data:`PROGRESS_LISTENERS` after each file)."""
+    :data:`PROGRESS_LISTENERS` after each file). Files already in place count as done, but only bytes that
+    moved count for the throughput: a transfer that moved nothing logs no rate (and no final line: the
+    hook's summary says what it left unchanged)."""
 
     def __init__(
         self, label: str, total_files: int, total_bytes: int, interval: float = PROGRESS_INTERVAL_SECONDS
@@ -154,14 +156,17 @@ class Progress:
         self.interval = interval
         self.files = 0
         self.bytes = 0
+        self.sent_bytes = 0
         self.started = time.monotonic()
         self._last_log = self.started
         self._lock = threading.Lock()
 
-    def add(self, nbytes: int) -> None:
+    def add(self, nbytes: int, sent: bool = True) -> None:
+        """One file done, of ``nbytes``; ``sent``: its bytes moved (False: it was already in place)."""
         with self._lock:
             self.files += 1
             self.bytes += nbytes
+            self.sent_bytes += nbytes if sent else 0
             now = time.monotonic()
             if now - self._last_log >= self.interval:
                 self._last_log = now
@@ -171,7 +176,8 @@ class Progress:
 
     def finish(self) -> float:
         now = time.monotonic()
-        self._log(now)
+        if self.sent_bytes:
+            self._log(now)
         self._tell(self.bytes, True)
         return now - self.started
 
@@ -184,14 +190,15 @@ class Progress:
 
     def _log(self, now: float) -> None:
         elapsed = max(now - self.started, 1e-9)
+        rate = f", {self.sent_bytes / 1e6 / elapsed:.1f} MB/s" if self.sent_bytes else ""
         log.info(
-            "%s: %d/%d files, %.1f/%.1f MB, %.1f MB/s",
+            "%s: %d/%d files, %.1f/%.1f MB%s",
             self.label,
             self.files,
             self.total_files,
             self.bytes / 1e6,
             self.total_bytes / 1e6,
-            self.bytes / 1e6 / elapsed,
+            rate,
         )
 
 
@@ -715,7 +722,7 @@ def upload_directory(
             )
             result.checksums[rel] = (outcome.size, outcome.sha256, outcome.etag)
             _record(result, lock, outcome.sent, outcome.size, key)
-            progress.add(outcome.size)
+            progress.add(outcome.size, sent=outcome.sent)
             if on_progress is not None:
                 on_progress(len(result.keys), len(files))
 
@@ -755,7 +762,7 @@ def upload_objects(
             outcome = await engine.upload(key, path, budget, listed=listed, expected_sha256=checksums.get(key))
             result.checksums[key] = (outcome.size, outcome.sha256, outcome.etag)
             _record(result, lock, outcome.sent, outcome.size, key)
-            progress.add(outcome.size)
+            progress.add(outcome.size, sent=outcome.sent)
             if on_progress is not None:
                 on_progress(len(result.keys), len(items))
 
@@ -825,13 +832,14 @@ def download_prefix(
             rel, remote = item
             dest = targets[rel]
             want = expected[rel][1] if expected is not None else None
-            if engine.local_matches(dest, remote, want):
+            fetched = not engine.local_matches(dest, remote, want)
+            if not fetched:
                 _record(result, lock, False, remote.size, remote.key)
             else:
                 size = await engine.download(remote, dest, budget, expected_sha256=want)
                 _record(result, lock, True, size, remote.key)
             assert progress is not None
-            progress.add(remote.size)
+            progress.add(remote.size, sent=fetched)
 
         await gather_bounded(planned, one, engine.concurrency, lambda item: item[1].key, translate)
 

@@ -673,8 +673,9 @@ class StorageHook(BaseHook):
         telemetry.transfer_metrics(
             result.direction, result.bucket, result.files, result.bytes, result.skipped_bytes, result.seconds
         )
+        rate = f", {result.mb_per_s:.1f} MB/s" if result.bytes else ""  # nothing moved: no throughput to speak of
         self.log.info(
-            "%s %s/%s: %d sent (%.1f MB), %d unchanged (%.1f MB) in %.2fs, %.1f MB/s",
+            "%s %s/%s: %d sent (%.1f MB), %d unchanged (%.1f MB) in %.2fs%s",
             result.direction,
             result.bucket,
             result.prefix,
@@ -683,7 +684,7 @@ class StorageHook(BaseHook):
             result.skipped_files,
             result.skipped_bytes / 1e6,
             result.seconds,
-            result.mb_per_s,
+            rate,
         )
 
     def require_bucket(self, bucket: str) -> None:
