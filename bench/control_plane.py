@@ -138,9 +138,9 @@ def run_size(n: int, archive_budget: float) -> list[dict[str, Any]]:
         from e2e3d_provider.devstack.bulk_jobs import BulkJob, load_jobs
         from e2e3d_provider.hooks.metadata import MetadataHook
         from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.lifecycle.archive import archive_completed
-        from e2e3d_provider.lifecycle.maintenance import record_statistics
-        from e2e3d_provider.lifecycle.retention import apply_retention
+        from e2e3d_provider.lifecycle.durability.archive import archive_completed
+        from e2e3d_provider.lifecycle.durability.retention import apply_retention
+        from e2e3d_provider.lifecycle.maintenance.steps import record_statistics
 
         storage, metadata = StorageHook(BENCH_CONN_ID), MetadataHook()
         storage.bootstrap()

@@ -59,8 +59,8 @@ def measure(label: str, grow) -> dict:
     """Full backup, unchanged incremental, incremental after growth, destroy, restore: on the stack in os.environ."""
     from e2e3d_provider.hooks.metadata import MetadataHook
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.backup import BackupTarget, run_backup
-    from e2e3d_provider.lifecycle.restore import run_restore
+    from e2e3d_provider.lifecycle.durability.backup import BackupTarget, run_backup
+    from e2e3d_provider.lifecycle.durability.restore import run_restore
 
     source, admin, metadata = StorageHook("minio_maintenance"), StorageHook("minio_admin"), MetadataHook()
     target = BackupTarget.from_hook(StorageHook("e2e3d_backup"))

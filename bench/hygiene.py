@@ -40,9 +40,9 @@ def main() -> None:
         from e2e3d_provider.devstack.volumes import embedded_vacuum
         from e2e3d_provider.hooks.metadata import MetadataHook
         from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.lifecycle import maintenance
-        from e2e3d_provider.lifecycle.publish import publish_run
-        from e2e3d_provider.lifecycle.record import record_job_run
+        from e2e3d_provider.lifecycle.maintenance import steps as maintenance
+        from e2e3d_provider.lifecycle.results.publish import publish_run
+        from e2e3d_provider.lifecycle.results.record import record_job_run
 
         os.environ["E2E3D_STACK_DIR"] = str(base / "stack")
         assert default_stack_dir() == base / "stack"

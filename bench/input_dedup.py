@@ -66,8 +66,8 @@ def main() -> None:
     with bench_environment("dedup") as base:
         from e2e3d_provider.core.layout import BLOB_AREA, DATASET_MANIFEST_NAME, input_prefix
         from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.lifecycle.ingest import ingest
-        from e2e3d_provider.lifecycle.input_cache import stage_dataset
+        from e2e3d_provider.lifecycle.inputs.ingest import ingest
+        from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 
         storage = StorageHook(BENCH_CONN_ID)
         storage.bootstrap()

@@ -172,7 +172,7 @@ def run_child(method: str, direction: str, src: str, dest: str, bucket: str, pre
             storage.download_prefix(bucket, prefix, dest_path)
     elif method == "operator":
         if direction == "upload":
-            from e2e3d_provider.lifecycle.publish import publish_run
+            from e2e3d_provider.lifecycle.results.publish import publish_run
 
             publish_run(storage, src_path, prefix.strip("/"), "20261124T120000Z", bucket)
         else:

@@ -52,7 +52,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "e2e3d_provider.operators.stage_in",
                     "e2e3d_provider.operators.workspace",
-                    "e2e3d_provider.operators.right_size",
+                    "e2e3d_provider.operators.rightsize",
                     "e2e3d_provider.operators.upload_results",
                     "e2e3d_provider.operators.cleanup",
                     "e2e3d_provider.operators.metadata_record",
@@ -75,20 +75,46 @@ def get_provider_info() -> dict[str, Any]:
     }
 
 
-#: Modules that moved when the package took its layered shape (0.2): old name -> new name. Importing
-#: an old name still works, with a DeprecationWarning; the old names go in a later release.
+#: Modules that moved when the package took its layered shape (0.2) and the lifecycle its rooms (0.4):
+#: old name -> new name. Importing an old name still works, with a DeprecationWarning; the old names go
+#: in a later release.
 MOVED_MODULES = {
     "e2e3d_provider.layout": "e2e3d_provider.core.layout",
     "e2e3d_provider.manifest": "e2e3d_provider.core.manifest",
     "e2e3d_provider.transfer": "e2e3d_provider.core.transfer",
     "e2e3d_provider.input_check": "e2e3d_provider.core.readiness",
-    "e2e3d_provider.commit": "e2e3d_provider.lifecycle.publish",
-    "e2e3d_provider.ingest": "e2e3d_provider.lifecycle.ingest",
-    "e2e3d_provider.operators.maintenance": "e2e3d_provider.lifecycle.maintenance",
-    "e2e3d_provider.operators.local_paths": "e2e3d_provider.lifecycle.local_paths",
+    "e2e3d_provider.commit": "e2e3d_provider.lifecycle.results.publish",
+    "e2e3d_provider.ingest": "e2e3d_provider.lifecycle.inputs.ingest",
+    "e2e3d_provider.operators.maintenance": "e2e3d_provider.lifecycle.maintenance.steps",
+    "e2e3d_provider.operators.local_paths": "e2e3d_provider.core.local_paths",
     "e2e3d_provider.stack": "e2e3d_provider.devstack.stack",
     "e2e3d_provider.demo": "e2e3d_provider.devstack.demo",
     "e2e3d_provider.reconstruct": "e2e3d_provider.devstack.reconstruct",
+    # 0.4: the lifecycle in rooms, and one spelling of right-size
+    "e2e3d_provider.operators.right_size": "e2e3d_provider.operators.rightsize",
+    "e2e3d_provider.lifecycle.datasets": "e2e3d_provider.lifecycle.inputs.datasets",
+    "e2e3d_provider.lifecycle.ingest": "e2e3d_provider.lifecycle.inputs.ingest",
+    "e2e3d_provider.lifecycle.readiness": "e2e3d_provider.lifecycle.inputs.readiness",
+    "e2e3d_provider.lifecycle.handoff": "e2e3d_provider.lifecycle.results.handoff",
+    "e2e3d_provider.lifecycle.publish": "e2e3d_provider.lifecycle.results.publish",
+    "e2e3d_provider.lifecycle.record": "e2e3d_provider.lifecycle.results.record",
+    "e2e3d_provider.lifecycle.right_size": "e2e3d_provider.lifecycle.results.rightsize",
+    "e2e3d_provider.lifecycle.input_cache": "e2e3d_provider.lifecycle.worker.input_cache",
+    "e2e3d_provider.lifecycle.stage_in": "e2e3d_provider.lifecycle.worker.stage_in",
+    "e2e3d_provider.lifecycle.local_paths": "e2e3d_provider.core.local_paths",
+    "e2e3d_provider.lifecycle.write_back": "e2e3d_provider.lifecycle.worker.write_back",
+    "e2e3d_provider.lifecycle.workspace": "e2e3d_provider.lifecycle.worker.workspace",
+    "e2e3d_provider.lifecycle.scratch": "e2e3d_provider.lifecycle.worker.scratch",
+    "e2e3d_provider.lifecycle.host_sweep": "e2e3d_provider.lifecycle.worker.host_sweep",
+    "e2e3d_provider.lifecycle.partials": "e2e3d_provider.lifecycle.worker.partials",
+    "e2e3d_provider.lifecycle.archive": "e2e3d_provider.lifecycle.durability.archive",
+    "e2e3d_provider.lifecycle.retention": "e2e3d_provider.lifecycle.durability.retention",
+    "e2e3d_provider.lifecycle.backup": "e2e3d_provider.lifecycle.durability.backup",
+    "e2e3d_provider.lifecycle.restore": "e2e3d_provider.lifecycle.durability.restore",
+    "e2e3d_provider.lifecycle.scrub": "e2e3d_provider.lifecycle.durability.scrub",
+    "e2e3d_provider.lifecycle.hygiene": "e2e3d_provider.lifecycle.maintenance.hygiene",
+    "e2e3d_provider.lifecycle.reconcile": "e2e3d_provider.lifecycle.maintenance.reconcile",
+    "e2e3d_provider.lifecycle.dashboard": "e2e3d_provider.lifecycle.maintenance.dashboard",
 }
 
 

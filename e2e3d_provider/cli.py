@@ -95,7 +95,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from e2e3d_provider.core.transfer import watch_progress
     from e2e3d_provider.devstack.console import Console, state_dir
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.ingest import ingest
+    from e2e3d_provider.lifecycle.inputs.ingest import ingest
 
     with Console(state_dir() / "ingest.log") as console, watch_progress(console.progress):
         result = ingest(
@@ -115,7 +115,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_migrate_inputs(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.datasets import adopt_loose, list_datasets
+    from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, list_datasets
 
     storage = StorageHook(args.minio_conn_id)
     for dataset in args.dataset or list_datasets(storage, args.bucket):
@@ -130,7 +130,7 @@ def cmd_migrate_inputs(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from e2e3d_provider.devstack.console import human_bytes
     from e2e3d_provider.hooks.metadata import MetadataHook
-    from e2e3d_provider.lifecycle.dashboard import dashboard_figures
+    from e2e3d_provider.lifecycle.maintenance.dashboard import dashboard_figures
 
     d = dashboard_figures(MetadataHook(args.metadata_conn_id), args.days)
 
@@ -205,7 +205,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.publish import fetch_published
+    from e2e3d_provider.lifecycle.results.publish import fetch_published
 
     result = fetch_published(StorageHook(args.minio_conn_id), args.job_id, args.directory, bucket=args.bucket)
     print(
@@ -233,7 +233,7 @@ def _quiet(name: str) -> Iterator[None]:
 
 def _backup_target(args: argparse.Namespace) -> Any:
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.backup import BackupTarget
+    from e2e3d_provider.lifecycle.durability.backup import BackupTarget
 
     return BackupTarget.from_hook(StorageHook(args.backup_conn_id))
 
@@ -241,7 +241,7 @@ def _backup_target(args: argparse.Namespace) -> Any:
 def cmd_backup(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.metadata import MetadataHook
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.backup import run_backup
+    from e2e3d_provider.lifecycle.durability.backup import run_backup
 
     target = _backup_target(args)
     if args.list:
@@ -264,7 +264,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.metadata import MetadataHook
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.restore import run_restore
+    from e2e3d_provider.lifecycle.durability.restore import run_restore
 
     with _quiet("restore"):
         done = run_restore(
@@ -304,8 +304,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_scrub(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.metadata import MetadataHook
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.backup import BackupTarget
-    from e2e3d_provider.lifecycle.scrub import scrub
+    from e2e3d_provider.lifecycle.durability.backup import BackupTarget
+    from e2e3d_provider.lifecycle.durability.scrub import scrub
 
     target = BackupTarget.optional(args.backup_conn_id)
     with _quiet("scrub"):

@@ -17,8 +17,8 @@ from e2e3d_provider.api.app import create_app
 from e2e3d_provider.devstack.stack import free_ports
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.archive import archive_job
-from e2e3d_provider.lifecycle.publish import publish_run
+from e2e3d_provider.lifecycle.durability.archive import archive_job
+from e2e3d_provider.lifecycle.results.publish import publish_run
 from tests.conftest import edit_first_file, forge_manifest, serve, tiny_png, write_files
 
 STAMP = "20261124T120000Z"
@@ -135,7 +135,7 @@ def test_uploads_of_stored_content_are_skipped_and_a_commit_makes_a_content_addr
     import hashlib
 
     from e2e3d_provider.core.layout import blob_key
-    from e2e3d_provider.lifecycle.datasets import read_dataset
+    from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
 
     known, fresh = tiny_png(f"known image {unique_id}"), tiny_png(f"fresh image {unique_id}")
     storage.put_bytes("input", blob_key(hashlib.sha256(known).hexdigest()), known)  # another dataset holds it
@@ -275,7 +275,7 @@ def test_storage_stats_answer_from_the_recorded_snapshot_and_never_list_a_bucket
     """Before any snapshot the route says so (it used to list every bucket per request, 8.9 s at 10,000
     jobs); after one it gives the figures with their age. Either way it sends no S3 request."""
     from e2e3d_provider.hooks.metadata import SCHEMA
-    from e2e3d_provider.lifecycle.maintenance import record_statistics
+    from e2e3d_provider.lifecycle.maintenance.steps import record_statistics
 
     metadata.record_transfer("upload", "output", files=2, bytes=2_000_000, seconds=1.0)
     metadata.record_transfer("download", "input", ok=False, error="boom")
@@ -348,7 +348,7 @@ def test_the_plugins_connection_ids_are_read_from_airflow_config_when_first_need
 
 
 def test_storage_stats_report_every_stored_version(api: str, storage: StorageHook, metadata: MetadataHook) -> None:
-    from e2e3d_provider.lifecycle.maintenance import record_statistics
+    from e2e3d_provider.lifecycle.maintenance.steps import record_statistics
 
     record_statistics(storage, metadata)
     body = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
@@ -433,7 +433,7 @@ def test_a_commit_adopts_images_only_whatever_a_file_is_named(api: str, storage:
 
     from PIL import Image
 
-    from e2e3d_provider.lifecycle.datasets import read_dataset
+    from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
 
     png = io.BytesIO()
     Image.new("RGB", (4, 4), "red").save(png, format="PNG")

@@ -15,7 +15,7 @@ import pytest
 
 from e2e3d_provider.exceptions import ChecksumMismatchError, E2E3DError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.publish import publish_run, read_published_manifest
+from e2e3d_provider.lifecycle.results.publish import publish_run, read_published_manifest
 from tests.conftest import edit_first_file, forge_manifest, write_files
 
 STAMP = "20260105T000000Z"
@@ -110,7 +110,7 @@ def replace_keeping_the_label(storage: StorageHook, bucket: str, key: str) -> No
 def test_the_archive_verifies_bytes_not_labels(
     storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str
 ) -> None:
-    from e2e3d_provider.lifecycle.archive import archive_job
+    from e2e3d_provider.lifecycle.durability.archive import archive_job
 
     archive = f"a-{unique_id[-10:]}"
     storage.client.make_bucket(archive)
@@ -126,7 +126,7 @@ def test_the_archive_verifies_bytes_not_labels(
 def test_one_damaged_job_is_reported_and_does_not_stop_the_archive_sweep(
     storage: StorageHook, metadata, tmp_path: Path, unique_id: str
 ) -> None:
-    from e2e3d_provider.lifecycle.archive import archive_completed
+    from e2e3d_provider.lifecycle.durability.archive import archive_completed
 
     good, bad = f"{unique_id}-good", f"{unique_id}-bad"
     for job in (good, bad):
@@ -152,7 +152,7 @@ def replace_with_a_recomputed_label(storage: StorageHook, bucket: str, key: str)
 def test_a_published_job_downloads_verified_against_its_manifest_not_its_labels(
     storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from e2e3d_provider.lifecycle.publish import fetch_published
+    from e2e3d_provider.lifecycle.results.publish import fetch_published
 
     publish_run(storage, run_dir(tmp_path / "run"), unique_id, STAMP, bucket)
     good = tmp_path / "good"
@@ -234,7 +234,7 @@ def test_a_worker_claiming_an_archived_runs_stamp_never_replaces_its_archive_cop
 ) -> None:
     """Issue 28 (2): the sweep copied output to archive/J/J_<the manifest's stamp>/ before comparing that stamp
     with PostgreSQL's, into a prefix that already held the archived run and its SUCCESS."""
-    from e2e3d_provider.lifecycle.archive import archive_and_record, archive_completed
+    from e2e3d_provider.lifecycle.durability.archive import archive_and_record, archive_completed
 
     publish_run(storage, run_dir(tmp_path / "old"), unique_id, OLD, "output")
     succeeded(metadata, unique_id, OLD)
@@ -259,7 +259,7 @@ def test_an_archive_copy_with_its_success_is_never_replaced(
 ) -> None:
     """Issue 28 (2), the other half: whatever stamp the caller expects (or none, as ArchiveOperator without a
     metadata connection), a target prefix that holds a SUCCESS is never written again."""
-    from e2e3d_provider.lifecycle.archive import archive_job
+    from e2e3d_provider.lifecycle.durability.archive import archive_job
 
     publish_run(storage, run_dir(tmp_path / "old"), unique_id, OLD, "output")
     first = archive_job(storage, unique_id)
@@ -286,7 +286,7 @@ def test_malformed_manifests_are_damaged_jobs_and_the_archive_sweep_goes_on(
 ) -> None:
     """Issue 28 (8): one malformed manifest made archive_completed raise and end the sweep, so the good jobs
     behind it waited for ever."""
-    from e2e3d_provider.lifecycle.archive import archive_completed
+    from e2e3d_provider.lifecycle.durability.archive import archive_completed
 
     bad = {f"{unique_id}-{n}": edit for n, edit in enumerate(MALFORMED.values())}
     foreign, good = f"{unique_id}-foreign", f"{unique_id}-good"

@@ -13,7 +13,7 @@ from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, SUCCESS_NA
 from e2e3d_provider.devstack.bulk_jobs import BulkJob, load_jobs
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.retention import apply_retention
+from e2e3d_provider.lifecycle.durability.retention import apply_retention
 
 STAMP = "20200101T000000Z"
 LONG_AGO = datetime(2020, 6, 1, tzinfo=UTC)
@@ -91,8 +91,8 @@ def test_the_archive_sweep_archives_every_succeeded_job_on_one_connection_with_e
     """120 succeeded jobs over several pages: every one archived and verified, recorded on one PostgreSQL
     connection; per job two GETs, one HEAD of the archive copy's SUCCESS (a copy that has one is never written
     again), a copy per file (no HEAD first), one listing and two PUTs."""
-    from e2e3d_provider.lifecycle.archive import archive_completed
-    from e2e3d_provider.lifecycle.publish import read_published_manifest
+    from e2e3d_provider.lifecycle.durability.archive import archive_completed
+    from e2e3d_provider.lifecycle.results.publish import read_published_manifest
 
     jobs = [BulkJob(f"{tag}-a{i:03d}", STAMP, "succeeded", LONG_AGO + timedelta(seconds=i)) for i in range(120)]
     load_jobs(storage, metadata, jobs)

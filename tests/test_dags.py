@@ -23,8 +23,8 @@ from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
 from e2e3d_provider.example_dags import DAGS_DIR
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.datasets import read_dataset
-from e2e3d_provider.lifecycle.ingest import InvalidInputError, ingest
+from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
+from e2e3d_provider.lifecycle.inputs.ingest import InvalidInputError, ingest
 from tests.conftest import REPO, load_repo_dag, task_states, write_files, xcom
 from tests.test_rightsize import load_textured
 
@@ -172,8 +172,8 @@ def test_failing_reconstruct_marks_the_job_failed_and_still_cleans(
 def test_maintenance_dag_on_seeded_old_jobs(
     run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path, unique_id: str
 ) -> None:
-    from e2e3d_provider.lifecycle.publish import publish_run
-    from e2e3d_provider.lifecycle.record import record_transfer
+    from e2e3d_provider.lifecycle.results.publish import publish_run
+    from e2e3d_provider.lifecycle.results.record import record_transfer
 
     stamp = "20260101T000000Z"
     old, fresh, done = f"{unique_id}-old", f"{unique_id}-fresh", f"{unique_id}-done"

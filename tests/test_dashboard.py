@@ -15,9 +15,9 @@ from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
 from e2e3d_provider.hooks import telemetry
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle import maintenance
-from e2e3d_provider.lifecycle.host_sweep import ScratchBounds, sweep_host
-from e2e3d_provider.lifecycle.ingest import ingest
+from e2e3d_provider.lifecycle.inputs.ingest import ingest
+from e2e3d_provider.lifecycle.maintenance import steps as maintenance
+from e2e3d_provider.lifecycle.worker.host_sweep import ScratchBounds, sweep_host
 from tests.conftest import load_repo_dag
 from tests.test_api import ROLES, as_user, token
 

@@ -13,13 +13,13 @@ import pytest
 
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
 from e2e3d_provider.devstack.demo import SAMPLE_DIR
-from e2e3d_provider.lifecycle.record import begin_run
+from e2e3d_provider.lifecycle.results.record import begin_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_server, pytest.mark.timeout(600)]
 
 
 def _ingest(storage, dataset: str) -> None:
-    from e2e3d_provider.lifecycle.ingest import ingest
+    from e2e3d_provider.lifecycle.inputs.ingest import ingest
 
     ingest(storage, SAMPLE_DIR, dataset)
 

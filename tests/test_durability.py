@@ -25,17 +25,17 @@ from e2e3d_provider.devstack import stack
 from e2e3d_provider.exceptions import StorageError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle import backup as backup_module
-from e2e3d_provider.lifecycle import restore as restore_module
-from e2e3d_provider.lifecycle.archive import archive_and_record
-from e2e3d_provider.lifecycle.backup import BackupError, BackupTarget, run_backup
-from e2e3d_provider.lifecycle.datasets import read_dataset
-from e2e3d_provider.lifecycle.ingest import ingest
+from e2e3d_provider.lifecycle.durability import backup as backup_module
+from e2e3d_provider.lifecycle.durability import restore as restore_module
+from e2e3d_provider.lifecycle.durability.archive import archive_and_record
+from e2e3d_provider.lifecycle.durability.backup import BackupError, BackupTarget, run_backup
+from e2e3d_provider.lifecycle.durability.restore import run_restore
+from e2e3d_provider.lifecycle.durability.scrub import scrub
+from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
+from e2e3d_provider.lifecycle.inputs.ingest import ingest
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.publish import fetch_published, publish_run
-from e2e3d_provider.lifecycle.record import record_job_run
-from e2e3d_provider.lifecycle.restore import run_restore
-from e2e3d_provider.lifecycle.scrub import scrub
+from e2e3d_provider.lifecycle.results.publish import fetch_published, publish_run
+from e2e3d_provider.lifecycle.results.record import record_job_run
 from tests.conftest import own_stack_server, write_files
 
 STAMP = "20261202T120000Z"
@@ -420,7 +420,7 @@ def test_a_restored_damaged_job_is_trusted_again_and_hygiene_never_takes_its_fil
 ) -> None:
     from datetime import timedelta
 
-    from e2e3d_provider.lifecycle.hygiene import stray_objects
+    from e2e3d_provider.lifecycle.maintenance.hygiene import stray_objects
 
     d = drill
     publish_job(d, tmp_path, "damaged-restored")

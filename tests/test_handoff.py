@@ -16,9 +16,9 @@ from e2e3d_provider.core.layout import HANDOFF_NAME, RunLayout, work_prefix
 from e2e3d_provider.exceptions import LocalPathError, RunMismatchError, UnsafePathError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.handoff import hand_off, local_run_dir, read_handoff
-from e2e3d_provider.lifecycle.publish import fetch_published, read_published
-from e2e3d_provider.operators.right_size import RightSizeOperator
+from e2e3d_provider.lifecycle.results.handoff import hand_off, local_run_dir, read_handoff
+from e2e3d_provider.lifecycle.results.publish import fetch_published, read_published
+from e2e3d_provider.operators.rightsize import RightSizeOperator
 from e2e3d_provider.operators.upload_results import UploadResultsOperator
 from tests.conftest import write_files
 

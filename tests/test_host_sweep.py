@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.host_sweep import ScratchBounds, sweep_host
-from e2e3d_provider.lifecycle.ingest import ingest
+from e2e3d_provider.lifecycle.inputs.ingest import ingest
+from e2e3d_provider.lifecycle.worker.host_sweep import ScratchBounds, sweep_host
 from tests.test_input_dedup import make_dataset
 
 DAY = 86400.0
@@ -26,7 +26,7 @@ def aged(path: Path, seconds: float) -> Path:
 def test_a_sweep_removes_old_temp_dirs_and_bounds_the_cache_at_most_once_per_interval(
     storage: StorageHook, tmp_path: Path, unique_id: str
 ) -> None:
-    from e2e3d_provider.lifecycle.input_cache import stage_dataset
+    from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 
     root = tmp_path / "worker"
     make_dataset(tmp_path / "src", [901, 902])

@@ -1,4 +1,4 @@
-"""Storage hygiene (lifecycle/hygiene.py, devstack/volumes.py) on the session's real SeaweedFS and PostgreSQL.
+"""Storage hygiene (lifecycle/maintenance/hygiene.py, devstack/volumes.py) on real SeaweedFS and PostgreSQL.
 
 The stray-object tests run on buckets of their own, so a real run with no grace removes nothing another
 test of the session still needs, and every count can be exact.
@@ -19,11 +19,11 @@ from e2e3d_provider.core.dataset_manifest import DatasetImage, DatasetManifest
 from e2e3d_provider.core.layout import blob_key, work_prefix
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle import hygiene
-from e2e3d_provider.lifecycle.archive import archive_job
-from e2e3d_provider.lifecycle.datasets import write_dataset
+from e2e3d_provider.lifecycle.durability.archive import archive_job
+from e2e3d_provider.lifecycle.inputs.datasets import write_dataset
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.publish import publish_run, read_published, verify_remote
+from e2e3d_provider.lifecycle.maintenance import hygiene
+from e2e3d_provider.lifecycle.results.publish import publish_run, read_published, verify_remote
 from tests.conftest import write_files
 
 STAMP = "20260105T000000Z"

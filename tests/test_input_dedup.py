@@ -16,11 +16,11 @@ from PIL import Image
 
 from e2e3d_provider.core.layout import BLOB_AREA, blob_key, cache_blob_path, input_prefix
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.datasets import adopt_loose, dataset_view, read_dataset
-from e2e3d_provider.lifecycle.ingest import ingest
-from e2e3d_provider.lifecycle.input_cache import reading, stage_dataset, trim
-from e2e3d_provider.lifecycle.readiness import input_state
-from e2e3d_provider.lifecycle.stage_in import stage_in
+from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, dataset_view, read_dataset
+from e2e3d_provider.lifecycle.inputs.ingest import ingest
+from e2e3d_provider.lifecycle.inputs.readiness import input_state
+from e2e3d_provider.lifecycle.worker.input_cache import reading, stage_dataset, trim
+from e2e3d_provider.lifecycle.worker.stage_in import stage_in
 
 
 def png(seed: int, size: int = 48) -> bytes:

@@ -15,7 +15,7 @@ from e2e3d_provider.exceptions import RunConflictError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.locks import job_lock_name
-from e2e3d_provider.lifecycle.record import begin_run
+from e2e3d_provider.lifecycle.results.record import begin_run
 from e2e3d_provider.operators.upload_results import UploadResultsOperator
 from tests.conftest import write_files
 
@@ -102,7 +102,7 @@ def test_two_stagings_of_one_dataset_on_one_worker_never_remove_each_others_file
     storage: StorageHook, tmp_path: Path, unique_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import e2e3d_provider.core.transfer as transfer
-    from e2e3d_provider.lifecycle.stage_in import stage_in
+    from e2e3d_provider.lifecycle.worker.stage_in import stage_in
 
     dataset = f"ds-{unique_id}"
     storage.put_bytes("input", f"{dataset}/a.jpg", b"a" * 100)

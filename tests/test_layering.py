@@ -140,7 +140,7 @@ def test_only_the_cli_and_the_tests_import_the_developer_subpackage() -> None:
         ("lifecycle", "from e2e3d_provider.operators.archive import ArchiveOperator", "lifecycle may import only"),
         ("operators", "from e2e3d_provider.core.transfer import run_parallel", "operators may import only"),
         ("sensors", "import e2e3d_provider.core.manifest", "sensors may import only"),
-        ("hooks", "from e2e3d_provider.lifecycle.publish import publish_run", "hooks may import only"),
+        ("hooks", "from e2e3d_provider.lifecycle.results.publish import publish_run", "hooks may import only"),
         ("api", "from e2e3d_provider.devstack.stack import free_ports", "api may import only"),
         ("lifecycle", "from dags.e2e3d_maintenance import x", "nothing imports the example DAGs"),
         ("rightsize", "from airflow.sdk import BaseOperator", "rightsize imports no Airflow"),

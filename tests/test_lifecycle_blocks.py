@@ -237,7 +237,7 @@ def test_cleanup_is_idempotent_and_removes_only_inside_the_root(tmp_path: Path) 
 def test_stage_in_of_a_missing_models_prefix_fails_clearly(
     storage: StorageHook, tmp_path: Path, unique_id: str
 ) -> None:
-    from e2e3d_provider.lifecycle.stage_in import stage_in
+    from e2e3d_provider.lifecycle.worker.stage_in import stage_in
 
     dataset = f"ds-{unique_id}"
     seed_dataset(storage, dataset)
@@ -249,7 +249,7 @@ def test_two_dag_runs_never_share_a_run_and_a_finished_run_is_not_redone(
     metadata: MetadataHook, unique_id: str
 ) -> None:
     from e2e3d_provider.exceptions import RunConflictError, RunFinishedError
-    from e2e3d_provider.lifecycle.record import begin_run
+    from e2e3d_provider.lifecycle.results.record import begin_run
 
     stamp = "20260101T000000Z"
     assert begin_run(metadata, unique_id, stamp, "ds", "manual__a")["status"] == "running"
@@ -294,8 +294,8 @@ def test_clear_of_a_finished_run_skips_the_job_and_says_why(
 def test_a_job_whose_dag_run_ended_from_outside_is_reconciled_failed(metadata: MetadataHook, unique_id: str) -> None:
     """The DAG run's state is Airflow's to answer; here a table stands in for it (the real path runs in
     tests/test_deployment.py against a real scheduler)."""
-    from e2e3d_provider.lifecycle.reconcile import reconcile_running_jobs
-    from e2e3d_provider.lifecycle.record import begin_run
+    from e2e3d_provider.lifecycle.maintenance.reconcile import reconcile_running_jobs
+    from e2e3d_provider.lifecycle.results.record import begin_run
 
     runs = {"run-failed": "failed", "run-live": "running"}
     stamp = "20260103T000000Z"
@@ -311,7 +311,7 @@ def test_a_job_whose_dag_run_ended_from_outside_is_reconciled_failed(metadata: M
 
 def test_two_runs_of_one_job_never_interleave_at_different_stamps(metadata: MetadataHook, unique_id: str) -> None:
     from e2e3d_provider.exceptions import RunConflictError
-    from e2e3d_provider.lifecycle.record import begin_run
+    from e2e3d_provider.lifecycle.results.record import begin_run
 
     begin_run(metadata, unique_id, "20260104T000000Z", "ds", "run-1", "e2e3d_reconstruction")
     alive = {"run-1": True}
@@ -344,7 +344,7 @@ def test_cleanup_removes_only_below_temp_or_a_run_dir_and_never_through_a_link(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from e2e3d_provider.exceptions import InvalidNameError
-    from e2e3d_provider.lifecycle.scratch import clean_run
+    from e2e3d_provider.lifecycle.worker.scratch import clean_run
 
     root = tmp_path / "root"
     write_files(root, {"output/jobA/jobA_20260101T000000Z/mesh/m.obj": b"v", "temp/run1/x.tmp": b"x"})
@@ -370,7 +370,7 @@ def test_cleanup_removes_only_below_temp_or_a_run_dir_and_never_through_a_link(
 def test_a_stray_entry_in_temp_is_skipped_and_reported_not_fatal(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from e2e3d_provider.lifecycle.scratch import clean_temp
+    from e2e3d_provider.lifecycle.worker.scratch import clean_temp
 
     root = tmp_path / "root"
     write_files(root, {"temp/old_run/x.tmp": b"x"})

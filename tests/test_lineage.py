@@ -15,7 +15,7 @@ from e2e3d_provider.core.layout import archive_prefix, input_prefix, work_prefix
 from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
 from e2e3d_provider.example_dags import DAGS_DIR
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.ingest import ingest
+from e2e3d_provider.lifecycle.inputs.ingest import ingest
 
 RUN = """
 import importlib.util, sys

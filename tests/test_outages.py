@@ -24,9 +24,9 @@ from e2e3d_provider.devstack import stack
 from e2e3d_provider.exceptions import MetadataError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.ingest import ingest
-from e2e3d_provider.lifecycle.input_cache import stage_dataset
-from e2e3d_provider.lifecycle.publish import publish_run
+from e2e3d_provider.lifecycle.inputs.ingest import ingest
+from e2e3d_provider.lifecycle.results.publish import publish_run
+from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 from e2e3d_provider.sensors.input_presence import InputPresenceSensor
 from tests.conftest import digests, own_stack_server, write_files
 from tests.test_input_dedup import make_dataset

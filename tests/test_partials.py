@@ -18,9 +18,9 @@ import pytest
 from e2e3d_provider.core.layout import BLOB_AREA, blob_key, cache_blob_path
 from e2e3d_provider.core.transfer import PARTIAL_SUFFIX
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.host_sweep import ScratchBounds, sweep_host
-from e2e3d_provider.lifecycle.input_cache import blobs_dir
-from e2e3d_provider.lifecycle.partials import sweep_partials
+from e2e3d_provider.lifecycle.worker.host_sweep import ScratchBounds, sweep_host
+from e2e3d_provider.lifecycle.worker.input_cache import blobs_dir
+from e2e3d_provider.lifecycle.worker.partials import sweep_partials
 
 MiB = 1024 * 1024
 SIZE = 192 * MiB  # large enough that a download is caught mid-way (it streams into its partial file)

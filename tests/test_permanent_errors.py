@@ -37,7 +37,7 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_stage_in_fails_once_without_retry_when_the_models_prefix_holds_nothing(
     run_dag, storage: StorageHook, metadata: MetadataHook, data_root: Path, unique_id: str
 ) -> None:
-    from e2e3d_provider.lifecycle.ingest import ingest
+    from e2e3d_provider.lifecycle.inputs.ingest import ingest
 
     dataset = f"ds-{unique_id}"
     ingest(storage, SAMPLE_DIR, dataset)

@@ -11,9 +11,9 @@ from PIL import Image
 
 from e2e3d_provider.core.layout import blob_key
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.datasets import read_dataset
-from e2e3d_provider.lifecycle.ingest import ingest
-from e2e3d_provider.lifecycle.input_cache import stage_dataset
+from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
+from e2e3d_provider.lifecycle.inputs.ingest import ingest
+from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 
 
 def png(seed: str, size: int = 32) -> bytes:

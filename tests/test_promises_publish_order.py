@@ -17,9 +17,9 @@ import pytest
 from e2e3d_provider.core.layout import archive_prefix
 from e2e3d_provider.core.variants import RightSizeRecord, preservation_policy
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.archive import archive_job
-from e2e3d_provider.lifecycle.handoff import hand_off
-from e2e3d_provider.lifecycle.publish import publish_handoff, publish_run, read_published
+from e2e3d_provider.lifecycle.durability.archive import archive_job
+from e2e3d_provider.lifecycle.results.handoff import hand_off
+from e2e3d_provider.lifecycle.results.publish import publish_handoff, publish_run, read_published
 from tests.conftest import write_files
 
 STAMP = "20260401T000000Z"

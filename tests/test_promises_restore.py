@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from e2e3d_provider.lifecycle import restore as restore_module
-from e2e3d_provider.lifecycle.backup import run_backup
-from e2e3d_provider.lifecycle.publish import fetch_published, publish_run
-from e2e3d_provider.lifecycle.restore import run_restore
+from e2e3d_provider.lifecycle.durability import restore as restore_module
+from e2e3d_provider.lifecycle.durability.backup import run_backup
+from e2e3d_provider.lifecycle.durability.restore import run_restore
+from e2e3d_provider.lifecycle.results.publish import fetch_published, publish_run
 from tests.conftest import write_files
 from tests.test_durability import Drill, drill  # noqa: F401  (the drill's own stack, for this module too)
 

@@ -16,10 +16,10 @@ from e2e3d_provider.core.layout import archive_prefix, output_prefix
 from e2e3d_provider.exceptions import StorageError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.archive import archive_and_record
-from e2e3d_provider.lifecycle.publish import publish_run
-from e2e3d_provider.lifecycle.record import record_job_run
-from e2e3d_provider.lifecycle.retention import apply_retention
+from e2e3d_provider.lifecycle.durability.archive import archive_and_record
+from e2e3d_provider.lifecycle.durability.retention import apply_retention
+from e2e3d_provider.lifecycle.results.publish import publish_run
+from e2e3d_provider.lifecycle.results.record import record_job_run
 from tests.conftest import write_files
 
 OLD, NEW = "20260101T000000Z", "20260102T000000Z"

@@ -11,8 +11,8 @@ import pytest
 from e2e3d_provider.core.layout import VARIANTS_NAME
 from e2e3d_provider.exceptions import ManifestError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.handoff import hand_off
-from e2e3d_provider.lifecycle.publish import publish_handoff, publish_run
+from e2e3d_provider.lifecycle.results.handoff import hand_off
+from e2e3d_provider.lifecycle.results.publish import publish_handoff, publish_run
 from tests.conftest import write_files
 
 STAMP = "20260405T000000Z"

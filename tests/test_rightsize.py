@@ -26,8 +26,8 @@ from e2e3d_provider.core.variants import RightSizeRecord
 from e2e3d_provider.exceptions import ManifestError, RightSizeInputError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.publish import publish_run
-from e2e3d_provider.lifecycle.right_size import right_size_job, right_size_run
+from e2e3d_provider.lifecycle.results.publish import publish_run
+from e2e3d_provider.lifecycle.results.rightsize import right_size_job, right_size_run
 from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as texture_module
 from e2e3d_provider.rightsize.policy import RightSizePolicy
@@ -339,8 +339,8 @@ def test_the_api_groups_variants_by_original_and_picks_a_lod_or_the_web_variants
 def test_intermediates_marked_remove_after_archive_leave_output_once_archived(
     run_dir: Path, storage: StorageHook, unique_id: str
 ) -> None:
-    from e2e3d_provider.lifecycle.archive import archive_job
-    from e2e3d_provider.lifecycle.publish import read_published, verify_remote
+    from e2e3d_provider.lifecycle.durability.archive import archive_job
+    from e2e3d_provider.lifecycle.results.publish import read_published, verify_remote
 
     write_files(run_dir, {"logs/run.log": b"ok\n"})
     policy = RightSizePolicy(
@@ -369,7 +369,7 @@ def test_intermediates_marked_remove_after_archive_leave_output_once_archived(
 def test_the_operator_fails_bad_input_without_retry_and_names_the_file(run_dir: Path, connections: dict) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from e2e3d_provider.operators.right_size import RightSizeOperator
+    from e2e3d_provider.operators.rightsize import RightSizeOperator
 
     _nan_ply(run_dir)
     operator = RightSizeOperator(task_id="right_size", run_dir=str(run_dir), settings={"mesh_error_samples": 1000})

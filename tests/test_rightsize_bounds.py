@@ -24,7 +24,7 @@ from PIL import Image
 from bench.rightsize_data import make_results
 from e2e3d_provider.core.layout import VARIANTS_NAME
 from e2e3d_provider.exceptions import RightSizeInputError
-from e2e3d_provider.lifecycle.right_size import right_size_run
+from e2e3d_provider.lifecycle.results.rightsize import right_size_run
 from e2e3d_provider.rightsize import mesh as meshes
 from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as textures
@@ -170,7 +170,7 @@ def test_an_error_of_the_callers_own_work_is_not_called_an_unreadable_image(tmp_
 def test_the_operator_fails_a_decompression_bomb_once_instead_of_retrying_it(run_dir: Path, connections: dict) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from e2e3d_provider.operators.right_size import RightSizeOperator
+    from e2e3d_provider.operators.rightsize import RightSizeOperator
 
     _decompression_bomb(run_dir)
     operator = RightSizeOperator(task_id="right_size", run_dir=str(run_dir), settings={"mesh_error_samples": 1000})

@@ -52,9 +52,9 @@ def test_the_tls_stack_serves_https_and_ssl_only(tls_stack) -> None:
 
 
 def test_every_transfer_path_and_the_metadata_run_over_tls(tls_stack, tmp_path: Path) -> None:
-    from e2e3d_provider.lifecycle.ingest import ingest
-    from e2e3d_provider.lifecycle.input_cache import stage_dataset
-    from e2e3d_provider.lifecycle.publish import fetch_published, publish_run
+    from e2e3d_provider.lifecycle.inputs.ingest import ingest
+    from e2e3d_provider.lifecycle.results.publish import fetch_published, publish_run
+    from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 
     storage = StorageHook("minio_tls", part_size=5 * 1024 * 1024)
     storage.bootstrap()

@@ -72,7 +72,7 @@ PUBLISH = """
 import sys
 from pathlib import Path
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.publish import publish_run
+from e2e3d_provider.lifecycle.results.publish import publish_run
 from e2e3d_provider.exceptions import UnreadablePathError
 
 try:

@@ -68,9 +68,9 @@ from e2e3d_provider.exceptions import (
 from e2e3d_provider.hooks import ROLE_CONN_IDS, telemetry
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.dashboard import dashboard_figures
-from e2e3d_provider.lifecycle.datasets import adopt_loose, dataset_view, read_dataset
-from e2e3d_provider.lifecycle.publish import read_published_manifest, verify_remote
+from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, dataset_view, read_dataset
+from e2e3d_provider.lifecycle.maintenance.dashboard import dashboard_figures
+from e2e3d_provider.lifecycle.results.publish import read_published_manifest, verify_remote
 
 log = logging.getLogger(__name__)
 

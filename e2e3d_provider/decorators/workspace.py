@@ -21,7 +21,7 @@ from airflow.sdk import Context
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 
 from e2e3d_provider.exceptions import InvalidInputError
-from e2e3d_provider.lifecycle.workspace import Workspace
+from e2e3d_provider.lifecycle.worker.workspace import Workspace
 from e2e3d_provider.operators.workspace import WorkspaceOperator
 
 

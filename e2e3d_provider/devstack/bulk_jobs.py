@@ -5,7 +5,7 @@ the server answered) and a SUCCESS marker naming that manifest, in ``output`` an
 the same set in ``archive``; and its PostgreSQL row. The objects go up from memory over the hook's
 object store client, 64 in flight, each checked against the ETag the server answers (one parallel upload
 per stage, manifests before markers), the rows in one statement: thousands of
-jobs load in seconds, where :func:`~e2e3d_provider.lifecycle.publish.publish_run` takes a round trip
+jobs load in seconds, where :func:`~e2e3d_provider.lifecycle.results.publish.publish_run` takes a round trip
 per step per job.
 """
 
@@ -30,7 +30,7 @@ from e2e3d_provider.core.layout import (
 from e2e3d_provider.core.manifest import FileEntry, Manifest
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.publish import success_marker
+from e2e3d_provider.lifecycle.results.publish import success_marker
 
 #: objects in flight at once while loading
 IN_FLIGHT = 64

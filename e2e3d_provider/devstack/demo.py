@@ -242,7 +242,7 @@ def _run_demo(work: Path, keep_stack: bool, stack_dir: Path | None, workers: int
 
         from e2e3d_provider.hooks.metadata import MetadataHook
         from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.lifecycle.ingest import ingest
+        from e2e3d_provider.lifecycle.inputs.ingest import ingest
 
         storage, metadata = StorageHook(), MetadataHook()
         storage.bootstrap()

@@ -49,7 +49,7 @@ def run_local_airflow(
         os.environ.setdefault("AIRFLOW_HOME", str(base / "airflow"))  # this process's own Airflow imports
         from e2e3d_provider.hooks.metadata import MetadataHook
         from e2e3d_provider.hooks.storage import StorageHook
-        from e2e3d_provider.lifecycle.ingest import ingest
+        from e2e3d_provider.lifecycle.inputs.ingest import ingest
 
         storage = StorageHook()
         storage.bootstrap()

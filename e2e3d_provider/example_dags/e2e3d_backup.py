@@ -17,7 +17,7 @@ from airflow.sdk import dag, task
 from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.backup import BackupTarget, run_backup
+from e2e3d_provider.lifecycle.durability.backup import BackupTarget, run_backup
 from e2e3d_provider.operators.run_context import data_root
 
 SOURCE_CONN_ID = ROLE_CONN_IDS["maintenance"]  # reads every bucket, writes none of them

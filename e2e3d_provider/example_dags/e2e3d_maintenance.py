@@ -20,9 +20,9 @@ from e2e3d_provider.devstack.volumes import embedded_vacuum
 from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle import maintenance
-from e2e3d_provider.lifecycle.backup import BackupTarget
-from e2e3d_provider.lifecycle.host_sweep import sweep_host
+from e2e3d_provider.lifecycle.durability.backup import BackupTarget
+from e2e3d_provider.lifecycle.maintenance import steps as maintenance
+from e2e3d_provider.lifecycle.worker.host_sweep import sweep_host
 from e2e3d_provider.operators.params import form_param
 from e2e3d_provider.operators.run_context import dag_run_state, data_root, scratch_bounds
 

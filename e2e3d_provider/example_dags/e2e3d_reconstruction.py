@@ -27,13 +27,13 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from e2e3d_provider.core.layout import derived_job_id, validate_id
 from e2e3d_provider.exceptions import RunConflictError, RunFinishedError
 from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.lifecycle.record import begin_run
-from e2e3d_provider.lifecycle.workspace import Workspace
+from e2e3d_provider.lifecycle.results.record import begin_run
+from e2e3d_provider.lifecycle.worker.workspace import Workspace
 from e2e3d_provider.operators.archive import ArchiveOperator
 from e2e3d_provider.operators.cleanup import CleanupOperator
 from e2e3d_provider.operators.metadata_record import MetadataRecordOperator
 from e2e3d_provider.operators.params import form_param, id_param, right_size_settings_param
-from e2e3d_provider.operators.right_size import RightSizeOperator
+from e2e3d_provider.operators.rightsize import RightSizeOperator
 from e2e3d_provider.operators.run_context import run_is_live, run_stamp
 from e2e3d_provider.operators.stage_in import StageInOperator
 from e2e3d_provider.operators.upload_results import UploadResultsOperator

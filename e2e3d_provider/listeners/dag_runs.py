@@ -27,7 +27,7 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.lifecycle.reconcile import follow_dag_run
+from e2e3d_provider.lifecycle.maintenance.reconcile import follow_dag_run
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 
 from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, output_prefix
-from e2e3d_provider.lifecycle.archive import archive_and_record
+from e2e3d_provider.lifecycle.durability.archive import archive_and_record
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import as_bool
 
@@ -78,7 +78,7 @@ def __getattr__(name: str) -> object:
     if name in ("archive_job", "ArchiveResult"):
         import warnings
 
-        from e2e3d_provider.lifecycle import archive
+        from e2e3d_provider.lifecycle.durability import archive
 
         warnings.warn(f"{__name__}.{name} moved to {archive.__name__}", DeprecationWarning, stacklevel=2)
         return getattr(archive, name)

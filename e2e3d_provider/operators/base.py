@@ -22,7 +22,7 @@ from e2e3d_provider.exceptions import (
 from e2e3d_provider.hooks import ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook, TransferResult
-from e2e3d_provider.lifecycle.record import record_transfer
+from e2e3d_provider.lifecycle.results.record import record_transfer
 
 #: errors a retry of the task cannot mend: input that is not there (a dataset or models prefix with no
 #: objects, a bucket that does not exist) or not usable images, and values that fail validation (``ValueError``:
@@ -145,8 +145,8 @@ class E2E3DOperator(BaseOperator):
     def _sweep_scratch(self) -> None:
         if not self.sweeps_scratch:
             return
-        from e2e3d_provider.lifecycle import maintenance
-        from e2e3d_provider.lifecycle.host_sweep import sweep_due, sweep_host
+        from e2e3d_provider.lifecycle.maintenance import steps as maintenance
+        from e2e3d_provider.lifecycle.worker.host_sweep import sweep_due, sweep_host
         from e2e3d_provider.operators.run_context import data_root, scratch_bounds
 
         try:

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context, TriggerRule
 
-from e2e3d_provider.lifecycle.scratch import clean_run
+from e2e3d_provider.lifecycle.worker.scratch import clean_run
 from e2e3d_provider.operators.run_context import as_bool, data_root
 
 

@@ -9,7 +9,7 @@ from airflow.sdk import Context
 
 from e2e3d_provider.core.layout import BUCKET_OUTPUT
 from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.lifecycle.record import record_job_run, upload_statistics
+from e2e3d_provider.lifecycle.results.record import record_job_run, upload_statistics
 from e2e3d_provider.operators.base import E2E3DOperator
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from airflow.sdk import Param
 
 from e2e3d_provider.core.layout import ID_JSON_PATTERN, ID_RULE
-from e2e3d_provider.lifecycle.right_size import RightSizePolicy
+from e2e3d_provider.lifecycle.results.rightsize import RightSizePolicy
 
 
 def form_param(default: Any, *, title: str, description_md: str, section: str, **schema: Any) -> Param:

@@ -13,7 +13,7 @@ from airflow.sdk.api.client import ServerResponseError
 from airflow.sdk.exceptions import AirflowRuntimeError
 
 from e2e3d_provider.core.layout import DATA_ROOT_ENV, DATA_ROOT_VARIABLE, make_stamp, resolve_data_root, validate_stamp
-from e2e3d_provider.lifecycle.host_sweep import ScratchBounds
+from e2e3d_provider.lifecycle.worker.host_sweep import ScratchBounds
 
 
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_MODELS
-from e2e3d_provider.lifecycle.stage_in import stage_in
+from e2e3d_provider.lifecycle.worker.stage_in import stage_in
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import data_root, run_stamp
 

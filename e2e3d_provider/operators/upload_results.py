@@ -8,10 +8,10 @@ from typing import Any
 from airflow.sdk import Asset, Context
 
 from e2e3d_provider.core.layout import BUCKET_OUTPUT, output_prefix, validate_id, validate_stamp, work_prefix
-from e2e3d_provider.lifecycle.handoff import discard, read_handoff
-from e2e3d_provider.lifecycle.local_paths import require_local_dir
+from e2e3d_provider.core.local_paths import require_local_dir
 from e2e3d_provider.lifecycle.locks import DEFAULT_LOCK_WAIT, job_lock
-from e2e3d_provider.lifecycle.publish import publish_handoff, publish_run
+from e2e3d_provider.lifecycle.results.handoff import discard, read_handoff
+from e2e3d_provider.lifecycle.results.publish import publish_handoff, publish_run
 from e2e3d_provider.operators.base import E2E3DOperator
 
 RESULTS_ASSET_NAME = "e2e3d_results"

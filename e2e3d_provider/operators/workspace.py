@@ -9,7 +9,7 @@ from airflow.sdk import Context
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, input_prefix
 from e2e3d_provider.exceptions import InvalidInputError
-from e2e3d_provider.lifecycle.workspace import Produced, Workspace, run_in_workspace
+from e2e3d_provider.lifecycle.worker.workspace import Produced, Workspace, run_in_workspace
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import data_root
 

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Context, PokeReturnValue
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, input_prefix, validate_bucket
-from e2e3d_provider.lifecycle.readiness import DEFAULT_PATTERNS, input_state
+from e2e3d_provider.lifecycle.inputs.readiness import DEFAULT_PATTERNS, input_state
 from e2e3d_provider.sensors.base import StorageSensor
 from e2e3d_provider.triggers.object_storage import InputPresenceTrigger
 

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Context, PokeReturnValue
 
 from e2e3d_provider.core.layout import BUCKET_OUTPUT, manifest_key, success_key, validate_bucket, validate_relpath
-from e2e3d_provider.lifecycle.readiness import marker_present
+from e2e3d_provider.lifecycle.inputs.readiness import marker_present
 from e2e3d_provider.sensors.base import StorageSensor
 from e2e3d_provider.triggers.object_storage import SuccessMarkerTrigger
 

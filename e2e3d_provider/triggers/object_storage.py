@@ -16,7 +16,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.readiness import input_state, marker_present
+from e2e3d_provider.lifecycle.inputs.readiness import input_state, marker_present
 
 
 async def storage_hook(conn_id: str) -> StorageHook:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from e2e3d_provider.core.layout import RunLayout
+from e2e3d_provider.core.local_paths import inside_root, remove_tree
 from e2e3d_provider.exceptions import InvalidNameError
-from e2e3d_provider.lifecycle.local_paths import inside_root, remove_tree
 
 log = logging.getLogger(__name__)
 

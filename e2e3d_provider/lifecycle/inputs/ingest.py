@@ -11,7 +11,7 @@ from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
 from e2e3d_provider.core.transfer import TransferResult, iter_local_files
 from e2e3d_provider.exceptions import E2E3DError, IngestIncompleteError, InvalidInputError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.datasets import (
+from e2e3d_provider.lifecycle.inputs.datasets import (
     hash_images,
     image_problem,
     read_dataset,

@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, RunLayout, validate_id, validate_stamp
 from e2e3d_provider.core.layout import input_dir as input_dir_of
+from e2e3d_provider.core.local_paths import confined_run_dir, remove_tree
 from e2e3d_provider.core.manifest import refuse_links
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.handoff import HandOff, local_input_dir
-from e2e3d_provider.lifecycle.input_cache import reading
-from e2e3d_provider.lifecycle.local_paths import confined_run_dir, remove_tree
-from e2e3d_provider.lifecycle.stage_in import mirror_models
-from e2e3d_provider.lifecycle.write_back import WriteBack, WriteBackStats
+from e2e3d_provider.lifecycle.results.handoff import HandOff, local_input_dir
+from e2e3d_provider.lifecycle.worker.input_cache import reading
+from e2e3d_provider.lifecycle.worker.stage_in import mirror_models
+from e2e3d_provider.lifecycle.worker.write_back import WriteBack, WriteBackStats
 
 R = TypeVar("R")
 

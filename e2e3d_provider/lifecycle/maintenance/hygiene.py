@@ -49,9 +49,9 @@ from e2e3d_provider.exceptions import (
 )
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.datasets import read_dataset
+from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.publish import read_published
+from e2e3d_provider.lifecycle.results.publish import read_published
 
 log = logging.getLogger(__name__)
 

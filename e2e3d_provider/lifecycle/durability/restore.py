@@ -41,8 +41,8 @@ from e2e3d_provider.exceptions import ChecksumMismatchError, E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_dump import restore_schema
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.backup import BATCH_BYTES, BATCH_FILES, BackupTarget, batches
-from e2e3d_provider.lifecycle.publish import verify_remote
+from e2e3d_provider.lifecycle.durability.backup import BATCH_BYTES, BATCH_FILES, BackupTarget, batches
+from e2e3d_provider.lifecycle.results.publish import verify_remote
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from e2e3d_provider.hooks import telemetry
-from e2e3d_provider.lifecycle.input_cache import trim
-from e2e3d_provider.lifecycle.partials import DEFAULT_GRACE_SECONDS, sweep_partials
-from e2e3d_provider.lifecycle.scratch import clean_temp
+from e2e3d_provider.lifecycle.worker.input_cache import trim
+from e2e3d_provider.lifecycle.worker.partials import DEFAULT_GRACE_SECONDS, sweep_partials
+from e2e3d_provider.lifecycle.worker.scratch import clean_temp
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from e2e3d_provider.exceptions import ChecksumMismatchError, ManifestError, Obje
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.publish import (
+from e2e3d_provider.lifecycle.results.publish import (
     Published,
     copy_pinned,
     publish_subset,

@@ -17,11 +17,11 @@ from e2e3d_provider.core.layout import (
     normalize_prefix,
     validate_id,
 )
+from e2e3d_provider.core.local_paths import mirror_lock
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import MissingInputError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.input_cache import stage_dataset
-from e2e3d_provider.lifecycle.local_paths import mirror_lock
+from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 
 
 @dataclass

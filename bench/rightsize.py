@@ -1,8 +1,8 @@
 """Right-sizing on realistic data: bytes before and after per kind, seconds per step, peak RSS, LOD error,
 against named baselines, with the issue's targets marked.
 
-    python -m bench.right_size                  # generate (once, cached) the bench data and measure
-    python -m bench.right_size --big-ply-gb 2   # also stream a PLY of that size (peak RSS < 500 MB)
+    python -m bench.rightsize                  # generate (once, cached) the bench data and measure
+    python -m bench.rightsize --big-ply-gb 2   # also stream a PLY of that size (peak RSS < 500 MB)
 
 Data (bench/rightsize_data.py, scale "bench"): a displaced terrain of 999,698 faces with UVs (OBJ + MTL),
 an 8192 x 8192 RGB texture (PNG), 5,000,000 coloured points (ASCII PLY). Each step runs in a fresh child
@@ -32,7 +32,7 @@ DEFAULT_DATA = Path("/tmp/e2e3d-bench-rightsize")
 def _child(step: str, run_dir: Path) -> dict[str, Any]:
     """Run one step in a fresh interpreter; returns its JSON result with its own peak RSS."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.right_size", "--child", step, "--data", str(run_dir)],
+        [sys.executable, "-m", "bench.rightsize", "--child", step, "--data", str(run_dir)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,7 +53,7 @@ def child(step: str, run_dir: Path) -> dict[str, Any]:
     began = time.perf_counter()
     result: dict[str, Any] = {}
     if step == "all":
-        from e2e3d_provider.lifecycle.right_size import right_size_run
+        from e2e3d_provider.lifecycle.results.rightsize import right_size_run
         from e2e3d_provider.rightsize.policy import RightSizePolicy
 
         record = right_size_run(run_dir, RightSizePolicy())
@@ -110,7 +110,7 @@ def child(step: str, run_dir: Path) -> dict[str, Any]:
         target.unlink()
     elif step == "big-ply":
         from e2e3d_provider.core.variants import RightSizeRecord
-        from e2e3d_provider.lifecycle.right_size import right_size_pointcloud
+        from e2e3d_provider.lifecycle.results.rightsize import right_size_pointcloud
         from e2e3d_provider.rightsize.policy import RightSizePolicy
 
         record = RightSizeRecord()

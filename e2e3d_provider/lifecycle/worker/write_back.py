@@ -23,7 +23,7 @@ from e2e3d_provider.core.layout import BUCKET_OUTPUT, HANDOFF_NAME, work_prefix
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import ChecksumMismatchError, TransferError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.handoff import HandOff, handed_files, seal_handoff
+from e2e3d_provider.lifecycle.results.handoff import HandOff, handed_files, seal_handoff
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from e2e3d_provider.exceptions import (
 )
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.backup import BackupTarget
+from e2e3d_provider.lifecycle.durability.backup import BackupTarget
 from e2e3d_provider.lifecycle.locks import job_lock
 
 log = logging.getLogger(__name__)

@@ -14,13 +14,18 @@ from e2e3d_provider.core.transfer import run_parallel
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.archive import archive_completed as archive_completed
-from e2e3d_provider.lifecycle.dashboard import dashboard_figures
-from e2e3d_provider.lifecycle.hygiene import abort_stale_uploads, stray_objects, vacuum_metadata, vacuum_volumes
-from e2e3d_provider.lifecycle.reconcile import reconcile_running_jobs as reconcile_running_jobs
-from e2e3d_provider.lifecycle.retention import apply_retention as apply_retention
-from e2e3d_provider.lifecycle.scratch import clean_temp as clean_temp
-from e2e3d_provider.lifecycle.scrub import scrub as scrub
+from e2e3d_provider.lifecycle.durability.archive import archive_completed as archive_completed
+from e2e3d_provider.lifecycle.durability.retention import apply_retention as apply_retention
+from e2e3d_provider.lifecycle.durability.scrub import scrub as scrub
+from e2e3d_provider.lifecycle.maintenance.dashboard import dashboard_figures
+from e2e3d_provider.lifecycle.maintenance.hygiene import (
+    abort_stale_uploads,
+    stray_objects,
+    vacuum_metadata,
+    vacuum_volumes,
+)
+from e2e3d_provider.lifecycle.maintenance.reconcile import reconcile_running_jobs as reconcile_running_jobs
+from e2e3d_provider.lifecycle.worker.scratch import clean_temp as clean_temp
 
 log = logging.getLogger(__name__)
 

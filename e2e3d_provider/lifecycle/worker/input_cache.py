@@ -35,12 +35,12 @@ from e2e3d_provider.core.layout import (
     local_path_for,
     validate_id,
 )
+from e2e3d_provider.core.local_paths import mirror_lock, reader_lock_path, remove_tree, writer_lock_path
 from e2e3d_provider.core.manifest import sha256_file
 from e2e3d_provider.core.transfer import PARTIAL_SUFFIX, TransferResult, iter_local_files
 from e2e3d_provider.exceptions import MissingInputError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.datasets import dataset_view
-from e2e3d_provider.lifecycle.local_paths import mirror_lock, reader_lock_path, remove_tree, writer_lock_path
+from e2e3d_provider.lifecycle.inputs.datasets import dataset_view
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 from airflow.sdk import Context
 
 from e2e3d_provider.core.layout import validate_id, validate_stamp
-from e2e3d_provider.lifecycle.handoff import hand_off, local_run_dir
-from e2e3d_provider.lifecycle.local_paths import remove_tree, require_local_dir
-from e2e3d_provider.lifecycle.right_size import right_size_job, summary
+from e2e3d_provider.core.local_paths import remove_tree, require_local_dir
+from e2e3d_provider.lifecycle.results.handoff import hand_off, local_run_dir
+from e2e3d_provider.lifecycle.results.rightsize import right_size_job, summary
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import as_bool, data_root
 

@@ -5,7 +5,7 @@ A task that produces files (the reconstruction, right-sizing) ends by handing it
 ``handoff.json`` naming each with size, sha256 and the ETag the server answered, written last. A task on
 another host rebuilds the run directory from it (:func:`materialize`: each file checked against
 ``handoff.json``; files already there move no bytes). Publishing copies the hand-off server-side
-(:func:`e2e3d_provider.lifecycle.publish.publish_handoff`), and the work prefix goes once the run is
+(:func:`e2e3d_provider.lifecycle.results.publish.publish_handoff`), and the work prefix goes once the run is
 published. A hand-off without its ``handoff.json`` (a task that died part-way) is never read.
 """
 
@@ -24,12 +24,12 @@ from e2e3d_provider.core.layout import (
     RunLayout,
     work_prefix,
 )
+from e2e3d_provider.core.local_paths import REMEDIES, confined_run_dir
 from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files, refuse_links
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.exceptions import LocalPathError, ObjectNotFoundError, RunMismatchError, UnsafePathError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.input_cache import stage_dataset
-from e2e3d_provider.lifecycle.local_paths import REMEDIES, confined_run_dir
+from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 
 
 @dataclass(frozen=True)

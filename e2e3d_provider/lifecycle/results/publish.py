@@ -37,7 +37,7 @@ from e2e3d_provider.core.transfer import RemoteObject, TransferResult
 from e2e3d_provider.core.variants import RightSizeRecord, annotate, select_paths, select_published
 from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError, RunMismatchError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.handoff import read_handoff
+from e2e3d_provider.lifecycle.results.handoff import read_handoff
 
 
 @dataclass
