@@ -36,7 +36,8 @@ def main() -> int:
         from e2e3d_provider.core.manifest import sha256_file
         from e2e3d_provider.hooks.storage import StorageHook
         from e2e3d_provider.lifecycle.durability.archive import archive_job
-        from e2e3d_provider.lifecycle.results.publish import publish_run, read_published_manifest
+        from e2e3d_provider.lifecycle.results.publish import publish_run
+        from e2e3d_provider.lifecycle.results.published import read_published_manifest
 
         storage = StorageHook(BENCH_CONN_ID)
         storage.bootstrap()

@@ -205,7 +205,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.storage import StorageHook
-    from e2e3d_provider.lifecycle.results.publish import fetch_published
+    from e2e3d_provider.lifecycle.results.published import fetch_published
 
     result = fetch_published(StorageHook(args.minio_conn_id), args.job_id, args.directory, bucket=args.bucket)
     print(

@@ -9,7 +9,6 @@ ports in a temporary directory, watched by a watchdog that stops it if pytest di
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from importlib.metadata import distributions
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 # Airflow reads its configuration at import: give the whole session its own home and no examples,
@@ -87,6 +85,7 @@ def pytest_report_header() -> str:
 
 
 from e2e3d_provider.devstack import stack  # noqa: E402
+from tests.helpers import ensure_chromium, serve  # noqa: E402
 
 
 def _pg_conn_from_dsn(dsn: str) -> dict:
@@ -136,10 +135,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("s3_server", lanes, indirect=True, scope="session")
 
 
+#: fixtures that start a server or an Airflow database: a test that uses one (directly or through another
+#: fixture) is in the integration tier
+SERVER_FIXTURES = frozenset({"s3_server", "airflow_db", "browser", "minio_binary"})
+
+
+@pytest.hookimpl(tryfirst=True)  # the tiers are marked before -m selects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``compose`` (docker-compose.yaml brought up with podman: root, many minutes) run only when
+    """Two tiers: a test that needs a server (one of SERVER_FIXTURES in its fixture closure) or says so
+    (``pytest.mark.integration``: it starts servers or processes of its own) is ``integration``; the rest
+    form the fast tier, ``pytest -m "not integration"``.
+
+    Tests marked ``compose`` (docker-compose.yaml brought up with podman: root, many minutes) run only when
     asked for: ``-m`` names the marker (``-m compose``), or ``E2E3D_TEST_COMPOSE=1``. Otherwise they are
     deselected, as ``-m "not compose"`` would (left to a ``-m`` of the user's own when it mentions them)."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
     if "compose" in (config.getoption("markexpr") or "") or os.environ.get("E2E3D_TEST_COMPOSE") == "1":
         return
     deselected = [item for item in items if item.get_closest_marker("compose")]
@@ -171,13 +183,6 @@ def s3_server(request: pytest.FixtureRequest) -> str:
     if request.param == "minio":
         request.getfixturevalue("minio_binary")
     return request.param
-
-
-def own_stack_server(s3_server: str) -> str:
-    """The server a test's own stack runs (one it kills, restarts or starts with TLS): the lane's."""
-    if s3_server not in stack.SERVERS:
-        pytest.skip("external servers configured (E2E3D_TEST_*): this test needs an embedded stack of its own")
-    return s3_server
 
 
 @pytest.fixture(scope="session")
@@ -269,29 +274,6 @@ def airflow_deployment(stack_info, connections, storage, metadata, tmp_path_fact
         deployment.stop()
 
 
-BROWSER_PACKAGES = ("chromium", "chromium-driver")  # Debian's: /usr/bin/chromium, /usr/bin/chromedriver
-
-
-def ensure_chromium() -> tuple[str, str]:
-    """Debian's Chromium and ChromeDriver: installed here by the test session (as root) when missing,
-    since no browser is on a fresh machine; without root, a clear error saying what to install."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium and driver:
-        return chromium, driver
-    if os.geteuid() != 0:
-        pytest.fail(
-            f"the UI tests need Debian's {' and '.join(BROWSER_PACKAGES)}: "
-            f"sudo apt-get install -y {' '.join(BROWSER_PACKAGES)}"
-        )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *BROWSER_PACKAGES]):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-3000:]}"
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "apt-get installed the browser packages, but chromium/chromedriver are not on PATH"
-    return chromium, driver
-
-
 @pytest.fixture(scope="session")
 def browser():
     """A headless Chromium driven by Selenium (WebDriver), for tests of what a person sees in the UI."""
@@ -322,25 +304,6 @@ def run_dag(airflow_db, connections):
     return run
 
 
-def load_repo_dag(file_name: str, factory: str):
-    """Build one of the package's example DAGs (tests may import what products must not)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"repo_dags_{Path(file_name).stem}", DAGS_DIR / file_name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, factory)()
-
-
-def xcom(dag_run, task_id: str):
-    """The return value a task pushed in a finished DagRun."""
-    return dag_run.get_task_instance(task_id).xcom_pull(task_ids=task_id)
-
-
-def task_states(dag_run) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
-
-
 @pytest.fixture
 def bucket(storage) -> str:
     """A fresh, empty bucket of this test's own."""
@@ -354,60 +317,6 @@ def unique_id() -> str:
     return f"job-{uuid.uuid4().hex[:10]}"
 
 
-def tiny_png(label: str) -> bytes:
-    """A real 4 x 4 PNG whose bytes differ by ``label`` (in a text chunk): an image every reader accepts."""
-    import io
-
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("label", label)
-    out = io.BytesIO()
-    Image.new("RGB", (4, 4), "gray").save(out, format="PNG", pnginfo=info)
-    return out.getvalue()
-
-
-def digests(root: Path) -> dict[str, str]:
-    """relpath -> sha256 of every file below ``root``: what a test compares to say a folder was left as it was."""
-    import hashlib
-
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def write_files(root: Path, files: dict[str, bytes]) -> dict[str, Path]:
-    """Create ``files`` (relpath -> bytes) below ``root``; return relpath -> path."""
-    out = {}
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        out[rel] = path
-    return out
-
-
-def serve(app) -> tuple[str, Any, Any]:
-    """Run an ASGI app with uvicorn on a free loopback port in a thread; (url, server, thread)."""
-    import threading
-    import time
-
-    import uvicorn
-
-    (port,) = stack.free_ports(1)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
-
-
 @pytest.fixture(scope="module")
 def api(airflow_db, connections) -> Iterator[str]:
     """The results API (with the dashboard) served on loopback for a test module; users admin, viewer, runner."""
@@ -418,27 +327,3 @@ def api(airflow_db, connections) -> Iterator[str]:
     yield url
     server.should_exit = True
     thread.join(10)
-
-
-def forge_manifest(storage, job_id: str, edit, bucket: str = "output") -> None:
-    """Replace a published job's manifest by ``edit(text)`` and its SUCCESS by one naming the new manifest, as a
-    worker can: a consistent pair, so only the manifest's own content is wrong."""
-    from e2e3d_provider.hooks.storage import StorageHook
-
-    worker = StorageHook("minio_worker")
-    text = edit(storage.get_bytes(bucket, f"{job_id}/metadata.json").decode())
-    marker = json.loads(storage.get_bytes(bucket, f"{job_id}/SUCCESS"))
-    marker["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    worker.put_bytes(bucket, f"{job_id}/metadata.json", text.encode(), "application/json")
-    worker.put_bytes(bucket, f"{job_id}/SUCCESS", json.dumps(marker).encode(), "application/json")
-
-
-def edit_first_file(change: dict):
-    """An edit of a manifest's first file entry, keeping the rest; values spelled ``@...`` go in verbatim."""
-
-    def edit(text: str) -> str:
-        body = json.loads(text)
-        body["files"][0].update(change)
-        return json.dumps(body).replace('"@1e400"', "1e400").replace('"@NaN"', "NaN")
-
-    return edit

@@ -19,24 +19,9 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.durability.archive import archive_job
 from e2e3d_provider.lifecycle.results.publish import publish_run
-from tests.conftest import edit_first_file, forge_manifest, serve, tiny_png, write_files
+from tests.helpers import as_user, edit_first_file, forge_manifest, serve, tiny_png, token, write_files
 
 STAMP = "20261124T120000Z"
-
-
-def token(username: str, role: str | None) -> str:
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-    from e2e3d_provider.api.auth import auth_manager
-
-    return auth_manager().generate_jwt(SimpleAuthManagerUser(username=username, role=role))
-
-
-ROLES = {"viewer": "viewer", "runner": "user", "admin": "admin"}  # user name -> SimpleAuthManager role
-
-
-def as_user(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(name, ROLES[name])}"}
 
 
 @pytest.fixture

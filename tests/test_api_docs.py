@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import serve
+from tests.helpers import serve
 
 PREFIX = "/e2e3d"
 PAGES = ("docs", "redoc")

@@ -14,7 +14,7 @@ from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment, write_
 from e2e3d_provider.devstack.demo import SAMPLE_DIR
 from e2e3d_provider.example_dags import DAGS_DIR
 from e2e3d_provider.lifecycle.inputs.ingest import ingest
-from e2e3d_provider.lifecycle.results.publish import fetch_published, read_published
+from e2e3d_provider.lifecycle.results.published import fetch_published, read_published
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_server, pytest.mark.timeout(900)]
 

@@ -15,8 +15,9 @@ import pytest
 
 from e2e3d_provider.exceptions import ChecksumMismatchError, E2E3DError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.results.publish import publish_run, read_published_manifest
-from tests.conftest import edit_first_file, forge_manifest, write_files
+from e2e3d_provider.lifecycle.results.publish import publish_run
+from e2e3d_provider.lifecycle.results.published import read_published_manifest
+from tests.helpers import edit_first_file, forge_manifest, write_files
 
 STAMP = "20260105T000000Z"
 FILES = {
@@ -152,7 +153,7 @@ def replace_with_a_recomputed_label(storage: StorageHook, bucket: str, key: str)
 def test_a_published_job_downloads_verified_against_its_manifest_not_its_labels(
     storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from e2e3d_provider.lifecycle.results.publish import fetch_published
+    from e2e3d_provider.lifecycle.results.published import fetch_published
 
     publish_run(storage, run_dir(tmp_path / "run"), unique_id, STAMP, bucket)
     good = tmp_path / "good"

@@ -92,7 +92,7 @@ def test_the_archive_sweep_archives_every_succeeded_job_on_one_connection_with_e
     connection; per job two GETs, one HEAD of the archive copy's SUCCESS (a copy that has one is never written
     again), a copy per file (no HEAD first), one listing and two PUTs."""
     from e2e3d_provider.lifecycle.durability.archive import archive_completed
-    from e2e3d_provider.lifecycle.results.publish import read_published_manifest
+    from e2e3d_provider.lifecycle.results.published import read_published_manifest
 
     jobs = [BulkJob(f"{tag}-a{i:03d}", STAMP, "succeeded", LONG_AGO + timedelta(seconds=i)) for i in range(120)]
     load_jobs(storage, metadata, jobs)

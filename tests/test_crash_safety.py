@@ -24,7 +24,7 @@ from e2e3d_provider.devstack import stack
 from e2e3d_provider.exceptions import StorageError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.results.publish import publish_run
-from tests.conftest import own_stack_server, write_files
+from tests.helpers import own_stack_server, write_files
 
 MiB = 1024 * 1024
 STAMP = "20261124T120000Z"

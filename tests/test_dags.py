@@ -25,8 +25,7 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
 from e2e3d_provider.lifecycle.inputs.ingest import InvalidInputError, ingest
-from tests.conftest import REPO, load_repo_dag, task_states, write_files, xcom
-from tests.test_rightsize import load_textured
+from tests.helpers import REPO, load_repo_dag, load_textured, task_states, write_files, xcom
 
 
 @pytest.fixture
@@ -292,6 +291,7 @@ def independent_counts(path: Path) -> dict:
         return {"size": image.size}
 
 
+@pytest.mark.integration  # runs processes of its own
 def test_demo_command_runs_the_whole_lifecycle_quietly_and_leaves_nothing_in_tmp(tmp_path: Path) -> None:
     import glob
     import tempfile

@@ -18,8 +18,7 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.ingest import ingest
 from e2e3d_provider.lifecycle.maintenance import steps as maintenance
 from e2e3d_provider.lifecycle.worker.host_sweep import ScratchBounds, sweep_host
-from tests.conftest import load_repo_dag
-from tests.test_api import ROLES, as_user, token
+from tests.helpers import ROLES, as_user, load_repo_dag, token
 
 CHARTS = (
     "space",

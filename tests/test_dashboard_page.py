@@ -19,8 +19,7 @@ import psycopg2
 import pytest
 
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
-from tests.conftest import REPO, serve
-from tests.test_api import ROLES, token
+from tests.helpers import REPO, ROLES, serve, token
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_server]  # PostgreSQL only: one S3 lane is enough
 

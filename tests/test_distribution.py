@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 import e2e3d_provider
-from tests.conftest import EDITABLE, REPO
+from tests.conftest import EDITABLE
+from tests.helpers import REPO
 
 SOURCE = REPO / "e2e3d_provider"
 BIN = Path(sys.executable).parent
@@ -117,6 +118,8 @@ def _outside(tmp_path: Path, *args: str, python: Path = BIN, timeout: float = 30
 IMPORT_ALL = """
 import importlib, pkgutil, sys
 import e2e3d_provider
+
+pytestmark = pytest.mark.integration  # builds the wheel and the sdist, runs fresh venvs and Airflow's CLI
 failed = []
 count = 0
 for info in pkgutil.walk_packages(e2e3d_provider.__path__, "e2e3d_provider."):

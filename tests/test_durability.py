@@ -34,9 +34,10 @@ from e2e3d_provider.lifecycle.durability.scrub import scrub
 from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
 from e2e3d_provider.lifecycle.inputs.ingest import ingest
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.results.publish import fetch_published, publish_run
+from e2e3d_provider.lifecycle.results.publish import publish_run
+from e2e3d_provider.lifecycle.results.published import fetch_published
 from e2e3d_provider.lifecycle.results.record import record_job_run
-from tests.conftest import own_stack_server, write_files
+from tests.helpers import own_stack_server, write_files
 
 STAMP = "20261202T120000Z"
 from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE  # noqa: E402  (the installed package's)
@@ -315,7 +316,7 @@ def test_a_rolling_scrub_reads_at_most_its_bound_and_carries_on(drill: Drill) ->
 def test_an_unrepairable_job_is_damaged_and_the_api_says_so(
     storage: StorageHook, metadata: MetadataHook, api: str, tmp_path: Path, unique_id: str
 ) -> None:
-    from tests.test_api import as_user
+    from tests.helpers import as_user
 
     files = {"mesh/model.obj": b"v 0 0 0\n", "texture/albedo.png": os.urandom(1024)}
     write_files(tmp_path / "run", files)

@@ -16,11 +16,12 @@ from e2e3d_provider.core.layout import HANDOFF_NAME, RunLayout, work_prefix
 from e2e3d_provider.exceptions import LocalPathError, RunMismatchError, UnsafePathError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.results.handoff import hand_off, local_run_dir, read_handoff
-from e2e3d_provider.lifecycle.results.publish import fetch_published, read_published
+from e2e3d_provider.lifecycle.results.handoff import hand_off, read_handoff
+from e2e3d_provider.lifecycle.results.published import fetch_published, read_published
+from e2e3d_provider.lifecycle.worker.rebuild import local_run_dir
 from e2e3d_provider.operators.rightsize import RightSizeOperator
 from e2e3d_provider.operators.upload_results import UploadResultsOperator
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 STAMP = "20261202T100000Z"
 

@@ -11,7 +11,7 @@ import pytest
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.ingest import ingest
 from e2e3d_provider.lifecycle.worker.host_sweep import ScratchBounds, sweep_host
-from tests.test_input_dedup import make_dataset
+from tests.helpers import make_dataset
 
 DAY = 86400.0
 

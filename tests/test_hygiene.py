@@ -23,8 +23,9 @@ from e2e3d_provider.lifecycle.durability.archive import archive_job
 from e2e3d_provider.lifecycle.inputs.datasets import write_dataset
 from e2e3d_provider.lifecycle.locks import job_lock
 from e2e3d_provider.lifecycle.maintenance import hygiene
-from e2e3d_provider.lifecycle.results.publish import publish_run, read_published, verify_remote
-from tests.conftest import write_files
+from e2e3d_provider.lifecycle.results.publish import publish_run
+from e2e3d_provider.lifecycle.results.published import read_published, verify_remote
+from tests.helpers import write_files
 
 STAMP = "20260105T000000Z"
 LATER = "20260106T000000Z"

@@ -5,14 +5,12 @@ upload-and-commit flow, and the bounded cache."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from e2e3d_provider.core.layout import BLOB_AREA, blob_key, cache_blob_path, input_prefix
 from e2e3d_provider.hooks.storage import StorageHook
@@ -21,24 +19,7 @@ from e2e3d_provider.lifecycle.inputs.ingest import ingest
 from e2e3d_provider.lifecycle.inputs.readiness import input_state
 from e2e3d_provider.lifecycle.worker.input_cache import reading, stage_dataset, trim
 from e2e3d_provider.lifecycle.worker.stage_in import stage_in
-
-
-def png(seed: int, size: int = 48) -> bytes:
-    """A small PNG whose pixels (and so bytes) depend on ``seed``."""
-    img = Image.frombytes(
-        "RGB", (size, size), hashlib.sha256(str(seed).encode()).digest() * (size * size * 3 // 32 + 1)
-    )
-    out = io.BytesIO()
-    img.save(out, "PNG")
-    return out.getvalue()
-
-
-def make_dataset(folder: Path, seeds: list[int]) -> dict[str, bytes]:
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {f"img_{seed:04d}.png": png(seed) for seed in seeds}
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    return files
+from tests.helpers import make_dataset
 
 
 def sha(data: bytes) -> str:

@@ -17,7 +17,7 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.locks import job_lock_name
 from e2e3d_provider.lifecycle.results.record import begin_run
 from e2e3d_provider.operators.upload_results import UploadResultsOperator
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 STAMP = "20261202T090000Z"
 

@@ -16,7 +16,7 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.maintenance.reconcile import follow_dag_run
 from e2e3d_provider.lifecycle.results.publish import publish_run
 from e2e3d_provider.lifecycle.results.record import begin_run, record_job_run
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 DAG_ID = "e2e3d_reconstruction"
 STAMP = "20261205T080000Z"

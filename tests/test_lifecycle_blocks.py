@@ -15,8 +15,8 @@ import pytest
 from e2e3d_provider.core.layout import RunLayout
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from tests.conftest import task_states, write_files, xcom
 from tests.dags.e2e3d_test_dags import blocks_dag, deferrable_dag, soft_fail_dag
+from tests.helpers import task_states, write_files, xcom
 
 
 def seed_dataset(storage: StorageHook, dataset: str, count: int = 4) -> dict[str, bytes]:
@@ -180,7 +180,8 @@ def test_stage_in_with_a_corrupted_object_fails_and_leaves_no_partial_file(
     assert not [p for p in tmp_path.rglob("*") if "partial" in p.name]
 
 
-def test_upload_results_names_both_hosts_when_the_run_dir_is_elsewhere(tmp_path: Path) -> None:
+def test_upload_results_names_both_hosts_when_the_run_dir_is_elsewhere(tmp_path: Path, connections: dict) -> None:
+    """It asks the object store for a hand-off first (none here), so it needs the storage connection."""
     from e2e3d_provider.operators.upload_results import UploadResultsOperator
 
     op = UploadResultsOperator(
@@ -276,7 +277,7 @@ def test_clear_of_a_finished_run_skips_the_job_and_says_why(
     same stamp) starts again over a job row that is already succeeded."""
     from datetime import UTC, datetime
 
-    from tests.conftest import load_repo_dag, task_states
+    from tests.helpers import load_repo_dag, task_states
 
     monkeypatch.setenv("E2E3D_DATA_ROOT", str(tmp_path))
     when, stamp = datetime(2026, 1, 2, tzinfo=UTC), "20260102T000000Z"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from e2e3d_provider.core import manifest as mf
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 FILES = {
     "mesh/reconstructed_mesh.obj": b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n",

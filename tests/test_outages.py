@@ -28,8 +28,7 @@ from e2e3d_provider.lifecycle.inputs.ingest import ingest
 from e2e3d_provider.lifecycle.results.publish import publish_run
 from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 from e2e3d_provider.sensors.input_presence import InputPresenceSensor
-from tests.conftest import digests, own_stack_server, write_files
-from tests.test_input_dedup import make_dataset
+from tests.helpers import digests, make_dataset, own_stack_server, write_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -25,7 +25,7 @@ from e2e3d_provider.exceptions import (
 )
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from tests.conftest import load_repo_dag, task_states
+from tests.helpers import load_repo_dag, task_states
 
 
 @pytest.fixture

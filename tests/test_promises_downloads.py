@@ -19,9 +19,11 @@ import pytest
 from e2e3d_provider.core.transfer import PARTIAL_SUFFIX
 from e2e3d_provider.exceptions import ChecksumMismatchError, TransferError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.results.handoff import hand_off, materialize
-from e2e3d_provider.lifecycle.results.publish import fetch_published, publish_run
-from tests.conftest import write_files
+from e2e3d_provider.lifecycle.results.handoff import hand_off
+from e2e3d_provider.lifecycle.results.publish import publish_run
+from e2e3d_provider.lifecycle.results.published import fetch_published
+from e2e3d_provider.lifecycle.worker.rebuild import materialize
+from tests.helpers import write_files
 
 STAMP = "20260402T000000Z"
 MiB = 1024 * 1024

@@ -14,9 +14,10 @@ import pytest
 from e2e3d_provider.core.layout import HANDOFF_NAME, RunLayout, work_prefix
 from e2e3d_provider.exceptions import TransferError
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.results.handoff import hand_off, local_run_dir, materialize, read_handoff
+from e2e3d_provider.lifecycle.results.handoff import hand_off, read_handoff
+from e2e3d_provider.lifecycle.worker.rebuild import local_run_dir, materialize
 from e2e3d_provider.lifecycle.worker.write_back import WriteBack
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 STAMP = "20260404T000000Z"
 

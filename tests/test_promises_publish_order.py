@@ -19,8 +19,9 @@ from e2e3d_provider.core.variants import RightSizeRecord, preservation_policy
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.durability.archive import archive_job
 from e2e3d_provider.lifecycle.results.handoff import hand_off
-from e2e3d_provider.lifecycle.results.publish import publish_handoff, publish_run, read_published
-from tests.conftest import write_files
+from e2e3d_provider.lifecycle.results.publish import publish_handoff, publish_run
+from e2e3d_provider.lifecycle.results.published import read_published
+from tests.helpers import write_files
 
 STAMP = "20260401T000000Z"
 FILES = {

@@ -13,8 +13,9 @@ import pytest
 from e2e3d_provider.lifecycle.durability import restore as restore_module
 from e2e3d_provider.lifecycle.durability.backup import run_backup
 from e2e3d_provider.lifecycle.durability.restore import run_restore
-from e2e3d_provider.lifecycle.results.publish import fetch_published, publish_run
-from tests.conftest import write_files
+from e2e3d_provider.lifecycle.results.publish import publish_run
+from e2e3d_provider.lifecycle.results.published import fetch_published
+from tests.helpers import write_files
 from tests.test_durability import Drill, drill  # noqa: F401  (the drill's own stack, for this module too)
 
 STAMP = "20260403T000000Z"

@@ -20,7 +20,7 @@ from e2e3d_provider.lifecycle.durability.archive import archive_and_record
 from e2e3d_provider.lifecycle.durability.retention import apply_retention
 from e2e3d_provider.lifecycle.results.publish import publish_run
 from e2e3d_provider.lifecycle.results.record import record_job_run
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 OLD, NEW = "20260101T000000Z", "20260102T000000Z"
 RETENTION_DAYS = 19 * 365

@@ -13,7 +13,7 @@ from e2e3d_provider.exceptions import ManifestError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.results.handoff import hand_off
 from e2e3d_provider.lifecycle.results.publish import publish_handoff, publish_run
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 STAMP = "20260405T000000Z"
 ORIGINALS = {"mesh/reconstructed_mesh.obj": b"v 0 0 0\n" * 10, "textures/texture.png": b"png"}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 import e2e3d_provider
 
@@ -28,6 +29,7 @@ def test_provider_info_matches_airflows_schema() -> None:
             __import__(module)
 
 
+@pytest.mark.integration  # runs processes of its own
 def test_airflow_providers_list_shows_the_provider(tmp_path: Path) -> None:
     env = dict(os.environ, AIRFLOW_HOME=str(tmp_path))
     airflow_cli = shutil.which("airflow", path=str(Path(sys.executable).parent)) or "airflow"
@@ -71,6 +73,7 @@ def test_mypy_is_clean_over_core_lifecycle_and_hooks() -> None:
     assert result.returncode == 0, result.stdout[-4000:]
 
 
+@pytest.mark.integration  # runs processes of its own
 def test_airflow_plugins_lists_the_results_api(tmp_path: Path) -> None:
     env = dict(os.environ, AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"))
     airflow_cli = shutil.which("airflow", path=str(Path(sys.executable).parent)) or "airflow"

@@ -18,7 +18,6 @@ import pygltflib
 import pytest
 import trimesh
 from PIL import Image
-from trimesh.resolvers import FilePathResolver
 
 from bench.rightsize_data import make_results
 from e2e3d_provider.core.layout import VARIANTS_NAME
@@ -31,8 +30,7 @@ from e2e3d_provider.lifecycle.results.rightsize import right_size_job, right_siz
 from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as texture_module
 from e2e3d_provider.rightsize.policy import RightSizePolicy
-from tests.conftest import digests, write_files
-from tests.test_api import as_user
+from tests.helpers import as_user, digests, load_textured, write_files
 
 STAMP = "20261202T080000Z"
 #: small thresholds so test-sized data exercises every variant (tiles included)
@@ -52,11 +50,6 @@ def run_dir(generated: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(generated, target)
     return target
-
-
-def load_textured(path: Path) -> trimesh.Trimesh:
-    """An OBJ as trimesh reads it with its MTL and texture (which a results folder keeps beside, not below)."""
-    return trimesh.load(path, process=False, resolver=FilePathResolver(path, allow_anywhere=True))
 
 
 def glb_faces(path: Path) -> int:
@@ -340,7 +333,7 @@ def test_intermediates_marked_remove_after_archive_leave_output_once_archived(
     run_dir: Path, storage: StorageHook, unique_id: str
 ) -> None:
     from e2e3d_provider.lifecycle.durability.archive import archive_job
-    from e2e3d_provider.lifecycle.results.publish import read_published, verify_remote
+    from e2e3d_provider.lifecycle.results.published import read_published, verify_remote
 
     write_files(run_dir, {"logs/run.log": b"ok\n"})
     policy = RightSizePolicy(

@@ -29,7 +29,7 @@ from e2e3d_provider.rightsize import mesh as meshes
 from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as textures
 from e2e3d_provider.rightsize.policy import RightSizePolicy
-from tests.conftest import digests
+from tests.helpers import digests
 
 PLY_XYZ = "ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
 

@@ -17,8 +17,7 @@ from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.ingest import ingest
-from tests.conftest import load_repo_dag, serve
-from tests.test_api import as_user
+from tests.helpers import as_user, load_repo_dag, serve
 
 
 def stack_secrets(stack_info) -> dict[str, str]:

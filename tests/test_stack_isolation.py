@@ -181,9 +181,8 @@ def test_starting_the_stack_leaves_the_folders_above_it_as_they_were(local_stack
 def test_a_stack_dir_made_beforehand_with_a_wide_mode_is_made_private(s3_server: str) -> None:
     """``mkdir -m 755 d && e2e3d stack up --dir d`` once left d 0755, and the servers' data files (0644)
     open to every local user: nobody read an object's bytes out of SeaweedFS's volume files."""
-    from tests.conftest import own_stack_server
+    from tests.helpers import own_stack_server
 
-    # in a folder every user can reach (pytest's own temporary folders are 0700 all the way down), so
     # only the stack directory's own mode can protect it
     parent = Path(tempfile.mkdtemp(prefix="e2e3d-wide-"))
     parent.chmod(0o755)

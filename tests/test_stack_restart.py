@@ -16,7 +16,7 @@ import pytest
 from minio import Minio
 
 from e2e3d_provider.devstack import stack
-from tests.conftest import own_stack_server
+from tests.helpers import own_stack_server
 
 CLI = [sys.executable, "-m", "e2e3d_provider.cli", "stack"]
 

@@ -27,7 +27,7 @@ from e2e3d_provider.exceptions import (
     StorageUnreachableError,
 )
 from e2e3d_provider.hooks.storage import StorageHook
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 MiB = 1024 * 1024
 

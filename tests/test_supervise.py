@@ -21,7 +21,7 @@ import pytest
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
 from e2e3d_provider.devstack.supervisor import GaveUp, RestartBudget
-from tests.conftest import own_stack_server
+from tests.helpers import own_stack_server
 
 
 def test_the_restart_budget_allows_n_restarts_per_window_and_then_gives_up() -> None:

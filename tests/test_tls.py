@@ -22,7 +22,7 @@ from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
 from e2e3d_provider.exceptions import StorageTLSError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from tests.conftest import own_stack_server
+from tests.helpers import own_stack_server
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,8 @@ def test_the_tls_stack_serves_https_and_ssl_only(tls_stack) -> None:
 
 def test_every_transfer_path_and_the_metadata_run_over_tls(tls_stack, tmp_path: Path) -> None:
     from e2e3d_provider.lifecycle.inputs.ingest import ingest
-    from e2e3d_provider.lifecycle.results.publish import fetch_published, publish_run
+    from e2e3d_provider.lifecycle.results.publish import publish_run
+    from e2e3d_provider.lifecycle.results.published import fetch_published
     from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
 
     storage = StorageHook("minio_tls", part_size=5 * 1024 * 1024)

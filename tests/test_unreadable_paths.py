@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 WALKS = """
 import sys

@@ -16,10 +16,11 @@ from e2e3d_provider.core.layout import HANDOFF_NAME, success_key, work_prefix
 from e2e3d_provider.exceptions import UnsafePathError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.ingest import ingest
-from e2e3d_provider.lifecycle.results.handoff import materialize, read_handoff
+from e2e3d_provider.lifecycle.results.handoff import read_handoff
+from e2e3d_provider.lifecycle.worker.rebuild import materialize
 from e2e3d_provider.lifecycle.worker.stage_in import stage_in
 from e2e3d_provider.lifecycle.worker.workspace import Workspace, run_in_workspace
-from tests.conftest import write_files
+from tests.helpers import write_files
 
 STAMP = "20260301T000000Z"
 from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE  # noqa: E402  (the installed package's)

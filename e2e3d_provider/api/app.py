@@ -38,17 +38,13 @@ from e2e3d_provider.api.schemas import (
 )
 from e2e3d_provider.core.dataset_manifest import DatasetImage
 from e2e3d_provider.core.layout import (
-    BUCKET_ARCHIVE,
     BUCKET_INPUT,
-    BUCKET_OUTPUT,
     MESH_RELPATH,
     POINTCLOUD_RELPATH,
     TEXTURE_RELPATH,
     InvalidNameError,
-    archive_prefix,
     blob_key,
     input_prefix,
-    output_prefix,
     validate_id,
     validate_relpath,
     validate_sha256,
@@ -70,7 +66,7 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, dataset_view, read_dataset
 from e2e3d_provider.lifecycle.maintenance.dashboard import dashboard_figures
-from e2e3d_provider.lifecycle.results.publish import read_published_manifest, verify_remote
+from e2e3d_provider.lifecycle.results.published import locate_published, verify_remote
 
 log = logging.getLogger(__name__)
 
@@ -187,27 +183,21 @@ def job_results(
             f"job {job_id!r} is damaged: {job.get('error') or 'a scrub found files it could not repair'}. "
             f"Its results are not served; restore them (e2e3d restore --job {job_id}) or rerun the job.",
         )
-    places = [(BUCKET_OUTPUT, output_prefix(job_id))]
-    if job["status"] == "archived":  # its output may be gone after retention: serve the archive copy
-        places.append((BUCKET_ARCHIVE, archive_prefix(job_id, job["stamp"])))
-    for bucket, prefix in places:
-        try:
-            manifest = read_published_manifest(b.storage, bucket, job_id, prefix)
-            break
-        except ObjectNotFoundError:
-            continue
-        except (ManifestError, ChecksumMismatchError) as err:  # what is stored, not the storage, is wrong
-            log.error("results API: %s", err)
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"job {job_id!r}: the results in {bucket}/{prefix} are not served: {err}. "
-                f"Re-publish the job, or restore it (e2e3d restore --job {job_id}).",
-            ) from None
-    else:
+    try:  # its output, or the archive copy once retention took the output away
+        place, published = locate_published(b.storage, job)
+    except ObjectNotFoundError:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"job {job_id!r} is {job['status']}: its results are not complete (no SUCCESS marker)",
-        )
+        ) from None
+    except (ManifestError, ChecksumMismatchError) as err:  # what is stored, not the storage, is wrong
+        log.error("results API: %s", err)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id!r}: its stored results are not served: {err}. "
+            f"Re-publish the job, or restore it (e2e3d restore --job {job_id}).",
+        ) from None
+    bucket, prefix, manifest = place.bucket, place.prefix, published.manifest
     try:  # one listing: every object still the one published (size, and the ETag recorded at publish)
         verify_remote(b.storage, bucket, prefix, manifest, read_on_mismatch=False)
     except ChecksumMismatchError as err:

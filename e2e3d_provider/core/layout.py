@@ -181,6 +181,21 @@ def run_name(job_id: str, stamp: str) -> str:
     return f"{validate_id(job_id, 'job_id')}_{validate_stamp(stamp)}"
 
 
+_RUN_NAME = re.compile(r"^(?P<job>.+)_(?P<stamp>\d{8}T\d{6}Z)$")
+
+
+def parse_run_name(name: str, job_id: str | None = None) -> tuple[str, str] | None:
+    """The ``(job_id, stamp)`` of a run name (:func:`run_name`), or ``None`` when ``name`` is no run's
+    name (or, with ``job_id``, names a run of another job)."""
+    match = _RUN_NAME.match(name)
+    if match is None or (job_id is not None and match["job"] != job_id):
+        return None
+    try:
+        return validate_id(match["job"], "job_id"), validate_stamp(match["stamp"])
+    except InvalidNameError:
+        return None
+
+
 # ---------------------------------------------------------------------------------------
 # Local paths
 # ---------------------------------------------------------------------------------------
@@ -267,10 +282,16 @@ def validate_sha256(value: object) -> str:
     return value
 
 
+def sharded_sha_path(sha256: str) -> str:
+    """Return ``<2 hex>/<sha256>``: where content ``sha256`` sits below a content-addressed area (in a bucket
+    or on a disk), spread over 256 folders."""
+    sha256 = validate_sha256(sha256)
+    return f"{sha256[:2]}/{sha256}"
+
+
 def sharded_sha_key(area: str, sha256: str) -> str:
     """Return ``<area>/<2 hex>/<sha256>``: a content-addressed key, spread over 256 key prefixes."""
-    sha256 = validate_sha256(sha256)
-    return f"{area}/{sha256[:2]}/{sha256}"
+    return f"{area}/{sharded_sha_path(sha256)}"
 
 
 def blob_key(sha256: str) -> str:

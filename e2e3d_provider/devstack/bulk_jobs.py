@@ -28,9 +28,9 @@ from e2e3d_provider.core.layout import (
     output_prefix,
 )
 from e2e3d_provider.core.manifest import FileEntry, Manifest
+from e2e3d_provider.core.marker import SuccessMarker
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.results.publish import success_marker
 
 #: objects in flight at once while loading
 IN_FLIGHT = 64
@@ -71,7 +71,7 @@ def load_jobs(
             entries.append(FileEntry(rel, len(body), hashlib.sha256(body).hexdigest(), etags[prefix + rel]))
         manifest = Manifest(job.job_id, job.stamp, entries)
         body = manifest.to_json().encode()
-        metas[job.job_id] = (body, success_marker(manifest, hashlib.sha256(body).hexdigest()))
+        metas[job.job_id] = (body, SuccessMarker.of(manifest, hashlib.sha256(body).hexdigest()).body)
         totals[job.job_id] = (len(manifest.files), manifest.total_bytes)
     _put_all(storage, BUCKET_OUTPUT, {output_prefix(j) + MANIFEST_NAME: m for j, (m, _) in metas.items()})
     _put_all(storage, BUCKET_OUTPUT, {output_prefix(j) + SUCCESS_NAME: s for j, (_, s) in metas.items()})

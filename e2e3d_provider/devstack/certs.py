@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from e2e3d_provider.devstack.private_files import write_secret
+
 VALID_DAYS = 3650
 
 
@@ -29,8 +31,6 @@ class CertPair:
 
 
 def _write(path: Path, data: bytes, secret: bool) -> None:
-    from e2e3d_provider.devstack.stack import write_secret
-
     if secret:
         write_secret(path, data.decode())
     else:

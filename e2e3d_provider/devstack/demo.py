@@ -23,7 +23,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from e2e3d_provider.core.layout import MESH_RELPATH, POINTCLOUD_RELPATH, TEXTURE_RELPATH, make_stamp
+from e2e3d_provider.core.layout import (
+    BUCKET_OUTPUT,
+    MESH_RELPATH,
+    POINTCLOUD_RELPATH,
+    TEXTURE_RELPATH,
+    make_stamp,
+    manifest_key,
+    output_key,
+)
 from e2e3d_provider.core.transfer import watch_progress
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.devstack.console import Console, human_bytes, state_dir
@@ -138,10 +146,10 @@ def _report(storage: Any, metadata: Any, job_id: str, state: str) -> int:
     )
     _out("results, each fetched once by its pre-signed URL (valid 24 h):")
     manifest = {
-        entry["path"]: entry for entry in json.loads(storage.get_bytes("output", f"{job_id}/metadata.json"))["files"]
+        entry["path"]: entry for entry in json.loads(storage.get_bytes(BUCKET_OUTPUT, manifest_key(job_id)))["files"]
     }
     for label, rel in (("mesh", MESH_RELPATH), ("texture", TEXTURE_RELPATH), ("point cloud", POINTCLOUD_RELPATH)):
-        url = storage.presigned_get("output", f"{job_id}/{rel}")
+        url = storage.presigned_get(BUCKET_OUTPUT, output_key(job_id, rel))
         with urllib.request.urlopen(url, timeout=30) as response:
             body = response.read()
         ok = hashlib.sha256(body).hexdigest() == manifest[rel]["sha256"]

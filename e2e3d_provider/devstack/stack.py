@@ -38,6 +38,7 @@ from e2e3d_provider.core.backup_catalog import DEFAULT_BACKUP_BUCKET
 from e2e3d_provider.core.layout import DATA_ROOT_ENV
 from e2e3d_provider.core.roles import GRANTS, seaweed_actions
 from e2e3d_provider.devstack import minio_server
+from e2e3d_provider.devstack.private_files import write_secret
 from e2e3d_provider.exceptions import StackError
 from e2e3d_provider.hooks import (
     COMPONENT_CONN_IDS,
@@ -769,17 +770,6 @@ def read_state(base_dir: Path) -> StackInfo | None:
         return StackInfo(**state)
     except (OSError, ValueError, TypeError):
         return None
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write a secret file that is 0600 from its first byte (a temporary name made with that mode, then
-    renamed), never created wider and narrowed after."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def is_running(info: StackInfo | None) -> bool:

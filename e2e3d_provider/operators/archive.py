@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 
 from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, output_prefix
+from e2e3d_provider.core.xcom import ArchiveXCom
 from e2e3d_provider.lifecycle.durability.archive import archive_and_record
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import as_bool
@@ -49,7 +50,7 @@ class ArchiveOperator(E2E3DOperator):
         self.archive_bucket = archive_bucket
         self.remove_source = remove_source
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> ArchiveXCom:
         result = archive_and_record(
             self.storage,
             self.metadata,

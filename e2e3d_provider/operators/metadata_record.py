@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 
 from e2e3d_provider.core.layout import BUCKET_OUTPUT
+from e2e3d_provider.core.xcom import MetadataRecordXCom
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.lifecycle.results.record import record_job_run, upload_statistics
 from e2e3d_provider.operators.base import E2E3DOperator
@@ -59,7 +60,7 @@ class MetadataRecordOperator(E2E3DOperator):
         self.error = error
         self.bucket = bucket
 
-    def execute(self, context: Context) -> dict[str, str]:
+    def execute(self, context: Context) -> MetadataRecordXCom:
         if self.metadata is None:
             raise ValueError("MetadataRecordOperator needs a metadata_conn_id")
         statistics = {**(self.statistics or {}), **upload_statistics(self.upload)}

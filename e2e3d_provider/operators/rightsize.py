@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Context
 
-from e2e3d_provider.core.layout import validate_id, validate_stamp
-from e2e3d_provider.core.local_paths import remove_tree, require_local_dir
-from e2e3d_provider.lifecycle.results.handoff import hand_off, local_run_dir
-from e2e3d_provider.lifecycle.results.rightsize import right_size_job, summary
+from e2e3d_provider.core.xcom import RightSizeXCom
+from e2e3d_provider.lifecycle.results.rightsize import RightSizeRecord, right_size_job, summary
+from e2e3d_provider.lifecycle.worker.rework import rework_run
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import as_bool, data_root
 
@@ -83,31 +83,34 @@ class RightSizeOperator(E2E3DOperator):
         self.preservation = preservation
         self.data_root = data_root
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        handing = bool(self.job_id and self.stamp)
-        rebuilt = False
-        if handing:
-            job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
-            root = data_root(self.data_root)
-            local = local_run_dir(self.storage, job_id, stamp, root, self.run_dir, self.origin_host)
-            run_dir, rebuilt, moved = local.run_dir, local.rebuilt, local.moved
-            if moved is not None:
-                self.log.info("%s made equal to its hand-off: %d bytes moved", run_dir, moved.bytes)
-        else:
-            run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
+    def execute(self, context: Context) -> RightSizeXCom:
         settings = dict(self.settings or {})
         if self.preservation is not None:
             settings["preservation"] = self.preservation
-        # bad input or settings (RightSizeInputError, ValueError) fail at once: E2E3DOperator's permanent errors
-        record = right_size_job(run_dir, self.metadata, settings, enabled=as_bool(self.enabled))
-        result = summary(record)
-        if handing:
-            handed, sent = hand_off(self.storage, run_dir, job_id, stamp)
-            self.record_transfer(context, sent, suffix=":handoff", job_id=job_id, stamp=stamp)
-            result["handoff"] = handed.to_xcom()
-            self.report_lineage([(handed.bucket, handed.prefix)], [(handed.bucket, handed.prefix)])
-            if rebuilt:  # a copy made on this host only for this task: scratch, now handed on
-                remove_tree(run_dir)
+        handing = bool(self.job_id and self.stamp)
+
+        def right_size(run_dir: Path) -> RightSizeRecord:
+            # bad input or settings (RightSizeInputError, ValueError) fail at once: E2E3DOperator's permanent errors
+            return right_size_job(run_dir, self.metadata, settings, enabled=as_bool(self.enabled))
+
+        done = rework_run(
+            self.storage,
+            right_size,
+            run_dir=self.run_dir,
+            origin_host=self.origin_host,
+            job_id=self.job_id,
+            stamp=self.stamp,
+            data_root=data_root(self.data_root) if handing else None,
+        )
+        if done.moved is not None:
+            self.log.info("%s made equal to its hand-off: %d bytes moved", done.run_dir, done.moved.bytes)
+        run_dir, result = done.run_dir, summary(done.result)
+        if done.handoff is not None and done.sent is not None:
+            self.record_transfer(context, done.sent, suffix=":handoff", job_id=self.job_id, stamp=self.stamp)
+            result["handoff"] = done.handoff.to_xcom()
+            self.report_lineage(
+                [(done.handoff.bucket, done.handoff.prefix)], [(done.handoff.bucket, done.handoff.prefix)]
+            )
         self.log.info(
             "right-sized %s: %d variants, %d bytes beside %d bytes of originals, in %.1f s; not published: %s",
             run_dir.name,

@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_MODELS
+from e2e3d_provider.core.xcom import StageInXCom
 from e2e3d_provider.lifecycle.worker.stage_in import stage_in
 from e2e3d_provider.operators.base import E2E3DOperator
 from e2e3d_provider.operators.run_context import data_root, run_stamp
@@ -67,7 +68,7 @@ class StageInOperator(E2E3DOperator):
         self.input_bucket = input_bucket
         self.models_bucket = models_bucket
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> StageInXCom:
         staged = stage_in(
             self.storage,
             data_root(self.data_root),

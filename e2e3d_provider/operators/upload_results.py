@@ -8,10 +8,8 @@ from typing import Any
 from airflow.sdk import Asset, Context
 
 from e2e3d_provider.core.layout import BUCKET_OUTPUT, output_prefix, validate_id, validate_stamp, work_prefix
-from e2e3d_provider.core.local_paths import require_local_dir
-from e2e3d_provider.lifecycle.locks import DEFAULT_LOCK_WAIT, job_lock
-from e2e3d_provider.lifecycle.results.handoff import discard, read_handoff
-from e2e3d_provider.lifecycle.results.publish import publish_handoff, publish_run
+from e2e3d_provider.core.xcom import PublishXCom
+from e2e3d_provider.lifecycle.results.publish import DEFAULT_LOCK_WAIT, publish_job
 from e2e3d_provider.operators.base import E2E3DOperator
 
 RESULTS_ASSET_NAME = "e2e3d_results"
@@ -76,20 +74,22 @@ class UploadResultsOperator(E2E3DOperator):
         self.statistics = statistics
         self.lock_wait = lock_wait
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> PublishXCom:
         job_id, stamp = validate_id(self.job_id, "job_id"), validate_stamp(self.stamp)
-        statistics = dict(self.statistics or {})
-        with job_lock(self.metadata, job_id, self.lock_wait):
-            handed_off = read_handoff(self.storage, job_id, stamp) is not None
-            if handed_off:  # handed off: publish it from any host
-                published = publish_handoff(self.storage, job_id, stamp, self.bucket, statistics)
-                discard(self.storage, job_id, stamp)
-            else:
-                run_dir = require_local_dir(self.run_dir, self.origin_host, "run directory")
-                published = publish_run(self.storage, run_dir, job_id, stamp, self.bucket, statistics)
+        published = publish_job(
+            self.storage,
+            self.metadata,
+            job_id,
+            stamp,
+            run_dir=self.run_dir,
+            origin_host=self.origin_host,
+            bucket=self.bucket,
+            statistics=dict(self.statistics or {}),
+            lock_wait=self.lock_wait,
+        )
         if published.transfer is not None:
             self.record_transfer(context, published.transfer, job_id=job_id, stamp=stamp)
-        handed = [(BUCKET_OUTPUT, work_prefix(job_id, stamp))] if handed_off else []
+        handed = [(BUCKET_OUTPUT, work_prefix(job_id, stamp))] if published.handed_off else []
         self.report_lineage(handed, [(self.bucket, output_prefix(job_id))])
         self.log.info(
             "published %s: %d files, %d bytes (%d sent); SUCCESS at %s/%s",

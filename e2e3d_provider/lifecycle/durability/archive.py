@@ -33,18 +33,13 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.manifest import Manifest
 from e2e3d_provider.core.transfer import raise_failures, run_parallel
+from e2e3d_provider.core.xcom import ArchiveXCom
 from e2e3d_provider.exceptions import ChecksumMismatchError, ManifestError, ObjectNotFoundError, RunMismatchError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.results.publish import (
-    Published,
-    copy_pinned,
-    publish_subset,
-    read_published,
-    unpublish,
-    verify_remote,
-)
+from e2e3d_provider.lifecycle.results.publish import copy_pinned, publish_subset, unpublish
+from e2e3d_provider.lifecycle.results.published import Published, read_published, verify_remote
 
 #: jobs archived at once by the maintenance sweep, and jobs read from PostgreSQL per page
 ARCHIVE_WORKERS = 16
@@ -69,7 +64,7 @@ class ArchiveResult:
     def location(self) -> str:
         return f"{self.archive_bucket}/{self.archive_key}"
 
-    def to_xcom(self) -> dict[str, Any]:
+    def to_xcom(self) -> ArchiveXCom:
         return {
             "job_id": self.job_id,
             "archive_key": self.archive_key,

@@ -67,7 +67,7 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_dump import dump_schema
 from e2e3d_provider.hooks.metadata_schema import SCHEMA_VERSION
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.results.publish import read_published
+from e2e3d_provider.lifecycle.results.published import read_published
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

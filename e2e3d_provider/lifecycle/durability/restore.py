@@ -11,8 +11,6 @@ interruption restores only what is still missing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -34,15 +32,17 @@ from e2e3d_provider.core.layout import (
     DEFAULT_BUCKETS,
     MANIFEST_NAME,
     SUCCESS_NAME,
+    sharded_sha_path,
     validate_id,
 )
 from e2e3d_provider.core.manifest import Manifest
+from e2e3d_provider.core.marker import SuccessMarker
 from e2e3d_provider.exceptions import ChecksumMismatchError, E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_dump import restore_schema
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.durability.backup import BATCH_BYTES, BATCH_FILES, BackupTarget, batches
-from e2e3d_provider.lifecycle.results.publish import verify_remote
+from e2e3d_provider.lifecycle.results.published import verify_remote
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _whole(target: BackupTarget, live: StorageHook, marker: CatalogEntry, result
         try:
             body = target.storage.get_bytes(target.bucket, backup_blob_key(marker.sha256))
             raw = live.get_bytes(marker.bucket, prefix + MANIFEST_NAME)
-            if hashlib.sha256(raw).hexdigest() != json.loads(body)["manifest_sha256"]:
+            if not SuccessMarker.parse(body).names_manifest(raw):
                 raise ChecksumMismatchError(f"{prefix}{MANIFEST_NAME} is not the manifest SUCCESS names")
             verify_remote(live, marker.bucket, prefix, Manifest.from_json(raw))
             return True
@@ -193,7 +193,7 @@ def _restore_batch(
         target.bucket,
         BLOB_AREA + "/",
         folder,
-        expected={f"{sha[:2]}/{sha}": (size, sha) for sha, size in contents.items()},
+        expected={sharded_sha_path(sha): (size, sha) for sha, size in contents.items()},
     )
     for bucket in sorted({e.bucket for e in batch}):
         mine = [e for e in batch if e.bucket == bucket]

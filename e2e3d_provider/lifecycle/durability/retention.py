@@ -8,7 +8,6 @@ records each run whose output is gone, so no later run looks at it again.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, SUCCESS_NAME, archive_prefix, output_prefix
+from e2e3d_provider.core.marker import SuccessMarker
 from e2e3d_provider.core.transfer import run_parallel
 from e2e3d_provider.exceptions import ObjectNotFoundError
 from e2e3d_provider.hooks.metadata import MetadataHook
@@ -155,9 +155,7 @@ def _judge(storage: StorageHook, job: dict[str, Any], latest_stamp: str | None) 
 
 
 def _marker_stamp(storage: StorageHook, key: str) -> str | None:
-    try:
-        return str(json.loads(storage.get_bytes(BUCKET_OUTPUT, key, max_bytes=64 * 1024))["stamp"])
+    try:  # a body no publish wrote names no stamp: the database's word (this is the latest run) stands
+        return SuccessMarker.parse(storage.get_bytes(BUCKET_OUTPUT, key, max_bytes=64 * 1024)).stamp
     except ObjectNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):
-        return None  # not a marker publish wrote: the database's word (this is the latest run) stands

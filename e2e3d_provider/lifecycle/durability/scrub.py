@@ -25,7 +25,6 @@ read whole) and carries on from there the next time (``e2e3d.config`` ``scrub_cu
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -39,9 +38,9 @@ from e2e3d_provider.core.layout import (
     MANIFEST_NAME,
     SUCCESS_NAME,
     archive_prefix,
-    output_prefix,
 )
 from e2e3d_provider.core.manifest import Manifest
+from e2e3d_provider.core.marker import SuccessMarker
 from e2e3d_provider.exceptions import (
     ChecksumMismatchError,
     E2E3DError,
@@ -53,6 +52,7 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.durability.backup import BackupTarget
 from e2e3d_provider.lifecycle.locks import job_lock
+from e2e3d_provider.lifecycle.results.published import published_places
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,9 @@ class _Scrubber:
                 job = self.metadata.get_job(job_id, stamp)  # judged again under the lock
                 if job is None or job["status"] not in ("succeeded", "archived", "damaged"):
                     return
-                if job["output_removed_at"] is None:
-                    self._run(_Place(BUCKET_OUTPUT, output_prefix(job_id), job_id, stamp), job["status"])
-                elif job["archive_key"]:
-                    self._run(_Place(BUCKET_ARCHIVE, archive_prefix(job_id, stamp), job_id, stamp), job["status"])
+                places = published_places(job)  # the copy readers get: its output, or the archive copy
+                if places:
+                    self._run(_Place(places[0].bucket, places[0].prefix, job_id, stamp), job["status"])
         except RunConflictError:
             self.result.busy.append(job_id)
 
@@ -113,8 +112,8 @@ class _Scrubber:
             marker: bytes | None = self.storage.get_bytes(place.bucket, place.prefix + SUCCESS_NAME)
         except (ObjectNotFoundError, ChecksumMismatchError):
             marker = None
-        if marker is not None and not _vouches(marker, stamp):
-            named = _marker_stamp(marker)
+        if marker is not None and not SuccessMarker.parse(marker).vouches_for(stamp):
+            named = SuccessMarker.parse(marker).stamp
             if place.bucket == BUCKET_OUTPUT and self._newer_run(job_id, stamp, named):
                 return  # the output holds a newer run of this job: this one was superseded
             # a marker no publish of this run wrote (no stamp, an older or unknown one, no manifest): reported,
@@ -138,7 +137,8 @@ class _Scrubber:
         self.result.runs += 1
         vouching = marker if marker is not None else kept
         assert vouching is not None
-        manifest_sha = json.loads(vouching)["manifest_sha256"]
+        manifest_sha = SuccessMarker.parse(vouching).manifest_sha256
+        assert manifest_sha is not None  # it vouches for the run
         manifest = self._manifest(place, manifest_sha)
         broken = [MANIFEST_NAME] if manifest is None else self._files(place, manifest)
         if broken:
@@ -157,12 +157,12 @@ class _Scrubber:
         the object, or (for its output) the archive copy."""
         job = self.metadata.get_job(place.job_id, place.stamp) or {}
         damaged = (job.get("statistics") or {}).get("damaged") or {}
-        if damaged.get("marker") and _vouches(str(damaged["marker"]).encode(), place.stamp):
+        if damaged.get("marker") and SuccessMarker.parse(str(damaged["marker"]).encode()).vouches_for(place.stamp):
             return str(damaged["marker"]).encode()
         key = place.prefix + SUCCESS_NAME
         for version in self.storage.object_versions(place.bucket, key):
             body = self.storage.get_bytes(place.bucket, key, version_id=version.version_id)
-            if _vouches(body, place.stamp):
+            if SuccessMarker.parse(body).vouches_for(place.stamp):
                 return body
         if place.bucket == BUCKET_ARCHIVE:
             return None
@@ -170,7 +170,7 @@ class _Scrubber:
             body = self.storage.get_bytes(BUCKET_ARCHIVE, archive_prefix(place.job_id, place.stamp) + SUCCESS_NAME)
         except ObjectNotFoundError:
             return None
-        return body if _vouches(body, place.stamp) else None
+        return body if SuccessMarker.parse(body).vouches_for(place.stamp) else None
 
     def _newer_run(self, job_id: str, stamp: str, named: str | None) -> bool:
         """Whether ``named`` is a run of the job PostgreSQL knows, newer than ``stamp``: the one case in which
@@ -293,28 +293,6 @@ class _Place:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _vouches(body: bytes, stamp: str) -> bool:
-    """Whether a SUCCESS marker is one a publish of run ``stamp`` wrote: it names that run and a manifest."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return False
-    return (
-        isinstance(data, dict)
-        and data.get("stamp") == stamp
-        and isinstance(data.get("manifest_sha256"), str)
-        and len(data["manifest_sha256"]) == 64
-    )
-
-
-def _marker_stamp(body: bytes) -> str | None:
-    try:
-        value = json.loads(body).get("stamp")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
 
 
 def scrub(

@@ -15,7 +15,6 @@ is ever touched, and nothing is deleted that a published manifest names.
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from e2e3d_provider.core.layout import (
     archive_prefix,
     blob_key,
     output_prefix,
+    parse_run_name,
     validate_sha256,
 )
 from e2e3d_provider.core.manifest import Manifest
@@ -51,7 +51,7 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.results.publish import read_published
+from e2e3d_provider.lifecycle.results.published import read_published
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ SAMPLE_SIZE = 10
 CONTROL_NAMES = (SUCCESS_NAME, MANIFEST_NAME, VARIANTS_NAME)
 #: what a published manifest cannot be read as: a damaged set, left for a person to look at
 _DAMAGED = (ObjectNotFoundError, ChecksumMismatchError, ManifestError)
-_RUN_NAME = re.compile(r"^(?P<job>.+)_(?P<stamp>\d{8}T\d{6}Z)$")
 
 
 def _is_old(obj: RemoteObject, cutoff: datetime) -> bool:
@@ -218,8 +217,8 @@ def _prefix_strays(
 def _work_stamp(key: str, job_id: str) -> str | None:
     """The stamp of the run whose hand-off ``key`` (``.work/<job_id>/<job_id>_<stamp>/...``) belongs to."""
     parts = key.split("/")
-    match = _RUN_NAME.match(parts[2]) if len(parts) > 3 else None
-    return match["stamp"] if match and match["job"] == job_id else None
+    run = parse_run_name(parts[2], job_id) if len(parts) > 3 else None
+    return run[1] if run else None
 
 
 def _group_output(listed: list[RemoteObject]) -> dict[str, tuple[list[RemoteObject], list[RemoteObject]]]:
@@ -362,14 +361,9 @@ def _group_archive(listed: list[RemoteObject]) -> dict[tuple[str, str], list[Rem
     runs: dict[tuple[str, str], list[RemoteObject]] = defaultdict(list)
     for obj in listed:
         parts = obj.key.split("/", 2)
-        match = _RUN_NAME.match(parts[1]) if len(parts) == 3 else None
-        if match is None or match["job"] != parts[0]:
-            continue
-        try:
-            archive_prefix(parts[0], match["stamp"])
-        except InvalidNameError:
-            continue
-        runs[(parts[0], match["stamp"])].append(obj)
+        run = parse_run_name(parts[1], parts[0]) if len(parts) == 3 else None
+        if run is not None:
+            runs[run].append(obj)
     return dict(runs)
 
 

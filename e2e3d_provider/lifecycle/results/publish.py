@@ -9,13 +9,12 @@ mean "complete and verified", and how it stops meaning anything before a job's o
 
 A crash anywhere leaves no SUCCESS; a rerun is safe and sends only what is missing or changed.
 Unpublishing runs the other way: SUCCESS first, then the rest, so no reader ever sees a marker over
-a partial set.
+a partial set. This module holds the writes; :mod:`e2e3d_provider.lifecycle.results.published` the reads.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,12 +31,18 @@ from e2e3d_provider.core.layout import (
     success_key,
     work_prefix,
 )
+from e2e3d_provider.core.local_paths import require_local_dir
 from e2e3d_provider.core.manifest import FileEntry, Manifest, iter_run_files, sha256_file, write_atomic, write_manifest
-from e2e3d_provider.core.transfer import RemoteObject, TransferResult
+from e2e3d_provider.core.marker import SuccessMarker
+from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.core.variants import RightSizeRecord, annotate, select_paths, select_published
-from e2e3d_provider.exceptions import ChecksumMismatchError, ObjectNotFoundError, RunMismatchError
+from e2e3d_provider.core.xcom import PublishXCom
+from e2e3d_provider.exceptions import ObjectNotFoundError
+from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.results.handoff import read_handoff
+from e2e3d_provider.lifecycle.locks import DEFAULT_LOCK_WAIT, job_lock
+from e2e3d_provider.lifecycle.results.handoff import discard, read_handoff
+from e2e3d_provider.lifecycle.results.published import Published, verify_remote
 
 
 @dataclass
@@ -57,8 +62,9 @@ class PublishResult:
     manifest_key: str
     success_key: str
     transfer: TransferResult | None = field(default=None, repr=False)  # what the upload step moved
+    handed_off: bool = False  # published from the run's hand-off (server-side copies), not a local directory
 
-    def to_xcom(self) -> dict[str, Any]:
+    def to_xcom(self) -> PublishXCom:
         return {
             "job_id": self.job_id,
             "stamp": self.stamp,
@@ -72,48 +78,6 @@ class PublishResult:
             "uploaded_bytes": self.uploaded_bytes,
             "seconds": round(self.seconds, 3),
         }
-
-
-def verify_remote(
-    storage: StorageHook,
-    bucket: str,
-    prefix: str,
-    manifest: Manifest,
-    *,
-    deep: bool = True,
-    listed: dict[str, RemoteObject] | None = None,
-    read_on_mismatch: bool = True,
-) -> None:
-    """Raise ChecksumMismatchError unless every manifest file is stored with its size (one listing) and,
-    with ``deep``, its published bytes.
-
-    Deep checks compare the ETag the server reports now with the one recorded in the manifest at
-    publish time (cheap: the same listing); where they differ or the manifest has none, the object's
-    bytes are read and hashed against the manifest's sha256 (``read_on_mismatch``; without it a
-    differing ETag is a mismatch). The object's own ``x-amz-meta-sha256`` label is never trusted.
-
-    A publish compares ETags only (``read_on_mismatch=False``): its upload step hashed each file as it
-    was sent and checked the ETag the server answered, so the listing need only show the same ETags.
-    The archive and the API read the bytes where ETags differ.
-    """
-    problems = []
-    if listed is None:
-        listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}
-    for entry in manifest.files:
-        found = listed.get(prefix + entry.path)
-        if found is None:
-            problems.append(f"{entry.path}: missing")
-        elif found.size != entry.size:
-            problems.append(f"{entry.path}: stored size {found.size} != manifest {entry.size}")
-        elif deep and not (entry.etag and found.etag == entry.etag):
-            if entry.etag and not read_on_mismatch:
-                problems.append(f"{entry.path}: stored ETag {found.etag} != {entry.etag} recorded at publish")
-                continue
-            actual = storage.read_sha256(bucket, prefix + entry.path)
-            if actual != entry.sha256:
-                problems.append(f"{entry.path}: the stored bytes hash to {actual[:12]}..., not the manifest's sha256")
-    if problems:
-        raise ChecksumMismatchError(f"{bucket}/{prefix} does not match the manifest: " + "; ".join(problems[:10]))
 
 
 def publish_run(
@@ -165,7 +129,7 @@ def publish_run(
     manifest_sha = sha256_file(manifest_path)
     storage.upload_file(manifest_path, bucket, manifest_name, sha256=manifest_sha)
 
-    marker_body = success_marker(manifest, manifest_sha)
+    marker_body = SuccessMarker.of(manifest, manifest_sha).body
     storage.put_bytes(bucket, marker, marker_body, "application/json")  # step 3: SUCCESS last
     write_atomic(run_dir / SUCCESS_NAME, marker_body)
     return PublishResult(
@@ -263,7 +227,9 @@ def publish_handoff(
         storage.delete_object(bucket, key)
     body = manifest.to_json().encode()
     storage.put_bytes(bucket, manifest_name, body, "application/json")
-    storage.put_bytes(bucket, marker, success_marker(manifest, hashlib.sha256(body).hexdigest()), "application/json")
+    storage.put_bytes(
+        bucket, marker, SuccessMarker.of(manifest, hashlib.sha256(body).hexdigest()).body, "application/json"
+    )
     seconds = time.perf_counter() - began
     copied = TransferResult("copy", bucket, prefix)
     copied.files, copied.bytes, copied.seconds = len(manifest.files), manifest.total_bytes, seconds
@@ -271,20 +237,6 @@ def publish_handoff(
         job_id, stamp, bucket, prefix, len(manifest.files), manifest.total_bytes, len(manifest.files),
         manifest.total_bytes, len(stale), seconds, manifest_name, marker, copied,
     )  # fmt: skip
-
-
-def success_marker(manifest: Manifest, manifest_sha: str) -> bytes:
-    """The body of a run's SUCCESS marker: which run, and the sha256 of the manifest it vouches for."""
-    return json.dumps(
-        {
-            "job_id": manifest.job_id,
-            "stamp": manifest.stamp,
-            "manifest_sha256": manifest_sha,
-            "files": len(manifest.files),
-            "bytes": manifest.total_bytes,
-        },
-        sort_keys=True,
-    ).encode()
 
 
 def publish_subset(
@@ -320,7 +272,7 @@ def publish_subset(
     )
     body = smaller.to_json().encode()
     storage.put_bytes(bucket, manifest_key(job_id), body, "application/json")
-    marker = success_marker(smaller, hashlib.sha256(body).hexdigest())
+    marker = SuccessMarker.of(smaller, hashlib.sha256(body).hexdigest()).body
     storage.put_bytes(bucket, success_key(job_id), marker, "application/json")  # SUCCESS last
     return len(gone)
 
@@ -333,47 +285,28 @@ def unpublish(storage: StorageHook, bucket: str, prefix: str) -> int:
     return storage.delete_prefix(bucket, prefix)
 
 
-@dataclass(frozen=True)
-class Published:
-    """A completed run as read from a bucket: its manifest, and the manifest's and marker's bytes."""
-
-    manifest: Manifest
-    manifest_bytes: bytes
-    marker_bytes: bytes
-
-
-def read_published(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> Published:
-    """The published run below ``prefix`` (default ``<job_id>/``); refuses a job without SUCCESS
-    (ObjectNotFoundError), whose marker does not name this manifest (ChecksumMismatchError), whose manifest is
-    malformed (ManifestError) or another job's (RunMismatchError, a ManifestError)."""
-    prefix = prefix if prefix is not None else output_prefix(job_id)
-    marker = storage.get_bytes(bucket, prefix + SUCCESS_NAME)
-    raw = storage.get_bytes(bucket, prefix + MANIFEST_NAME)
-    try:
-        expected = json.loads(marker)["manifest_sha256"]
-    except (ValueError, KeyError, TypeError) as err:  # every marker publish writes names its manifest
-        raise ChecksumMismatchError(
-            f"{bucket}/{prefix}{SUCCESS_NAME} names no manifest (no manifest_sha256): it was not written by a publish"
-        ) from err
-    if hashlib.sha256(raw).hexdigest() != expected:
-        raise ChecksumMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} is not the manifest its SUCCESS marker names")
-    manifest = Manifest.from_json(raw)
-    if manifest.job_id != job_id:  # a consistent pair, copied in from another job: not this job's results
-        raise RunMismatchError(f"{bucket}/{prefix}{MANIFEST_NAME} belongs to job {manifest.job_id}, not {job_id}")
-    return Published(manifest, raw, marker)
-
-
-def read_published_manifest(storage: StorageHook, bucket: str, job_id: str, prefix: str | None = None) -> Manifest:
-    """The manifest of a completed job (:func:`read_published`)."""
-    return read_published(storage, bucket, job_id, prefix).manifest
-
-
-def fetch_published(
-    storage: StorageHook, job_id: str, local_dir: str | Path, *, bucket: str = BUCKET_OUTPUT, prefix: str | None = None
-) -> TransferResult:
-    """Download a completed job's files into ``local_dir``, each verified against its published manifest
-    (the one SUCCESS names): a file whose bytes were replaced is refused even if its sha256 label was
-    recomputed to match, and local files already holding the right bytes move nothing."""
-    prefix = prefix if prefix is not None else output_prefix(job_id)
-    manifest = read_published_manifest(storage, bucket, job_id, prefix)
-    return storage.download_prefix(bucket, prefix, local_dir, manifest=manifest)
+def publish_job(
+    storage: StorageHook,
+    metadata: MetadataHook | None,
+    job_id: str,
+    stamp: str,
+    *,
+    run_dir: str | Path | None = None,
+    origin_host: str | None = None,
+    bucket: str = BUCKET_OUTPUT,
+    statistics: dict[str, Any] | None = None,
+    lock_wait: float = DEFAULT_LOCK_WAIT,
+) -> PublishResult:
+    """Publish one run of a job, whichever way it reached this task, under the job's lock (two runs of one
+    job never publish at once, on any hosts; ``metadata`` ``None`` takes no lock). A run handed off to
+    object storage is published from there by server-side copies, on any host, and its hand-off removed;
+    otherwise ``run_dir`` must be on this host (LocalPathError naming ``origin_host`` when it is not) and
+    is published from disk."""
+    with job_lock(metadata, job_id, lock_wait):
+        if read_handoff(storage, job_id, stamp) is not None:
+            published = publish_handoff(storage, job_id, stamp, bucket, statistics)
+            discard(storage, job_id, stamp)
+            published.handed_off = True
+            return published
+        local = require_local_dir(run_dir or "", origin_host, "run directory")
+        return publish_run(storage, local, job_id, stamp, bucket, statistics)

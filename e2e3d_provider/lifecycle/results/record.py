@@ -20,7 +20,7 @@ from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.metadata_schema import STATUSES
 from e2e3d_provider.hooks.storage import StorageHook, TransferResult
 from e2e3d_provider.lifecycle.locks import job_lock
-from e2e3d_provider.lifecycle.results.publish import read_published_manifest
+from e2e3d_provider.lifecycle.results.published import read_published_manifest
 
 #: seconds a starting run waits for another run's publish or start to release the job
 BEGIN_LOCK_WAIT = 60.0

@@ -26,6 +26,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.manifest import iter_run_files
 from e2e3d_provider.core.variants import RightSizeRecord, Variant
+from e2e3d_provider.core.xcom import RightSizeXCom
 from e2e3d_provider.rightsize.limits import check_size
 from e2e3d_provider.rightsize.policy import RightSizePolicy
 
@@ -324,7 +325,7 @@ def right_size_job(
     return right_size_run(run_dir, policy, enabled=enabled)
 
 
-def summary(record: RightSizeRecord) -> dict[str, Any]:
+def summary(record: RightSizeRecord) -> RightSizeXCom:
     """A small XCom-sized account of a right-sizing: variants, bytes and seconds per kind."""
     kinds = {k: v for k, v in record.statistics.items() if isinstance(v, dict)}
     return {

@@ -33,6 +33,7 @@ from e2e3d_provider.core.layout import (
     input_prefix,
     key_relpath,
     local_path_for,
+    sharded_sha_path,
     validate_id,
 )
 from e2e3d_provider.core.local_paths import mirror_lock, reader_lock_path, remove_tree, writer_lock_path
@@ -160,7 +161,7 @@ def stage_dataset(storage: StorageHook, root: Path, dataset: str, bucket: str = 
     moved = TransferResult("download", bucket, input_prefix(dataset))
     with mirror_lock(local):  # another task staging this dataset here waits its turn
         distinct = {image.sha256: image for image in view.images}
-        wanted = {f"{sha[:2]}/{sha}": (image.size, sha) for sha, image in distinct.items() if not holds(root, image)}
+        wanted = {sharded_sha_path(sha): (image.size, sha) for sha, image in distinct.items() if not holds(root, image)}
         files = {image.path: image.sha256 for image in view.images}
         if wanted:
             fetched = storage.download_prefix(bucket, BLOB_AREA + "/", blobs_dir(root), expected=wanted)

@@ -19,6 +19,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.local_paths import mirror_lock
 from e2e3d_provider.core.transfer import TransferResult
+from e2e3d_provider.core.xcom import ObjectLocation, StageInXCom
 from e2e3d_provider.exceptions import MissingInputError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.worker.input_cache import stage_dataset
@@ -38,15 +39,15 @@ class StageInResult:
     models_dir: Path | None
     transfers: list[TransferResult] = field(default_factory=list)
     #: where the input lives in object storage: ``{"bucket", "prefix", "manifest_key"}`` (no manifest: None)
-    source: dict[str, Any] = field(default_factory=dict)
+    source: ObjectLocation | dict[str, Any] = field(default_factory=dict)
     #: where the models live in object storage: ``{"bucket", "prefix"}``, or None without models
-    models: dict[str, Any] | None = None
+    models: ObjectLocation | None = None
 
-    def to_xcom(self) -> dict[str, Any]:
+    def to_xcom(self) -> StageInXCom:
         """The XCom contract of DESIGN §5 (plus counters): small, JSON-safe. The object locations
         (``source``, ``models``) are the truth; the local paths are hints, valid on ``host`` only."""
         staged = self.transfers[0]
-        xcom: dict[str, Any] = {
+        xcom: StageInXCom = {
             "dataset": self.dataset,
             "job_id": self.job_id,
             "stamp": self.stamp,
@@ -58,8 +59,8 @@ class StageInResult:
             "bytes": staged.bytes + staged.skipped_bytes,
             "transferred_bytes": staged.bytes,
             "seconds": round(staged.seconds, 3),
+            "source": self.source,
         }
-        xcom["source"] = self.source
         if self.models_dir is not None:
             xcom["models_dir"] = str(self.models_dir)
             xcom["models"] = self.models

@@ -20,8 +20,9 @@ from e2e3d_provider.core.local_paths import confined_run_dir, remove_tree
 from e2e3d_provider.core.manifest import refuse_links
 from e2e3d_provider.core.transfer import TransferResult
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.results.handoff import HandOff, local_input_dir
+from e2e3d_provider.lifecycle.results.handoff import HandOff
 from e2e3d_provider.lifecycle.worker.input_cache import reading
+from e2e3d_provider.lifecycle.worker.rebuild import local_input_dir
 from e2e3d_provider.lifecycle.worker.stage_in import mirror_models
 from e2e3d_provider.lifecycle.worker.write_back import WriteBack, WriteBackStats
 
