@@ -58,12 +58,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
         status = stack.stack_status(base)
         print(json.dumps(status, indent=2))
         return 0 if status["running"] else 1
-    info = stack.read_state(base)
-    if not stack.is_running(info):
+    running = stack.read_state(base)
+    if running is None or not stack.is_running(running):
         print(f"no stack running in {base}; start one with `e2e3d stack up`", file=sys.stderr)
         return 1
-    assert info is not None
-    for name, value in info.env(args.component).items():
+    for name, value in running.env(args.component).items():
         print(f"export {name}={shlex.quote(value)}")
     return 0
 

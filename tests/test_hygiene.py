@@ -252,7 +252,7 @@ def test_seaweedfs_volumes_give_back_the_space_of_deleted_objects(
     from e2e3d_provider.devstack.volumes import vacuum_volumes
 
     assert hygiene.vacuum_volumes(None) == {
-        "skipped": "no volume compaction was given for this object store: nothing was compacted"
+        "skipped": "no volume compaction is configured ([e2e3d] volume_vacuum): nothing was compacted"
     }
     keys = [f"garbage/{i:02d}.bin" for i in range(20)]
     for key in keys:
@@ -287,9 +287,12 @@ def test_the_maintenance_dag_finds_the_stack_its_components_run_on(
     deployment = AirflowDeployment(stack_info, tmp_path / "home", [tmp_path], tmp_path / "data")
     deployment.build_env()
     for component in ("scheduler", "celery-worker"):  # where the maintenance DAG's tasks run
-        assert deployment.component_env(component)["E2E3D_STACK_DIR"] == stack_info.base_dir, component
+        env = deployment.component_env(component)
+        assert env["E2E3D_STACK_DIR"] == stack_info.base_dir, component
+        assert env["AIRFLOW__E2E3D__VOLUME_VACUUM"] == "e2e3d_provider.devstack.volumes.embedded_vacuum", component
     monkeypatch.setenv("E2E3D_STACK_DIR", deployment.component_env("scheduler")["E2E3D_STACK_DIR"])
-    report = hygiene.vacuum_volumes(embedded_vacuum(storage.endpoint_url))
+    setting = deployment.component_env("scheduler")["AIRFLOW__E2E3D__VOLUME_VACUUM"]
+    report = hygiene.vacuum_volumes(hygiene.configured_vacuum(setting, storage.endpoint_url))
     if stack_info.server == "seaweedfs":
         assert "skipped" not in report, report
         assert report["done"].startswith("compacted ") and f"of {report['volumes']} SeaweedFS volumes" in report["done"]
@@ -301,3 +304,15 @@ def test_the_maintenance_dag_finds_the_stack_its_components_run_on(
     assert embedded_vacuum(storage.endpoint_url)()["skipped"].startswith(
         f"no embedded stack runs in {tmp_path / 'none'} ($E2E3D_STACK_DIR)"
     )
+
+
+def test_the_volume_compaction_is_a_setting_that_names_a_function() -> None:
+    """The maintenance DAG imports no developer module: ``[e2e3d] volume_vacuum`` names the compaction, resolved
+    when maintenance runs; empty is none, and a path that names nothing is refused saying which."""
+    assert hygiene.configured_vacuum("", "http://127.0.0.1:9") is None
+    assert hygiene.configured_vacuum("  ", "http://127.0.0.1:9") is None
+    with pytest.raises(ValueError, match=r"gave 18 for http://127\.0\.0\.1:9, not a compaction to run"):
+        hygiene.configured_vacuum("builtins.len", "http://127.0.0.1:9")  # a function, but of the wrong kind
+    for bad in ("no_such_module.fn", "e2e3d_provider.devstack.volumes.no_such_fn", "nodots", "builtins.__doc__"):
+        with pytest.raises(ValueError, match=r"\[e2e3d\] volume_vacuum = .* names no function"):
+            hygiene.configured_vacuum(bad, "http://127.0.0.1:9")

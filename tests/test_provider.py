@@ -68,7 +68,7 @@ def test_ruff_format_is_clean() -> None:
     assert result.returncode == 0, result.stdout[-4000:]
 
 
-def test_mypy_is_clean_over_core_lifecycle_and_hooks() -> None:
+def test_mypy_is_clean_over_the_whole_package() -> None:
     result = run_tool("mypy")  # the files and strictness are in pyproject.toml [tool.mypy]
     assert result.returncode == 0, result.stdout[-4000:]
 

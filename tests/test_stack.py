@@ -73,7 +73,13 @@ def test_stack_env_prints_connection_exports(stack_info: stack.StackInfo | None)
         check=True,
     ).stdout
     exported = {line.split("=", 1)[0].removeprefix("export ") for line in api.splitlines()}
-    assert exported == {"AIRFLOW_CONN_MINIO_API", "AIRFLOW_CONN_E2E3D_METADATA", "E2E3D_DATA_ROOT", "E2E3D_STACK_DIR"}
+    assert exported == {
+        "AIRFLOW_CONN_MINIO_API",
+        "AIRFLOW_CONN_E2E3D_METADATA",
+        "E2E3D_DATA_ROOT",
+        "E2E3D_STACK_DIR",
+        "AIRFLOW__E2E3D__VOLUME_VACUUM",
+    }
     assert stack_info.secret_key not in api  # the admin's keys only where bootstrap runs
 
 

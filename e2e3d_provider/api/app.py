@@ -221,8 +221,8 @@ def job_results(
             )
     files = [_result_file(b.storage, bucket, prefix, e, ttl, manifest.files) for e in chosen]
     for f in files:  # the access log: every URL handed out (batched; never fails the request)
-        variant = None if f.role in (None, "original", "intermediate") else f"{f.role}{f.level or 0}"
-        telemetry.access("download", bucket, f.key, actor=_name(user), job_id=job_id, variant=variant)
+        kind = None if f.role in (None, "original", "intermediate") else f"{f.role}{f.level or 0}"
+        telemetry.access("download", bucket, f.key, actor=_name(user), job_id=job_id, variant=kind)
         for t in f.tiles or []:
             telemetry.access("download", bucket, t.key, actor=_name(user), job_id=job_id, variant=f"tile{t.level}")
     by_path = {f.path: f.url for f in _result_files_of(files)}

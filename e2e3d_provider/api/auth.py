@@ -9,7 +9,7 @@ reading results needs ``GET``, handing out upload URLs needs ``POST`` (the right
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -20,7 +20,7 @@ JWT_COOKIE = "_token"  # the cookie Airflow's UI keeps its JWT in
 bearer = HTTPBearer(auto_error=False, description="A JWT from Airflow's POST /auth/token, as for the REST API.")
 
 
-def auth_manager():
+def auth_manager() -> Any:
     """The auth manager the api-server initialized, or one initialized here (tests, standalone use)."""
     from airflow.api_fastapi.app import create_auth_manager, get_auth_manager
 
@@ -34,7 +34,7 @@ def auth_manager():
 
 async def authorized_user(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-):
+) -> Any:
     """The authenticated user, if allowed this request's method on the reconstruction DAG's runs."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
     from jwt import ExpiredSignatureError, InvalidTokenError

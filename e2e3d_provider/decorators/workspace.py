@@ -32,12 +32,14 @@ class WorkspaceDecoratedOperator(DecoratedOperator, WorkspaceOperator):
     template_fields = (*DecoratedOperator.template_fields, "data_root")
 
     def staged_input(self) -> Mapping[str, Any]:
-        if not self.op_args or not isinstance(self.op_args[0], Mapping):
+        args = list(self.op_args or ())
+        if not args or not isinstance(args[0], Mapping):
             raise InvalidInputError(
                 f"{self.task_id}: call the decorated function with the stage-in XCom first, e.g. "
                 "reconstruct(stage_in.output)"
             )
-        return self.op_args[0]
+        staged: Mapping[str, Any] = args[0]
+        return staged
 
     def produce(self, workspace: Workspace, context: Context) -> Any:
         return self.python_callable(workspace, *list(self.op_args)[1:], **self.op_kwargs)

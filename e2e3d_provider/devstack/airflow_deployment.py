@@ -39,7 +39,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from e2e3d_provider.devstack.stack import DEFAULT_STACK_DIR_ENV, StackInfo, free_ports, pid_alive
+from e2e3d_provider.devstack.stack import (
+    DEFAULT_STACK_DIR_ENV,
+    EMBEDDED_VACUUM,
+    VOLUME_VACUUM_ENV,
+    StackInfo,
+    free_ports,
+    pid_alive,
+)
 from e2e3d_provider.exceptions import StackError
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -239,6 +246,7 @@ class AirflowDeployment:
                 "AIRFLOW__METRICS__STATSD_ON": "False",
                 "E2E3D_DATA_ROOT": str(self.data_root),
                 DEFAULT_STACK_DIR_ENV: self.stack_info.base_dir,  # the stack whose volumes maintenance compacts
+                VOLUME_VACUUM_ENV: EMBEDDED_VACUUM,  # [e2e3d] volume_vacuum: how it compacts them
                 "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", str(self.home)),
             }
         )

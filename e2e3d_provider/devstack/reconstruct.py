@@ -96,7 +96,7 @@ def write_texture(mean: np.ndarray, out: Path) -> None:
 
 def write_pointcloud(images: list[tuple[str, np.ndarray]], out: Path) -> int:
     """ASCII PLY with x y z and 8-bit colour per point; returns the number of points."""
-    rows = []
+    rows: list[str] = []
     for index, (_, rgb) in enumerate(images):
         sample = rgb[::POINT_STEP, ::POINT_STEP]
         height = _luminance(sample) * 0.25

@@ -53,6 +53,9 @@ PG_SYSTEM_USER = "embedded_postgres"  # the uid root is mapped to in PostgreSQL'
 PG_DATABASE = "e2e3d"
 PG_USER = "postgres"
 DEFAULT_STACK_DIR_ENV = "E2E3D_STACK_DIR"
+#: ``[e2e3d] volume_vacuum`` for the stack's components: the embedded stack's own volume compaction
+VOLUME_VACUUM_ENV = "AIRFLOW__E2E3D__VOLUME_VACUUM"
+EMBEDDED_VACUUM = "e2e3d_provider.devstack.volumes.embedded_vacuum"
 READY_TIMEOUT = 60.0
 #: the S3 servers the stack runs: name -> what it is called in messages
 SERVERS = {"seaweedfs": "SeaweedFS", "minio": "MinIO"}
@@ -177,9 +180,10 @@ class StackInfo:
             connections = {conn_id: conn for conn_id, conn in connections.items() if conn_id in wanted}
         env = {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in connections.items()}
         env[DATA_ROOT_ENV] = str(self.data_root)
-        # the stack a component belongs to: the maintenance DAG compacts this stack's volumes
-        # (devstack.volumes.embedded_vacuum), which it could not find from the endpoint alone
+        # the stack a component belongs to, and how the maintenance DAG compacts its volumes ([e2e3d]
+        # volume_vacuum: devstack.volumes.embedded_vacuum, which finds the stack by that directory)
         env[DEFAULT_STACK_DIR_ENV] = self.base_dir
+        env[VOLUME_VACUUM_ENV] = EMBEDDED_VACUUM
         if component is None:
             env.update(
                 {

@@ -16,7 +16,6 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from e2e3d_provider.devstack.volumes import embedded_vacuum
 from e2e3d_provider.hooks import DEFAULT_BACKUP_CONN_ID, ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -125,8 +124,11 @@ def e2e3d_maintenance() -> None:
     def storage_hygiene(params: dict[str, Any]) -> dict[str, Any]:
         """Abort stale multipart uploads, report (or remove) stray objects, VACUUM bloated metadata tables,
         compact the embedded stack's volumes; each part says what it reclaimed."""
+        from airflow.sdk.configuration import conf
+
         storage = StorageHook(MAINTENANCE_CONN_ID)
-        vacuum = embedded_vacuum(storage.endpoint_url)
+        # the object store's compaction, named by a setting (the embedded stack sets it for its components)
+        vacuum = maintenance.configured_vacuum(conf.get("e2e3d", "volume_vacuum", fallback=""), storage.endpoint_url)
         remove = bool(params.get("remove_strays"))
         return maintenance.storage_hygiene(storage, MetadataHook(), remove_strays=remove, vacuum=vacuum)
 

@@ -39,6 +39,7 @@ def run_stamp(context: Context, explicit: str | None = None) -> str:
 def dag_run_state(ti: Any, dag_id: str, run_id: str) -> str | None:
     """The state of a DAG run as a running task sees it (``ti`` is its task instance): ``None`` when
     Airflow has no such run, ``"unknown"`` when the lookup itself failed."""
+    status_code: Any
     try:
         state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
     except ServerResponseError as err:  # dag.test() runs the execution API in-process

@@ -14,11 +14,12 @@ is ever touched, and nothing is deleted that a published manifest names.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from e2e3d_provider.core.layout import (
     BLOB_AREA,
@@ -419,10 +420,36 @@ def vacuum_metadata(metadata: MetadataHook, dead_share: float = 0.2, min_dead_ro
     }
 
 
+#: the Airflow option naming the object store's volume compaction (``[e2e3d] volume_vacuum``)
+VACUUM_OPTION = "[e2e3d] volume_vacuum"
+
+
+def configured_vacuum(setting: str | None, endpoint_url: str) -> Callable[[], dict[str, Any]] | None:
+    """The volume compaction ``setting`` names: the dotted path of a function that takes the object store's
+    endpoint and returns the compaction to run (as Airflow's ``[core] hostname_callable`` names a function),
+    e.g. ``e2e3d_provider.devstack.volumes.embedded_vacuum``, which ``e2e3d airflow`` and ``e2e3d stack env``
+    set for the embedded stack. Empty: none (an object store that reclaims space itself, like MinIO).
+    Imported when maintenance runs, so no DAG imports a developer module to compact volumes; a path that
+    names nothing is a ValueError saying which."""
+    if not setting or not setting.strip():
+        return None
+    module_name, _, name = setting.strip().rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module_name), name) if module_name else None
+    except (ImportError, AttributeError):
+        factory = None
+    if not callable(factory):
+        raise ValueError(f"{VACUUM_OPTION} = {setting!r} names no function (a dotted path: package.module.function)")
+    vacuum = factory(endpoint_url)
+    if vacuum is not None and not callable(vacuum):
+        raise ValueError(f"{VACUUM_OPTION} = {setting!r} gave {vacuum!r} for {endpoint_url}, not a compaction to run")
+    return cast("Callable[[], dict[str, Any]] | None", vacuum)
+
+
 def vacuum_volumes(vacuum: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
     """The object store's own compaction, through ``vacuum`` (for SeaweedFS, whose volumes keep deleted
     objects' bytes until compacted), whose report says what it did or why it did nothing; skipped, saying
-    so, when none is given."""
+    so, when none is configured."""
     if vacuum is None:
-        return {"skipped": "no volume compaction was given for this object store: nothing was compacted"}
+        return {"skipped": f"no volume compaction is configured ({VACUUM_OPTION}): nothing was compacted"}
     return vacuum()

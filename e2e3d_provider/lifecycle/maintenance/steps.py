@@ -24,6 +24,9 @@ from e2e3d_provider.lifecycle.maintenance.hygiene import (
     vacuum_metadata,
     vacuum_volumes,
 )
+from e2e3d_provider.lifecycle.maintenance.hygiene import (
+    configured_vacuum as configured_vacuum,
+)
 from e2e3d_provider.lifecycle.maintenance.reconcile import reconcile_running_jobs as reconcile_running_jobs
 from e2e3d_provider.lifecycle.worker.scratch import clean_temp as clean_temp
 
