@@ -77,7 +77,7 @@ def main() -> int:
         hook = StorageHook(BENCH_CONN_ID, max_workers=WORKERS)
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         hook.bootstrap(buckets=(bucket,), versioned=())
-        minio = Minio(hook.settings["endpoint"], access_key=access, secret_key=secret, secure=False)
+        minio = Minio(hook.settings.endpoint, access_key=access, secret_key=secret, secure=False)
         s3 = boto3.client(
             "s3",
             endpoint_url=endpoint,

@@ -78,8 +78,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     if args.roles:
         from e2e3d_provider.hooks.storage_roles import backup_user_from_connection, role_keys_from_connections
 
-        keys = role_keys_from_connections(storage.settings["access_key"])
-        backup = backup_user_from_connection(storage.endpoint_url, storage.settings["access_key"])
+        admin_key, _ = storage.keys
+        keys = role_keys_from_connections(admin_key)
+        backup = backup_user_from_connection(storage.endpoint_url, admin_key)
         users = {**keys, **({"backup": backup[:2]} if backup else {})}
         for role in storage.apply_roles(keys, backup):
             print(f"role {role}: MinIO user {users[role][0]} with policy e2e3d-{role}")

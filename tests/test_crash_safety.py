@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from e2e3d_provider.core.etag import local_etag
 from e2e3d_provider.core.manifest import Manifest, build_manifest
-from e2e3d_provider.core.object_io import local_etag
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.exceptions import StorageError
 from e2e3d_provider.hooks.storage import StorageHook

@@ -39,6 +39,7 @@ from typing import Any
 
 import obstore
 
+from e2e3d_provider.core.etag import clean_etag
 from e2e3d_provider.exceptions import ChecksumMismatchError
 
 SHA256_META = "sha256"
@@ -62,48 +63,6 @@ class Sent:
     size: int
     sha256: str
     etag: str | None
-
-
-def clean_etag(etag: str | None) -> str | None:
-    return (etag or "").strip('"').lower() or None
-
-
-def simple_md5_etag(etag: str | None) -> str | None:
-    """The ETag if it is a plain MD5 (single-part upload), else None."""
-    etag = clean_etag(etag)
-    if etag and len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
-        return etag
-    return None
-
-
-def multipart_etag(part_md5s: list[bytes]) -> str:
-    """The ETag S3 servers give a multipart object: MD5 of the parts' MD5s, a dash, the part count."""
-    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
-
-
-def parts_of(etag: str | None) -> int | None:
-    """How many parts a multipart ETag says the object was uploaded in (None for a single-part one)."""
-    etag = clean_etag(etag)
-    if etag and "-" in etag:
-        count = etag.rsplit("-", 1)[1]
-        return int(count) if count.isdigit() else None
-    return None
-
-
-def local_etag(path: Path, size: int, part_size: int, *, sha: bool = True) -> tuple[str, str]:
-    """``(sha256, etag)`` of a local file as this module would store it (single-part MD5 up to one part,
-    else the multipart ETag with ``part_size`` parts); one read. Without ``sha`` the sha256 is ``""``."""
-    digest = hashlib.sha256()
-    md5s: list[bytes] = []
-    with open(path, "rb") as handle:
-        while chunk := handle.read(part_size):
-            if sha:
-                digest.update(chunk)
-            md5s.append(hashlib.md5(chunk, usedforsecurity=False).digest())
-    sha256 = digest.hexdigest() if sha else ""
-    if size <= part_size:
-        return sha256, (md5s[0].hex() if md5s else hashlib.md5(b"", usedforsecurity=False).hexdigest())
-    return sha256, multipart_etag(md5s)
 
 
 def write_new(path: Path, data: Any) -> None:

@@ -39,6 +39,7 @@ from minio import Minio
 from minio.commonconfig import Tags
 from minio.error import S3Error
 
+from e2e3d_provider.core import etag as etags
 from e2e3d_provider.core import object_io
 from e2e3d_provider.core.layout import key_relpath, local_path_for, validate_relpath
 from e2e3d_provider.core.manifest import raise_unreadable, refuse_links, sha256_file
@@ -379,7 +380,7 @@ async def list_store(store: Any, prefix: str) -> list[RemoteObject]:
                     RemoteObject(
                         key=key,
                         size=int(meta["size"]),
-                        etag=object_io.clean_etag(meta.get("e_tag")),
+                        etag=etags.clean_etag(meta.get("e_tag")),
                         last_modified=meta.get("last_modified"),
                     )
                 )
@@ -392,7 +393,7 @@ async def head_store(store: Any, key: str) -> RemoteObject | None:
         meta = await obstore.head_async(store, key)
     except FileNotFoundError:
         return None
-    return RemoteObject(key=key, size=int(meta["size"]), etag=object_io.clean_etag(meta.get("e_tag")))
+    return RemoteObject(key=key, size=int(meta["size"]), etag=etags.clean_etag(meta.get("e_tag")))
 
 
 @dataclass
@@ -451,7 +452,7 @@ class Engine:
             finally:
                 await budget.release(size)
         if listed is not None and listed.size == size:  # the only case that needs a read before sending
-            sha, etag = await asyncio.to_thread(object_io.local_etag, path, size, self.part_size)
+            sha, etag = await asyncio.to_thread(etags.local_etag, path, size, self.part_size)
             self._check_source(path, key, expected_sha256, sha, size, size)
             if listed.etag == etag:
                 log.debug("skip %s/%s: identical (ETag %s)", self.bucket, key, etag)
@@ -573,16 +574,7 @@ class Engine:
 
     def _part_size_of(self, remote: RemoteObject) -> int:
         """The upload's part size when the ETag tells it (so the parts' MD5s give the ETag back), else ours."""
-        count = object_io.parts_of(remote.etag)
-        if count and -(-remote.size // self.part_size) == count:
-            return self.part_size  # what our own uploads use (several sizes may fit the count: ours first)
-        if count and count > 1:
-            mib = 1024 * 1024
-            size = -(-remote.size // count)
-            size = -(-size // mib) * mib
-            if -(-remote.size // size) == count and size <= MAX_RANGE_SIZE:
-                return size
-        return self.part_size
+        return etags.part_size_of(remote.size, remote.etag, self.part_size, MAX_RANGE_SIZE)
 
     def _verify(self, remote: RemoteObject, dest: Path, got: object_io.Fetched, expected_sha256: str | None) -> None:
         source = "the manifest" if expected_sha256 else "the object's checksum"
@@ -594,13 +586,9 @@ class Engine:
         if problem is None and want_sha and got.sha256 != want_sha.lower():
             problem = f"sha256 {got.sha256}, {source} says {want_sha}"
         elif problem is None and not want_sha:
-            if got.md5 is not None and object_io.simple_md5_etag(etag):
-                if got.md5 != object_io.simple_md5_etag(etag):
-                    problem = f"md5 {got.md5} != ETag {etag}"
-            elif got.part_md5s and object_io.parts_of(etag) == len(got.part_md5s):
-                if object_io.multipart_etag(got.part_md5s) != etag:
-                    problem = f"multipart ETag {object_io.multipart_etag(got.part_md5s)} != {etag}"
-            else:
+            try:
+                problem = etags.md5_mismatch(etag, got.md5, got.part_md5s)
+            except LookupError:
                 log.warning(
                     "%s/%s has no sha256 label and an ETag that cannot be checked: only its size was",
                     self.bucket,
@@ -627,13 +615,10 @@ class Engine:
             return False
         if expected_sha256:
             return sha256_file(path) == expected_sha256.lower()
-        if object_io.parts_of(remote.etag):
-            part = self._part_size_of(remote)
-        elif object_io.simple_md5_etag(remote.etag):
-            part = max(remote.size, 1)  # one part: the plain MD5
-        else:
+        part = etags.local_part_size(remote.size, remote.etag, self.part_size, MAX_RANGE_SIZE)
+        if part is None:
             return False  # an ETag nothing here can reproduce
-        _, local = object_io.local_etag(path, remote.size, part, sha=False)
+        _, local = etags.local_etag(path, remote.size, part, sha=False)
         return local == remote.etag
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from pathlib import Path
@@ -30,6 +30,7 @@ from minio.lifecycleconfig import LifecycleConfig, NoncurrentVersionExpiration, 
 from minio.versioningconfig import VersioningConfig
 from obstore.store import S3Store
 
+from e2e3d_provider.core import etag as etags
 from e2e3d_provider.core import listing, transfer
 from e2e3d_provider.core.layout import (
     DEFAULT_BUCKETS,
@@ -95,6 +96,29 @@ def _warn_role_fallback(conn_id: str) -> None:
         DEFAULT_MINIO_CONN_ID,
         f"AIRFLOW_CONN_{conn_id.upper()}",
     )
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """What a storage connection says, read once: where the server is and how to reach it, the keys (never
+    in the repr), and the extras this provider reads."""
+
+    #: ``host:port`` of the S3 endpoint, and whether it is HTTPS
+    endpoint: str
+    secure: bool
+    region: str | None
+    #: TLS verification: ``True``, ``False`` or a CA bundle's path (the ``aws`` connection's ``verify``)
+    verify: bool | str
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    #: a backup target's bucket (the ``e2e3d_backup`` connection's extra ``bucket``)
+    bucket: str | None = None
+    #: the endpoint pre-signed URLs are signed for: the name a browser reaches, where the workers use
+    #: another (http://minio:9000 inside compose, http://localhost:9000 outside)
+    presign_endpoint: str | None = None
+    presign_secure: bool | None = None
+    #: seconds a transient error is retried (extra ``retry_deadline``), ``None``: the default
+    retry_deadline: float | None = None
 
 
 class StorageHook(BaseHook):
@@ -167,8 +191,8 @@ class StorageHook(BaseHook):
     # -----------------------------------------------------------------------------------
 
     @cached_property
-    def settings(self) -> dict[str, Any]:
-        """Endpoint, TLS and region read from the Airflow connection (no secrets)."""
+    def settings(self) -> StorageSettings:
+        """Endpoint, TLS, region and keys read from the Airflow connection (the keys never in its repr)."""
         try:
             conn = self._connection or self.get_connection(self.minio_conn_id)
         except AirflowNotFoundException as err:
@@ -200,20 +224,18 @@ class StorageHook(BaseHook):
             verify = False
         elif isinstance(verify, str) and verify.lower() in ("true", "1", "yes"):
             verify = True
-        return {
-            "endpoint": parts.netloc,
-            "secure": parts.scheme == "https",
-            "region": extra.get("region_name") or None,
-            "verify": verify,
-            "access_key": conn.login or extra.get("aws_access_key_id"),
-            "secret_key": conn.password or extra.get("aws_secret_access_key"),
-            "bucket": extra.get("bucket") or None,  # a backup target's bucket (the e2e3d_backup connection)
-            # the endpoint pre-signed URLs are signed for: the name a browser reaches, where the workers
-            # use another (http://minio:9000 inside compose, http://localhost:9000 outside)
-            "presign_endpoint": public_parts.netloc if public_parts else None,
-            "presign_secure": (public_parts.scheme == "https") if public_parts else None,
-            "retry_deadline": self._extra_deadline(extra.get("retry_deadline")),
-        }
+        return StorageSettings(
+            endpoint=parts.netloc,
+            secure=parts.scheme == "https",
+            region=extra.get("region_name") or None,
+            verify=verify,
+            access_key=conn.login or extra.get("aws_access_key_id"),
+            secret_key=conn.password or extra.get("aws_secret_access_key"),
+            bucket=extra.get("bucket") or None,
+            presign_endpoint=public_parts.netloc if public_parts else None,
+            presign_secure=(public_parts.scheme == "https") if public_parts else None,
+            retry_deadline=self._extra_deadline(extra.get("retry_deadline")),
+        )
 
     def _extra_deadline(self, value: Any) -> float | None:
         """The connection's extra ``retry_deadline`` as seconds (``None`` when not set)."""
@@ -235,23 +257,33 @@ class StorageHook(BaseHook):
         ``retry_deadline``, else :data:`~e2e3d_provider.core.retry.DEFAULT_DEADLINE` (120 s)."""
         deadline = self._retry_deadline
         if deadline is None:
-            deadline = self.settings["retry_deadline"]
+            deadline = self.settings.retry_deadline
         return RetryPolicy(
             self.attempts, self.retry_delay, DEFAULT_DEADLINE if deadline is None else deadline, MAX_DELAY
         )
 
     @property
+    def keys(self) -> tuple[str, str]:
+        """The connection's access key and secret key; StorageAuthError when either is missing."""
+        s = self.settings
+        if not s.access_key or not s.secret_key:
+            raise StorageAuthError(
+                f"connection {self.minio_conn_id!r} has no access key (login) or secret key (password)"
+            )
+        return s.access_key, s.secret_key
+
+    @property
     def endpoint_url(self) -> str:
         s = self.settings
-        return f"{'https' if s['secure'] else 'http'}://{s['endpoint']}"
+        return f"{'https' if s.secure else 'http'}://{s.endpoint}"
 
     @property
     def presign_endpoint_url(self) -> str:
         """The endpoint pre-signed URLs name: extra ``presign_endpoint_url``, else ``endpoint_url``."""
         s = self.settings
-        if not s["presign_endpoint"]:
+        if not s.presign_endpoint:
             return self.endpoint_url
-        return f"{'https' if s['presign_secure'] else 'http'}://{s['presign_endpoint']}"
+        return f"{'https' if s.presign_secure else 'http'}://{s.presign_endpoint}"
 
     @cached_property
     def presign_client(self) -> Minio:
@@ -259,14 +291,15 @@ class StorageHook(BaseHook):
         so a URL for the browser's name must be signed for that name; this client never sends a request
         (its region is fixed, so minio does not ask that endpoint for the bucket's location)."""
         s = self.settings
-        if not s["presign_endpoint"]:
+        if not s.presign_endpoint:
             return self.client
+        access_key, secret_key = self.keys
         return Minio(
-            s["presign_endpoint"],
-            access_key=s["access_key"],
-            secret_key=s["secret_key"],
-            secure=bool(s["presign_secure"]),
-            region=s["region"] or "us-east-1",
+            s.presign_endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=bool(s.presign_secure),
+            region=s.region or "us-east-1",
             http_client=self.http,
         )
 
@@ -277,18 +310,15 @@ class StorageHook(BaseHook):
     @cached_property
     def client(self) -> Minio:
         s = self.settings
-        if not s["access_key"] or not s["secret_key"]:
-            raise StorageAuthError(
-                f"connection {self.minio_conn_id!r} has no access key (login) or secret key (password)"
-            )
+        access_key, secret_key = self.keys
         return Minio(
-            s["endpoint"],
-            access_key=s["access_key"],
-            secret_key=s["secret_key"],
-            secure=s["secure"],
-            region=s["region"],
+            s.endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=s.secure,
+            region=s.region,
             http_client=self.http,
-            cert_check=s["verify"] is not False,
+            cert_check=s.verify is not False,
         )
 
     @cached_property
@@ -297,13 +327,13 @@ class StorageHook(BaseHook):
         the connection's TLS settings, the hook's timeouts, no retries of its own."""
         s = self.settings
         pool_args: dict[str, Any] = {}
-        if s["secure"]:
-            if s["verify"] is False:
+        if s.secure:
+            if s.verify is False:
                 pool_args["cert_reqs"] = "CERT_NONE"
             else:
                 pool_args["cert_reqs"] = "CERT_REQUIRED"
-                if isinstance(s["verify"], str):
-                    pool_args["ca_certs"] = s["verify"]
+                if isinstance(s.verify, str):
+                    pool_args["ca_certs"] = s.verify
         return urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout),
             maxsize=max(10, self.max_workers * 3),
@@ -316,26 +346,23 @@ class StorageHook(BaseHook):
         endpoint, keys, region and ``verify`` (False, or a CA bundle path); its own retries are off."""
         if bucket not in self._stores:
             s = self.settings
-            if not s["access_key"] or not s["secret_key"]:
-                raise StorageAuthError(
-                    f"connection {self.minio_conn_id!r} has no access key (login) or secret key (password)"
-                )
+            access_key, secret_key = self.keys
             options: dict[str, Any] = {
-                "allow_http": not s["secure"],
+                "allow_http": not s.secure,
                 "connect_timeout": timedelta(seconds=self.connect_timeout),
                 "read_timeout": timedelta(seconds=self.read_timeout),
                 "pool_max_idle_per_host": str(max(16, self.concurrency)),
             }
-            if s["verify"] is False:
+            if s.verify is False:
                 options["allow_invalid_certificates"] = True
-            elif isinstance(s["verify"], str):
-                options["root_certificate"] = Path(s["verify"]).read_bytes()  # the PEM itself, not its path
+            elif isinstance(s.verify, str):
+                options["root_certificate"] = Path(s.verify).read_bytes()  # the PEM itself, not its path
             self._stores[bucket] = S3Store(
                 bucket,
                 endpoint=self.endpoint_url,
-                access_key_id=s["access_key"],
-                secret_access_key=s["secret_key"],
-                region=s["region"] or "us-east-1",
+                access_key_id=access_key,
+                secret_access_key=secret_key,
+                region=s.region or "us-east-1",
                 virtual_hosted_style_request=False,
                 client_options=options,  # type: ignore[arg-type]
                 retry_config={  # one retry layer only: StorageHook.retry (core/retry.py)
@@ -527,11 +554,8 @@ class StorageHook(BaseHook):
         if backup is not None:
             self.bootstrap(buckets=(backup[2],), versioned=())
         s = self.settings
-        if not s["access_key"] or not s["secret_key"]:
-            raise StorageAuthError(
-                f"connection {self.minio_conn_id!r} has no access key (login) or secret key (password)"
-            )
-        admin = storage_roles.admin_client(s["endpoint"], s["access_key"], s["secret_key"], s["secure"], s["verify"])
+        access_key, secret_key = self.keys
+        admin = storage_roles.admin_client(s.endpoint, access_key, secret_key, s.secure, s.verify)
         where = f"the server of connection {self.minio_conn_id!r} at {self.endpoint_url}"
         try:
             return storage_roles.apply_roles(admin, role_keys, where, backup=backup)
@@ -777,7 +801,7 @@ class StorageHook(BaseHook):
                 transfer.RemoteObject(
                     key=o.object_name,
                     size=o.size or 0,
-                    etag=transfer.object_io.clean_etag(o.etag),
+                    etag=etags.clean_etag(o.etag),
                     version_id=o.version_id,
                     last_modified=o.last_modified,
                 )
@@ -896,7 +920,7 @@ class StorageHook(BaseHook):
                         f"{src_bucket}/{src_key} is no longer the object it was (ETag not {if_match}); not copied"
                     ) from err
                 raise
-            return transfer.object_io.clean_etag(etag)
+            return etags.clean_etag(etag)
 
         return self._call(f"copy {src_bucket}/{src_key}", copy)
 
@@ -1123,13 +1147,14 @@ class StorageHook(BaseHook):
     ) -> str:
         """A PUT URL signing ``headers``, for ``endpoint_url`` (default: the endpoint this hook talks to)."""
         s = self.settings
+        access_key, secret_key = self.keys
         return presign_put_url(
             endpoint_url or self.endpoint_url,
             bucket,
             key,
-            access_key=s["access_key"],
-            secret_key=s["secret_key"],
-            region=s["region"] or "us-east-1",
+            access_key=access_key,
+            secret_key=secret_key,
+            region=s.region or "us-east-1",
             expires=expires,
             headers=headers,
         )

@@ -91,7 +91,7 @@ class BackupTarget:
     @classmethod
     def from_hook(cls, storage: StorageHook) -> BackupTarget:
         """The target a connection names (its extra ``bucket``, default ``e2e3d-backup``)."""
-        return cls(storage, storage.settings.get("bucket") or DEFAULT_BACKUP_BUCKET)
+        return cls(storage, storage.settings.bucket or DEFAULT_BACKUP_BUCKET)
 
     @classmethod
     def optional(cls, conn_id: str) -> BackupTarget | None:
