@@ -10,7 +10,7 @@ from airflow.sdk import Context
 from e2e3d_provider.core.layout import BUCKET_OUTPUT
 from e2e3d_provider.core.xcom import MetadataRecordXCom
 from e2e3d_provider.hooks.metadata import MetadataHook
-from e2e3d_provider.lifecycle.results.record import record_job_run, upload_statistics
+from e2e3d_provider.lifecycle.results.record import record_job_run
 from e2e3d_provider.operators.base import E2E3DOperator
 
 
@@ -63,7 +63,6 @@ class MetadataRecordOperator(E2E3DOperator):
     def execute(self, context: Context) -> MetadataRecordXCom:
         if self.metadata is None:
             raise ValueError("MetadataRecordOperator needs a metadata_conn_id")
-        statistics = {**(self.statistics or {}), **upload_statistics(self.upload)}
         row = record_job_run(
             self.metadata,
             self.storage if self.status == "succeeded" else None,
@@ -71,8 +70,9 @@ class MetadataRecordOperator(E2E3DOperator):
             self.stamp,
             self.dataset,
             self.status,
-            statistics=statistics,
+            statistics=self.statistics,
             error=self.error,
+            upload=self.upload,
             bucket=self.bucket,
             started_at=getattr(context.get("dag_run"), "start_date", None),  # a Clear's restart times a re-run
         )

@@ -137,8 +137,10 @@ def record_job_run(
     error: str | None = None,
     bucket: str = BUCKET_OUTPUT,
     started_at: datetime | None = None,
+    upload: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Move a run to ``status``; returns its row.
+    """Move a run to ``status``; returns its row. ``upload`` (``upload_results``' XCom value) adds its
+    throughput to the statistics (:func:`upload_statistics`).
 
     ``succeeded`` is recorded only over a published run: the manifest that ``<job_id>/SUCCESS`` names
     (so ``storage`` is needed) must be for this very run. Its totals, statistics and per-file inventory
@@ -150,7 +152,7 @@ def record_job_run(
     job_id, stamp, dataset = validate_id(job_id, "job_id"), validate_stamp(stamp), validate_id(dataset, "dataset")
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    statistics = dict(statistics or {})
+    statistics = {**(statistics or {}), **upload_statistics(upload)}
     if status != "succeeded":
         return metadata.record_job(
             job_id, stamp, dataset, status, error=error, statistics=statistics, started_at=started_at
