@@ -74,6 +74,8 @@ def test_the_dashboard_draws_every_chart_with_the_figures_postgresql_holds(
     with pytest.raises(Exception, match="does not exist"):  # a failed storage operation: counted
         storage.list_objects("no-such-bucket-here")
     sweep_host(data_root, ScratchBounds(), force=True)  # this worker's disk, as every sweep records it
+    for i in range(30):  # many kinds of failure (a whole test session's): the chart must stay readable
+        telemetry.storage_error(f"operation-{i:02d}-with-a-long-name", "output", RuntimeError("x"))
     telemetry.flush()
 
     browser.get(f"{api}/api/health")  # the cookie belongs to the API's origin, as the UI's login sets it
@@ -218,3 +220,26 @@ def test_telemetry_is_trimmed_by_retention_and_a_filling_disk_is_a_health_warnin
     assert removed["access_log"] >= 1
     keys = {k for (k,) in query(metadata, f"SELECT key FROM {SCHEMA}.access_log WHERE key LIKE '{unique_id}/%'")}
     assert keys == {f"{unique_id}/new"}
+
+
+def test_the_error_chart_keeps_a_few_series_and_counts_failures_by_operation_not_by_key() -> None:
+    """A session's worth of failures once drew a legend entry per object key (the ``what`` of a transfer is
+    the key), every label cut off: figures group by operation, the top few shown, the rest summed."""
+    from e2e3d_provider.hooks.storage import operation_of
+    from e2e3d_provider.lifecycle.maintenance.dashboard import MAX_ERROR_SERIES, error_series
+
+    assert operation_of("put output/job/a.obj") == ("put", "output")
+    assert operation_of("list no-such-bucket") == ("list", "no-such-bucket")
+    assert operation_of("crash-time-2/pointcloud/chunk_20.ply") == ("transfer", None)
+    assert operation_of("") == ("transfer", None)
+    from datetime import UTC, datetime
+
+    hour, later = datetime(2026, 12, 4, 10, tzinfo=UTC), datetime(2026, 12, 4, 11, tzinfo=UTC)
+    rows = [(hour, f"op{i}", i + 1) for i in range(20)] + [(later, "op19", 5)]
+    series = error_series(rows)
+    assert len(series) == MAX_ERROR_SERIES + 1
+    assert set(series) - {"other (14 operations)"} == {f"op{i}" for i in range(14, 20)}
+    assert series["op19"] == {"at": ["2026-12-04T10:00:00+00:00", "2026-12-04T11:00:00+00:00"], "errors": [20, 5]}
+    assert sum(series["other (14 operations)"]["errors"]) == sum(range(1, 15))
+    few = error_series([(hour, "put", 1), (hour, "get", 2)])
+    assert set(few) == {"put", "get"}

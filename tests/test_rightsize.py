@@ -166,7 +166,8 @@ def test_right_sizing_twice_gives_the_same_variants_and_never_touches_an_origina
     second = right_size_run(run_dir, POLICY)
     assert {k: after_first[k] for k in before} == before  # originals untouched
     after_second = digests(run_dir)
-    assert after_second.pop(VARIANTS_NAME) != after_first.pop(VARIANTS_NAME)  # the record holds timings
+    # the record (rightsize.json) holds timings, which may or may not differ between runs: not compared
+    after_second.pop(VARIANTS_NAME), after_first.pop(VARIANTS_NAME)
     assert after_second == after_first  # deterministic variants, and no leftovers of the first run
     assert [v.path for v in first.variants] == [v.path for v in second.variants]
     off = right_size_run(run_dir, POLICY, enabled=False)  # turned off: variants go, the policy stays

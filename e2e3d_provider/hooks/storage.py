@@ -6,6 +6,7 @@ import functools
 import hashlib
 import io
 import logging
+import re
 import threading
 import time
 import uuid
@@ -96,6 +97,20 @@ def _warn_role_fallback(conn_id: str) -> None:
         DEFAULT_MINIO_CONN_ID,
         f"AIRFLOW_CONN_{conn_id.upper()}",
     )
+
+
+_OPERATION = re.compile(r"^[a-z][a-z_-]*$")
+
+
+def operation_of(what: str) -> tuple[str, str | None]:
+    """The operation and bucket a failure is counted under, from the ``what`` of a storage call
+    (``"<operation> <bucket>/<key>"``): an operation is a word (``put``, ``list``, ``stat``); a ``what``
+    that starts with anything else (a key, a path) counts as ``transfer``, so error figures group by kind
+    of operation, never by object."""
+    operation, _, target = what.partition(" ")
+    if not _OPERATION.match(operation):
+        return "transfer", None
+    return operation, target.split("/", 1)[0] or None
 
 
 @dataclass(frozen=True)
@@ -397,8 +412,7 @@ class StorageHook(BaseHook):
             return err
         translated = self._translate(err, what)
         if not isinstance(translated, ObjectNotFoundError):
-            operation, _, target = what.partition(" ")
-            telemetry.storage_error(operation or "storage", target.split("/", 1)[0] or None, translated)
+            telemetry.storage_error(*operation_of(what), translated)
         return translated
 
     def _translate(self, err: BaseException, what: str) -> BaseException:

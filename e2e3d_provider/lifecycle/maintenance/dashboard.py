@@ -84,11 +84,7 @@ def dashboard_figures(metadata: MetadataHook, days: float = 30.0) -> dict[str, A
             moved += int(nbytes or 0)
             skipped += int(skipped_bytes or 0)
     requested = moved + skipped
-    errors: dict[str, dict[str, list[Any]]] = {}
-    for hour, operation, count in rows["errors"]:
-        series = errors.setdefault(operation, {"at": [], "errors": []})
-        series["at"].append(_iso(hour))
-        series["errors"].append(int(count))
+    errors = error_series(rows["errors"])
     by_hour = [0] * 24
     for hour, count in rows["by_hour"]:
         by_hour[int(hour)] = int(count)
@@ -139,4 +135,29 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         "error": (job.get("error") or "")[:300] or None,
         # relative to the dashboard page (both under the plugin's /e2e3d)
         "results": f"api/job/{job['job_id']}/results" if job["status"] in SERVED else None,
+    }
+
+
+#: operations the error chart shows one by one; the rest are one series, so the chart stays readable
+MAX_ERROR_SERIES = 6
+
+
+def error_series(rows: list[tuple[Any, str, int]]) -> dict[str, dict[str, list[Any]]]:
+    """Storage errors per hour by operation, from ``(hour, operation, count)`` rows: the
+    :data:`MAX_ERROR_SERIES` operations with the most errors one series each, every other operation summed
+    into one ``other (N operations)`` series (a chart with a legend entry per kind of failure, not per key)."""
+    totals: dict[str, int] = {}
+    for _, operation, count in rows:
+        totals[operation] = totals.get(operation, 0) + int(count)
+    ranked = sorted(totals, key=lambda op: (-totals[op], op))
+    shown = set(ranked[:MAX_ERROR_SERIES]) if len(ranked) > MAX_ERROR_SERIES + 1 else set(ranked)
+    rest = f"other ({len(ranked) - len(shown)} operations)"
+    per_hour: dict[str, dict[Any, int]] = {}
+    for hour, operation, count in rows:
+        name = operation if operation in shown else rest
+        hours = per_hour.setdefault(name, {})
+        hours[hour] = hours.get(hour, 0) + int(count)
+    return {
+        name: {"at": [_iso(hour) for hour in sorted(hours)], "errors": [hours[hour] for hour in sorted(hours)]}
+        for name, hours in per_hour.items()
     }
