@@ -23,6 +23,8 @@ import e2e3d_provider
 from tests.conftest import EDITABLE
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.integration  # builds the wheel and the sdist, runs fresh venvs and Airflow's CLI
+
 SOURCE = REPO / "e2e3d_provider"
 BIN = Path(sys.executable).parent
 
@@ -119,7 +121,6 @@ IMPORT_ALL = """
 import importlib, pkgutil, sys
 import e2e3d_provider
 
-pytestmark = pytest.mark.integration  # builds the wheel and the sdist, runs fresh venvs and Airflow's CLI
 failed = []
 count = 0
 for info in pkgutil.walk_packages(e2e3d_provider.__path__, "e2e3d_provider."):
