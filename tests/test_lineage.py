@@ -42,7 +42,7 @@ def test_operators_report_their_s3_inputs_and_outputs_to_openlineage(
         E2E3D_DATA_ROOT=str(tmp_path / "data"),
     )
     dag_file = str(DAGS_DIR / "e2e3d_reconstruction.py")
-    command = [sys.executable, "-c", RUN, dataset, unique_id, dag_file]
+    command = [sys.executable, "-P", "-c", RUN, dataset, unique_id, dag_file]
     # not from the repository's root: its *.egg-info would make the e2e3d plugin's entry point appear twice,
     # and Airflow's plugin loader stops at a duplicate name, dropping every plugin after it (OpenLineage's too)
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

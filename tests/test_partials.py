@@ -45,7 +45,7 @@ def partials_of(root: Path, pid: int) -> list[Path]:
 def start_download(bucket: str, root: Path, sha: str) -> tuple[subprocess.Popen, Path]:
     """A process downloading the object into ``root``'s cache, caught once its partial file has bytes."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", DOWNLOAD, bucket, str(root), sha, str(SIZE)],
+        [sys.executable, "-P", "-c", DOWNLOAD, bucket, str(root), sha, str(SIZE)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -117,7 +117,7 @@ def test_a_download_killed_part_way_leaves_nothing_under_the_final_name(
     dest = tmp_path / "dest" / "payload.bin"
     sha = hashlib.sha256(data).hexdigest() if with_manifest else ""
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_DOWNLOAD, bucket, key, str(dest), sha, str(size) if with_manifest else ""],
+        [sys.executable, "-P", "-c", KILLED_DOWNLOAD, bucket, key, str(dest), sha, str(size) if with_manifest else ""],
         capture_output=True,
         text=True,
         timeout=120,

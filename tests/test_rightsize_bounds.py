@@ -274,7 +274,7 @@ def test_the_worker_dies_with_the_process_that_started_it() -> None:
         "run_bounded('e2e3d_provider.rightsize.mesh:lod_chain_arrays', arrays, options, seconds=600,\n"
         "            memory_bytes=3 << 30, what='x')\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script])
+    parent = subprocess.Popen([sys.executable, "-P", "-c", script])
     try:
         child, deadline = None, time.monotonic() + 30
         while time.monotonic() < deadline:  # the worker, past its start: its address space is limited

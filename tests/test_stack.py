@@ -109,7 +109,7 @@ def test_second_stack_runs_beside_the_first_and_stops_clean(tmp_path: Path, stac
 @pytest.mark.slow
 @pytest.mark.integration  # runs processes of its own
 def test_watchdog_stops_the_stack_when_its_owner_is_killed(tmp_path: Path) -> None:
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    owner = subprocess.Popen([sys.executable, "-P", "-c", "import time; time.sleep(600)"])
     try:
         info = stack.start_stack(tmp_path / "owned", owner_pid=owner.pid)
         assert info.watchdog_pid and stack.pid_alive(info.watchdog_pid)

@@ -60,7 +60,7 @@ def run_with_a_locked_folder(tmp_path: Path):
 
 def test_walks_refuse_a_folder_they_cannot_read_and_name_it(run_with_a_locked_folder) -> None:
     run, locked = run_with_a_locked_folder
-    result = without_dac_capabilities(sys.executable, "-c", WALKS, str(run))
+    result = without_dac_capabilities(sys.executable, "-P", "-c", WALKS, str(run))
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert len(lines) == 2, result.stdout
@@ -90,7 +90,7 @@ def test_a_publish_that_meets_a_locked_folder_writes_no_success(
     """End to end against the real S3 server: the publish fails naming the folder, and neither
     SUCCESS nor a manifest stands over the incomplete set, in the bucket or in the run dir."""
     run, locked = run_with_a_locked_folder
-    result = without_dac_capabilities(sys.executable, "-c", PUBLISH, str(run), unique_id, bucket)
+    result = without_dac_capabilities(sys.executable, "-P", "-c", PUBLISH, str(run), unique_id, bucket)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("refused: cannot read") and str(locked) in result.stdout, result.stdout
     assert not storage.exists(bucket, f"{unique_id}/SUCCESS")
