@@ -900,18 +900,34 @@ def _stack_lock(base: Path) -> Any:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _require_free(ports: list[int], what: str, base: Path) -> None:
-    """Refuse to restart ``what`` when another process listens on one of its recorded ports."""
+#: seconds a port of a server that just died may stay bound while the kernel tears the process down
+PORT_RELEASE_GRACE = 10.0
+
+
+def _port_taken(port: int) -> OSError | None:
+    """Why ``port`` cannot be bound on loopback now (``None``: it is free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no obstacle
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as err:
+            return err
+    return None
+
+
+def _require_free(ports: list[int], what: str, base: Path, grace: float = PORT_RELEASE_GRACE) -> None:
+    """Refuse to restart ``what`` when another process listens on one of its recorded ports. A server killed
+    a moment ago may hold its listening sockets until the kernel has torn it down, so a port is given
+    ``grace`` seconds to come free before it counts as taken."""
+    deadline = time.monotonic() + grace
     for port in ports:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no obstacle
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError as err:
-                raise PortTakenError(
-                    f"cannot restart {what} of the stack in {base} on its port {port}: {err.strerror}. "
-                    f"Stop what took the port, or restart the whole stack on new ports (e2e3d stack down, then up)"
-                ) from err
+        while (err := _port_taken(port)) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if err is not None:
+            raise PortTakenError(
+                f"cannot restart {what} of the stack in {base} on its port {port}: {err.strerror}. "
+                f"Stop what took the port, or restart the whole stack on new ports (e2e3d stack down, then up)"
+            )
 
 
 def _postgres_leftovers(pgdata: Path) -> list[int]:
