@@ -318,3 +318,22 @@ def test_minio_admin_answers_of_a_server_still_starting_are_transient() -> None:
     starting = MinioAdminException("500", '{"Code":"InternalError","Message":"Server not initialized"}')
     assert is_transient(starting)
     assert not is_transient(MinioAdminException("403", '{"Code":"AccessDenied"}'))
+
+
+def test_minio_cancelling_a_request_as_it_shuts_down_is_transient() -> None:
+    """MinIO stopped mid-PUT answers 499 (it cancelled the request): the outage test's publish failed at once on
+    it, now and then, instead of riding the outage out. A 4xx that names the request stays permanent."""
+    import obstore.exceptions
+
+    from e2e3d_provider.core.retry import is_transient
+
+    cancelled = obstore.exceptions.GenericError(
+        "Generic S3 error: Error performing PUT http://127.0.0.1:9/output/a in 9ms - Server returned non-2xx "
+        "status code: 499 <unknown status code>: <?xml"
+    )
+    assert is_transient(cancelled)
+    denied = obstore.exceptions.GenericError(
+        "Generic S3 error: Error performing PUT http://127.0.0.1:9/output/a in 9ms - Server returned non-2xx "
+        "status code: 403 Forbidden: <?xml"
+    )
+    assert not is_transient(denied)

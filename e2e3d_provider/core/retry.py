@@ -45,8 +45,9 @@ DEFAULT_DEADLINE = 120.0
 JITTER = 0.5
 #: S3 error codes a retry may cure; MinIO says ``TooManyRequests`` (503) where AWS says ``SlowDown``
 TRANSIENT_S3_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "TooManyRequests"})
-#: HTTP statuses of an S3 error answer a retry may cure, whatever its code says
-TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+#: HTTP statuses of an S3 error answer a retry may cure, whatever its code says; MinIO answers 499 to a request
+#: in flight when it shuts down (the server cancelled it, not the client): a server going away, like a 503
+TRANSIENT_STATUSES = frozenset({499, 500, 502, 503, 504})
 _ATTEMPTS_ATTR = "e2e3d_attempts"
 _SECONDS_ATTR = "e2e3d_retry_seconds"
 #: the clock and the random draw of the loop (a test fakes them)
@@ -90,7 +91,7 @@ def is_transient(err: BaseException) -> bool:
     if isinstance(err, MinioAdminException):  # MinIO's admin API: 5xx, e.g. "Server not initialized" at start
         return str(getattr(err, "_code", "")) in {str(code) for code in TRANSIENT_STATUSES}
     if isinstance(err, obstore.exceptions.GenericError):  # the Rust client's network errors and 5xx answers
-        return is_unreachable(err) or any(f"status code: {code}" in str(err) for code in (500, 502, 503, 504))
+        return is_unreachable(err) or any(f"status code: {code}" in str(err) for code in TRANSIENT_STATUSES)
     return isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
