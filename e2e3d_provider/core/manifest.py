@@ -28,10 +28,12 @@ CHUNK_SIZE = 1024 * 1024
 MANIFEST_VERSION = 1
 #: Files of a run directory that are never listed in its manifest.
 CONTROL_FILES = frozenset({MANIFEST_NAME, SUCCESS_NAME, VARIANTS_NAME})
-#: what a file is to its job: a reconstruction result, a variant derived from one, or a kept intermediate
-ROLES = ("original", "lod", "web", "tile", "intermediate")
+#: what a file is to its job: a reconstruction result, a variant derived from one, or a kept intermediate;
+#: ``stream`` is a file a viewer streams in pieces (a 3D Tiles tileset and its tiles, a COPC point cloud),
+#: kept apart from ``lod``/``web`` so level-of-detail picks never hand out a hundred tiles
+ROLES = ("original", "lod", "web", "tile", "stream", "intermediate")
 #: the roles of files right-sizing derives from an original
-VARIANT_ROLES = ("lod", "web", "tile")
+VARIANT_ROLES = ("lod", "web", "tile", "stream")
 #: the highest level a file may have (level of detail, pyramid level); the results API asks for at most 64
 MAX_LEVEL = 64
 #: the largest file a manifest may list: S3's largest object (5 TiB)
