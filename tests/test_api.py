@@ -306,6 +306,7 @@ def test_openapi_schema_is_served_and_describes_every_route(api: str) -> None:
     assert schema["info"]["title"] == "E2E3D results API"
     assert set(schema["paths"]) == {
         "/api/job/{job_id}/results",
+        "/api/job/{job_id}/files/{path}",
         "/api/datasets/{dataset}/uploads",
         "/api/datasets/{dataset}/commit",
         "/api/storage/stats",

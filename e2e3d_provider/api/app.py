@@ -7,20 +7,24 @@ route but ``/api/health`` requires an Airflow JWT with permission on the reconst
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from airflow.configuration import conf
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 
 from e2e3d_provider import __version__
 from e2e3d_provider.api.auth import authorized_user
 from e2e3d_provider.api.limits import BodyLimit, validation_failed
+from e2e3d_provider.api.published_files import PublishedFilesCache
 from e2e3d_provider.api.schemas import (
     BucketUsage,
     CommitRequest,
@@ -72,6 +76,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRY = int(DEFAULT_PRESIGN_EXPIRY.total_seconds())
 MAX_EXPIRY = int(MAX_PRESIGN_EXPIRY.total_seconds())
+#: the file route's redirects: short-lived (each request gets a fresh URL), at most an hour
+FILE_EXPIRY = 300
+MAX_FILE_EXPIRY = 3600
+#: seconds a browser may reuse a file route's redirect (never longer than half the URL's validity)
+FILE_REDIRECT_MAX_AGE = 60
 
 
 #: Airflow configuration section of the API's settings: ``[e2e3d] minio_conn_id`` and ``metadata_conn_id``
@@ -113,6 +122,11 @@ class Backends:
     def metadata(self) -> MetadataHook:
         return MetadataHook(self.metadata_conn_id, retry_deadline=RETRY_DEADLINE)
 
+    @cached_property
+    def published(self) -> PublishedFilesCache:
+        """The file route's memory of each job's published set (checked against its SUCCESS on every hit)."""
+        return PublishedFilesCache()
+
 
 def backends(request: Request) -> Backends:
     return request.app.state.backends
@@ -143,6 +157,46 @@ def _name(user: Any) -> str | None:
 public = APIRouter(prefix="/api")
 
 
+def served_job(b: Backends, job_id: str) -> dict[str, Any]:
+    """The job's row if its results may be served: 404 for an unknown job, 409 for a damaged one."""
+    job = b.metadata.get_job(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown job {job_id!r}")
+    if job["status"] == "damaged":
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id!r} is damaged: {job.get('error') or 'a scrub found files it could not repair'}. "
+            f"Its results are not served; restore them (e2e3d restore --job {job_id}) or rerun the job.",
+        )
+    return job
+
+
+@contextmanager
+def published_or_409(job: dict[str, Any]) -> Iterator[None]:
+    """Reading a job's published set: no SUCCESS, or a set that is there but not whole, answers 409."""
+    job_id = job["job_id"]
+    try:
+        yield
+    except ObjectNotFoundError:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id!r} is {job['status']}: its results are not complete (no SUCCESS marker)",
+        ) from None
+    except (ManifestError, ChecksumMismatchError) as err:  # what is stored, not the storage, is wrong
+        log.error("results API: %s", err)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id!r}: its stored results are not served: {err}. "
+            f"Re-publish the job, or restore it (e2e3d restore --job {job_id}).",
+        ) from None
+
+
+def file_route(request: Request, job_id: str, path: str) -> str:
+    """The file route's URL of a published file, from the app's mount point (``/e2e3d`` under the
+    api-server): relative references inside the file resolve through the route too."""
+    return f"{_root(request)}/api/job/{job_id}/files/{quote(path, safe='/')}"
+
+
 @protected.get(
     "/job/{job_id}/results",
     response_model=JobResults,
@@ -158,6 +212,7 @@ public = APIRouter(prefix="/api")
 )
 def job_results(
     job_id: str,
+    request: Request,
     b: BackendsDep,
     user: UserDep,
     expires: Annotated[
@@ -174,29 +229,9 @@ def job_results(
     variants grouped under it; ``?lod=n`` picks level n of every result, ``?variant=web`` the web variants
     (at ``lod``, default 0). A tile index comes with a URL for each of its tiles."""
     job_id = checked_id(job_id, "job_id")
-    job = b.metadata.get_job(job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown job {job_id!r}")
-    if job["status"] == "damaged":
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"job {job_id!r} is damaged: {job.get('error') or 'a scrub found files it could not repair'}. "
-            f"Its results are not served; restore them (e2e3d restore --job {job_id}) or rerun the job.",
-        )
-    try:  # its output, or the archive copy once retention took the output away
+    job = served_job(b, job_id)
+    with published_or_409(job):  # its output, or the archive copy once retention took the output away
         place, published = locate_published(b.storage, job)
-    except ObjectNotFoundError:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"job {job_id!r} is {job['status']}: its results are not complete (no SUCCESS marker)",
-        ) from None
-    except (ManifestError, ChecksumMismatchError) as err:  # what is stored, not the storage, is wrong
-        log.error("results API: %s", err)
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"job {job_id!r}: its stored results are not served: {err}. "
-            f"Re-publish the job, or restore it (e2e3d restore --job {job_id}).",
-        ) from None
     bucket, prefix, manifest = place.bucket, place.prefix, published.manifest
     try:  # one listing: every object still the one published (size, and the ETag recorded at publish)
         verify_remote(b.storage, bucket, prefix, manifest, read_on_mismatch=False)
@@ -219,7 +254,8 @@ def job_results(
                 f"job {job_id!r} has no {variant or 'level-of-detail'} files at level {want} "
                 f"(levels: {', '.join(map(str, levels)) or 'none: it was published without right-sizing'})",
             )
-    files = [_result_file(b.storage, bucket, prefix, e, ttl, manifest.files) for e in chosen]
+    route = partial(file_route, request, job_id)
+    files = [_result_file(b.storage, bucket, prefix, e, ttl, manifest.files, route) for e in chosen]
     for f in files:  # the access log: every URL handed out (batched; never fails the request)
         kind = None if f.role in (None, "original", "intermediate") else f"{f.role}{f.level or 0}"
         telemetry.access("download", bucket, f.key, actor=_name(user), job_id=job_id, variant=kind)
@@ -238,7 +274,7 @@ def job_results(
         texture=by_path.get(TEXTURE_RELPATH),
         pointcloud=by_path.get(POINTCLOUD_RELPATH),
         files=files,
-        results=_groups(files, {e.path: e for e in manifest.files}, b.storage, bucket, prefix, ttl),
+        results=_groups(files, {e.path: e for e in manifest.files}, b.storage, bucket, prefix, ttl, route),
         levels=levels,
         dropped=manifest.dropped,
         statistics=dict(job.get("statistics") or manifest.statistics),
@@ -260,7 +296,13 @@ def _result_files_of(files: list[ResultFile]) -> list[ResultFile]:
 
 
 def _result_file(
-    storage: StorageHook, bucket: str, prefix: str, e: FileEntry, ttl: timedelta, every: list[FileEntry]
+    storage: StorageHook,
+    bucket: str,
+    prefix: str,
+    e: FileEntry,
+    ttl: timedelta,
+    every: list[FileEntry],
+    route: Callable[[str], str],
 ) -> ResultFile:
     tiles = None
     if e.role == "tile" and (e.figures or {}).get("index"):  # a tile index: its tiles, each with a URL
@@ -274,6 +316,7 @@ def _result_file(
                 height=int(t.figures["height"]),
                 key=prefix + t.path,
                 url=storage.presigned_get(bucket, prefix + t.path, ttl),
+                route=route(t.path),
             )
             for t in every
             if t.role == "tile" and t.path.startswith(folder) and t.figures and "row" in t.figures
@@ -284,6 +327,7 @@ def _result_file(
         size=e.size,
         sha256=e.sha256,
         url=storage.presigned_get(bucket, prefix + e.path, ttl),
+        route=route(e.path),
         kind=e.kind,
         role=e.role,
         source=e.source,
@@ -300,6 +344,7 @@ def _groups(
     bucket: str,
     prefix: str,
     ttl: timedelta,
+    route: Callable[[str], str],
 ) -> list[ResultGroup]:
     """Each original with the listed variants derived from it (an original left out by ``?lod`` is
     still named, with its URL, so a group always says what its variants derive from)."""
@@ -309,10 +354,74 @@ def _groups(
     for source in sources:
         original = listed.get(source)
         if original is None and source in entries:
-            original = _result_file(storage, bucket, prefix, entries[source], ttl, [])
+            original = _result_file(storage, bucket, prefix, entries[source], ttl, [], route)
         if original is not None:
             groups.append(ResultGroup(original=original, variants=[f for f in files if f.source == source]))
     return groups
+
+
+FILE_ROUTE = "/job/{job_id}/files/{path:path}"
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    307: {
+        "description": "to a fresh pre-signed URL of the file on object storage (for HEAD, one signed for HEAD), "
+        "valid `expires` seconds; send the request's Range header again there and object storage answers 206",
+        "headers": {"Location": {"description": "the pre-signed URL", "schema": {"type": "string"}}},
+    },
+    401: {"description": "no token"},
+    403: {"description": "a bad token, or no permission to read runs of the reconstruction DAG"},
+    404: {"description": "unknown job, or a path the job's published manifest does not name"},
+    409: {
+        "description": "job damaged, not complete (no SUCCESS), or its stored manifest malformed, another job's, "
+        "or not the one its SUCCESS names"
+    },
+    422: {"description": "malformed job id, path ('..', '.', empty segments, absolute) or expiry"},
+}
+FILE_ROUTE_DOC: dict[str, Any] = {
+    "tags": ["results"],
+    "status_code": 307,
+    "response_class": RedirectResponse,
+    "responses": FILE_RESPONSES,
+}
+
+
+@protected.get(FILE_ROUTE, **FILE_ROUTE_DOC)
+@protected.head(FILE_ROUTE, **FILE_ROUTE_DOC)
+def job_file(
+    job_id: str,
+    path: str,
+    request: Request,
+    b: BackendsDep,
+    user: UserDep,
+    expires: Annotated[
+        int, Query(ge=1, le=MAX_FILE_EXPIRY, description="seconds the redirect's URL stays valid (max 1 h)")
+    ] = FILE_EXPIRY,
+) -> RedirectResponse:
+    """One published file of the job, by its path in the run (as the results listing's ``route`` gives it):
+    a redirect to a fresh pre-signed URL, so what a file names by a relative path (an MTL's texture, a
+    tileset's tiles, a GLB's buffers) resolves through this route too. Range requests pass through the
+    redirect; the archive copy is served once retention took the output away. Only the files the published
+    manifest names are served (never any other key), and the manifest is remembered per process while the
+    job's SUCCESS marker stays the same."""
+    job_id = checked_id(job_id, "job_id")
+    try:
+        path = validate_relpath(path)
+    except InvalidNameError as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from None
+    job = served_job(b, job_id)
+    with published_or_409(job):
+        published = b.published.lookup(b.storage, job)
+    entry = published.files.get(path)
+    if entry is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} published no file {path!r}")
+    bucket, key = published.place.bucket, published.place.prefix + entry.path
+    if request.method == "HEAD":
+        url = b.storage.presigned_head(bucket, key, expires)
+    else:
+        url = b.storage.presigned_get(bucket, key, expires)
+        variant = None if entry.role in (None, "original", "intermediate") else f"{entry.role}{entry.level or 0}"
+        telemetry.access("download", bucket, key, actor=_name(user), job_id=job_id, variant=variant)
+    max_age = min(FILE_REDIRECT_MAX_AGE, expires // 2)
+    return RedirectResponse(url, status_code=307, headers={"Cache-Control": f"private, max-age={max_age}"})
 
 
 @protected.post(

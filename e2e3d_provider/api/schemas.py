@@ -17,6 +17,7 @@ class TileURL(BaseModel):
     height: int
     key: str
     url: str = Field(description="pre-signed GET URL")
+    route: str = Field(description="the file route's path for this tile (see ResultFile.route)")
 
 
 class ResultFile(BaseModel):
@@ -25,6 +26,10 @@ class ResultFile(BaseModel):
     size: int
     sha256: str
     url: str = Field(description="pre-signed GET URL")
+    route: str = Field(
+        description="the file route (/e2e3d/api/job/{job_id}/files/{path}, on the API's origin, authenticated): "
+        "a redirect to a fresh pre-signed URL, through which the file's relative references resolve"
+    )
     kind: str | None = Field(None, description="mesh, texture, pointcloud, log ...")
     role: str | None = Field(None, description="original, lod, web, tile or intermediate (right-sized runs)")
     source: str | None = Field(None, description="the original a variant derives from")

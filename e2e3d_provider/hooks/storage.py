@@ -1122,6 +1122,19 @@ class StorageHook(BaseHook):
             expires=bound_expiry(expires),
         )
 
+    def presigned_head(self, bucket: str, key: str, expires: timedelta | int | None = None) -> str:
+        """A URL that answers ``HEAD`` for the object (size, type, ETag) without credentials until it
+        expires: a GET signature does not cover HEAD, the method is part of what is signed."""
+        bucket, key = validate_bucket(bucket), validate_relpath(key)
+        return self._call(
+            f"presign HEAD {bucket}/{key}",
+            self.presign_client.get_presigned_url,
+            "HEAD",
+            bucket,
+            key,
+            expires=bound_expiry(expires),
+        )
+
     def presigned_put(
         self,
         bucket: str,
