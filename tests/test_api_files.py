@@ -9,7 +9,7 @@ import hashlib
 import re
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import httpx
 import pytest
@@ -40,6 +40,7 @@ def run_files(label: str) -> dict[str, bytes]:
         TILESET: b'{"asset": {"version": "1.1"}, "geometricError": 1, '
         b'"root": {"geometricError": 0, "content": {"uri": "0/0_0.glb"}}}',
         TILE: b"glTF" + label.encode() * 8,
+        "logs/run #1 (retry).log": b"a name a URL must escape\n",
         "logs/reconstruct.log": b"".join(b"line %06d of %s\n" % (i, label.encode()) for i in range(2000)),
     }
 
@@ -144,9 +145,11 @@ def test_the_results_listing_offers_the_route_beside_each_presigned_url(
     body = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer")).json()
     assert {f["path"] for f in body["files"]} == set(published_job)
     for item in body["files"]:
-        assert item["route"] == f"/api/job/{unique_id}/files/{item['path']}"  # the app's root: /e2e3d on Airflow
+        # the app's root (/e2e3d on Airflow's api-server), the path escaped
+        assert item["route"] == f"/api/job/{unique_id}/files/{quote(item['path'])}"
         fetched = httpx.get(urljoin(api, item["route"]), headers=as_user("viewer"), follow_redirects=True)
         assert fetched.content == published_job[item["path"]]
+    assert any(f["route"].endswith("/files/logs/run%20%231%20%28retry%29.log") for f in body["files"])
     for group in body["results"]:
         assert group["original"]["route"].endswith(group["original"]["path"])
 
@@ -351,3 +354,38 @@ def test_a_right_sized_jobs_objs_and_glbs_find_their_textures_through_the_route(
     for url in followed:
         assert url.startswith(f"{api}/api/job/{unique_id}/files/textures/"), url
         fetch(url)
+
+
+def test_object_storage_answers_a_cross_origin_range_request_a_page_sends_after_the_redirect(
+    api: str, unique_id: str, published_job: dict
+) -> None:
+    """A page on the api-server's origin fetches the route; the browser follows the redirect to object
+    storage, another origin, sending ``Origin`` and ``Range`` (a CORS-safelisted header: no preflight) and
+    no cookie; it hands the page the bytes only if the answer allows that origin."""
+    log = published_job["logs/reconstruct.log"]
+    location = httpx.get(route(api, unique_id, "logs/reconstruct.log"), headers=as_user("viewer")).headers["location"]
+    answer = httpx.get(location, headers={"Origin": api, "Range": "bytes=10-19"})
+    assert answer.status_code == 206 and answer.content == log[10:20]
+    assert answer.headers.get("access-control-allow-origin") in ("*", api), dict(answer.headers)
+
+
+def test_the_remembered_sets_are_bounded_least_recently_used_first(
+    storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str
+) -> None:
+    from e2e3d_provider.api.published_files import PublishedFilesCache
+
+    jobs = [f"{unique_id}-{n}" for n in range(3)]
+    for job_id in jobs:
+        publish(storage, metadata, tmp_path / job_id, job_id, {PNG: tiny_png(job_id)})
+    cache = PublishedFilesCache(capacity=2)
+
+    def lookup(n: int):
+        return cache.lookup(storage, metadata.get_job(jobs[n]))
+
+    first, second = lookup(0), lookup(1)
+    assert lookup(0) is first  # remembered, and now the most recently used
+    third = lookup(2)  # the least recently used, jobs[1], goes
+    assert len(cache) == 2 and lookup(0) is first and lookup(2) is third
+    again = lookup(1)
+    assert again is not second and again.files.keys() == second.files.keys()  # read again
+    assert len(cache) == 2 and lookup(0) is not first  # of jobs[0] and jobs[2], jobs[0] was used least recently
