@@ -389,3 +389,30 @@ def test_the_remembered_sets_are_bounded_least_recently_used_first(
     again = lookup(1)
     assert again is not second and again.files.keys() == second.files.keys()  # read again
     assert len(cache) == 2 and lookup(0) is not first  # of jobs[0] and jobs[2], jobs[0] was used least recently
+
+
+def test_routes_name_the_mount_point_the_api_server_gives_the_app(
+    airflow_db, storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str
+) -> None:
+    """Airflow's api-server mounts the plugin's app under /e2e3d (as a sub-application, like this parent):
+    the listing's routes carry that prefix, so a page or a client resolves them on the api-server."""
+    from fastapi import FastAPI
+
+    from e2e3d_provider.plugin import URL_PREFIX
+
+    files = run_files(unique_id)
+    publish(storage, metadata, tmp_path / "run", unique_id, files)
+    parent = FastAPI()
+    parent.mount(URL_PREFIX, create_app())
+    url, server, thread = serve(parent)
+    try:
+        viewer = as_user("viewer")
+        body = httpx.get(f"{url}{URL_PREFIX}/api/job/{unique_id}/results", headers=viewer).json()
+        obj = next(f for f in body["files"] if f["path"] == OBJ)
+        assert obj["route"] == f"{URL_PREFIX}/api/job/{unique_id}/files/{OBJ}"
+        mtl_url = urljoin(urljoin(url, obj["route"]), "reconstructed_mesh.mtl")
+        fetched = httpx.get(mtl_url, headers=viewer, follow_redirects=True)
+        assert fetched.status_code == 200 and fetched.content == files[MTL]
+    finally:
+        server.should_exit = True
+        thread.join(10)
