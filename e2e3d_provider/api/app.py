@@ -192,9 +192,9 @@ def published_or_409(job: dict[str, Any]) -> Iterator[None]:
 
 
 def file_route(request: Request, job_id: str, path: str) -> str:
-    """The file route's URL of a published file, from the app's mount point (``/e2e3d`` under the
-    api-server): relative references inside the file resolve through the route too."""
-    return f"{_root(request)}/api/job/{job_id}/files/{quote(path, safe='/')}"
+    """The file route's URL of a published file (:func:`job_file`'s own, path escaped), below the app's mount
+    point (``/e2e3d`` under the api-server): relative references inside the file resolve through it too."""
+    return _root(request) + str(protected.url_path_for("job_file", job_id=job_id, path=quote(path, safe="/")))
 
 
 @protected.get(
