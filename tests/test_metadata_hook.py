@@ -14,7 +14,7 @@ import pytest
 from e2e3d_provider.core.layout import InvalidNameError
 from e2e3d_provider.devstack.stack import free_ports
 from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError
-from e2e3d_provider.hooks.metadata import SCHEMA, SCHEMA_VERSION, MetadataHook
+from e2e3d_provider.hooks.metadata import MAX_LISTED_JOBS, SCHEMA, SCHEMA_VERSION, MetadataHook
 from e2e3d_provider.hooks.metadata_schema import MIGRATIONS
 
 STAMP = "20261124T120000Z"
@@ -180,6 +180,17 @@ def test_latest_run_and_listing(metadata: MetadataHook, unique_id: str) -> None:
     assert metadata.get_job("never-seen") is None
     assert any(j["job_id"] == unique_id for j in metadata.list_jobs("running"))
     assert metadata.job_counts()["running"] >= 1
+    # a job once, as its newest run; by dataset; never the whole table in one answer
+    mine = metadata.list_jobs(dataset="ds1", latest=True, limit=MAX_LISTED_JOBS)
+    assert [j["stamp"] for j in mine if j["job_id"] == unique_id] == ["20260102T000000Z"]
+    assert not any(j["job_id"] == unique_id for j in metadata.list_jobs("failed", latest=True, limit=MAX_LISTED_JOBS))
+    assert any(j["job_id"] == unique_id for j in metadata.list_jobs("failed", limit=MAX_LISTED_JOBS))
+    assert not any(j["job_id"] == unique_id for j in metadata.list_jobs(dataset="ds2", limit=MAX_LISTED_JOBS))
+    for limit in (0, MAX_LISTED_JOBS + 1):
+        with pytest.raises(ValueError, match=f"1 to {MAX_LISTED_JOBS} runs"):
+            metadata.list_jobs(limit=limit)
+    with pytest.raises(ValueError, match="unknown job status"):
+        metadata.list_jobs("done")
 
 
 def test_bad_input_is_rejected_before_the_database(metadata: MetadataHook) -> None:

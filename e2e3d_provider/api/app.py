@@ -25,14 +25,18 @@ from e2e3d_provider import __version__
 from e2e3d_provider.api.auth import authorized_user
 from e2e3d_provider.api.limits import BodyLimit, validation_failed
 from e2e3d_provider.api.published_files import PublishedFilesCache
+from e2e3d_provider.api.scene import scene_of
 from e2e3d_provider.api.schemas import (
     BucketUsage,
     CommitRequest,
     CommitResult,
     Health,
+    JobList,
     JobResults,
+    JobSummary,
     ResultFile,
     ResultGroup,
+    Scene,
     StorageStats,
     StoredFile,
     TileURL,
@@ -66,7 +70,7 @@ from e2e3d_provider.exceptions import (
     StorageUnreachableError,
 )
 from e2e3d_provider.hooks import ROLE_CONN_IDS, telemetry
-from e2e3d_provider.hooks.metadata import MetadataHook
+from e2e3d_provider.hooks.metadata import MAX_LISTED_JOBS, STATUSES, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, dataset_view, read_dataset
 from e2e3d_provider.lifecycle.maintenance.dashboard import dashboard_figures
@@ -422,6 +426,90 @@ def job_file(
         telemetry.access("download", bucket, key, actor=_name(user), job_id=job_id, variant=variant)
     max_age = min(FILE_REDIRECT_MAX_AGE, expires // 2)
     return RedirectResponse(url, status_code=307, headers={"Cache-Control": f"private, max-age={max_age}"})
+
+
+@protected.get(
+    "/job/{job_id}/scene",
+    response_model=Scene,
+    tags=["results"],
+    responses={
+        404: {"description": "unknown job, or one that published no tileset and no COPC point cloud"},
+        409: {"description": "job damaged, not complete (no SUCCESS), or its stored manifest not usable"},
+        422: {"description": "malformed job id"},
+    },
+)
+def job_scene(job_id: str, request: Request, b: BackendsDep) -> Scene:
+    """What a 3D viewer loads of the job: each mesh's 3D Tiles tileset (its root's box and geometric error)
+    and each COPC point cloud (its points and octree cube), with the file route of each, from the published
+    manifest (remembered as the file route remembers it: one ``HEAD`` of the SUCCESS marker a request)."""
+    job_id = checked_id(job_id, "job_id")
+    job = served_job(b, job_id)
+    with published_or_409(job):
+        published = b.published.lookup(b.storage, job)
+        scene = scene_of(job_id, job["stamp"], published.files.values(), partial(file_route, request, job_id))
+    if not scene.tilesets and not scene.pointclouds:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"job {job_id!r} published nothing a 3D viewer streams (no 3D Tiles tileset, no COPC point cloud): "
+            "it was published without right-sizing, or before right-sizing made them (its results listing still "
+            "has every file it published); rerun the job with right-sizing on to view it.",
+        )
+    return scene
+
+
+def job_summary(job: dict[str, Any]) -> JobSummary:
+    owner = job.get("statistics") or {}
+    return JobSummary(
+        **{k: job[k] for k in JobSummary.model_fields if k in job},
+        dag_id=owner.get("dag_id"),
+        dag_run_id=owner.get("dag_run_id"),
+    )
+
+
+@protected.get("/jobs", response_model=JobList, tags=["results"], responses={422: {"description": "bad filter"}})
+def jobs_list(
+    b: BackendsDep,
+    job_status: Annotated[
+        str | None, Query(alias="status", description=f"only jobs whose newest run is: {', '.join(STATUSES)}")
+    ] = None,
+    dataset: Annotated[str | None, Query(description="only jobs of this dataset")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LISTED_JOBS, description="at most this many jobs")] = 50,
+) -> JobList:
+    """Jobs, each once as its newest run (the one the results API serves), most recently updated first:
+    what the viewer's job list shows. One query on PostgreSQL, bounded by ``limit``."""
+    if job_status is not None and job_status not in STATUSES:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"unknown job status {job_status!r}; use one of {', '.join(STATUSES)}",
+        )
+    if dataset is not None:
+        dataset = checked_id(dataset, "dataset")
+    jobs = b.metadata.list_jobs(job_status, limit, dataset=dataset, latest=True)
+    return JobList(jobs=[job_summary(j) for j in jobs])
+
+
+@protected.get(
+    "/jobs/by-run",
+    response_model=JobSummary,
+    tags=["results"],
+    responses={404: {"description": "no job is recorded for that DAG run"}, 422: {"description": "bad query"}},
+)
+def job_by_run(
+    b: BackendsDep,
+    dag_id: Annotated[str, Query(min_length=1, max_length=250, description="the DAG's id")],
+    run_id: Annotated[str, Query(min_length=1, max_length=250, description="the DAG run's id")],
+) -> JobSummary:
+    """The job a DAG run owns (its ``prepare`` task records the run in the job's row), so a link made from a
+    task's DAG run (the "View" extra link, the run's "3D view" tab) finds the job before its id is known
+    to the page. A run that owns several jobs answers the newest run among them."""
+    jobs = b.metadata.dag_run_jobs(dag_id, run_id)
+    if not jobs:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"no job is recorded for DAG run {run_id!r} of {dag_id!r}: the run has not reached its prepare "
+            "task yet, prepare refused it, or it is not a run of a reconstruction DAG",
+        )
+    return job_summary(max(jobs, key=lambda j: (j["stamp"], j["updated_at"])))
 
 
 @protected.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -151,3 +152,45 @@ class Health(BaseModel):
     status: str = Field(description="ok, or degraded when a dependency is unreachable")
     storage: dict[str, Any]
     metadata: dict[str, Any]
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    stamp: str = Field(description="the run: its newest, the one the results API serves")
+    dataset: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    files: int | None = Field(None, description="files published")
+    bytes: int | None = Field(None, description="bytes published")
+    dag_id: str | None = Field(None, description="the DAG whose run owns the job (when a DAG ran it)")
+    dag_run_id: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary] = Field(description="each job once (its newest run), most recently updated first")
+
+
+class SceneTileset(BaseModel):
+    path: str = Field(description="path of tileset.json in the run")
+    route: str = Field(description="its file route: the tiles' relative URIs resolve through it")
+    geometric_error: float = Field(description="the root tile's geometric error (tileset units)")
+    box: list[float] = Field(min_length=12, max_length=12, description="the root's boundingVolume.box (z-up)")
+
+
+class ScenePointcloud(BaseModel):
+    path: str = Field(description="path of the COPC file in the run")
+    route: str = Field(description="its file route (range requests pass through its redirect)")
+    points: int
+    cube: list[float] = Field(min_length=4, max_length=4, description="the octree's cube: centre x, y, z, halfsize")
+
+
+class Scene(BaseModel):
+    job_id: str
+    stamp: str
+    tilesets: list[SceneTileset] = Field(description="3D Tiles 1.1 tilesets of the job's meshes")
+    pointclouds: list[ScenePointcloud] = Field(description="COPC point clouds of the job")
+    up: str = Field("y", description="up axis of the GLB contents and the point clouds (3D Tiles boxes are z-up)")

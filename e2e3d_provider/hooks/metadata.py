@@ -33,6 +33,8 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "STATUSES", "TRANSITIONS", "MetadataHook"
 
 #: seconds a health probe retries: it reports the present, it does not wait out a restart
 PROBE_DEADLINE = 1.0
+#: most runs one job listing returns (:meth:`MetadataHook.list_jobs`): a page for a person or a sweep
+MAX_LISTED_JOBS = 1000
 #: what PostgreSQL (or the way to it) says while it restarts, starts or is briefly out of reach: a new
 #: connection a moment later may succeed. Anything else (a wrong password, no such database, a refused TLS
 #: certificate, no pg_hba.conf entry) fails at once.
@@ -431,13 +433,33 @@ class MetadataHook(PostgresHook):
             )
             return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
-    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Most recently updated runs first, optionally of one status."""
-        where = "WHERE status = %s" if status else ""
-        params: tuple[Any, ...] = (status, limit) if status else (limit,)
+    def list_jobs(
+        self, status: str | None = None, limit: int = 100, *, dataset: str | None = None, latest: bool = False
+    ) -> list[dict[str, Any]]:
+        """Most recently updated runs first (at most ``limit``, 1 to :data:`MAX_LISTED_JOBS`: a listing never
+        reads the whole table), optionally of one status and one dataset. With ``latest`` only each job's
+        newest run counts (what the results API serves for a job id): a job whose newest run failed is not
+        listed as succeeded because an older run was."""
+        if not 1 <= limit <= MAX_LISTED_JOBS:
+            raise ValueError(f"a job listing holds 1 to {MAX_LISTED_JOBS} runs, not {limit}")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown job status {status!r}; use one of {', '.join(STATUSES)}")
+        where: list[str] = []
+        params: list[Any] = []
+        if status:
+            where.append("j.status = %s")
+            params.append(status)
+        if dataset is not None:
+            where.append("j.dataset = %s")
+            params.append(validate_id(dataset, "dataset"))
+        if latest:  # one probe of the primary key per candidate row
+            where.append(f"NOT EXISTS (SELECT 1 FROM {SCHEMA}.jobs n WHERE n.job_id = j.job_id AND n.stamp > j.stamp)")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._migrated_transaction() as cur:
             cur.execute(
-                f"SELECT {', '.join(JOB_COLUMNS)} FROM {SCHEMA}.jobs {where} ORDER BY updated_at DESC LIMIT %s", params
+                f"SELECT {', '.join('j.' + c for c in JOB_COLUMNS)} FROM {SCHEMA}.jobs j {clause} "
+                "ORDER BY j.updated_at DESC, j.job_id, j.stamp LIMIT %s",
+                (*params, limit),
             )
             return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
