@@ -84,3 +84,30 @@ def test_the_docs_pages_render_the_api_in_a_browser(mounted: str, browser, page:
     refused = " ".join(e["message"] for e in browser.get_log("browser") if e.get("source") == "security")
     outside = [url for url in asked if not url.startswith(mounted)]
     assert asked and all(url in refused for url in outside), (outside, refused)
+
+
+def test_webassembly_is_served_as_application_wasm_so_a_page_compiles_it_streaming(
+    mounted: str, browser, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The viewer's LAZ decoder is a .wasm file beside its bundle: served with the type
+    ``WebAssembly.instantiateStreaming`` requires (a browser refuses any other), revalidated like the rest."""
+    from e2e3d_provider.api import app as app_module
+
+    module = bytes.fromhex("0061736d01000000")  # the smallest valid module: the magic and version 1
+    (tmp_path / "vendor" / "viewer").mkdir(parents=True)
+    (tmp_path / "vendor" / "viewer" / "decoder.wasm").write_bytes(module)
+    (tmp_path / "vendor" / "viewer" / "package.json").write_text("{}")  # the vendoring's recipe is not served
+    monkeypatch.setattr(app_module, "STATIC", tmp_path)  # the served folder, with a module of our own in it
+    url = f"{mounted}{PREFIX}/static/vendor/viewer/decoder.wasm"
+    served = httpx.get(url)
+    assert served.status_code == 200 and served.content == module
+    assert served.headers["content-type"] == "application/wasm" and served.headers["cache-control"] == "no-cache"
+    assert httpx.get(f"{mounted}{PREFIX}/static/vendor/viewer/package.json").status_code == 404
+
+    browser.get(f"{mounted}{PREFIX}/api/health")  # a page of the app's origin with no content policy
+    outcome = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "WebAssembly.instantiateStreaming(fetch(arguments[0])).then(() => done('compiled'), (e) => done(String(e)));",
+        url,
+    )
+    assert outcome == "compiled", outcome

@@ -674,9 +674,15 @@ def dashboard_data(b: BackendsDep, days: Annotated[float, Query(gt=0, le=366)] =
 
 pages = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "static"
-#: the static files the pages load, by suffix: the dashboard's own and the vendored Swagger UI, ReDoc and
-#: plotly.js (static/vendor/, see its README): every page works with no internet
-STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+#: the static files the pages load, by suffix: the dashboard's own and the vendored Swagger UI, ReDoc,
+#: plotly.js and the 3D viewer's libraries with their WebAssembly (static/vendor/, see its README): every page
+#: works with no internet
+STATIC_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".png": "image/png",
+    ".wasm": "application/wasm",  # the viewer's LAZ decoder: WebAssembly.instantiateStreaming wants this type
+}
 VENDOR = "static/vendor"
 #: the docs pages fetch nothing from another origin, whatever the vendored bundles would (ReDoc's footer
 #: loads its logo from cdn.redoc.ly): scripts, styles, fonts, images, workers and requests are same-origin
