@@ -72,6 +72,8 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": INTEGRATION_NAME, "python-modules": ["e2e3d_provider.triggers.object_storage"]}
         ],
+        # the lifecycle's tasks carry it themselves (operator_extra_links); named here for Airflow's providers list
+        "extra-links": ["e2e3d_provider.links.ViewerLink"],
     }
 
 

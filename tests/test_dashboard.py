@@ -175,8 +175,12 @@ def test_metrics_go_out_through_airflow_stats(storage: StorageHook, tmp_path: Pa
 def test_the_plugin_puts_the_dashboard_in_the_ui_nav() -> None:
     from e2e3d_provider.plugin import E2E3DPlugin
 
-    (view,) = E2E3DPlugin.external_views
+    views = {v["name"]: v for v in E2E3DPlugin.external_views}
+    view = views["E2E3D storage"]
     assert view["href"] == "/e2e3d/dashboard" and view["destination"] == "nav" and view["url_route"]
+    # the UI finds a plugin page by its url_route: each view has its own
+    routes = [v["url_route"] for v in E2E3DPlugin.external_views]
+    assert len(set(routes)) == len(routes) == len(views), routes
 
 
 def test_telemetry_is_trimmed_by_retention_and_a_filling_disk_is_a_health_warning(

@@ -8,12 +8,14 @@ import json
 import time
 import uuid
 from datetime import datetime
+from urllib.parse import quote
 
 import pytest
 
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
 from e2e3d_provider.devstack.demo import SAMPLE_DIR
 from e2e3d_provider.lifecycle.results.record import begin_run
+from e2e3d_provider.links import viewer_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_server, pytest.mark.timeout(600)]
 
@@ -93,6 +95,16 @@ def test_reconstruction_dag_runs_end_to_end_through_the_rest_api(airflow_deploym
     job = metadata.get_job(job_id)
     assert job is not None and job["status"] in ("succeeded", "archived"), job
     assert storage.get_bytes("output", f"{job_id}/SUCCESS") is not None
+
+    # each lifecycle task's "View" link (pushed by the worker as the task ended, served by the api-server)
+    # names the run; the results API finds the run's job by it, as the viewer page does
+    run = f"/api/v2/dags/e2e3d_reconstruction/dagRuns/{quote(run_id, safe='')}/taskInstances"
+    for task_id in ("input_present", "stage_in", "reconstruct", "right_size", "cleanup"):
+        links = airflow_deployment.get(f"{run}/{task_id}/links")["extra_links"]
+        assert links == {"View": viewer_url("e2e3d_reconstruction", run_id)}, (task_id, links)
+    assert airflow_deployment.get(f"{run}/prepare/links")["extra_links"] == {}  # a plain @task
+    owner = airflow_deployment.get("/e2e3d/api/jobs/by-run?" + links["View"].split("?", 1)[1])
+    assert (owner["job_id"], owner["stamp"], owner["dag_run_id"]) == (job_id, job["stamp"], run_id), owner
 
 
 def test_deferrable_sensors_resume_in_the_triggerer(airflow_deployment, storage) -> None:
@@ -373,8 +385,14 @@ def test_the_storage_dashboard_opens_from_the_ui_nav_with_the_ui_login(airflow_d
 
     plugins = airflow_deployment.get("/api/v2/plugins")["plugins"]
     (ours,) = [p for p in plugins if p["name"] == "e2e3d"]
-    (view,) = ours["external_views"]
+    views = {v["name"]: v for v in ours["external_views"]}
+    assert set(views) == {"E2E3D storage", "E2E3D viewer", "3D view"}, views
+    view = views["E2E3D storage"]
     assert (view["href"], view["destination"], view["category"]) == ("/e2e3d/dashboard", "nav", "browse")
+    viewer, tab = views["E2E3D viewer"], views["3D view"]
+    assert (viewer["href"], viewer["destination"], viewer["category"]) == ("/e2e3d/viewer", "nav", "browse")
+    # a tab of each DAG run: the UI puts the run's ids where the placeholders are
+    assert (tab["href"], tab["destination"]) == ("/e2e3d/viewer?dag_id={DAG_ID}&run_id={RUN_ID}", "dag_run"), tab
     _login(browser, airflow_deployment)
     browser.get(f"{airflow_deployment.url}/plugin/{view['url_route']}")
     frame = wait_for(lambda: browser.find_elements(By.TAG_NAME, "iframe"), "the dashboard's frame", 60)[0]

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "e2e3d_provider"
 
 #: the provider's face: all that sits at the package root
-ROOT_MODULES = {"__init__", "exceptions", "plugin", "cli"}
+ROOT_MODULES = {"__init__", "exceptions", "plugin", "cli", "links"}
 #: layer -> layers of ours it may import (besides itself and ``exceptions``)
 ALLOWED = {
     "core": set(),
@@ -27,8 +27,8 @@ ALLOWED = {
     "hooks": {"core"},
     "lifecycle": {"core", "hooks", "rightsize"},
     "triggers": {"core.layout", "hooks", "lifecycle"},
-    "sensors": {"core.layout", "hooks", "lifecycle", "triggers"},
-    "operators": {"core.layout", "core.xcom", "hooks", "lifecycle"},
+    "sensors": {"core.layout", "hooks", "lifecycle", "triggers", "links"},
+    "operators": {"core.layout", "core.xcom", "hooks", "lifecycle", "links"},
     "listeners": {"hooks", "lifecycle"},
     "decorators": {"lifecycle", "operators"},
     "api": {"core", "hooks", "lifecycle", "__init__"},
@@ -48,6 +48,7 @@ ALLOWED = {
     },
     "__init__": set(),
     "exceptions": set(),
+    "links": set(),  # the operators' extra links: Airflow's link base class and URLs, nothing of ours
 }
 #: layers that must not import Airflow at all
 AIRFLOW_FREE = {"core", "rightsize", "lifecycle", "exceptions", "__init__"}

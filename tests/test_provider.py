@@ -29,6 +29,30 @@ def test_provider_info_matches_airflows_schema() -> None:
             __import__(module)
 
 
+def test_the_view_link_opens_the_viewer_on_the_task_s_dag_run_from_every_lifecycle_task() -> None:
+    """The "View" extra link names the DAG run (the viewer asks the API for its job), its ids escaped; every
+    lifecycle task carries it but the two plain ``@task`` functions (prepare, mark_failed)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from airflow.sdk import BaseOperatorLink
+    from airflow.sdk.types import TaskInstanceKey
+
+    from e2e3d_provider.links import ViewerLink
+    from tests.helpers import load_repo_dag
+
+    for name in e2e3d_provider.get_provider_info()["extra-links"]:  # what Airflow's providers manager imports
+        module, _, attr = name.rpartition(".")
+        assert issubclass(getattr(__import__(module, fromlist=[attr]), attr), BaseOperatorLink), name
+    run_id = "manual__2026-12-05T00:00:00+00:00 & more"
+    link = ViewerLink().get_link(None, ti_key=TaskInstanceKey("e2e3d_reconstruction", "right_size", run_id))  # type: ignore[arg-type]
+    assert link.startswith("/e2e3d/viewer?") and " " not in link and "+" not in link and "&more" not in link, link
+    assert parse_qs(urlsplit(link).query) == {"dag_id": ["e2e3d_reconstruction"], "run_id": [run_id]}
+
+    dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
+    without = {t.task_id for t in dag.tasks if "View" not in {link.name for link in t.operator_extra_links}}
+    assert without == {"prepare", "mark_failed"}, without
+
+
 @pytest.mark.integration  # runs processes of its own
 def test_airflow_providers_list_shows_the_provider(tmp_path: Path) -> None:
     env = dict(os.environ, AIRFLOW_HOME=str(tmp_path))
