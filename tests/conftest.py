@@ -85,7 +85,7 @@ def pytest_report_header() -> str:
 
 
 from e2e3d_provider.devstack import stack  # noqa: E402
-from tests.helpers import ensure_chromium, serve  # noqa: E402
+from tests.helpers import ensure_chromium, ensure_gltf_validator, serve, validate_gltf  # noqa: E402
 
 
 def _pg_conn_from_dsn(dsn: str) -> dict:
@@ -272,6 +272,13 @@ def airflow_deployment(stack_info, connections, storage, metadata, tmp_path_fact
         yield deployment
     finally:
         deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def gltf_validator():
+    """The Khronos glTF validator as a function: paths -> {path: report} (npm ci on first use)."""
+    script = ensure_gltf_validator()
+    return lambda paths: validate_gltf(script, list(paths))
 
 
 @pytest.fixture(scope="session")

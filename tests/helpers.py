@@ -83,6 +83,43 @@ def ensure_chromium() -> tuple[str, str]:
     return chromium, driver
 
 
+#: the Node tools the tests run (tests/js/package.json pins them; npm ci installs them from its lock file)
+JS_DIR = REPO / "tests" / "js"
+
+
+def ensure_gltf_validator() -> Path:
+    """The Khronos glTF validator (npm ``gltf-validator``, pinned in tests/js/package-lock.json): installed
+    once with ``npm ci`` when tests/js/node_modules lacks it (a fresh clone); without node and npm, a clear
+    error saying what to install. Returns the script that runs it (tests/js/validate_gltf.cjs)."""
+    import fcntl
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not (node and npm):
+        pytest.fail(
+            "the glTF tests need Node.js 18+ and npm (the Khronos validator is an npm package): "
+            "apt-get install -y nodejs npm"
+        )
+    installed = JS_DIR / "node_modules" / "gltf-validator" / "package.json"
+    with open(JS_DIR / ".install.lock", "w") as lock:  # parallel sessions install once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not installed.is_file():
+            command = [npm, "ci", "--prefix", str(JS_DIR), "--ignore-scripts", "--no-audit", "--no-fund"]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-3000:]}"
+    assert installed.is_file(), "npm ci ran, but gltf-validator is not in tests/js/node_modules"
+    return JS_DIR / "validate_gltf.cjs"
+
+
+def validate_gltf(script: Path, paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """The validator's report of each file (errors, warnings, infos, hints, messages), one node process
+    for all of them."""
+    result = subprocess.run(
+        ["node", str(script), *map(str, paths)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, f"the glTF validator failed:\n{result.stderr[-3000:]}"
+    return {str(Path(k)): v for k, v in json.loads(result.stdout).items()}
+
+
 def load_repo_dag(file_name: str, factory: str):
     """Build one of the package's example DAGs (tests may import what products must not)."""
     import importlib.util

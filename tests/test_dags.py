@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import DracoPy
 import pygltflib
 import pytest
 import trimesh
@@ -26,6 +25,7 @@ from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.datasets import read_dataset
 from e2e3d_provider.lifecycle.inputs.ingest import InvalidInputError, ingest
 from tests.helpers import REPO, load_repo_dag, load_textured, task_states, write_files, xcom
+from tests.tileset_check import accessor, check_tileset, walk_tiles
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_lifecycle_dag_end_to_end(
     assert manifest["dropped"] == [
         {"prefix": "temp/", "files": 1, "bytes": (run.run_dir / "temp" / "mean_image.npy").stat().st_size}
     ]
-    variants = {p: e for p, e in entries.items() if e["role"] in ("lod", "web", "tile")}
+    variants = {p: e for p, e in entries.items() if e["role"] in ("lod", "web", "tile", "stream")}
     assert len(variants) == len(entries) - 5
     assert {(e["source"], e["role"]) for e in variants.values()} >= {
         ("mesh/reconstructed_mesh.obj", "lod"),
@@ -96,6 +96,7 @@ def test_lifecycle_dag_end_to_end(
         ("textures/texture.png", "web"),
         ("textures/texture.png", "tile"),
         ("pointcloud/pointcloud.ply", "lod"),
+        ("mesh/reconstructed_mesh.obj", "stream"),
     }
     for entry in manifest["files"]:
         remote = storage.stat("output", f"{unique_id}/{entry['path']}")
@@ -115,6 +116,7 @@ def test_lifecycle_dag_end_to_end(
         local.write_bytes(storage.get_bytes("output", f"{unique_id}/{path}"))
     for path, entry in variants.items():
         assert independent_counts(fetched / path) == expected_counts(entry), path
+    assert check_tileset(fetched / "mesh/tiles/reconstructed_mesh/tileset.json") == []  # as published
     for path in originals - {"mesh/reconstructed_mesh.mtl"}:
         assert independent_counts(fetched / path) == expected_counts(entries[path]), path
     texture = load_textured(fetched / "mesh/lod1/reconstructed_mesh.obj").visual.material.image  # via its MTL
@@ -269,21 +271,22 @@ def expected_counts(entry: dict) -> dict:
 
 
 def independent_counts(path: Path) -> dict:
-    """Faces, points, pixels or tiles of a file as trimesh, pygltflib + Google's Draco decoder, and Pillow read it."""
+    """Faces, points, pixels or tiles of a file as trimesh, pygltflib + meshoptimizer's decoder, and Pillow read it."""
     if path.suffix == ".obj":
         return {"faces": len(trimesh.load(path, force="mesh", process=False).faces)}
-    if path.suffix == ".glb":
+    if path.suffix == ".glb":  # meshopt-compressed: decoded by meshoptimizer
         gltf = pygltflib.GLTF2.load_binary(path)
         primitive = gltf.meshes[0].primitives[0]
-        view = gltf.bufferViews[primitive.extensions["KHR_draco_mesh_compression"]["bufferView"]]
-        blob = gltf.binary_blob()[view.byteOffset or 0 : (view.byteOffset or 0) + view.byteLength]
-        decoded = DracoPy.decode(blob)
-        assert gltf.accessors[primitive.indices].count == 3 * len(decoded.faces)
-        return {"faces": len(decoded.faces)}
+        indices = accessor(gltf, primitive.indices)
+        assert indices.max() < gltf.accessors[primitive.attributes.POSITION].count
+        return {"faces": len(indices) // 3}
     if path.suffix == ".ply":
         return {"points": len(trimesh.load(path, process=False).vertices)}
-    if path.suffix == ".json":
-        return {"tiles": len(json.loads(path.read_text())["tiles"])}
+    if path.suffix == ".json":  # the texture tiles' index, or a 3D Tiles tileset (tiles with content)
+        data = json.loads(path.read_text())
+        if "asset" in data:
+            return {"tiles": sum(1 for _, tile in walk_tiles(data) if "content" in tile)}
+        return {"tiles": len(data["tiles"])}
     if path.suffix == ".mtl":
         return {"bytes": path.stat().st_size}
     with Image.open(path) as image:

@@ -1,5 +1,5 @@
 """Right-sizing on small generated results (bench/rightsize_data.py at test scale): every variant is
-opened by an independent reader (trimesh, pygltflib + Google's Draco decoder, Pillow) and holds the
+opened by an independent reader (trimesh, pygltflib + meshoptimizer's decoder, Pillow) and holds the
 faces, pixels and points its record names; bad input is refused clearly and loses nothing; publish
 carries the variants in its manifest and PostgreSQL, and the results API serves them."""
 
@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import DracoPy
 import httpx
 import numpy as np
 import pygltflib
@@ -31,6 +30,7 @@ from e2e3d_provider.rightsize import pointcloud as clouds
 from e2e3d_provider.rightsize import texture as texture_module
 from e2e3d_provider.rightsize.policy import RightSizePolicy
 from tests.helpers import as_user, digests, load_textured, write_files
+from tests.tileset_check import accessor
 
 STAMP = "20261202T080000Z"
 #: small thresholds so test-sized data exercises every variant (tiles included)
@@ -53,21 +53,30 @@ def run_dir(generated: Path, tmp_path: Path) -> Path:
 
 
 def glb_faces(path: Path) -> int:
-    """Faces of a GLB as pygltflib and Google's Draco decoder see them."""
+    """Faces of a self-contained GLB as pygltflib and meshoptimizer's decoder see them (its normals, UVs
+    and embedded JPEG present, every index naming a vertex)."""
     gltf = pygltflib.GLTF2.load_binary(path)
     primitive = gltf.meshes[0].primitives[0]
-    view = gltf.bufferViews[primitive.extensions["KHR_draco_mesh_compression"]["bufferView"]]
-    start = view.byteOffset or 0
-    decoded = DracoPy.decode(gltf.binary_blob()[start : start + view.byteLength])
-    assert gltf.accessors[primitive.indices].count == 3 * len(decoded.faces)
-    return len(decoded.faces)
+    assert "EXT_meshopt_compression" in gltf.extensionsRequired
+    indices = accessor(gltf, primitive.indices)
+    positions = accessor(gltf, primitive.attributes.POSITION)
+    assert indices.max() < len(positions) == len(accessor(gltf, primitive.attributes.NORMAL))
+    assert len(accessor(gltf, primitive.attributes.TEXCOORD_0)) == len(positions)
+    image = gltf.images[
+        gltf.textures[gltf.materials[primitive.material].pbrMetallicRoughness.baseColorTexture.index].source
+    ]
+    assert image.uri is None and image.mimeType == "image/jpeg"  # embedded: no file beside it is needed
+    return len(indices) // 3
 
 
-def test_a_mesh_becomes_a_lod_chain_of_objs_sharing_the_texture_and_draco_glbs(run_dir: Path) -> None:
+def test_a_mesh_becomes_a_lod_chain_of_objs_sharing_the_texture_and_self_contained_glbs(run_dir: Path) -> None:
     record = right_size_run(run_dir, POLICY)
     original = trimesh.load(run_dir / "mesh/reconstructed_mesh.obj", force="mesh", process=False)
     assert record.originals["mesh/reconstructed_mesh.obj"]["faces"] == len(original.faces) == 3042
-    lods = sorted((v for v in record.variants if v.source.startswith("mesh/")), key=lambda v: (v.level, v.path))
+    lods = sorted(
+        (v for v in record.variants if v.source.startswith("mesh/") and v.role != "stream"),
+        key=lambda v: (v.level, v.path),
+    )
     mtls = [v for v in lods if v.path.endswith(".mtl")]
     assert [(v.path, v.source) for v in mtls] == [
         (f"mesh/lod{n}/reconstructed_mesh.mtl", "mesh/reconstructed_mesh.mtl") for n in (1, 2, 3)
@@ -91,8 +100,13 @@ def test_a_mesh_becomes_a_lod_chain_of_objs_sharing_the_texture_and_draco_glbs(r
     for glb in glbs:
         assert glb_faces(run_dir / glb.path) == glb.figures["faces"]
         assert glb.figures["bytes"] == (run_dir / glb.path).stat().st_size
+        assert (glb.figures["compression"], glb.figures["normals"], glb.figures["texture"]) == (
+            "meshopt",
+            True,
+            "embedded",
+        )
     assert glbs[0].figures["faces"] == len(original.faces)
-    assert glbs[0].figures["of_original"] < 0.10  # Draco GLB of LOD0 under 10 % of the OBJ's bytes
+    assert [v.figures["texture_px"] for v in glbs] == [1100 * 1100, 550 * 550, 275 * 275, 275 * 275]
 
 
 def test_a_texture_gets_a_lossless_png_a_web_variant_mips_and_indexed_tiles(run_dir: Path) -> None:
@@ -297,7 +311,9 @@ def test_the_api_groups_variants_by_original_and_picks_a_lod_or_the_web_variants
         "textures/texture.png",
         "pointcloud/pointcloud.ply",
     }
-    assert {v["level"] for v in groups["mesh/reconstructed_mesh.obj"]["variants"]} == {0, 1, 2, 3}
+    mesh_variants = groups["mesh/reconstructed_mesh.obj"]["variants"]
+    assert {v["level"] for v in mesh_variants if v["role"] != "stream"} == {0, 1, 2, 3}
+    assert "mesh/tiles/reconstructed_mesh/tileset.json" in {v["path"] for v in mesh_variants if v["role"] == "stream"}
 
     lod1 = httpx.get(url, params={"lod": 1}, headers=headers).json()
     assert {f["path"] for f in lod1["files"]} == {

@@ -33,13 +33,13 @@ DEFAULT_PRESERVATION: dict[str, list[str]] = {"keep": ["logs/"], "drop": ["temp/
 
 @dataclass(frozen=True)
 class Variant:
-    """One derived file: run-relative path, role (``lod``, ``web``, ``tile``), the original it derives
-    from, level (0 = full resolution) and figures."""
+    """One derived file: run-relative path, role (``lod``, ``web``, ``tile``, ``stream``), the original it
+    derives from, level (0 = full resolution; None for a file of no one level, e.g. a tileset) and figures."""
 
     path: str
     role: str
     source: str
-    level: int
+    level: int | None
     figures: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,7 +115,7 @@ def _variant(item: object) -> Variant:
             path,
             role,
             validate_relpath(item["source"]),
-            check_level(item["level"]),
+            None if item["level"] is None else check_level(item["level"]),
             check_figures(item.get("figures"), role) or {},
         )
     except ManifestError as err:

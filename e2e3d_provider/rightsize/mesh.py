@@ -1,16 +1,15 @@
 """Meshes: read a textured OBJ, simplify it into a level-of-detail chain, write each LOD as an OBJ that
-shares the original's MTL and texture and as a Draco-compressed binary glTF, and measure each LOD's
-geometric error against the full mesh. Pure functions over files and arrays; no Airflow.
+shares the original's MTL and texture, and measure each LOD's geometric error against the full mesh (the
+figures, and the measured samples the 3D Tiles tree takes its per-tile errors from). Pure functions over
+files and arrays; no Airflow. GLBs are written by :mod:`.gltf`.
 
-The chain itself (meshoptimizer, the error figures, Draco: native code whose time some inputs blow up)
+The chain itself (meshoptimizer and the error figures: native code whose time some inputs blow up)
 runs in a child process with a time and a memory limit (:func:`lod_chain`, :mod:`.worker`).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,6 @@ import numpy as np
 from e2e3d_provider.exceptions import RightSizeInputError
 from e2e3d_provider.rightsize.formatting import format_rows, parse_numbers
 from e2e3d_provider.rightsize.limits import MAX_FACES, MESH_MEMORY_BYTES, MESH_SECONDS
-
-#: quantization of positions in the GLB's Draco stream (bits per axis): 1/16384 of the largest extent
-DRACO_POSITION_BITS = 14
-DRACO_UV_BITS = 12
 
 _LINE_START = re.compile(rb"^(v|vt|f|mtllib|usemtl)[ \t]+([^\r\n]*)", re.MULTILINE)
 
@@ -37,6 +32,8 @@ class Mesh:
     uvs: np.ndarray | None = None  # (V, 2) float64, OBJ convention (v up)
     mtllib: str | None = None
     material: str | None = None
+    #: (V,) int64: the OBJ ``v`` line each vertex comes from (vertices split by a UV seam share it), or None
+    position_ids: np.ndarray | None = None
 
     @property
     def diagonal(self) -> float:
@@ -112,15 +109,16 @@ def read_obj(path: Path, max_faces: int = MAX_FACES) -> Mesh:
     face_v = _absolute(face_v, len(positions), path, "vertex")
     if face_t is not None and uvs is not None:
         face_t = _absolute(face_t, len(uvs), path, "texture coordinate")
-        positions, uvs, faces = _unify(positions, uvs, face_v, face_t)
+        positions, uvs, faces, position_ids = _unify(positions, uvs, face_v, face_t)
     else:
-        uvs, faces = None, face_v
+        uvs, faces, position_ids = None, face_v, np.arange(len(positions), dtype=np.int64)
     return Mesh(
         positions=positions,
         faces=faces,
         uvs=uvs,
         mtllib=found[b"mtllib"][0].decode().strip() if found[b"mtllib"] else None,
         material=found[b"usemtl"][0].decode().strip() if found[b"usemtl"] else None,
+        position_ids=position_ids,
     )
 
 
@@ -154,13 +152,15 @@ def _absolute(indices: np.ndarray, count: int, path: Path, what: str) -> np.ndar
 
 def _unify(
     positions: np.ndarray, uvs: np.ndarray, face_v: np.ndarray, face_t: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One vertex per distinct (position, UV) pair, as GPUs and simplifiers want them."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One vertex per distinct (position, UV) pair, as GPUs and simplifiers want them; also the OBJ
+    position each comes from (so normals can be smooth across UV seams)."""
     if np.array_equal(face_v, face_t) and len(positions) == len(uvs):
-        return positions, uvs, face_v
+        return positions, uvs, face_v, np.arange(len(positions), dtype=np.int64)
     pairs = face_v.astype(np.int64) * len(uvs) + face_t
     unique, inverse = np.unique(pairs.ravel(), return_inverse=True)
-    return positions[unique // len(uvs)], uvs[unique % len(uvs)], inverse.reshape(-1, 3)
+    ids = unique // len(uvs)
+    return positions[ids], uvs[unique % len(uvs)], inverse.reshape(-1, 3), ids
 
 
 def simplify(mesh: Mesh, ratio: float) -> Mesh:
@@ -184,6 +184,7 @@ def _subset(mesh: Mesh, used: np.ndarray, faces: np.ndarray) -> Mesh:
         uvs=mesh.uvs[used] if mesh.uvs is not None else None,
         mtllib=mesh.mtllib,
         material=mesh.material,
+        position_ids=mesh.position_ids[used] if mesh.position_ids is not None else None,
     )
 
 
@@ -209,44 +210,18 @@ def _simplified(mesh: Mesh, ratio: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class DracoStream:
-    """A mesh's geometry as one Draco stream, and the unique ids Draco gave its attributes (the glTF
-    extension names them)."""
-
-    data: bytes
-    ids: dict[str, int]
-
-
-def encode_draco(mesh: Mesh) -> DracoStream:
-    """The mesh as one Draco stream: positions quantized to :data:`DRACO_POSITION_BITS`, UVs (flipped to
-    glTF's top-left origin) to :data:`DRACO_UV_BITS`. Native code: :func:`lod_chain` runs it bounded."""
-    import DracoPy
-
-    uvs = None if mesh.uvs is None else np.column_stack([mesh.uvs[:, 0], 1.0 - mesh.uvs[:, 1]])
-    try:
-        draco = DracoPy.encode(
-            mesh.positions.astype(np.float32),
-            faces=mesh.faces.astype(np.uint32),
-            quantization_bits=DRACO_POSITION_BITS,
-            compression_level=7,
-            tex_coord=uvs,
-            tex_coord_quantization_bits=DRACO_UV_BITS,
-        )
-    except DracoPy.EncodingFailedException as err:
-        raise RightSizeInputError(f"Draco cannot encode the mesh: {err}") from None
-    return DracoStream(draco, _draco_attribute_ids(draco))
-
-
-@dataclass
 class Level:
     """One level of a mesh's chain: the mesh (level 0 is the original), the fraction of the faces it was
-    asked for, its Draco stream and its surface error against the original (fractions of the diagonal)."""
+    asked for, its surface error against the original (fractions of the diagonal), and the samples that
+    error was measured on: (N, 4) rows of a point (on either surface) and its distance to the other
+    surface, in the mesh's units (none for level 0); ``used``: the original's vertices it keeps."""
 
     level: int
     ratio: float
     mesh: Mesh
-    draco: DracoStream
     error: dict[str, float]
+    samples: np.ndarray
+    used: np.ndarray
 
 
 def lod_chain(
@@ -258,8 +233,8 @@ def lod_chain(
     memory_bytes: int = MESH_MEMORY_BYTES,
     what: str = "the mesh",
 ) -> list[Level]:
-    """The mesh and its simplifications to each of ``ratios`` of its faces, each with its Draco stream and
-    surface error (``error_samples`` points each way), computed in a child process that may use
+    """The mesh and its simplifications to each of ``ratios`` of its faces, each with its surface error
+    (``error_samples`` points each way) and the samples it was measured on, computed in a child process that may use
     ``memory_bytes`` of address space and is stopped after ``seconds``: a :class:`RightSizeInputError`
     naming ``what`` and the limit then, so a hostile mesh costs bounded time and memory."""
     from e2e3d_provider.rightsize.worker import run_bounded
@@ -273,23 +248,22 @@ def lod_chain(
         {"ratios": [float(r) for r in ratios], "error_samples": int(error_samples)},
         seconds=seconds,
         memory_bytes=memory_bytes,
-        what=f"{what}: simplifying, measuring and Draco-encoding its levels",
-        preload=("meshoptimizer", "DracoPy", "scipy.spatial"),
+        what=f"{what}: simplifying and measuring its levels",
+        preload=("meshoptimizer", "scipy.spatial"),
     )
     levels = []
     for level, ratio in enumerate([1.0, *ratios]):
         lod = mesh if level == 0 else _subset(mesh, out[f"used{level}"], out[f"faces{level}"])
-        ids = {"position": int(out[f"ids{level}"][0]), "tex_coord": int(out[f"ids{level}"][1])}
-        draco = DracoStream(out[f"draco{level}"].tobytes(), ids)
         error = {"hausdorff": float(out[f"error{level}"][0]), "mean_distance": float(out[f"error{level}"][1])}
-        levels.append(Level(level, ratio, lod, draco, error))
+        used = out[f"used{level}"] if level else np.arange(len(mesh.positions))
+        levels.append(Level(level, ratio, lod, error, out[f"samples{level}"], used))
     return levels
 
 
 def lod_chain_arrays(arrays: dict[str, np.ndarray], ratios: list[float], error_samples: int) -> dict[str, np.ndarray]:
     """:func:`lod_chain`'s work, run by the worker: per level ``n`` (0 = the mesh itself), ``used<n>`` and
-    ``faces<n>`` (the simplification), ``draco<n>`` and ``ids<n>`` (its stream, position and UV ids),
-    ``error<n>`` (Hausdorff and mean distance)."""
+    ``faces<n>`` (the simplification), ``error<n>`` (Hausdorff and mean distance) and ``samples<n>`` (the
+    points it was measured on, with their distances)."""
     mesh = Mesh(arrays["positions"], arrays["faces"], arrays.get("uvs"))
     out: dict[str, np.ndarray] = {}
     for level, ratio in enumerate([1.0, *ratios]):
@@ -297,12 +271,11 @@ def lod_chain_arrays(arrays: dict[str, np.ndarray], ratios: list[float], error_s
             used, faces = _simplified(mesh, ratio)
             lod = _subset(mesh, used, faces)
             out[f"used{level}"], out[f"faces{level}"] = used, faces
-            error = surface_error(mesh, lod, error_samples)
+            samples = surface_samples(mesh, lod, error_samples)
+            error = error_figures(samples, mesh.diagonal)
         else:
-            lod, error = mesh, {"hausdorff": 0.0, "mean_distance": 0.0}
-        draco = encode_draco(lod)
-        out[f"draco{level}"] = np.frombuffer(draco.data, dtype=np.uint8)
-        out[f"ids{level}"] = np.array([draco.ids["position"], draco.ids["tex_coord"]], dtype=np.int64)
+            samples, error = np.zeros((0, 4)), {"hausdorff": 0.0, "mean_distance": 0.0}
+        out[f"samples{level}"] = samples
         out[f"error{level}"] = np.array([error["hausdorff"], error["mean_distance"]])
     return out
 
@@ -325,81 +298,6 @@ def write_obj(mesh: Mesh, path: Path, mtllib: str | None = None, comment: str = 
             out.writelines(format_rows("f %d/%d %d/%d %d/%d\n", np.repeat(corners, 2, axis=1)))
         else:
             out.writelines(format_rows("f %d %d %d\n", corners))
-
-
-def write_glb(mesh: Mesh, stream: DracoStream, path: Path, texture_uri: str | None = None) -> int:
-    """A binary glTF 2.0 of ``mesh`` whose geometry is ``stream``, its Draco stream (from
-    :func:`encode_draco`; KHR_draco_mesh_compression). ``texture_uri`` (relative to the GLB) becomes its
-    base colour texture. Returns the bytes written."""
-    draco, ids = stream.data, stream.ids
-    attributes = {"POSITION": 0}
-    draco_attributes = {"POSITION": ids["position"]}
-    accessors: list[dict[str, object]] = [
-        {
-            "componentType": 5126,
-            "count": len(mesh.positions),
-            "type": "VEC3",
-            "min": mesh.positions.min(axis=0).tolist(),
-            "max": mesh.positions.max(axis=0).tolist(),
-        }
-    ]
-    if mesh.uvs is not None:
-        attributes["TEXCOORD_0"] = len(accessors)
-        draco_attributes["TEXCOORD_0"] = ids["tex_coord"]
-        accessors.append({"componentType": 5126, "count": len(mesh.uvs), "type": "VEC2"})
-    primitive: dict[str, object] = {
-        "attributes": attributes,
-        "indices": len(accessors),
-        "mode": 4,
-        "extensions": {"KHR_draco_mesh_compression": {"bufferView": 0, "attributes": draco_attributes}},
-    }
-    accessors.append({"componentType": 5125, "count": int(mesh.faces.size), "type": "SCALAR"})
-    padded = draco + b"\0" * (-len(draco) % 4)
-    gltf: dict[str, object] = {
-        "asset": {"version": "2.0", "generator": "e2e3d-provider right-sizing"},
-        "extensionsUsed": ["KHR_draco_mesh_compression"],
-        "extensionsRequired": ["KHR_draco_mesh_compression"],
-        "scene": 0,
-        "scenes": [{"nodes": [0]}],
-        "nodes": [{"mesh": 0}],
-        "meshes": [{"primitives": [primitive]}],
-        "accessors": accessors,
-        "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": len(draco)}],
-        "buffers": [{"byteLength": len(padded)}],
-    }
-    if texture_uri:
-        primitive["material"] = 0
-        gltf["materials"] = [
-            {"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": 1.0}}
-        ]
-        gltf["textures"] = [{"source": 0}]
-        gltf["images"] = [{"uri": texture_uri}]
-    header = json.dumps(gltf, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 4)
-    body = (
-        struct.pack("<III", 0x46546C67, 2, 12 + 8 + len(header) + 8 + len(padded))
-        + struct.pack("<I4s", len(header), b"JSON")
-        + header
-        + struct.pack("<I4s", len(padded), b"BIN\0")
-        + padded
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(body)
-    return len(body)
-
-
-def _draco_attribute_ids(draco: bytes) -> dict[str, int]:
-    """The unique ids DracoPy gave each attribute of a stream (the glTF extension names them)."""
-    import DracoPy
-
-    decoded = DracoPy.decode(draco)
-    ids = {"position": 0}
-    for attribute in getattr(decoded, "attributes", []) or []:
-        kind = {0: "position", 3: "tex_coord"}.get(int(attribute.get("attribute_type", -1)))
-        if kind:
-            ids[kind] = int(attribute["unique_id"])
-    ids.setdefault("tex_coord", 1)
-    return ids
 
 
 def sample_surface(mesh: Mesh, count: int, seed: int = 0) -> np.ndarray:
@@ -460,16 +358,36 @@ def distance_to_surface(points: np.ndarray, mesh: Mesh, candidates: int = 12) ->
     return best
 
 
+def surface_samples(full: Mesh, lod: Mesh, samples: int = 100_000) -> np.ndarray:
+    """Points sampled on each surface (``samples`` on ``full``, then ``samples`` on ``lod``) with their exact
+    point-to-triangle distance to the other surface: (2 x samples, 4) rows of x, y, z, distance. What
+    :func:`surface_error` sums up, and what a 3D Tiles tile takes its own error from (the samples in it)."""
+    on_full = sample_surface(full, samples, seed=1)
+    on_lod = sample_surface(lod, samples, seed=2)
+    return np.vstack(
+        [
+            np.column_stack([on_full, distance_to_surface(on_full, lod)]),
+            np.column_stack([on_lod, distance_to_surface(on_lod, full)]),
+        ]
+    )
+
+
+def error_figures(samples: np.ndarray, diagonal: float) -> dict[str, float]:
+    """The Hausdorff distance and the mean surface distance (the mean of each way's mean) of
+    :func:`surface_samples`' rows, as fractions of ``diagonal``."""
+    half = len(samples) // 2
+    a_to_b, b_to_a = samples[:half, 3], samples[half:, 3]
+    diagonal = diagonal or 1.0
+    return {
+        "hausdorff": float(max(a_to_b.max(), b_to_a.max()) / diagonal),
+        "mean_distance": float((a_to_b.mean() + b_to_a.mean()) / 2 / diagonal),
+    }
+
+
 def surface_error(full: Mesh, lod: Mesh, samples: int = 100_000) -> dict[str, float]:
     """How far ``lod``'s surface strays from ``full``'s, both ways: the Hausdorff distance and the mean
     surface distance over points sampled on each surface (distances to the other surface are exact
     point-to-triangle ones), as fractions of ``full``'s bounding-box diagonal."""
     if lod is full:
         return {"hausdorff": 0.0, "mean_distance": 0.0}
-    a_to_b = distance_to_surface(sample_surface(full, samples, seed=1), lod)
-    b_to_a = distance_to_surface(sample_surface(lod, samples, seed=2), full)
-    diagonal = full.diagonal or 1.0
-    return {
-        "hausdorff": float(max(a_to_b.max(), b_to_a.max()) / diagonal),
-        "mean_distance": float((a_to_b.mean() + b_to_a.mean()) / 2 / diagonal),
-    }
+    return error_figures(surface_samples(full, lod, samples), full.diagonal)

@@ -12,6 +12,8 @@ from e2e3d_provider.rightsize.texture import WEB_FORMATS
 
 #: the ``e2e3d.config`` key holding a JSON object of :class:`RightSizePolicy` fields
 CONFIG_KEY = "rightsize"
+#: how web GLBs are compressed (tiles are always meshopt)
+WEB_GLB_COMPRESSIONS = ("meshopt", "draco")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,12 @@ class RightSizePolicy:
     above ``tile_threshold`` pixels a side, ``tile_size`` tiles; ``png_level`` is oxipng's effort, and its
     lossless copy is kept only when it saves at least ``png_min_gain`` of the input's bytes.
     ``preservation`` lists the run-dir prefixes kept, dropped and removed after archive.
+
+    For browsers: each mesh level gets a self-contained GLB (normals, its texture embedded at most
+    ``web_glb_texture_size`` pixels a side for level 0 and half that per coarser level,
+    ``web_glb_compression`` ``meshopt`` or ``draco``) and, with ``mesh_tiles``, the chain becomes a 3D Tiles
+    1.1 tileset whose tiles hold about ``tile_faces`` faces each and a texture of at most
+    ``tile_texture_size`` pixels a side.
 
     The limits, since a result is untrusted input (passing one is a :class:`RightSizeInputError`):
     ``max_pixels`` a texture may have (read from its header, before it is decoded);
@@ -43,6 +51,11 @@ class RightSizePolicy:
     png_min_gain: float = 0.0
     pointcloud_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
     pointcloud_max_points: int = 1_500_000
+    mesh_tiles: bool = True
+    tile_faces: int = 20_000
+    tile_texture_size: int = 1024
+    web_glb_compression: str = "meshopt"
+    web_glb_texture_size: int = 4096
     preservation: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PRESERVATION))
     max_pixels: int = limits.MAX_PIXELS
     max_line_bytes: int = limits.MAX_LINE_BYTES
@@ -68,6 +81,15 @@ class RightSizePolicy:
         for name in ("mesh_error_samples", "mip_min_size", "tile_size", "tile_threshold", "pointcloud_max_points"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        if not isinstance(self.mesh_tiles, bool):
+            raise ValueError(f"mesh_tiles must be true or false, not {self.mesh_tiles!r}")
+        if self.web_glb_compression not in WEB_GLB_COMPRESSIONS:
+            choices = ", ".join(WEB_GLB_COMPRESSIONS)
+            raise ValueError(f"web_glb_compression must be one of {choices}, not {self.web_glb_compression!r}")
+        for name in ("tile_faces", "tile_texture_size", "web_glb_texture_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         for name in ("max_pixels", "max_line_bytes", "max_faces", "mesh_memory_bytes", "max_input_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -127,6 +149,14 @@ class RightSizePolicy:
             ),
             "pointcloud_lod_ratios": ratios("points"),
             "pointcloud_max_points": positive("most points in a point-cloud level"),
+            "mesh_tiles": {"type": ["boolean", "null"], "description": "write a 3D Tiles tileset of each mesh"},
+            "tile_faces": positive("faces a 3D tile holds, about"),
+            "tile_texture_size": positive("largest side of a 3D tile's texture, in pixels"),
+            "web_glb_compression": {
+                "enum": [*WEB_GLB_COMPRESSIONS, None],
+                "description": "compression of each level's web GLB",
+            },
+            "web_glb_texture_size": positive("largest side of the texture embedded in level 0's web GLB"),
             "preservation": {
                 "type": ["object", "null"],
                 "properties": {key: prefixes for key in DEFAULT_PRESERVATION},

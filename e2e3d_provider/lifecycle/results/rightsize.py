@@ -156,17 +156,15 @@ def _lod_mtl(run_dir: Path, mtl_rel: str, lod_dir: str) -> str:
 
 
 def right_size_mesh(run_dir: Path, original: str, policy: RightSizePolicy, record: RightSizeRecord) -> None:
+    """A mesh's level-of-detail chain (OBJs sharing the original's MTL and texture), a self-contained web GLB
+    per level and, with ``mesh_tiles``, a 3D Tiles tileset of the chain (:mod:`..rightsize.delivery`)."""
+    from e2e3d_provider.rightsize import delivery
     from e2e3d_provider.rightsize import mesh as meshes
-    from e2e3d_provider.rightsize.texture import WEB_FORMATS
 
     full = meshes.read_obj(run_dir / original, max_faces=policy.max_faces)
     record.originals[original] = {"faces": len(full.faces), "vertices": len(full.positions)}
     mtl = _mtl_path(original, full.mtllib)
     texture = _texture_of(run_dir, mtl)
-    web_texture = None
-    if texture:
-        web_texture = variant_relpath(texture, "web", Path(texture).stem + WEB_FORMATS[policy.web_format][0])
-    stem = Path(original).stem
     chain = meshes.lod_chain(
         full,
         policy.mesh_lod_ratios,
@@ -175,6 +173,7 @@ def right_size_mesh(run_dir: Path, original: str, policy: RightSizePolicy, recor
         memory_bytes=policy.mesh_memory_bytes,
         what=str(run_dir / original),
     )
+    level_figures = []
     for step in chain:
         level, ratio, lod = step.level, step.ratio, step.mesh
         figures: dict[str, Any] = {"faces": len(lod.faces), "vertices": len(lod.positions), "ratio": ratio}
@@ -198,11 +197,30 @@ def right_size_mesh(run_dir: Path, original: str, policy: RightSizePolicy, recor
             record.variants.append(Variant(rel, "lod", original, level, {**figures, "bytes": _size(run_dir, rel)}))
         else:
             figures.update(hausdorff=0.0, mean_distance=0.0)
-        glb = variant_relpath(original, f"lod{level}", f"{stem}.glb")
-        uri = posixpath.relpath(web_texture, posixpath.dirname(glb)) if web_texture else None
-        meshes.write_glb(lod, step.draco, run_dir / glb, uri)
-        figures.update(bytes=_size(run_dir, glb), of_original=_ratio(run_dir, glb, original), compression="draco")
-        record.variants.append(Variant(glb, "web", original, level, figures))
+        level_figures.append(figures)
+    written = delivery.deliver(
+        run_dir,
+        original,
+        chain,
+        texture,
+        options={
+            "mesh_tiles": policy.mesh_tiles,
+            "tile_faces": policy.tile_faces,
+            "tile_texture_size": policy.tile_texture_size,
+            "web_glb_compression": policy.web_glb_compression,
+            "web_glb_texture_size": policy.web_glb_texture_size,
+            "quality": policy.web_quality,
+            "max_pixels": policy.max_pixels,
+        },
+        seconds=policy.mesh_seconds,
+        memory_bytes=policy.mesh_memory_bytes,
+    )
+    for entry in written:
+        figures = dict(entry["figures"])
+        if entry["role"] == "web":  # a level's GLB: the level's figures, and its own
+            figures = {**level_figures[entry["level"]], **figures}
+            figures["of_original"] = _ratio(run_dir, entry["path"], original)
+        record.variants.append(Variant(entry["path"], entry["role"], original, entry["level"], figures))
 
 
 def right_size_pointcloud(run_dir: Path, original: str, policy: RightSizePolicy, record: RightSizeRecord) -> None:
@@ -239,7 +257,7 @@ def right_size_pointcloud(run_dir: Path, original: str, policy: RightSizePolicy,
 
 
 STEPS: dict[str, Callable[[Path, str, RightSizePolicy, RightSizeRecord], None]] = {
-    "texture": right_size_texture,  # first: the meshes' GLBs point at the texture's web variant
+    "texture": right_size_texture,
     "mesh": right_size_mesh,
     "pointcloud": right_size_pointcloud,
 }
