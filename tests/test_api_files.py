@@ -6,6 +6,7 @@ through the route too."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from e2e3d_provider.lifecycle.durability.archive import archive_and_record
 from e2e3d_provider.lifecycle.durability.retention import apply_retention
 from e2e3d_provider.lifecycle.results.publish import publish_run
 from tests.helpers import as_user, edit_first_file, forge_manifest, serve, tiny_png, token, write_files
+from tests.tileset_check import walk_tiles
 
 STAMP, NEWER = "20261124T120000Z", "20261125T120000Z"
 OBJ, MTL, PNG = "mesh/reconstructed_mesh.obj", "mesh/reconstructed_mesh.mtl", "textures/texture.png"
@@ -310,12 +312,12 @@ def test_openapi_documents_the_file_route(api: str) -> None:
     assert "route" in schema["components"]["schemas"]["ResultFile"]["required"]
 
 
-def test_a_right_sized_jobs_objs_and_glbs_find_their_textures_through_the_route(
+def test_a_right_sized_jobs_objs_and_tileset_find_their_files_through_the_route(
     api: str, storage: StorageHook, metadata: MetadataHook, tmp_path: Path, unique_id: str
 ) -> None:
-    """What right-sizing publishes today: each LOD's OBJ names its MTL and the MTL its texture, each GLB its
-    texture (``../../textures/web/texture.jpg``), all by relative paths that a pre-signed URL cannot follow
-    (an unsigned request to a private bucket); from the route they all resolve."""
+    """What right-sizing publishes: each LOD's OBJ names its MTL and the MTL its texture, the 3D Tiles
+    tileset its tiles, all by relative paths that a pre-signed URL cannot follow (an unsigned request to a
+    private bucket); from the route they all resolve. The GLBs carry their texture inside."""
     import pygltflib
 
     from bench.rightsize_data import make_results
@@ -347,12 +349,16 @@ def test_a_right_sized_jobs_objs_and_glbs_find_their_textures_through_the_route(
         mtl_url = urljoin(obj_url, re.search(rb"^mtllib (\S+)\s*$", fetch(obj_url), re.M).group(1).decode())
         texture = re.search(rb"^map_Kd .*?(\S+)\s*$", fetch(mtl_url), re.M).group(1).decode()
         followed.add(urljoin(mtl_url, texture))
-    for glb_url in glbs:
+    for glb_url in glbs:  # self-contained: the texture is inside, nothing to follow
         (image,) = pygltflib.GLTF2.load_from_bytes(fetch(glb_url)).images
-        assert image.uri.startswith("../")  # relative, out of the GLB's own folder
-        followed.add(urljoin(glb_url, image.uri))
+        assert image.uri is None and image.bufferView is not None
+    tileset = next(urljoin(api, f["route"]) for f in listing if f["path"].endswith("/tileset.json"))
+    contents = [t["content"]["uri"] for _, t in walk_tiles(json.loads(fetch(tileset))) if "content" in t]
+    assert len(contents) >= 2
+    followed |= {urljoin(tileset, uri) for uri in contents}
+    files = f"{api}/api/job/{unique_id}/files/"
     for url in followed:
-        assert url.startswith(f"{api}/api/job/{unique_id}/files/textures/"), url
+        assert url.startswith((f"{files}textures/", f"{files}mesh/tiles/")), url
         fetch(url)
 
 

@@ -36,8 +36,8 @@ class RightSizePolicy:
     The limits, since a result is untrusted input (passing one is a :class:`RightSizeInputError`):
     ``max_pixels`` a texture may have (read from its header, before it is decoded);
     ``max_line_bytes`` an ASCII PLY row may take;
-    ``max_faces`` a mesh may have, and ``mesh_seconds`` and ``mesh_memory_bytes`` for the child process its
-    level chain (meshoptimizer, the error figures, Draco) runs in;
+    ``max_faces`` a mesh may have, and ``mesh_seconds`` and ``mesh_memory_bytes`` for each child process its
+    level chain (meshoptimizer, the error figures) and then its web GLBs and tiles (texture, encoders) run in;
     ``max_input_bytes`` any original may have (checked before it is opened)."""
 
     mesh_lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)
