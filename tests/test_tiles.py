@@ -293,3 +293,27 @@ def test_the_tileset_check_finds_what_is_broken(quadtree: dict, tmp_path: Path) 
     for change, message in cases.items():
         problems = broken(change)
         assert any(message in p for p in problems), (change.__name__, problems)
+
+
+def test_a_mesh_without_uvs_in_a_relative_run_dir_gets_untextured_glbs_and_tiles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gltf_validator
+) -> None:
+    """The worker runs in a temporary folder of its own: a run directory given relative to the task's
+    working directory still receives the files (they once went to the worker's folder and were lost)."""
+    n = 30
+    rows = [f"v {i} {np.sin(i * 0.3) + np.cos(j * 0.2):.6f} {j}" for j in range(n) for i in range(n)]
+    for j in range(n - 1):
+        for i in range(n - 1):
+            a, b, c, d = j * n + i + 1, j * n + i + 2, (j + 1) * n + i + 1, (j + 1) * n + i + 2
+            rows += [f"f {a} {d} {b}", f"f {a} {c} {d}"]
+    (tmp_path / "run/mesh").mkdir(parents=True)
+    (tmp_path / "run/mesh/m.obj").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path)
+    record = right_size_run(Path("run"), RightSizePolicy(mesh_error_samples=2_000, tile_faces=300))
+    glbs = [v for v in record.variants if v.path.endswith(".glb")]
+    assert len(glbs) == 4 + record.variants[-1].figures["tiles"] > 4 + 1
+    assert all((tmp_path / "run" / v.path).is_file() for v in glbs)
+    assert all(v.figures.get("texture") is None and v.figures.get("texture_px", 0) == 0 for v in glbs)
+    assert check_tileset(tmp_path / "run/mesh/tiles/m/tileset.json") == []
+    reports = gltf_validator([tmp_path / "run" / v.path for v in glbs])
+    assert {(r["errors"], r["warnings"]) for r in reports.values()} == {(0, 0)}

@@ -55,7 +55,14 @@ def deliver(
     out = run_bounded(
         f"{__name__}:deliver_arrays",
         arrays,
-        {"run_dir": str(run_dir), "original": original, "texture": texture, "levels": len(levels), **options},
+        # absolute: the worker runs in a temporary folder of its own
+        {
+            "run_dir": str(Path(run_dir).absolute()),
+            "original": original,
+            "texture": texture,
+            "levels": len(levels),
+            **options,
+        },
         seconds=seconds,
         memory_bytes=memory_bytes,
         what=f"{run_dir / original}: writing its web GLBs and 3D tiles",
