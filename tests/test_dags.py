@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import laspy
 import pygltflib
 import pytest
 import trimesh
@@ -97,6 +98,7 @@ def test_lifecycle_dag_end_to_end(
         ("textures/texture.png", "tile"),
         ("pointcloud/pointcloud.ply", "lod"),
         ("mesh/reconstructed_mesh.obj", "stream"),
+        ("pointcloud/pointcloud.ply", "stream"),
     }
     for entry in manifest["files"]:
         remote = storage.stat("output", f"{unique_id}/{entry['path']}")
@@ -261,7 +263,7 @@ def expected_counts(entry: dict) -> dict:
     figures, path = entry["figures"], entry["path"]
     if path.endswith((".obj", ".glb")):
         return {"faces": figures["faces"]}
-    if path.endswith(".ply"):
+    if path.endswith((".ply", ".laz")):
         return {"points": figures["points"]}
     if path.endswith(".json"):
         return {"tiles": figures["tiles"]}
@@ -271,7 +273,7 @@ def expected_counts(entry: dict) -> dict:
 
 
 def independent_counts(path: Path) -> dict:
-    """Faces, points, pixels or tiles of a file as trimesh, pygltflib + meshoptimizer's decoder, and Pillow read it."""
+    """Faces, points, pixels or tiles of a file as trimesh, pygltflib + meshoptimizer's decoder, laspy, Pillow see it."""
     if path.suffix == ".obj":
         return {"faces": len(trimesh.load(path, force="mesh", process=False).faces)}
     if path.suffix == ".glb":  # meshopt-compressed: decoded by meshoptimizer
@@ -282,6 +284,8 @@ def independent_counts(path: Path) -> dict:
         return {"faces": len(indices) // 3}
     if path.suffix == ".ply":
         return {"points": len(trimesh.load(path, process=False).vertices)}
+    if path.suffix == ".laz":  # the LAZ and the COPC (a LAZ whose chunks are octree nodes): every point
+        return {"points": len(laspy.read(path).points)}
     if path.suffix == ".json":  # the texture tiles' index, or a 3D Tiles tileset (tiles with content)
         data = json.loads(path.read_text())
         if "asset" in data:

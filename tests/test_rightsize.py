@@ -143,7 +143,7 @@ def test_a_texture_gets_a_lossless_png_a_web_variant_mips_and_indexed_tiles(run_
 def test_a_point_cloud_becomes_binary_ply_and_voxel_lods_streaming_in_chunks(run_dir: Path, tmp_path: Path) -> None:
     record = right_size_run(run_dir, POLICY)
     ascii_cloud = trimesh.load(run_dir / "pointcloud/pointcloud.ply", process=False)
-    variants = sorted((v for v in record.variants if v.source.startswith("pointcloud/")), key=lambda v: v.level)
+    variants = sorted((v for v in record.variants if v.path.endswith(".ply")), key=lambda v: v.level)
     binary = trimesh.load(run_dir / variants[0].path, process=False)
     assert variants[0].figures["points"] == len(binary.vertices) == 20_000
     assert np.array_equal(np.asarray(binary.vertices), np.asarray(ascii_cloud.vertices))  # same values, binary
@@ -261,7 +261,7 @@ def test_config_table_then_operator_settings_decide_the_policy(run_dir: Path, me
     finally:
         metadata.set_config("rightsize", {})
     assert sorted(v.level for v in record.variants if v.path.startswith("mesh/") and v.path.endswith(".obj")) == [1]
-    assert sorted(v.level for v in record.variants if v.path.startswith("pointcloud/")) == [0, 1]
+    assert sorted(v.level for v in record.variants if v.path.startswith("pointcloud/lod")) == [0, 0, 1]  # PLY, LAZ
 
 
 def test_publish_carries_variants_and_drops_temp_and_refuses_unrecorded_variants(

@@ -34,7 +34,8 @@ DEFAULT_PRESERVATION: dict[str, list[str]] = {"keep": ["logs/"], "drop": ["temp/
 @dataclass(frozen=True)
 class Variant:
     """One derived file: run-relative path, role (``lod``, ``web``, ``tile``, ``stream``), the original it
-    derives from, level (0 = full resolution; None for a file of no one level, e.g. a tileset) and figures."""
+    derives from, level (0 = full resolution; ``None`` for a file of no one level, such as a tileset or a
+    COPC octree) and figures."""
 
     path: str
     role: str

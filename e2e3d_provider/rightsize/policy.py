@@ -26,6 +26,10 @@ class RightSizePolicy:
     above ``tile_threshold`` pixels a side, ``tile_size`` tiles; ``png_level`` is oxipng's effort, and its
     lossless copy is kept only when it saves at least ``png_min_gain`` of the input's bytes.
     ``preservation`` lists the run-dir prefixes kept, dropped and removed after archive.
+    With ``copc``, a point cloud also gets a COPC file (an octree of LAZ chunks a viewer streams by range
+    requests; a node keeps one point per 128^3 cell of its cube, and a node with at most ``copc_node_points``
+    points left under it keeps them all); a cloud of more than ``copc_max_points`` is refused then (the
+    octree is built in memory). Every cloud gets a LAZ of all its points (streamed, any size).
 
     For browsers: each mesh level gets a self-contained GLB (normals, its texture embedded at most
     ``web_glb_texture_size`` pixels a side for level 0 and half that per coarser level,
@@ -56,6 +60,9 @@ class RightSizePolicy:
     tile_texture_size: int = 1024
     web_glb_compression: str = "meshopt"
     web_glb_texture_size: int = 4096
+    copc: bool = True
+    copc_max_points: int = 20_000_000
+    copc_node_points: int = 100_000
     preservation: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PRESERVATION))
     max_pixels: int = limits.MAX_PIXELS
     max_line_bytes: int = limits.MAX_LINE_BYTES
@@ -83,14 +90,23 @@ class RightSizePolicy:
                 raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
         if not isinstance(self.mesh_tiles, bool):
             raise ValueError(f"mesh_tiles must be true or false, not {self.mesh_tiles!r}")
+        if not isinstance(self.copc, bool):
+            raise ValueError(f"copc must be true or false, not {self.copc!r}")
         if self.web_glb_compression not in WEB_GLB_COMPRESSIONS:
             choices = ", ".join(WEB_GLB_COMPRESSIONS)
             raise ValueError(f"web_glb_compression must be one of {choices}, not {self.web_glb_compression!r}")
-        for name in ("tile_faces", "tile_texture_size", "web_glb_texture_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        for name in ("max_pixels", "max_line_bytes", "max_faces", "mesh_memory_bytes", "max_input_bytes"):
+        for name in (
+            "tile_faces",
+            "tile_texture_size",
+            "web_glb_texture_size",
+            "copc_max_points",
+            "copc_node_points",
+            "max_pixels",
+            "max_line_bytes",
+            "max_faces",
+            "mesh_memory_bytes",
+            "max_input_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
@@ -157,6 +173,9 @@ class RightSizePolicy:
                 "description": "compression of each level's web GLB",
             },
             "web_glb_texture_size": positive("largest side of the texture embedded in level 0's web GLB"),
+            "copc": field_schema("boolean", "write a COPC file (octree of LAZ chunks, streamed by a viewer) per cloud"),
+            "copc_max_points": positive("a cloud with more points gets no COPC: right-sizing refuses it"),
+            "copc_node_points": positive("a COPC node with at most this many points under it keeps them all"),
             "preservation": {
                 "type": ["object", "null"],
                 "properties": {key: prefixes for key in DEFAULT_PRESERVATION},

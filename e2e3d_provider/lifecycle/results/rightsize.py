@@ -236,6 +236,7 @@ def right_size_pointcloud(run_dir: Path, original: str, policy: RightSizePolicy,
         "of_original": _ratio(run_dir, binary, original),
     }
     record.variants.append(Variant(binary, "lod", original, 0, figures))
+    _copc_and_laz(run_dir, original, binary, policy, record)
     for level, ratio in enumerate(policy.pointcloud_lod_ratios, 1):
         target = max(1, int(cloud.points * ratio))
         size = clouds.voxel_size_for(cloud.sample, cloud.points, target, cloud.lower, cloud.upper)
@@ -254,6 +255,35 @@ def right_size_pointcloud(run_dir: Path, original: str, policy: RightSizePolicy,
             "bytes": _size(run_dir, rel),
         }
         record.variants.append(Variant(rel, "lod", original, level, figures))
+
+
+def _copc_and_laz(run_dir: Path, original: str, binary: str, policy: RightSizePolicy, record: RightSizeRecord) -> None:
+    """The cloud's LAZ (``lod``, level 0: the compact download) and, with ``policy.copc``, its COPC (``stream``:
+    what a viewer streams by range requests), both from its binary PLY, in the bounded child process."""
+    from e2e3d_provider.rightsize import copc
+
+    stem = Path(original).stem
+    laz = variant_relpath(original, "lod0", f"{stem}.laz")
+    stream = variant_relpath(original, "web", f"{stem}.copc.laz") if policy.copc else None
+    written = copc.write_bounded(
+        run_dir / binary,
+        copc=None if stream is None else run_dir / stream,
+        laz=run_dir / laz,
+        node_points=policy.copc_node_points,
+        max_points=policy.copc_max_points,
+        seconds=policy.mesh_seconds,
+        memory_bytes=policy.mesh_memory_bytes,
+        what=str(run_dir / original),
+    )
+    figures = written["laz"]
+    laz_figures = {key: figures[key] for key in ("format", "points", "scale")}
+    record.variants.append(Variant(laz, "lod", original, 0, {**laz_figures, "bytes": _size(run_dir, laz)}))
+    if stream is not None:
+        figures = written["copc"]
+        copc_figures = {key: figures[key] for key in ("format", "points", "nodes", "depth", "spacing", "cube")}
+        record.variants.append(
+            Variant(stream, "stream", original, None, {**copc_figures, "bytes": _size(run_dir, stream)})
+        )
 
 
 STEPS: dict[str, Callable[[Path, str, RightSizePolicy, RightSizeRecord], None]] = {
@@ -307,6 +337,9 @@ DEPENDENCIES = {
     "DracoPy": "DracoPy",
     "oxipng": "pyoxipng",
     "pyarrow": "pyarrow",
+    "copclib": "copclib",
+    "laspy": "laspy[lazrs]",
+    "lazrs": "lazrs",
 }
 
 
