@@ -322,3 +322,17 @@ def test_laspy_streams_the_published_copc_through_the_file_route_by_range_reques
     stream.close()
     # the route is authenticated like the rest of the API
     assert httpx.get(url, headers={"Range": "bytes=0-99"}).status_code in (401, 403)
+
+
+def test_the_policy_checks_its_copc_settings() -> None:
+    defaults = RightSizePolicy()
+    assert (defaults.copc, defaults.copc_max_points, defaults.copc_node_points) == (True, 20_000_000, 100_000)
+    for bad, message in (
+        ({"copc": "yes"}, "copc must be true or false"),
+        ({"copc_max_points": 0}, "copc_max_points must be a positive integer"),
+        ({"copc_node_points": 2.5}, "copc_node_points must be a positive integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            RightSizePolicy.from_settings(bad)
+    schema = RightSizePolicy.json_schema()["properties"]
+    assert schema["copc"]["type"] == ["boolean", "null"] and schema["copc_node_points"]["minimum"] == 1
