@@ -273,7 +273,7 @@ def expected_counts(entry: dict) -> dict:
 
 
 def independent_counts(path: Path) -> dict:
-    """Faces, points, pixels or tiles of a file as trimesh, pygltflib + meshoptimizer's decoder, laspy, Pillow see it."""
+    """Faces, points, pixels or tiles of a file as trimesh, pygltflib + meshoptimizer, laspy and Pillow see it."""
     if path.suffix == ".obj":
         return {"faces": len(trimesh.load(path, force="mesh", process=False).faces)}
     if path.suffix == ".glb":  # meshopt-compressed: decoded by meshoptimizer
