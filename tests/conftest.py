@@ -301,6 +301,41 @@ def browser():
         driver.quit()
 
 
+@pytest.fixture(scope="session")
+def webgl_browser():
+    """A headless Chromium with software WebGL (SwiftShader through ANGLE), for pages that draw 3D; it records the
+    DevTools network events (bytes on the wire per request) and the console in its performance and browser logs.
+    Separate from ``browser``: the flags that enable SwiftShader are not what the other UI tests should run on."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = ensure_chromium()
+    options = Options()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,800",
+        "--use-angle=swiftshader",
+        "--enable-unsafe-swiftshader",  # software WebGL is opt-in since Chromium 137
+        "--ignore-gpu-blocklist",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 @pytest.fixture
 def run_dag(airflow_db, connections):
     """Run a DAG of tests/dags with dag.test(run_conf=...); return the DagRun."""

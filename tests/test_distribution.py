@@ -73,13 +73,21 @@ def test_the_wheel_carries_the_whole_package_and_the_license(built: dict[str, Pa
         "e2e3d = e2e3d_provider.cli:main",
     ):
         assert line in entry_points
-    # the sample images, the dashboard's files, the vendored Swagger UI, ReDoc and plotly.js, and the example DAGs
+    # the sample images, the dashboard's and the viewer's files, the vendored Swagger UI, ReDoc, plotly.js and the
+    # viewer's libraries (the bundle, the LAZ decoder's WebAssembly, their licenses), and the example DAGs
     for name in (
         "e2e3d_provider/devstack/sample_data/terrain/view_01.jpg",
         "e2e3d_provider/api/static/dashboard.js",
+        "e2e3d_provider/api/static/viewer.html",
+        "e2e3d_provider/api/static/viewer.js",
         "e2e3d_provider/api/static/vendor/plotly-basic.min.js",
         "e2e3d_provider/api/static/vendor/swagger-ui-bundle.js",
         "e2e3d_provider/api/static/vendor/redoc.standalone.js",
+        "e2e3d_provider/api/static/vendor/viewer/viewer-libs.js",
+        "e2e3d_provider/api/static/vendor/viewer/laz-perf.wasm",
+        "e2e3d_provider/api/static/vendor/viewer/README.md",
+        "e2e3d_provider/api/static/vendor/viewer/three.LICENSE",
+        "e2e3d_provider/api/static/vendor/viewer/3d-tiles-renderer.LICENSE",
         "e2e3d_provider/example_dags/e2e3d_reconstruction.py",
         "e2e3d_provider/example_dags/e2e3d_maintenance.py",
         "e2e3d_provider/example_dags/e2e3d_backup.py",

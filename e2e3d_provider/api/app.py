@@ -704,6 +704,13 @@ def dashboard_page(user: UserDep) -> HTMLResponse:
     return HTMLResponse((STATIC / "dashboard.html").read_text(), headers={"Cache-Control": "no-cache"})
 
 
+@pages.get("/viewer", response_class=HTMLResponse)
+def viewer_page(user: UserDep) -> HTMLResponse:
+    """The 3D viewer: a job's mesh tileset and COPC point cloud streamed through the file route into one view
+    (``?job=<id>``, or ``?dag_id=&run_id=`` from a DAG run; without either, a list of jobs to pick from)."""
+    return HTMLResponse((STATIC / "viewer.html").read_text(), headers={"Cache-Control": "no-cache"})
+
+
 @pages.get("/static/{name:path}")
 def static_file(name: str) -> FileResponse:
     """A file of ``static/`` (the pages' scripts, styles and icons; no data), revalidated by its ETag."""
