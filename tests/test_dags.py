@@ -20,6 +20,7 @@ from PIL import Image
 
 from e2e3d_provider.core.layout import RunLayout, archive_prefix, job_id_from_run_id
 from e2e3d_provider.devstack.demo import SAMPLE_DIR as SAMPLE
+from e2e3d_provider.devstack.demo import VIEWER_PATH, viewer_lines
 from e2e3d_provider.example_dags import DAGS_DIR
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -328,6 +329,22 @@ def test_demo_command_runs_the_whole_lifecycle_quietly_and_leaves_nothing_in_tmp
     assert f"Airflow's logs go to {log}" in result.stdout and log.stat().st_size > 0
     assert "INFO" in log.read_text() or "info" in log.read_text()  # what the terminal was spared
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "e2e3d-demo-*"))) <= before  # nothing left behind
+    job_id = next(line.split()[1] for line in lines if line.startswith("job demo-"))
+    assert lines[-2:] == viewer_lines(job_id, keep_stack=False, stack_dir=None)  # it ends pointing at the viewer
+
+
+def test_the_demos_last_lines_point_at_the_viewer_page_of_its_job(tmp_path: Path) -> None:
+    """The viewer's URL on the api-server `e2e3d airflow` starts (no api-server outlives the demo itself)."""
+    from e2e3d_provider.plugin import URL_PREFIX
+
+    assert f"{URL_PREFIX}/viewer" == VIEWER_PATH
+    kept = viewer_lines("demo-20261205T010203Z", keep_stack=True, stack_dir=None)
+    assert kept[0].startswith("3D view: `e2e3d airflow` starts Airflow on this stack")
+    assert kept[-1] == "  <that URL>/e2e3d/viewer?job=demo-20261205T010203Z"
+    there = viewer_lines("demo-1", keep_stack=True, stack_dir=tmp_path / "my stack")
+    assert f"`e2e3d airflow --dir '{tmp_path / 'my stack'}'`" in there[0]
+    gone = viewer_lines("demo-1", keep_stack=False, stack_dir=None)
+    assert "/e2e3d/viewer?job=demo-1" in gone[0] and "--keep-stack" in gone[0] and "e2e3d airflow" in gone[1]
 
 
 def test_lifecycle_params_leave_the_trigger_form_usable_with_defaults() -> None:

@@ -5,7 +5,8 @@ package, runs the ``e2e3d_reconstruction`` DAG with ``dag.test()`` in a temporar
 prints one line per task as it ends (state, seconds, bytes moved, MB/s), a progress bar during transfers
 (on a terminal), then the job's summary and its results fetched by pre-signed URL, and stops the stack
 (unless ``keep_stack``). Airflow's own logs go to a file whose path is printed; the temporary
-directories go at exit (with ``keep_stack`` they stay, and say where).
+directories go at exit (with ``keep_stack`` they stay, and say where). Its last lines say where to look
+at the job in the 3D viewer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from e2e3d_provider.core.layout import (
     BUCKET_OUTPUT,
@@ -37,6 +40,9 @@ from e2e3d_provider.devstack import stack
 from e2e3d_provider.devstack.console import Console, human_bytes, state_dir
 from e2e3d_provider.example_dags import DAGS_DIR
 
+#: the 3D viewer's page on Airflow's api-server: the plugin's mount point (``plugin.URL_PREFIX``, which this
+#: developer layer may not import) and the page
+VIEWER_PATH = "/e2e3d/viewer"
 SAMPLE_DATASET = "terrain"
 SAMPLE_DIR = Path(__file__).parent / "sample_data" / SAMPLE_DATASET
 DAG_FILE = "e2e3d_reconstruction.py"
@@ -162,6 +168,23 @@ def _report(storage: Any, metadata: Any, job_id: str, state: str) -> int:
     return 0
 
 
+def viewer_lines(job_id: str, keep_stack: bool, stack_dir: Path | None) -> list[str]:
+    """The demo's last lines: where to look at the job in 3D. No api-server outlives the demo (``dag.test``
+    runs none; ``--workers`` stops its Airflow at the end), so they say how to start one on the kept stack,
+    ``e2e3d airflow`` (it prints its URL and login), and the viewer's path on it for this job."""
+    page = f"{VIEWER_PATH}?job={quote(job_id, safe='')}"
+    if not keep_stack:
+        return [
+            f"3D view: <Airflow's URL>{page} on a stack that keeps the job: `e2e3d demo --keep-stack`,",
+            "  then `e2e3d airflow` (it prints its URL and login), and open the viewer URL the demo then prints",
+        ]
+    start = "e2e3d airflow" + (f" --dir {shlex.quote(str(stack_dir))}" if stack_dir else "")
+    return [
+        f"3D view: `{start}` starts Airflow on this stack and prints its URL and login; then open",
+        f"  <that URL>{page}",
+    ]
+
+
 def _run_on_workers(info: Any, work: Path, workers: int, job_id: str, started: float) -> str:
     """The lifecycle DAG on a real Airflow with CeleryExecutor and ``workers`` workers, each in its own
     namespace (own hostname, private data root), the run's tasks spread over them; returns the run state."""
@@ -204,11 +227,12 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None, workers: i
     global CONSOLE
     log_path = state_dir() / "demo.log"
     work = Path(tempfile.mkdtemp(prefix="e2e3d-demo-"))
+    closing: list[str] = []
     try:
         with Console(log_path, quiet=not verbose) as console, watch_progress(console.progress):
             CONSOLE = console
             console.say(f"e2e3d demo: Airflow's logs go to {log_path}" if not verbose else "e2e3d demo")
-            code = _run_demo(work, keep_stack, stack_dir, workers)
+            code = _run_demo(work, keep_stack, stack_dir, workers, closing)
     finally:
         CONSOLE = None
         if keep_stack:
@@ -217,10 +241,13 @@ def run_demo(keep_stack: bool = False, stack_dir: Path | None = None, workers: i
             shutil.rmtree(work, ignore_errors=True)
     if code != 0:
         print(f"e2e3d demo failed: see {log_path}", file=sys.stderr)
+    for line in closing:
+        print(line, flush=True)
     return code
 
 
-def _run_demo(work: Path, keep_stack: bool, stack_dir: Path | None, workers: int) -> int:
+def _run_demo(work: Path, keep_stack: bool, stack_dir: Path | None, workers: int, closing: list[str]) -> int:
+    """The demo's steps; on success ``closing`` gets its last lines (where to view the job in 3D)."""
     started = time.monotonic()
     base = Path(stack_dir) if stack_dir else (stack.default_stack_dir() if keep_stack else work / "stack")
     airflow_home = work / "airflow"
@@ -286,6 +313,7 @@ def _run_demo(work: Path, keep_stack: bool, stack_dir: Path | None, workers: int
                 f'the stack keeps running: eval "$(e2e3d stack env{" --dir " + str(base) if stack_dir else ""})" '
                 "to use it, `e2e3d stack down` to stop it"
             )
+        closing.extend(viewer_lines(job_id, keep_stack, base if stack_dir else None))
         return 0
     finally:
         if not keep_stack:

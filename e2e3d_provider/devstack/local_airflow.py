@@ -19,7 +19,7 @@ from pathlib import Path
 
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
-from e2e3d_provider.devstack.demo import SAMPLE_DATASET, SAMPLE_DIR, dags_dir
+from e2e3d_provider.devstack.demo import SAMPLE_DATASET, SAMPLE_DIR, VIEWER_PATH, dags_dir
 from e2e3d_provider.devstack.supervisor import GaveUp, RestartBudget, Supervisor
 from e2e3d_provider.exceptions import StackError
 
@@ -64,6 +64,7 @@ def run_local_airflow(
         env_hint = f"e2e3d stack env{' --dir ' + shlex.quote(str(base)) if dir_given else ''}"
         print(f"\nAirflow is up after {deployment.start_seconds:.0f}s (every component healthy)")
         print(f"  UI / API:     {deployment.url}")
+        print(f"  3D viewer:    {deployment.url}{VIEWER_PATH} (a job: ?job=<job id>)")
         print(f"  login:        {deployment.user} / {deployment.password}")
         print(f"  AIRFLOW_HOME: {deployment.home} (component logs: *.log there)")
         print(f"  data root:    {deployment.data_root}")
