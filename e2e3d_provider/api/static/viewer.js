@@ -208,13 +208,17 @@ async function openPointcloud(entry, view) {
   const group = new THREE.Group(); // positions are relative to the cube's centre: float32 keeps them exact
   group.position.copy(center);
   view.scene.add(group);
-  const pc = { copc, get, hierarchy, group, center, loaded: new Map(), pending: new Set(), pagesLoading: new Set(),
-    colourScale: null, cube: new THREE.Box3(new THREE.Vector3(x0, y0, z0), new THREE.Vector3(x1, y1, z1)) };
+  // the points' bounds (the header's): the octree's cube is a cube, the points may be a thin layer of it (a
+  // terrain); the view frames them, and a node's distance is to its part of them
+  const data = new THREE.Box3(new THREE.Vector3(...copc.header.min), new THREE.Vector3(...copc.header.max));
+  const pc = { copc, get, hierarchy, group, center, bounds: data, loaded: new Map(), pending: new Set(),
+    pagesLoading: new Set(), colourScale: null };
+  // a node's voxel of the cube, clipped to the points' bounds
   pc.nodeBox = (key) => {
     const [d, x, y, z] = key.split("-").map(Number);
     const size = (x1 - x0) / 2 ** d;
     const min = new THREE.Vector3(x0 + x * size, y0 + y * size, z0 + z * size);
-    return new THREE.Box3(min, min.clone().addScalar(size));
+    return new THREE.Box3(min, min.clone().addScalar(size)).intersect(data);
   };
   pc.loadPage = (key) => {
     if (pc.pagesLoading.has(key)) return;
@@ -227,8 +231,9 @@ async function openPointcloud(entry, view) {
   return pc;
 }
 
-/** The nodes the camera wants: from the root, finest-looking first, each node's children while its points are
- * more than POINT_SPACING_PX apart on screen, in the view, under the point budget. */
+/** The nodes the camera wants: from the root, coarsest-looking first, each node's children while its points,
+ * seen from the camera at their nearest, are more than POINT_SPACING_PX apart on screen (a node of depth d
+ * holds points about spacing / 2^d apart), in the view, under the point budget. */
 function wantedNodes(pc, view) {
   const { camera, renderer } = view;
   const frustum = new THREE.Frustum().setFromProjectionMatrix(
@@ -249,7 +254,7 @@ function wantedNodes(pc, view) {
     const node = pc.hierarchy.nodes[key];
     if (!node) continue;
     const box = pc.nodeBox(key);
-    if (key !== rootKey && !frustum.intersectsBox(box)) continue;
+    if (key !== rootKey && (box.isEmpty() || !frustum.intersectsBox(box))) continue;
     if (wanted.length && points + node.pointCount > POINT_BUDGET) break;
     wanted.push(key);
     points += node.pointCount;
@@ -353,7 +358,7 @@ function frame() {
   document.body.dataset.state = quietFrames >= 2 ? "idle" : "loading";
 }
 
-/** Frame the model: the union of the tilesets' root boxes and the point clouds' cubes, seen from above at a slant. */
+/** Frame the model: the union of the tilesets' root boxes and the point clouds' bounds, seen from above at a slant. */
 function frameAll(box) {
   const { camera, controls } = view;
   const center = box.getCenter(new THREE.Vector3());
@@ -424,7 +429,7 @@ async function main() {
   pointclouds = await Promise.all(scene.pointclouds.map((entry) => openPointcloud(entry, view)));
   const all = new THREE.Box3();
   for (const t of tilesets) all.union(t.box);
-  for (const pc of pointclouds) all.union(pc.cube);
+  for (const pc of pointclouds) all.union(pc.bounds);
   frameAll(all);
   view.controls.addEventListener("change", refreshPoints);
   window.addEventListener("resize", refreshPoints);
