@@ -10,7 +10,7 @@ import warnings
 from types import ModuleType
 from typing import Any
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 PACKAGE_NAME = "e2e3d-provider"
 INTEGRATION_NAME = "E2E3D Storage"
