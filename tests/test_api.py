@@ -307,6 +307,9 @@ def test_openapi_schema_is_served_and_describes_every_route(api: str) -> None:
     assert set(schema["paths"]) == {
         "/api/job/{job_id}/results",
         "/api/job/{job_id}/files/{path}",
+        "/api/job/{job_id}/scene",
+        "/api/jobs",
+        "/api/jobs/by-run",
         "/api/datasets/{dataset}/uploads",
         "/api/datasets/{dataset}/commit",
         "/api/storage/stats",
