@@ -144,6 +144,47 @@ def test_a_tiles_error_is_the_largest_error_sample_measured_in_its_cell(quadtree
         assert max(measured) / diagonal == pytest.approx(step.error["hausdorff"])
 
 
+def brute_force_distance(points: np.ndarray, mesh: meshes.Mesh, chunk: int = 100) -> np.ndarray:
+    """Each point's distance to the nearest of every one of ``mesh``'s triangles (no search to trust)."""
+    tri = mesh.positions[mesh.faces]
+    out = np.empty(len(points))
+    for start in range(0, len(points), chunk):
+        here = points[start : start + chunk]
+        pairs = np.repeat(here, len(tri), axis=0)
+        closest = meshes.closest_on_triangles(pairs, np.tile(tri, (len(here), 1, 1)))
+        out[start : start + chunk] = np.linalg.norm(pairs - closest, axis=1).reshape(len(here), -1).min(axis=1)
+    return out
+
+
+def test_a_levels_error_samples_are_the_exact_distances_to_the_other_surface(chain: list) -> None:
+    """The coarsest level fans long thin triangles onto the terrain's locked border: a point's nearest
+    triangle can have its centroid far away, and the error (what a tile's geometricError is) must still be
+    the distance to the nearest triangle of all, not to the nearest among those with close centroids."""
+    full, coarsest = chain[0].mesh, chain[-1]
+    half = len(coarsest.samples) // 2
+    on_full, on_lod = coarsest.samples[:half], coarsest.samples[half:]
+    assert np.allclose(on_full[:, 3], brute_force_distance(on_full[:, :3], coarsest.mesh), rtol=1e-9, atol=1e-9)
+    assert np.allclose(on_lod[:, 3], brute_force_distance(on_lod[:, :3], full), rtol=1e-9, atol=1e-9)
+
+
+def test_the_distance_to_a_surface_finds_a_sliver_whose_centroid_is_far_away() -> None:
+    """A point 0.1 above a long sliver (its centroid 130 away) and 1.0 below a patch of small triangles
+    (their centroids close by): the sliver is the nearest surface, however many triangles sit nearer by
+    centroid."""
+    lin = np.linspace(-1.0, 1.0, 11)
+    xs, zs = np.meshgrid(lin, lin)
+    grid = np.stack([xs.ravel(), np.full(xs.size, -1.0), zs.ravel()], axis=1)
+    a = (np.arange(10)[:, None] * 11 + np.arange(10)).ravel()
+    patch = np.concatenate([np.stack([a, a + 11, a + 1], 1), np.stack([a + 1, a + 11, a + 12], 1)])
+    sliver = np.array([[-1.0, 0.1, 0.0], [200.0, 0.1, -0.01], [200.0, 0.1, 0.01]])
+    positions = np.vstack([grid, sliver])
+    faces = np.vstack([patch, [[121, 122, 123]]])
+    points = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, -0.5, 0.3]])
+    distances = meshes.distance_to_surface(points, meshes.Mesh(positions, faces))
+    assert np.allclose(distances, [0.1, 0.1, 0.5], rtol=1e-9)
+    assert np.allclose(distances, brute_force_distance(points, meshes.Mesh(positions, faces)), rtol=1e-12)
+
+
 def test_a_tiles_texture_shows_the_same_texels_and_its_uvs_stay_in_the_unit_square(
     quadtree: dict, chain: list, generated: Path
 ) -> None:
