@@ -342,44 +342,53 @@ def closest_on_triangles(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
     return np.nan_to_num(result, nan=0.0)
 
 
-def distance_to_surface(points: np.ndarray, mesh: Mesh, candidates: int = 8, chunk: int = 2048) -> np.ndarray:
+def distance_to_surface(points: np.ndarray, mesh: Mesh, candidates: int = 32, chunk: int = 2048) -> np.ndarray:
     """Exact distance from each point to ``mesh``'s surface: to the nearest of all its triangles.
 
-    A first guess is the nearest of the ``candidates`` triangles whose centroids are closest (a k-d
-    tree finds them). It is only an upper bound: a long thin triangle (a simplified level fans them onto
-    its locked border) can pass close to a point while its centroid lies far away. So every triangle that
-    could still be nearer is then checked: all of a triangle lies within its radius ``r`` (the largest
-    centroid-to-corner distance) of its centroid, so it comes no nearer than ``|point - centroid| - r``,
-    nor nearer than its plane. The triangles are grouped by radius (powers of two, the small ones
-    first), and a k-d tree over each group's centroids gives the pairs within ``best + the group's
-    largest radius``: the balls stay tight for the many small triangles while the few large ones sit in
-    their own groups, and a point whose ``candidates``-th centroid is already too far for a group to hold
-    anything nearer skips it. Points go ``chunk`` at a time (sorted by their best distance, so a chunk's
-    ball fits its points), which bounds the pairs held at once."""
+    The triangles with the ``candidates`` closest centroids (a k-d tree finds them) give a first answer,
+    an upper bound only: a long thin triangle (a simplified level fans them onto its locked border) can
+    pass close to a point while its centroid lies far away. So every triangle that could still be nearer
+    is then checked. All of a triangle lies within its radius ``r`` (the largest centroid-to-corner
+    distance) of its centroid, so it comes no nearer than ``|point - centroid| - r``, nor nearer than its
+    plane; those two sieves spare the exact distance for most pairs. A triangle outside a point's
+    candidates has its centroid at least as far as the last candidate's, so only triangles of larger
+    radius than that margin can beat the answer: the triangles are grouped by radius (powers of two) and
+    a k-d tree over a group's centroids gives, for the points left in doubt, the pairs within ``best +
+    the group's largest radius``. Points go ``chunk`` at a time (sorted by their best distance, so a
+    chunk's ball fits its points), which bounds the pairs held at once."""
     from scipy.spatial import cKDTree
 
     tri = mesh.positions[mesh.faces]
     centroids = tri.mean(axis=1)
     radii = np.linalg.norm(tri - centroids[:, None], axis=2).max(axis=1)
-    k = min(candidates, len(tri))
-    kth, nearest = cKDTree(centroids).query(points, k=k, workers=-1)
-    kth, nearest = kth.reshape(len(points), k)[:, -1], nearest.reshape(len(points), k)
-    best = np.full(len(points), np.inf)
-    for column in range(k):
-        closest = closest_on_triangles(points, tri[nearest[:, column]])
-        best = np.minimum(best, np.linalg.norm(points - closest, axis=1))
-    if k == len(tri):
-        return best  # every triangle was a candidate
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     lengths = np.linalg.norm(normals, axis=1)
     normals /= np.where(lengths > 0, lengths, 1.0)[:, None]  # a degenerate triangle's stays 0: never sieved
     offsets = np.einsum("ij,ij->i", normals, tri[:, 0])
-    groups = np.ceil(np.log2(np.maximum(radii, np.finfo(float).tiny))).astype(np.int64)
+    best = np.full(len(points), np.inf)  # the nearest candidate's distance, once known
+
+    def check(which: np.ndarray, faces: np.ndarray, apart: np.ndarray) -> None:
+        """Lower ``best[which]`` to the exact distances to ``faces`` (centroids ``apart``) that may beat it."""
+        near = apart - radii[faces] < best[which]
+        which, faces = which[near], faces[near]
+        near = np.abs(np.einsum("ij,ij->i", points[which], normals[faces]) - offsets[faces]) < best[which]
+        which, faces = which[near], faces[near]
+        found = np.linalg.norm(points[which] - closest_on_triangles(points[which], tri[faces]), axis=1)
+        np.minimum.at(best, which, found)
+
+    k = min(candidates, len(tri))
+    apart, nearest = cKDTree(centroids).query(points, k=k, workers=-1)
+    apart, nearest = apart.reshape(len(points), k), nearest.reshape(len(points), k)
+    best = np.linalg.norm(points - closest_on_triangles(points, tri[nearest[:, 0]]), axis=1)
+    check(np.repeat(np.arange(len(points)), k - 1), nearest[:, 1:].ravel(), apart[:, 1:].ravel())
+    if k == len(tri):
+        return best  # every triangle was a candidate
+    margin = apart[:, -1]
+    groups = np.ceil(np.log2(np.maximum(radii, np.finfo(float).tiny)) * 2).astype(np.int64)
     for group in np.unique(groups):
         members = np.flatnonzero(groups == group)
         reach = radii[members].max()
-        # a triangle outside a point's first guess has its centroid ``kth`` away or more
-        doubtful = np.flatnonzero(kth - reach < best)
+        doubtful = np.flatnonzero(margin - reach < best)
         if not len(doubtful):
             continue
         tree = cKDTree(centroids[members])
@@ -387,14 +396,7 @@ def distance_to_surface(points: np.ndarray, mesh: Mesh, candidates: int = 8, chu
         for start in range(0, len(doubtful), chunk):
             at = doubtful[start : start + chunk]
             pairs = cKDTree(points[at]).sparse_distance_matrix(tree, best[at].max() + reach, output_type="ndarray")
-            which, faces = pairs["i"], members[pairs["j"]]
-            near = pairs["v"] - radii[faces] < best[at][which]
-            which, faces = at[which[near]], faces[near]
-            # nor nearer than its plane: a cheap second sieve before the exact distance
-            near = np.abs(np.einsum("ij,ij->i", points[which], normals[faces]) - offsets[faces]) < best[which]
-            which, faces = which[near], faces[near]
-            found = np.linalg.norm(points[which] - closest_on_triangles(points[which], tri[faces]), axis=1)
-            np.minimum.at(best, which, found)
+            check(at[pairs["i"]], members[pairs["j"]], pairs["v"])
     return best
 
 
