@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -266,12 +267,13 @@ def lod_chain_arrays(arrays: dict[str, np.ndarray], ratios: list[float], error_s
     points it was measured on, with their distances)."""
     mesh = Mesh(arrays["positions"], arrays["faces"], arrays.get("uvs"))
     out: dict[str, np.ndarray] = {}
+    index = SurfaceIndex(mesh) if ratios else None  # every level is measured against the original
     for level, ratio in enumerate([1.0, *ratios]):
         if level:
             used, faces = _simplified(mesh, ratio)
             lod = _subset(mesh, used, faces)
             out[f"used{level}"], out[f"faces{level}"] = used, faces
-            samples = surface_samples(mesh, lod, error_samples)
+            samples = surface_samples(mesh, lod, error_samples, index)
             error = error_figures(samples, mesh.diagonal)
         else:
             samples, error = np.zeros((0, 4)), {"hausdorff": 0.0, "mean_distance": 0.0}
@@ -342,74 +344,99 @@ def closest_on_triangles(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
     return np.nan_to_num(result, nan=0.0)
 
 
-def distance_to_surface(points: np.ndarray, mesh: Mesh, candidates: int = 32, chunk: int = 2048) -> np.ndarray:
-    """Exact distance from each point to ``mesh``'s surface: to the nearest of all its triangles.
+class SurfaceIndex:
+    """A mesh's triangles made ready for exact point-to-surface distances (:meth:`distance`); built once
+    for the original, whose surface every level of a chain is measured against.
 
-    The triangles with the ``candidates`` closest centroids (a k-d tree finds them) give a first answer,
-    an upper bound only: a long thin triangle (a simplified level fans them onto its locked border) can
-    pass close to a point while its centroid lies far away. So every triangle that could still be nearer
-    is then checked. All of a triangle lies within its radius ``r`` (the largest centroid-to-corner
-    distance) of its centroid, so it comes no nearer than ``|point - centroid| - r``, nor nearer than its
-    plane; those two sieves spare the exact distance for most pairs. A triangle outside a point's
-    candidates has its centroid at least as far as the last candidate's, so only triangles of larger
-    radius than that margin can beat the answer: the triangles are grouped by radius (powers of two) and
-    a k-d tree over a group's centroids gives, for the points left in doubt, the pairs within ``best +
-    the group's largest radius``. Points go ``chunk`` at a time (sorted by their best distance, so a
-    chunk's ball fits its points), which bounds the pairs held at once."""
-    from scipy.spatial import cKDTree
+    The triangles with the closest centroids (a k-d tree finds them) give a first answer, an upper bound
+    only: a long thin triangle (a simplified level fans them onto its locked border) can pass close to a
+    point while its centroid lies far away. So every triangle that could still be nearer is then checked.
+    All of a triangle lies within its radius ``r`` (the largest centroid-to-corner distance) of its
+    centroid, so it comes no nearer than ``|point - centroid| - r``, nor nearer than its plane; those two
+    sieves spare the exact distance for most pairs. A triangle outside a point's candidates has its
+    centroid at least as far as the last candidate's, so only triangles of larger radius than that margin
+    can beat the answer: the triangles are grouped by radius (half powers of two) and a k-d tree over a
+    group's centroids gives, for the points left in doubt, the pairs within ``best + the group's largest
+    radius``."""
 
-    tri = mesh.positions[mesh.faces]
-    centroids = tri.mean(axis=1)
-    radii = np.linalg.norm(tri - centroids[:, None], axis=2).max(axis=1)
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    lengths = np.linalg.norm(normals, axis=1)
-    normals /= np.where(lengths > 0, lengths, 1.0)[:, None]  # a degenerate triangle's stays 0: never sieved
-    offsets = np.einsum("ij,ij->i", normals, tri[:, 0])
-    best = np.full(len(points), np.inf)  # the nearest candidate's distance, once known
+    def __init__(self, mesh: Mesh) -> None:
+        from scipy.spatial import cKDTree
 
-    def check(which: np.ndarray, faces: np.ndarray, apart: np.ndarray) -> None:
+        self.tri = mesh.positions[mesh.faces]
+        self.centroids = self.tri.mean(axis=1)
+        self.radii = np.linalg.norm(self.tri - self.centroids[:, None], axis=2).max(axis=1)
+        normals = np.cross(self.tri[:, 1] - self.tri[:, 0], self.tri[:, 2] - self.tri[:, 0])
+        lengths = np.linalg.norm(normals, axis=1)
+        self.normals = normals / np.where(lengths > 0, lengths, 1.0)[:, None]  # a degenerate one's is 0: kept
+        self.offsets = np.einsum("ij,ij->i", self.normals, self.tri[:, 0])
+        self.tree = cKDTree(self.centroids)
+        groups = np.ceil(np.log2(np.maximum(self.radii, np.finfo(float).tiny)) * 2).astype(np.int64)
+        self.groups = [np.flatnonzero(groups == group) for group in np.unique(groups)]
+        self._group_trees: dict[int, Any] = {}
+
+    def distance(self, points: np.ndarray, candidates: int = 32, chunk: int = 2048) -> np.ndarray:
+        """Exact distance from each point to the surface: to the nearest of all its triangles, the first
+        answer from the ``candidates`` closest centroids; points go ``chunk`` at a time through the radius
+        groups (sorted by their best distance, so a chunk's ball fits its points), which bounds the pairs
+        held at once."""
+        from scipy.spatial import cKDTree
+
+        k = min(candidates, len(self.tri))
+        apart, nearest = self.tree.query(points, k=k, workers=-1)
+        apart, nearest = apart.reshape(len(points), k), nearest.reshape(len(points), k)
+        best = np.linalg.norm(points - closest_on_triangles(points, self.tri[nearest[:, 0]]), axis=1)
+        self._check(
+            points, best, np.repeat(np.arange(len(points)), k - 1), nearest[:, 1:].ravel(), apart[:, 1:].ravel()
+        )
+        if k == len(self.tri):
+            return best  # every triangle was a candidate
+        margin = apart[:, -1]
+        for number, members in enumerate(self.groups):
+            reach = self.radii[members].max()
+            doubtful = np.flatnonzero(margin - reach < best)
+            if not len(doubtful):
+                continue
+            if number not in self._group_trees:
+                self._group_trees[number] = cKDTree(self.centroids[members])
+            tree = self._group_trees[number]
+            doubtful = doubtful[np.argsort(best[doubtful], kind="stable")]
+            for start in range(0, len(doubtful), chunk):
+                at = doubtful[start : start + chunk]
+                pairs = cKDTree(points[at]).sparse_distance_matrix(tree, best[at].max() + reach, output_type="ndarray")
+                self._check(points, best, at[pairs["i"]], members[pairs["j"]], pairs["v"])
+        return best
+
+    def _check(
+        self, points: np.ndarray, best: np.ndarray, which: np.ndarray, faces: np.ndarray, apart: np.ndarray
+    ) -> None:
         """Lower ``best[which]`` to the exact distances to ``faces`` (centroids ``apart``) that may beat it."""
-        near = apart - radii[faces] < best[which]
+        near = apart - self.radii[faces] < best[which]
         which, faces = which[near], faces[near]
-        near = np.abs(np.einsum("ij,ij->i", points[which], normals[faces]) - offsets[faces]) < best[which]
+        near = np.abs(np.einsum("ij,ij->i", points[which], self.normals[faces]) - self.offsets[faces]) < best[which]
         which, faces = which[near], faces[near]
-        found = np.linalg.norm(points[which] - closest_on_triangles(points[which], tri[faces]), axis=1)
+        found = np.linalg.norm(points[which] - closest_on_triangles(points[which], self.tri[faces]), axis=1)
         np.minimum.at(best, which, found)
 
-    k = min(candidates, len(tri))
-    apart, nearest = cKDTree(centroids).query(points, k=k, workers=-1)
-    apart, nearest = apart.reshape(len(points), k), nearest.reshape(len(points), k)
-    best = np.linalg.norm(points - closest_on_triangles(points, tri[nearest[:, 0]]), axis=1)
-    check(np.repeat(np.arange(len(points)), k - 1), nearest[:, 1:].ravel(), apart[:, 1:].ravel())
-    if k == len(tri):
-        return best  # every triangle was a candidate
-    margin = apart[:, -1]
-    groups = np.ceil(np.log2(np.maximum(radii, np.finfo(float).tiny)) * 2).astype(np.int64)
-    for group in np.unique(groups):
-        members = np.flatnonzero(groups == group)
-        reach = radii[members].max()
-        doubtful = np.flatnonzero(margin - reach < best)
-        if not len(doubtful):
-            continue
-        tree = cKDTree(centroids[members])
-        doubtful = doubtful[np.argsort(best[doubtful], kind="stable")]
-        for start in range(0, len(doubtful), chunk):
-            at = doubtful[start : start + chunk]
-            pairs = cKDTree(points[at]).sparse_distance_matrix(tree, best[at].max() + reach, output_type="ndarray")
-            check(at[pairs["i"]], members[pairs["j"]], pairs["v"])
-    return best
+
+def distance_to_surface(points: np.ndarray, mesh: Mesh, candidates: int = 32) -> np.ndarray:
+    """Exact distance from each point to ``mesh``'s surface (the nearest of all its triangles): see
+    :class:`SurfaceIndex`."""
+    return SurfaceIndex(mesh).distance(points, candidates)
 
 
-def surface_samples(full: Mesh, lod: Mesh, samples: int = 100_000) -> np.ndarray:
+def surface_samples(
+    full: Mesh, lod: Mesh, samples: int = 100_000, full_index: SurfaceIndex | None = None
+) -> np.ndarray:
     """Points sampled on each surface (``samples`` on ``full``, then ``samples`` on ``lod``) with their exact
     point-to-triangle distance to the other surface: (2 x samples, 4) rows of x, y, z, distance. What
-    :func:`surface_error` sums up, and what a 3D Tiles tile takes its own error from (the samples in it)."""
+    :func:`surface_error` sums up, and what a 3D Tiles tile takes its own error from (the samples in it).
+    ``full_index``: ``full``'s :class:`SurfaceIndex`, when a chain measures several levels against it."""
     on_full = sample_surface(full, samples, seed=1)
     on_lod = sample_surface(lod, samples, seed=2)
     return np.vstack(
         [
             np.column_stack([on_full, distance_to_surface(on_full, lod)]),
-            np.column_stack([on_lod, distance_to_surface(on_lod, full)]),
+            np.column_stack([on_lod, (full_index or SurfaceIndex(full)).distance(on_lod)]),
         ]
     )
 
