@@ -97,14 +97,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from e2e3d_provider.hooks.storage import StorageHook
     from e2e3d_provider.lifecycle.inputs.ingest import ingest
 
+    storage = StorageHook(args.minio_conn_id)
     with Console(state_dir() / "ingest.log") as console, watch_progress(console.progress):
-        result = ingest(
-            StorageHook(args.minio_conn_id),
-            args.directory,
-            args.dataset,
-            bucket=args.bucket,
-            skip_invalid=args.skip_invalid,
-        )
+        try:
+            result = ingest(storage, args.directory, args.dataset, bucket=args.bucket, skip_invalid=args.skip_invalid)
+        finally:
+            _keep_usage(storage, args.metadata_conn_id)
     print(
         f"dataset {args.dataset}: {result.total_files} distinct images, {result.files} uploaded "
         f"({result.bytes} bytes), {result.skipped_files} stored already, "
@@ -118,13 +116,30 @@ def cmd_migrate_inputs(args: argparse.Namespace) -> int:
     from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, list_datasets
 
     storage = StorageHook(args.minio_conn_id)
-    for dataset in args.dataset or list_datasets(storage, args.bucket):
-        done = adopt_loose(storage, dataset, args.bucket)
-        print(
-            f"dataset {dataset}: {done.adopted} loose images adopted ({done.new_blobs} new blobs, {done.bytes} bytes "
-            f"copied server-side; {done.deduplicated} already stored), {len(done.removed)} loose objects removed"
-        )
+    try:
+        for dataset in args.dataset or list_datasets(storage, args.bucket):
+            done = adopt_loose(storage, dataset, args.bucket)
+            print(
+                f"dataset {dataset}: {done.adopted} loose images adopted ({done.new_blobs} new blobs, {done.bytes} "
+                f"bytes copied server-side; {done.deduplicated} already stored), {len(done.removed)} loose objects "
+                "removed"
+            )
+    finally:
+        _keep_usage(storage, args.metadata_conn_id)
     return 0
+
+
+def _keep_usage(storage: Any, metadata_conn_id: str) -> None:
+    """Store the fresh totals of the storage units a command wrote (the dashboard's figures follow every
+    write); with no metadata database reachable it says so and leaves them to the next reconciliation."""
+    from e2e3d_provider.hooks.metadata import MetadataHook
+
+    try:
+        counts = storage.recount_touched()
+        if counts:
+            MetadataHook(metadata_conn_id).record_usage(counts)
+    except Exception as err:
+        print(f"note: storage figures not updated ({err}); the next usage reconciliation will", file=sys.stderr)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -429,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--bucket", default=BUCKET_INPUT)
     ing.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["ingest"])
     ing.add_argument("--skip-invalid", action="store_true", help="skip non-image files instead of failing")
+    ing.add_argument(
+        "--metadata-conn-id",
+        default=DEFAULT_METADATA_CONN_ID,
+        help="where the storage figures of what it wrote are kept",
+    )
     ing.set_defaults(func=cmd_ingest)
 
     stats = sub.add_parser("stats", help="the storage dashboard's figures as tables (from PostgreSQL)")
@@ -443,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: every dataset)")
     mig.add_argument("--bucket", default=BUCKET_INPUT)
     mig.add_argument("--minio-conn-id", default=ROLE_CONN_IDS["ingest"])
+    mig.add_argument(
+        "--metadata-conn-id",
+        default=DEFAULT_METADATA_CONN_ID,
+        help="where the storage figures of what it wrote are kept",
+    )
     mig.set_defaults(func=cmd_migrate_inputs)
 
     fetch = sub.add_parser(

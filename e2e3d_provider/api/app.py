@@ -611,7 +611,10 @@ def dataset_commit(dataset: str, body: CommitRequest, b: BackendsDep) -> CommitR
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
     try:
         with b.metadata.advisory_lock(f"dataset {dataset} (its manifest)", wait=30):
-            done = adopt_loose(b.storage, dataset, BUCKET_INPUT, reuse=reuse)
+            try:
+                done = adopt_loose(b.storage, dataset, BUCKET_INPUT, reuse=reuse)
+            finally:  # the dataset's and its images' units as they now stand
+                b.metadata.record_usage(b.storage.recount_touched())
             manifest = read_dataset(b.storage, dataset, BUCKET_INPUT)
     except ObjectNotFoundError as err:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [str(err)]) from err
@@ -629,29 +632,39 @@ def dataset_commit(dataset: str, body: CommitRequest, b: BackendsDep) -> CommitR
 
 @protected.get("/storage/stats", response_model=StorageStats, tags=["storage"])
 def storage_stats(b: BackendsDep) -> StorageStats:
-    """Space per bucket as the maintenance DAG last recorded it (with its age), jobs by status, and the
-    last 24 h of transfer throughput and errors. Answered from PostgreSQL alone: a request never lists
-    a bucket, however many objects it holds."""
+    """Space per bucket as kept by every write of the provider (fresh to the second) with the age of the
+    last reconciliation against the server, jobs by status, and the last 24 h of transfer throughput and
+    errors. Answered from PostgreSQL alone: a request never lists a bucket, however many objects it holds."""
     now = datetime.now(UTC)
     with b.metadata.session():  # three queries, one connection
-        recorded = [s for s in b.metadata.latest_storage_stats() if not s["prefix"]]
+        kept = b.metadata.bucket_usage()
         jobs = b.metadata.job_counts()
         transfers = b.metadata.transfer_summary(since=now - timedelta(hours=24))
-    buckets = [
-        BucketUsage(
-            **{k: v for k, v in s.items() if k not in ("prefix", "taken_at")},
-            taken_at=s["taken_at"].isoformat(),
-            age_seconds=round((now - s["taken_at"]).total_seconds(), 1),
-        )
-        for s in recorded
-    ]
+    buckets = [bucket_usage(s, now) for s in kept]
     return StorageStats(
         buckets=buckets,
         snapshot=None
         if buckets
-        else "no storage snapshot yet: the e2e3d_maintenance DAG records one (task storage_statistics)",
+        else "no storage figures yet: the provider has written nothing, and the e2e3d_maintenance DAG's "
+        "reconcile_usage task has not counted the buckets",
         jobs=jobs,
         transfers_24h=transfers,
+    )
+
+
+def bucket_usage(kept: dict[str, Any], now: datetime) -> BucketUsage:
+    """One bucket's kept figures as the stats route answers them, ages from ``now``."""
+    reconciled = kept["reconciled_at"]
+    return BucketUsage(
+        **{k: kept[k] for k in ("bucket", "objects", "bytes", "versions", "stored_bytes", "delete_markers")},
+        noncurrent_bytes=kept["noncurrent_bytes"],
+        units=kept["units"],
+        taken_at=kept["updated_at"].isoformat(),
+        age_seconds=round((now - kept["updated_at"]).total_seconds(), 1),
+        reconciled_at=reconciled.isoformat() if reconciled else None,
+        reconciled_age_seconds=round((now - reconciled).total_seconds(), 1) if reconciled else None,
+        reconciled_by=kept["reconciled_by"],
+        drift=kept["drift"],
     )
 
 

@@ -133,13 +133,22 @@ class BucketUsage(BaseModel):
     stored_bytes: int | None = Field(None, description="bytes the server stores for this bucket, all versions")
     noncurrent_bytes: int | None = Field(None, description="stored_bytes held by noncurrent versions")
     delete_markers: int | None = None
-    taken_at: str = Field(description="when the maintenance DAG recorded these figures")
-    age_seconds: float = Field(description="how old the figures are")
+    units: int | None = Field(None, description="the sets counted (jobs, datasets, archived jobs, hand-offs, shards)")
+    taken_at: str = Field(description="when these figures last changed (every write by the provider changes them)")
+    age_seconds: float = Field(description="seconds since they last changed")
+    reconciled_at: str | None = Field(
+        None, description="when a reconciliation last compared them with the server (none yet: null)"
+    )
+    reconciled_age_seconds: float | None = Field(None, description="how old that reconciliation is")
+    reconciled_by: str | None = Field(None, description="how it compared: usage-api or listing")
+    drift: dict[str, int] | None = Field(
+        None, description="what that reconciliation found and corrected: units, objects, bytes"
+    )
 
 
 class StorageStats(BaseModel):
     buckets: list[BucketUsage] = Field(
-        description="the latest recorded figures per bucket (never measured per request)"
+        description="per bucket, the figures kept as the provider writes (never measured per request)"
     )
     snapshot: str | None = Field(None, description="why no bucket figures are given, when none are recorded yet")
     jobs: dict[str, int] = Field(description="runs per status")

@@ -15,7 +15,9 @@ from typing import Any
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from e2e3d_provider.core.layout import validate_id, validate_stamp
+from e2e3d_provider.core.listing import COUNT_FIELDS
 from e2e3d_provider.core.retry import DEFAULT_DEADLINE, attempts_made, retry_call, seconds_spent
+from e2e3d_provider.core.usage import UsageCounts
 from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError, RunConflictError
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID
 from e2e3d_provider.hooks.metadata_schema import (
@@ -252,6 +254,7 @@ class MetadataHook(PostgresHook):
         error: str | None = None,
         statistics: dict[str, Any] | None = None,
         started_at: datetime | None = None,
+        usage: UsageCounts | None = None,
         **locations: Any,
     ) -> dict[str, Any]:
         """Create the job row or move it to ``status`` (checked against :data:`TRANSITIONS`).
@@ -259,7 +262,8 @@ class MetadataHook(PostgresHook):
         ``locations`` may set ``result_bucket``, ``result_prefix``, ``manifest_key``,
         ``archive_key``, ``files`` and ``bytes``. ``statistics`` are merged into the stored ones.
         A run that starts (again) is timed from ``started_at`` when given (when its DAG run started:
-        a Clear restarts the clock), else from now.
+        a Clear restarts the clock), else from now. ``usage``: the totals of the storage units the change
+        touched (:meth:`StorageHook.count_units`), stored in the same transaction.
         """
         validate_id(job_id, "job_id")
         validate_stamp(stamp)
@@ -308,7 +312,10 @@ class MetadataHook(PostgresHook):
                 f"RETURNING {', '.join(JOB_COLUMNS)}",
                 (*params, job_id, stamp),
             )
-            return dict(zip(JOB_COLUMNS, cur.fetchone(), strict=True))
+            row = dict(zip(JOB_COLUMNS, cur.fetchone(), strict=True))
+            if usage:
+                store_usage(cur, usage)
+            return row
 
     def published_runs(
         self, after: tuple[str, str] | None = None, limit: int = 100, job_id: str | None = None
@@ -331,12 +338,15 @@ class MetadataHook(PostgresHook):
             )
             return [tuple(row) for row in cur.fetchall()]
 
-    def record_scrub_findings(self, findings: Sequence[Mapping[str, Any]]) -> int:
-        """Store a scrub's findings: each damaged or missing object and where it was repaired from."""
+    def record_scrub_findings(self, findings: Sequence[Mapping[str, Any]], usage: UsageCounts | None = None) -> int:
+        """Store a scrub's findings: each damaged or missing object and where it was repaired from, with
+        ``usage`` (the repaired units' totals) in the same transaction."""
         if not findings:
             return 0
         cols = ("job_id", "stamp", "bucket", "key", "problem", "repaired_from", "detail")
         with self._migrated_transaction() as cur:
+            if usage:
+                store_usage(cur, usage)
             cur.executemany(
                 f"INSERT INTO {SCHEMA}.scrub_findings ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
                 [tuple(f.get(c) for c in cols) for f in findings],
@@ -510,12 +520,19 @@ class MetadataHook(PostgresHook):
         """Where :meth:`oldest_jobs` continues after ``job``."""
         return (job["finished_at"] or job["updated_at"], job["job_id"], job["stamp"])
 
-    def mark_output_removed(self, runs: Sequence[tuple[str, str]], at: datetime) -> int:
+    def mark_output_removed(
+        self, runs: Sequence[tuple[str, str]], at: datetime, usage: UsageCounts | None = None
+    ) -> int:
         """Record that these ``(job_id, stamp)`` runs no longer have output (one statement), so
-        retention never looks at them again; returns how many rows changed."""
+        retention never looks at them again, and ``usage`` (what is left of their units) in the same
+        transaction; returns how many rows changed."""
         if not runs:
+            if usage:
+                self.record_usage(usage)
             return 0
         with self._migrated_transaction() as cur:
+            if usage:
+                store_usage(cur, usage)
             cur.execute(
                 f"""UPDATE {SCHEMA}.jobs AS j SET output_removed_at = %s, updated_at = now(),
                         statistics = j.statistics || jsonb_build_object('output_removed_at', %s::text)
@@ -787,6 +804,122 @@ class MetadataHook(PostgresHook):
             ]
 
     # -----------------------------------------------------------------------------------
+    # Usage: what the buckets hold, kept as the provider writes (core.usage)
+    # -----------------------------------------------------------------------------------
+
+    def record_usage(self, counts: UsageCounts) -> int:
+        """Store units' totals (a writer's fresh count of what it changed) in one transaction; returns
+        how many units were stored. A unit counted earlier than its stored figure is left alone."""
+        with self._migrated_transaction() as cur:
+            return store_usage(cur, counts)
+
+    def bucket_usage(self) -> list[dict[str, Any]]:
+        """Per bucket: the kept totals (``objects``, ``bytes``, ``versions``, ``stored_bytes``,
+        ``noncurrent_bytes``, ``delete_markers``, ``units``, ``updated_at``) and the last reconciliation
+        (``reconciled_at``, its ``method`` and the drift it corrected), bucket order."""
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"""SELECT b.bucket, b.objects, b.bytes, b.versions, b.stored_bytes, b.delete_markers, b.units,
+                           b.updated_at, r.finished_at, r.method, r.complete, r.drift_units, r.drift_objects,
+                           r.drift_bytes
+                    FROM {SCHEMA}.bucket_usage b
+                    LEFT JOIN LATERAL (
+                        SELECT * FROM {SCHEMA}.reconciliations r WHERE r.bucket = b.bucket AND r.complete
+                        ORDER BY r.finished_at DESC LIMIT 1) r ON true
+                    ORDER BY b.bucket"""
+            )
+            return [
+                {
+                    "bucket": row[0],
+                    **dict(zip(COUNT_FIELDS, (int(v) for v in row[1:6]), strict=True)),
+                    "noncurrent_bytes": int(row[4]) - int(row[2]),
+                    "units": int(row[6]),
+                    "updated_at": row[7],
+                    "reconciled_at": row[8],
+                    "reconciled_by": row[9],
+                    "drift": None
+                    if row[8] is None
+                    else {"units": int(row[11]), "objects": int(row[12]), "bytes": int(row[13])},
+                }
+                for row in cur.fetchall()
+            ]
+
+    def usage_rows(
+        self, bucket: str, first: str | None = None, stop: str | None = None, *, units: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The stored units of ``bucket`` in ``[first, stop)`` (or exactly ``units``): unit -> totals with
+        ``counted_at``."""
+        where, params = ["bucket = %s"], [bucket]
+        if units is not None:
+            where.append("unit = ANY(%s)")
+            params.append(list(units))
+        if first is not None:
+            where.append("unit >= %s")
+            params.append(first)
+        if stop is not None:
+            where.append("unit < %s")
+            params.append(stop)
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT unit, {', '.join(COUNT_FIELDS)}, counted_at FROM {SCHEMA}.usage "
+                f"WHERE {' AND '.join(where)} ORDER BY unit",
+                params,
+            )
+            return {
+                row[0]: {**dict(zip(COUNT_FIELDS, (int(v) for v in row[1:6]), strict=True)), "counted_at": row[6]}
+                for row in cur.fetchall()
+            }
+
+    def record_reconciliation(
+        self,
+        bucket: str,
+        method: str,
+        started_at: datetime,
+        *,
+        complete: bool,
+        units_checked: int = 0,
+        drift_units: int = 0,
+        drift_objects: int = 0,
+        drift_bytes: int = 0,
+        detail: Mapping[str, Any] | None = None,
+        corrections: UsageCounts | None = None,
+    ) -> None:
+        """Record one reconciliation of ``bucket`` (``usage-api`` or ``listing``) and store its
+        ``corrections`` in the same transaction (each guarded like any count: a unit a writer counted
+        after the reconciliation looked at it keeps the writer's figure)."""
+        with self._migrated_transaction() as cur:
+            if corrections:
+                store_usage(cur, corrections)
+            cur.execute(
+                f"""INSERT INTO {SCHEMA}.reconciliations (bucket, method, started_at, complete, units_checked,
+                        drift_units, drift_objects, drift_bytes, detail)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)""",
+                (
+                    bucket,
+                    method,
+                    started_at,
+                    complete,
+                    units_checked,
+                    drift_units,
+                    drift_objects,
+                    drift_bytes,
+                    json.dumps(dict(detail or {}), default=str),
+                ),
+            )
+
+    def reconciliations(self, bucket: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest reconciliations (of ``bucket``), newest first."""
+        columns = ("id", "bucket", "method", "started_at", "finished_at", "complete", "units_checked",
+                   "drift_units", "drift_objects", "drift_bytes", "detail")  # fmt: skip
+        where, params = ("WHERE bucket = %s", [bucket]) if bucket else ("", [])
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT {', '.join(columns)} FROM {SCHEMA}.reconciliations {where} ORDER BY id DESC LIMIT %s",
+                [*params, limit],
+            )
+            return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+
+    # -----------------------------------------------------------------------------------
     # Housekeeping
     # -----------------------------------------------------------------------------------
 
@@ -869,3 +1002,30 @@ class MetadataHook(PostgresHook):
             cur.execute(f"SELECT value::text FROM {SCHEMA}.config WHERE key = %s", (key,))
             row = cur.fetchone()
         return json.loads(row[0]) if row else default
+
+
+def store_usage(cur: Any, counts: UsageCounts) -> int:
+    """Store ``counts`` on the cursor ``cur`` (inside the caller's transaction): units with anything in them
+    are upserted, empty ones deleted, each only over a figure counted no later than ``counts``; the
+    ``bucket_usage`` sums follow by trigger. Returns how many units were given."""
+    rows = counts.rows()
+    full = [r for r in rows if any(r[2:])]
+    empty = [r for r in rows if not any(r[2:])]
+    if full:
+        columns = list(zip(*full, strict=True))
+        cur.execute(
+            f"""INSERT INTO {SCHEMA}.usage AS u (bucket, unit, {", ".join(COUNT_FIELDS)}, counted_at)
+                SELECT r.*, %s FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
+                                        %s::bigint[], %s::bigint[]) AS r
+                ON CONFLICT (bucket, unit) DO UPDATE SET
+                    {", ".join(f"{name} = EXCLUDED.{name}" for name in COUNT_FIELDS)}, counted_at = EXCLUDED.counted_at
+                WHERE u.counted_at <= EXCLUDED.counted_at""",
+            (counts.counted_at, *(list(c) for c in columns)),
+        )
+    if empty:
+        cur.execute(
+            f"""DELETE FROM {SCHEMA}.usage u USING unnest(%s::text[], %s::text[]) AS r(bucket, unit)
+                WHERE u.bucket = r.bucket AND u.unit = r.unit AND u.counted_at <= %s""",
+            ([r[0] for r in empty], [r[1] for r in empty], counts.counted_at),
+        )
+    return len(rows)

@@ -222,6 +222,94 @@ MIGRATIONS.append(
     """,
     )
 )
+_USAGE_SUMS = "sum(objects), sum(bytes), sum(versions), sum(stored_bytes), sum(delete_markers)"
+MIGRATIONS.append(
+    (
+        8,
+        "storage usage kept as the provider writes: per unit, per bucket by trigger, and reconciliations",
+        f"""
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.usage (
+            bucket         text        NOT NULL,
+            unit           text        NOT NULL,
+            objects        bigint      NOT NULL DEFAULT 0,
+            bytes          bigint      NOT NULL DEFAULT 0,
+            versions       bigint      NOT NULL DEFAULT 0,
+            stored_bytes   bigint      NOT NULL DEFAULT 0,
+            delete_markers bigint      NOT NULL DEFAULT 0,
+            counted_at     timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (bucket, unit)
+        );
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.bucket_usage (
+            bucket         text        PRIMARY KEY,
+            objects        bigint      NOT NULL DEFAULT 0,
+            bytes          bigint      NOT NULL DEFAULT 0,
+            versions       bigint      NOT NULL DEFAULT 0,
+            stored_bytes   bigint      NOT NULL DEFAULT 0,
+            delete_markers bigint      NOT NULL DEFAULT 0,
+            units          bigint      NOT NULL DEFAULT 0,
+            updated_at     timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE OR REPLACE FUNCTION {SCHEMA}.usage_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                INSERT INTO {SCHEMA}.bucket_usage AS b
+                    (bucket, objects, bytes, versions, stored_bytes, delete_markers, units, updated_at)
+                SELECT bucket, {_USAGE_SUMS}, CASE WHEN TG_OP = 'INSERT' THEN count(*) ELSE 0 END, now()
+                FROM new_rows GROUP BY bucket ORDER BY bucket
+                ON CONFLICT (bucket) DO UPDATE SET
+                    objects = b.objects + EXCLUDED.objects, bytes = b.bytes + EXCLUDED.bytes,
+                    versions = b.versions + EXCLUDED.versions, stored_bytes = b.stored_bytes + EXCLUDED.stored_bytes,
+                    delete_markers = b.delete_markers + EXCLUDED.delete_markers, units = b.units + EXCLUDED.units,
+                    updated_at = now();
+            END IF;
+            IF TG_OP IN ('DELETE', 'UPDATE') THEN
+                INSERT INTO {SCHEMA}.bucket_usage AS b
+                    (bucket, objects, bytes, versions, stored_bytes, delete_markers, units, updated_at)
+                SELECT bucket, {_USAGE_SUMS}, CASE WHEN TG_OP = 'DELETE' THEN count(*) ELSE 0 END, now()
+                FROM old_rows GROUP BY bucket ORDER BY bucket
+                ON CONFLICT (bucket) DO UPDATE SET
+                    objects = b.objects - EXCLUDED.objects, bytes = b.bytes - EXCLUDED.bytes,
+                    versions = b.versions - EXCLUDED.versions, stored_bytes = b.stored_bytes - EXCLUDED.stored_bytes,
+                    delete_markers = b.delete_markers - EXCLUDED.delete_markers, units = b.units - EXCLUDED.units,
+                    updated_at = now();
+            END IF;
+            RETURN NULL;
+        END $$;
+        DROP TRIGGER IF EXISTS usage_rollup_insert ON {SCHEMA}.usage;
+        DROP TRIGGER IF EXISTS usage_rollup_update ON {SCHEMA}.usage;
+        DROP TRIGGER IF EXISTS usage_rollup_delete ON {SCHEMA}.usage;
+        CREATE TRIGGER usage_rollup_insert AFTER INSERT ON {SCHEMA}.usage
+            REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.usage_rollup();
+        CREATE TRIGGER usage_rollup_update AFTER UPDATE ON {SCHEMA}.usage
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.usage_rollup();
+        CREATE TRIGGER usage_rollup_delete AFTER DELETE ON {SCHEMA}.usage
+            REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.usage_rollup();
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.reconciliations (
+            id             bigserial   PRIMARY KEY,
+            bucket         text        NOT NULL,
+            method         text        NOT NULL CHECK (method IN ('usage-api', 'listing')),
+            started_at     timestamptz NOT NULL,
+            finished_at    timestamptz NOT NULL DEFAULT now(),
+            complete       boolean     NOT NULL,
+            units_checked  bigint      NOT NULL DEFAULT 0,
+            drift_units    bigint      NOT NULL DEFAULT 0,
+            drift_objects  bigint      NOT NULL DEFAULT 0,
+            drift_bytes    bigint      NOT NULL DEFAULT 0,
+            detail         jsonb       NOT NULL DEFAULT '{{}}'::jsonb
+        );
+        CREATE INDEX IF NOT EXISTS reconciliations_idx ON {SCHEMA}.reconciliations (bucket, finished_at);
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.reconcile_cursors (
+            bucket       text        NOT NULL,
+            range_first  text        NOT NULL,
+            range_stop   text,
+            position     text,
+            walk_started timestamptz NOT NULL,
+            PRIMARY KEY (bucket, range_first)
+        );
+    """,
+    )
+)
 #: telemetry tables and the columns a batch of rows may fill (the maintenance DAG trims them by ``at``)
 TELEMETRY_TABLES = {
     "access_log": ("at", "actor", "action", "job_id", "dataset", "bucket", "key", "variant"),
@@ -240,6 +328,8 @@ RESTORE_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: append-only logs: a row is the same row whatever its id; absent rows come back under new ids
 RESTORE_APPEND = ("transfers", "storage_stats", "access_log", "storage_errors", "worker_disks", "scrub_findings")
+#: not backed up: ``usage`` and ``bucket_usage`` are what the server holds now (a restore recounts what it
+#: writes and a reconciliation the rest), ``reconciliations`` and ``reconcile_cursors`` their bookkeeping
 
 JOB_COLUMNS = (
     "job_id",

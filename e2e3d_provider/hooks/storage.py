@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
@@ -56,6 +56,7 @@ from e2e3d_provider.core.retry import (
     tls_failure,
 )
 from e2e3d_provider.core.transfer import TransferResult
+from e2e3d_provider.core.usage import UsageCounts, unit_of
 from e2e3d_provider.exceptions import (
     BucketNotFoundError,
     ChecksumMismatchError,
@@ -78,6 +79,8 @@ DELETE_BATCHES_IN_FLIGHT = 4
 #: COUNT_NAMES_PER_RANGE top-level names per range
 COUNT_PARTITIONS = 8
 COUNT_NAMES_PER_RANGE = 64
+#: usage units a hook remembers as changed per bucket before it gives up noting (reconciliation catches up)
+MAX_TOUCHED_UNITS = 100_000
 #: (endpoint, bucket) -> the conditional-write headers that server honours (StorageHook.create_only_condition)
 _CREATE_ONLY_CONDITION: dict[tuple[str, str], dict[str, str]] = {}
 #: (endpoint, bucket) -> whether that server lists incomplete uploads by prefix (lists_uploads_by_prefix)
@@ -200,6 +203,9 @@ class StorageHook(BaseHook):
         RetryPolicy(attempts, retry_delay, retry_deadline or 0.0)  # bad values fail here, not at first use
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self._versioning: dict[str, bool] = {}  # bucket -> has had versioning (count_units)
+        self._touched: dict[str, set[str]] = {}  # bucket -> usage units written since the last recount
+        self._touched_lock = threading.Lock()
 
     # -----------------------------------------------------------------------------------
     # Connection
@@ -611,6 +617,7 @@ class StorageHook(BaseHook):
             raise FileNotFoundError(f"cannot upload {local_dir}: no such directory")
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
         self.require_bucket(bucket)
+        self._touch(bucket, [prefix + rel for rel, _ in files] if files is not None else [prefix] if prefix else [])
         result = transfer.upload_directory(
             self.engine(bucket),
             local_dir,
@@ -620,6 +627,7 @@ class StorageHook(BaseHook):
             checksums=checksums,
             on_progress=on_progress,
         )
+        self._touch(bucket, [prefix + rel for rel in result.checksums])
         self._log_result(result)
         return result
 
@@ -636,6 +644,7 @@ class StorageHook(BaseHook):
         bucket = validate_bucket(bucket)
         self.require_bucket(bucket)
         checked = [(validate_relpath(key), Path(path)) for key, path in items]
+        self._touch(bucket, [key for key, _ in checked])
         result = transfer.upload_objects(
             self.engine(bucket), checked, translate=self.translate, checksums=checksums, on_progress=on_progress
         )
@@ -652,6 +661,7 @@ class StorageHook(BaseHook):
         """Upload one file (skipped if identical, one HEAD decides); returns whether bytes were sent, the
         size and sha256 of what the object holds, and the ETag the server gave it."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
+        self._touch(bucket, [key])
         try:
             return transfer.upload_file(self.engine(bucket), key, Path(path), sha256=sha256)
         except Exception as err:
@@ -742,6 +752,7 @@ class StorageHook(BaseHook):
         """Write a small object with its sha256 in metadata; returns the sha256."""
         bucket, key = validate_bucket(bucket), validate_relpath(key)
         sha = hashlib.sha256(data).hexdigest()
+        self._touch(bucket, [key])
         self._call(  # a fresh stream for each attempt: a retry must send the bytes again, not an empty stream
             f"put {bucket}/{key}",
             lambda: self.client.put_object(
@@ -844,6 +855,7 @@ class StorageHook(BaseHook):
 
     def delete_object(self, bucket: str, key: str) -> None:
         bucket, key = validate_bucket(bucket), validate_relpath(key)
+        self._touch(bucket, [key])
         self._call(f"delete {bucket}/{key}", self.client.remove_object, bucket, key)
 
     def delete_prefix(self, bucket: str, prefix: str, *, all_versions: bool = False) -> int:
@@ -879,6 +891,8 @@ class StorageHook(BaseHook):
         return len(targets)
 
     def _delete(self, bucket: str, targets: list[DeleteObject], what: str, parallel: int = 1) -> None:
+        self._touch(bucket, [target.name for target in targets])
+
         def delete(batch: list[DeleteObject]) -> None:
             errors = self._call(f"delete {what}", lambda: list(self.client.remove_objects(bucket, iter(batch))))
             if errors:
@@ -910,6 +924,7 @@ class StorageHook(BaseHook):
         asks the size (a HEAD) to choose between a copy and a multipart compose."""
         src_bucket, src_key = validate_bucket(src_bucket), validate_relpath(src_key)
         dest_bucket, dest_key = validate_bucket(dest_bucket), validate_relpath(dest_key)
+        self._touch(dest_bucket, [dest_key])
         source = CopySource(
             src_bucket, src_key, version_id=version_id, match_etag=f'"{if_match}"' if if_match else None
         )
@@ -981,6 +996,63 @@ class StorageHook(BaseHook):
             "noncurrent_bytes": totals["stored_bytes"] - totals["bytes"],
             "how": ("version" if versions else "plain") + f" listings in {len(ranges)} key range(s)",
         }
+
+    def count_units(self, bucket: str, units: Iterable[str]) -> UsageCounts:
+        """The totals of each usage unit (:mod:`e2e3d_provider.core.usage`) of ``bucket`` as the server holds
+        them now: one listing of each unit (versions too on a bucket that has had versioning), in parallel.
+        What a writer stores after it changed these units; an empty unit counts all zeros."""
+        bucket = validate_bucket(bucket)
+        wanted = sorted(set(units))
+        counts = UsageCounts()
+        if not wanted:
+            return counts
+        with self._touched_lock:  # counted from now on: only a write after this notes them again
+            self._touched.get(bucket, set()).difference_update(wanted)
+        versions = self._versions_kept(bucket)
+
+        def count(unit: str) -> tuple[str, dict[str, int]]:
+            if unit.endswith("/"):
+                return unit, self._count_range(bucket, unit, (None, None), versions=versions)
+            return unit, self._count_range(bucket, unit, (unit, unit + "\0"), versions=versions)
+
+        for unit, totals in transfer.run_parallel(
+            wanted, count, min(len(wanted), self.max_workers), lambda unit: f"{bucket}/{unit}", self.translate
+        ):
+            counts.add(bucket, unit, totals)
+        return counts
+
+    def _touch(self, bucket: str, keys: Iterable[str]) -> None:
+        """Note the usage units of ``keys`` as changed (before the change: a failure half-way changed them
+        too). Bounded: past :data:`MAX_TOUCHED_UNITS` a bucket's notes are dropped, and the next
+        reconciliation finds what they would have counted."""
+        units = {unit_of(key) for key in keys}
+        with self._touched_lock:
+            noted = self._touched.setdefault(bucket, set())
+            if len(noted) + len(units) <= MAX_TOUCHED_UNITS:
+                noted.update(units)
+
+    def take_touched(self) -> dict[str, set[str]]:
+        """The units this hook changed since the last call (bucket -> units), forgotten here."""
+        with self._touched_lock:
+            touched, self._touched = self._touched, {}
+        return {bucket: units for bucket, units in touched.items() if units}
+
+    def recount_touched(self) -> UsageCounts:
+        """The fresh totals of every unit this hook changed since the last recount (:meth:`count_units`):
+        what a writer stores with the record of its change, so the kept figures follow every write."""
+        counts = UsageCounts()
+        for bucket, units in sorted(self.take_touched().items()):
+            counts = counts.merge(self.count_units(bucket, units)) if counts else self.count_units(bucket, units)
+        return counts
+
+    def _versions_kept(self, bucket: str) -> bool:
+        """Whether ``bucket`` has ever had versioning (so it must be counted by version listings); asked
+        once per bucket and hook (a bucket's versioning is never turned off)."""
+        cached = self._versioning.get(bucket)
+        if cached is None:
+            status = self._call(f"versioning of {bucket}", lambda: self.client.get_bucket_versioning(bucket).status)
+            cached = self._versioning[bucket] = status != "Off"
+        return cached
 
     def _key_ranges(self, bucket: str, prefix: str, partitions: int) -> list[tuple[str | None, str | None]]:
         """Contiguous key ranges ``[first, next first)`` that cover ``prefix`` whole, split at its

@@ -141,9 +141,24 @@ class E2E3DOperator(BaseOperator):
         from e2e3d_provider.hooks import telemetry
 
         try:
+            self._keep_usage()
             self._sweep_scratch()
         finally:  # a task process may end with os._exit: write its telemetry rows now
             telemetry.flush()
+
+    def _keep_usage(self) -> None:
+        """Count afresh the storage units this task wrote that no step recorded with its change (a hand-off,
+        a write-back) and store them: the kept figures follow every write. Never fails the task whose work is
+        done: a unit not stored here is found by the next reconciliation."""
+        storage = self.__dict__.get("storage")  # only a task that used storage wrote anything
+        if storage is None or self.metadata is None:
+            return
+        try:
+            counts = storage.recount_touched()
+            if counts:
+                self.metadata.record_usage(counts)
+        except Exception as err:
+            self.log.warning("storage usage of this task's writes not recorded (reconciliation will): %s", err)
 
     def _sweep_scratch(self) -> None:
         if not self.sweeps_scratch:

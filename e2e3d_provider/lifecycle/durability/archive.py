@@ -33,6 +33,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.manifest import Manifest
 from e2e3d_provider.core.transfer import raise_failures, run_parallel
+from e2e3d_provider.core.usage import UsageCounts, unit_of
 from e2e3d_provider.core.xcom import ArchiveXCom
 from e2e3d_provider.exceptions import ChecksumMismatchError, ManifestError, ObjectNotFoundError, RunMismatchError
 from e2e3d_provider.hooks.metadata import MetadataHook
@@ -170,8 +171,11 @@ def _recorded_etags(manifest: Manifest) -> dict[str, str | None]:
     return {entry.path: entry.etag for entry in manifest.files}
 
 
-def record_archived(metadata: MetadataHook, result: ArchiveResult, dataset: str | None = None) -> bool:
-    """Mark the archived run ``archived`` with its archive location; False if the run has no row."""
+def record_archived(
+    metadata: MetadataHook, result: ArchiveResult, dataset: str | None = None, usage: UsageCounts | None = None
+) -> bool:
+    """Mark the archived run ``archived`` with its archive location, and store ``usage`` (the units the
+    archiving changed, freshly counted) in the same transaction; False if the run has no row."""
     if dataset is None:
         job = metadata.get_job(result.job_id, result.stamp)
         if job is None:
@@ -180,7 +184,7 @@ def record_archived(metadata: MetadataHook, result: ArchiveResult, dataset: str 
             )
             return False
         dataset = job["dataset"]
-    metadata.record_job(result.job_id, result.stamp, dataset, "archived", archive_key=result.location)
+    metadata.record_job(result.job_id, result.stamp, dataset, "archived", archive_key=result.location, usage=usage)
     return True
 
 
@@ -209,8 +213,9 @@ def archive_and_record(
             archive_bucket=archive_bucket,
             remove_source=remove_source,
         )
+        usage = storage.recount_touched()  # the archive copy (and the output, when removed) under the lock
     if metadata is not None:
-        recorded = record_archived(metadata, result)
+        recorded = record_archived(metadata, result, usage=usage)
         if recorded and remove_source:  # its output is gone on purpose: retention and the scrub skip it
             metadata.mark_output_removed([(result.job_id, result.stamp)], datetime.now(UTC))
     return result
@@ -247,9 +252,14 @@ def archive_completed(
     failures: dict[str, BaseException] = {}
     looked_at, complete = 0, True
 
+    counted: dict[str, UsageCounts] = {}
+
     def one(job: dict[str, Any]) -> tuple[dict[str, Any], ArchiveResult | str | BaseException]:
         try:
-            return job, archive_job(storage, job["job_id"], stamp=job["stamp"])
+            result = archive_job(storage, job["job_id"], stamp=job["stamp"])
+            unit = unit_of(archive_prefix(job["job_id"], job["stamp"]))
+            counted[job["job_id"]] = storage.count_units(BUCKET_ARCHIVE, [unit])
+            return job, result
         except ObjectNotFoundError:
             return job, "skipped"  # no SUCCESS (a newer run is publishing, or it was removed)
         except RunMismatchError as err:
@@ -273,7 +283,7 @@ def archive_completed(
             looked_at += len(page)
             for job, outcome in run_parallel(page, one, workers, lambda job: job["job_id"], storage.translate):
                 if isinstance(outcome, ArchiveResult) and outcome.stamp == job["stamp"]:
-                    record_archived(metadata, outcome, job["dataset"])
+                    record_archived(metadata, outcome, job["dataset"], counted.pop(job["job_id"], None))
                     archived.append(job["job_id"])
                 elif isinstance(outcome, ArchiveResult) or outcome == "skipped":
                     skipped.append(job["job_id"])  # output holds a newer run than this record

@@ -109,7 +109,10 @@ def run_restore(
                     bytes=snapshot.bytes, covers_until=snapshot.covers_until,
                 )  # fmt: skip
         if objects:
-            _restore_objects(target, live, spool, entries, job_id, overwrite, result)
+            try:
+                _restore_objects(target, live, spool, entries, job_id, overwrite, result)
+            finally:  # what it wrote, counted afresh (the schema's restore brings no usage rows)
+                metadata.record_usage(live.recount_touched())
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     result.seconds = time.monotonic() - started

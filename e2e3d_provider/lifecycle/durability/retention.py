@@ -125,7 +125,9 @@ def _retire_page(
     rest = [key for v in doomed for key in v.keys if key not in marked]  # a result file named SUCCESS goes too
     storage.delete_keys(BUCKET_OUTPUT, rest)
     gone = [v for v in verdicts if v.action == "gone"]
-    metadata.mark_output_removed([(v.job["job_id"], v.job["stamp"]) for v in doomed + gone], now)
+    metadata.mark_output_removed(
+        [(v.job["job_id"], v.job["stamp"]) for v in doomed + gone], now, usage=storage.recount_touched()
+    )
     result.removed += len(doomed)
     result.objects_deleted += len(rest) + len(markers)
     result.already_gone += len(gone)

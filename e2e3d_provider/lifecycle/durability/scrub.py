@@ -41,6 +41,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.manifest import Manifest
 from e2e3d_provider.core.marker import SuccessMarker
+from e2e3d_provider.core.usage import UsageCounts, unit_of
 from e2e3d_provider.exceptions import (
     ChecksumMismatchError,
     E2E3DError,
@@ -146,10 +147,14 @@ class _Scrubber:
             return
         if marker is None:  # whole: the marker goes back last
             self.storage.put_bytes(place.bucket, place.prefix + SUCCESS_NAME, vouching, "application/json")
+            if status != "damaged":
+                self.metadata.record_usage(self._usage(place))
         if status == "damaged":  # whole again (repaired here, or restored): what it was before
             job = self.metadata.get_job(job_id, stamp) or {}
             back = "archived" if job.get("archive_key") else "succeeded"
-            self.metadata.record_job(job_id, stamp, job["dataset"], back, statistics={"damaged": None})
+            self.metadata.record_job(
+                job_id, stamp, job["dataset"], back, statistics={"damaged": None}, usage=self._usage(place)
+            )
             self.result.recovered.append(job_id)
 
     def _kept_marker(self, place: _Place) -> bytes | None:
@@ -264,9 +269,15 @@ class _Scrubber:
         if job is not None:
             statistics = {"damaged": {"marker": marker.decode() if marker else None, "files": broken[:100]}}
             self.metadata.record_job(place.job_id, place.stamp, job["dataset"], "damaged", error=error,
-                                     statistics=statistics)  # fmt: skip
+                                     statistics=statistics, usage=self._usage(place))  # fmt: skip
+        else:
+            self.metadata.record_usage(self._usage(place))
         self.result.damaged.append(place.job_id)
         log.error("scrub: job %s run %s is %s", place.job_id, place.stamp, error)
+
+    def _usage(self, place: _Place) -> UsageCounts:
+        """The fresh totals of the unit holding ``place`` (what a repair or a removed marker changed)."""
+        return self.storage.count_units(place.bucket, [unit_of(place.prefix)])
 
     def _finding(self, place: _Place, relpath: str, problem: str, source: str | None, detail: str) -> None:
         key = place.prefix + relpath
@@ -275,7 +286,7 @@ class _Scrubber:
             "repaired_from": source, "detail": detail,
         }  # fmt: skip
         self.result.findings.append(finding)
-        self.metadata.record_scrub_findings([finding])
+        self.metadata.record_scrub_findings([finding], usage=self._usage(place) if source else None)
         (log.warning if source else log.error)(
             "scrub: %s/%s %s; %s", place.bucket, key, problem, f"repaired from {source}" if source else "NOT repaired"
         )

@@ -156,11 +156,15 @@ def stray_objects(
     another task holds is left for the next run and named under ``busy``). A prefix whose SUCCESS exists
     but does not vouch for a readable manifest is left alone and named under ``damaged``."""
     cutoff = (now or datetime.now(UTC)) - grace
-    reports = {
-        output_bucket: _output_pass(storage, metadata, output_bucket, cutoff, dry_run),
-        input_bucket: _input_pass(storage, input_bucket, cutoff, dry_run),
-        archive_bucket: _archive_pass(storage, archive_bucket, cutoff, dry_run),
-    }
+    try:
+        reports = {
+            output_bucket: _output_pass(storage, metadata, output_bucket, cutoff, dry_run),
+            input_bucket: _input_pass(storage, input_bucket, cutoff, dry_run),
+            archive_bucket: _archive_pass(storage, archive_bucket, cutoff, dry_run),
+        }
+    finally:  # the units it removed strays from, counted afresh
+        if not dry_run:
+            metadata.record_usage(storage.recount_touched())
     return {
         "dry_run": dry_run,
         "grace_seconds": grace.total_seconds(),

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_BUCKETS
-from e2e3d_provider.core.transfer import run_parallel
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -79,12 +78,12 @@ def setting(metadata: MetadataHook, key: str, override: float | None = None) -> 
 def record_statistics(
     storage: StorageHook, metadata: MetadataHook, buckets: tuple[str, ...] = DEFAULT_BUCKETS
 ) -> dict[str, Any]:
-    """Objects and bytes per bucket (current and noncurrent versions apart), counted by streaming
-    listings of the buckets in parallel (constant memory), and the last 24 h of transfer throughput,
-    into PostgreSQL: what the API's stats route answers from."""
-    present = [bucket for bucket in buckets if storage.bucket_exists(bucket)]
-    stats = run_parallel(present, storage.statistics, len(present), lambda bucket: bucket, storage.translate)
-    stats.sort(key=lambda s: present.index(s["bucket"]))
+    """A snapshot of the figures kept per bucket (objects and bytes, current and noncurrent versions apart:
+    every write keeps them, the reconciliation corrects them) for the dashboard's growth series and fill
+    projection, and the last 24 h of transfer throughput, into PostgreSQL. No listing: at a million
+    objects a count of the buckets takes longer than the figures stay fresh (``bench/control_plane.py``)."""
+    kept = {row["bucket"]: row for row in metadata.bucket_usage()}
+    stats = [{"bucket": bucket, "prefix": "", **kept[bucket]} for bucket in buckets if bucket in kept]
     metadata.record_storage_stats(stats)
     throughput = metadata.transfer_summary(since=datetime.now(UTC) - timedelta(hours=24))
     metadata.set_config(

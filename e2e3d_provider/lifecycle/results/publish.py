@@ -307,6 +307,9 @@ def publish_job(
             published = publish_handoff(storage, job_id, stamp, bucket, statistics)
             discard(storage, job_id, stamp)
             published.handed_off = True
-            return published
-        local = require_local_dir(run_dir or "", origin_host, "run directory")
-        return publish_run(storage, local, job_id, stamp, bucket, statistics)
+        else:
+            local = require_local_dir(run_dir or "", origin_host, "run directory")
+            published = publish_run(storage, local, job_id, stamp, bucket, statistics)
+        if metadata is not None:  # the job's units as they now stand, counted under its lock
+            metadata.record_usage(storage.recount_touched())
+        return published
