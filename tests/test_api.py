@@ -254,18 +254,21 @@ def test_authentication_and_permissions(api: str, unique_id: str) -> None:
     assert httpx.get(f"{api}/api/health").status_code == 200  # the only anonymous route
 
 
-def test_storage_stats_answer_from_the_recorded_snapshot_and_never_list_a_bucket(
-    api: str, storage: StorageHook, metadata: MetadataHook, monkeypatch: pytest.MonkeyPatch
+def test_storage_stats_answer_from_the_kept_figures_and_never_list_a_bucket(
+    api: str, storage: StorageHook, metadata: MetadataHook, monkeypatch: pytest.MonkeyPatch, unique_id: str
 ) -> None:
-    """Before any snapshot the route says so (it used to list every bucket per request, 8.9 s at 10,000
-    jobs); after one it gives the figures with their age. Either way it sends no S3 request."""
+    """Before anything is counted the route says so (it used to list every bucket per request, 8.9 s at
+    10,000 jobs); once a writer stored what it changed it gives the figures, fresh to the second, and says
+    no reconciliation has checked them yet. Either way it sends no S3 request."""
     from e2e3d_provider.hooks.metadata import SCHEMA
-    from e2e3d_provider.lifecycle.maintenance.steps import record_statistics
 
     metadata.record_transfer("upload", "output", files=2, bytes=2_000_000, seconds=1.0)
     metadata.record_transfer("download", "input", ok=False, error="boom")
     with metadata.transaction() as cur:
-        cur.execute(f"DELETE FROM {SCHEMA}.storage_stats")
+        cur.execute(f"SELECT * FROM {SCHEMA}.usage")
+        saved = cur.fetchall()
+        cur.execute(f"DELETE FROM {SCHEMA}.usage")
+        cur.execute(f"DELETE FROM {SCHEMA}.bucket_usage")
     s3_requests: list[str] = []
     real_urlopen = urllib3.PoolManager.urlopen
 
@@ -275,16 +278,21 @@ def test_storage_stats_answer_from_the_recorded_snapshot_and_never_list_a_bucket
 
     monkeypatch.setattr(urllib3.PoolManager, "urlopen", counted)
     empty = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
-    assert empty["buckets"] == [] and "no storage snapshot yet" in empty["snapshot"]
+    assert empty["buckets"] == [] and "no storage figures yet" in empty["snapshot"]
     assert s3_requests == []
     monkeypatch.undo()
 
-    record_statistics(storage, metadata)
+    with metadata.transaction() as cur:  # what the other tests' writers stored, back
+        cur.executemany(f"INSERT INTO {SCHEMA}.usage VALUES ({', '.join(['%s'] * 8)})", saved)
+    writer = StorageHook()  # a hook of its own: nothing another test wrote is counted with it
+    writer.put_bytes("output", f"{unique_id}/a.bin", b"12345")
+    metadata.record_usage(writer.recount_touched())
     monkeypatch.setattr(urllib3.PoolManager, "urlopen", counted)
     body = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
     assert s3_requests == []
-    assert {b["bucket"] for b in body["buckets"]} >= {"input", "output", "models", "archive"}
-    assert body["snapshot"] is None and all(0 <= b["age_seconds"] < 300 for b in body["buckets"])
+    output = next(b for b in body["buckets"] if b["bucket"] == "output")
+    assert output["objects"] >= 1 and output["units"] >= 1 and 0 <= output["age_seconds"] < 60
+    assert body["snapshot"] is None
     assert body["transfers_24h"]["upload"]["bytes"] >= 2_000_000 and body["transfers_24h"]["download"]["errors"] >= 1
     assert isinstance(body["jobs"], dict)
 
@@ -336,13 +344,19 @@ def test_the_plugins_connection_ids_are_read_from_airflow_config_when_first_need
     assert create_app("explicit", "given").state.backends.minio_conn_id == "explicit"  # arguments win
 
 
-def test_storage_stats_report_every_stored_version(api: str, storage: StorageHook, metadata: MetadataHook) -> None:
-    from e2e3d_provider.lifecycle.maintenance.steps import record_statistics
-
-    record_statistics(storage, metadata)
+def test_storage_stats_report_every_stored_version(
+    api: str, storage: StorageHook, metadata: MetadataHook, unique_id: str
+) -> None:
+    before = next(b for b in metadata.bucket_usage() if b["bucket"] == "output") if metadata.bucket_usage() else None
+    writer = StorageHook()  # a hook of its own: nothing another test wrote is counted with it
+    writer.put_bytes("output", f"{unique_id}/a.bin", b"1" * 100)
+    writer.put_bytes("output", f"{unique_id}/a.bin", b"2" * 300)  # the first becomes noncurrent
+    metadata.record_usage(writer.recount_touched())
     body = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
     output = next(b for b in body["buckets"] if b["bucket"] == "output")
-    assert output["versions"] >= output["objects"] and output["stored_bytes"] >= output["bytes"]
+    base = before or {"objects": 0, "bytes": 0, "versions": 0, "stored_bytes": 0}
+    assert (output["objects"] - base["objects"], output["bytes"] - base["bytes"]) == (1, 300)
+    assert (output["versions"] - base["versions"], output["stored_bytes"] - base["stored_bytes"]) == (2, 400)
     assert output["noncurrent_bytes"] == output["stored_bytes"] - output["bytes"]
 
 

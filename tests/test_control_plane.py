@@ -85,12 +85,13 @@ def test_retention_leaves_the_output_of_a_newer_run_of_the_job(
     assert metadata.get_job(job, STAMP)["output_removed_at"] is not None
 
 
-def test_the_archive_sweep_archives_every_succeeded_job_on_one_connection_with_eleven_requests_each(
+def test_the_archive_sweep_archives_every_succeeded_job_on_one_connection_with_twelve_requests_each(
     storage: StorageHook, metadata: MetadataHook, tmp_path: Path, tag: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """120 succeeded jobs over several pages: every one archived and verified, recorded on one PostgreSQL
     connection; per job two GETs, one HEAD of the archive copy's SUCCESS (a copy that has one is never written
-    again), a copy per file (no HEAD first), one listing and two PUTs."""
+    again), a copy per file (no HEAD first), one listing and two PUTs, and one listing of the copy whose
+    totals are stored with the job's record (the kept usage figures)."""
     from e2e3d_provider.lifecycle.durability.archive import archive_completed
     from e2e3d_provider.lifecycle.results.published import read_published_manifest
 
@@ -120,7 +121,9 @@ def test_the_archive_sweep_archives_every_succeeded_job_on_one_connection_with_e
     assert all(metadata.get_job(job.job_id, STAMP)["status"] == "archived" for job in jobs)
     assert len(connections) == 1
     files = 5
-    assert len(requests) == 120 * (2 + 1 + files + 1 + 2), {m: requests.count(m) for m in set(requests)}
+    assert len(requests) == 120 * (2 + 1 + files + 1 + 2 + 1), {m: requests.count(m) for m in set(requests)}
+    kept = metadata.usage_rows(BUCKET_ARCHIVE, units=[f"{job.job_id}/" for job in jobs])
+    assert len(kept) == 120 and all(row["objects"] == files + 2 for row in kept.values())  # + manifest, SUCCESS
     assert requests.count("HEAD") == 120  # the target's SUCCESS only: never one per file
     for job in jobs[::17]:
         row = metadata.get_job(job.job_id, STAMP)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_BUCKETS
+from e2e3d_provider.core.listing import COUNT_FIELDS
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -83,7 +84,12 @@ def record_statistics(
     projection, and the last 24 h of transfer throughput, into PostgreSQL. No listing: at a million
     objects a count of the buckets takes longer than the figures stay fresh (``bench/control_plane.py``)."""
     kept = {row["bucket"]: row for row in metadata.bucket_usage()}
-    stats = [{"bucket": bucket, "prefix": "", **kept[bucket]} for bucket in buckets if bucket in kept]
+    empty = dict.fromkeys(COUNT_FIELDS, 0)  # a bucket nothing was ever counted in holds nothing the provider knows
+    stats = [
+        {**empty, **kept.get(bucket, {}), "bucket": bucket, "prefix": ""}
+        for bucket in buckets
+        if bucket in kept or storage.bucket_exists(bucket)
+    ]
     metadata.record_storage_stats(stats)
     throughput = metadata.transfer_summary(since=datetime.now(UTC) - timedelta(hours=24))
     metadata.set_config(
