@@ -139,11 +139,12 @@ class MetadataHook(PostgresHook):
             conn.close()
 
     @contextmanager
-    def advisory_lock(self, name: str, *, wait: float = 0.0, poll: float = 0.25) -> Iterator[None]:
+    def advisory_lock(self, name: str, *, wait: float = 0.0, poll: float = 0.25) -> Iterator[Any]:
         """Hold the PostgreSQL advisory lock ``name`` (on a connection of its own) for the block: every
         worker of every host that asks for the same name waits, up to ``wait`` seconds, then gets
         :class:`RunConflictError` naming the lock and the backend that holds it. A task that dies
-        releases its lock with its connection."""
+        releases its lock with its connection. Yields that connection (autocommit), which the block may
+        use for what it records under the lock (:meth:`record_usage`), saving a connection."""
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         conn = self._connect()
         conn.autocommit = True
@@ -167,7 +168,7 @@ class MetadataHook(PostgresHook):
                         )
                     time.sleep(poll)
             try:
-                yield
+                yield conn
             finally:
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
@@ -807,11 +808,32 @@ class MetadataHook(PostgresHook):
     # Usage: what the buckets hold, kept as the provider writes (core.usage)
     # -----------------------------------------------------------------------------------
 
-    def record_usage(self, counts: UsageCounts) -> int:
+    def record_usage(self, counts: UsageCounts, *, conn: Any = None) -> int:
         """Store units' totals (a writer's fresh count of what it changed) in one transaction; returns
-        how many units were stored. A unit counted earlier than its stored figure is left alone."""
-        with self._migrated_transaction() as cur:
-            return store_usage(cur, counts)
+        how many units were stored. A unit counted earlier than its stored figure is left alone. ``conn``:
+        an autocommit connection this hook opened and still holds (a job lock's), used instead of a new one."""
+        if not counts:
+            return 0
+        if conn is None:
+            with self._migrated_transaction() as cur:
+                return store_usage(cur, counts)
+        if not self._migrated:  # asked on the connection at hand; migrated on one of its own only if behind
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.schema_migrations",))
+                if cur.fetchone()[0] is not None:
+                    cur.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations")
+                    self._migrated = int(cur.fetchone()[0]) >= SCHEMA_VERSION
+            if not self._migrated:
+                self.migrate()
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                stored = store_usage(cur, counts)
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+            return stored
 
     def bucket_usage(self) -> list[dict[str, Any]]:
         """Per bucket: the kept totals (``objects``, ``bytes``, ``versions``, ``stored_bytes``,

@@ -79,6 +79,9 @@ DELETE_BATCHES_IN_FLIGHT = 4
 #: COUNT_NAMES_PER_RANGE top-level names per range
 COUNT_PARTITIONS = 8
 COUNT_NAMES_PER_RANGE = 64
+#: ``(endpoint, bucket)`` -> True once a bucket was seen to keep versions (it never stops: suspending versioning
+#: keeps the stored ones), so a task's fresh hook does not ask again before each count
+_VERSIONS_KEPT: dict[tuple[str, str], bool] = {}
 #: usage units a hook remembers as changed per bucket before it gives up noting (reconciliation catches up)
 MAX_TOUCHED_UNITS = 100_000
 #: (endpoint, bucket) -> the conditional-write headers that server honours (StorageHook.create_only_condition)
@@ -1048,10 +1051,12 @@ class StorageHook(BaseHook):
     def _versions_kept(self, bucket: str) -> bool:
         """Whether ``bucket`` has ever had versioning (so it must be counted by version listings); asked
         once per bucket and hook (a bucket's versioning is never turned off)."""
-        cached = self._versioning.get(bucket)
+        cached = self._versioning.get(bucket) or _VERSIONS_KEPT.get((self.endpoint_url, bucket))
         if cached is None:
             status = self._call(f"versioning of {bucket}", lambda: self.client.get_bucket_versioning(bucket).status)
             cached = self._versioning[bucket] = status != "Off"
+            if cached:  # for good: every hook of this process to this server may skip the question
+                _VERSIONS_KEPT[(self.endpoint_url, bucket)] = True
         return cached
 
     def _key_ranges(self, bucket: str, prefix: str, partitions: int) -> list[tuple[str | None, str | None]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from e2e3d_provider.core.layout import validate_id
 from e2e3d_provider.hooks.metadata import MetadataHook
@@ -19,11 +20,12 @@ def job_lock_name(job_id: str) -> str:
 
 
 @contextmanager
-def job_lock(metadata: MetadataHook | None, job_id: str, wait: float = DEFAULT_LOCK_WAIT) -> Iterator[None]:
-    """Hold the job's lock for the block (waiting up to ``wait`` seconds, then RunConflictError). Without
-    a metadata connection there is nothing to lock with: the block runs unguarded."""
+def job_lock(metadata: MetadataHook | None, job_id: str, wait: float = DEFAULT_LOCK_WAIT) -> Iterator[Any]:
+    """Hold the job's lock for the block (waiting up to ``wait`` seconds, then RunConflictError); yields the
+    lock's connection (None without a lock). Without a metadata connection there is nothing to lock with:
+    the block runs unguarded."""
     if metadata is None:
-        yield
+        yield None
         return
-    with metadata.advisory_lock(job_lock_name(job_id), wait=wait):
-        yield
+    with metadata.advisory_lock(job_lock_name(job_id), wait=wait) as conn:
+        yield conn

@@ -302,7 +302,7 @@ def publish_job(
     object storage is published from there by server-side copies, on any host, and its hand-off removed;
     otherwise ``run_dir`` must be on this host (LocalPathError naming ``origin_host`` when it is not) and
     is published from disk."""
-    with job_lock(metadata, job_id, lock_wait):
+    with job_lock(metadata, job_id, lock_wait) as lock:
         if read_handoff(storage, job_id, stamp) is not None:
             published = publish_handoff(storage, job_id, stamp, bucket, statistics)
             discard(storage, job_id, stamp)
@@ -311,5 +311,5 @@ def publish_job(
             local = require_local_dir(run_dir or "", origin_host, "run directory")
             published = publish_run(storage, local, job_id, stamp, bucket, statistics)
         if metadata is not None:  # the job's units as they now stand, counted under its lock
-            metadata.record_usage(storage.recount_touched())
+            metadata.record_usage(storage.recount_touched(), conn=lock)
         return published
