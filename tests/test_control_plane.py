@@ -3,6 +3,8 @@ that sees every eligible job, archiving that keeps up, statistics that never lis
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_OUTPUT, SUCCESS_NAME, archive_prefix
 from e2e3d_provider.devstack.bulk_jobs import BulkJob, load_jobs
+from e2e3d_provider.exceptions import StorageError
 from e2e3d_provider.hooks.metadata import SCHEMA, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.durability.retention import apply_retention
@@ -130,3 +133,100 @@ def test_the_archive_sweep_archives_every_succeeded_job_on_one_connection_with_t
         assert row["status"] == "archived" and row["archive_key"] == "archive/" + archive_prefix(job.job_id, STAMP)
         manifest = read_published_manifest(storage, BUCKET_ARCHIVE, job.job_id, archive_prefix(job.job_id, STAMP))
         assert len(manifest.files) == files
+
+
+def marked_removed(metadata: MetadataHook, tag: str) -> set[tuple[str, str]]:
+    """The runs of this test recorded as having no output any more."""
+    with metadata.transaction() as cur:
+        cur.execute(
+            f"SELECT job_id, stamp FROM {SCHEMA}.jobs WHERE job_id LIKE %s AND output_removed_at IS NOT NULL",
+            (tag + "%",),
+        )
+        return set(cur.fetchall())
+
+
+def versions_of(storage: StorageHook, job_id: str) -> set[tuple[str, str | None, bool]]:
+    """Every stored version and delete marker of ``output/<job_id>/`` by the minio client's own listing."""
+    listed = storage.client.list_objects(BUCKET_OUTPUT, prefix=job_id + "/", recursive=True, include_version=True)
+    return {(o.object_name, o.version_id, bool(o.is_delete_marker)) for o in listed}
+
+
+def test_retention_empties_every_eligible_unit_of_all_its_versions_and_leaves_the_rest(
+    storage: StorageHook, metadata: MetadataHook, tag: str
+) -> None:
+    """300 eligible jobs, a third published twice (noncurrent versions), some with delete markers, beside
+    jobs retention must leave: recent, not archived, with a newer run, archive copy missing, a marker of a
+    run the database does not know. Every eligible job's output loses every version and delete marker, its
+    row is marked and its usage row is gone; the others keep every version (and their usage rows)."""
+    eligible = [
+        BulkJob(f"{tag}-e{i:03d}", STAMP, "archived", LONG_AGO + timedelta(seconds=i), archived=True)
+        for i in range(300)
+    ]
+    others = {
+        "recent": BulkJob(f"{tag}-recent", STAMP, "archived", NOW - timedelta(days=2), archived=True),
+        "unarchived": BulkJob(f"{tag}-unarchived", STAMP, "succeeded", LONG_AGO),
+        "superseded": BulkJob(f"{tag}-superseded", STAMP, "archived", LONG_AGO, archived=True),
+        "no-archive": BulkJob(f"{tag}-noarchive", STAMP, "archived", LONG_AGO),  # its archive copy never came
+        "foreign": BulkJob(f"{tag}-foreign", STAMP, "archived", LONG_AGO, archived=True),
+    }
+    load_jobs(storage, metadata, eligible + list(others.values()))
+    load_jobs(storage, metadata, [*eligible[::3], others["foreign"]])  # republished: a second version of each
+    storage.delete_keys(BUCKET_OUTPUT, [f"{job.job_id}/logs/run.log" for job in eligible[1::7]])  # delete markers
+    newer = others["superseded"].job_id
+    load_jobs(storage, metadata, [BulkJob(newer, "20200701T000000Z", "succeeded", NOW)])  # owns its output now
+    foreign = others["foreign"].job_id
+    unknown_run = json.dumps({"job_id": foreign, "stamp": "20200901T000000Z", "manifest_sha256": "0" * 64})
+    storage.put_bytes(BUCKET_OUTPUT, f"{foreign}/SUCCESS", unknown_run.encode())  # a run the database never saw
+    units = [job.job_id + "/" for job in eligible + list(others.values())]
+    metadata.record_usage(storage.count_units(BUCKET_OUTPUT, units))
+    assert all(versions_of(storage, job.job_id) for job in eligible)
+    assert sum(len(versions_of(storage, job.job_id)) for job in eligible[:3]) > 3 * 7  # several versions each
+    kept = {name: versions_of(storage, job.job_id) for name, job in others.items()}
+
+    started = time.perf_counter()
+    result = apply_retention(storage, metadata, 30, now=NOW, page_size=128)
+    seconds = time.perf_counter() - started
+    print(f"\nretention: {result['removed']} jobs in {seconds:.2f}s = {result['removed'] / seconds:.0f} jobs/s")
+
+    assert [job.job_id for job in eligible if versions_of(storage, job.job_id)] == []
+    assert {name: versions_of(storage, job.job_id) for name, job in others.items()} == kept
+    removed = marked_removed(metadata, tag)
+    gone = {(others[name].job_id, STAMP) for name in ("superseded", "foreign")}  # not theirs: recorded gone
+    assert removed == {(job.job_id, STAMP) for job in eligible} | gone
+    rows = metadata.usage_rows(BUCKET_OUTPUT, units=units)
+    assert [unit for unit in rows if unit[:-1] in {job.job_id for job in eligible}] == []
+    assert set(rows) == {job.job_id + "/" for job in others.values()}
+    assert not storage.take_touched().get(BUCKET_OUTPUT, set()) & set(units)  # no recount owed
+
+
+def test_a_job_whose_versions_the_server_refused_is_recounted_and_retried(
+    storage: StorageHook, metadata: MetadataHook, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server refuses one version of one job (a faked refusal in the answer of the multi-object delete):
+    that job is not recorded removed (the next run tries again), its unit's usage is a fresh count of what
+    is left, no recount is owed for it; the other jobs go as ever, and the run ends with an error naming it."""
+    jobs = [BulkJob(f"{tag}-f{i}", STAMP, "archived", LONG_AGO + timedelta(seconds=i), archived=True) for i in range(6)]
+    load_jobs(storage, metadata, jobs)
+    stuck = jobs[2].job_id
+    real = StorageHook.delete_versions
+
+    def refusing(self: StorageHook, bucket: str, versions: list, **kwargs: object) -> list:
+        kept = [v for v in versions if v[0] == f"{stuck}/mesh/model.obj"]
+        return [(key, version, "AccessDenied") for key, version in kept] + real(
+            self, bucket, [v for v in versions if v not in kept], **kwargs
+        )
+
+    monkeypatch.setattr(StorageHook, "delete_versions", refusing)
+    with pytest.raises(StorageError, match=stuck):
+        apply_retention(storage, metadata, 30, now=NOW)
+    monkeypatch.undo()
+
+    assert marked_removed(metadata, tag) == {(job.job_id, STAMP) for job in jobs if job.job_id != stuck}
+    assert [key for key, _, marker in versions_of(storage, stuck) if not marker] == [f"{stuck}/mesh/model.obj"]
+    row = metadata.usage_rows(BUCKET_OUTPUT, units=[stuck + "/"])[stuck + "/"]
+    assert (row["objects"], row["versions"]) == (1, 1)
+    assert stuck + "/" not in storage.take_touched().get(BUCKET_OUTPUT, set())
+
+    again = apply_retention(storage, metadata, 30, now=NOW)
+    assert again["removed"] == 1 and versions_of(storage, stuck) == set()
+    assert metadata.usage_rows(BUCKET_OUTPUT, units=[stuck + "/"]) == {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: what a count adds up
 COUNT_FIELDS = ("objects", "bytes", "versions", "stored_bytes", "delete_markers")
@@ -78,3 +79,54 @@ def count_page(totals: dict[str, int], page: Page, first: str | None = None, sto
             totals["objects"] += 1
             totals["bytes"] += size
     return past
+
+
+class Version(NamedTuple):
+    """One entry of a ListObjectVersions page: a stored version or a delete marker (``etag`` None)."""
+
+    key: str
+    version_id: str | None
+    etag: str | None
+    size: int
+    latest: bool
+    delete_marker: bool
+
+
+@dataclass
+class VersionPage:
+    """One ListObjectVersions page with what deleting by version needs, and where the next one starts."""
+
+    versions: list[Version] = field(default_factory=list)
+    truncated: bool = False
+    next_key: str | None = None
+    next_version: str | None = None
+
+
+def parse_versions(body: bytes) -> VersionPage:
+    """The versions and delete markers (key, version id, ETag without quotes) of a ListObjectVersions
+    answer, and its continuation markers."""
+    page = VersionPage()
+    for child in ET.fromstring(body):
+        name = _local(child.tag)
+        if name in ("Version", "DeleteMarker"):
+            fields: dict[str, str] = {}
+            for part in child:
+                fields[_local(part.tag)] = part.text or ""
+            etag = fields.get("ETag")
+            page.versions.append(
+                Version(
+                    key=fields.get("Key", ""),
+                    version_id=fields.get("VersionId") or None,
+                    etag=etag.strip('"').lower() or None if etag else None,
+                    size=int(fields.get("Size") or 0),
+                    latest=fields.get("IsLatest", "true").lower() != "false",
+                    delete_marker=name == "DeleteMarker",
+                )
+            )
+        elif name == "IsTruncated":
+            page.truncated = (child.text or "").lower() == "true"
+        elif name == "NextKeyMarker":
+            page.next_key = child.text
+        elif name == "NextVersionIdMarker":
+            page.next_version = child.text
+    return page

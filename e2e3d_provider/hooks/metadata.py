@@ -507,6 +507,29 @@ class MetadataHook(PostgresHook):
             )
             return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
+    def retention_candidates(
+        self, finished_before: datetime, *, after: tuple[datetime, str, str] | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """One page of the runs retention looks at, oldest finished first after the keyset ``after``
+        (:meth:`keyset`): archived, finished no later than ``finished_before``, output not yet recorded
+        removed; each with ``superseded`` (a newer run of its job exists, so ``output/<job_id>/`` is not
+        this run's any more). One query: the index of such runs, and a probe of the primary key each."""
+        where = ["j.status = 'archived'", "coalesce(j.finished_at, j.updated_at) <= %s", "j.output_removed_at IS NULL"]
+        params: list[Any] = [finished_before]
+        if after is not None:
+            where.append("(coalesce(j.finished_at, j.updated_at), j.job_id, j.stamp) > (%s, %s, %s)")
+            params.extend(after)
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT {', '.join('j.' + c for c in JOB_COLUMNS)}, EXISTS (SELECT 1 FROM {SCHEMA}.jobs n "
+                f"WHERE n.job_id = j.job_id AND n.stamp > j.stamp) FROM {SCHEMA}.jobs j WHERE {' AND '.join(where)} "
+                "ORDER BY coalesce(j.finished_at, j.updated_at), j.job_id, j.stamp LIMIT %s",
+                (*params, limit),
+            )
+            return [
+                {**dict(zip(JOB_COLUMNS, row[:-1], strict=True)), "superseded": bool(row[-1])} for row in cur.fetchall()
+            ]
+
     def latest_stamps(self, job_ids: Iterable[str]) -> dict[str, str]:
         """The newest run (stamp) of each of these jobs, in one query."""
         ids = sorted(set(job_ids))

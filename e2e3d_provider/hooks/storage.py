@@ -75,6 +75,8 @@ MAX_SINGLE_COPY = 5 * 1024**3
 #: multi-object delete requests in flight at once (measured on SeaweedFS: 1,300 keys/s one at a time,
 #: 2,400 with four)
 DELETE_BATCHES_IN_FLIGHT = 4
+#: the fewest versions delete_versions puts in one request when it spreads a list over several
+MIN_DELETE_BATCH = 50
 #: a bucket count is split into this many key ranges, listed side by side, when its prefix has at least
 #: COUNT_NAMES_PER_RANGE top-level names per range
 COUNT_PARTITIONS = 8
@@ -856,6 +858,33 @@ class StorageHook(BaseHook):
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         return [obj.key for obj in self.list_objects(bucket, prefix)]
 
+    def list_versions(self, bucket: str, prefix: str) -> list[listing.Version]:
+        """Every stored version and delete marker below ``prefix`` (key, version id, ETag, whether latest),
+        in key order: ListObjectVersions pages, each retried on its own. What deleting a set whole by
+        version needs, and the current objects' ETags besides, in one listing."""
+        bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
+        query: dict[str, str] = {"versions": "", "prefix": prefix, "max-keys": "1000"}
+        found: list[listing.Version] = []
+
+        def one_page(q: dict[str, str]) -> listing.VersionPage:
+            return listing.parse_versions(self.client._execute("GET", bucket, query_params=q).data)
+
+        while True:
+            try:
+                page = self.retry.call(partial(one_page, dict(query)), f"list versions {bucket}/{prefix}")
+            except Exception as err:
+                raise self.translate(err, f"list versions {bucket}/{prefix}") from err
+            found.extend(page.versions)
+            if not page.truncated:
+                return found
+            if not page.next_key:
+                raise StorageError(f"listing versions of {bucket}/{prefix}: a truncated page named no next page")
+            query["key-marker"] = page.next_key
+            if page.next_version:
+                query["version-id-marker"] = page.next_version
+            else:
+                query.pop("version-id-marker", None)
+
     def delete_object(self, bucket: str, key: str) -> None:
         bucket, key = validate_bucket(bucket), validate_relpath(key)
         self._touch(bucket, [key])
@@ -892,6 +921,34 @@ class StorageHook(BaseHook):
         targets = [DeleteObject(validate_relpath(key)) for key in keys]
         self._delete(bucket, targets, f"{len(targets)} keys in {bucket}", parallel=DELETE_BATCHES_IN_FLIGHT)
         return len(targets)
+
+    def delete_versions(
+        self, bucket: str, versions: Sequence[tuple[str, str | None]], *, parallel: int = DELETE_BATCHES_IN_FLIGHT
+    ) -> list[tuple[str, str | None, str]]:
+        """Delete these ``(key, version_id)`` stored versions and delete markers for good (a version id of
+        None: the key's current version, as :meth:`delete_keys`) with multi-object deletes of at most 1,000 a
+        request, ``parallel`` requests in flight, in the order given (list a key's older versions first: the
+        server then never looks for a new current version of a key that is going whole). Returns what the
+        server refused, as ``(key, version_id, error code)``, so a caller deleting many sets at once can tell
+        which ones are whole gone; a request that fails (after its retries) raises."""
+        bucket = validate_bucket(bucket)
+        targets = [DeleteObject(validate_relpath(key), version_id) for key, version_id in versions]
+        self._touch(bucket, [target.name for target in targets])
+        refused: list[tuple[str, str | None, str]] = []
+        lock = threading.Lock()
+
+        def delete(batch: list[DeleteObject]) -> None:
+            what = f"delete {len(batch)} versions in {bucket}"
+            errors = self._call(what, lambda: list(self.client.remove_objects(bucket, iter(batch))))
+            with lock:
+                refused.extend((e.name or "", e.version_id, e.code) for e in errors)
+
+        # spread over ``parallel`` requests (at most 1,000 versions, at least MIN_DELETE_BATCH each): a server
+        # works through one request's list in turn, so a few hundred versions in one request keep the others idle
+        size = min(1000, max(MIN_DELETE_BATCH, -(-len(targets) // max(1, parallel))))
+        batches = [targets[start : start + size] for start in range(0, len(targets), size)]
+        transfer.run_parallel(batches, delete, parallel, lambda batch: batch[0].name, self.translate)
+        return refused
 
     def _delete(self, bucket: str, targets: list[DeleteObject], what: str, parallel: int = 1) -> None:
         self._touch(bucket, [target.name for target in targets])
@@ -1033,6 +1090,12 @@ class StorageHook(BaseHook):
             noted = self._touched.setdefault(bucket, set())
             if len(noted) + len(units) <= MAX_TOUCHED_UNITS:
                 noted.update(units)
+
+    def forget_touched(self, bucket: str, units: Iterable[str]) -> None:
+        """Drop these units of ``bucket`` from the changed ones: the caller stores their totals itself (it
+        knows them without a listing, as retention knows a unit it emptied is empty)."""
+        with self._touched_lock:
+            self._touched.get(bucket, set()).difference_update(units)
 
     def take_touched(self) -> dict[str, set[str]]:
         """The units this hook changed since the last call (bucket -> units), forgotten here."""
