@@ -193,9 +193,10 @@ def _retire(
 ) -> None:
     """Delete the page's doomed sets and record the page: every SUCCESS version first, across jobs (from
     here on no reader trusts these sets), then the rest of the sets whose markers all went. A set whose
-    every version went is an empty unit: zero usage, counted at its listing's start, stored with the
-    record of its removal and forgotten by the hook (no recount listing); a set the server refused part of
-    is recounted, and not recorded removed."""
+    every version went is an empty unit: zero usage, stored with the record of its removal and forgotten by
+    the hook (no recount listing). Its count is dated at the start of the page's earliest listing, before
+    that set was listed: a writer that put something there since and stored its own count keeps it. A set
+    the server refused part of is recounted, and not recorded removed."""
     doomed = [v for v in verdicts if v.action == "remove"]
     markers = [
         (entry.key, entry.version_id)
