@@ -43,6 +43,9 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 ROLES = ("admin", *GRANTS)
+#: role -> MinIO admin API actions it may call besides its bucket grants: the maintenance role reads the
+#: scanner's per-bucket usage (the usage reconciliation). SeaweedFS has no such API, so no identity action.
+MINIO_ADMIN_ACTIONS: dict[str, tuple[str, ...]] = {"maintenance": ("admin:DataUsageInfo",)}
 
 
 #: grants that SeaweedFS scopes to a bucket's objects (``Write:bucket/*``): its plain ``Write:bucket`` also
@@ -88,7 +91,8 @@ _S3_ACTIONS = {
 
 
 def minio_policy(role: str) -> dict[str, Any]:
-    """The IAM policy (MinIO's ``mc admin policy create``) granting exactly what :data:`GRANTS` says."""
+    """The IAM policy (MinIO's ``mc admin policy create``) granting exactly what :data:`GRANTS` says, and
+    the admin API actions of :data:`MINIO_ADMIN_ACTIONS` (no resource: MinIO's admin actions have none)."""
     statements = []
     for bucket, actions in GRANTS[role].items():
         bucket_level = [a for a in _S3_ACTIONS[LIST] if LIST in actions]
@@ -97,6 +101,8 @@ def minio_policy(role: str) -> dict[str, Any]:
             statements.append({"Effect": "Allow", "Action": bucket_level, "Resource": [f"arn:aws:s3:::{bucket}"]})
         if object_level:
             statements.append({"Effect": "Allow", "Action": object_level, "Resource": [f"arn:aws:s3:::{bucket}/*"]})
+    if MINIO_ADMIN_ACTIONS.get(role):
+        statements.append({"Effect": "Allow", "Action": list(MINIO_ADMIN_ACTIONS[role])})
     return {"Version": "2012-10-17", "Statement": statements}
 
 

@@ -927,14 +927,29 @@ class MetadataHook(PostgresHook):
         drift_objects: int = 0,
         drift_bytes: int = 0,
         detail: Mapping[str, Any] | None = None,
-        corrections: UsageCounts | None = None,
+        corrections: UsageCounts | Sequence[UsageCounts] | None = None,
+        cursors: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """Record one reconciliation of ``bucket`` (``usage-api`` or ``listing``) and store its
         ``corrections`` in the same transaction (each guarded like any count: a unit a writer counted
-        after the reconciliation looked at it keeps the writer's figure)."""
+        after the reconciliation looked at it keeps the writer's figure; several groups when parts were
+        listed at different instants). With ``cursors`` the bucket's
+        walk positions are replaced by these (``range_first``, ``range_stop``, ``position``,
+        ``walk_started``; an empty list ends the walk) in that transaction too, so a resumed walk starts
+        exactly after what was stored."""
+        groups = [corrections] if isinstance(corrections, UsageCounts) else list(corrections or ())
         with self._migrated_transaction() as cur:
-            if corrections:
-                store_usage(cur, corrections)
+            for group in groups:
+                if group:
+                    store_usage(cur, group)
+            if cursors is not None:
+                cur.execute(f"DELETE FROM {SCHEMA}.reconcile_cursors WHERE bucket = %s", (bucket,))
+                for c in cursors:
+                    cur.execute(
+                        f"""INSERT INTO {SCHEMA}.reconcile_cursors (bucket, range_first, range_stop, position,
+                                walk_started) VALUES (%s, %s, %s, %s, %s)""",
+                        (bucket, c["range_first"], c["range_stop"], c["position"], c["walk_started"]),
+                    )
             cur.execute(
                 f"""INSERT INTO {SCHEMA}.reconciliations (bucket, method, started_at, complete, units_checked,
                         drift_units, drift_objects, drift_bytes, detail)
@@ -951,6 +966,19 @@ class MetadataHook(PostgresHook):
                     json.dumps(dict(detail or {}), default=str),
                 ),
             )
+
+    def reconcile_cursors(self, bucket: str) -> list[dict[str, Any]]:
+        """Where an unfinished listing reconciliation of ``bucket`` stands: one row per key range
+        (``range_first`` ("" for the bucket's start), ``range_stop`` (None: its end), ``position``
+        (the unit to resume at; None: the range is done) and ``walk_started``), range order; empty when
+        no walk is under way."""
+        columns = ("range_first", "range_stop", "position", "walk_started")
+        with self._migrated_transaction() as cur:
+            cur.execute(
+                f"SELECT {', '.join(columns)} FROM {SCHEMA}.reconcile_cursors WHERE bucket = %s ORDER BY range_first",
+                (bucket,),
+            )
+            return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
 
     def reconciliations(self, bucket: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The latest reconciliations (of ``bucket``), newest first."""

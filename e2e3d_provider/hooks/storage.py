@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
@@ -587,6 +587,20 @@ class StorageHook(BaseHook):
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise self.translate(err, "roles") from err
 
+    def data_usage(self) -> dict[str, Any] | None:
+        """The server's own usage figures per bucket, where it keeps them: MinIO's admin data-usage report
+        (its scanner's totals, saved at ``lastUpdate``), with this connection's keys (the maintenance role
+        may read it). None when the server offers no such API (SeaweedFS: counts per bucket only by a
+        listing). Raises StorageAuthError when the keys may not read it."""
+        s = self.settings
+        access_key, secret_key = self.keys
+        admin = storage_roles.admin_client(s.endpoint, access_key, secret_key, s.secure, s.verify)
+        where = f"the server of connection {self.minio_conn_id!r} at {self.endpoint_url}"
+        try:
+            return storage_roles.data_usage(admin, where)
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise self.translate(err, "data usage") from err
+
     def versioning_enabled(self, bucket: str) -> bool:
         return self._call(f"versioning {bucket}", self.client.get_bucket_versioning, bucket).status == ENABLED
 
@@ -1038,9 +1052,8 @@ class StorageHook(BaseHook):
         plain listings (ListObjectsV2); any other by version listings. A large prefix is split at its
         top-level names into ``partitions`` key ranges listed side by side (``how`` says which way)."""
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
-        status = self._call(f"versioning of {bucket}", lambda: self.client.get_bucket_versioning(bucket).status)
-        versions = status != "Off"  # "Enabled", or "Suspended" with older versions still stored
-        ranges = self._key_ranges(bucket, prefix, partitions)
+        versions = self.versions_kept(bucket)
+        ranges = self.key_ranges(bucket, prefix, partitions)
         counts = transfer.run_parallel(
             ranges,
             lambda span: self._count_range(bucket, prefix, span, versions=versions),
@@ -1068,7 +1081,7 @@ class StorageHook(BaseHook):
             return counts
         with self._touched_lock:  # counted from now on: only a write after this notes them again
             self._touched.get(bucket, set()).difference_update(wanted)
-        versions = self._versions_kept(bucket)
+        versions = self.versions_kept(bucket)
 
         def count(unit: str) -> tuple[str, dict[str, int]]:
             if unit.endswith("/"):
@@ -1111,18 +1124,20 @@ class StorageHook(BaseHook):
             counts = counts.merge(self.count_units(bucket, units)) if counts else self.count_units(bucket, units)
         return counts
 
-    def _versions_kept(self, bucket: str) -> bool:
+    def versions_kept(self, bucket: str) -> bool:
         """Whether ``bucket`` has ever had versioning (so it must be counted by version listings); asked
         once per bucket and hook (a bucket's versioning is never turned off)."""
         cached = self._versioning.get(bucket) or _VERSIONS_KEPT.get((self.endpoint_url, bucket))
         if cached is None:
             status = self._call(f"versioning of {bucket}", lambda: self.client.get_bucket_versioning(bucket).status)
-            cached = self._versioning[bucket] = status != "Off"
+            # "Enabled", or "Suspended" with older versions still stored; a bucket that never had versioning
+            # answers no status at all (minio's ``status`` None, not "Off")
+            cached = self._versioning[bucket] = status in (ENABLED, "Suspended")
             if cached:  # for good: every hook of this process to this server may skip the question
                 _VERSIONS_KEPT[(self.endpoint_url, bucket)] = True
         return cached
 
-    def _key_ranges(self, bucket: str, prefix: str, partitions: int) -> list[tuple[str | None, str | None]]:
+    def key_ranges(self, bucket: str, prefix: str, partitions: int) -> list[tuple[str | None, str | None]]:
         """Contiguous key ranges ``[first, next first)`` that cover ``prefix`` whole, split at its
         top-level names (one delimiter listing); one range when there are few of them."""
         if partitions <= 1:
@@ -1143,6 +1158,22 @@ class StorageHook(BaseHook):
         its own), starting just below ``first``."""
         first, stop = span
         totals = dict.fromkeys(listing.COUNT_FIELDS, 0)
+        for page in self.listing_pages(bucket, prefix, first, versions=versions):
+            if listing.count_page(totals, page, first, stop) or not page.truncated:
+                break
+        return totals
+
+    def listing_pages(
+        self, bucket: str, prefix: str = "", first: str | None = None, *, versions: bool
+    ) -> Iterator[listing.Page]:
+        """The listing pages of ``bucket`` below ``prefix`` from just below ``first`` on (version listings,
+        else ListObjectsV2), one at a time and each retried on its own, for a caller that folds them and
+        stops when it has what it needs (a page may start a few keys before ``first``: filter them).
+
+        A listing that starts at ``first`` is a version listing on any bucket: SeaweedFS's ListObjectsV2
+        ``start-after=job-1`` skips every key below the folder ``job-1/`` (its ``key-marker`` does not),
+        and a bucket without versioning lists each object once either way."""
+        versions = versions or bool(first and first[:-1])
         query: dict[str, str] = {"versions": ""} if versions else {"list-type": "2"}
         query |= {"prefix": prefix, "delimiter": "", "max-keys": "1000"}
         if first and first[:-1]:  # keys after the marker: every key from ``first`` on, a few before it
@@ -1152,9 +1183,10 @@ class StorageHook(BaseHook):
             return listing.parse_page(self.client._execute("GET", bucket, query_params=q).data)
 
         while True:
-            page = self.retry.call(partial(one_page, dict(query)), f"count {bucket}/{prefix}{first or ''}")
-            if listing.count_page(totals, page, first, stop) or not page.truncated:
-                return totals
+            page = self.retry.call(partial(one_page, dict(query)), f"list {bucket}/{prefix}{first or ''}")
+            yield page
+            if not page.truncated:
+                return
             if not (page.next_version or page.next_key) if versions else not page.next_token:
                 raise StorageError(f"listing {bucket}/{prefix}: a truncated page named no next page")
             if versions:

@@ -172,3 +172,22 @@ def backup_user_from_connection(admin_endpoint: str, admin_access_key: str) -> t
             "its own (a user limited to its bucket, which bootstrap --roles creates)"
         )
     return conn.login, conn.password, extra.get("bucket") or DEFAULT_BACKUP_BUCKET
+
+
+def data_usage(admin: MinioAdmin, where: str, retry: RetryPolicy = ADMIN_RETRY) -> dict[str, Any] | None:
+    """MinIO's data-usage report (``mc admin info``'s figures: the scanner's last per-bucket totals and when
+    it saved them, ``lastUpdate``), parsed; None when the server has no MinIO admin API (SeaweedFS and AWS
+    S3 answer with an S3 error document, or 4xx with no ``XMinio`` code). Needs ``admin:DataUsageInfo``
+    (the maintenance role has it)."""
+    try:
+        body = retry.call(admin.get_data_usage_info, "data usage")
+    except MinioAdminException as err:
+        if (getattr(err, "_body", "") or "").lstrip().startswith("<"):  # an S3 error (XML): not MinIO's admin API
+            return None  # (SeaweedFS takes the path for bucket "minio": 404, or 403 for keys without it)
+        error = _admin_error(err, "data usage", where)
+        if isinstance(error, StorageAuthError):
+            raise error from err
+        if "has no MinIO admin API" in str(error):
+            return None
+        raise error from err
+    return json.loads(body or "{}")
