@@ -1,6 +1,6 @@
 """The scheduled maintenance steps in one namespace (the maintenance DAG calls one per task):
-thresholds, temp clean-up, reconciling jobs with their DAG runs, archiving, retention, statistics,
-health, scrub and storage hygiene. Each is idempotent."""
+thresholds, temp clean-up, reconciling jobs with their DAG runs, archiving, retention, reconciling the
+kept storage figures with the server, statistics, health, scrub and storage hygiene. Each is idempotent."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from e2e3d_provider.lifecycle.maintenance.hygiene import (
     configured_vacuum as configured_vacuum,
 )
 from e2e3d_provider.lifecycle.maintenance.reconcile import reconcile_running_jobs as reconcile_running_jobs
+from e2e3d_provider.lifecycle.maintenance.usage import reconcile_usage as reconcile_usage
 from e2e3d_provider.lifecycle.worker.scratch import clean_temp as clean_temp
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ CONFIG_TELEMETRY_DAYS = "telemetry_retention_days"
 CONFIG_SCRUB_MAX_BYTES = "scrub_max_bytes"
 CONFIG_STRAY_GRACE_HOURS = "stray_grace_hours"
 CONFIG_UPLOAD_MAX_AGE_HOURS = "multipart_max_age_hours"
+CONFIG_RECONCILE_BUDGET_SECONDS = "usage_reconcile_budget_seconds"
 DEFAULTS = {
     CONFIG_TEMP_MAX_AGE_HOURS: 24,
     CONFIG_RETENTION_DAYS: 30,
@@ -46,6 +48,8 @@ DEFAULTS = {
     CONFIG_SCRUB_MAX_BYTES: 10 * 1024**3,  # bytes a daily scrub reads; the next run carries on from there
     CONFIG_STRAY_GRACE_HOURS: 24,  # an object no manifest names is a stray only once this old
     CONFIG_UPLOAD_MAX_AGE_HOURS: 24,  # an incomplete multipart upload this old is abandoned
+    # seconds a run's usage reconciliation may list for (the next run resumes the walk); 0: no bound
+    CONFIG_RECONCILE_BUDGET_SECONDS: 600,
 }
 
 
