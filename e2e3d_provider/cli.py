@@ -163,6 +163,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
         ("bucket", "objects", "bytes", "growth/day"),
         [(b, s["objects"][-1], s["bytes"][-1], human_bytes(s["bytes_per_day"])) for b, s in sorted(d["space"].items())],
     )
+    table(
+        "kept figures per bucket (every write keeps them) and their last reconciliation with the server",
+        ("bucket", "objects", "stored", "reconciled", "by", "drift units", "drift versions", "drift bytes"),
+        [
+            (
+                b,
+                u["objects"],
+                human_bytes(u["stored_bytes"]),
+                "never" if u["reconciled_hours_ago"] is None else f"{u['reconciled_hours_ago']:g} h ago",
+                u["reconciled_by"] or "-",
+                *((u["drift"]["units"], u["drift"]["objects"], u["drift"]["bytes"]) if u["drift"] else ("-",) * 3),
+            )
+            for b, u in sorted(d.get("usage", {}).items())
+        ],
+    )
     st = d["storage"]
     capacity = (
         human_bytes(st["capacity"]) if st["capacity"] else "no capacity set (e2e3d.config storage_capacity_bytes)"

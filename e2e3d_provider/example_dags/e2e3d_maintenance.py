@@ -1,8 +1,9 @@
 """E2E3D maintenance, daily: check health first (it gates every other task), then clean old temp dirs,
 reconcile jobs whose DAG run ended from outside (marked failed in the UI or REST), archive completed
-jobs, apply output retention, record storage statistics and throughput, scrub a rolling share of the
-published results (repairing what it can), and storage hygiene (stale uploads, stray objects, VACUUM,
-volume compaction). Every task is idempotent.
+jobs, apply output retention, reconcile the kept storage figures with the server (MinIO's usage report,
+else a listing within a time budget that the next run resumes), record storage statistics and throughput,
+scrub a rolling share of the published results (repairing what it can), and storage hygiene (stale
+uploads, stray objects, VACUUM, volume compaction). Every task is idempotent.
 
 Thresholds come from the DAG params when set, else from PostgreSQL's ``e2e3d.config``
 (``temp_max_age_hours``, ``output_retention_days``), else 24 h and 30 days.
@@ -62,6 +63,17 @@ BACKUP_CONN_ID = DEFAULT_BACKUP_CONN_ID  # the scrub's last place to repair from
             type=["null", "number"],
             minimum=0,
         ),
+        "usage_reconcile_budget_seconds": form_param(
+            None,
+            title="Usage reconciliation budget (seconds)",
+            description_md=(
+                "`reconcile_usage` lists buckets for at most this long; the next run resumes where it stopped. "
+                "Empty: `usage_reconcile_budget_seconds` of `e2e3d.config`, else 600; 0: no bound."
+            ),
+            section="Thresholds",
+            type=["null", "number"],
+            minimum=0,
+        ),
         "remove_strays": form_param(
             False,
             title="Remove stray objects",
@@ -105,6 +117,16 @@ def e2e3d_maintenance() -> None:
         return maintenance.apply_retention(StorageHook(MAINTENANCE_CONN_ID), metadata, days)
 
     @task
+    def reconcile_usage(params: dict[str, Any]) -> dict[str, Any]:
+        """Compare the kept storage figures with the server (its usage report, else a listing resumed
+        across runs) and correct the drift, so the statistics snapshot after it is right."""
+        metadata = MetadataHook()
+        budget = maintenance.setting(
+            metadata, maintenance.CONFIG_RECONCILE_BUDGET_SECONDS, params.get("usage_reconcile_budget_seconds")
+        )
+        return maintenance.reconcile_usage(StorageHook(MAINTENANCE_CONN_ID), metadata, time_budget=budget or None)
+
+    @task
     def storage_statistics() -> dict[str, Any]:
         return maintenance.record_statistics(StorageHook(MAINTENANCE_CONN_ID), MetadataHook())
 
@@ -146,7 +168,7 @@ def e2e3d_maintenance() -> None:
     checked >> trim_telemetry()
     checked >> scrub_results()
     checked >> storage_hygiene()
-    checked >> archive_completed() >> apply_retention() >> storage_statistics()
+    checked >> archive_completed() >> apply_retention() >> reconcile_usage() >> storage_statistics()
 
 
 e2e3d_maintenance()

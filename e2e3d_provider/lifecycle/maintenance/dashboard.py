@@ -5,7 +5,7 @@ cache hit ratio, errors, top downloads, requests by hour, jobs. One function ser
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from e2e3d_provider.core.projection import MIN_SPAN, project
@@ -113,10 +113,30 @@ def dashboard_figures(metadata: MetadataHook, days: float = 30.0) -> dict[str, A
             for status, n, mean, longest in rows["jobs"]
         ],
         "recent_jobs": [_job(j) for j in metadata.list_jobs(limit=RECENT_JOBS)],
+        "usage": usage_figures(metadata),
         # a projection (growth per day, fill date) needs samples spanning this long
         "projection_min_hours": MIN_SPAN.total_seconds() / 3600,
         "warnings": warnings,
     }
+
+
+def usage_figures(metadata: MetadataHook, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """Per bucket: the kept figures (what every write keeps) and how old the last complete reconciliation
+    with the server is (``reconciled_hours_ago``; None: never), its method and the drift it found and
+    corrected (``units``, stored object versions and stored bytes, server minus kept)."""
+    now = now or datetime.now(UTC)
+    figures = {}
+    for row in metadata.bucket_usage():
+        at = row["reconciled_at"]
+        figures[row["bucket"]] = {
+            **{name: row[name] for name in ("objects", "bytes", "versions", "stored_bytes", "delete_markers")},
+            "updated_at": _iso(row["updated_at"]),
+            "reconciled_at": _iso(at) if at else None,
+            "reconciled_hours_ago": round((now - at).total_seconds() / 3600, 2) if at else None,
+            "reconciled_by": row["reconciled_by"],
+            "drift": row["drift"],
+        }
+    return figures
 
 
 def _job(job: dict[str, Any]) -> dict[str, Any]:
