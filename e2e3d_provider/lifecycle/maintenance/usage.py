@@ -315,7 +315,6 @@ def _walk_range(context: _Context, span: _Range) -> _Walk:
     unit: str | None = None
     totals = zero()
     unit_listed = 0.0
-    done_units = 0
     pages = storage.listing_pages(bucket, "", start or None, versions=context.versions)
     try:
         while True:
@@ -337,11 +336,11 @@ def _walk_range(context: _Context, span: _Range) -> _Walk:
                     if unit is not None:
                         batch.append((unit, totals))
                         batch_listed = unit_listed if batch_listed is None else min(batch_listed, unit_listed)
-                        done_units += 1
-                        if len(batch) >= BATCH_UNITS or _spent(context):
+                        spent = _spent(context)  # asked once: a batch is compared before the walk stops
+                        if len(batch) >= BATCH_UNITS or spent:
                             _compare(context, walk, batch, batch_lo, this, batch_listed)
                             batch, batch_lo, batch_listed = [], this, None
-                        if _spent(context):
+                        if spent:
                             walk.position = this
                             return walk
                     unit, totals, unit_listed = this, zero(), asked
