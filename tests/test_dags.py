@@ -214,6 +214,10 @@ def test_maintenance_dag_on_seeded_old_jobs(
     assert storage.list_keys("output", old) == [] and storage.list_keys("output", done) == []  # past retention
     assert storage.exists("output", f"{fresh}/SUCCESS")  # within retention: kept
     assert xcom(dr, "apply_retention")["removed"] >= 2
+    reconciled = xcom(dr, "reconcile_usage")  # before the snapshot: every bucket compared with the server
+    assert set(reconciled) == {"input", "output", "models", "archive"}
+    for part in reconciled.values():
+        assert part.get("listing", {}).get("complete") or part["usage_api"]["comparable"], part
     latest = {s["bucket"]: s for s in metadata.latest_storage_stats()}
     assert set(latest) >= {"input", "output", "models", "archive"}
     assert latest["archive"]["taken_at"] > datetime.now(UTC) - timedelta(minutes=5)
