@@ -6,6 +6,10 @@ sits in the stack directory (0700), so no other local user reads a byte of it. W
 HTTPS with the stack CA's certificate for 127.0.0.1. The least-privilege roles are MinIO users with the
 policies :func:`e2e3d_provider.core.roles.minio_policy` generates, applied through MinIO's admin API
 (:meth:`StorageHook.apply_roles`), as ``e2e3d bootstrap --roles`` does on a real deployment.
+
+MinIO inherits the environment, so its settings can be given there: ``MINIO_SCANNER_SPEED=fastest``
+makes its scanner (whose figures the usage reconciliation reads through the admin data-usage API)
+start a cycle every second instead of every minute, at the cost of a busy core; the tests set it.
 """
 
 from __future__ import annotations
