@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,7 @@ def main() -> None:
             child("usage-api")
     finally:
         stack.stop_stack(base / "stack")
+        shutil.rmtree(base, ignore_errors=True)  # 3 GB of stack data at 10,000 jobs
 
 
 if __name__ == "__main__":
