@@ -268,6 +268,18 @@ def test_the_usage_api_finds_drift_and_files_it_unattributed_on_minio(site: Site
     assert site.metadata.usage_rows(BUCKET_INPUT, units=["api-ds/"])["api-ds/"]["objects"] == 1
     full_listing_matches(site)
 
+    # auto only reports what the report shows and lets a listing confirm it: nothing filed unattributed
+    raw_put(site, BUCKET_INPUT, "api-ds/second.jpg", 7)
+    wait_for_scan(maintenance, (BUCKET_INPUT,), datetime.now(UTC))
+    before = site.metadata.reconciliations(BUCKET_INPUT, limit=1)[0]["id"]
+    summary = reconcile_usage(maintenance, site.metadata, (BUCKET_INPUT,), method="auto")
+    assert summary[BUCKET_INPUT]["usage_api"]["drift_found"] and summary[BUCKET_INPUT]["listing"]["complete"]
+    new = [r for r in site.metadata.reconciliations(BUCKET_INPUT) if r["id"] > before]
+    assert [(r["method"], r["drift_objects"]) for r in new] == [("listing", 1)]  # the report's drift not filed
+    assert site.metadata.usage_rows(BUCKET_INPUT, units=[UNATTRIBUTED]) == {}
+    assert site.metadata.usage_rows(BUCKET_INPUT, units=["api-ds/"])["api-ds/"]["objects"] == 2
+    full_listing_matches(site)
+
 
 def test_the_maintenance_step_reads_its_time_budget_setting(site: Site) -> None:
     assert steps.reconcile_usage is reconcile_usage
