@@ -230,3 +230,23 @@ def test_a_job_whose_versions_the_server_refused_is_recounted_and_retried(
     again = apply_retention(storage, metadata, 30, now=NOW)
     assert again["removed"] == 1 and versions_of(storage, stuck) == set()
     assert metadata.usage_rows(BUCKET_OUTPUT, units=[stuck + "/"]) == {}
+
+
+@pytest.mark.parametrize("usage", ["computed", "counted"])
+def test_the_bulk_loader_keeps_the_usage_of_every_unit_it_wrote(
+    storage: StorageHook, metadata: MetadataHook, tag: str, usage: str
+) -> None:
+    """Loaded jobs start with exact kept figures, as published ones do: each job's unit in ``output`` (and in
+    ``archive`` for an archived one) holds what a listing of it finds, whether the loader added up what it
+    wrote or counted each unit afterwards."""
+    jobs = [BulkJob(f"{tag}-u{i}", STAMP, "archived", LONG_AGO, archived=bool(i % 2)) for i in range(3)]
+    load_jobs(storage, metadata, jobs, files=("mesh/model.obj", "logs/run.log"), file_size=100, usage=usage)
+
+    for bucket, loaded in ((BUCKET_OUTPUT, jobs), (BUCKET_ARCHIVE, [job for job in jobs if job.archived])):
+        units = [f"{job.job_id}/" for job in loaded]
+        kept = {unit: {k: v for k, v in row.items() if k != "counted_at"} for unit, row in
+                metadata.usage_rows(bucket, units=units).items()}  # fmt: skip
+        assert kept == storage.count_units(bucket, units).units[bucket], bucket
+        assert all(totals["objects"] == 4 for totals in kept.values())  # 2 files, manifest, SUCCESS
+    with metadata.transaction() as cur:  # the session's figures keep no unit of the removed jobs
+        cur.execute(f"DELETE FROM {SCHEMA}.usage WHERE unit LIKE %s", (tag + "%",))
