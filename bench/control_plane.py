@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import statistics
 import sys
 import time
@@ -158,8 +159,22 @@ def measure(name: str, func: Callable[[], Any], repeat: int = 1) -> dict[str, An
     return row
 
 
+#: what a reconciliation's summary of a bucket shows, per method
+RECONCILED = ("comparable", "drift_found", "reason", "delta", "complete", "units_checked", "drift_units")
+RECONCILED += ("drift_objects", "drift_bytes", "skipped", "error")
+
+
 def short(outcome: Any) -> Any:
     """The parts of an outcome worth a table cell."""
+    if isinstance(outcome, dict) and outcome and all(isinstance(v, dict) and v.keys() <= {"usage_api", "listing"}
+                                                     for v in outcome.values()):  # fmt: skip
+        return {  # reconcile_usage: bucket -> method -> summary
+            bucket: {
+                m: {k: v for k, v in r.items() if k in RECONCILED and v not in (None, {}, 0)}
+                for m, r in methods.items()
+            }
+            for bucket, methods in outcome.items()
+        }
     if isinstance(outcome, dict):
         keep = ("archived", "removed", "complete", "waiting", "drift", "drift_objects", "drift_bytes", "method")
         keep += ("units_checked", "buckets", "error", "skipped", "restored_objects", "repaired", "objects")
@@ -202,8 +217,6 @@ def png(seed: int, size: int = 48) -> bytes:
 
 def run_folder(root: Path, job_id: str) -> Path:
     """A finished run's result folder (random bytes: no two jobs share a blob)."""
-    import os
-
     run = root / job_id
     for rel, size in RUN_FILES.items():
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -235,9 +248,38 @@ def counters_off() -> Iterator[None]:
         StorageHook.recount_touched, StorageHook.count_units, MetadataHook.record_usage = saved  # type: ignore[method-assign]
 
 
+def wait_for_scan(storage: Any, metadata: Any, timeout: float) -> float | None:
+    """Wait until MinIO's usage report was saved after the last change of the kept figures (its scanner's
+    figures are comparable only then); returns the seconds waited, None when the report never caught up."""
+    from datetime import datetime
+
+    if not hasattr(storage, "data_usage"):
+        return None
+    last_write = max(row["updated_at"] for row in metadata.bucket_usage())
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        text = (storage.data_usage() or {}).get("lastUpdate") or ""
+        if text and datetime.fromisoformat(text.replace("Z", "+00:00")) > last_write:
+            waited = time.perf_counter() - started
+            print(f"  MinIO's usage report caught up with the last write after {waited:.1f}s ({text})", flush=True)
+            return waited
+        time.sleep(1.0)
+    print(f"  MinIO's usage report did not catch up within {timeout:.0f}s", flush=True)
+    return None
+
+
 def run_size(server: str, n: int, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every operation at ``n`` jobs on ``server``; returns the rows and the extras (load time, listing
     differences, publish ON/OFF)."""
+    if server == "minio" and args.scanner_speed:  # the stack's MinIO inherits it (bench_environment restores)
+        os.environ["MINIO_SCANNER_SPEED"] = args.scanner_speed
+    try:
+        return _run_size(server, n, args)
+    finally:
+        os.environ.pop("MINIO_SCANNER_SPEED", None)
+
+
+def _run_size(server: str, n: int, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     with bench_environment(f"control-{server}-{n}", server=server) as base:
         from fastapi.testclient import TestClient
 
@@ -402,6 +444,8 @@ def run_size(server: str, n: int, args: argparse.Namespace) -> tuple[list[dict[s
             if reconcile_usage is None:
                 print(f"  reconcile {method}: reconcile_usage is not in this tree", flush=True)
                 continue
+            if method == "usage-api":
+                extras["scan_wait_seconds"] = wait_for_scan(storage, metadata, args.scan_wait)
 
             def reconcile(method: str = method) -> Any:
                 try:
@@ -458,33 +502,13 @@ def run_size(server: str, n: int, args: argparse.Namespace) -> tuple[list[dict[s
         for row in rows:
             row["n"], row["server"] = n, server
         extras["n"], extras["server"] = n, server
+        report(rows, [extras])  # before the stack goes: removing a large MinIO data folder takes minutes
+        print(f"(removing the stack of {server}, N={n})", flush=True)
         return rows, extras
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", choices=(*SERVERS, "both"), default="both")
-    parser.add_argument("--sizes", default="100,10000,100000")
-    parser.add_argument("--archive-budget", type=float, default=30.0)
-    parser.add_argument("--publish", type=int, default=20, help="jobs the mixed workload publishes and archives")
-    parser.add_argument("--on-off", type=int, default=30, help="jobs published with the counters on (and as many off)")
-    parser.add_argument("--load-usage", choices=("computed", "counted"), default="computed")
-    parser.add_argument(
-        "--count-load-max",
-        type=int,
-        default=10_000,
-        help="up to this size, also time a count_units of every loaded unit (the 'counted' load's extra cost)",
-    )
-    parser.add_argument("--full-count", action="store_true", help="also the old full count of the output bucket")
-    args = parser.parse_args()
-    servers = SERVERS if args.server == "both" else (args.server,)
-    rows: list[dict[str, Any]] = []
-    extras: list[dict[str, Any]] = []
-    for n in (int(x) for x in args.sizes.split(",")):
-        for server in servers:
-            more, extra = run_size(server, n, args)
-            rows += more
-            extras.append(extra)
+def report(rows: list[dict[str, Any]], extras: list[dict[str, Any]]) -> None:
+    """The table (size x server x operation), the load, listing and publish lines, and the JSON line."""
     print(
         f"\n{'jobs':>8} {'server':<10}{'operation':<24}{'seconds':>10}{'jobs/s':>9}{'S3 req':>9}{'PG conn':>9}"
         f"{'PG stmt':>9}{'peak MB':>9}  outcome"
@@ -506,6 +530,7 @@ def main() -> int:
         print(
             f"{e['n']:>8} {e['server']:<10}load {e['load_seconds']:.1f}s{counted}; kept - listed (objects, bytes) "
             f"{worst}; publish ON/OFF x{p['ratio']:.2f} (medians x{p['ratio_median']:.2f})"
+            + (f"; waited {e['scan_wait_seconds']:.1f}s for MinIO's scan" if e.get("scan_wait_seconds") else "")
         )
     print(
         "\n"
@@ -519,6 +544,40 @@ def main() -> int:
             default=str,
         )
     )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", choices=(*SERVERS, "both"), default="both")
+    parser.add_argument("--sizes", default="100,10000,100000")
+    parser.add_argument("--archive-budget", type=float, default=30.0)
+    parser.add_argument("--publish", type=int, default=20, help="jobs the mixed workload publishes and archives")
+    parser.add_argument("--on-off", type=int, default=30, help="jobs published with the counters on (and as many off)")
+    parser.add_argument("--load-usage", choices=("computed", "counted"), default="computed")
+    parser.add_argument(
+        "--count-load-max",
+        type=int,
+        default=10_000,
+        help="up to this size, also time a count_units of every loaded unit (the 'counted' load's extra cost)",
+    )
+    parser.add_argument(
+        "--scanner-speed",
+        default="fastest",
+        help="MINIO_SCANNER_SPEED of the bench's MinIO (fastest: a scan cycle a second, so its usage report "
+        "follows the writes; '' leaves MinIO's default)",
+    )
+    parser.add_argument("--scan-wait", type=float, default=600.0, help="seconds to wait for MinIO's usage report")
+    parser.add_argument("--full-count", action="store_true", help="also the old full count of the output bucket")
+    args = parser.parse_args()
+    servers = SERVERS if args.server == "both" else (args.server,)
+    rows: list[dict[str, Any]] = []
+    extras: list[dict[str, Any]] = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        for server in servers:
+            more, extra = run_size(server, n, args)
+            rows += more
+            extras.append(extra)
+    report(rows, extras)
     return 0
 
 
