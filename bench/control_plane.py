@@ -248,22 +248,25 @@ def counters_off() -> Iterator[None]:
         StorageHook.recount_touched, StorageHook.count_units, MetadataHook.record_usage = saved  # type: ignore[method-assign]
 
 
-def wait_for_scan(storage: Any, metadata: Any, timeout: float) -> float | None:
-    """Wait until MinIO's usage report was saved after the last change of the kept figures (its scanner's
-    figures are comparable only then); returns the seconds waited, None when the report never caught up."""
+def wait_for_scan(storage: Any, metadata: Any, timeout: float, cycles: int) -> float | None:
+    """Wait until MinIO's usage report was saved after the last change of the kept figures (the usage-API
+    reconciliation compares only then), and then for ``cycles - 1`` more saves (a cycle that began before
+    the last write may be saved after it); returns the seconds waited, None when the report never did."""
     from datetime import datetime
 
     if not hasattr(storage, "data_usage"):
         return None
     last_write = max(row["updated_at"] for row in metadata.bucket_usage())
-    started = time.perf_counter()
+    started, seen = time.perf_counter(), []
     while time.perf_counter() - started < timeout:
         text = (storage.data_usage() or {}).get("lastUpdate") or ""
-        if text and datetime.fromisoformat(text.replace("Z", "+00:00")) > last_write:
-            waited = time.perf_counter() - started
-            print(f"  MinIO's usage report caught up with the last write after {waited:.1f}s ({text})", flush=True)
-            return waited
-        time.sleep(1.0)
+        if text and datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00") > last_write and text not in seen:
+            seen.append(text)
+            if len(seen) >= cycles:
+                waited = time.perf_counter() - started
+                print(f"  MinIO's usage report: {len(seen)} save(s) after the last write, {waited:.1f}s ({text})")
+                return waited
+        time.sleep(0.5)
     print(f"  MinIO's usage report did not catch up within {timeout:.0f}s", flush=True)
     return None
 
@@ -445,7 +448,7 @@ def _run_size(server: str, n: int, args: argparse.Namespace) -> tuple[list[dict[
                 print(f"  reconcile {method}: reconcile_usage is not in this tree", flush=True)
                 continue
             if method == "usage-api":
-                extras["scan_wait_seconds"] = wait_for_scan(storage, metadata, args.scan_wait)
+                extras["scan_wait_seconds"] = wait_for_scan(storage, metadata, args.scan_wait, args.scan_cycles)
 
             def reconcile(method: str = method) -> Any:
                 try:
@@ -565,6 +568,12 @@ def main() -> int:
         default="fastest",
         help="MINIO_SCANNER_SPEED of the bench's MinIO (fastest: a scan cycle a second, so its usage report "
         "follows the writes; '' leaves MinIO's default)",
+    )
+    parser.add_argument(
+        "--scan-cycles",
+        type=int,
+        default=2,
+        help="saves of MinIO's usage report after the last write to wait for (1: the first, as the DAG may meet it)",
     )
     parser.add_argument("--scan-wait", type=float, default=600.0, help="seconds to wait for MinIO's usage report")
     parser.add_argument("--full-count", action="store_true", help="also the old full count of the output bucket")
