@@ -250,8 +250,8 @@ def counters_off() -> Iterator[None]:
 
 def wait_for_scan(storage: Any, metadata: Any, timeout: float, cycles: int) -> float | None:
     """Wait until MinIO's usage report was saved after the last change of the kept figures (the usage-API
-    reconciliation compares only then), and then for ``cycles - 1`` more saves (a cycle that began before
-    the last write may be saved after it); returns the seconds waited, None when the report never did."""
+    reconciliation compares only then), and then for ``cycles - 1`` more saves (a report saved after a write
+    may still miss it); returns the seconds waited, None when the report never did."""
     from datetime import datetime
 
     if not hasattr(storage, "data_usage"):
@@ -572,8 +572,10 @@ def main() -> int:
     parser.add_argument(
         "--scan-cycles",
         type=int,
-        default=2,
-        help="saves of MinIO's usage report after the last write to wait for (1: the first, as the DAG may meet it)",
+        default=20,
+        help="saves of MinIO's usage report after the last write to wait for: at 100 jobs the first and the second "
+        "still missed the scrub's and the restore's 3 versions, the 20th had them (MinIO rescans a folder it "
+        "thinks unchanged every 16 cycles)",
     )
     parser.add_argument("--scan-wait", type=float, default=600.0, help="seconds to wait for MinIO's usage report")
     parser.add_argument("--full-count", action="store_true", help="also the old full count of the output bucket")
