@@ -159,22 +159,31 @@ def measure(name: str, func: Callable[[], Any], repeat: int = 1) -> dict[str, An
     return row
 
 
-#: what a reconciliation's summary of a bucket shows, per method
-RECONCILED = ("comparable", "drift_found", "reason", "delta", "complete", "units_checked", "drift_units")
-RECONCILED += ("drift_objects", "drift_bytes", "skipped", "error")
+def reconciled(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A reconcile_usage summary (bucket -> method -> result) in a table cell: whether every bucket was
+    comparable (usage API) or walked whole (listing), the units checked, and each nonzero drift."""
+    results = [result for methods in outcome.values() for result in methods.values()]
+    cell: dict[str, Any] = {}
+    if any("comparable" in r for r in results):
+        cell["comparable"] = all(r.get("comparable") for r in results if "comparable" in r)
+    if any("units_checked" in r for r in results):
+        cell["complete"] = all(r.get("complete") for r in results if "units_checked" in r)
+        cell["units"] = sum(r.get("units_checked", 0) for r in results)
+    drift = {
+        f"{bucket}/{method}": {k: v for k, v in (r.get("delta") or {}).items() if v}
+        for bucket, methods in outcome.items()
+        for method, r in methods.items()
+        if any((r.get("delta") or {}).values())
+    }
+    reasons = {r["reason"] for r in results if r.get("reason")}
+    return cell | {"drift": drift or 0} | ({"reasons": sorted(reasons)} if reasons else {})
 
 
 def short(outcome: Any) -> Any:
     """The parts of an outcome worth a table cell."""
     if isinstance(outcome, dict) and outcome and all(isinstance(v, dict) and v.keys() <= {"usage_api", "listing"}
                                                      for v in outcome.values()):  # fmt: skip
-        return {  # reconcile_usage: bucket -> method -> summary
-            bucket: {
-                m: {k: v for k, v in r.items() if k in RECONCILED and v not in (None, {}, 0)}
-                for m, r in methods.items()
-            }
-            for bucket, methods in outcome.items()
-        }
+        return reconciled(outcome)
     if isinstance(outcome, dict):
         keep = ("archived", "removed", "complete", "waiting", "drift", "drift_objects", "drift_bytes", "method")
         keep += ("units_checked", "buckets", "error", "skipped", "restored_objects", "repaired", "objects")
