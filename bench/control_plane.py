@@ -597,7 +597,8 @@ def main() -> int:
             more, extra = run_size(server, n, args)
             rows += more
             extras.append(extra)
-    report(rows, extras)
+    if len(extras) > 1:  # every size and server together (each was reported as it finished)
+        report(rows, extras)
     return 0
 
 
