@@ -4,6 +4,7 @@ whether the storage figures kept as the provider writes (issue 32) still equal a
 
 Run:  python -m bench.control_plane [--server seaweedfs|minio|both] [--sizes 100,10000,100000]
                                     [--archive-budget 30] [--publish 20] [--on-off 30] [--full-count]
+                                    [--scanner-speed fastest] [--scan-cycles 20] [--load-usage computed]
 
 For each server and size N a fresh embedded stack gets a small real site first (a dataset ingested by the
 CLI, three jobs published by ``publish_job`` + ``record_job_run``, a backup of it all), then N published jobs
@@ -23,7 +24,9 @@ rest archived and recent. Then, in order:
     restore job          a result removed from outside, restored from the backup (one job)
   full listing           every version of every bucket listed by the minio client (not the provider's code)
                          and compared with bucket_usage: the difference per bucket in objects and bytes
-  reconcile usage-api    reconcile_usage(method="usage-api"), MinIO only (its figures come from its scanner)
+  reconcile usage-api    reconcile_usage(method="usage-api"), MinIO only: its figures come from its scanner, so
+                         the bench's MinIO scans at --scanner-speed (fastest) and the bench first waits for
+                         --scan-cycles (20) saves of the report after the last write (the wait printed apart)
   reconcile listing      reconcile_usage(method="listing")
   publish ON / OFF       publish_job of --on-off small jobs with the usage recount, and as many with
                          StorageHook.recount_touched / count_units and empty record_usage patched to no-ops
