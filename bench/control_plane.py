@@ -253,7 +253,7 @@ def counters_off() -> Iterator[None]:
 
     StorageHook.recount_touched = recount  # type: ignore[method-assign]
     StorageHook.count_units = lambda self, bucket, units: UsageCounts()  # type: ignore[method-assign]
-    MetadataHook.record_usage = lambda self, counts: real_record(self, counts) if counts else 0  # type: ignore[method-assign]
+    MetadataHook.record_usage = lambda self, counts, **kw: real_record(self, counts, **kw) if counts else 0  # type: ignore[method-assign]
     try:
         yield
     finally:
