@@ -6,6 +6,7 @@ errors, worker disks, and the metrics that go out through Airflow's Stats."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -78,6 +79,9 @@ def test_the_dashboard_draws_every_chart_with_the_figures_postgresql_holds(
         telemetry.storage_error(f"operation-{i:02d}-with-a-long-name", "output", RuntimeError("x"))
     telemetry.flush()
 
+    # a reconciliation of output (as the maintenance DAG's reconcile_usage records one): its age is shown
+    metadata.record_reconciliation("output", "listing", datetime.now(UTC), complete=True, drift_objects=2)
+
     browser.get(f"{api}/api/health")  # the cookie belongs to the API's origin, as the UI's login sets it
     browser.add_cookie({"name": "_token", "value": token("viewer", ROLES["viewer"]), "path": "/"})
     browser.get(f"{api}/dashboard")
@@ -103,6 +107,10 @@ def test_the_dashboard_draws_every_chart_with_the_figures_postgresql_holds(
     )
     for bucket, objects, nbytes in latest:
         assert (shown[f"objects:{bucket}"], shown[f"bytes:{bucket}"]) == (str(objects), str(nbytes)), bucket
+        assert f"reconciled:{bucket}" in shown, bucket  # how old the last check against the server is, or never
+    assert 0 <= float(shown["reconciled:output"]) < 1
+    age = browser.find_element(By.CSS_SELECTOR, '#figures [data-key="reconciled:output"]').text
+    assert age.startswith("reconciled ") and "by listing" in age, age
     for status, count in query(metadata, f"SELECT status, count(*) FROM {SCHEMA}.jobs GROUP BY 1"):
         assert shown[f"jobs:{status}"] == str(count), status
     (requests,) = query(metadata, f"SELECT count(*) FROM {SCHEMA}.access_log WHERE at >= now() - interval '30 days'")[0]

@@ -206,6 +206,14 @@ function card(parent, label, value, detail, key, raw) {
   parent.appendChild(el);
 }
 
+// how old the last check of a bucket's kept figures against the server is, and what it corrected
+function reconciled(u, b) {
+  if (!u || u.reconciled_hours_ago === null || u.reconciled_hours_ago === undefined)
+    return { text: "never reconciled with the server", key: "reconciled:" + b, value: "" };
+  const drift = u.drift && (u.drift.objects || u.drift.bytes) ? `, corrected ${count(u.drift.objects)} versions / ${bytes(u.drift.bytes)}` : ", no drift";
+  return { text: `reconciled ${duration(u.reconciled_hours_ago * 3600)} ago by ${u.reconciled_by}${drift}`, key: "reconciled:" + b, value: u.reconciled_hours_ago };
+}
+
 function figures(d) {
   const box = document.getElementById("figures");
   box.textContent = "";
@@ -220,7 +228,8 @@ function figures(d) {
     const series = d.space[b], n = series.bytes.length - 1;
     card(box, "bucket " + b, bytes(series.bytes[n]),
       [{ text: count(series.objects[n]) + " objects", key: "objects:" + b, value: series.objects[n] },
-        growth(series.at, series.bytes, series.bytes_per_day, d.projection_min_hours)], "bytes:" + b, series.bytes[n]);
+        growth(series.at, series.bytes, series.bytes_per_day, d.projection_min_hours), reconciled((d.usage || {})[b], b)],
+      "bytes:" + b, series.bytes[n]);
   });
   Object.keys(d.disks).sort().forEach((h) => {
     const disk = d.disks[h], used = disk.used[disk.used.length - 1];
