@@ -186,3 +186,22 @@ def test_a_count_older_than_the_stored_one_never_overwrites_it(site: Site) -> No
     assert site.metadata.usage_rows("models", units=["stale-test/"])["stale-test/"]["objects"] == 3
     site.metadata.record_usage(UsageCounts(units={"models": {"stale-test/": dict.fromkeys(COUNT_FIELDS, 0)}}))
     assert site.metadata.usage_rows("models", units=["stale-test/"]) == {}
+
+
+def test_a_key_counted_as_its_own_unit_is_counted_alone_on_every_server(storage: StorageHook, bucket: str) -> None:
+    """A probe or a loose top-level key is its own unit: its count lists below the key itself (MinIO refuses a
+    listing whose marker lies outside its prefix, NotImplemented) and leaves out longer keys it prefixes."""
+    writer = StorageHook()
+    writer.put_bytes(bucket, ".e2e3d-probe/abc", b"12")
+    writer.put_bytes(bucket, "loose", b"123")
+    writer.put_bytes(bucket, "loosely", b"12345")
+    counts = writer.recount_touched()
+    assert counts.units[bucket][".e2e3d-probe/abc"]["bytes"] == 2
+    assert counts.units[bucket]["loose"] == {
+        "objects": 1,
+        "bytes": 3,
+        "versions": 1,
+        "stored_bytes": 3,
+        "delete_markers": 0,
+    }
+    assert counts.units[bucket]["loosely"]["bytes"] == 5

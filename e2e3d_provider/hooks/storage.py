@@ -1173,11 +1173,14 @@ class StorageHook(BaseHook):
         A listing that starts at ``first`` is a version listing on any bucket: SeaweedFS's ListObjectsV2
         ``start-after=job-1`` skips every key below the folder ``job-1/`` (its ``key-marker`` does not),
         and a bucket without versioning lists each object once either way."""
-        versions = versions or bool(first and first[:-1])
+        # keys after the marker: every key from ``first`` on, a few before it. A marker outside the prefix is
+        # no seek (the prefix starts later anyway) and MinIO refuses it (NotImplemented)
+        marker = first[:-1] if first and first[:-1].startswith(prefix) and len(first) > 1 else None
+        versions = versions or marker is not None
         query: dict[str, str] = {"versions": ""} if versions else {"list-type": "2"}
         query |= {"prefix": prefix, "delimiter": "", "max-keys": "1000"}
-        if first and first[:-1]:  # keys after the marker: every key from ``first`` on, a few before it
-            query["key-marker" if versions else "start-after"] = first[:-1]
+        if marker:
+            query["key-marker" if versions else "start-after"] = marker
 
         def one_page(q: dict[str, Any]) -> listing.Page:
             return listing.parse_page(self.client._execute("GET", bucket, query_params=q).data)
