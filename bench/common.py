@@ -17,9 +17,10 @@ BENCH_CONN_ID = "minio_bench"
 
 @contextmanager
 def bench_environment(name: str, server: str = "seaweedfs") -> Iterator[Path]:
-    """A scratch directory, a running S3 server and PostgreSQL (the embedded stack with ``server`` as its
-    S3 server, unless ``E2E3D_TEST_S3_ENDPOINT`` + keys name a server), and the ``minio_bench`` connection
-    to it."""
+    """A scratch directory, a running S3 server and PostgreSQL (the embedded stack unless
+    ``E2E3D_TEST_S3_ENDPOINT`` + keys name a server), and the ``minio_bench`` connection to it.
+    ``server``: the embedded stack's S3 server, ``seaweedfs`` or ``minio`` (``$E2E3D_MINIO_BINARY`` or
+    ``minio`` on PATH, else the pinned test build, fetched once)."""
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="e2e3d-bench-airflow-"))
     from e2e3d_provider.devstack import stack
@@ -28,6 +29,10 @@ def bench_environment(name: str, server: str = "seaweedfs") -> Iterator[Path]:
     saved = dict(os.environ)  # restored at the end: a second environment starts its own stack
     info = None
     if not os.environ.get("E2E3D_TEST_S3_ENDPOINT"):
+        if server == "minio" and not (os.environ.get("E2E3D_MINIO_BINARY") or shutil.which("minio")):
+            from tests.minio_binary import ensure_minio
+
+            os.environ["E2E3D_MINIO_BINARY"] = str(ensure_minio())
         info = stack.start_stack(base / "stack", owner_pid=os.getpid(), server=server)
         os.environ.update(info.env())
     os.environ[f"AIRFLOW_CONN_{BENCH_CONN_ID.upper()}"] = json.dumps(

@@ -1,17 +1,24 @@
 """Large downloads, spliced from the socket into the file: whole, verified, retried, never partial.
 
 A real TCP proxy in front of the session's S3 server cuts a large object's response part-way, the way a
-server restart or a dropped link does; the hook behind it talks to the real server through it.
+server restart or a dropped link does (or holds it there, for a process to be killed mid-body); the hook
+behind it talks to the real server through it. A very large object goes as parallel ranged GETs: the same
+guarantees hold for it, a cut range is asked again from where it stopped, and memory stays bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -35,10 +42,12 @@ def _hang_up(*socks: socket.socket) -> None:
 
 class CuttingProxy:
     """Forwards loopback TCP to ``upstream``; the first ``cuts`` responses longer than ``cut_at`` bytes
-    are cut there (both sides closed), as a server that dies mid-body would leave them."""
+    are cut there (both sides closed), as a server that dies mid-body would leave them; with ``stall``
+    they are held there instead, open and silent, until the proxy is closed."""
 
-    def __init__(self, upstream: tuple[str, int], cut_at: int, cuts: int) -> None:
-        self.upstream, self.cut_at, self.cuts = upstream, cut_at, cuts
+    def __init__(self, upstream: tuple[str, int], cut_at: int, cuts: int, stall: bool = False) -> None:
+        self.upstream, self.cut_at, self.cuts, self.stall = upstream, cut_at, cuts, stall
+        self.released = threading.Event()
         self.cut = 0
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
@@ -75,6 +84,8 @@ class CuttingProxy:
                         self.cut += cut
                     if cut:
                         dst.sendall(data[: self.cut_at - sent])
+                        if self.stall:
+                            self.released.wait()
                         return
                 dst.sendall(data)
                 sent += len(data)
@@ -84,6 +95,7 @@ class CuttingProxy:
             _hang_up(src, dst)
 
     def close(self) -> None:
+        self.released.set()
         self.server.close()
 
 
@@ -158,3 +170,202 @@ def test_a_large_download_cut_with_no_attempt_left_fails_naming_it_and_leaves_no
     assert "closed the connection after" in str(raised.value) or "after 1 attempt" in str(raised.value)
     assert proxy.cut == 1
     assert list((tmp_path / "dest").iterdir()) == [], "neither the file nor a partial one may stay"
+
+
+# ---------------------------------------------------------------------------------------
+# Very large objects: parallel ranged GETs
+# ---------------------------------------------------------------------------------------
+
+#: a size that goes by ranges at the default settings (object_io.ranged_plan)
+RANGED_SIZE = 40 * MiB
+
+
+@pytest.fixture
+def ranged_object(storage: StorageHook, bucket: str, tmp_path: Path) -> tuple[str, str, bytes]:
+    data = os.urandom(RANGED_SIZE)
+    src = tmp_path / "scan.bin"
+    src.write_bytes(data)
+    StorageHook(part_size=8 * MiB).upload_file(src, bucket, "run/scan.bin")  # multipart, tagged with its sha256
+    src.unlink()
+    return bucket, "run/scan.bin", data
+
+
+def range_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records the ``(start, end)`` of every ranged GET (the real function still runs)."""
+    calls: list[tuple[int, int]] = []
+    real = object_io._fetch_range
+
+    def recording(client, bucket, key, headers, version, start, end, *rest):
+        calls.append((start, end))
+        return real(client, bucket, key, headers, version, start, end, *rest)
+
+    monkeypatch.setattr(object_io, "_fetch_range", recording)
+    return calls
+
+
+def test_a_very_large_download_goes_by_ranges_and_is_verified(
+    ranged_object: tuple[str, str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket, key, data = ranged_object
+    calls = range_calls(monkeypatch)
+    hook = StorageHook(part_size=8 * MiB)
+    plan = object_io.ranged_plan(len(data), 8 * MiB)
+    assert plan and len(plan) >= 2
+    assert hook.download_file(bucket, key, tmp_path / "by-label.bin")  # checked against its sha256 tag
+    assert sorted(calls) == plan, "every range once, none twice"
+    assert (tmp_path / "by-label.bin").read_bytes() == data
+    calls.clear()
+    sha = hashlib.sha256(data).hexdigest()
+    assert hook.download_file(bucket, key, tmp_path / "by-manifest.bin", sha256=sha, size=len(data))
+    assert sorted(calls) == plan
+    assert (tmp_path / "by-manifest.bin").read_bytes() == data
+    with pytest.raises(ChecksumMismatchError, match="do not match the manifest"):
+        hook.download_file(bucket, key, tmp_path / "other.bin", sha256=hashlib.sha256(b"other").hexdigest())
+    assert not (tmp_path / "other.bin").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
+
+
+def test_ranges_line_up_with_a_multipart_etag_and_check_it(
+    storage: StorageHook, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An object another client uploaded in 5 MiB parts, with no sha256 label: the ranges are whole parts,
+    so the parts' MD5s give its multipart ETag back, and that is what the download is checked against."""
+    data = os.urandom(RANGED_SIZE)
+    src = tmp_path / "foreign.bin"
+    src.write_bytes(data)
+    storage.client.fput_object(bucket, "run/foreign.bin", str(src), part_size=5 * MiB)
+    etag = storage.stat(bucket, "run/foreign.bin").etag
+    assert etag.endswith("-8"), etag
+    calls = range_calls(monkeypatch)
+    assert StorageHook(part_size=8 * MiB).download_file(bucket, "run/foreign.bin", tmp_path / "out.bin")
+    assert len(calls) >= 2 and all(start % (5 * MiB) == 0 for start, _ in calls)
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert "cannot be checked" not in caplog.text
+
+
+def test_a_range_cut_mid_body_is_asked_again_from_where_it_stopped(
+    ranged_object: tuple[str, str, bytes],
+    proxied: tuple[CuttingProxy, dict],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bucket, key, data = ranged_object
+    proxy, _ = proxied
+    proxy.cut_at = 3 * MiB  # inside a range: every range is larger
+    calls = range_calls(monkeypatch)
+    hook = StorageHook("minio_cut", part_size=8 * MiB, attempts=3, retry_delay=0.01)
+    assert hook.download_file(bucket, key, tmp_path / "out.bin")
+    assert proxy.cut == 1, "the proxy should have cut one response"
+    plan = object_io.ranged_plan(len(data), 8 * MiB)
+    assert plan is not None
+    resumed = [call for call in calls if call not in plan]
+    assert len(calls) == len(plan) + 1 and len(resumed) == 1, calls
+    start, end = resumed[0]
+    assert any(lo < start < hi and end == hi for lo, hi in plan), "only the rest of the cut range is asked again"
+    assert hashlib.sha256((tmp_path / "out.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
+
+
+def test_a_range_cut_with_no_attempt_left_fails_naming_it_and_leaves_nothing(
+    ranged_object: tuple[str, str, bytes], proxied: tuple[CuttingProxy, dict], tmp_path: Path
+) -> None:
+    bucket, key, _ = ranged_object
+    proxy, _ = proxied
+    proxy.cut_at = 3 * MiB
+    hook = StorageHook("minio_cut", part_size=8 * MiB, attempts=1, retry_delay=0.01)
+    with pytest.raises(E2E3DError, match=r"run/scan\.bin") as raised:
+        hook.download_file(bucket, key, tmp_path / "dest" / "out.bin")
+    assert "closed the connection after" in str(raised.value) or "after 1 attempt" in str(raised.value)
+    assert proxy.cut == 1
+    assert list((tmp_path / "dest").iterdir()) == [], "neither the file nor a partial one may stay"
+
+
+KILLED_CHILD = """
+import sys
+from pathlib import Path
+from e2e3d_provider.hooks.storage import StorageHook
+StorageHook("minio_cut", part_size=8 * 1024 * 1024).download_file(sys.argv[1], sys.argv[2], Path(sys.argv[3]))
+"""
+
+
+def test_a_ranged_download_killed_mid_range_leaves_nothing_under_the_final_name(
+    ranged_object: tuple[str, str, bytes], proxied: tuple[CuttingProxy, dict], tmp_path: Path
+) -> None:
+    bucket, key, data = ranged_object
+    proxy, _ = proxied
+    proxy.cut_at, proxy.stall = 3 * MiB, True  # one range is held mid-body: the process is killed there
+    dest = tmp_path / "dest" / "out.bin"
+    dest.parent.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, bucket, key, str(dest)], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not (proxy.cut and [p for p in dest.parent.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]):
+            assert child.poll() is None and time.monotonic() < deadline, "the download should be held mid-range"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the other ranges go on meanwhile
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert not dest.exists(), "a killed download must leave nothing under the final name"
+    proxy.close()
+    assert StorageHook(part_size=8 * MiB).download_file(bucket, key, dest)  # a rerun lands it whole
+    assert dest.read_bytes() == data
+
+
+MEMORY_CHILD = """
+import sys
+from pathlib import Path
+from e2e3d_provider.hooks.storage import StorageHook
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+hook = StorageHook(part_size=8 * 1024 * 1024)
+hook.stat(sys.argv[1], sys.argv[2])  # imports and connections are made before the measure
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # the peak (VmHWM) starts again from the present size
+before = status("VmRSS:")
+hook.download_file(sys.argv[1], sys.argv[2], Path(sys.argv[3]))
+print(status("VmHWM:") - before)
+"""
+
+
+def test_a_ranged_download_holds_little_memory_whatever_the_size(
+    storage: StorageHook, bucket: str, tmp_path: Path
+) -> None:
+    """The ranges go from the socket to the file and the hash reads the page cache a window at a time:
+    the process grows by far less than the object, whose size here is several times the bound."""
+    size = 160 * MiB
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as handle:
+        for _ in range(size // (8 * MiB)):
+            handle.write(os.urandom(8 * MiB))
+    StorageHook(part_size=8 * MiB).upload_file(src, bucket, "run/huge.bin")
+    assert object_io.ranged_plan(size, 8 * MiB)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, bucket, "run/huge.bin", str(tmp_path / "out.bin")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # the installed package, as the test's own
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    grown = int(out.stdout.split()[-1])
+    assert grown < 48 * MiB, f"the process grew by {grown / MiB:.0f} MiB for a {size // MiB} MiB object"
+    assert os.path.getsize(tmp_path / "out.bin") == size
+
+
+def test_ranged_plan_gives_whole_parts_and_enough_ranges() -> None:
+    """Ranges cover the object once, in order, each a whole number of upload parts (the last excepted),
+    and there are at least as many as run at once; below the threshold, one GET."""
+    assert object_io.ranged_plan(object_io.RANGED_MIN - 1, 8 * MiB) is None
+    assert object_io.ranged_plan(100 * MiB, 8 * MiB, in_flight=1) is None
+    for size, part in ((40 * MiB, 8 * MiB), (40 * MiB, 5 * MiB), (2000 * 1000 * 1000, 8 * MiB), (33 * MiB, 16 * MiB)):
+        plan = object_io.ranged_plan(size, part, in_flight=4)
+        assert plan is not None
+        assert plan[0][0] == 0 and plan[-1][1] == size
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(plan))
+        assert all(start % part == 0 for start, _ in plan)
+        assert len(plan) >= min(4, -(-size // part))

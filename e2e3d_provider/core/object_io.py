@@ -10,12 +10,15 @@ The data path's per-object steps, each reading the local file once:
 * a download of a small object is one GET; a large one is one GET pinned to its ETag (``If-Match``)
   on the hook's HTTP client. Over plain HTTP on Linux its body goes from the socket into the file by
   ``splice`` (copied once, by the kernel) while a second thread hashes the file's page cache through a
-  memory map; otherwise it is read in 1 MiB chunks while a second thread writes and hashes each one
-  (parallel ranged GETs over the Rust client were measured slower here: more connections, more copies
-  and more server work for the same bytes, on cores the hashing needs).
+  memory map; otherwise it is read in 1 MiB chunks while a second thread writes and hashes each one;
+* a very large object (:func:`ranged_plan` says which) is fetched as ranged GETs, a few in flight, each
+  pinned to the ETag and spliced (or written) into the file at its offset; one thread hashes the file's
+  contiguous written prefix in order through a memory map, so the SHA-256 is still one pass over the
+  whole file, and a range cut part-way is asked again from where it stopped (the caller's retry policy).
+  Ranges are whole multiples of the upload's parts, so a multipart ETag's part MD5s still line up.
 
-Nothing here retries, opens connections or knows Airflow: the caller passes a store (or the hook's
-client) and a retry policy.
+Nothing here opens connections or knows Airflow: the caller passes a store (or the hook's client) and,
+for ranged downloads, the retry policy each range runs under.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,12 @@ SPLICE_CHUNK = 1024 * 1024
 HASH_WINDOW = 8 * 1024 * 1024
 #: parts of one multipart upload in flight at once (memory: this many parts)
 PART_CONCURRENCY = 4
+#: a large download goes as ranged GETs from this size up (below it one spliced GET measured as fast)
+RANGED_MIN = 32 * 1024 * 1024
+#: ranged GETs of one object in flight at once, and the size each range aims at (a whole number of the
+#: upload's parts); memory is one pipe per range in flight plus the hashing window, whatever the size
+RANGES_IN_FLIGHT = 4
+RANGE_TARGET = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -238,16 +247,20 @@ def _plain_socket_body(response: Any) -> tuple[socket.socket, Any, int] | None:
     return sock, raw.fp, raw.length
 
 
-def _splice_into(sock: socket.socket, reader: Any, length: int, fd: int, progress: Callable[[int], None]) -> int:
-    """Move ``length`` body bytes from ``sock`` into ``fd`` (from offset 0) by ``splice`` through a pipe,
+def _splice_into(
+    sock: socket.socket, reader: Any, length: int, fd: int, progress: Callable[[int], None], offset: int = 0
+) -> int:
+    """Move ``length`` body bytes from ``sock`` into ``fd`` at ``offset`` by ``splice`` through a pipe,
     so they are copied once, by the kernel, into the page cache; the bytes the HTTP reader already
-    buffered go first. ``progress(n)`` is told how many bytes the file holds. A server that stops
-    early raises ``ConnectionError``, one that goes silent for the socket's timeout ``TimeoutError``."""
+    buffered go first. ``progress(n)`` is told how many bytes of the body the file holds (it may raise
+    to stop). A server that stops early raises ``ConnectionError``, one that goes silent for the socket's
+    timeout ``TimeoutError``. Writes only at offsets (never the descriptor's position), so several bodies
+    can go into one file at once."""
     head = reader.read1(length) if reader.peek(0) else b""  # buffered only: no read from the socket
     written = 0
     view = memoryview(head)
     while view:
-        n = os.write(fd, view)
+        n = os.pwrite(fd, view, offset + written)
         view, written = view[n:], written + n
     progress(written)
     timeout = sock.gettimeout()
@@ -268,7 +281,7 @@ def _splice_into(sock: socket.socket, reader: Any, length: int, fd: int, progres
                 raise ConnectionError(f"the server closed the connection after {written} of {length} bytes")
             moved = 0
             while moved < got:
-                moved += os.splice(pipe_out, fd, got - moved, offset_dst=written + moved)
+                moved += os.splice(pipe_out, fd, got - moved, offset_dst=offset + written + moved)
             written += got
             progress(written)
     finally:
@@ -316,6 +329,43 @@ class _Written:
         with self._cond:
             self._cond.wait_for(lambda: self._abandoned or self._done >= target)
             return not self._abandoned
+
+
+class _Abandoned(Exception):
+    """A range stops because another one failed (never retried: it is not a transfer error)."""
+
+
+class _Filled(_Written):
+    """How much of each range of a file is written, and so how long its contiguous written prefix is
+    (what the hashing thread may read); a range's filling raises :class:`_Abandoned` once the download
+    is given up."""
+
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.ranges = ranges
+        self._filled = [0] * len(ranges)
+        self._head = 0  # the first range not wholly written
+
+    def filled(self, index: int) -> int:
+        with self._cond:
+            if self._abandoned:
+                raise _Abandoned
+            return self._filled[index]
+
+    def fill(self, index: int, filled: int) -> None:
+        with self._cond:
+            if self._abandoned:
+                raise _Abandoned
+            self._filled[index] = max(self._filled[index], filled)
+            ranges = self.ranges
+            while (
+                self._head < len(ranges) and self._filled[self._head] >= ranges[self._head][1] - ranges[self._head][0]
+            ):
+                self._head += 1
+            done = ranges[-1][1] if self._head == len(ranges) else ranges[self._head][0] + self._filled[self._head]
+            if done > self._done:
+                self._done = done
+                self._cond.notify()
 
 
 def _spliced(body: tuple[socket.socket, Any, int], fd: int, hashes: _BodyHashes) -> int:
@@ -389,3 +439,124 @@ def get_streamed(
     finally:
         os.close(fd)
     return hashes.fetched(written, label, etag)
+
+
+def ranged_plan(size: int, part_size: int, in_flight: int = RANGES_IN_FLIGHT) -> list[tuple[int, int]] | None:
+    """The ``(start, end)`` byte ranges to fetch an object of ``size`` bytes in, or None when one GET is
+    the faster way (below :data:`RANGED_MIN`). Each range is a whole number of ``part_size`` parts (the
+    upload's, so a multipart ETag's part MD5s line up with them), near :data:`RANGE_TARGET`, and small
+    enough that there are at least ``in_flight`` ranges (so all are busy, and the hash, which follows the
+    written prefix in order, is never far behind the last byte)."""
+    if size < max(RANGED_MIN, 2 * part_size) or in_flight < 2:
+        return None
+    parts = max(1, min(round(RANGE_TARGET / part_size), size // (in_flight * part_size)))
+    step = parts * part_size
+    return [(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def _fetch_range(
+    client: Any,
+    bucket: str,
+    key: str,
+    headers: dict[str, str] | None,
+    version: str | None,
+    start: int,
+    end: int,
+    fd: int,
+    progress: Callable[[int], None],
+) -> None:
+    """One ranged GET of bytes ``[start, end)`` into ``fd`` at ``start``: spliced over plain HTTP, else
+    read in :data:`STREAM_CHUNK` chunks and written at their offsets; ``progress(n)`` after each step."""
+    response = client.get_object(
+        bucket, key, offset=start, length=end - start, version_id=version, request_headers=headers
+    )
+    try:
+        body = _plain_socket_body(response)
+        length = body[2] if body else int(response.headers.get("Content-Length", -1))
+        if length != end - start:  # a server that ignored the Range would send the whole object here
+            raise ChecksumMismatchError(
+                f"{key}: asked for bytes {start}-{end - 1}, the server answered with {length} bytes"
+            )
+        if body:
+            _splice_into(body[0], body[1], length, fd, progress, offset=start)
+            return
+        written = 0
+        for chunk in response.stream(STREAM_CHUNK):
+            view = memoryview(chunk)
+            while view:
+                n = os.pwrite(fd, view, start + written)
+                view, written = view[n:], written + n
+            progress(written)
+        if written != length:
+            raise ConnectionError(f"the server closed the connection after {written} of {length} bytes")
+    finally:
+        response.close()  # a spliced body leaves the connection unusable: it is closed, not pooled
+        response.release_conn()
+
+
+def get_ranged(
+    client: Any,
+    bucket: str,
+    key: str,
+    etag: str | None,
+    version: str | None,
+    label: str | None,
+    size: int,
+    ranges: list[tuple[int, int]],
+    part_size: int,
+    tmp: Path,
+    retry: Callable[[Callable[[], None], str], None],
+    *,
+    sha: bool,
+    md5: bool,
+    in_flight: int = RANGES_IN_FLIGHT,
+) -> Fetched:
+    """Fetch an object of ``size`` bytes into ``tmp`` (a new file) as ranged GETs, ``in_flight`` at once,
+    each pinned to ``etag`` (``If-Match``: the ranges are of one and the same object) and written at its
+    offset. One thread hashes the file's contiguous written prefix in order, through a memory map of the
+    page cache (the SHA-256 of the whole with ``sha``, one MD5 per ``part_size`` part with ``md5``), so
+    each byte is hashed once, in order, while the later ranges arrive. A range that fails is asked again
+    by ``retry(func, what)`` from the byte it stopped at; a range that fails for good stops the others and
+    its error is raised (``tmp`` is the caller's to remove). Memory: the hashing window and one pipe per
+    range in flight, whatever the object's size."""
+    hashes = _BodyHashes(sha=sha, md5=md5, part_size=part_size)
+    state = _Filled(ranges)
+    headers = {"If-Match": f'"{etag}"'} if etag else None
+    pending = iter(range(len(ranges)))
+    take = threading.Lock()
+
+    def next_range() -> int | None:
+        with take:
+            return next(pending, None)
+
+    def fetch(index: int) -> None:
+        start, end = ranges[index]
+        have = state.filled(index)
+        if have < end - start:
+            _fetch_range(
+                client, bucket, key, headers, version, start + have, end, fd, lambda n: state.fill(index, have + n)
+            )
+
+    def worker() -> None:
+        while (index := next_range()) is not None:
+            start, end = ranges[index]
+            retry(lambda index=index: fetch(index), f"download {bucket}/{key} bytes {start}-{end - 1}")
+
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, size)  # the hashing thread maps windows of it as they are written
+        workers_count = max(1, min(in_flight, len(ranges)))
+        with ThreadPoolExecutor(workers_count + 1, thread_name_prefix="e2e3d-range") as pool:
+            hashing = pool.submit(_hash_file_as_written, fd, size, hashes, state)
+            workers = [pool.submit(worker) for _ in range(workers_count)]
+            done, _ = wait(workers, return_when=FIRST_EXCEPTION)
+            failed = [f.exception() for f in done if f.exception() is not None]
+            if failed:
+                state.abandon()
+                wait(workers)
+                errors = [f.exception() for f in workers if f.exception() is not None]
+                raise next((e for e in errors if not isinstance(e, _Abandoned)), errors[0])  # type: ignore[misc]
+            hashing.result()
+    finally:
+        os.close(fd)
+    return hashes.fetched(size, label, etag)

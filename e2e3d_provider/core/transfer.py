@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -408,6 +408,8 @@ class Engine:
     concurrency: int = DEFAULT_CONCURRENCY
     part_size: int = DEFAULT_PART_SIZE
     memory: int = DEFAULT_MEMORY_BUDGET
+    #: ranged GETs of one large object in flight at once (fewer than 2: every object in one GET)
+    ranges_in_flight: int = object_io.RANGES_IN_FLIGHT
 
     def __post_init__(self) -> None:
         self.part_size = max(self.part_size, MIN_PART_SIZE)
@@ -522,13 +524,25 @@ class Engine:
         await budget.acquire(hold)
         try:
             if large:
-                label = None if expected_sha256 else await self._label(remote)
-                part_size = self._part_size_of(remote)
+                ranges = object_io.ranged_plan(remote.size, self._part_size_of(remote), self.ranges_in_flight)
+                # the ranges must all be of one object: with no ETag to pin them to (a manifest gives none),
+                # a HEAD gives it (and the size the ranges are planned on: a manifest's may be out of date)
+                stat = await self._stat(remote) if not expected_sha256 or (ranges and not remote.etag) else None
+                label = stat.sha256 if stat and not expected_sha256 else None
+                pinned = remote
+                if ranges and not remote.etag:
+                    pinned = replace(remote, etag=stat.etag, size=stat.size) if stat and stat.etag else remote
+                    ranges = object_io.ranged_plan(pinned.size, self._part_size_of(pinned), self.ranges_in_flight)
+                    ranges = ranges if pinned.etag else None
+                part_size = self._part_size_of(pinned)
                 sha = bool(expected_sha256 or label)  # else the multipart ETag is what can be checked
-                got = await self.retry.call_async(
-                    lambda: asyncio.to_thread(self._streamed, remote, label, part_size, tmp, sha),
-                    f"download {self.bucket}/{remote.key}",
-                )
+                if ranges:  # each range is retried on its own, from where it stopped
+                    got = await asyncio.to_thread(self._ranged, pinned, label, part_size, ranges, tmp, sha)
+                else:
+                    got = await self.retry.call_async(
+                        lambda: asyncio.to_thread(self._streamed, remote, label, part_size, tmp, sha),
+                        f"download {self.bucket}/{remote.key}",
+                    )
             else:
                 got = await self.retry.call_async(
                     lambda: self._whole(remote, tmp, sha=expected_sha256 is not None),
@@ -564,13 +578,40 @@ class Engine:
             md5=not sha,
         )
 
-    async def _label(self, remote: RemoteObject) -> str | None:
-        """The sha256 the object carries (metadata label, else the tag of a streamed upload), if any."""
-        stat = await self.retry.call_async(
+    def _ranged(
+        self,
+        remote: RemoteObject,
+        label: str | None,
+        part_size: int,
+        ranges: list[tuple[int, int]],
+        tmp: Path,
+        sha: bool,
+    ) -> object_io.Fetched:
+        tmp.unlink(missing_ok=True)
+        return object_io.get_ranged(
+            self.client,
+            self.bucket,
+            remote.key,
+            remote.etag,
+            remote.version_id,
+            label,
+            remote.size,
+            ranges,
+            part_size,
+            tmp,
+            self.retry.call,
+            sha=sha,
+            md5=not sha,
+            in_flight=self.ranges_in_flight,
+        )
+
+    async def _stat(self, remote: RemoteObject) -> RemoteObject | None:
+        """What a HEAD says of the object now: size, ETag and the sha256 it carries (metadata label, else
+        the tag of a streamed upload), if any; None when there is no such object."""
+        return await self.retry.call_async(
             lambda: asyncio.to_thread(stat_remote, self.client, self.bucket, remote.key, remote.version_id),
             f"stat {self.bucket}/{remote.key}",
         )
-        return stat.sha256 if stat else None
 
     def _part_size_of(self, remote: RemoteObject) -> int:
         """The upload's part size when the ETag tells it (so the parts' MD5s give the ETag back), else ours."""
@@ -711,7 +752,9 @@ def upload_directory(
             if on_progress is not None:
                 on_progress(len(result.keys), len(files))
 
-        await gather_bounded(files, one, engine.concurrency, lambda item: prefix + item[0], translate)
+        # largest first: a large file's parts then overlap the many small ones instead of running alone at the end
+        largest_first = sorted(files, key=lambda item: -sizes[item[0]])
+        await gather_bounded(largest_first, one, engine.concurrency, lambda item: prefix + item[0], translate)
 
     run_engine(run(), translate, f"upload {local_dir} -> {engine.bucket}/{prefix}")
     result.seconds = progress.finish()
@@ -826,7 +869,9 @@ def download_prefix(
             assert progress is not None
             progress.add(remote.size, sent=fetched)
 
-        await gather_bounded(planned, one, engine.concurrency, lambda item: item[1].key, translate)
+        # largest first: a large object's ranges then overlap the many small ones instead of running alone at the end
+        largest_first = sorted(planned, key=lambda item: -item[1].size)
+        await gather_bounded(largest_first, one, engine.concurrency, lambda item: item[1].key, translate)
 
     run_engine(run(), translate, f"download {engine.bucket}/{prefix} -> {local_dir}")
     if delete_extraneous:
