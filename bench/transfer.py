@@ -1,6 +1,8 @@
 """Transfer throughput and peak memory of every path, against named baselines, in one run.
 
-Run:  python -m bench.transfer [--shapes mixed,tiny,big] [--repeat 3] [--scale 1.0]
+Run:  python -m bench.transfer [--server seaweedfs|minio] [--shapes mixed,tiny,big] [--repeat 3] [--stat median|best]
+      [--scale 1.0] [--methods ...]
+      e.g. the hook against s5cmd, best of two:  --methods s5cmd,hook --repeat 2 --stat best
 
 Baselines (same files, same server, same run):
   seed-loop     the seed's serial loop: os.walk + minio fput_object per file (fget_object to download)
@@ -16,9 +18,12 @@ Shapes: mixed (600 x 300 KB + 40 MB mesh + 120 MB point cloud + 8 MB texture), t
 big (one 2 GB file); --scale shrinks the counts and sizes for a quick look.
 
 Every (shape, method, direction, repetition) runs in its own child process after one untimed warm-up
-round; the order of the methods rotates from one repetition to the next; the table gives medians,
-MB/s, files/s, the ratio to each baseline (x s5cmd is the target: >= 1.0) and the child's peak RSS.
-Never used as a test assertion.
+round; the order of the methods rotates from one repetition to the next; the table gives medians (or
+the best, ``--stat best``), MB/s, files/s, the ratio to each baseline (x s5cmd is the target: >= 1.0) and
+the child's peak RSS, then the hook against s5cmd per shape and direction (s5cmd's seconds over the
+hook's: above 1 the hook is faster), with the load average seen while each shape ran (other work on the
+machine moves every number). ``--server``: the embedded stack's S3 server (MinIO is the user's binary or
+the pinned test build). Never used as a test assertion.
 """
 
 from __future__ import annotations
@@ -181,6 +186,11 @@ def run_child(method: str, direction: str, src: str, dest: str, bucket: str, pre
     queue.put({"seconds": seconds, "rss_mb": peak_rss_mb()})
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (other work on it moves every figure of the table)."""
+    return os.getloadavg()[0]
+
+
 def peak_rss_mb() -> float:
     """This process's own high-water mark (VmHWM): ru_maxrss would carry over the parent's from before exec."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -212,10 +222,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"any of {', '.join(METHODS)}")
+    parser.add_argument("--server", default="seaweedfs", choices=("seaweedfs", "minio"))
+    parser.add_argument("--stat", default="median", choices=("median", "best"), help="of the repetitions")
     args = parser.parse_args()
     methods = [m for m in METHODS if m in args.methods.split(",")]
+    pick = statistics.median if args.stat == "median" else min
+    loads: dict[str, list[float]] = {}
 
-    with bench_environment("transfer") as base:
+    with bench_environment("transfer", server=args.server) as base:
         from e2e3d_provider.hooks.storage import StorageHook
 
         storage = StorageHook(BENCH_CONN_ID)
@@ -230,6 +244,7 @@ def main() -> int:
             storage.upload_dir(src, bucket, "source")  # what every download reads
             times: dict[tuple[str, str], list[float]] = {}
             rss: dict[tuple[str, str], float] = {}
+            loads[shape] = [load_average()]
             for rep in range(-1, args.repeat):  # rep -1: the untimed warm-up round
                 order = methods[rep % len(methods) :] + methods[: rep % len(methods)] if rep >= 0 else methods
                 for direction in ("upload", "download"):
@@ -249,12 +264,16 @@ def main() -> int:
                         shutil.rmtree(dest, ignore_errors=True)
                         if direction == "upload" and method != "cp-r":
                             storage.delete_prefix(bucket, prefix)
+            loads[shape].append(load_average())
             for (method, direction), values in times.items():
                 peak = rss[(method, direction)]
-                rows.append((shape, direction, method, statistics.median(values), files, total, peak))
+                rows.append((shape, direction, method, pick(values), files, total, peak))
             shutil.rmtree(src, ignore_errors=True)
 
-        print(f"\nmedians of {args.repeat} (scale {args.scale}); ratios are MB/s over the baseline's MB/s\n")
+        print(
+            f"\n{args.server}: {'medians' if args.stat == 'median' else 'best'} of {args.repeat} (scale {args.scale}); "
+            "ratios are MB/s over the baseline's MB/s\n"
+        )
         header = f"{'shape':<7}{'dir':<9}{'method':<12}{'seconds':>9}{'MB/s':>9}{'files/s':>10}{'peak RSS MB':>13}"
         header += "".join(f"{'x ' + b:>14}" for b in BASELINES)
         print(header)
@@ -270,6 +289,19 @@ def main() -> int:
                 f"{shape:<7}{direction:<9}{method:<12}{seconds:>9.2f}{total / MB / seconds:>9.1f}"
                 f"{files / seconds:>10.0f}{peak:>13.0f}{ratios}"
             )
+        if "hook" in methods and "s5cmd" in methods:
+            print(
+                f"\nhook against s5cmd on {args.server} (s5cmd's seconds over the hook's: above 1 the hook is faster)"
+            )
+            print(f"{'shape':<7}{'up':>8}{'down':>8}{'hook RSS MB up/down':>22}   load average (1 min) from-to")
+            for shape in args.shapes.split(","):
+                cells, peaks = [], []
+                for direction in ("upload", "download"):
+                    hook, ref = by_key.get((shape, direction, "hook")), by_key.get((shape, direction, "s5cmd"))
+                    cells.append(f"{ref[3] / hook[3]:>7.2f}x" if hook and ref else f"{'-':>8}")
+                    peaks.append(f"{hook[6]:.0f}" if hook else "-")
+                span = "-".join(f"{x:.1f}" for x in loads.get(shape, []))
+                print(f"{shape:<7}{''.join(cells)}{'/'.join(peaks):>22}   {span}")
         print(
             "\n"
             + json.dumps(
