@@ -296,7 +296,7 @@ def test_a_ranged_download_killed_mid_range_leaves_nothing_under_the_final_name(
     proxy.cut_at, proxy.stall = 3 * MiB, True  # one range is held mid-body: the process is killed there
     dest = tmp_path / "dest" / "out.bin"
     dest.parent.mkdir()
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, bucket, key, str(dest)], cwd=tmp_path)
+    child = subprocess.Popen([sys.executable, "-P", "-c", KILLED_CHILD, bucket, key, str(dest)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while not (proxy.cut and [p for p in dest.parent.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]):
@@ -345,7 +345,7 @@ def test_a_ranged_download_holds_little_memory_whatever_the_size(
     StorageHook(part_size=8 * MiB).upload_file(src, bucket, "run/huge.bin")
     assert object_io.ranged_plan(size, 8 * MiB)
     out = subprocess.run(
-        [sys.executable, "-c", MEMORY_CHILD, bucket, "run/huge.bin", str(tmp_path / "out.bin")],
+        [sys.executable, "-P", "-c", MEMORY_CHILD, bucket, "run/huge.bin", str(tmp_path / "out.bin")],
         capture_output=True,
         text=True,
         timeout=300,

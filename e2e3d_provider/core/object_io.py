@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import http.client
 import mmap
@@ -542,7 +543,7 @@ def get_ranged(
     def worker() -> None:
         while (index := next_range()) is not None:
             start, end = ranges[index]
-            retry(lambda index=index: fetch(index), f"download {bucket}/{key} bytes {start}-{end - 1}")
+            retry(functools.partial(fetch, index), f"download {bucket}/{key} bytes {start}-{end - 1}")
 
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     try:

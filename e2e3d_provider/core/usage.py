@@ -74,10 +74,11 @@ class UsageCounts:
     def rows(self) -> list[tuple[str, str, int, int, int, int, int]]:
         """``(bucket, unit, objects, bytes, versions, stored_bytes, delete_markers)`` of every unit."""
         return [
-            (bucket, unit, *(totals[name] for name in COUNT_FIELDS))
+            (bucket, unit, totals["objects"], totals["bytes"], totals["versions"], totals["stored_bytes"],
+             totals["delete_markers"])
             for bucket, units in sorted(self.units.items())
             for unit, totals in sorted(units.items())
-        ]
+        ]  # fmt: skip
 
     def __bool__(self) -> bool:
         return any(self.units.values())

@@ -894,7 +894,8 @@ class MetadataHook(PostgresHook):
     ) -> dict[str, dict[str, Any]]:
         """The stored units of ``bucket`` in ``[first, stop)`` (or exactly ``units``): unit -> totals with
         ``counted_at``."""
-        where, params = ["bucket = %s"], [bucket]
+        where: list[str] = ["bucket = %s"]
+        params: list[Any] = [bucket]
         if units is not None:
             where.append("unit = ANY(%s)")
             params.append(list(units))

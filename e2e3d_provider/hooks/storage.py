@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
@@ -877,10 +877,10 @@ class StorageHook(BaseHook):
         in key order: ListObjectVersions pages, each retried on its own. What deleting a set whole by
         version needs, and the current objects' ETags besides, in one listing."""
         bucket, prefix = validate_bucket(bucket), normalize_prefix(prefix)
-        query: dict[str, str] = {"versions": "", "prefix": prefix, "max-keys": "1000"}
+        query: dict[str, Any] = {"versions": "", "prefix": prefix, "max-keys": "1000"}
         found: list[listing.Version] = []
 
-        def one_page(q: dict[str, str]) -> listing.VersionPage:
+        def one_page(q: dict[str, Any]) -> listing.VersionPage:
             return listing.parse_versions(self.client._execute("GET", bucket, query_params=q).data)
 
         while True:
@@ -1165,7 +1165,7 @@ class StorageHook(BaseHook):
 
     def listing_pages(
         self, bucket: str, prefix: str = "", first: str | None = None, *, versions: bool
-    ) -> Iterator[listing.Page]:
+    ) -> Generator[listing.Page, None, None]:
         """The listing pages of ``bucket`` below ``prefix`` from just below ``first`` on (version listings,
         else ListObjectsV2), one at a time and each retried on its own, for a caller that folds them and
         stops when it has what it needs (a page may start a few keys before ``first``: filter them).
