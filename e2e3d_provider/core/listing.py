@@ -17,14 +17,31 @@ COUNT_FIELDS = ("objects", "bytes", "versions", "stored_bytes", "delete_markers"
 
 
 @dataclass
-class Page:
-    """One listing page: entries as (key, size, latest, delete marker), and where the next one starts."""
+class _Paging:
+    """Where the next page of a listing starts: what every listing answer carries besides its entries."""
 
-    entries: list[tuple[str, int, bool, bool]] = field(default_factory=list)
     truncated: bool = False
     next_key: str | None = None
     next_version: str | None = None
     next_token: str | None = None
+
+    def read_paging(self, name: str, text: str | None) -> None:
+        """Take the answer's element ``name`` (with ``text``) when it is one of the paging fields."""
+        if name == "IsTruncated":
+            self.truncated = (text or "").lower() == "true"
+        elif name == "NextKeyMarker":
+            self.next_key = text
+        elif name == "NextVersionIdMarker":
+            self.next_version = text
+        elif name == "NextContinuationToken":
+            self.next_token = text
+
+
+@dataclass
+class Page(_Paging):
+    """One listing page: entries as (key, size, latest, delete marker), and where the next one starts."""
+
+    entries: list[tuple[str, int, bool, bool]] = field(default_factory=list)
 
 
 def _local(tag: str) -> str:
@@ -47,14 +64,8 @@ def parse_page(body: bytes) -> Page:
                 elif what == "IsLatest":
                     latest = (part.text or "").lower() != "false"
             page.entries.append((key, size, latest, name == "DeleteMarker"))
-        elif name == "IsTruncated":
-            page.truncated = (child.text or "").lower() == "true"
-        elif name == "NextKeyMarker":
-            page.next_key = child.text
-        elif name == "NextVersionIdMarker":
-            page.next_version = child.text
-        elif name == "NextContinuationToken":
-            page.next_token = child.text
+        else:
+            page.read_paging(name, child.text)
     return page
 
 
@@ -93,13 +104,10 @@ class Version(NamedTuple):
 
 
 @dataclass
-class VersionPage:
+class VersionPage(_Paging):
     """One ListObjectVersions page with what deleting by version needs, and where the next one starts."""
 
     versions: list[Version] = field(default_factory=list)
-    truncated: bool = False
-    next_key: str | None = None
-    next_version: str | None = None
 
 
 def parse_versions(body: bytes) -> VersionPage:
@@ -123,10 +131,6 @@ def parse_versions(body: bytes) -> VersionPage:
                     delete_marker=name == "DeleteMarker",
                 )
             )
-        elif name == "IsTruncated":
-            page.truncated = (child.text or "").lower() == "true"
-        elif name == "NextKeyMarker":
-            page.next_key = child.text
-        elif name == "NextVersionIdMarker":
-            page.next_version = child.text
+        else:
+            page.read_paging(name, child.text)
     return page
