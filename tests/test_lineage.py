@@ -24,7 +24,8 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 dag = module.e2e3d_reconstruction()
 run = dag.test(run_conf={"dataset": sys.argv[1], "job_id": sys.argv[2], "right_size": False})
-print("STATE", run.state)
+# a file, not stdout: the OpenLineage thread's log lines share stdout and can split a print in two
+open(sys.argv[4], "w").write(str(run.state))
 """
 
 
@@ -42,11 +43,13 @@ def test_operators_report_their_s3_inputs_and_outputs_to_openlineage(
         E2E3D_DATA_ROOT=str(tmp_path / "data"),
     )
     dag_file = str(DAGS_DIR / "e2e3d_reconstruction.py")
-    command = [sys.executable, "-P", "-c", RUN, dataset, unique_id, dag_file]
+    state_file = tmp_path / "state"
+    command = [sys.executable, "-P", "-c", RUN, dataset, unique_id, dag_file, str(state_file)]
     # not from the repository's root: its *.egg-info would make the e2e3d plugin's entry point appear twice,
     # and Airflow's plugin loader stops at a duplicate name, dropping every plugin after it (OpenLineage's too)
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert "STATE success" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    state = state_file.read_text() if state_file.exists() else None
+    assert state == "success", (state, done.stdout[-3000:] + done.stderr[-3000:])
     events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
     completed = {
         e["job"]["name"].rsplit(".", 1)[-1]: e
