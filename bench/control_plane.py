@@ -118,6 +118,12 @@ class Counters:
             def __getattr__(self, name: str) -> Any:
                 return getattr(self._conn, name)
 
+            def __setattr__(self, name: str, value: Any) -> None:  # ``conn.autocommit = True`` reaches the conn
+                if name == "_conn":
+                    object.__setattr__(self, name, value)
+                else:
+                    setattr(self._conn, name, value)
+
         def connect(hook: Any) -> Any:
             counters.pg_connections += 1
             return CountingConnection(real_connect(hook))
@@ -238,13 +244,13 @@ def run_folder(root: Path, job_id: str) -> Path:
 
 @contextlib.contextmanager
 def counters_off() -> Iterator[None]:
-    """The publish path as before the kept figures: no recount of the touched units, no empty store
-    (bench only: a monkeypatch of the class, undone on exit)."""
+    """The publish path as before the kept figures: its one listing a plain ListObjectsV2, no recount of
+    the touched units, nothing stored (bench only: a monkeypatch of the classes, undone on exit)."""
     from e2e3d_provider.core.usage import UsageCounts
     from e2e3d_provider.hooks.metadata import MetadataHook
     from e2e3d_provider.hooks.storage import StorageHook
 
-    saved = (StorageHook.recount_touched, StorageHook.count_units, MetadataHook.record_usage)
+    saved = (StorageHook.recount_touched, StorageHook.count_units, MetadataHook.record_usage, StorageHook.versions_kept)
     real_record = MetadataHook.record_usage
 
     def recount(self: StorageHook) -> UsageCounts:
@@ -253,11 +259,14 @@ def counters_off() -> Iterator[None]:
 
     StorageHook.recount_touched = recount  # type: ignore[method-assign]
     StorageHook.count_units = lambda self, bucket, units: UsageCounts()  # type: ignore[method-assign]
+    StorageHook.versions_kept = lambda self, bucket: False  # type: ignore[method-assign]  # publish's plain listing
     MetadataHook.record_usage = lambda self, counts, **kw: real_record(self, counts, **kw) if counts else 0  # type: ignore[method-assign]
     try:
         yield
     finally:
-        StorageHook.recount_touched, StorageHook.count_units, MetadataHook.record_usage = saved  # type: ignore[method-assign]
+        (StorageHook.recount_touched, StorageHook.count_units, MetadataHook.record_usage, StorageHook.versions_kept) = (
+            saved  # type: ignore[method-assign]
+        )
 
 
 def wait_for_scan(storage: Any, metadata: Any, timeout: float, cycles: int) -> float | None:
@@ -474,7 +483,7 @@ def _run_size(server: str, n: int, args: argparse.Namespace) -> tuple[list[dict[
         seconds: dict[str, list[float]] = {"on": [], "off": []}
         counted = {"on": Counters(), "off": Counters()}
         for block in range(max(1, args.on_off // 5)):
-            for mode in ("on", "off"):
+            for mode in ("on", "off") if block % 2 == 0 else ("off", "on"):  # neither mode always goes first
                 for i in range(5):
                     job = f"pub-{mode}-{block:02d}{i}"
                     metadata.record_job(job, WORK_STAMP, "bench-set", "running")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +20,8 @@ import pytest
 
 from e2e3d_provider import cli
 from e2e3d_provider.core.layout import DEFAULT_BUCKETS, output_prefix
-from e2e3d_provider.core.listing import COUNT_FIELDS
-from e2e3d_provider.core.usage import UsageCounts, unit_of
+from e2e3d_provider.core.listing import COUNT_FIELDS, Version
+from e2e3d_provider.core.usage import UnitListing, UsageCounts, unit_of
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -52,6 +52,42 @@ STAMPS = ("20261201T100000Z", "20261202T100000Z")
 )
 def test_a_key_is_counted_in_the_set_the_provider_writes_it_with(key: str, unit: str) -> None:
     assert unit_of(key) == unit
+
+
+def version(key: str, size: int, latest: bool = True, marker: bool = False, vid: str | None = "v1") -> Version:
+    return Version(key, vid, None if marker else "e", size, latest, marker)
+
+
+def test_a_publish_derives_its_jobs_totals_from_its_listing_and_the_writes_after_it() -> None:
+    """Versioned: a delete leaves the old version noncurrent under a delete marker; a put over a key (here a
+    SUCCESS under step 1's delete marker) makes the older entries noncurrent. Never versioned: a delete
+    removes, a put replaces."""
+    listed = [
+        version("j/SUCCESS", 0, marker=True),
+        version("j/SUCCESS", 90, latest=False),
+        version("j/a.obj", 10),
+        version("j/old.ply", 30),
+        version("j/old.ply", 20, latest=False),
+        version("j/manifest.json", 50),
+    ]
+    put = [("j/manifest.json", 60), ("j/SUCCESS", 95)]
+    counts = UnitListing("output", "j/", True, listed).after(deleted=["j/old.ply"], put=put)
+    assert counts is not None and counts.units == {
+        "output": {"j/": {"objects": 3, "bytes": 165, "versions": 7, "stored_bytes": 355, "delete_markers": 2}}
+    }
+    plain = [version("j/a.obj", 10, vid=None), version("j/old.ply", 30, vid=None), version("j/SUCCESS", 9, vid=None)]
+    counts = UnitListing("output", "j/", False, plain).after(deleted=["j/old.ply"], put=[("j/SUCCESS", 95)])
+    assert counts is not None and counts.rows() == [("output", "j/", 2, 105, 2, 105, 0)]
+
+
+def test_a_written_key_with_a_null_version_or_outside_the_unit_is_left_to_a_listing() -> None:
+    """What a write does to a ``null`` version (versioning suspended, or an object from before it) is the
+    server's to say; a key outside the unit is not the listing's to count."""
+    listed = [version("j/a.obj", 10, vid="null"), version("j/b.obj", 10)]
+    unit = UnitListing("output", "j/", True, listed)
+    assert unit.after(put=[("j/a.obj", 5)]) is None
+    assert unit.after(put=[("k/a.obj", 5)]) is None
+    assert unit.after(put=[("j/b.obj", 5)]) is not None
 
 
 def test_counts_merge_at_the_earlier_instant_and_say_which_units_are_empty() -> None:
@@ -116,19 +152,36 @@ def hook() -> StorageHook:
     return StorageHook("usage_s3")
 
 
-def publish(site: Site, root: Path, job_id: str, stamp: str) -> None:
+class Recounts(StorageHook):
+    """A storage hook that notes which units it counted by listing (a spy: it lists for real)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.listed_units: list[tuple[str, str]] = []
+
+    def count_units(self, bucket: str, units: Iterable[str]) -> UsageCounts:
+        units = list(units)
+        self.listed_units += [(bucket, unit) for unit in units]
+        return super().count_units(bucket, units)
+
+
+def publish(site: Site, root: Path, job_id: str, stamp: str, files: dict[str, bytes] | None = None) -> Recounts:
+    """Publish a run of ``job_id`` (three result files unless ``files``); returns the hook that did."""
     run = root / f"{job_id}-{stamp}"
     write_files(
         run,
-        {
+        files
+        or {
             "mesh/model.obj": b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n" + os.urandom(300),
             "texture/albedo.png": os.urandom(2048),
             "pointcloud/points.ply": os.urandom(1024),
         },
     )
     site.metadata.record_job(job_id, stamp, "usage-set", "running")
-    publish_job(hook(), site.metadata, job_id, stamp, run_dir=run)
+    publisher = Recounts("usage_s3")
+    publish_job(publisher, site.metadata, job_id, stamp, run_dir=run)
     record_job_run(site.metadata, hook(), job_id, stamp, "usage-set", "succeeded")
+    return publisher
 
 
 def test_after_a_mixed_workload_the_kept_figures_equal_a_listing_to_the_object(site: Site, tmp_path: Path) -> None:
@@ -137,9 +190,13 @@ def test_after_a_mixed_workload_the_kept_figures_equal_a_listing_to_the_object(s
     args = ["ingest", str(images), "--dataset", "usage-set", "--minio-conn-id", "usage_s3"]
     assert cli.main([*args, "--metadata-conn-id", "usage_pg"]) == 0
 
-    for job in ("use-a", "use-b", "use-c"):
+    for job in ("use-a", "use-b", "use-c", "use-d"):
         publish(site, tmp_path, job, STAMPS[0])
     publish(site, tmp_path, "use-a", STAMPS[1])  # a second run over the first: noncurrent versions
+    # a second run with other files: the first's stale objects deleted (delete markers), counted by
+    # publish from its own listing and writes, with no listing of its own after them
+    again = publish(site, tmp_path, "use-d", STAMPS[1], {"mesh/model.obj": b"v 0 0 0\n" * 40, "extra.txt": b"e"})
+    assert ("output", "use-d/") not in again.listed_units
     for job in ("use-a", "use-b"):
         archive_and_record(hook(), site.metadata, job)
     removed = apply_retention(hook(), site.metadata, 0, now=datetime.now(UTC) + timedelta(days=1))

@@ -56,7 +56,7 @@ from e2e3d_provider.core.retry import (
     tls_failure,
 )
 from e2e3d_provider.core.transfer import TransferResult
-from e2e3d_provider.core.usage import UsageCounts, unit_of
+from e2e3d_provider.core.usage import UnitListing, UsageCounts, unit_of
 from e2e3d_provider.exceptions import (
     BucketNotFoundError,
     ChecksumMismatchError,
@@ -210,6 +210,7 @@ class StorageHook(BaseHook):
         self.read_timeout = read_timeout
         self._versioning: dict[str, bool] = {}  # bucket -> has had versioning (count_units)
         self._touched: dict[str, set[str]] = {}  # bucket -> usage units written since the last recount
+        self._known = UsageCounts()  # units a writer derived from its own listing since (note_counted)
         self._touched_lock = threading.Lock()
 
     # -----------------------------------------------------------------------------------
@@ -1100,6 +1101,9 @@ class StorageHook(BaseHook):
         reconciliation finds what they would have counted."""
         units = {unit_of(key) for key in keys}
         with self._touched_lock:
+            known = self._known.units.get(bucket, {})
+            for unit in units & known.keys():  # changed again: what its writer derived no longer holds
+                del known[unit]
             noted = self._touched.setdefault(bucket, set())
             if len(noted) + len(units) <= MAX_TOUCHED_UNITS:
                 noted.update(units)
@@ -1111,15 +1115,45 @@ class StorageHook(BaseHook):
             self._touched.get(bucket, set()).difference_update(units)
 
     def take_touched(self) -> dict[str, set[str]]:
-        """The units this hook changed since the last call (bucket -> units), forgotten here."""
+        """The units this hook changed since the last call (bucket -> units), forgotten here, with any
+        totals :meth:`note_counted` kept for them."""
         with self._touched_lock:
             touched, self._touched = self._touched, {}
+            self._known = UsageCounts()
         return {bucket: units for bucket, units in touched.items() if units}
 
+    def list_unit(self, bucket: str, unit: str) -> UnitListing:
+        """One listing of the usage unit ``unit`` (a folder) for a writer that checks what it holds and will
+        derive its totals after its own further writes (:meth:`UnitListing.after`, then
+        :meth:`note_counted`): a version listing on a bucket that has had versioning, else ListObjectsV2."""
+        bucket = validate_bucket(bucket)
+        started = datetime.now(UTC)
+        if self.versions_kept(bucket):
+            found = self.list_versions(bucket, unit)
+        else:
+            found = [
+                listing.Version(obj.key, None, (obj.etag or "").lower() or None, obj.size, True, False)
+                for obj in self.list_objects(bucket, unit)
+            ]
+        return UnitListing(bucket, unit, self.versions_kept(bucket), found, started)
+
+    def note_counted(self, counts: UsageCounts | None) -> None:
+        """Take ``counts`` (units whose totals a writer derived after its last write to them) as what the
+        next :meth:`recount_touched` gives for those units, with no listing; None changes nothing (the
+        units stay noted as changed and are listed)."""
+        if not counts:
+            return
+        with self._touched_lock:
+            for bucket, units in counts.units.items():
+                self._touched.get(bucket, set()).difference_update(units)
+            self._known = self._known.merge(counts) if self._known else counts
+
     def recount_touched(self) -> UsageCounts:
-        """The fresh totals of every unit this hook changed since the last recount (:meth:`count_units`):
-        what a writer stores with the record of its change, so the kept figures follow every write."""
-        counts = UsageCounts()
+        """The fresh totals of every unit this hook changed since the last recount (:meth:`count_units`,
+        or what :meth:`note_counted` was given for a unit not changed since): what a writer stores with the
+        record of its change, so the kept figures follow every write."""
+        with self._touched_lock:
+            counts, self._known = self._known, UsageCounts()
         for bucket, units in sorted(self.take_touched().items()):
             counts = counts.merge(self.count_units(bucket, units)) if counts else self.count_units(bucket, units)
         return counts

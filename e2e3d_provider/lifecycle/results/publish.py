@@ -115,7 +115,9 @@ def publish_run(
         manifest.statistics.setdefault("right_size", record.statistics)
     manifest.statistics.setdefault("files", len(manifest.files))
     manifest.statistics.setdefault("bytes", manifest.total_bytes)
-    listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}  # one listing for both steps
+    # one listing for the checks, the stale objects and the job's usage figures (derived after the writes)
+    unit = storage.list_unit(bucket, prefix)
+    listed = unit.objects()
     # every object is there with the size and the server's ETag of what was sent
     verify_remote(storage, bucket, prefix, manifest, deep=True, listed=listed, read_on_mismatch=False)
 
@@ -131,6 +133,9 @@ def publish_run(
 
     marker_body = SuccessMarker.of(manifest, manifest_sha).body
     storage.put_bytes(bucket, marker, marker_body, "application/json")  # step 3: SUCCESS last
+    storage.note_counted(
+        unit.after(deleted=stale, put=[(manifest_name, manifest_path.stat().st_size), (marker, len(marker_body))])
+    )
     write_atomic(run_dir / SUCCESS_NAME, marker_body)
     return PublishResult(
         job_id,
@@ -202,7 +207,8 @@ def publish_handoff(
     kept, dropped = select_paths([e.path for e in published], {e.path: e.size for e in published}, record)
     chosen = Manifest(job_id, stamp, [entries[rel] for rel in kept])
     copy_pinned(storage, chosen, handoff_bucket, source, bucket, prefix, {e.path: e.etag for e in chosen.files})
-    listed = {obj.key: obj for obj in storage.list_objects(bucket, prefix)}
+    unit = storage.list_unit(bucket, prefix)  # the copies' ETags, the stale objects, the job's usage figures
+    listed = unit.objects()
     stored = [
         FileEntry(e.path, e.size, e.sha256, listed[prefix + e.path].etag)
         for e in chosen.files
@@ -227,9 +233,9 @@ def publish_handoff(
         storage.delete_object(bucket, key)
     body = manifest.to_json().encode()
     storage.put_bytes(bucket, manifest_name, body, "application/json")
-    storage.put_bytes(
-        bucket, marker, SuccessMarker.of(manifest, hashlib.sha256(body).hexdigest()).body, "application/json"
-    )
+    marker_body = SuccessMarker.of(manifest, hashlib.sha256(body).hexdigest()).body
+    storage.put_bytes(bucket, marker, marker_body, "application/json")
+    storage.note_counted(unit.after(deleted=stale, put=[(manifest_name, len(body)), (marker, len(marker_body))]))
     seconds = time.perf_counter() - began
     copied = TransferResult("copy", bucket, prefix)
     copied.files, copied.bytes, copied.seconds = len(manifest.files), manifest.total_bytes, seconds
