@@ -90,6 +90,23 @@ def test_a_written_key_with_a_null_version_or_outside_the_unit_is_left_to_a_list
     assert unit.after(put=[("j/b.obj", 5)]) is not None
 
 
+def test_derived_totals_stand_in_for_a_recount_until_the_unit_is_written_again() -> None:
+    """What a writer derived (note_counted) is what the next recount stores for the unit, with no listing;
+    a later write to the unit makes it a guess again, so the unit goes back to being listed."""
+    derived = UsageCounts()
+    derived.add("output", "j/", {"objects": 2, "bytes": 20, "versions": 2, "stored_bytes": 20})
+    writer = StorageHook()  # no server needed: nothing here lists
+    writer._touch("output", ["j/a.obj", "k/b.obj"])
+    writer.note_counted(derived)
+    assert writer.take_touched() == {"output": {"k/"}}
+    writer.note_counted(derived)
+    assert writer.recount_touched().rows() == [("output", "j/", 2, 20, 2, 20, 0)]
+    writer.note_counted(derived)
+    writer._touch("output", ["j/c.obj"])
+    assert writer.take_touched() == {"output": {"j/"}}
+    assert not writer.recount_touched()
+
+
 def test_counts_merge_at_the_earlier_instant_and_say_which_units_are_empty() -> None:
     early, late = UsageCounts(counted_at=datetime(2026, 1, 1, tzinfo=UTC)), UsageCounts()
     early.add("output", "a/", {"objects": 2, "bytes": 10, "versions": 3, "stored_bytes": 15})
