@@ -221,6 +221,36 @@ def test_ascii_rows_are_read_in_bounded_blocks_and_the_last_row_may_lack_its_lin
         list(clouds.iter_points(path, clouds.read_header(path)))
 
 
+def test_single_spaced_ascii_reads_the_same_with_pyarrow_and_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow is an optional accelerator (the ``arrow`` extra): an install without it reads the same
+    single-spaced ASCII cloud through the numpy reader, to the value, and refuses the same bad row."""
+    rng = np.random.default_rng(5)
+    points = rng.uniform(-50, 50, size=(5_000, 3)).round(6)
+    path = tmp_path / "cloud.ply"
+    path.write_text(
+        PLY_XYZ.replace("vertex 2", f"vertex {len(points)}")
+        + "".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in points)
+    )
+    header = clouds.read_header(path)
+
+    def read() -> np.ndarray:
+        return np.concatenate(list(clouds.iter_points(path, header, rows=2_000)))
+
+    assert clouds._arrow_installed()  # the dev install has it, so both readers run here
+    with_arrow = read()
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an install without the extra sees
+    monkeypatch.setitem(sys.modules, "pyarrow.csv", None)
+    assert not clouds._arrow_installed()
+    without = read()
+    assert without.dtype == with_arrow.dtype and np.array_equal(without, with_arrow)
+    assert np.array_equal(without["x"], points[:, 0].astype(np.float32))
+    path.write_text(PLY_XYZ + "0 0 0\n1 oops 2\n")
+    with pytest.raises(RightSizeInputError, match="not a number"):
+        list(clouds.iter_points(path, clouds.read_header(path)))
+
+
 def test_a_mesh_over_max_faces_is_refused_before_its_lines_are_split(tmp_path: Path) -> None:
     path = tmp_path / "quads.obj"
     path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\n" + "f 1 2 3 4\n" * 60)  # 120 triangles

@@ -115,7 +115,7 @@ def iter_points(
         handle.seek(header.data_offset)
         reader = None
         if header.format == "ascii":
-            if _single_spaced(handle, header, max_line_bytes) and not header.more_elements:
+            if _arrow_installed() and _single_spaced(handle, header, max_line_bytes) and not header.more_elements:
                 reader = _arrow_chunks(handle, header, rows, path)
             else:
                 reader = _ascii_chunks(handle, header, rows, path, max_line_bytes)
@@ -137,6 +137,18 @@ def iter_points(
                 raise RightSizeInputError(f"{path}: point {bad} has a NaN or infinite coordinate")
             done += len(chunk)
             yield chunk
+
+
+def _arrow_installed() -> bool:
+    """Whether pyarrow can be imported: an optional accelerator (the ``arrow`` extra, 170 MB), not a
+    requirement. Its multithreaded CSV reader parses single-spaced ASCII rows about 5x faster than the
+    numpy reader below (2 M points, 81 MB: 1.5-1.8 s against 8.4-8.7 s on 2 cores), which every install
+    has; reconstruction tools write binary PLY, which neither needs."""
+    try:
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _single_spaced(handle: BinaryIO, header: PlyHeader, max_line_bytes: int) -> bool:

@@ -336,7 +336,6 @@ DEPENDENCIES = {
     "meshoptimizer": "meshoptimizer",
     "DracoPy": "DracoPy",
     "oxipng": "pyoxipng",
-    "pyarrow": "pyarrow",
     "copclib": "copclib",
     "laspy": "laspy[lazrs]",
     "lazrs": "lazrs",
