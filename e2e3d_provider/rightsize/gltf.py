@@ -63,7 +63,7 @@ def vertex_normals(positions: np.ndarray, faces: np.ndarray, position_ids: np.nd
     tri = positions[faces]
     cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 x area: the weight
     corner_ids = ids[faces].ravel()
-    size = int(ids.max()) + 1 if len(ids) else 0
+    size = int(np.max(ids)) + 1 if len(ids) else 0
     summed = np.column_stack(
         [np.bincount(corner_ids, weights=np.repeat(cross[:, k], 3), minlength=size) for k in range(3)]
     )
