@@ -26,7 +26,11 @@ def get_provider_info() -> dict[str, Any]:
     The results-API plugin is registered through the ``airflow.plugins`` entry point, not a
     ``plugins`` entry here: Airflow loads provider-declared plugins only when
     ``[core] lazy_discover_providers`` is off, and entry-point plugins always.
+
+    ``config`` comes from ``e2e3d_provider.core.settings``, where every option is declared once.
     """
+    from e2e3d_provider.core.settings import provider_config
+
     return {
         "package-name": PACKAGE_NAME,
         "name": "E2E3D",
@@ -74,6 +78,8 @@ def get_provider_info() -> dict[str, Any]:
         ],
         # the lifecycle's tasks carry it themselves (operator_extra_links); named here for Airflow's providers list
         "extra-links": ["e2e3d_provider.links.ViewerLink"],
+        # the [e2e3d] options with their defaults, so `airflow config list --section e2e3d` shows them
+        "config": provider_config(),
     }
 
 

@@ -258,9 +258,16 @@ def test_storage_statistics_and_configuration(metadata: MetadataHook) -> None:
     metadata.record_storage_stats([{"bucket": "input", "objects": 3, "bytes": 30}])
     latest = {s["bucket"]: s for s in metadata.latest_storage_stats()}
     assert latest["input"]["objects"] == 3 and latest["output"]["bytes"] == 20
-    metadata.set_config("retention_days", 30)
-    metadata.set_config("retention_days", {"output": 14})
-    assert metadata.get_config("retention_days") == {"output": 14}
+    key = "storage_capacity_bytes"  # a declared key nothing else in the suite sets; removed again below
+    try:
+        metadata.set_config(key, 30)
+        metadata.set_config(key, 14 * 1024**4)
+        assert metadata.get_config(key) == 14 * 1024**4
+        value, updated_at = metadata.list_config()[key]
+        assert value == 14 * 1024**4 and updated_at.tzinfo is not None
+    finally:
+        metadata.delete_config(key)
+    assert metadata.get_config(key, "dflt") == "dflt" and key not in metadata.list_config()
     assert metadata.get_config("absent", "dflt") == "dflt"
 
 

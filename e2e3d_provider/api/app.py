@@ -58,8 +58,9 @@ from e2e3d_provider.core.layout import (
     validate_sha256,
 )
 from e2e3d_provider.core.manifest import FileEntry
-from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, MAX_UPLOAD_BYTES
+from e2e3d_provider.core.presign import DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY
 from e2e3d_provider.core.readiness import IMAGE_SUFFIXES
+from e2e3d_provider.core.settings import SECTION, default
 from e2e3d_provider.exceptions import (
     ChecksumMismatchError,
     ManifestError,
@@ -69,7 +70,7 @@ from e2e3d_provider.exceptions import (
     StorageError,
     StorageUnreachableError,
 )
-from e2e3d_provider.hooks import ROLE_CONN_IDS, telemetry
+from e2e3d_provider.hooks import telemetry
 from e2e3d_provider.hooks.metadata import MAX_LISTED_JOBS, STATUSES, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, dataset_view, read_dataset
@@ -89,7 +90,7 @@ FILE_REDIRECT_MAX_AGE = 60
 
 #: Airflow configuration section of the API's settings: ``[e2e3d] minio_conn_id`` and ``metadata_conn_id``
 #: (``AIRFLOW__E2E3D__MINIO_CONN_ID`` ...), read when the API first needs a hook, not at import
-CONFIG_SECTION = "e2e3d"
+CONFIG_SECTION = SECTION
 #: seconds an API request waits out an outage of object storage or PostgreSQL (a person is waiting for the
 #: answer: a 503 soon beats a page that hangs for the workers' two minutes)
 RETRY_DEADLINE = 2.0
@@ -105,18 +106,18 @@ class Backends:
 
     @property
     def minio_conn_id(self) -> str:
-        return self._minio_conn_id or conf.get(CONFIG_SECTION, "minio_conn_id", fallback=ROLE_CONN_IDS["api"])
+        return self._minio_conn_id or conf.get(CONFIG_SECTION, "minio_conn_id", fallback=default("minio_conn_id"))
 
     @property
     def metadata_conn_id(self) -> str:
         return self._metadata_conn_id or conf.get(
-            CONFIG_SECTION, "metadata_conn_id", fallback=MetadataHook.default_conn_name
+            CONFIG_SECTION, "metadata_conn_id", fallback=default("metadata_conn_id")
         )
 
     @property
     def max_upload_bytes(self) -> int:
         """Largest file an upload grant allows: ``[e2e3d] max_upload_bytes``, default 512 MiB."""
-        return conf.getint(CONFIG_SECTION, "max_upload_bytes", fallback=MAX_UPLOAD_BYTES)
+        return conf.getint(CONFIG_SECTION, "max_upload_bytes", fallback=default("max_upload_bytes"))
 
     @cached_property
     def storage(self) -> StorageHook:

@@ -148,9 +148,12 @@ def e2e3d_maintenance() -> None:
         compact the embedded stack's volumes; each part says what it reclaimed."""
         from airflow.sdk.configuration import conf
 
+        from e2e3d_provider.core.settings import default
+
         storage = StorageHook(MAINTENANCE_CONN_ID)
         # the object store's compaction, named by a setting (the embedded stack sets it for its components)
-        vacuum = maintenance.configured_vacuum(conf.get("e2e3d", "volume_vacuum", fallback=""), storage.endpoint_url)
+        setting = conf.get("e2e3d", "volume_vacuum", fallback=default("volume_vacuum"))
+        vacuum = maintenance.configured_vacuum(setting, storage.endpoint_url)
         remove = bool(params.get("remove_strays"))
         return maintenance.storage_hygiene(storage, MetadataHook(), remove_strays=remove, vacuum=vacuum)
 

@@ -16,7 +16,8 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from e2e3d_provider.core.layout import validate_id, validate_stamp
 from e2e3d_provider.core.listing import COUNT_FIELDS
-from e2e3d_provider.core.retry import DEFAULT_DEADLINE, attempts_made, retry_call, seconds_spent
+from e2e3d_provider.core.retry import attempts_made, retry_call, seconds_spent
+from e2e3d_provider.core.settings import default, validate_platform
 from e2e3d_provider.core.usage import UsageCounts
 from e2e3d_provider.exceptions import InvalidTransitionError, MetadataError, RunConflictError
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID
@@ -95,7 +96,9 @@ class MetadataHook(PostgresHook):
         if retry_deadline is None:
             from airflow.sdk.configuration import conf
 
-            retry_deadline = conf.getfloat("e2e3d", "metadata_retry_deadline", fallback=DEFAULT_DEADLINE)
+            retry_deadline = conf.getfloat(
+                "e2e3d", "metadata_retry_deadline", fallback=default("metadata_retry_deadline")
+            )
         if retry_deadline < 0:
             raise ValueError(f"retry_deadline cannot be negative, got {retry_deadline}")
         self.retry_deadline = retry_deadline
@@ -1065,19 +1068,37 @@ class MetadataHook(PostgresHook):
     # -----------------------------------------------------------------------------------
 
     def set_config(self, key: str, value: Any) -> None:
-        """Store a JSON value under ``key`` (upsert)."""
+        """Store ``value`` (JSON) under the platform key ``key`` (upsert), once it is checked against the key's
+        declaration (``e2e3d_provider.core.settings.PLATFORM_KEYS``): an unknown key or a value of the wrong
+        type or out of bounds is a ValueError saying which, and nothing is written (a typo or a negative
+        retention would otherwise be stored and misread by every maintenance run)."""
+        checked = validate_platform(key, value)
         with self._migrated_transaction() as cur:
             cur.execute(
                 f"""INSERT INTO {SCHEMA}.config (key, value) VALUES (%s, %s::jsonb)
                             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()""",
-                (key, json.dumps(value)),
+                (key, json.dumps(checked)),
             )
 
     def get_config(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key``, else ``default``."""
         with self._migrated_transaction() as cur:
             cur.execute(f"SELECT value::text FROM {SCHEMA}.config WHERE key = %s", (key,))
             row = cur.fetchone()
         return json.loads(row[0]) if row else default
+
+    def delete_config(self, key: str) -> bool:
+        """Remove the row of ``key``, so its readers fall back to the declared default; True if there was one."""
+        with self._migrated_transaction() as cur:
+            cur.execute(f"DELETE FROM {SCHEMA}.config WHERE key = %s", (key,))
+            return bool(cur.rowcount)
+
+    def list_config(self) -> dict[str, tuple[Any, datetime]]:
+        """Every stored row: key -> (its JSON value, when it was last set). Declared keys not stored are absent
+        (they read as their default); a stored key no longer declared is listed too, so it can be seen."""
+        with self._migrated_transaction() as cur:
+            cur.execute(f"SELECT key, value::text, updated_at FROM {SCHEMA}.config ORDER BY key")
+            return {key: (json.loads(value), updated_at) for key, value, updated_at in cur.fetchall()}
 
 
 def store_usage(cur: Any, counts: UsageCounts) -> int:

@@ -134,9 +134,10 @@ class RowBuffer:
 def _write_rows(batch: dict[str, list[dict[str, Any]]], deadline: float) -> None:
     from airflow.configuration import conf
 
+    from e2e3d_provider.core.settings import default
     from e2e3d_provider.hooks.metadata import MetadataHook
 
-    conn_id = conf.get("e2e3d", "metadata_conn_id", fallback=MetadataHook.default_conn_name)
+    conn_id = conf.get("e2e3d", "metadata_conn_id", fallback=default("metadata_conn_id"))
     MetadataHook(conn_id, retry_deadline=deadline).record_telemetry(batch)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from e2e3d_provider.core.layout import BUCKET_ARCHIVE, BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_BUCKETS
 from e2e3d_provider.core.listing import COUNT_FIELDS
+from e2e3d_provider.core.settings import default
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
@@ -41,15 +42,18 @@ CONFIG_SCRUB_MAX_BYTES = "scrub_max_bytes"
 CONFIG_STRAY_GRACE_HOURS = "stray_grace_hours"
 CONFIG_UPLOAD_MAX_AGE_HOURS = "multipart_max_age_hours"
 CONFIG_RECONCILE_BUDGET_SECONDS = "usage_reconcile_budget_seconds"
+#: their defaults, as declared (with their meaning and bounds) in e2e3d_provider.core.settings
 DEFAULTS = {
-    CONFIG_TEMP_MAX_AGE_HOURS: 24,
-    CONFIG_RETENTION_DAYS: 30,
-    CONFIG_TELEMETRY_DAYS: 90,
-    CONFIG_SCRUB_MAX_BYTES: 10 * 1024**3,  # bytes a daily scrub reads; the next run carries on from there
-    CONFIG_STRAY_GRACE_HOURS: 24,  # an object no manifest names is a stray only once this old
-    CONFIG_UPLOAD_MAX_AGE_HOURS: 24,  # an incomplete multipart upload this old is abandoned
-    # seconds a run's usage reconciliation may list for (the next run resumes the walk); 0: no bound
-    CONFIG_RECONCILE_BUDGET_SECONDS: 600,
+    key: default(key)
+    for key in (
+        CONFIG_TEMP_MAX_AGE_HOURS,
+        CONFIG_RETENTION_DAYS,
+        CONFIG_TELEMETRY_DAYS,
+        CONFIG_SCRUB_MAX_BYTES,
+        CONFIG_STRAY_GRACE_HOURS,
+        CONFIG_UPLOAD_MAX_AGE_HOURS,
+        CONFIG_RECONCILE_BUDGET_SECONDS,
+    )
 }
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from e2e3d_provider.core.settings import default
 from e2e3d_provider.hooks import telemetry
 from e2e3d_provider.lifecycle.worker.input_cache import trim
 from e2e3d_provider.lifecycle.worker.partials import DEFAULT_GRACE_SECONDS, sweep_partials
@@ -31,13 +32,14 @@ SWEEP_STAMP = ".e2e3d-sweep"
 
 @dataclass(frozen=True)
 class ScratchBounds:
-    """How much scratch a worker keeps: the input cache's size and age, temp dirs' age, how often to sweep,
-    and how long a partial file whose process is gone is left (``partial_grace_seconds`` after its last write)."""
+    """How much scratch a worker keeps: the input cache's size and age, temp dirs' age, how often to sweep
+    (defaults: the declared settings, ``e2e3d_provider.core.settings``), and how long a partial file whose
+    process is gone is left (``partial_grace_seconds`` after its last write)."""
 
-    cache_max_bytes: int = 50 * 1024**3
-    cache_max_age_hours: float = 7 * 24.0
-    temp_max_age_hours: float = 24.0
-    every_seconds: float = 600.0
+    cache_max_bytes: int = default("cache_max_bytes")
+    cache_max_age_hours: float = default("cache_max_age_hours")
+    temp_max_age_hours: float = default("temp_max_age_hours")
+    every_seconds: float = default("sweep_every_seconds")
     partial_grace_seconds: float = DEFAULT_GRACE_SECONDS
 
     def __post_init__(self) -> None:
