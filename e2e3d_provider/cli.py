@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e3d_provider import __version__
+from e2e3d_provider.commands import config as config_command
 from e2e3d_provider.core.layout import BUCKET_INPUT, BUCKET_OUTPUT, DEFAULT_NONCURRENT_DAYS
 from e2e3d_provider.exceptions import E2E3DError
 from e2e3d_provider.hooks import COMPONENT_CONN_IDS, DEFAULT_BACKUP_CONN_ID, DEFAULT_METADATA_CONN_ID, ROLE_CONN_IDS
@@ -545,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     air.add_argument("--user", default="admin", help="the UI/API user (SimpleAuthManager, role admin)")
     air.add_argument("--dags", action="append", default=[], help="another DAGs folder (repeatable)")
     air.set_defaults(func=cmd_airflow)
+    config_command.add_parser(sub)
     return parser
 
 

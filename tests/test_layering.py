@@ -117,6 +117,7 @@ def test_the_package_root_holds_only_the_providers_face() -> None:
         "api",
         "devstack",
         "example_dags",
+        "commands",
     }
     for folder in folders:  # a folder appears when its first module does
         assert [p for p in (PACKAGE / folder).glob("*.py") if p.stem != "__init__"], f"{folder}/ is empty"
