@@ -76,8 +76,12 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": INTEGRATION_NAME, "python-modules": ["e2e3d_provider.triggers.object_storage"]}
         ],
-        # the lifecycle's tasks carry it themselves (operator_extra_links); named here for Airflow's providers list
-        "extra-links": ["e2e3d_provider.links.ViewerLink"],
+        # the lifecycle's tasks carry them themselves (operator_extra_links); named here for Airflow's providers list
+        "extra-links": [
+            "e2e3d_provider.links.ViewerLink",
+            "e2e3d_provider.links.ResultsLink",
+            "e2e3d_provider.links.DashboardLink",
+        ],
         # the [e2e3d] options with their defaults, so `airflow config list --section e2e3d` shows them
         "config": provider_config(),
     }

@@ -29,28 +29,44 @@ def test_provider_info_matches_airflows_schema() -> None:
             __import__(module)
 
 
-def test_the_view_link_opens_the_viewer_on_the_task_s_dag_run_from_every_lifecycle_task() -> None:
-    """The "View" extra link names the DAG run (the viewer asks the API for its job), its ids escaped; every
-    lifecycle task carries it but the two plain ``@task`` functions (prepare, mark_failed)."""
+def test_the_extra_links_open_the_viewer_results_and_dashboard_from_every_lifecycle_task() -> None:
+    """The "View" and "Results" extra links name the DAG run (the viewer and the API find its job), its ids
+    escaped; "Dashboard" opens the storage dashboard. Every lifecycle task carries all three but the two plain
+    ``@task`` functions (prepare, mark_failed), and the provider info names each (Airflow imports them)."""
     from urllib.parse import parse_qs, urlsplit
 
     from airflow.sdk import BaseOperatorLink
     from airflow.sdk.types import TaskInstanceKey
 
-    from e2e3d_provider.links import ViewerLink
+    from e2e3d_provider.api.app import create_app
+    from e2e3d_provider.links import DashboardLink, ResultsLink, ViewerLink
     from tests.helpers import load_repo_dag
 
-    for name in e2e3d_provider.get_provider_info()["extra-links"]:  # what Airflow's providers manager imports
+    declared = e2e3d_provider.get_provider_info()["extra-links"]  # what Airflow's providers manager imports
+    for name in declared:
         module, _, attr = name.rpartition(".")
         assert issubclass(getattr(__import__(module, fromlist=[attr]), attr), BaseOperatorLink), name
+    links = {"View": ViewerLink(), "Results": ResultsLink(), "Dashboard": DashboardLink()}
+    assert {n.rpartition(".")[2] for n in declared} == {type(link).__name__ for link in links.values()}
     run_id = "manual__2026-12-05T00:00:00+00:00 & more"
-    link = ViewerLink().get_link(None, ti_key=TaskInstanceKey("e2e3d_reconstruction", "right_size", run_id))  # type: ignore[arg-type]
-    assert link.startswith("/e2e3d/viewer?") and " " not in link and "+" not in link and "&more" not in link, link
-    assert parse_qs(urlsplit(link).query) == {"dag_id": ["e2e3d_reconstruction"], "run_id": [run_id]}
+    key = TaskInstanceKey("e2e3d_reconstruction", "right_size", run_id)
+    urls = {name: urlsplit(link.get_link(None, ti_key=key)) for name, link in links.items()}  # type: ignore[arg-type]
+    for name in ("View", "Results"):
+        url = urls[name].geturl()
+        assert " " not in url and "+" not in url and "&more" not in url, url
+    assert urls["View"].path == "/e2e3d/viewer"
+    assert parse_qs(urls["View"].query) == {"dag_id": ["e2e3d_reconstruction"], "run_id": [run_id]}
+    assert urls["Results"].path == "/e2e3d/api/v1/jobs"
+    assert parse_qs(urls["Results"].query) == {"dag_id": ["e2e3d_reconstruction"], "run_id": [run_id], "limit": ["1"]}
+    assert urls["Dashboard"].geturl() == "/e2e3d/dashboard"
+    # the pages exist in the plugin's app (mounted at /e2e3d)
+    paths = {getattr(route, "path", None) for route in create_app().routes}
+    assert {"/viewer", "/dashboard"} <= paths, sorted(p for p in paths if p)
 
     dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
-    without = {t.task_id for t in dag.tasks if "View" not in {link.name for link in t.operator_extra_links}}
-    assert without == {"prepare", "mark_failed"}, without
+    for name in links:
+        without = {t.task_id for t in dag.tasks if name not in {link.name for link in t.operator_extra_links}}
+        assert without == {"prepare", "mark_failed"}, (name, without)
 
 
 @pytest.mark.integration  # runs processes of its own

@@ -23,7 +23,7 @@ from e2e3d_provider.hooks import ROLE_CONN_IDS
 from e2e3d_provider.hooks.metadata import MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook, TransferResult
 from e2e3d_provider.lifecycle.results.record import record_transfer
-from e2e3d_provider.links import ViewerLink
+from e2e3d_provider.links import LIFECYCLE_LINKS
 
 #: errors a retry of the task cannot mend: input that is not there (a dataset or models prefix with no
 #: objects, a bucket that does not exist) or not usable images, and values that fail validation (``ValueError``:
@@ -79,7 +79,7 @@ class E2E3DOperator(BaseOperator):
     #: the least-privilege storage role whose connection is the default (``core.roles``)
     storage_role: str = "worker"
     #: "View": the 3D viewer on the job of the task's DAG run
-    operator_extra_links = (ViewerLink(),)
+    operator_extra_links = LIFECYCLE_LINKS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every ``execute`` a subclass defines fails permanently on :data:`PERMANENT_ERRORS`."""

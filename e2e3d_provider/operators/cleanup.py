@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context, TriggerRule
 
 from e2e3d_provider.lifecycle.worker.scratch import clean_run
-from e2e3d_provider.links import ViewerLink
+from e2e3d_provider.links import LIFECYCLE_LINKS
 from e2e3d_provider.operators.run_context import as_bool, data_root
 
 
@@ -26,7 +26,7 @@ class CleanupOperator(BaseOperator):
     template_fields: Sequence[str] = ("temp_dir", "run_dir", "job_id", "stamp", "data_root", "remove_run_dir")
     ui_color = "#e8c5c5"
     #: "View": the 3D viewer on the job of the task's DAG run (as on the other lifecycle operators)
-    operator_extra_links = (ViewerLink(),)
+    operator_extra_links = LIFECYCLE_LINKS
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from airflow.sdk import Context, PokeReturnValue
 
 from e2e3d_provider.core.layout import BUCKET_INPUT, input_prefix, validate_bucket
 from e2e3d_provider.lifecycle.inputs.readiness import DEFAULT_PATTERNS, input_state
-from e2e3d_provider.links import ViewerLink
+from e2e3d_provider.links import LIFECYCLE_LINKS
 from e2e3d_provider.sensors.base import StorageSensor
 from e2e3d_provider.triggers.object_storage import InputPresenceTrigger
 
@@ -31,7 +31,7 @@ class InputPresenceSensor(StorageSensor):
     template_fields: Sequence[str] = ("dataset", "bucket", "min_files", "stable_for")
     ui_color = "#c5d8e8"
     #: "View": the 3D viewer on the job of the task's DAG run (as on the lifecycle's operators)
-    operator_extra_links = (ViewerLink(),)
+    operator_extra_links = LIFECYCLE_LINKS
 
     def __init__(
         self,
