@@ -171,6 +171,8 @@ def test_the_docs_table_lists_every_setting_of_its_scope() -> None:
         assert all(row.count(" | ") == table.splitlines()[0].count(" | ") for row in rows), table
     assert "`AIRFLOW__E2E3D__VOLUME_VACUUM`" in settings.markdown_table("airflow")
     assert "Read-only" in settings.markdown_table("platform")
+    page = settings.markdown_page()
+    assert page.startswith("# Configuration\n") and all(f"| `{name}` |" in page for name in SETTINGS)
 
 
 # --- e2e3d config --------------------------------------------------------------------------------------
@@ -241,10 +243,13 @@ def test_config_set_get_list_unset_round_trip_in_postgresql(metadata, capsys: py
         assert main(["config", "set", key, "-5"]) == 1
         assert metadata.get_config(key) == 45
 
+        with metadata.transaction() as cur:  # a row stored before the keys were checked (or by hand)
+            cur.execute("INSERT INTO e2e3d.config (key, value) VALUES ('retention_days', '30')")
         assert main(["config", "list", "--scope", "platform", "--json"]) == 0
         listed = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
         assert listed[key]["value"] == 45 and listed[key]["source"] == "e2e3d.config" and listed[key]["updated_at"]
         assert listed["scrub_max_bytes"]["read_only"] is False and listed["scrub_cursor"]["read_only"] is True
+        assert listed["retention_days"]["source"] == "undeclared"  # shown, so a stale or mistyped key is seen
 
         assert main(["config", "unset", key, "--dry-run"]) == 0
         assert metadata.get_config(key) == 45
@@ -252,6 +257,7 @@ def test_config_set_get_list_unset_round_trip_in_postgresql(metadata, capsys: py
         assert metadata.get_config(key, "absent") == "absent"
     finally:
         metadata.delete_config(key)
+        metadata.delete_config("retention_days")
 
 
 def test_the_hook_refuses_a_bad_value_and_writes_nothing(metadata) -> None:

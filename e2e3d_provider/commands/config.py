@@ -33,14 +33,22 @@ from e2e3d_provider.core.settings import (
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID
 
 EXIT_OK, EXIT_FAILURE = 0, 1
+#: the help's description (no square brackets: a rich help formatter reads them as markup)
+DESCRIPTION = (
+    "Two scopes: the Airflow options of section e2e3d, read as this machine's Airflow components read them "
+    "(airflow.cfg, AIRFLOW__E2E3D__<NAME>, else the declared default), and the platform keys in PostgreSQL's "
+    "e2e3d.config, which set and unset change for every component at once. An Airflow option is set where each "
+    "component runs, so set refuses one and prints the line that sets it instead. Exit status: 0 done, 1 a bad "
+    "key or value (said on stderr), 2 a usage error."
+)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``config`` and its subcommands to ``sub`` (the ``e2e3d`` parser's subparsers); returns its parser."""
     config = sub.add_parser(
         "config",
-        help="the provider's settings: [e2e3d] Airflow options and the platform keys in PostgreSQL",
-        description=__doc__.split("\n\n")[1],
+        help="the provider's settings: Airflow options of section e2e3d and the platform keys in PostgreSQL",
+        description=DESCRIPTION,
     )
     commands = config.add_subparsers(dest="config_command", required=True, metavar="{list,get,set,unset}")
 
@@ -58,21 +66,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     listing.add_argument(
         "--scope",
         choices=["airflow", "platform"],
-        help="only the [e2e3d] Airflow options (no database needed) or only the platform keys (default: both)",
+        help="only the Airflow options (no database needed) or only the platform keys (default: both)",
     )
     as_json(listing)
     metadata_conn(listing)
     listing.set_defaults(func=cmd_config_list)
 
     get = commands.add_parser("get", help="one setting's value (text: the value alone, for scripts)")
-    get.add_argument("key", help="an [e2e3d] option or a platform key (see: e2e3d config list)")
+    get.add_argument("key", help="an Airflow option of section e2e3d or a platform key (see: e2e3d config list)")
     as_json(get)
     metadata_conn(get)
     get.set_defaults(func=cmd_config_get)
 
     set_ = commands.add_parser("set", help=f"check a platform key's value and store it in {PLATFORM_TABLE}")
     set_.add_argument("key", help="a platform key (see: e2e3d config list --scope platform)")
-    set_.add_argument("value", help="its value: a number, or JSON for a json key (null: back to the default)")
+    set_.add_argument("value", help="its value: a number, or JSON for a json key (null where a key may be unset)")
     set_.add_argument("--dry-run", action="store_true", help="check the value and show the change; write nothing")
     metadata_conn(set_)
     set_.set_defaults(func=cmd_config_set)
@@ -159,15 +167,18 @@ def collect(scope: Scope | None, metadata_conn_id: str) -> list[dict[str, Any]]:
                 entries.append(describe(item, item.default, "default"))
         for key in sorted(set(stored) - set(SETTINGS)):
             value, updated_at = stored[key]
+            when = updated_at.isoformat(timespec="seconds")
             entries.append(
-                {"name": key, "scope": "platform", "value": value, "source": "undeclared", "read_only": False}
-                | {"updated_at": updated_at.isoformat(timespec="seconds")}
+                {"name": key, "scope": "platform", "value": value, "source": "undeclared", "updated_at": when}
             )
     return entries
 
 
 def _shown(value: Any) -> str:
-    return "(not set)" if value is None else render(value) if render(value) != "" else '""'
+    """A value in the text output: ``(not set)`` for None, ``""`` for an empty string."""
+    if value is None:
+        return "(not set)"
+    return render(value) or '""'
 
 
 def _fail(message: str) -> int:

@@ -457,3 +457,40 @@ def markdown_table(scope: Scope) -> str:
         cells += [s.type, shown, _cell(description), example]
         rows.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
+
+
+def markdown_page() -> str:
+    """The docs' whole configuration page (MyST Markdown): how each kind of setting is set and read, then
+    both tables (:func:`markdown_table`)."""
+    return f"""# Configuration
+
+The provider reads two kinds of settings, each declared once in `e2e3d_provider/core/settings.py` (this page is
+generated from it).
+
+## Airflow options, section `[{SECTION}]`
+
+What one Airflow component needs before it can reach the platform (its connection ids), or what differs per
+machine (a worker's scratch bounds). Set them where each component runs: `airflow.cfg` or the environment
+(`AIRFLOW__E2E3D__<NAME>`). The provider declares them to Airflow (`get_provider_info()["config"]`), so
+`airflow config list --section {SECTION} --show-values` lists them with their defaults, and an option nobody
+set reads as its default. A hook's own argument wins where it takes one (`MetadataHook(retry_deadline=...)`).
+
+{markdown_table("airflow")}
+## Platform keys, table `{PLATFORM_TABLE}`
+
+What every component must agree on, stored once in the metadata database (PostgreSQL, schema `e2e3d`).
+A maintenance DAG param, where a task offers one, wins for that run; a key not stored reads as its default.
+
+```console
+$ e2e3d config list --scope platform          # value, default and source of each key (--json for scripts)
+$ e2e3d config set output_retention_days 14   # checked first: a bad value exits 1 and writes nothing
+$ e2e3d config set rightsize '{{"web_format": "webp"}}' --dry-run
+$ e2e3d config unset output_retention_days    # back to the default
+```
+
+From Python, `MetadataHook().set_config(key, value)` checks the value the same way (ValueError naming the
+key and the problem, or the keys there are when the name is not one). Read-only keys are written by the
+provider itself and shown for information. `e2e3d config set` refuses an Airflow option and prints the
+`AIRFLOW__E2E3D__...` line that sets it instead.
+
+{markdown_table("platform")}"""
