@@ -17,7 +17,14 @@ import pytest
 import e2e3d_provider
 from e2e3d_provider.cli import main
 from e2e3d_provider.core import settings
-from e2e3d_provider.core.settings import AIRFLOW_OPTIONS, PLATFORM_KEYS, SETTINGS, coerce, validate_platform
+from e2e3d_provider.core.settings import (
+    AIRFLOW_OPTIONS,
+    ENVIRONMENT,
+    PLATFORM_KEYS,
+    SETTINGS,
+    coerce,
+    validate_platform,
+)
 
 PACKAGE = Path(e2e3d_provider.__file__).parent
 #: a read of an [e2e3d] option: conf.get / getint / getfloat / getboolean ... of the section, then the option's name
@@ -66,6 +73,24 @@ def test_every_option_the_package_reads_is_declared_to_airflow_and_nothing_more(
 
 def test_every_platform_key_the_package_names_is_declared() -> None:
     assert platform_keys_named(PACKAGE) == {s.name for s in PLATFORM_KEYS}
+
+
+def environment_variables_named(root: Path) -> set[str]:
+    """Every ``E2E3D_*`` variable the package spells as a string of its own (``os.environ.get("E2E3D_X")`` or a
+    constant naming it), but the test suite's (``E2E3D_TEST_*``, which ``e2e3d stack env`` exports for it)."""
+    return {
+        node.value
+        for path in root.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"E2E3D_[A-Z0-9_]+", node.value)
+        and not node.value.startswith("E2E3D_TEST_")
+    }
+
+
+def test_every_environment_variable_the_package_reads_is_declared() -> None:
+    assert environment_variables_named(PACKAGE) == {s.name for s in ENVIRONMENT}
 
 
 def test_the_declared_defaults_are_the_ones_the_code_falls_back_on() -> None:
@@ -164,7 +189,7 @@ def test_airflow_config_list_shows_every_option_with_its_default(tmp_path: Path)
 
 
 def test_the_docs_table_lists_every_setting_of_its_scope() -> None:
-    for scope, items in (("airflow", AIRFLOW_OPTIONS), ("platform", PLATFORM_KEYS)):
+    for scope, items in (("airflow", AIRFLOW_OPTIONS), ("platform", PLATFORM_KEYS), ("environment", ENVIRONMENT)):
         table = settings.markdown_table(scope)
         rows = [line for line in table.splitlines() if line.startswith("| `")]
         assert [row.split("`")[1] for row in rows] == [item.name for item in items]
@@ -223,6 +248,22 @@ def test_config_list_and_get_of_the_airflow_options(
     assert main(["config", "list", "--scope", "airflow"]) == 0
     text = capsys.readouterr().out
     assert all(item.name in text for item in AIRFLOW_OPTIONS) and "env" in text
+
+
+def test_config_shows_an_environment_variable_and_will_not_set_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("E2E3D_DATA_ROOT", raising=False)
+    assert main(["config", "get", "E2E3D_DATA_ROOT"]) == 0
+    assert capsys.readouterr().out == "/app/data\n"
+    monkeypatch.setenv("E2E3D_DATA_ROOT", "/srv/data")
+    assert main(["config", "list", "--scope", "environment", "--json"]) == 0
+    listed = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+    assert list(listed) == [item.name for item in ENVIRONMENT]
+    assert listed["E2E3D_DATA_ROOT"]["value"] == "/srv/data" and listed["E2E3D_DATA_ROOT"]["source"] == "env"
+    assert main(["config", "set", "E2E3D_DATA_ROOT", "/elsewhere"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "E2E3D_DATA_ROOT=/elsewhere\n" and "environment variable" in err
 
 
 def test_config_set_get_list_unset_round_trip_in_postgresql(metadata, capsys: pytest.CaptureFixture[str]) -> None:

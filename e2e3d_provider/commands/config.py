@@ -35,11 +35,11 @@ from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID
 EXIT_OK, EXIT_FAILURE = 0, 1
 #: the help's description (no square brackets: a rich help formatter reads them as markup)
 DESCRIPTION = (
-    "Two scopes: the Airflow options of section e2e3d, read as this machine's Airflow components read them "
-    "(airflow.cfg, AIRFLOW__E2E3D__<NAME>, else the declared default), and the platform keys in PostgreSQL's "
-    "e2e3d.config, which set and unset change for every component at once. An Airflow option is set where each "
-    "component runs, so set refuses one and prints the line that sets it instead. Exit status: 0 done, 1 a bad "
-    "key or value (said on stderr), 2 a usage error."
+    "Three scopes: the Airflow options of section e2e3d, read as this machine's Airflow components read them "
+    "(airflow.cfg, AIRFLOW__E2E3D__<NAME>, else the declared default); the platform keys in PostgreSQL's "
+    "e2e3d.config, which set and unset change for every component at once; and a few environment variables. An "
+    "Airflow option or a variable is set where each component runs, so set refuses one and prints the line that "
+    "sets it instead. Exit status: 0 done, 1 a bad key or value (said on stderr), 2 a usage error."
 )
 
 
@@ -65,15 +65,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="every setting with its value, default and source")
     listing.add_argument(
         "--scope",
-        choices=["airflow", "platform"],
-        help="only the Airflow options (no database needed) or only the platform keys (default: both)",
+        choices=["airflow", "platform", "environment"],
+        help="only the Airflow options or the environment variables (no database needed), or only the platform "
+        "keys (default: all three)",
     )
     as_json(listing)
     metadata_conn(listing)
     listing.set_defaults(func=cmd_config_list)
 
     get = commands.add_parser("get", help="one setting's value (text: the value alone, for scripts)")
-    get.add_argument("key", help="an Airflow option of section e2e3d or a platform key (see: e2e3d config list)")
+    get.add_argument("key", help="an Airflow option, a platform key or a variable (see: e2e3d config list)")
     as_json(get)
     metadata_conn(get)
     get.set_defaults(func=cmd_config_get)
@@ -127,6 +128,13 @@ def _in_config_file(name: str) -> bool:
     return parser.has_option(SECTION, name)
 
 
+def environment_value(item: Setting) -> tuple[Any, str]:
+    """An environment variable's value in this process and its source (``env`` or ``default``)."""
+    if item.name in os.environ:
+        return os.environ[item.name], "env"
+    return item.default, "default"
+
+
 def platform_values(metadata_conn_id: str) -> dict[str, tuple[Any, datetime]]:
     """Every stored row of ``e2e3d.config``: key -> (value, when it was set)."""
     from e2e3d_provider.hooks.metadata import MetadataHook
@@ -155,9 +163,11 @@ def describe(item: Setting, value: Any, source: str, updated_at: datetime | None
 
 def collect(scope: Scope | None, metadata_conn_id: str) -> list[dict[str, Any]]:
     """The settings of ``scope`` (both when None) with their values; keys stored in ``e2e3d.config`` that
-    nothing declares are listed last, with scope ``platform`` and source ``undeclared``."""
-    entries = [describe(item, *airflow_value(item)) for item in by_scope("airflow")] if scope != "platform" else []
-    if scope != "airflow":
+    nothing declares are listed after the keys, with scope ``platform`` and source ``undeclared``."""
+    entries = (
+        [describe(item, *airflow_value(item)) for item in by_scope("airflow")] if scope in (None, "airflow") else []
+    )
+    if scope in (None, "platform"):
         stored = platform_values(metadata_conn_id)
         for item in by_scope("platform"):
             if item.name in stored:
@@ -171,6 +181,8 @@ def collect(scope: Scope | None, metadata_conn_id: str) -> list[dict[str, Any]]:
             entries.append(
                 {"name": key, "scope": "platform", "value": value, "source": "undeclared", "updated_at": when}
             )
+    if scope in (None, "environment"):
+        entries += [describe(item, *environment_value(item)) for item in by_scope("environment")]
     return entries
 
 
@@ -223,6 +235,8 @@ def cmd_config_get(args: argparse.Namespace) -> int:
     updated_at = None
     if item.scope == "airflow":
         value, source = airflow_value(item)
+    elif item.scope == "environment":
+        value, source = environment_value(item)
     else:
         stored = platform_values(args.metadata_conn_id).get(item.name)
         value, source = (item.default, "default") if stored is None else (stored[0], PLATFORM_TABLE)
@@ -247,9 +261,11 @@ def _settable(key: str, text: str | None) -> tuple[Setting, Any] | int:
                 _check_policy(value)
         except ValueError as err:
             return _fail(str(err))
-    if item.scope == "airflow":
+    if item.scope in ("airflow", "environment"):
         line = f"{item.env_var}={render(value)}" if text is not None else f"unset {item.env_var}"
         print(line)
+        if item.scope == "environment":
+            return _fail(f"{item.name} is an environment variable: set it where the process that needs it runs")
         return _fail(
             f"[{SECTION}] {item.name} is an Airflow option, read by each component from its own configuration: "
             f"set it in the environment of the components that need it ({line}) or in their airflow.cfg"

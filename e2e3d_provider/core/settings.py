@@ -11,6 +11,8 @@ Two kinds, read in two places:
   must agree on (retention, scrub budget, the right-sizing policy), set once for the whole platform with
   ``e2e3d config set`` or ``MetadataHook.set_config`` (which checks the value with :func:`validate_platform`).
   A DAG param, where a maintenance task offers one, wins over the key for that run.
+- **Environment variables** (scope ``environment``), outside Airflow's configuration: where a worker keeps its
+  data (``E2E3D_DATA_ROOT``) and the developer stack's own (``E2E3D_STACK_DIR``, ``E2E3D_MINIO_BINARY``).
 
 The callers take their fallbacks from here (:func:`default`), so a default is spelled once. No Airflow import:
 the CLI, the hooks and ``get_provider_info()`` (which Airflow calls while it loads its configuration) read it.
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from e2e3d_provider.core.layout import DATA_ROOT_ENV, DATA_ROOT_VARIABLE, DEFAULT_DATA_ROOT
 from e2e3d_provider.core.presign import MAX_UPLOAD_BYTES
 
 #: the Airflow configuration section of the provider's options
@@ -34,7 +37,7 @@ PLATFORM_TABLE = "e2e3d.config"
 DECLARED_IN = "0.6.0"
 
 SettingType = Literal["string", "integer", "float", "boolean", "json"]
-Scope = Literal["airflow", "platform"]
+Scope = Literal["airflow", "platform", "environment"]
 #: the types Airflow's provider schema knows (``json`` is a platform key's own)
 AIRFLOW_TYPES = ("string", "integer", "float", "boolean")
 
@@ -60,13 +63,19 @@ class Setting:
 
     @property
     def env_var(self) -> str | None:
-        """The environment variable that sets an Airflow option (``None`` for a platform key)."""
+        """The environment variable that sets this setting (``None`` for a platform key)."""
+        if self.scope == "environment":
+            return self.name
         return f"AIRFLOW__{SECTION.upper()}__{self.name.upper()}" if self.scope == "airflow" else None
 
     def check(self, value: Any) -> Any:
         """``value`` (already of Python type: a number, a string, a parsed JSON value) if it is a valid value of
         this setting, normalised (a whole float becomes an int for an integer setting); else ValueError."""
-        where = f"{PLATFORM_TABLE} {self.name!r}" if self.scope == "platform" else f"[{SECTION}] {self.name}"
+        where = {
+            "platform": f"{PLATFORM_TABLE} {self.name!r}",
+            "airflow": f"[{SECTION}] {self.name}",
+            "environment": f"${self.name}",
+        }[self.scope]
         if value is None:
             if self.nullable:
                 return None
@@ -322,8 +331,40 @@ PLATFORM_KEYS: tuple[Setting, ...] = (
     ),
 )
 
-#: every setting by name (a name is one setting: an option and a key never share one)
-SETTINGS: dict[str, Setting] = {s.name: s for s in AIRFLOW_OPTIONS + PLATFORM_KEYS}
+ENVIRONMENT: tuple[Setting, ...] = (
+    Setting(
+        DATA_ROOT_ENV,
+        "string",
+        DEFAULT_DATA_ROOT,
+        "A worker's local data root: staged datasets, the input cache, run workspaces and temp dirs (per worker). "
+        f"An operator's data_root argument wins; without the variable, the Airflow Variable {DATA_ROOT_VARIABLE} "
+        "is read, then the default.",
+        "/srv/e2e3d",
+        "environment",
+    ),
+    Setting(
+        "E2E3D_STACK_DIR",
+        "string",
+        None,
+        "The developer stack's folder (e2e3d stack, e2e3d airflow, the embedded SeaweedFS's volume compaction). "
+        "Not set: <tmp>/e2e3d-stack-<uid>.",
+        "/var/tmp/e2e3d-stack",
+        "environment",
+        nullable=True,
+    ),
+    Setting(
+        "E2E3D_MINIO_BINARY",
+        "string",
+        None,
+        "The MinIO server executable of `e2e3d stack up --server minio`. Not set: minio on PATH.",
+        "/usr/local/bin/minio",
+        "environment",
+        nullable=True,
+    ),
+)
+
+#: every setting by name (a name is one setting: an option, a key and a variable never share one)
+SETTINGS: dict[str, Setting] = {s.name: s for s in AIRFLOW_OPTIONS + PLATFORM_KEYS + ENVIRONMENT}
 
 
 def setting(name: str) -> Setting:
@@ -425,14 +466,15 @@ def validate_platform(key: str, value: Any) -> Any:
     item = SETTINGS.get(key)
     if item is None or item.scope != "platform":
         known = ", ".join(s.name for s in PLATFORM_KEYS)
-        hint = f" ({key} is an Airflow option: [{SECTION}] {key})" if item is not None else ""
+        kind = {"airflow": f"an Airflow option: [{SECTION}] {key}", "environment": "an environment variable"}
+        hint = f" ({key} is {kind[item.scope]})" if item is not None else ""
         raise ValueError(f"{PLATFORM_TABLE} has no key {key!r}{hint}; the keys are: {known}")
     return item.check(value)
 
 
 def by_scope(scope: Scope | None = None) -> Iterable[Setting]:
-    """The declared settings, Airflow options first, or those of one scope."""
-    return [s for s in AIRFLOW_OPTIONS + PLATFORM_KEYS if scope is None or s.scope == scope]
+    """The declared settings (Airflow options, platform keys, environment variables), or those of one scope."""
+    return [s for s in AIRFLOW_OPTIONS + PLATFORM_KEYS + ENVIRONMENT if scope is None or s.scope == scope]
 
 
 def _cell(text: str) -> str:
@@ -445,7 +487,8 @@ def markdown_table(scope: Scope) -> str:
     if scope == "airflow":
         head = "| option | env | type | default | description | example |\n|---|---|---|---|---|---|\n"
     else:
-        head = "| key | type | default | description | example |\n|---|---|---|---|---|\n"
+        first = "key" if scope == "platform" else "variable"
+        head = f"| {first} | type | default | description | example |\n|---|---|---|---|---|\n"
     rows = []
     for s in by_scope(scope):
         shown = "*not set*" if s.default is None else "`" + (render(s.default) or '""') + "`"
@@ -493,4 +536,9 @@ key and the problem, or the keys there are when the name is not one). Read-only 
 provider itself and shown for information. `e2e3d config set` refuses an Airflow option and prints the
 `AIRFLOW__E2E3D__...` line that sets it instead.
 
-{markdown_table("platform")}"""
+{markdown_table("platform")}
+## Environment variables
+
+Read from the environment of the process that needs them, outside Airflow's configuration.
+
+{markdown_table("environment")}"""
