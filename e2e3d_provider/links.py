@@ -54,8 +54,8 @@ class ViewerLink(BaseOperatorLink):
 
 
 class ResultsLink(BaseOperatorLink):
-    """Opens the results API's record of the job the task's DAG run owns: its status, files and bytes
-    published, and when it ran (JSON; the job's files are listed from there)."""
+    """Opens the results API's record of the job the task's DAG run owns (JSON): its id, status, the files and
+    bytes it published and when it ran; the job's files are then at ``/e2e3d/api/v1/jobs/<job_id>/results``."""
 
     name = "Results"
 

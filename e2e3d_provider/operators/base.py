@@ -78,7 +78,7 @@ class E2E3DOperator(BaseOperator):
     sweeps_scratch: bool = False
     #: the least-privilege storage role whose connection is the default (``core.roles``)
     storage_role: str = "worker"
-    #: "View": the 3D viewer on the job of the task's DAG run
+    #: "View", "Results" and "Dashboard": the viewer and the results API on the job of the task's DAG run, the dashboard
     operator_extra_links = LIFECYCLE_LINKS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -25,7 +25,7 @@ class CleanupOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("temp_dir", "run_dir", "job_id", "stamp", "data_root", "remove_run_dir")
     ui_color = "#e8c5c5"
-    #: "View": the 3D viewer on the job of the task's DAG run (as on the other lifecycle operators)
+    #: "View", "Results" and "Dashboard", as on the other lifecycle operators
     operator_extra_links = LIFECYCLE_LINKS
 
     def __init__(

@@ -30,7 +30,7 @@ class InputPresenceSensor(StorageSensor):
 
     template_fields: Sequence[str] = ("dataset", "bucket", "min_files", "stable_for")
     ui_color = "#c5d8e8"
-    #: "View": the 3D viewer on the job of the task's DAG run (as on the lifecycle's operators)
+    #: "View", "Results" and "Dashboard", as on the lifecycle's operators
     operator_extra_links = LIFECYCLE_LINKS
 
     def __init__(
