@@ -33,6 +33,8 @@ from e2e3d_provider.core.settings import (
 from e2e3d_provider.hooks import DEFAULT_METADATA_CONN_ID
 
 EXIT_OK, EXIT_FAILURE = 0, 1
+#: seconds the commands wait out PostgreSQL being down before they fail (a person is waiting, not a task)
+RETRY_DEADLINE = 10.0
 #: the help's description (no square brackets: a rich help formatter reads them as markup)
 DESCRIPTION = (
     "Three scopes: the Airflow options of section e2e3d, read as this machine's Airflow components read them "
@@ -139,7 +141,7 @@ def platform_values(metadata_conn_id: str) -> dict[str, tuple[Any, datetime]]:
     """Every stored row of ``e2e3d.config``: key -> (value, when it was set)."""
     from e2e3d_provider.hooks.metadata import MetadataHook
 
-    return MetadataHook(metadata_conn_id).list_config()
+    return MetadataHook(metadata_conn_id, retry_deadline=RETRY_DEADLINE).list_config()
 
 
 def describe(item: Setting, value: Any, source: str, updated_at: datetime | None = None) -> dict[str, Any]:
@@ -295,7 +297,7 @@ def cmd_config_set(args: argparse.Namespace) -> int:
     item, value = checked
     from e2e3d_provider.hooks.metadata import MetadataHook
 
-    metadata = MetadataHook(args.metadata_conn_id)
+    metadata = MetadataHook(args.metadata_conn_id, retry_deadline=RETRY_DEADLINE)
     before = metadata.get_config(item.name, None)
     change = f"{item.name}: {_shown(before)} -> {_shown(value)}"
     if args.dry_run:
@@ -313,7 +315,7 @@ def cmd_config_unset(args: argparse.Namespace) -> int:
     item, _ = checked
     from e2e3d_provider.hooks.metadata import MetadataHook
 
-    metadata = MetadataHook(args.metadata_conn_id)
+    metadata = MetadataHook(args.metadata_conn_id, retry_deadline=RETRY_DEADLINE)
     before = metadata.get_config(item.name, None)
     change = f"{item.name}: {_shown(before)} -> default {_shown(item.default)}"
     if args.dry_run:
