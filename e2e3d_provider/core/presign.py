@@ -47,10 +47,12 @@ def presign_put_url(
     region: str,
     expires: timedelta,
     headers: dict[str, str],
+    session_token: str | None = None,
 ) -> str:
     """A SigV4 query-signed PUT URL that also signs ``headers``: the server refuses the request unless
     the client sends each of them with the signed value (so ``If-None-Match: *`` and ``Content-Length``
-    bind the URL to creating one object of one size, once)."""
+    bind the URL to creating one object of one size, once). Temporary keys carry their ``session_token``
+    in the URL (``X-Amz-Security-Token``)."""
     from urllib.parse import quote
 
     from botocore.auth import S3SigV4QueryAuth
@@ -59,7 +61,6 @@ def presign_put_url(
 
     url = f"{endpoint_url.rstrip('/')}/{quote(bucket)}/{quote(key, safe='/~')}"
     request = AWSRequest(method="PUT", url=url, headers=dict(headers))
-    S3SigV4QueryAuth(Credentials(access_key, secret_key), "s3", region, expires=int(expires.total_seconds())).add_auth(
-        request
-    )
+    credentials = Credentials(access_key, secret_key, session_token)
+    S3SigV4QueryAuth(credentials, "s3", region, expires=int(expires.total_seconds())).add_auth(request)
     return str(request.url)

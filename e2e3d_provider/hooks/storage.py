@@ -1,4 +1,4 @@
-"""StorageHook: object storage (MinIO or any S3 API) over an Airflow ``aws`` connection."""
+"""StorageHook: object storage (MinIO or any S3 API) over an Airflow ``aws`` or ``e2e3d_s3`` connection."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from minio import Minio
 from minio.commonconfig import ENABLED, CopySource, Filter
+from minio.credentials import Provider
 from minio.datatypes import parse_copy_object
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
@@ -67,7 +68,8 @@ from e2e3d_provider.exceptions import (
     StorageTLSError,
     StorageUnreachableError,
 )
-from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS, storage_roles, telemetry
+from e2e3d_provider.hooks import DEFAULT_MINIO_CONN_ID, ROLE_CONN_IDS, storage_credentials, storage_roles, telemetry
+from e2e3d_provider.hooks.storage_credentials import ConnectionCredentials
 
 LIFECYCLE_RULE_ID = "e2e3d-expire-noncurrent"
 #: the largest object one CopyObject request may copy (larger ones are composed from parts)
@@ -93,7 +95,11 @@ _PREFIX_LISTING: dict[tuple[str, str], bool] = {}
 _CONDITION_LOCK = threading.Lock()
 #: seconds a health probe (test_connection, health) retries: it reports the present, it does not wait
 PROBE_DEADLINE = 1.0
-_AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"})
+_AUTH_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken", "InvalidTokenId"}
+)
+#: an S3 error document (in an obstore error's text) refusing the credentials themselves, not the action
+_REFUSED_CREDENTIALS = re.compile(r"<Code>(" + "|".join(sorted(_AUTH_CODES - {"AccessDenied"})) + r")</Code>")
 
 
 @functools.cache
@@ -123,8 +129,8 @@ def operation_of(what: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """What a storage connection says, read once: where the server is and how to reach it, the keys (never
-    in the repr), and the extras this provider reads."""
+    """What a storage connection says, read once: where the server is and how to reach it, its credentials
+    (keys and session token never in the repr), and the extras this provider reads."""
 
     #: ``host:port`` of the S3 endpoint, and whether it is HTTPS
     endpoint: str
@@ -134,6 +140,15 @@ class StorageSettings:
     verify: bool | str
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
+    #: the session token of temporary keys (extra ``aws_session_token``)
+    session_token: str | None = field(default=None, repr=False)
+    #: where the credentials come from: ``keys``, ``keys+token``, ``profile``, ``role`` or ``default-chain``
+    credentials_method: str = "keys"
+    #: extra ``profile_name`` (a profile of the AWS shared files) and extra ``role_arn`` (assumed through STS)
+    profile_name: str | None = None
+    role_arn: str | None = None
+    #: all of the above as read by the amazon provider's AwsConnectionWrapper (storage_credentials.read)
+    credentials: ConnectionCredentials | None = field(default=None, repr=False, compare=False)
     #: a backup target's bucket (the ``e2e3d_backup`` connection's extra ``bucket``)
     bucket: str | None = None
     #: the endpoint pre-signed URLs are signed for: the name a browser reaches, where the workers use
@@ -147,10 +162,15 @@ class StorageSettings:
 class StorageHook(BaseHook):
     """Object storage for E2E3D: buckets, checksummed parallel transfers, presigned URLs, statistics.
 
-    The connection is Airflow's standard ``aws`` type, as Airflow users configure MinIO: access
-    key as login, secret key as password, and in extras ``endpoint_url`` (``http://host:9000``),
-    optional ``region_name`` and ``verify`` (``false`` to skip TLS verification, or the path of a
-    CA bundle), and ``retry_deadline`` (seconds, below).
+    The connection is Airflow's standard ``aws`` type, as Airflow users configure MinIO and S3, or this
+    provider's ``e2e3d_s3`` type (the same fields, with a Test button that works against MinIO:
+    :class:`S3CompatibleStorageHook`). In extras: ``endpoint_url`` (``http://host:9000``), optional
+    ``region_name`` and ``verify`` (``false`` to skip TLS verification, or the path of a CA bundle), and
+    ``retry_deadline`` (seconds, below). The credentials are read by the amazon provider's
+    ``AwsConnectionWrapper``, as its S3 hook reads them: access key as login and secret key as password
+    (extra ``aws_session_token`` for temporary keys), else extra ``profile_name``, extra ``role_arn``
+    (assumed through STS at ``service_config.sts.endpoint_url``), else the AWS default credential chain
+    (:mod:`~e2e3d_provider.hooks.storage_credentials`).
 
     Outages: every request (a file of a transfer, a listing page, a HEAD) that meets a transient error (the
     server unreachable or restarting, a dropped connection, a 5xx or throttling answer) is retried with
@@ -251,13 +271,19 @@ class StorageHook(BaseHook):
             verify = False
         elif isinstance(verify, str) and verify.lower() in ("true", "1", "yes"):
             verify = True
+        creds = storage_credentials.read(conn, self.minio_conn_id)
         return StorageSettings(
             endpoint=parts.netloc,
             secure=parts.scheme == "https",
-            region=extra.get("region_name") or None,
+            region=creds.region or None,
             verify=verify,
-            access_key=conn.login or extra.get("aws_access_key_id"),
-            secret_key=conn.password or extra.get("aws_secret_access_key"),
+            access_key=creds.access_key,
+            secret_key=creds.secret_key,
+            session_token=creds.session_token,
+            credentials_method=creds.method,
+            profile_name=creds.profile_name,
+            role_arn=creds.role_arn,
+            credentials=creds,
             bucket=extra.get("bucket") or None,
             presign_endpoint=public_parts.netloc if public_parts else None,
             presign_secure=(public_parts.scheme == "https") if public_parts else None,
@@ -290,14 +316,40 @@ class StorageHook(BaseHook):
         )
 
     @property
+    def _credentials(self) -> ConnectionCredentials:
+        creds = self.settings.credentials
+        assert creds is not None  # settings always reads them
+        return creds
+
+    @cached_property
+    def session_credentials(self) -> Any:
+        """The botocore ``Credentials`` of a connection without static keys (a profile, an assumed role, the
+        default chain), found on first use (an assumed role: one STS request, refreshed before it expires);
+        None for static keys, which need no session. StorageAuthError when no credentials are found."""
+        creds = self._credentials
+        return None if creds.static else storage_credentials.session_credentials(creds)
+
+    @cached_property
+    def minio_credentials(self) -> Provider:
+        """The minio-py credentials provider of the control-plane clients (S3 API and MinIO admin API)."""
+        return storage_credentials.minio_provider(self._credentials, self.session_credentials)
+
+    def signing_keys(self) -> tuple[str, str, str | None]:
+        """Access key, secret key and session token (None for long-lived keys) to sign a URL with now."""
+        return storage_credentials.signing_keys(self._credentials, self.session_credentials)
+
+    @property
     def keys(self) -> tuple[str, str]:
-        """The connection's access key and secret key; StorageAuthError when either is missing."""
-        s = self.settings
-        if not s.access_key or not s.secret_key:
+        """The connection's own access key and secret key, for what needs them as such: ``bootstrap --roles``
+        compares the role connections' keys with the admin's. StorageAuthError when the connection has none
+        (its credentials come from a profile, a role or the default chain)."""
+        creds = self._credentials
+        if not creds.static or not creds.access_key or not creds.secret_key:
             raise StorageAuthError(
-                f"connection {self.minio_conn_id!r} has no access key (login) or secret key (password)"
+                f"connection {self.minio_conn_id!r} has no access key (login) and secret key (password) of its "
+                f"own (it uses {creds.describe()}): creating the roles' MinIO users needs the admin's keys there"
             )
-        return s.access_key, s.secret_key
+        return creds.access_key, creds.secret_key
 
     @property
     def endpoint_url(self) -> str:
@@ -320,11 +372,9 @@ class StorageHook(BaseHook):
         s = self.settings
         if not s.presign_endpoint:
             return self.client
-        access_key, secret_key = self.keys
         return Minio(
             s.presign_endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
+            credentials=self.minio_credentials,  # a session token goes into the URL (X-Amz-Security-Token)
             secure=bool(s.presign_secure),
             region=s.region or "us-east-1",
             http_client=self.http,
@@ -337,11 +387,9 @@ class StorageHook(BaseHook):
     @cached_property
     def client(self) -> Minio:
         s = self.settings
-        access_key, secret_key = self.keys
         return Minio(
             s.endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
+            credentials=self.minio_credentials,
             secure=s.secure,
             region=s.region,
             http_client=self.http,
@@ -370,10 +418,20 @@ class StorageHook(BaseHook):
 
     def store(self, bucket: str) -> Any:
         """The ``obstore`` S3 store of ``bucket`` (the data path's client), built from the same connection:
-        endpoint, keys, region and ``verify`` (False, or a CA bundle path); its own retries are off."""
+        endpoint, credentials, region and ``verify`` (False, or a CA bundle path); its own retries are off.
+        Static keys (with a session token) are given as such; other credentials through a provider obstore
+        asks again every few minutes (storage_credentials.obstore_credential_provider)."""
         if bucket not in self._stores:
             s = self.settings
-            access_key, secret_key = self.keys
+            creds = self._credentials
+            if creds.static:
+                keys: dict[str, Any] = {"access_key_id": creds.access_key, "secret_access_key": creds.secret_key}
+                if creds.session_token:
+                    keys["session_token"] = creds.session_token
+            else:
+                keys = {
+                    "credential_provider": storage_credentials.obstore_credential_provider(self.session_credentials)
+                }
             options: dict[str, Any] = {
                 "allow_http": not s.secure,
                 "connect_timeout": timedelta(seconds=self.connect_timeout),
@@ -387,8 +445,6 @@ class StorageHook(BaseHook):
             self._stores[bucket] = S3Store(
                 bucket,
                 endpoint=self.endpoint_url,
-                access_key_id=access_key,
-                secret_access_key=secret_key,
                 region=s.region or "us-east-1",
                 virtual_hosted_style_request=False,
                 client_options=options,  # type: ignore[arg-type]
@@ -401,6 +457,7 @@ class StorageHook(BaseHook):
                         "base": 2,
                     },
                 },
+                **keys,
             )
         return self._stores[bucket]
 
@@ -447,7 +504,7 @@ class StorageHook(BaseHook):
             if err.code in _AUTH_CODES:
                 return StorageAuthError(
                     f"object storage rejected the credentials of {conn}{where}: {err.code}. "
-                    "Check the access key (login) and secret key (password)."
+                    f"Check {self._credentials.describe()}."
                 )
             if err.code == "NoSuchBucket":
                 return BucketNotFoundError(
@@ -466,8 +523,13 @@ class StorageHook(BaseHook):
             )
         if isinstance(err, obstore.exceptions.PermissionDeniedError | obstore.exceptions.UnauthenticatedError):
             return StorageAuthError(
-                f"object storage rejected the credentials of {conn}{where}. "
-                "Check the access key (login) and secret key (password)."
+                f"object storage rejected the credentials of {conn}{where}. Check {self._credentials.describe()}."
+            )
+        refused_code = _REFUSED_CREDENTIALS.search(str(err)) if isinstance(err, obstore.exceptions.BaseError) else None
+        if refused_code:  # obstore files a 403 it has no class for (InvalidTokenId, ...) as a generic error
+            return StorageAuthError(
+                f"object storage rejected the credentials of {conn}{where}: {refused_code[1]}. "
+                f"Check {self._credentials.describe()}."
             )
         if isinstance(err, FileNotFoundError | obstore.exceptions.NotFoundError) and "Error performing" in str(err):
             if "NoSuchBucket" in str(err):
@@ -580,8 +642,7 @@ class StorageHook(BaseHook):
         if backup is not None:
             self.bootstrap(buckets=(backup[2],), versioned=())
         s = self.settings
-        access_key, secret_key = self.keys
-        admin = storage_roles.admin_client(s.endpoint, access_key, secret_key, s.secure, s.verify)
+        admin = storage_roles.admin_client(s.endpoint, self.minio_credentials, s.secure, s.verify)
         where = f"the server of connection {self.minio_conn_id!r} at {self.endpoint_url}"
         try:
             return storage_roles.apply_roles(admin, role_keys, where, backup=backup)
@@ -594,8 +655,7 @@ class StorageHook(BaseHook):
         may read it). None when the server offers no such API (SeaweedFS: counts per bucket only by a
         listing). Raises StorageAuthError when the keys may not read it."""
         s = self.settings
-        access_key, secret_key = self.keys
-        admin = storage_roles.admin_client(s.endpoint, access_key, secret_key, s.secure, s.verify)
+        admin = storage_roles.admin_client(s.endpoint, self.minio_credentials, s.secure, s.verify)
         where = f"the server of connection {self.minio_conn_id!r} at {self.endpoint_url}"
         try:
             return storage_roles.data_usage(admin, where)
@@ -1383,13 +1443,14 @@ class StorageHook(BaseHook):
     ) -> str:
         """A PUT URL signing ``headers``, for ``endpoint_url`` (default: the endpoint this hook talks to)."""
         s = self.settings
-        access_key, secret_key = self.keys
+        access_key, secret_key, session_token = self.signing_keys()
         return presign_put_url(
             endpoint_url or self.endpoint_url,
             bucket,
             key,
             access_key=access_key,
             secret_key=secret_key,
+            session_token=session_token,
             region=s.region or "us-east-1",
             expires=expires,
             headers=headers,

@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from minio import MinioAdmin
-from minio.credentials import StaticProvider
+from minio.credentials import Provider
 from minio.error import MinioAdminException
 
 from e2e3d_provider.core.retry import RetryPolicy
@@ -31,9 +31,10 @@ def policy_name(role: str) -> str:
     return f"e2e3d-{role}"
 
 
-def admin_client(endpoint: str, access_key: str, secret_key: str, secure: bool, verify: bool | str) -> MinioAdmin:
-    """A MinIO admin client for ``endpoint`` (host:port); ``verify`` as the connection says it (a CA
-    bundle path, True for the system's CAs, False for none)."""
+def admin_client(endpoint: str, credentials: Provider, secure: bool, verify: bool | str) -> MinioAdmin:
+    """A MinIO admin client for ``endpoint`` (host:port) signing with ``credentials`` (the storage hook's:
+    static keys, with a session token, or refreshed ones); ``verify`` as the connection says it (a CA bundle
+    path, True for the system's CAs, False for none)."""
     import urllib3
 
     http = urllib3.PoolManager(
@@ -42,9 +43,7 @@ def admin_client(endpoint: str, access_key: str, secret_key: str, secure: bool, 
         ca_certs=verify if isinstance(verify, str) else None,
         retries=False,
     )
-    return MinioAdmin(
-        endpoint=endpoint, credentials=StaticProvider(access_key, secret_key), secure=secure, http_client=http
-    )
+    return MinioAdmin(endpoint=endpoint, credentials=credentials, secure=secure, http_client=http)
 
 
 def _admin_error(err: MinioAdminException, what: str, where: str) -> StorageError:
