@@ -20,8 +20,9 @@ def get_provider_info() -> dict[str, Any]:
     """The provider's registration with Airflow (entry point group ``apache_airflow_provider``).
 
     The object-storage and metadata hooks reuse Airflow's standard ``aws`` and ``postgres``
-    connection types (registered by the amazon and postgres providers), so no connection
-    type is claimed here: claiming them again would clash with those providers.
+    connection types (registered by the amazon and postgres providers; claiming them again would
+    clash). The provider adds one type of its own, ``e2e3d_s3`` (the same fields as ``aws``), so
+    the UI's Test button runs our bucket listing on MinIO instead of STS GetCallerIdentity.
 
     The results-API plugin is registered through the ``airflow.plugins`` entry point, not a
     ``plugins`` entry here: Airflow loads provider-declared plugins only when
@@ -84,6 +85,26 @@ def get_provider_info() -> dict[str, Any]:
         ],
         # the [e2e3d] options with their defaults, so `airflow config list --section e2e3d` shows them
         "config": provider_config(),
+        # a type of our own beside ``aws`` (which the amazon provider owns and keeps): the same fields, but the UI's
+        # Test button runs our hook (lists buckets) instead of STS GetCallerIdentity, which MinIO does not serve.
+        # ui-field-behaviour is read from here since Airflow 3.2; S3CompatibleStorageHook.get_ui_field_behaviour
+        # says the same for 3.1 (tests/test_storage_credentials.py keeps the two equal)
+        "connection-types": [
+            {
+                "connection-type": "e2e3d_s3",
+                "hook-class-name": "e2e3d_provider.hooks.storage.S3CompatibleStorageHook",
+                "hook-name": "E2E3D object storage (S3-compatible, e.g. MinIO)",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "schema", "port"],
+                    "relabeling": {"login": "Access key ID", "password": "Secret access key"},
+                    "placeholders": {
+                        "login": "(empty: extra profile_name, role_arn or the AWS default credential chain)",
+                        "extra": '{"endpoint_url": "http://minio:9000", "region_name": "us-east-1", "verify": true, '
+                        '"presign_endpoint_url": "http://localhost:9000", "retry_deadline": 120}',
+                    },
+                },
+            }
+        ],
     }
 
 

@@ -1,6 +1,6 @@
 """Credentials of the storage connection, read through the amazon provider's AwsConnectionWrapper: temporary
 keys with a session token (from MinIO's own STS), a profile of the AWS shared files, the AWS default chain, an
-assumed role, and a clear error when there are none."""
+assumed role, a clear error when there are none, and the ``e2e3d_s3`` type whose Test button works on MinIO."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import urllib3
 
 from e2e3d_provider.devstack import stack
 from e2e3d_provider.exceptions import StorageAuthError
-from e2e3d_provider.hooks.storage import StorageHook
+from e2e3d_provider.hooks.storage import S3CompatibleStorageHook, StorageHook
 
 #: environment variables through which the AWS default chain could find credentials on this machine
 AWS_CHAIN_VARIABLES = (
@@ -284,3 +284,56 @@ def test_static_keys_create_no_boto3_session(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "none", result.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The e2e3d_s3 connection type: the UI's Test button
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_the_e2e3d_s3_type_s_test_button_lists_the_buckets(
+    stack_info: stack.StackInfo, storage: StorageHook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the UI's Test button runs (Airflow's ``POST /api/v2/connections/test``, with ``[core] test_connection``
+    enabled): it builds a ``Connection`` from the form, exports it as a transient AIRFLOW_CONN_ variable in URI form
+    (``get_uri()``) and calls ``test_connection()``, which builds the hook registered for the type. For ``e2e3d_s3``
+    that is our hook, which lists the buckets, where the amazon hook of ``aws`` calls STS GetCallerIdentity."""
+    from airflow.models.connection import Connection
+
+    def test_button(conn_id: str, password: str) -> tuple[bool, str]:
+        extra = stack_info.minio_conn()["extra"]
+        form = Connection(
+            conn_id=conn_id,
+            conn_type="e2e3d_s3",
+            login=stack_info.access_key,
+            password=password,
+            extra=json.dumps(extra),
+        )
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", form.get_uri())  # as the API route does
+        assert type(form.get_hook()) is S3CompatibleStorageHook
+        return form.test_connection()
+
+    ok, message = test_button("minio_ui", stack_info.secret_key)
+    assert ok, message
+    assert message.startswith(f"connected to {stack_info.s3_endpoint}; buckets: ") and "input" in message
+
+    ok, message = test_button("minio_ui_bad", "wrong-secret")
+    assert not ok and "rejected the credentials of connection 'minio_ui_bad'" in message, message
+
+
+def test_the_e2e3d_s3_type_is_registered_with_its_form() -> None:
+    """Airflow's providers manager maps ``e2e3d_s3`` to our hook and reads its form from the provider info
+    (Airflow 3.2+); the hook's get_ui_field_behaviour (what Airflow 3.1 reads) says the same."""
+    from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    hook = ProvidersManagerTaskRuntime().hooks["e2e3d_s3"]  # what a task's Connection.get_hook() reads
+    assert hook is not None and hook.hook_class_name == "e2e3d_provider.hooks.storage.S3CompatibleStorageHook"
+    assert hook.connection_id_attribute_name == "minio_conn_id"
+    behaviour = ProvidersManager().field_behaviours["e2e3d_s3"]  # what the UI's connection form reads
+    declared = S3CompatibleStorageHook.get_ui_field_behaviour()
+    assert behaviour["hidden_fields"] == declared["hidden_fields"]
+    assert behaviour["relabeling"] == declared["relabeling"]
+    # the manager prefixes the placeholders of extra fields; the standard ones keep their names
+    assert behaviour["placeholders"] == declared["placeholders"]
+    assert json.loads(declared["placeholders"]["extra"])["endpoint_url"]

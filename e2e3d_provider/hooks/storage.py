@@ -1504,3 +1504,32 @@ class StorageHook(BaseHook):
             return second.status == 412
         finally:
             self.delete_object(bucket, key)
+
+
+class S3CompatibleStorageHook(StorageHook):
+    """The storage hook for connections of this provider's own type, ``e2e3d_s3``: the fields and extras of
+    an ``aws`` connection, read the same way (:class:`StorageHook`), for S3-compatible servers such as MinIO.
+
+    Why a type of its own: the UI's Test button runs the hook registered for the connection's type, and for
+    ``aws`` that is the amazon provider's, which calls STS GetCallerIdentity, an action MinIO does not serve
+    (apache/airflow#43870). For ``e2e3d_s3`` it runs :meth:`StorageHook.test_connection`, which lists the
+    buckets. ``aws`` connections keep working with every hook and operator of this provider."""
+
+    conn_type = "e2e3d_s3"
+    hook_name = "E2E3D object storage (S3-compatible, e.g. MinIO)"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """How Airflow's connection form shows this type: the endpoint and the other options go in the extra
+        (as for ``aws``), the keys in login and password."""
+        return {
+            "hidden_fields": ["host", "schema", "port"],
+            "relabeling": {"login": "Access key ID", "password": "Secret access key"},
+            "placeholders": {
+                "login": "(empty: extra profile_name, role_arn or the AWS default credential chain)",
+                "extra": (
+                    '{"endpoint_url": "http://minio:9000", "region_name": "us-east-1", "verify": true, '
+                    '"presign_endpoint_url": "http://localhost:9000", "retry_deadline": 120}'
+                ),
+            },
+        }
