@@ -36,11 +36,14 @@ BACKUP_CONN_ID = DEFAULT_BACKUP_CONN_ID
 )
 def e2e3d_backup() -> None:
     @task
+    # [START e2e3d_howto_hook_storage_backup]
     def backup() -> dict[str, Any]:
         spool = data_root() / "tmp"
         spool.mkdir(parents=True, exist_ok=True)
         target = BackupTarget.from_hook(StorageHook(BACKUP_CONN_ID))
         return run_backup(StorageHook(SOURCE_CONN_ID), target, MetadataHook(), spool).to_xcom()
+
+    # [END e2e3d_howto_hook_storage_backup]
 
     backup()
 

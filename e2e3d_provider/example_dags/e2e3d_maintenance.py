@@ -88,8 +88,11 @@ BACKUP_CONN_ID = DEFAULT_BACKUP_CONN_ID  # the scrub's last place to repair from
 )
 def e2e3d_maintenance() -> None:
     @task
+    # [START e2e3d_howto_hook_storage_health]
     def health() -> dict[str, Any]:
         return maintenance.check_health(StorageHook(MAINTENANCE_CONN_ID), MetadataHook())
+
+    # [END e2e3d_howto_hook_storage_health]
 
     @task
     def clean_temp(params: dict[str, Any]) -> dict[str, Any]:
@@ -111,10 +114,13 @@ def e2e3d_maintenance() -> None:
         return maintenance.archive_completed(StorageHook(MAINTENANCE_CONN_ID), MetadataHook())
 
     @task
+    # [START e2e3d_howto_hook_metadata_setting]
     def apply_retention(params: dict[str, Any]) -> dict[str, Any]:
         metadata = MetadataHook()
         days = maintenance.setting(metadata, maintenance.CONFIG_RETENTION_DAYS, params.get("output_retention_days"))
         return maintenance.apply_retention(StorageHook(MAINTENANCE_CONN_ID), metadata, days)
+
+    # [END e2e3d_howto_hook_metadata_setting]
 
     @task
     def reconcile_usage(params: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ variants under one manifest and one SUCCESS.
 
 XComs carry the paths as native values (``prepare`` and ``stage_in`` push each field, so
 ``stage_in.output["output_dir"]`` is a str, never a rendered "None"); PostgreSQL gets the job's status, inventory and
-transfers. ``reconstruct`` is the demo reconstruction: replace it with your own (see README).
+transfers. ``reconstruct`` is the demo reconstruction: replace it with your own (docs/dags.md,
+"Replacing the demo reconstruction").
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+# [START e2e3d_howto_imports]
 from airflow.sdk import TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -38,6 +40,8 @@ from e2e3d_provider.operators.run_context import run_is_live, run_stamp
 from e2e3d_provider.operators.stage_in import StageInOperator
 from e2e3d_provider.operators.upload_results import UploadResultsOperator
 from e2e3d_provider.sensors.input_presence import InputPresenceSensor
+
+# [END e2e3d_howto_imports]
 
 #: the trigger form's sections
 JOB, INPUT, RIGHT_SIZING, CLEAN_UP = "Job", "Input", "Right-sizing", "Clean-up"
@@ -157,6 +161,7 @@ def e2e3d_reconstruction() -> None:
     prepared = prepare()
     dataset, job_id, stamp = prepared["dataset"], prepared["job_id"], prepared["stamp"]
 
+    # [START e2e3d_howto_sensor_input_presence]
     input_present = InputPresenceSensor(
         task_id="input_present",
         dataset=dataset,
@@ -166,6 +171,8 @@ def e2e3d_reconstruction() -> None:
         timeout=3600,
         mode="reschedule",
     )
+    # [END e2e3d_howto_sensor_input_presence]
+    # [START e2e3d_howto_operator_stage_in]
     stage_in = StageInOperator(
         task_id="stage_in",
         dataset=dataset,
@@ -174,7 +181,9 @@ def e2e3d_reconstruction() -> None:
         models_prefix=prepared["models_prefix"],
         metadata_conn_id=MetadataHook.default_conn_name,
     )
+    # [END e2e3d_howto_operator_stage_in]
 
+    # [START e2e3d_howto_decorator_workspace]
     @task.e2e3d_workspace(settle_seconds=1.0)
     def reconstruct(workspace: Workspace) -> dict[str, Any]:
         """The demo reconstruction (replace it with yours): input images -> mesh, texture, point cloud. It runs
@@ -185,6 +194,8 @@ def e2e3d_reconstruction() -> None:
         return run(workspace.input_dir, workspace.run_dir, workspace.temp_dir)
 
     statistics = reconstruct(stage_in.output)
+    # [END e2e3d_howto_decorator_workspace]
+    # [START e2e3d_howto_operator_rightsize]
     right_size = RightSizeOperator(
         task_id="right_size",
         run_dir=stage_in.output["output_dir"],
@@ -194,6 +205,8 @@ def e2e3d_reconstruction() -> None:
         enabled="{{ params.right_size }}",
         settings="{{ params.right_size_settings }}",
     )
+    # [END e2e3d_howto_operator_rightsize]
+    # [START e2e3d_howto_operator_upload_results]
     upload = UploadResultsOperator(
         task_id="upload_results",
         job_id=job_id,
@@ -203,6 +216,8 @@ def e2e3d_reconstruction() -> None:
         statistics=statistics,
         metadata_conn_id=MetadataHook.default_conn_name,
     )
+    # [END e2e3d_howto_operator_upload_results]
+    # [START e2e3d_howto_operator_metadata_record]
     record = MetadataRecordOperator(
         task_id="record_succeeded",
         job_id=job_id,
@@ -211,9 +226,13 @@ def e2e3d_reconstruction() -> None:
         status="succeeded",
         upload=upload.output,
     )
+    # [END e2e3d_howto_operator_metadata_record]
+    # [START e2e3d_howto_operator_archive]
     archive = ArchiveOperator(
         task_id="archive", job_id=job_id, stamp=stamp, remove_source="{{ params.remove_output_after_archive }}"
     )
+    # [END e2e3d_howto_operator_archive]
+    # [START e2e3d_howto_operator_cleanup]
     # cleanup runs once the run is done, failed or not, but only when prepare succeeded (it is an upstream: job_id
     # and stamp are its XComs): a run prepare skipped (a Clear of a finished run) or refused (a conflict) has
     # nothing of its own to clean, and pulling XComs prepare never pushed is an error line per pull
@@ -224,8 +243,10 @@ def e2e3d_reconstruction() -> None:
         remove_run_dir="{{ params.remove_run_dir }}",
         trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
     )
+    # [END e2e3d_howto_operator_cleanup]
 
     @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+    # [START e2e3d_howto_hook_metadata_record_failed]
     def mark_failed(**context: Any) -> None:
         """Record the job as failed (naming the failed tasks) and fail the run."""
         ti, dag_run = context["ti"], context["dag_run"]
@@ -242,10 +263,14 @@ def e2e3d_reconstruction() -> None:
             )
         raise AirflowFailException(f"job failed: {message}")
 
+    # [END e2e3d_howto_hook_metadata_record_failed]
+
+    # [START e2e3d_howto_wiring]
     work = [prepared, input_present, stage_in, statistics, right_size, upload, record, archive]
     prepared >> input_present >> stage_in >> statistics >> right_size >> upload >> record >> archive >> cleanup
     prepared >> cleanup  # already so through its XComs; said here since its trigger rule counts on it
     work >> mark_failed()
+    # [END e2e3d_howto_wiring]
 
 
 #: the DAG object, by name: a deployment that pins tasks to per-host queues sets them on its tasks

@@ -95,6 +95,7 @@ def blocks() -> None:
     default_args={"retries": 0},
 )
 def deferrable() -> None:
+    # [START e2e3d_howto_sensor_deferrable]
     InputPresenceSensor(
         task_id="input_present",
         dataset="{{ params.dataset }}",
@@ -106,6 +107,7 @@ def deferrable() -> None:
     ) >> SuccessMarkerSensor(
         task_id="results_ready", job_id="{{ params.job_id }}", poke_interval=1, timeout=60, deferrable=True
     )
+    # [END e2e3d_howto_sensor_deferrable]
 
 
 @dag(
