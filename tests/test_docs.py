@@ -138,8 +138,8 @@ def repo_path(token: str) -> Path | None:
 
 
 def test_every_repository_path_a_page_names_exists() -> None:
-    pages = sorted(DOCS.glob("*.md"))
-    assert len(pages) >= 15
+    pages = [*sorted(DOCS.glob("*.md")), REPO / "README.md"]
+    assert len(pages) >= 16
     checked, missing = 0, []
     for page in pages:
         text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold commands, not citations
@@ -162,3 +162,14 @@ def test_the_path_check_catches_a_wrong_path() -> None:
     assert wrong is not None and not wrong.exists()
     assert repo_path("output/<job_id>/") is None and repo_path("input/.cas/sha256/") is None
     assert repo_path("tests/conftest.py::airflow_deployment") == REPO / "tests" / "conftest.py"
+
+
+def test_the_readme_links_every_docs_page_and_each_link_resolves() -> None:
+    readme = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)\)", readme)
+    broken = [link for link in links if "://" not in link and not (REPO / link).exists()]
+    assert not broken, f"README links to files that do not exist: {broken}"
+    # index.md is the site's table of contents; changelog.md includes CHANGELOG.md, which the README links itself
+    pages = {p.relative_to(REPO).as_posix() for p in DOCS.glob("*.md") if p.name not in ("index.md", "changelog.md")}
+    unlinked = sorted(pages - set(links))
+    assert not unlinked, f"docs pages the README does not link: {unlinked}"
