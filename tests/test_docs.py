@@ -41,7 +41,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
     command += ["-d", str(tmp / "doctrees"), str(DOCS), str(tmp / "html")]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    # run outside the checkout, so Sphinx imports the installed package, as the checks below do (the checkout
+    # on sys.path first would shadow it)
+    result = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"sphinx-build failed:\n{result.stderr[-6000:]}"
     return tmp / "html"
 
