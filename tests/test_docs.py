@@ -175,3 +175,29 @@ def test_the_readme_links_every_docs_page_and_each_link_resolves() -> None:
     pages = {p.relative_to(REPO).as_posix() for p in DOCS.glob("*.md") if p.name not in ("index.md", "changelog.md")}
     unlinked = sorted(pages - set(links))
     assert not unlinked, f"docs pages the README does not link: {unlinked}"
+
+
+def api_path_pattern(path: str) -> re.Pattern[str]:
+    """A route of the OpenAPI document as a pattern: a ``{param}`` is one segment, ``{path}`` any number."""
+    parts = re.split(r"(\{[^}]+\})", path)
+    regex = "".join(
+        (".+" if part == "{path}" else "[^/]+") if part.startswith("{") else re.escape(part) for part in parts
+    )
+    return re.compile(regex)
+
+
+def test_every_api_path_a_page_names_is_a_route() -> None:
+    """A path of the results API written on a page (in prose, a table or a curl line) must be a route of the
+    app's OpenAPI document, so a renamed or versioned route fails here until the pages follow it."""
+    from e2e3d_provider.api.app import create_app
+
+    routes = [api_path_pattern(path) for path in create_app().openapi()["paths"]]
+    named, unknown = 0, []
+    for page in [*sorted(DOCS.glob("*.md")), REPO / "README.md"]:
+        for found in re.findall(r"/e2e3d(/api/[^\s`?)\"',|\\]*)", page.read_text()):
+            named += 1
+            concrete = re.sub(r"<[^>]+>|\{[^}]+\}", "x", found)
+            if not any(route.fullmatch(concrete) for route in routes):
+                unknown.append(f"{page.name}: /e2e3d{found}")
+    assert named >= 10, f"only {named} API paths found on the pages: the check has stopped reading them"
+    assert not unknown, "API paths on the pages that the app does not serve:\n" + "\n".join(sorted(set(unknown)))
