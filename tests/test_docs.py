@@ -56,6 +56,11 @@ def page_text(site: Path, name: str) -> str:
 def test_the_docs_build_offline_with_warnings_as_errors(site: Path) -> None:
     for name in ("index", "getting-started", "concepts", "cli", "api", "configuration", "changelog", "operators"):
         assert (site / f"{name}.html").is_file(), name
+    # every image a page shows is in the site (the screenshots of docs/dashboard/ and docs/viewer/)
+    images = [m for page in DOCS.glob("*.md") for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text())]
+    assert images, "no image found on the pages"
+    missing = [image for image in images if not (site / "_images" / Path(image).name).is_file()]
+    assert not missing, f"images the pages show that the site lacks: {missing}"
 
 
 def subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
