@@ -98,10 +98,8 @@ def test_the_api_page_names_every_operation_id(site: Path) -> None:
 
 
 def test_the_configuration_page_names_every_declared_setting(site: Path) -> None:
-    try:
-        from e2e3d_provider.core import settings
-    except ImportError:
-        pytest.skip("this version declares no settings module (e2e3d_provider.core.settings)")
+    from e2e3d_provider.core import settings
+
     names = [s.name for s in (*settings.AIRFLOW_OPTIONS, *settings.PLATFORM_KEYS)]
     assert names
     text = page_text(site, "configuration")
