@@ -4,7 +4,7 @@ storage dashboard).
 
 The links name the DAG run, not the job: a task knows its run at once, while the job id is an XCom of
 ``prepare`` (and the same job may be re-run by a later DAG run). The viewer and the results API find the job
-the run owns (``dag_id`` and ``run_id`` filters). Airflow computes a link when the task finishes and keeps it
+the run owns (``/e2e3d/api/v1/jobs?dag_id=&run_id=``). Airflow computes a link when the task finishes and keeps it
 as an XCom (``_link_ViewerLink`` ...), so the UI shows it without importing this module in the api-server.
 Every path is under ``/e2e3d``, the plugin app's mount on the api-server (the UI's own origin, whose login
 cookie authenticates the page and the API).

@@ -41,7 +41,7 @@ def published_job(storage: StorageHook, metadata: MetadataHook, tmp_path: Path, 
 
 
 def test_results_give_working_presigned_urls_for_every_file(api: str, unique_id: str, published_job: dict) -> None:
-    response = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    response = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer"))
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "succeeded" and body["stamp"] == STAMP and body["expires_in"] == 24 * 3600
@@ -59,12 +59,10 @@ def test_expiry_is_configurable_capped_and_expired_urls_are_refused(
     api: str, unique_id: str, published_job: dict
 ) -> None:
     headers = as_user("viewer")
-    assert (
-        httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 8 * 24 * 3600}, headers=headers).status_code
-        == 422
-    )
-    assert httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 0}, headers=headers).status_code == 422
-    body = httpx.get(f"{api}/api/job/{unique_id}/results", params={"expires": 1}, headers=headers).json()
+    results = f"{api}/api/v1/jobs/{unique_id}/results"
+    assert httpx.get(results, params={"expires": 8 * 24 * 3600}, headers=headers).status_code == 422
+    assert httpx.get(results, params={"expires": 0}, headers=headers).status_code == 422
+    body = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", params={"expires": 1}, headers=headers).json()
     assert body["expires_in"] == 1
     time.sleep(2.5)
     assert httpx.get(body["mesh"]).status_code == 403
@@ -72,13 +70,13 @@ def test_expiry_is_configurable_capped_and_expired_urls_are_refused(
 
 def test_unknown_incomplete_and_malformed_jobs(api: str, metadata: MetadataHook, unique_id: str) -> None:
     headers = as_user("viewer")
-    assert httpx.get(f"{api}/api/job/{unique_id}-never/results", headers=headers).status_code == 404
+    assert httpx.get(f"{api}/api/v1/jobs/{unique_id}-never/results", headers=headers).status_code == 404
     metadata.record_job(unique_id, STAMP, "ds1", "running")  # known, but no SUCCESS yet
-    conflict = httpx.get(f"{api}/api/job/{unique_id}/results", headers=headers)
+    conflict = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=headers)
     assert conflict.status_code == 409 and "no SUCCESS" in conflict.json()["detail"]
     for bad in ("..%2F..%2Fetc", "a..b", "-x", "x" * 129, "bad%20id"):
-        assert httpx.get(f"{api}/api/job/{bad}/results", headers=headers).status_code in (404, 422), bad
-    assert httpx.get(f"{api}/api/job/a..b/results", headers=headers).status_code == 422
+        assert httpx.get(f"{api}/api/v1/jobs/{bad}/results", headers=headers).status_code in (404, 422), bad
+    assert httpx.get(f"{api}/api/v1/jobs/a..b/results", headers=headers).status_code == 422
 
 
 def test_archived_jobs_are_served_from_the_archive_after_retention(
@@ -86,7 +84,7 @@ def test_archived_jobs_are_served_from_the_archive_after_retention(
 ) -> None:
     result = archive_job(storage, unique_id, remove_source=True)
     metadata.record_job(unique_id, STAMP, "ds1", "archived", archive_key=f"archive/{result.archive_key}")
-    body = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer")).json()
+    body = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer")).json()
     assert body["bucket"] == "archive" and body["prefix"] == result.archive_key
     assert httpx.get(body["texture"]).content == published_job["textures/texture.png"]
 
@@ -97,7 +95,7 @@ def upload(name: str, data: bytes) -> dict:
 
 def grant_for(api: str, dataset: str, files: list, expires: int = 600) -> httpx.Response:
     return httpx.post(
-        f"{api}/api/datasets/{dataset}/uploads", json={"files": files, "expires": expires}, headers=as_user("runner")
+        f"{api}/api/v1/datasets/{dataset}/uploads", json={"files": files, "expires": expires}, headers=as_user("runner")
     )
 
 
@@ -134,7 +132,7 @@ def test_uploads_of_stored_content_are_skipped_and_a_commit_makes_a_content_addr
     item = grant["uploads"][0]
     assert httpx.put(item["url"], content=fresh, headers=item["headers"]).status_code == 200
     commit = httpx.post(
-        f"{api}/api/datasets/{unique_id}/commit", json={"reuse": grant["stored"]}, headers=as_user("runner")
+        f"{api}/api/v1/datasets/{unique_id}/commit", json={"reuse": grant["stored"]}, headers=as_user("runner")
     )
     assert commit.status_code == 200, commit.text
     assert commit.json() == {
@@ -152,7 +150,7 @@ def test_uploads_of_stored_content_are_skipped_and_a_commit_makes_a_content_addr
     # a name the dataset holds is refused, content it does not hold cannot be claimed
     assert grant_for(api, unique_id, [upload("a.jpg", b"x")]).status_code == 409
     lie = {"file": "d.jpg", "bytes": 5, "sha256": "0" * 64}
-    refused = httpx.post(f"{api}/api/datasets/{unique_id}/commit", json={"reuse": [lie]}, headers=as_user("runner"))
+    refused = httpx.post(f"{api}/api/v1/datasets/{unique_id}/commit", json={"reuse": [lie]}, headers=as_user("runner"))
     assert refused.status_code == 422 and "no stored image has sha256" in refused.text
     assert len(read_dataset(storage, unique_id).images) == 3
 
@@ -216,16 +214,16 @@ def test_bad_ids_get_422_without_touching_storage(airflow_db, connections) -> No
     os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,runner:user"
     url, server, thread = serve(create_app("no_such_minio_conn", "no_such_metadata_conn"))
     try:
-        assert httpx.get(f"{url}/api/job/a..b/results", headers=as_user("viewer")).status_code == 422
+        assert httpx.get(f"{url}/api/v1/jobs/a..b/results", headers=as_user("viewer")).status_code == 422
         assert (
             httpx.post(
-                f"{url}/api/datasets/-bad/uploads", json={"files": ["a.jpg"]}, headers=as_user("runner")
+                f"{url}/api/v1/datasets/-bad/uploads", json={"files": ["a.jpg"]}, headers=as_user("runner")
             ).status_code
             == 422
         )
         assert (
             httpx.post(
-                f"{url}/api/datasets/ok/uploads",
+                f"{url}/api/v1/datasets/ok/uploads",
                 json={"files": [{"name": "../a.jpg", "bytes": 1}]},
                 headers=as_user("runner"),
             ).status_code
@@ -237,21 +235,22 @@ def test_bad_ids_get_422_without_touching_storage(airflow_db, connections) -> No
 
 
 def test_authentication_and_permissions(api: str, unique_id: str) -> None:
-    results = f"{api}/api/job/{unique_id}/results"
+    results = f"{api}/api/v1/jobs/{unique_id}/results"
     assert httpx.get(results).status_code == 401
     assert httpx.get(results, headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
-    assert httpx.get(f"{api}/api/storage/stats").status_code == 401
-    assert httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": ["a.jpg"]}).status_code == 401
+    assert httpx.get(f"{api}/api/v1/storage/stats").status_code == 401
+    assert httpx.post(f"{api}/api/v1/datasets/{unique_id}/uploads", json={"files": ["a.jpg"]}).status_code == 401
     # a viewer may read but not hand out upload URLs (that needs the right to trigger runs)
-    denied = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json={"files": ["a.jpg"]}, headers=as_user("viewer"))
+    uploads = f"{api}/api/v1/datasets/{unique_id}/uploads"
+    denied = httpx.post(uploads, json={"files": ["a.jpg"]}, headers=as_user("viewer"))
     assert denied.status_code == 403
     assert (
         httpx.get(
-            f"{api}/api/job/{unique_id}/results", headers={"Authorization": f"Bearer {token('x', None)}"}
+            f"{api}/api/v1/jobs/{unique_id}/results", headers={"Authorization": f"Bearer {token('x', None)}"}
         ).status_code
         == 403
     )  # authenticated, but with no role
-    assert httpx.get(f"{api}/api/health").status_code == 200  # the only anonymous route
+    assert httpx.get(f"{api}/api/v1/health").status_code == 200  # the only anonymous route
 
 
 def test_storage_stats_answer_from_the_kept_figures_and_never_list_a_bucket(
@@ -277,7 +276,7 @@ def test_storage_stats_answer_from_the_kept_figures_and_never_list_a_bucket(
         return real_urlopen(self, method, url, *args, **kwargs)
 
     monkeypatch.setattr(urllib3.PoolManager, "urlopen", counted)
-    empty = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
+    empty = httpx.get(f"{api}/api/v1/storage/stats", headers=as_user("viewer")).json()
     assert empty["buckets"] == [] and "no storage figures yet" in empty["snapshot"]
     assert s3_requests == []
     monkeypatch.undo()
@@ -288,7 +287,7 @@ def test_storage_stats_answer_from_the_kept_figures_and_never_list_a_bucket(
     writer.put_bytes("output", f"{unique_id}/a.bin", b"12345")
     metadata.record_usage(writer.recount_touched())
     monkeypatch.setattr(urllib3.PoolManager, "urlopen", counted)
-    body = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
+    body = httpx.get(f"{api}/api/v1/storage/stats", headers=as_user("viewer")).json()
     assert s3_requests == []
     output = next(b for b in body["buckets"] if b["bucket"] == "output")
     assert output["objects"] >= 1 and output["units"] >= 1 and 0 <= output["age_seconds"] < 60
@@ -298,11 +297,11 @@ def test_storage_stats_answer_from_the_kept_figures_and_never_list_a_bucket(
 
 
 def test_health_reports_each_dependency(api: str, airflow_db, connections) -> None:
-    body = httpx.get(f"{api}/api/health").json()
+    body = httpx.get(f"{api}/api/v1/health").json()
     assert body["status"] == "ok" and body["storage"]["ok"] and body["metadata"]["ok"]
     url, server, thread = serve(create_app("no_such_minio_conn", "e2e3d_metadata"))
     try:
-        degraded = httpx.get(f"{url}/api/health")
+        degraded = httpx.get(f"{url}/api/v1/health")
         assert degraded.status_code == 503 and degraded.json()["storage"]["ok"] is False
     finally:
         server.should_exit = True
@@ -313,21 +312,22 @@ def test_openapi_schema_is_served_and_describes_every_route(api: str) -> None:
     schema = httpx.get(f"{api}/openapi.json").json()
     assert schema["info"]["title"] == "E2E3D results API"
     assert set(schema["paths"]) == {
-        "/api/job/{job_id}/results",
-        "/api/job/{job_id}/files/{path}",
-        "/api/job/{job_id}/scene",
-        "/api/jobs",
-        "/api/jobs/by-run",
-        "/api/datasets/{dataset}/uploads",
-        "/api/datasets/{dataset}/commit",
-        "/api/storage/stats",
-        "/api/dashboard",
-        "/api/health",
+        "/api/v1/jobs/{job_id}/results",
+        "/api/v1/jobs/{job_id}/files/{path}",
+        "/api/v1/jobs/{job_id}/scene",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/datasets",
+        "/api/v1/datasets/{dataset}/uploads",
+        "/api/v1/datasets/{dataset}/commit",
+        "/api/v1/storage/stats",
+        "/api/v1/storage/dashboard",
+        "/api/v1/health",
     }
-    results = schema["paths"]["/api/job/{job_id}/results"]["get"]
+    results = schema["paths"]["/api/v1/jobs/{job_id}/results"]["get"]
     assert {"200", "404", "409", "422"} <= set(results["responses"])
     assert any(p["name"] == "expires" and p["schema"]["maximum"] == 7 * 24 * 3600 for p in results["parameters"])
-    assert "security" in results and "security" not in schema["paths"]["/api/health"]["get"]
+    assert "security" in results and "security" not in schema["paths"]["/api/v1/health"]["get"]
     assert "JobResults" in schema["components"]["schemas"]
     json.dumps(schema)
 
@@ -352,7 +352,7 @@ def test_storage_stats_report_every_stored_version(
     writer.put_bytes("output", f"{unique_id}/a.bin", b"1" * 100)
     writer.put_bytes("output", f"{unique_id}/a.bin", b"2" * 300)  # the first becomes noncurrent
     metadata.record_usage(writer.recount_touched())
-    body = httpx.get(f"{api}/api/storage/stats", headers=as_user("viewer")).json()
+    body = httpx.get(f"{api}/api/v1/storage/stats", headers=as_user("viewer")).json()
     output = next(b for b in body["buckets"] if b["bucket"] == "output")
     base = before or {"objects": 0, "bytes": 0, "versions": 0, "stored_bytes": 0}
     assert (output["objects"] - base["objects"], output["bytes"] - base["bytes"]) == (1, 300)
@@ -377,7 +377,7 @@ def test_upload_names_are_measured_as_the_whole_key_in_utf8_bytes(api: str, name
 def test_anonymous_health_says_only_up_or_down_and_errors_name_no_host_or_port(
     api: str, airflow_db, connections, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    body = httpx.get(f"{api}/api/health").json()
+    body = httpx.get(f"{api}/api/v1/health").json()
     assert body == {"status": "ok", "storage": {"ok": True}, "metadata": {"ok": True}}
     (port,) = free_ports(1)  # nothing listens there
     monkeypatch.setenv(
@@ -398,13 +398,13 @@ def test_anonymous_health_says_only_up_or_down_and_errors_name_no_host_or_port(
     ):
         url, server, thread = serve(app)
         try:
-            degraded = httpx.get(f"{url}/api/health")
+            degraded = httpx.get(f"{url}/api/v1/health")
             assert degraded.status_code == 503 and str(port) not in degraded.text, degraded.text
-            path = "/api/job/some-job/results" if "pg" in conn_id else "/api/storage/stats"
+            path = "/api/v1/jobs/some-job/results" if "pg" in conn_id else "/api/v1/storage/stats"
             failed = httpx.get(f"{url}{path}", headers=as_user("viewer"))
             if "pg" not in conn_id:  # stats read PostgreSQL first; make storage the one asked
                 failed = httpx.post(
-                    f"{url}/api/datasets/ds/uploads",
+                    f"{url}/api/v1/datasets/ds/uploads",
                     json={"files": [{"name": "a.jpg", "bytes": 1}]},
                     headers=as_user("runner"),
                 )
@@ -425,7 +425,7 @@ def test_results_whose_bytes_were_replaced_behind_their_label_are_not_served(
     data = bytearray(published_job["textures/texture.png"])
     data[0] ^= 0xFF  # same size, other bytes, the old x-amz-meta-sha256 label kept
     storage.client.put_object("output", key, io.BytesIO(bytes(data)), len(data), metadata={"sha256": old.sha256})
-    response = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    response = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer"))
     assert response.status_code == 409 and "no longer match their manifest" in response.text, response.text
 
 
@@ -444,7 +444,7 @@ def test_a_commit_adopts_images_only_whatever_a_file_is_named(api: str, storage:
     grant = grant_for(api, unique_id, [upload(name, body) for name, body in files.items()]).json()
     for item in grant["uploads"]:
         assert httpx.put(item["url"], content=files[item["file"]], headers=item["headers"]).status_code == 200
-    commit = httpx.post(f"{api}/api/datasets/{unique_id}/commit", json={"reuse": []}, headers=as_user("runner"))
+    commit = httpx.post(f"{api}/api/v1/datasets/{unique_id}/commit", json={"reuse": []}, headers=as_user("runner"))
     assert commit.status_code == 200, commit.text
     body = commit.json()
     assert body["images"] == 1 and body["adopted"] == 1
@@ -456,16 +456,16 @@ def test_a_commit_adopts_images_only_whatever_a_file_is_named(api: str, storage:
 def test_a_request_body_is_bounded_and_a_422_does_not_echo_it(api: str, unique_id: str) -> None:
     """No request-size limit, and a 422 echoed the whole body: 50 MB in, 50 MB out."""
     big = {"files": [{"name": "a" * 1000 + ".jpg", "bytes": 1}] * 3000, "expires": 600}  # about 3 MB of JSON
-    refused = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json=big, headers=as_user("runner"))
+    refused = httpx.post(f"{api}/api/v1/datasets/{unique_id}/uploads", json=big, headers=as_user("runner"))
     assert refused.status_code == 413 and len(refused.content) < 1000, refused.text[:300]
     chunked = httpx.post(
-        f"{api}/api/datasets/{unique_id}/uploads",
+        f"{api}/api/v1/datasets/{unique_id}/uploads",
         content=iter([b'{"files": [' + b'"x",' * 600_000 + b'"x"]}']),  # no Content-Length: counted as read
         headers={**as_user("runner"), "Content-Type": "application/json"},
     )
     assert chunked.status_code == 413, chunked.text[:300]
     wrong = {"files": [{"name": "a.jpg", "bytes": "x" * 100_000}], "expires": 600}
-    invalid = httpx.post(f"{api}/api/datasets/{unique_id}/uploads", json=wrong, headers=as_user("runner"))
+    invalid = httpx.post(f"{api}/api/v1/datasets/{unique_id}/uploads", json=wrong, headers=as_user("runner"))
     assert invalid.status_code == 422 and len(invalid.content) < 5_000, len(invalid.content)
     assert "x" * 1000 not in invalid.text
 
@@ -489,7 +489,7 @@ def test_a_malformed_manifest_gets_a_409_saying_what_is_wrong_not_a_500(
     """Issue 28 (8): a manifest a worker wrote with odd values made the results route answer 500."""
     edit, problem = BAD_MANIFESTS[case]
     forge_manifest(storage, unique_id, edit)
-    answer = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    answer = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer"))
     assert answer.status_code == 409, answer.text
     detail = answer.json()["detail"]
     assert unique_id in detail and "output" in detail and problem in detail, detail
@@ -506,10 +506,10 @@ def test_another_jobs_manifest_copied_in_gets_a_409_not_a_502(
     worker = StorageHook("minio_worker")
     for name in ("metadata.json", "SUCCESS"):
         worker.put_bytes("output", f"{unique_id}/{name}", storage.get_bytes("output", f"{other}/{name}"))
-    answer = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    answer = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer"))
     assert answer.status_code == 409, answer.text
     assert f"belongs to job {other}" in answer.json()["detail"]
     # and a SUCCESS that names no manifest, or another one than is stored: 409 too, never 502
     worker.put_bytes("output", f"{unique_id}/SUCCESS", json.dumps({"job_id": unique_id}).encode())
-    answer = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    answer = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer"))
     assert answer.status_code == 409 and "names no manifest" in answer.json()["detail"], answer.text

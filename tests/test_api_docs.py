@@ -74,7 +74,7 @@ def test_the_docs_pages_render_the_api_in_a_browser(mounted: str, browser, page:
 
     def drawn(driver) -> bool:
         found = driver.find_elements(By.CSS_SELECTOR, shows)
-        return bool(found) and "E2E3D results API" in found[0].text and "/api/job/" in driver.page_source
+        return bool(found) and "E2E3D results API" in found[0].text and "/api/v1/jobs/" in driver.page_source
 
     browser.get_log("browser")  # drop what earlier pages logged
     browser.get(f"{mounted}{PREFIX}/{page}")
@@ -104,7 +104,7 @@ def test_webassembly_is_served_as_application_wasm_so_a_page_compiles_it_streami
     assert served.headers["content-type"] == "application/wasm" and served.headers["cache-control"] == "no-cache"
     assert httpx.get(f"{mounted}{PREFIX}/static/vendor/viewer/package.json").status_code == 404
 
-    browser.get(f"{mounted}{PREFIX}/api/health")  # a page of the app's origin with no content policy
+    browser.get(f"{mounted}{PREFIX}/api/v1/health")  # a page of the app's origin with no content policy
     outcome = browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "WebAssembly.instantiateStreaming(fetch(arguments[0])).then(() => done('compiled'), (e) => done(String(e)));",

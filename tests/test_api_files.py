@@ -1,4 +1,4 @@
-"""The results API's file route, ``GET|HEAD /api/job/{job_id}/files/{path}``, over real HTTP on the real stack:
+"""The results API's file route, ``GET|HEAD /api/v1/jobs/{job_id}/files/{path}``, over real HTTP on the real stack:
 a redirect to a fresh short-lived pre-signed URL of one published file, so Range requests pass through to
 object storage and what a file names by a relative path (an MTL's texture, a tileset's tiles) resolves
 through the route too."""
@@ -62,7 +62,7 @@ def published_job(storage: StorageHook, metadata: MetadataHook, tmp_path: Path, 
 
 
 def route(api: str, job_id: str, path: str) -> str:
-    return f"{api}/api/job/{job_id}/files/{path}"
+    return f"{api}/api/v1/jobs/{job_id}/files/{path}"
 
 
 def test_a_file_redirects_to_a_fresh_short_lived_presigned_url_on_the_storage_host(
@@ -147,11 +147,11 @@ def test_relative_references_resolve_through_the_route(api: str, unique_id: str,
 def test_the_results_listing_offers_the_route_beside_each_presigned_url(
     api: str, unique_id: str, published_job: dict
 ) -> None:
-    body = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer")).json()
+    body = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer")).json()
     assert {f["path"] for f in body["files"]} == set(published_job)
     for item in body["files"]:
         # the app's root (/e2e3d on Airflow's api-server), the path escaped
-        assert item["route"] == f"/api/job/{unique_id}/files/{quote(item['path'])}"
+        assert item["route"] == f"/api/v1/jobs/{unique_id}/files/{quote(item['path'])}"
         fetched = httpx.get(urljoin(api, item["route"]), headers=as_user("viewer"), follow_redirects=True)
         assert fetched.content == published_job[item["path"]]
     assert any(f["route"].endswith("/files/logs/run%20%231%20%28retry%29.log") for f in body["files"])
@@ -189,7 +189,7 @@ def test_only_the_files_the_published_manifest_names_are_served(
 def test_bad_ids_paths_and_expiries_get_422(api: str, unique_id: str, published_job: dict) -> None:
     viewer = as_user("viewer")
     for path in ("mesh/%2E%2E/SUCCESS", "%2E%2E/other-job/SUCCESS", "mesh/%2E/x.obj", "mesh//x.obj", ""):
-        refused = httpx.get(f"{api}/api/job/{unique_id}/files/{path}", headers=viewer)
+        refused = httpx.get(f"{api}/api/v1/jobs/{unique_id}/files/{path}", headers=viewer)
         assert refused.status_code == 422, (path, refused.status_code, refused.text)
     assert httpx.get(route(api, "a..b", PNG), headers=viewer).status_code == 422
     for expires in (0, 3601):
@@ -201,8 +201,8 @@ def test_bad_ids_and_paths_get_422_without_touching_storage_or_postgres(airflow_
     url, server, thread = serve(create_app("no_such_minio_conn", "no_such_metadata_conn"))
     try:
         viewer = as_user("viewer")
-        assert httpx.get(f"{url}/api/job/a..b/files/{PNG}", headers=viewer).status_code == 422
-        assert httpx.get(f"{url}/api/job/ok/files/mesh/%2E%2E/x", headers=viewer).status_code == 422
+        assert httpx.get(f"{url}/api/v1/jobs/a..b/files/{PNG}", headers=viewer).status_code == 422
+        assert httpx.get(f"{url}/api/v1/jobs/ok/files/mesh/%2E%2E/x", headers=viewer).status_code == 422
     finally:
         server.should_exit = True
         thread.join(10)
@@ -305,7 +305,7 @@ def test_the_manifest_is_read_once_and_read_again_after_a_republish(
 
 def test_openapi_documents_the_file_route(api: str) -> None:
     schema = httpx.get(f"{api}/openapi.json").json()
-    item = schema["paths"]["/api/job/{job_id}/files/{path}"]
+    item = schema["paths"]["/api/v1/jobs/{job_id}/files/{path}"]
     assert set(item) == {"get", "head"}
     for operation in item.values():
         assert {"307", "401", "403", "404", "409", "422"} <= set(operation["responses"])
@@ -334,7 +334,7 @@ def test_a_right_sized_jobs_objs_and_tileset_find_their_files_through_the_route(
     metadata.record_job(unique_id, STAMP, "ds1", "running")
     metadata.record_job(unique_id, STAMP, "ds1", "succeeded")
     viewer = as_user("viewer")
-    listing = httpx.get(f"{api}/api/job/{unique_id}/results", headers=viewer).json()["files"]
+    listing = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=viewer).json()["files"]
     sha = {f["path"]: f["sha256"] for f in listing}
 
     def fetch(url: str) -> bytes:
@@ -359,7 +359,7 @@ def test_a_right_sized_jobs_objs_and_tileset_find_their_files_through_the_route(
     contents = [t["content"]["uri"] for _, t in walk_tiles(json.loads(fetch(tileset))) if "content" in t]
     assert len(contents) >= 2
     followed |= {urljoin(tileset, uri) for uri in contents}
-    files = f"{api}/api/job/{unique_id}/files/"
+    files = f"{api}/api/v1/jobs/{unique_id}/files/"
     for url in followed:
         assert url.startswith((f"{files}textures/", f"{files}mesh/tiles/")), url
         fetch(url)
@@ -416,9 +416,9 @@ def test_routes_name_the_mount_point_the_api_server_gives_the_app(
     url, server, thread = serve(parent)
     try:
         viewer = as_user("viewer")
-        body = httpx.get(f"{url}{URL_PREFIX}/api/job/{unique_id}/results", headers=viewer).json()
+        body = httpx.get(f"{url}{URL_PREFIX}/api/v1/jobs/{unique_id}/results", headers=viewer).json()
         obj = next(f for f in body["files"] if f["path"] == OBJ)
-        assert obj["route"] == f"{URL_PREFIX}/api/job/{unique_id}/files/{OBJ}"
+        assert obj["route"] == f"{URL_PREFIX}/api/v1/jobs/{unique_id}/files/{OBJ}"
         mtl_url = urljoin(urljoin(url, obj["route"]), "reconstructed_mesh.mtl")
         fetched = httpx.get(mtl_url, headers=viewer, follow_redirects=True)
         assert fetched.status_code == 200 and fetched.content == files[MTL]

@@ -1,6 +1,7 @@
 """The results API's routes for the 3D viewer, over real HTTP on the real stack: the job list
-(``/api/jobs``), the job a DAG run owns (``/api/jobs/by-run``) and a job's scene (``/api/job/{id}/scene``: its
-mesh tilesets and COPC point clouds with their file routes, from the published manifest's figures)."""
+(``/api/v1/jobs``), the job a DAG run owns (``/api/v1/jobs?dag_id=&run_id=``) and a job's scene
+(``/api/v1/jobs/{id}/scene``: its mesh tilesets and COPC point clouds with their file routes, from the published
+manifest's figures)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def streamed_job(storage: StorageHook, metadata: MetadataHook, tmp_path: Path, u
 
 
 def scene_url(api: str, job_id: str) -> str:
-    return f"{api}/api/job/{job_id}/scene"
+    return f"{api}/api/v1/jobs/{job_id}/scene"
 
 
 def test_the_scene_lists_each_tileset_and_copc_with_its_route_and_figures(
@@ -102,7 +103,7 @@ def test_the_scene_lists_each_tileset_and_copc_with_its_route_and_figures(
     viewer = as_user("viewer")
     answer = httpx.get(scene_url(api, unique_id), headers=viewer)
     assert answer.status_code == 200, answer.text
-    routes = f"/api/job/{unique_id}/files"
+    routes = f"/api/v1/jobs/{unique_id}/files"
     assert answer.json() == {
         "job_id": unique_id,
         "stamp": STAMP,
@@ -183,7 +184,7 @@ def test_jobs_are_listed_once_each_newest_first_filtered_and_bounded(
     metadata.record_job(refailed, NEWER, dataset, "failed", error="reconstruct exited 1")
 
     def listed(**params: object) -> list[dict]:
-        answer = httpx.get(f"{api}/api/jobs", params={"dataset": dataset, **params}, headers=viewer)
+        answer = httpx.get(f"{api}/api/v1/jobs", params={"dataset": dataset, **params}, headers=viewer)
         assert answer.status_code == 200, answer.text
         return answer.json()["jobs"]
 
@@ -198,7 +199,7 @@ def test_jobs_are_listed_once_each_newest_first_filtered_and_bounded(
     assert [j["job_id"] for j in listed(status="succeeded")] == [second, first]
     assert [j["job_id"] for j in listed(status="succeeded", limit=1)] == [second]
     assert listed(status="archived") == []
-    assert httpx.get(f"{api}/api/jobs", params={"limit": 5}, headers=viewer).status_code == 200  # every dataset
+    assert httpx.get(f"{api}/api/v1/jobs", params={"limit": 5}, headers=viewer).status_code == 200  # every dataset
 
     for params, words in (
         ({"status": "done"}, "unknown job status 'done'"),
@@ -206,27 +207,34 @@ def test_jobs_are_listed_once_each_newest_first_filtered_and_bounded(
         ({"limit": 0}, ""),
         ({"limit": MAX_LISTED_JOBS + 1}, ""),
     ):
-        refused = httpx.get(f"{api}/api/jobs", params=params, headers=viewer)
+        refused = httpx.get(f"{api}/api/v1/jobs", params=params, headers=viewer)
         assert refused.status_code == 422 and words in refused.text, (params, refused.text)
-    assert httpx.get(f"{api}/api/jobs").status_code == 401
+    assert httpx.get(f"{api}/api/v1/jobs").status_code == 401
 
 
-def test_a_dag_run_finds_its_job_and_a_run_without_one_gets_404_in_words(
+def test_a_dag_run_finds_its_job_and_a_run_without_one_lists_none(
     api: str, metadata: MetadataHook, unique_id: str
 ) -> None:
     viewer, dag_id = as_user("viewer"), "e2e3d_reconstruction"
     run_id = f"manual__2026-12-05T00:00:00.{uuid.uuid4().int % 10**6:06d}+00:00"  # ':' and '+' in it, as Airflow's
     begin_run(metadata, unique_id, STAMP, "ds1", run_id, dag_id)
-    answer = httpx.get(f"{api}/api/jobs/by-run", params={"dag_id": dag_id, "run_id": run_id}, headers=viewer)
+    by_run = f"{api}/api/v1/jobs"
+    answer = httpx.get(by_run, params={"dag_id": dag_id, "run_id": run_id, "limit": 1}, headers=viewer)
     assert answer.status_code == 200, answer.text
-    body = answer.json()
+    (body,) = answer.json()["jobs"]
     assert (body["job_id"], body["stamp"], body["status"]) == (unique_id, STAMP, "running")
     assert (body["dag_id"], body["dag_run_id"]) == (dag_id, run_id)
     # the same URL the "View" link and the run's "3D view" tab lead to, spelled with %-escapes
-    escaped = f"{api}/api/jobs/by-run?dag_id={dag_id}&run_id={quote(run_id, safe='')}"
-    assert httpx.get(escaped, headers=viewer).json()["job_id"] == unique_id
+    escaped = f"{by_run}?dag_id={dag_id}&run_id={quote(run_id, safe='')}"
+    assert [j["job_id"] for j in httpx.get(escaped, headers=viewer).json()["jobs"]] == [unique_id]
 
-    other = httpx.get(f"{api}/api/jobs/by-run", params={"dag_id": dag_id, "run_id": run_id + "x"}, headers=viewer)
-    assert other.status_code == 404 and "no job is recorded for DAG run" in other.json()["detail"]
-    assert httpx.get(f"{api}/api/jobs/by-run", params={"dag_id": dag_id}, headers=viewer).status_code == 422
-    assert httpx.get(f"{api}/api/jobs/by-run", params={"dag_id": dag_id, "run_id": run_id}).status_code == 401
+    other = httpx.get(by_run, params={"dag_id": dag_id, "run_id": run_id + "x"}, headers=viewer)
+    assert other.status_code == 200 and other.json() == {"jobs": [], "next_cursor": None}
+    assert httpx.get(by_run, params={"dag_id": dag_id, "run_id": ""}, headers=viewer).status_code == 422
+    assert httpx.get(by_run, params={"dag_id": dag_id, "run_id": run_id}).status_code == 401
+    # the old path answers 308 to the new one, which the viewer of before followed
+    old = httpx.get(f"{api}/api/jobs/by-run", params={"dag_id": dag_id, "run_id": run_id}, headers=viewer)
+    assert old.status_code == 308, old.text
+    location = old.headers["location"]
+    assert location.startswith("/api/v1/jobs?dag_id=") and location.endswith("&limit=1"), location
+    assert [j["job_id"] for j in httpx.get(f"{api}{location}", headers=viewer).json()["jobs"]] == [unique_id]

@@ -361,7 +361,7 @@ def check_task_log(api: ComposeAirflow, run_id: str, job_id: str) -> None:
 def check_results(compose: Compose, api: ComposeAirflow, job_id: str) -> dict[str, str]:
     """The results API hands out URLs a host reaches (the public S3 URL, not http://minio:9000), and each
     fetches the bytes the answer's sha256 names; path -> sha256."""
-    answer = api.get(f"/e2e3d/api/job/{quote(job_id)}/results")
+    answer = api.get(f"/e2e3d/api/v1/jobs/{quote(job_id)}/results")
     assert answer["job_id"] == job_id and answer["files"], answer
     public = urlsplit(compose.values["E2E3D_PUBLIC_S3_URL"])
     assert answer["mesh"] and answer["texture"], answer

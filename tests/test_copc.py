@@ -299,7 +299,7 @@ def published(right_sized: Path, tmp_path: Path, storage: StorageHook, metadata:
 def test_laspy_streams_the_published_copc_through_the_file_route_by_range_requests(
     api: str, unique_id: str, published: Path
 ) -> None:
-    url = f"{api}/api/job/{unique_id}/files/{COPC}"
+    url = f"{api}/api/v1/jobs/{unique_id}/files/{COPC}"
     size = (published / COPC).stat().st_size
     stream = RouteStream(url, as_user("viewer"))
     with laspy.CopcReader(stream, close_fd=False) as reader, laspy.CopcReader.open(published / COPC) as local:

@@ -65,9 +65,9 @@ def test_the_dashboard_draws_every_chart_with_the_figures_postgresql_holds(
     time.sleep(1.1)
     maintenance.record_statistics(storage, metadata)
     for _ in range(3):  # someone downloads the results three times: 3 x every URL in the access log
-        assert httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer")).status_code == 200
+        assert httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer")).status_code == 200
     grant = httpx.post(
-        f"{api}/api/datasets/{dataset}-more/uploads",
+        f"{api}/api/v1/datasets/{dataset}-more/uploads",
         json={"files": [{"name": "x.jpg", "bytes": 10}]},
         headers=as_user("runner"),
     )
@@ -82,7 +82,7 @@ def test_the_dashboard_draws_every_chart_with_the_figures_postgresql_holds(
     # a reconciliation of output (as the maintenance DAG's reconcile_usage records one): its age is shown
     metadata.record_reconciliation("output", "listing", datetime.now(UTC), complete=True, drift_objects=2)
 
-    browser.get(f"{api}/api/health")  # the cookie belongs to the API's origin, as the UI's login sets it
+    browser.get(f"{api}/api/v1/health")  # the cookie belongs to the API's origin, as the UI's login sets it
     browser.add_cookie({"name": "_token", "value": token("viewer", ROLES["viewer"]), "path": "/"})
     browser.get(f"{api}/dashboard")
     WebDriverWait(browser, 90).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))

@@ -122,7 +122,7 @@ def open_dashboard(browser, url: str, theme: str, width: int, extra: str = "") -
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.set_window_size(width, 1000)
-    browser.get(f"{url}/api/health")  # the cookie belongs to the API's origin, as the UI's login sets it
+    browser.get(f"{url}/api/v1/health")  # the cookie belongs to the API's origin, as the UI's login sets it
     browser.add_cookie({"name": "_token", "value": token("viewer", ROLES["viewer"]), "path": "/"})
     browser.get(f"{url}/dashboard?theme={theme}{extra}")
     WebDriverWait(browser, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))

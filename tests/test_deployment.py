@@ -103,7 +103,7 @@ def test_reconstruction_dag_runs_end_to_end_through_the_rest_api(airflow_deploym
         links = airflow_deployment.get(f"{run}/{task_id}/links")["extra_links"]
         assert links == {"View": viewer_url("e2e3d_reconstruction", run_id)}, (task_id, links)
     assert airflow_deployment.get(f"{run}/prepare/links")["extra_links"] == {}  # a plain @task
-    owner = airflow_deployment.get("/e2e3d/api/jobs/by-run?" + links["View"].split("?", 1)[1])
+    (owner,) = airflow_deployment.get("/e2e3d/api/v1/jobs?limit=1&" + links["View"].split("?", 1)[1])["jobs"]
     assert (owner["job_id"], owner["stamp"], owner["dag_run_id"]) == (job_id, job["stamp"], run_id), owner
 
 
@@ -300,7 +300,7 @@ def test_a_rest_trigger_with_a_bad_job_id_is_refused_with_the_rule_in_words(airf
 
 
 def test_the_results_api_is_mounted_in_the_real_api_server(airflow_deployment: AirflowDeployment) -> None:
-    health = airflow_deployment.get("/e2e3d/api/health")  # the plugin, loaded by the api-server process
+    health = airflow_deployment.get("/e2e3d/api/v1/health")  # the plugin, loaded by the api-server process
     assert health["status"] == "ok" and health["storage"]["ok"] and health["metadata"]["ok"], health
 
 

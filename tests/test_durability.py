@@ -333,14 +333,14 @@ def test_an_unrepairable_job_is_damaged_and_the_api_says_so(
     assert not storage.exists("output", output_prefix(unique_id) + "SUCCESS")  # no reader trusts it
     job = metadata.get_job(unique_id, STAMP)
     assert job["status"] == "damaged" and "texture/albedo.png" in job["error"]
-    answer = httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer"))
+    answer = httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer"))
     assert answer.status_code == 409 and "is damaged" in answer.json()["detail"]
 
     storage.put_bytes("output", key, files["texture/albedo.png"])  # the file comes back (restored by hand)
     healed = scrub(maintenance, metadata, tmp_path / "spool", job_id=unique_id)
     assert healed.recovered == [unique_id] and healed.findings == []
     assert metadata.get_job(unique_id, STAMP)["status"] == "succeeded"
-    assert httpx.get(f"{api}/api/job/{unique_id}/results", headers=as_user("viewer")).status_code == 200
+    assert httpx.get(f"{api}/api/v1/jobs/{unique_id}/results", headers=as_user("viewer")).status_code == 200
     expected = hashlib.sha256(files["texture/albedo.png"]).hexdigest()
     assert storage.read_sha256("output", key) == expected
 

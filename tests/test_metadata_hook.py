@@ -124,7 +124,7 @@ def test_a_version_3_inventory_migrates_to_roles_and_keeps_its_rows(
                 )
         hook = MetadataHook("e2e3d_mig3")
         assert hook.schema_version() == 3
-        assert hook.migrate() == SCHEMA_VERSION == 8
+        assert hook.migrate() == SCHEMA_VERSION == 9
         assert hook.job_files("j1", STAMP) == [
             {"kind": "mesh", "key": "j1/mesh/m.obj", "size": 7, "sha256": "a" * 64}
             | {"role": None, "source": None, "level": None, "figures": None}

@@ -301,7 +301,7 @@ def test_the_api_groups_variants_by_original_and_picks_a_lod_or_the_web_variants
     unique_id: str,
     right_sized_job: dict,
 ) -> None:
-    url, headers = f"{api}/api/job/{unique_id}/results", as_user("viewer")
+    url, headers = f"{api}/api/v1/jobs/{unique_id}/results", as_user("viewer")
     body = httpx.get(url, headers=headers).json()
     assert body["levels"] == [0, 1, 2, 3]
     groups = {g["original"]["path"]: g for g in body["results"]}

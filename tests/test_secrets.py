@@ -85,18 +85,18 @@ def test_api_errors_carry_no_secret_trace_or_endpoint(
     token_headers = as_user("viewer")
     secrets["viewer token"] = token_headers["Authorization"].split()[1]
     for method, path, body in (
-        ("GET", "/api/job/never-published/results", None),
-        ("GET", "/api/job/a..b/results", None),
-        ("GET", "/api/job/x/results?expires=0", None),
-        ("POST", "/api/datasets/ds/uploads", {"files": ["../etc/passwd"]}),
-        ("POST", "/api/datasets/ds/uploads", {"files": [{"name": "a.txt", "bytes": -1}]}),
-        ("POST", "/api/datasets/ds/commit", {"reuse": [{"file": "a.jpg", "bytes": 1, "sha256": "0" * 64}]}),
-        ("GET", "/api/dashboard?days=0", None),
+        ("GET", "/api/v1/jobs/never-published/results", None),
+        ("GET", "/api/v1/jobs/a..b/results", None),
+        ("GET", "/api/v1/jobs/x/results?expires=0", None),
+        ("POST", "/api/v1/datasets/ds/uploads", {"files": ["../etc/passwd"]}),
+        ("POST", "/api/v1/datasets/ds/uploads", {"files": [{"name": "a.txt", "bytes": -1}]}),
+        ("POST", "/api/v1/datasets/ds/commit", {"reuse": [{"file": "a.jpg", "bytes": 1, "sha256": "0" * 64}]}),
+        ("GET", "/api/v1/storage/dashboard?days=0", None),
     ):
         response = httpx.request(method, f"{api}{path}", json=body, headers=as_user("runner"))
         assert response.status_code >= 400, path
         bodies.append(response.text)
-    bodies.append(httpx.get(f"{api}/api/job/x/results", headers={"Authorization": "Bearer not-a-token"}).text)
+    bodies.append(httpx.get(f"{api}/api/v1/jobs/x/results", headers={"Authorization": "Bearer not-a-token"}).text)
     bodies.append(httpx.get(f"{api}/dashboard").text)
     # storage unreachable and credentials refused: the errors that would be tempted to say too much
     monkeypatch.setenv(
@@ -106,7 +106,9 @@ def test_api_errors_carry_no_secret_trace_or_endpoint(
     url, server, thread = serve(create_app("minio_wrong_secret", "e2e3d_metadata"))
     try:
         grant = httpx.post(
-            f"{url}/api/datasets/ds/uploads", json={"files": [{"name": "a.jpg", "bytes": 1}]}, headers=as_user("runner")
+            f"{url}/api/v1/datasets/ds/uploads",
+            json={"files": [{"name": "a.jpg", "bytes": 1}]},
+            headers=as_user("runner"),
         )
         assert grant.status_code >= 500 and "minio_wrong_secret" in grant.text
         bodies.append(grant.text)

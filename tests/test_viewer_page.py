@@ -33,7 +33,7 @@ TILE_DEPTH = re.compile(r"/files/mesh/tiles/[^/]+/(\d+)/[^/]+\.glb$")
 
 def sign_in(driver, api: str) -> None:
     """The UI's login cookie on the API's origin, for a viewer."""
-    driver.get(f"{api}/api/health")
+    driver.get(f"{api}/api/v1/health")
     driver.add_cookie({"name": "_token", "value": token("viewer", ROLES["viewer"]), "path": "/"})
 
 
@@ -67,7 +67,7 @@ def test_a_page_reads_a_range_of_a_published_file_through_the_route(
         fetch(arguments[0], {headers: {Range: 'bytes=1000-1999'}})
           .then(async (r) => done([r.status, r.redirected, r.url.split('?')[0], await r.text()]))
           .catch((e) => done(['error', String(e)]));""",
-        f"{api}/api/job/{unique_id}/files/logs/reconstruct.log",
+        f"{api}/api/v1/jobs/{unique_id}/files/logs/reconstruct.log",
     )
     assert got[0] == 206, got
     assert got[1] is True and got[2].endswith(f"/output/{unique_id}/logs/reconstruct.log"), got

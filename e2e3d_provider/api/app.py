@@ -1,12 +1,22 @@
 """The E2E3D results API: pre-signed result and upload URLs, storage statistics, health.
 
-Mounted by the Airflow plugin under ``/e2e3d`` (so ``/e2e3d/api/...`` on the api-server). Every
-route but ``/api/health`` requires an Airflow JWT with permission on the reconstruction DAG's runs.
+Mounted by the Airflow plugin under ``/e2e3d`` (so ``/e2e3d/api/v1/...`` on the api-server). Every
+route but ``/api/v1/health`` requires an Airflow JWT with permission on the reconstruction DAG's runs.
+
+The version is in the path: ``/api/v1``. The unversioned paths of before (``/api/job/{id}/...``,
+``/api/jobs/by-run``, ``/api/dashboard`` ...) answer ``308 Permanent Redirect`` to their v1 path, which keeps the
+method and the body (a POST is repeated as a POST). Every 4xx and 5xx answers one schema,
+:class:`~e2e3d_provider.api.errors.ErrorBody` (``status``, a machine-readable ``code``, ``detail``), and the
+listings (``GET /jobs``, ``GET /datasets``) page by an opaque keyset cursor (``next_cursor``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -16,13 +26,16 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from airflow.configuration import conf
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from e2e3d_provider import __version__
 from e2e3d_provider.api.auth import authorized_user
+from e2e3d_provider.api.errors import ApiError, code_of, error_response, errors, standard
 from e2e3d_provider.api.limits import BodyLimit, validation_failed
 from e2e3d_provider.api.published_files import PublishedFilesCache
 from e2e3d_provider.api.scene import scene_of
@@ -30,6 +43,8 @@ from e2e3d_provider.api.schemas import (
     BucketUsage,
     CommitRequest,
     CommitResult,
+    DatasetList,
+    DatasetSummary,
     Health,
     JobList,
     JobResults,
@@ -47,6 +62,7 @@ from e2e3d_provider.api.schemas import (
 from e2e3d_provider.core.dataset_manifest import DatasetImage
 from e2e3d_provider.core.layout import (
     BUCKET_INPUT,
+    ID_PATTERN,
     MESH_RELPATH,
     POINTCLOUD_RELPATH,
     TEXTURE_RELPATH,
@@ -73,7 +89,7 @@ from e2e3d_provider.exceptions import (
 from e2e3d_provider.hooks import telemetry
 from e2e3d_provider.hooks.metadata import MAX_LISTED_JOBS, STATUSES, MetadataHook
 from e2e3d_provider.hooks.storage import StorageHook
-from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, dataset_view, read_dataset
+from e2e3d_provider.lifecycle.inputs.datasets import adopt_loose, dataset_view, list_datasets_page, read_dataset
 from e2e3d_provider.lifecycle.maintenance.dashboard import dashboard_figures
 from e2e3d_provider.lifecycle.results.published import locate_published, verify_remote
 
@@ -141,14 +157,22 @@ BackendsDep = Annotated[Backends, Depends(backends)]
 
 
 def checked_id(value: str, kind: str) -> str:
-    """Validate an id before anything touches storage: 422 otherwise."""
+    """Validate an id before anything touches storage: 422 ``invalid_id`` otherwise."""
     try:
         return validate_id(value, kind)
     except InvalidNameError as err:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from None
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_id", str(err)) from None
 
 
-protected = APIRouter(prefix="/api", dependencies=[Depends(authorized_user)])
+#: the API's version prefix: a change that breaks clients gets a new one (the old stays, or redirects)
+API_PREFIX = "/api/v1"
+#: what any authenticated route may answer besides its own errors: no or a bad token, no permission, a bad
+#: parameter, a failure of the server, of object storage, or an outage (all as ErrorBody)
+protected = APIRouter(
+    prefix=API_PREFIX,
+    dependencies=[Depends(authorized_user)],
+    responses=standard(401, 403, 422, 500, 502, 503),
+)
 UserDep = Annotated[Any, Depends(authorized_user)]  # the same dependency: FastAPI runs it once a request
 
 
@@ -159,17 +183,18 @@ def _name(user: Any) -> str | None:
         return None
 
 
-public = APIRouter(prefix="/api")
+public = APIRouter(prefix=API_PREFIX, responses=standard(500))
 
 
 def served_job(b: Backends, job_id: str) -> dict[str, Any]:
     """The job's row if its results may be served: 404 for an unknown job, 409 for a damaged one."""
     job = b.metadata.get_job(job_id)
     if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown job {job_id!r}")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "job_not_found", f"unknown job {job_id!r}")
     if job["status"] == "damaged":
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_409_CONFLICT,
+            "job_damaged",
             f"job {job_id!r} is damaged: {job.get('error') or 'a scrub found files it could not repair'}. "
             f"Its results are not served; restore them (e2e3d restore --job {job_id}) or rerun the job.",
         )
@@ -183,14 +208,16 @@ def published_or_409(job: dict[str, Any]) -> Iterator[None]:
     try:
         yield
     except ObjectNotFoundError:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_409_CONFLICT,
+            "results_incomplete",
             f"job {job_id!r} is {job['status']}: its results are not complete (no SUCCESS marker)",
         ) from None
     except (ManifestError, ChecksumMismatchError) as err:  # what is stored, not the storage, is wrong
         log.error("results API: %s", err)
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_409_CONFLICT,
+            "manifest_invalid",
             f"job {job_id!r}: its stored results are not served: {err}. "
             f"Re-publish the job, or restore it (e2e3d restore --job {job_id}).",
         ) from None
@@ -203,17 +230,16 @@ def file_route(request: Request, job_id: str, path: str) -> str:
 
 
 @protected.get(
-    "/job/{job_id}/results",
+    "/jobs/{job_id}/results",
     response_model=JobResults,
     tags=["results"],
-    responses={
-        404: {"description": "unknown job"},
-        409: {
-            "description": "job not complete (no SUCCESS), damaged (a scrub could not repair it), or its stored "
-            "manifest malformed, another job's, or not the one its SUCCESS names (the body says which)"
-        },
-        422: {"description": "malformed job id or expiry"},
-    },
+    operation_id="getJobResults",
+    responses=errors(
+        e404="unknown job (job_not_found), or no files at the level or variant asked for (variant_not_found)",
+        e409="job not complete: no SUCCESS (results_incomplete), damaged: a scrub could not repair it (job_damaged), "
+        "or its stored manifest malformed, another job's, or not the one its SUCCESS names (manifest_invalid)",
+        e422="malformed job id (invalid_id) or expiry (validation_failed)",
+    ),
 )
 def job_results(
     job_id: str,
@@ -242,8 +268,9 @@ def job_results(
         verify_remote(b.storage, bucket, prefix, manifest, read_on_mismatch=False)
     except ChecksumMismatchError as err:
         log.error("results API: %s", err)
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_409_CONFLICT,
+            "manifest_invalid",
             f"job {job_id!r}: its stored results no longer match their manifest; they are not served. "
             "Re-publish the job (or restore it from the archive).",
         ) from None
@@ -254,8 +281,9 @@ def job_results(
         want = lod or 0
         chosen = [e for e in manifest.files if _picked(e, want, variant)]
         if not chosen:
-            raise HTTPException(
+            raise ApiError(
                 status.HTTP_404_NOT_FOUND,
+                "variant_not_found",
                 f"job {job_id!r} has no {variant or 'level-of-detail'} files at level {want} "
                 f"(levels: {', '.join(map(str, levels)) or 'none: it was published without right-sizing'})",
             )
@@ -365,21 +393,20 @@ def _groups(
     return groups
 
 
-FILE_ROUTE = "/job/{job_id}/files/{path:path}"
+FILE_ROUTE = "/jobs/{job_id}/files/{path:path}"
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     307: {
         "description": "to a fresh pre-signed URL of the file on object storage (for HEAD, one signed for HEAD), "
         "valid `expires` seconds; send the request's Range header again there and object storage answers 206",
         "headers": {"Location": {"description": "the pre-signed URL", "schema": {"type": "string"}}},
     },
-    401: {"description": "no token"},
-    403: {"description": "a bad token, or no permission to read runs of the reconstruction DAG"},
-    404: {"description": "unknown job, or a path the job's published manifest does not name"},
-    409: {
-        "description": "job damaged, not complete (no SUCCESS), or its stored manifest malformed, another job's, "
-        "or not the one its SUCCESS names"
-    },
-    422: {"description": "malformed job id, path ('..', '.', empty segments, absolute) or expiry"},
+    **errors(
+        e404="unknown job (job_not_found), or a path the job's published manifest does not name (file_not_found)",
+        e409="job damaged (job_damaged), not complete: no SUCCESS (results_incomplete), or its stored manifest "
+        "malformed, another job's, or not the one its SUCCESS names (manifest_invalid)",
+        e422="malformed job id (invalid_id), path: '..', '.', empty segments, absolute (invalid_path), or expiry "
+        "(validation_failed)",
+    ),
 }
 FILE_ROUTE_DOC: dict[str, Any] = {
     "tags": ["results"],
@@ -389,8 +416,8 @@ FILE_ROUTE_DOC: dict[str, Any] = {
 }
 
 
-@protected.get(FILE_ROUTE, **FILE_ROUTE_DOC)
-@protected.head(FILE_ROUTE, **FILE_ROUTE_DOC)
+@protected.get(FILE_ROUTE, operation_id="getJobFile", **FILE_ROUTE_DOC)
+@protected.head(FILE_ROUTE, operation_id="headJobFile", **FILE_ROUTE_DOC)
 def job_file(
     job_id: str,
     path: str,
@@ -411,13 +438,13 @@ def job_file(
     try:
         path = validate_relpath(path)
     except InvalidNameError as err:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from None
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_path", str(err)) from None
     job = served_job(b, job_id)
     with published_or_409(job):
         published = b.published.lookup(b.storage, job)
     entry = published.files.get(path)
     if entry is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} published no file {path!r}")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "file_not_found", f"job {job_id!r} published no file {path!r}")
     bucket, key = published.place.bucket, published.place.prefix + entry.path
     if request.method == "HEAD":
         url = b.storage.presigned_head(bucket, key, expires)
@@ -430,14 +457,16 @@ def job_file(
 
 
 @protected.get(
-    "/job/{job_id}/scene",
+    "/jobs/{job_id}/scene",
     response_model=Scene,
     tags=["results"],
-    responses={
-        404: {"description": "unknown job, or one that published no tileset and no COPC point cloud"},
-        409: {"description": "job damaged, not complete (no SUCCESS), or its stored manifest not usable"},
-        422: {"description": "malformed job id"},
-    },
+    operation_id="getJobScene",
+    responses=errors(
+        e404="unknown job (job_not_found), or one that published no tileset and no COPC point cloud (nothing_to_view)",
+        e409="job damaged (job_damaged), not complete: no SUCCESS (results_incomplete), or its stored manifest "
+        "not usable (manifest_invalid)",
+        e422="malformed job id (invalid_id)",
+    ),
 )
 def job_scene(job_id: str, request: Request, b: BackendsDep) -> Scene:
     """What a 3D viewer loads of the job: each mesh's 3D Tiles tileset (its root's box and geometric error)
@@ -449,8 +478,9 @@ def job_scene(job_id: str, request: Request, b: BackendsDep) -> Scene:
         published = b.published.lookup(b.storage, job)
         scene = scene_of(job_id, job["stamp"], published.files.values(), partial(file_route, request, job_id))
     if not scene.tilesets and not scene.pointclouds:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_404_NOT_FOUND,
+            "nothing_to_view",
             f"job {job_id!r} published nothing a 3D viewer streams (no 3D Tiles tileset, no COPC point cloud): "
             "it was published without right-sizing, or before right-sizing made them (its results listing still "
             "has every file it published); rerun the job with right-sizing on to view it.",
@@ -467,60 +497,193 @@ def job_summary(job: dict[str, Any]) -> JobSummary:
     )
 
 
-@protected.get("/jobs", response_model=JobList, tags=["results"], responses={422: {"description": "bad filter"}})
+#: a listing's page size when the request names none
+DEFAULT_PAGE = 50
+#: the largest page of ``GET /datasets`` (each dataset is one listing entry and one usage row)
+MAX_LISTED_DATASETS = 1000
+
+
+def encode_cursor(values: list[Any]) -> str:
+    """An opaque cursor: the keyset of a page's last row, as unpadded base64url of its JSON. Opaque to clients
+    (they pass back what ``next_cursor`` gave), and readable by the API alone: it is not signed, since it only
+    says where a listing the caller may read anyway resumes."""
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    """The keyset a cursor of :func:`encode_cursor` holds; 422 ``invalid_cursor`` for anything else."""
+    try:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,2000}", cursor):
+            raise ValueError("not base64url")
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError("not a list of strings")
+        return values
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "invalid_cursor",
+            "cursor is not one this API handed out: pass back a next_cursor unchanged, or leave it out to start over",
+        ) from None
+
+
+def job_keyset(cursor: str) -> tuple[datetime, str, str]:
+    """The ``(updated_at, job_id, stamp)`` a jobs cursor holds."""
+    values = decode_cursor(cursor)
+    try:
+        if len(values) != 3:
+            raise ValueError(len(values))
+        updated = datetime.fromisoformat(values[0])
+        if updated.tzinfo is None:
+            raise ValueError("naive time")
+        return updated, validate_id(values[1], "job_id"), values[2]
+    except (ValueError, InvalidNameError):
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_cursor", "cursor is not one of GET /jobs"
+        ) from None
+
+
+@protected.get(
+    "/jobs",
+    response_model=JobList,
+    tags=["results"],
+    operation_id="listJobs",
+    responses=errors(
+        e422="unknown status or malformed dataset (invalid_filter), a cursor not handed out here (invalid_cursor), "
+        "or a limit out of range (validation_failed)"
+    ),
+)
 def jobs_list(
     b: BackendsDep,
     job_status: Annotated[
         str | None, Query(alias="status", description=f"only jobs whose newest run is: {', '.join(STATUSES)}")
     ] = None,
     dataset: Annotated[str | None, Query(description="only jobs of this dataset")] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LISTED_JOBS, description="at most this many jobs")] = 50,
+    dag_id: Annotated[
+        str | None, Query(min_length=1, max_length=250, description="only runs a DAG run of this DAG owns")
+    ] = None,
+    run_id: Annotated[
+        str | None, Query(min_length=1, max_length=250, description="only runs the DAG run of this run id owns")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LISTED_JOBS, description="at most this many jobs a page")] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None, Query(max_length=2000, description="the next_cursor of the previous page (opaque)")
+    ] = None,
 ) -> JobList:
-    """Jobs, each once as its newest run (the one the results API serves), most recently updated first:
-    what the viewer's job list shows. One query on PostgreSQL, bounded by ``limit``."""
+    """Jobs, each once as its newest run (the one the results API serves), most recently updated first; one
+    page of at most ``limit``, and ``next_cursor`` to ask for the next (null: this was the last page; a last
+    page may also come back empty). Keyset paging (``updated_at, job_id, stamp``): each page is one indexed
+    query, however deep the walk; a job updated while a client pages may show up again or move past it.
+
+    ``dag_id`` / ``run_id`` select the runs a DAG run owns (its ``prepare`` task records the run in the job's
+    row): the job a task's "View" link opens, even when a later run of the job exists (each owned run is
+    listed, not only a job's newest)."""
     if job_status is not None and job_status not in STATUSES:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "invalid_filter",
             f"unknown job status {job_status!r}; use one of {', '.join(STATUSES)}",
         )
     if dataset is not None:
-        dataset = checked_id(dataset, "dataset")
-    jobs = b.metadata.list_jobs(job_status, limit, dataset=dataset, latest=True)
-    return JobList(jobs=[job_summary(j) for j in jobs])
+        try:
+            dataset = validate_id(dataset, "dataset")
+        except InvalidNameError as err:
+            raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_filter", str(err)) from None
+    after = job_keyset(cursor) if cursor is not None else None
+    by_run = dag_id is not None or run_id is not None
+    jobs = b.metadata.list_jobs(
+        job_status, limit, dataset=dataset, latest=not by_run, dag_id=dag_id, run_id=run_id, after=after
+    )
+    last = jobs[-1] if len(jobs) == limit else None
+    return JobList(
+        jobs=[job_summary(j) for j in jobs],
+        next_cursor=encode_cursor([last["updated_at"].isoformat(), last["job_id"], last["stamp"]]) if last else None,
+    )
 
 
 @protected.get(
-    "/jobs/by-run",
+    "/jobs/{job_id}",
     response_model=JobSummary,
     tags=["results"],
-    responses={404: {"description": "no job is recorded for that DAG run"}, 422: {"description": "bad query"}},
+    operation_id="getJob",
+    responses=errors(e404="unknown job (job_not_found)", e422="malformed job id (invalid_id)"),
 )
-def job_by_run(
+def job_get(job_id: str, b: BackendsDep) -> JobSummary:
+    """The job's newest run (the one its results, files and scene serve): status, dataset, times, what it
+    published, and the DAG run that owns it. Answered from PostgreSQL alone."""
+    job = b.metadata.get_job(checked_id(job_id, "job_id"))
+    if job is None:
+        raise ApiError(status.HTTP_404_NOT_FOUND, "job_not_found", f"unknown job {job_id!r}")
+    return job_summary(job)
+
+
+@protected.get(
+    "/datasets",
+    response_model=DatasetList,
+    tags=["uploads"],
+    operation_id="listDatasets",
+    responses=errors(
+        e422="a prefix that no dataset id could start with (invalid_filter), a cursor not handed out here "
+        "(invalid_cursor), or a limit out of range (validation_failed)"
+    ),
+)
+def datasets_list(
     b: BackendsDep,
-    dag_id: Annotated[str, Query(min_length=1, max_length=250, description="the DAG's id")],
-    run_id: Annotated[str, Query(min_length=1, max_length=250, description="the DAG run's id")],
-) -> JobSummary:
-    """The job a DAG run owns (its ``prepare`` task records the run in the job's row), so a link made from a
-    task's DAG run (the "View" extra link, the run's "3D view" tab) finds the job before its id is known
-    to the page. A run that owns several jobs answers the newest run among them."""
-    jobs = b.metadata.dag_run_jobs(dag_id, run_id)
-    if not jobs:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            f"no job is recorded for DAG run {run_id!r} of {dag_id!r}: the run has not reached its prepare "
-            "task yet, prepare refused it, or it is not a run of a reconstruction DAG",
+    prefix: Annotated[str, Query(max_length=128, description="only datasets whose id starts with this")] = "",
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_LISTED_DATASETS, description="at most this many datasets a page")
+    ] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None, Query(max_length=2000, description="the next_cursor of the previous page (opaque)")
+    ] = None,
+) -> DatasetList:
+    """Datasets of the input bucket in the order object storage lists them (by key on S3 and MinIO, where
+    ``a-x/`` comes before ``a/``), one page of at most ``limit`` with ``next_cursor`` for the next (null: the
+    last page). Each page is one delimiter listing of object
+    storage that starts after the previous page's last dataset (never the whole bucket), and one query for
+    the figures of each dataset's folder as last counted."""
+    if prefix and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", prefix):
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "invalid_filter",
+            f"no dataset id starts with {prefix[:40]!r}: ids are letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit",
         )
-    return job_summary(max(jobs, key=lambda j: (j["stamp"], j["updated_at"])))
+    after = None
+    if cursor is not None:
+        values = decode_cursor(cursor)
+        if len(values) != 1 or not ID_PATTERN.fullmatch(values[0]):
+            raise ApiError(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_cursor", "cursor is not one of GET /datasets"
+            )
+        after = values[0]
+    names, more = list_datasets_page(b.storage, prefix, after, limit)
+    counted = b.metadata.usage_rows(BUCKET_INPUT, units=[input_prefix(n) for n in names]) if names else {}
+    return DatasetList(
+        datasets=[
+            DatasetSummary(
+                dataset=n,
+                objects=(row := counted.get(input_prefix(n)) or {}).get("objects"),
+                bytes=row.get("bytes"),
+                counted_at=row.get("counted_at"),
+            )
+            for n in names
+        ],
+        next_cursor=encode_cursor([names[-1]]) if more and names else None,
+    )
 
 
 @protected.post(
     "/datasets/{dataset}/uploads",
     response_model=UploadGrant,
     tags=["uploads"],
-    responses={
-        409: {"description": "a file of that name is already stored: a grant never replaces one"},
-        422: {"description": "malformed dataset id, file names or sizes"},
-    },
+    operation_id="createUploads",
+    responses=errors(
+        e409="a file of that name is already stored: a grant never replaces one (name_taken)",
+        e413="",
+        e422="malformed dataset id (invalid_id), file names, types or sizes (upload_refused), or body "
+        "(validation_failed)",
+    ),
 )
 def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep, user: UserDep) -> UploadGrant:
     """Pre-signed PUT URLs so a client uploads input images straight to object storage.
@@ -558,13 +721,14 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep, user: Use
                 problems.append(f"{item.name!r}: {err}")
         files[rel] = item.bytes
     if problems:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "upload_refused", problems)
     view = dataset_view(b.storage, dataset, BUCKET_INPUT)
     stored = {image.path for image in view.images} | {obj.key[len(prefix) :] for obj in view.loose}
     taken = sorted(set(files) & stored)
     if taken:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_409_CONFLICT,
+            "name_taken",
             [f"{name!r} is already stored in dataset {dataset!r}; upload it under a new name" for name in taken],
         )
     ttl = timedelta(seconds=body.expires)
@@ -591,10 +755,14 @@ def dataset_uploads(dataset: str, body: UploadRequest, b: BackendsDep, user: Use
     "/datasets/{dataset}/commit",
     response_model=CommitResult,
     tags=["uploads"],
-    responses={
-        409: {"description": "another commit of this dataset is running"},
-        422: {"description": "malformed dataset id, or a reused file whose content is not stored"},
-    },
+    operation_id="commitDataset",
+    responses=errors(
+        e409="another commit of this dataset is running (commit_conflict), or a stored manifest cannot be used "
+        "(manifest_invalid)",
+        e413="",
+        e422="malformed dataset id (invalid_id), reused files (upload_refused), a reused file whose content is not "
+        "stored (blob_missing), or body (validation_failed)",
+    ),
 )
 def dataset_commit(dataset: str, body: CommitRequest, b: BackendsDep) -> CommitResult:
     """Make the uploaded files part of the dataset: each is hashed, stored once under its content (an image
@@ -609,7 +777,7 @@ def dataset_commit(dataset: str, body: CommitRequest, b: BackendsDep) -> CommitR
         except InvalidNameError as err:
             problems.append(str(err))
     if problems:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "upload_refused", problems)
     try:
         with b.metadata.advisory_lock(f"dataset {dataset} (its manifest)", wait=30):
             try:
@@ -618,9 +786,9 @@ def dataset_commit(dataset: str, body: CommitRequest, b: BackendsDep) -> CommitR
                 b.metadata.record_usage(b.storage.recount_touched())
             manifest = read_dataset(b.storage, dataset, BUCKET_INPUT)
     except ObjectNotFoundError as err:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [str(err)]) from err
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "blob_missing", [str(err)]) from err
     except RunConflictError as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, [str(err)]) from err
+        raise ApiError(status.HTTP_409_CONFLICT, "commit_conflict", [str(err)]) from err
     return CommitResult(
         dataset=dataset,
         images=len(manifest.images) if manifest else 0,
@@ -631,7 +799,7 @@ def dataset_commit(dataset: str, body: CommitRequest, b: BackendsDep) -> CommitR
     )
 
 
-@protected.get("/storage/stats", response_model=StorageStats, tags=["storage"])
+@protected.get("/storage/stats", response_model=StorageStats, tags=["storage"], operation_id="getStorageStats")
 def storage_stats(b: BackendsDep) -> StorageStats:
     """Space per bucket as kept by every write of the provider (fresh to the second) with the age of the
     last reconciliation against the server, jobs by status, and the last 24 h of transfer throughput and
@@ -669,7 +837,19 @@ def bucket_usage(kept: dict[str, Any], now: datetime) -> BucketUsage:
     )
 
 
-@public.get("/health", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+@public.get(
+    "/health",
+    response_model=Health,
+    tags=["health"],
+    operation_id="getHealth",
+    responses={
+        503: {
+            "model": Health,
+            "description": "a dependency is down: the body is a Health saying which (a probe reads one shape whatever "
+            "the answer), not an ErrorBody",
+        }
+    },
+)
 def health(b: BackendsDep) -> Any:
     """Whether object storage and PostgreSQL answer: up or down only, since anyone may ask (no
     endpoints, versions or errors: those are for the authenticated stats and the server log)."""
@@ -679,11 +859,38 @@ def health(b: BackendsDep) -> Any:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-@protected.get("/dashboard", tags=["storage"])
+@protected.get("/storage/dashboard", tags=["storage"], operation_id="getDashboard")
 def dashboard_data(b: BackendsDep, days: Annotated[float, Query(gt=0, le=366)] = 30.0) -> dict[str, Any]:
     """Every figure of the storage dashboard (space and its projection, throughput, cache hit ratio,
     errors, top downloads, requests by hour, jobs), from PostgreSQL."""
     return dashboard_figures(b.metadata, days)
+
+
+#: the unversioned paths of before v1: each answers 308 to its v1 path (a 308 keeps the method and the body)
+legacy = APIRouter(prefix="/api", include_in_schema=False)
+#: old path (below /api/) -> its v1 path (below /api/v1/), by pattern; anything else maps to v1/<the same>
+LEGACY_PATHS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"job/([^/]+)/(results|scene)"), r"jobs/\1/\2"),
+    (re.compile(r"job/([^/]+)/files/(.*)", re.DOTALL), r"jobs/\1/files/\2"),
+    (re.compile(r"dashboard"), "storage/dashboard"),
+]
+
+
+@legacy.api_route("/{rest:path}", methods=["GET", "HEAD", "POST"])
+def legacy_redirect(rest: str, request: Request) -> RedirectResponse:
+    """``308 Permanent Redirect`` from a path of before v1 to its v1 path, query kept (``jobs/by-run`` became
+    ``GET /jobs?dag_id=&run_id=&limit=1``, which answers a JobList). Paths below ``v1/`` that no route
+    matched answer 404 ``not_found``: they are not old paths."""
+    if rest == "v1" or rest.startswith("v1/"):
+        raise ApiError(status.HTTP_404_NOT_FOUND, "not_found", f"no route {API_PREFIX}/{rest[3:]}")
+    query = str(request.url.query)
+    if rest == "jobs/by-run":
+        new = "jobs"
+        query = "&".join(part for part in (query, "limit=1") if part)
+    else:
+        new = next((p.sub(to, rest) for p, to in LEGACY_PATHS if p.fullmatch(rest)), rest)
+    target = f"{_root(request)}{API_PREFIX}/{quote(new, safe='/')}" + (f"?{query}" if query else "")
+    return RedirectResponse(target, status_code=status.HTTP_308_PERMANENT_REDIRECT)
 
 
 pages = APIRouter(include_in_schema=False)
@@ -731,7 +938,7 @@ def static_file(name: str) -> FileResponse:
     base = STATIC.resolve()
     path = (STATIC / name).resolve()
     if path.suffix not in STATIC_TYPES or not path.is_relative_to(base) or not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such static file")
+        raise ApiError(status.HTTP_404_NOT_FOUND, "not_found", "no such static file")
     return FileResponse(path, media_type=STATIC_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
 
 
@@ -776,12 +983,16 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
         docs_url=None,  # served by `pages` from the package's copies of Swagger UI and ReDoc, not a CDN
         redoc_url=None,
         version=__version__,
-        description="Pre-signed URLs for reconstruction results and input uploads, storage statistics "
-        "and health. Authenticate with an Airflow JWT (POST /auth/token on the api-server).",
+        description="Pre-signed URLs for reconstruction results and input uploads, job and dataset listings, "
+        "storage statistics and health. Authenticate with an Airflow JWT (POST /auth/token on the api-server). "
+        "Paths are versioned (/api/v1); the unversioned paths of before answer 308 to theirs. Every 4xx and 5xx "
+        "answers an ErrorBody {status, code, detail}; branch on code. Listings page by next_cursor.",
+        generate_unique_id_function=operation_id,
     )
     app.state.backends = Backends(minio_conn_id, metadata_conn_id)
     app.include_router(public)
     app.include_router(protected)
+    app.include_router(legacy)  # after v1: its catch-all must not shadow a v1 route
     app.include_router(pages)
 
     # Error bodies name the connection id and what failed, never hosts or ports; the server log keeps all.
@@ -791,11 +1002,14 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
         (StorageError, "minio_conn_id", "object storage failed the request ({error}, connection {conn!r})", 502),
     ]
 
+    codes = {StorageUnreachableError: "storage_unavailable", MetadataError: "metadata_unavailable"}
+
     async def failed(request: Request, err: Exception) -> JSONResponse:
         log.error("results API: %s", err)
-        _, conn_attr, detail, code = next(f for f in failures if isinstance(err, f[0]))
+        kind, conn_attr, detail, status_code = next(f for f in failures if isinstance(err, f[0]))
         conn = getattr(request.app.state.backends, conn_attr)
-        return JSONResponse({"detail": detail.format(conn=conn, error=type(err).__name__)}, status_code=code)
+        text = detail.format(conn=conn, error=type(err).__name__)
+        return error_response(status_code, codes.get(kind, "storage_failed"), text)
 
     for kind, *_ in failures:
         app.add_exception_handler(kind, failed)
@@ -804,9 +1018,31 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
         """A stored manifest (a job's, a dataset's) that cannot be used: what is stored is wrong, not the
         request nor the server; the body says what (keys and values only, never hosts)."""
         log.error("results API: %s", err)
-        return JSONResponse({"detail": f"a stored manifest cannot be used: {err}"}, status_code=409)
+        return error_response(409, "manifest_invalid", f"a stored manifest cannot be used: {err}")
+
+    async def http_error(request: Request, err: Exception) -> JSONResponse:
+        """Any HTTP error (a route's :class:`ApiError`, Starlette's 404/405, the auth dependency's) as an
+        ErrorBody with its code."""
+        assert isinstance(err, StarletteHTTPException)
+        return error_response(err.status_code, code_of(err), err.detail, headers=err.headers)
+
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        """The last resort: an ErrorBody that says nothing of the error (the server log has the traceback)."""
+        log.exception("results API: unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "unexpected error: the server log has the details")
 
     app.add_exception_handler(ManifestError, malformed)
     app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
     app.add_middleware(BodyLimit)
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    """A readable operation id for a route that gives none: its function's name in camelCase, with the method
+    when it is not GET (the v1 routes name theirs: ``listJobs``, ``getJobFile``/``headJobFile`` ...)."""
+    head, *rest = route.name.split("_")
+    name = head + "".join(word.title() for word in rest)
+    methods = sorted(route.methods or ["GET"])
+    return name if methods == ["GET"] else name + methods[0].title()

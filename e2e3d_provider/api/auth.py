@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from e2e3d_provider.api.errors import ApiError
 
 RESULTS_DAG_ID = "e2e3d_reconstruction"
 JWT_COOKIE = "_token"  # the cookie Airflow's UI keeps its JWT in
@@ -42,8 +44,9 @@ async def authorized_user(
     token = credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
     token = token or request.cookies.get(JWT_COOKIE)
     if not token:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_401_UNAUTHORIZED,
+            "unauthenticated",
             "Not authenticated: send an Airflow JWT as a Bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
@@ -51,11 +54,11 @@ async def authorized_user(
     try:
         user = await manager.get_user_from_token(token)
     except ExpiredSignatureError:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "Token expired", headers={"WWW-Authenticate": "Bearer"}
+        raise ApiError(
+            status.HTTP_401_UNAUTHORIZED, "token_expired", "Token expired", headers={"WWW-Authenticate": "Bearer"}
         ) from None
     except InvalidTokenError:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "Invalid JWT token") from None
+        raise ApiError(status.HTTP_403_FORBIDDEN, "invalid_token", "Invalid JWT token") from None
     method = "GET" if request.method in ("GET", "HEAD") else "POST"
     try:
         allowed = manager.is_authorized_dag(
@@ -64,8 +67,9 @@ async def authorized_user(
     except Exception:  # a user the auth manager cannot place (e.g. an unknown role) gets nothing
         allowed = False
     if not allowed:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_403_FORBIDDEN,
+            "forbidden",
             f"user may not {'read' if method == 'GET' else 'create'} runs of {RESULTS_DAG_ID}",
         )
     return user

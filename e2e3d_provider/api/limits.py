@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from e2e3d_provider.api.errors import error_response
+
 #: the largest request body the API reads (a grant for thousands of files is a few hundred kB)
 MAX_REQUEST_BYTES = 1024 * 1024
 #: at most this many validation errors are described, each message cut to this many characters
@@ -64,7 +66,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"request body over {self.limit} bytes: the API takes small JSON bodies (images go to storage)"
-        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        await error_response(413, "body_too_large", detail)(scope, receive, send)
 
 
 async def validation_failed(request: Request, err: Exception) -> JSONResponse:
@@ -74,4 +76,4 @@ async def validation_failed(request: Request, err: Exception) -> JSONResponse:
         {"loc": list(e.get("loc", ()))[:10], "msg": str(e.get("msg", ""))[:MAX_MESSAGE], "type": e.get("type")}
         for e in err.errors()[:MAX_ERRORS]
     ]
-    return JSONResponse({"detail": errors, "errors": len(err.errors())}, status_code=422)
+    return error_response(422, "validation_failed", errors, errors=len(err.errors()))

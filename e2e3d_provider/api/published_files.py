@@ -1,6 +1,6 @@
 """Which files a job published, remembered per process for the results API's file route.
 
-A viewer loading a tileset through ``/api/job/{id}/files/...`` asks for tens or hundreds of files of one job
+A viewer loading a tileset through ``/api/v1/jobs/{id}/files/...`` asks for tens or hundreds of files of one job
 in a few seconds. Reading the published set for each (:func:`locate_published`: the SUCCESS marker and the
 manifest, two GETs and a parse) would cost more than the redirect it decides. So the set is kept here per
 job, and each hit checks only that it is still the one published: one ``HEAD`` of the SUCCESS marker,

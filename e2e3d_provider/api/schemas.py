@@ -28,7 +28,7 @@ class ResultFile(BaseModel):
     sha256: str
     url: str = Field(description="pre-signed GET URL")
     route: str = Field(
-        description="the file route (/e2e3d/api/job/{job_id}/files/{path}, on the API's origin, authenticated): "
+        description="the file route (/e2e3d/api/v1/jobs/{job_id}/files/{path}, on the API's origin, authenticated): "
         "a redirect to a fresh pre-signed URL, through which the file's relative references resolve"
     )
     kind: str | None = Field(None, description="mesh, texture, pointcloud, log ...")
@@ -181,6 +181,27 @@ class JobSummary(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobSummary] = Field(description="each job once (its newest run), most recently updated first")
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next page (opaque); null when this page is the last"
+    )
+
+
+class DatasetSummary(BaseModel):
+    dataset: str
+    objects: int | None = Field(
+        None,
+        description="objects below the dataset's folder as last counted (its manifest and uploads not yet "
+        "committed; its images are stored once each, by content, and counted there); null: not counted yet",
+    )
+    bytes: int | None = Field(None, description="their bytes, as last counted")
+    counted_at: datetime | None = Field(None, description="when they were counted (every write of the provider)")
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetSummary] = Field(description="datasets in the order object storage lists them")
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next page (opaque); null when this page is the last"
+    )
 
 
 class SceneTileset(BaseModel):

@@ -448,12 +448,25 @@ class MetadataHook(PostgresHook):
             return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
     def list_jobs(
-        self, status: str | None = None, limit: int = 100, *, dataset: str | None = None, latest: bool = False
+        self,
+        status: str | None = None,
+        limit: int = 100,
+        *,
+        dataset: str | None = None,
+        latest: bool = False,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        after: tuple[datetime, str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """Most recently updated runs first (at most ``limit``, 1 to :data:`MAX_LISTED_JOBS`: a listing never
-        reads the whole table), optionally of one status and one dataset. With ``latest`` only each job's
-        newest run counts (what the results API serves for a job id): a job whose newest run failed is not
-        listed as succeeded because an older run was."""
+        reads the whole table), optionally of one status, one dataset, and the DAG run ``run_id`` of ``dag_id``
+        that owns them (either alone too). With ``latest`` only each job's newest run counts (what the results
+        API serves for a job id): a job whose newest run failed is not listed as succeeded because an older
+        run was.
+
+        Pages by keyset: ``after`` is the ``(updated_at, job_id, stamp)`` of the previous page's last row,
+        and the order (``updated_at, job_id, stamp``, all descending) is the one of ``jobs_updated_idx``
+        (migration 9), so a page deep in the table costs what the first does."""
         if not 1 <= limit <= MAX_LISTED_JOBS:
             raise ValueError(f"a job listing holds 1 to {MAX_LISTED_JOBS} runs, not {limit}")
         if status is not None and status not in STATUSES:
@@ -466,13 +479,22 @@ class MetadataHook(PostgresHook):
         if dataset is not None:
             where.append("j.dataset = %s")
             params.append(validate_id(dataset, "dataset"))
+        if dag_id is not None:
+            where.append("(j.statistics ->> 'dag_id') = %s")
+            params.append(dag_id)
+        if run_id is not None:
+            where.append("(j.statistics ->> 'dag_run_id') = %s")
+            params.append(run_id)
+        if after is not None:
+            where.append("(j.updated_at, j.job_id, j.stamp) < (%s, %s, %s)")
+            params.extend(after)
         if latest:  # one probe of the primary key per candidate row
             where.append(f"NOT EXISTS (SELECT 1 FROM {SCHEMA}.jobs n WHERE n.job_id = j.job_id AND n.stamp > j.stamp)")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._migrated_transaction() as cur:
             cur.execute(
                 f"SELECT {', '.join('j.' + c for c in JOB_COLUMNS)} FROM {SCHEMA}.jobs j {clause} "
-                "ORDER BY j.updated_at DESC, j.job_id, j.stamp LIMIT %s",
+                "ORDER BY j.updated_at DESC, j.job_id DESC, j.stamp DESC LIMIT %s",
                 (*params, limit),
             )
             return [dict(zip(JOB_COLUMNS, row, strict=True)) for row in cur.fetchall()]

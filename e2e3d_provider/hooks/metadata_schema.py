@@ -310,6 +310,15 @@ MIGRATIONS.append(
     """,
     )
 )
+MIGRATIONS.append(
+    (
+        9,
+        "jobs are listed page by page, newest first (the results API's GET /jobs keyset)",
+        f"""
+        CREATE INDEX IF NOT EXISTS jobs_updated_idx ON {SCHEMA}.jobs (updated_at DESC, job_id DESC, stamp DESC);
+    """,
+    )
+)
 #: telemetry tables and the columns a batch of rows may fill (the maintenance DAG trims them by ``at``)
 TELEMETRY_TABLES = {
     "access_log": ("at", "actor", "action", "job_id", "dataset", "bucket", "key", "variant"),

@@ -1,4 +1,4 @@
-// The storage dashboard: fetches api/dashboard (same authentication as the results API) and draws it with the
+// The storage dashboard: fetches api/v1/storage/dashboard (same authentication as the results API) and draws it with the
 // package's own plotly.js (static/vendor/). Every chart has an explained empty state, time axes in the
 // browser's local time, and a self-check that the drawn labels are whole and apart (body[data-selfcheck]).
 "use strict";
@@ -517,7 +517,7 @@ function rethemed() { if (applyTheme() && data) render(); }
 async function main() {
   const query = new URLSearchParams(location.search);
   query.delete("theme"); // the page's own: the rest (days) goes to the data
-  const response = await fetch("api/dashboard" + (query.size ? "?" + query : ""), { credentials: "same-origin" });
+  const response = await fetch("api/v1/storage/dashboard" + (query.size ? "?" + query : ""), { credentials: "same-origin" });
   if (!response.ok) {
     document.getElementById("error").textContent = "dashboard data: HTTP " + response.status + " " + (await response.text());
     document.body.dataset.ready = "error";

@@ -1,5 +1,5 @@
 // The 3D viewer: a job's mesh (3D Tiles) and point cloud (COPC) streamed into one three.js view through the
-// results API's file route (GET api/job/{id}/files/{path}: a redirect to a short-lived pre-signed URL; Range
+// results API's file route (GET api/v1/jobs/{id}/files/{path}: a redirect to a short-lived pre-signed URL; Range
 // requests pass through). Level of detail follows the camera: 3d-tiles-renderer refines tiles by their
 // geometric error on screen, and the COPC octree is walked here by the point spacing on screen under a
 // point budget. The libraries are the package's own bundle (static/vendor/viewer/, see its README).
@@ -91,7 +91,7 @@ async function api(path) {
 
 // ---- without a job: the list to pick from ----
 async function listJobs() {
-  const { jobs } = await api("api/jobs?status=succeeded&limit=50");
+  const { jobs } = await api("api/v1/jobs?status=succeeded&limit=50");
   const box = $("jobs");
   if (!jobs.length) {
     box.textContent = "No succeeded job yet: run a reconstruction with right-sizing on, then open it here.";
@@ -405,7 +405,13 @@ async function jobOfPage() {
   if (params.get("job")) return params.get("job");
   if (params.get("dag_id") && params.get("run_id")) {
     const query = new URLSearchParams({ dag_id: params.get("dag_id"), run_id: params.get("run_id") });
-    return (await api(`api/jobs/by-run?${query}`)).job_id;
+    query.set("limit", "1"); // the runs that DAG run owns, most recently updated first
+    const { jobs } = await api(`api/v1/jobs?${query}`);
+    if (!jobs.length) {
+      throw new Error(`no job is recorded for DAG run ${params.get("run_id")} of ${params.get("dag_id")}: `
+        + "the run has not reached its prepare task yet, prepare refused it, or it is not a reconstruction run");
+    }
+    return jobs[0].job_id;
   }
   return null;
 }
@@ -423,7 +429,7 @@ async function main() {
   back.href = "?";
   back.textContent = "jobs";
   $("title").append(back, ` / ${jobId}`);
-  const scene = await api(`api/job/${encodeURIComponent(jobId)}/scene`);
+  const scene = await api(`api/v1/jobs/${encodeURIComponent(jobId)}/scene`);
   view = makeView();
   tilesets = scene.tilesets.map((entry) => openTileset(entry, view));
   pointclouds = await Promise.all(scene.pointclouds.map((entry) => openPointcloud(entry, view)));

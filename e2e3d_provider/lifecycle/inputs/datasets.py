@@ -91,6 +91,43 @@ def list_datasets(storage: StorageHook, bucket: str = BUCKET_INPUT) -> list[str]
     return sorted(n for n in names if ID_PATTERN.match(n))
 
 
+def list_datasets_page(
+    storage: StorageHook, prefix: str = "", after: str | None = None, limit: int = 50, bucket: str = BUCKET_INPUT
+) -> tuple[list[str], bool]:
+    """One page of dataset ids in ``bucket`` (its top-level folders that are dataset ids, ``.cas/`` and the
+    like skipped) whose id starts with ``prefix``, after the dataset ``after``, in the order object storage
+    lists them (by key, ``-`` before ``/``, on S3 and MinIO; by name on SeaweedFS): at most ``limit`` ids, and
+    whether more follow.
+
+    One delimiter listing that starts after ``after/``. MinIO and SeaweedFS then skip that folder; a server
+    that lists it again (its keys sort after ``after/``) names it once more, first, and it is dropped. The
+    listing stops once a page and one more are found, so a page costs about a listing request, whatever the
+    bucket holds.
+    """
+    start_after = after + "/" if after is not None else None
+
+    def page() -> tuple[list[str], bool]:
+        names: list[str] = []
+        entries = storage.client.list_objects(bucket, prefix=prefix, recursive=False, start_after=start_after)
+        for entry in entries:
+            name = str(entry.object_name or "")
+            if not entry.is_dir or not name.endswith("/"):
+                continue
+            name = name[:-1]
+            if not ID_PATTERN.fullmatch(name) or ".." in name or name == after:
+                continue
+            if len(names) == limit:
+                return names, True
+            names.append(name)
+        return names, False
+
+    what = f"list datasets {bucket}/{prefix}"
+    try:
+        return storage.retry.call(page, what)
+    except Exception as err:
+        raise storage.translate(err, what) from err
+
+
 def hash_images(images: Iterable[tuple[str, Path]]) -> list[tuple[DatasetImage, Path]]:
     """Each ``(relpath, path)`` with its size and sha256 (one read of each file)."""
     return [(DatasetImage(rel, path.stat().st_size, sha256_file(path)), path) for rel, path in images]
