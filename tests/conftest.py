@@ -359,6 +359,19 @@ def unique_id() -> str:
     return f"job-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(autouse=True)
+def documented_statuses() -> Iterator[None]:
+    """Fails a test during which an API served by ``tests.helpers.serve`` answered a status that the
+    answering operation's OpenAPI does not document (the guard records it; this reports it)."""
+    from tests.helpers import take_undocumented
+
+    take_undocumented()  # what an earlier test's server answered after that test ended is not this test's
+    yield
+    found = take_undocumented()
+    if found:
+        pytest.fail(f"the API answered statuses its OpenAPI does not document: {found}", pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def api(airflow_db, connections) -> Iterator[str]:
     """The results API (with the dashboard) served on loopback for a test module; users admin, viewer, runner."""

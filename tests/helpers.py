@@ -175,15 +175,73 @@ def write_files(root: Path, files: dict[str, bytes]) -> dict[str, Path]:
     return out
 
 
+#: answers of documented API operations with a status their OpenAPI does not list, as (method, path
+#: template, status): filled by :class:`DocumentedStatuses` (which :func:`serve` installs), emptied and
+#: checked after every test by conftest's ``documented_statuses`` fixture
+UNDOCUMENTED: list[tuple[str, str, int]] = []
+
+
+def undocumented(scope: dict[str, Any], status: int) -> tuple[str, str, int] | None:
+    """``(method, path, status)`` when the operation that answered (the route Starlette matched, in the
+    FastAPI app that matched it) does not document ``status`` in its OpenAPI; None when it does, or when no
+    documented operation answered (no route, a page or redirect outside the schema, a method the route lacks)."""
+    from fastapi import FastAPI
+    from fastapi.routing import APIRoute
+
+    route, app, method = scope.get("route"), scope.get("app"), scope.get("method", "GET")
+    if not isinstance(route, APIRoute) or not isinstance(app, FastAPI) or not route.include_in_schema:
+        return None
+    if method not in (route.methods or ()):
+        return None
+    operation = app.openapi()["paths"].get(route.path_format, {}).get(method.lower())
+    responses = (operation or {}).get("responses", {})
+    if {str(status), f"{str(status)[0]}XX", "default"} & set(responses):
+        return None
+    return method, route.path_format, status
+
+
+class DocumentedStatuses:
+    """ASGI wrapper that records (in :data:`UNDOCUMENTED`) every answer whose status the answering
+    operation's OpenAPI does not document, so any test that serves the API fails on one. The route is
+    known once Starlette's router matched it (``scope["route"]``, set in the same scope dict the app and
+    its mounts share), which it has by the time the response starts."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def checked(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                found = undocumented(scope, int(message["status"]))
+                if found is not None:
+                    UNDOCUMENTED.append(found)
+            await send(message)
+
+        await self.app(scope, receive, checked)
+
+
+def take_undocumented() -> list[tuple[str, str, int]]:
+    """What :class:`DocumentedStatuses` recorded since the last call, and forget it."""
+    found = list(UNDOCUMENTED)
+    del UNDOCUMENTED[: len(found)]
+    return found
+
+
 def serve(app) -> tuple[str, Any, Any]:
-    """Run an ASGI app with uvicorn on a free loopback port in a thread; (url, server, thread)."""
+    """Run an ASGI app with uvicorn on a free loopback port in a thread; (url, server, thread). The app runs
+    under :class:`DocumentedStatuses`: an API answer with a status its OpenAPI lacks fails the test."""
     import threading
     import time
 
     import uvicorn
 
     (port,) = stack.free_ports(1)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    guarded = DocumentedStatuses(app)
+    server = uvicorn.Server(uvicorn.Config(guarded, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
