@@ -16,6 +16,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from e2e3d_provider.api.app import create_app
 from e2e3d_provider.api.errors import CODES
@@ -161,6 +163,13 @@ def test_the_guard_serve_installs_fails_a_test_on_an_undocumented_status() -> No
         assert take_undocumented() == [("GET", "/teapot", 418)]
         assert httpx.get(f"{url}/api/job/x/scene").status_code == 308  # outside the schema: not checked
         assert take_undocumented() == []
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    url, server, thread = serve(Starlette(routes=[Mount("/e2e3d", app=app)]))  # mounted, as the plugin is
+    try:
+        assert httpx.get(f"{url}/e2e3d/teapot", params={"brew": "true"}).status_code == 418
+        assert take_undocumented() == [("GET", "/teapot", 418)]
     finally:
         server.should_exit = True
         thread.join(10)
