@@ -89,7 +89,7 @@ def test_listings_document_their_pages(spec: dict[str, Any]) -> None:
     assert "prefix" in {p["name"] for p in spec["paths"]["/api/v1/datasets"]["get"]["parameters"]}
 
 
-def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+def error_of(response: Any, status: int, code: str) -> dict[str, Any]:  # httpx's or TestClient's
     assert response.status_code == status, response.text
     body = response.json()
     assert (body["status"], body["code"]) == (status, code), body

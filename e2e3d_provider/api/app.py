@@ -888,7 +888,7 @@ def legacy_redirect(rest: str, request: Request) -> RedirectResponse:
         new = "jobs"
         query = "&".join(part for part in (query, "limit=1") if part)
     else:
-        new = next((p.sub(to, rest) for p, to in LEGACY_PATHS if p.fullmatch(rest)), rest)
+        new = next((m.expand(to) for p, to in LEGACY_PATHS if (m := p.fullmatch(rest))), rest)
     target = f"{_root(request)}{API_PREFIX}/{quote(new, safe='/')}" + (f"?{query}" if query else "")
     return RedirectResponse(target, status_code=status.HTTP_308_PERMANENT_REDIRECT)
 
@@ -996,20 +996,35 @@ def create_app(minio_conn_id: str | None = None, metadata_conn_id: str | None = 
     app.include_router(pages)
 
     # Error bodies name the connection id and what failed, never hosts or ports; the server log keeps all.
-    failures: list[tuple[type[Exception], str, str, int]] = [  # most specific first
-        (StorageUnreachableError, "minio_conn_id", "object storage is unavailable (connection {conn!r})", 503),
-        (MetadataError, "metadata_conn_id", "the metadata database is unavailable (connection {conn!r})", 503),
-        (StorageError, "minio_conn_id", "object storage failed the request ({error}, connection {conn!r})", 502),
+    failures: list[tuple[type[Exception], str, str, int, str]] = [  # most specific first
+        (
+            StorageUnreachableError,
+            "minio_conn_id",
+            "object storage is unavailable (connection {conn!r})",
+            503,
+            "storage_unavailable",
+        ),
+        (
+            MetadataError,
+            "metadata_conn_id",
+            "the metadata database is unavailable (connection {conn!r})",
+            503,
+            "metadata_unavailable",
+        ),
+        (
+            StorageError,
+            "minio_conn_id",
+            "object storage failed the request ({error}, connection {conn!r})",
+            502,
+            "storage_failed",
+        ),
     ]
-
-    codes = {StorageUnreachableError: "storage_unavailable", MetadataError: "metadata_unavailable"}
 
     async def failed(request: Request, err: Exception) -> JSONResponse:
         log.error("results API: %s", err)
-        kind, conn_attr, detail, status_code = next(f for f in failures if isinstance(err, f[0]))
+        _, conn_attr, detail, status_code, code = next(f for f in failures if isinstance(err, f[0]))
         conn = getattr(request.app.state.backends, conn_attr)
-        text = detail.format(conn=conn, error=type(err).__name__)
-        return error_response(status_code, codes.get(kind, "storage_failed"), text)
+        return error_response(status_code, code, detail.format(conn=conn, error=type(err).__name__))
 
     for kind, *_ in failures:
         app.add_exception_handler(kind, failed)
