@@ -61,7 +61,7 @@ def test_the_extra_links_open_the_viewer_results_and_dashboard_from_every_lifecy
     assert urls["Dashboard"].geturl() == "/e2e3d/dashboard"
     # the pages exist in the plugin's app (mounted at /e2e3d)
     paths = {getattr(route, "path", None) for route in create_app().routes}
-    assert {"/viewer", "/dashboard"} <= paths, sorted(p for p in paths if p)
+    assert {"/viewer", "/dashboard", "/api/v1/jobs"} <= paths, sorted(p for p in paths if p)
 
     dag = load_repo_dag("e2e3d_reconstruction.py", "e2e3d_reconstruction")
     for name in links:

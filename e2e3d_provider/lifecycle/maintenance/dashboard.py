@@ -154,7 +154,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         "bytes": job.get("bytes"),
         "error": (job.get("error") or "")[:300] or None,
         # relative to the dashboard page (both under the plugin's /e2e3d)
-        "results": f"api/job/{job['job_id']}/results" if job["status"] in SERVED else None,
+        "results": f"api/v1/jobs/{job['job_id']}/results" if job["status"] in SERVED else None,
     }
 
 
