@@ -137,7 +137,7 @@ def test_only_the_cli_and_the_tests_import_the_developer_subpackage() -> None:
         for p in package_modules()
         if layer_of(p) != "devstack" and any(n.startswith("e2e3d_provider.devstack") for n in imports_of(p.read_text()))
     }
-    assert users <= {"cli", "example_dags"}
+    assert users <= {"cli", "commands", "example_dags"}
 
 
 @pytest.mark.parametrize(
