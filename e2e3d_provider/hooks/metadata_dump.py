@@ -97,17 +97,25 @@ def _copy_blocks(text: str) -> dict[str, tuple[list[str], str]]:
     return blocks
 
 
+class _DryRun(Exception):
+    """Raised to roll back a dry run's merge."""
+
+
 def restore_schema(
-    hook: MetadataHook, path: Path, *, job_id: str | None = None, overwrite: bool = False
+    hook: MetadataHook, path: Path, *, job_id: str | None = None, overwrite: bool = False, dry_run: bool = False
 ) -> dict[str, dict[str, int]]:
     """Bring the dump's rows back: all of them into a lost schema (``pg_restore`` whole), else merged
     table by table. A merge adds the rows that are absent; a row present with other values is a
     conflict, left as it is unless ``overwrite``. Logs (transfers, statistics, access log...) gain their
     absent rows under new ids. With ``job_id`` only that job's ``jobs`` and ``job_files`` rows count.
-    Returns table -> {restored, identical, conflicts, replaced}."""
+    Returns table -> {restored, identical, conflicts, replaced}. A ``dry_run`` merges in a transaction it
+    rolls back (the counts are what the merge would do) and, for a lost schema, restores nothing and returns
+    ``{"*": ...}`` with ``restored`` -1 (all of it would come back)."""
     with hook.transaction() as cur:
         cur.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.jobs",))
         lost = cur.fetchone()[0] is None
+    if lost and job_id is None and dry_run:
+        return {"*": {"restored": -1, "identical": 0, "conflicts": 0, "replaced": 0}}
     if lost and job_id is None:
         with hook.transaction() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")  # an empty remnant (no jobs table)
@@ -121,14 +129,20 @@ def restore_schema(
                 cur.execute(f"SELECT count(*) FROM {SCHEMA}.{table}")
                 counts[table] = {"restored": int(cur.fetchone()[0]), "identical": 0, "conflicts": 0, "replaced": 0}
         return counts
-    hook.migrate()
+    if not dry_run:
+        hook.migrate()
     blocks = _copy_blocks(_run(hook, [pg_tool("pg_restore"), "--data-only", "-f", "-", str(path)], "pg_restore"))
     tables = ("jobs", "job_files") if job_id is not None else (*RESTORE_KEYS, *RESTORE_APPEND)
     result = {}
-    with hook.transaction() as cur:
-        for table in tables:
-            if table in blocks:
-                result[table] = _merge(cur, table, *blocks[table], job_id=job_id, overwrite=overwrite)
+    try:
+        with hook.transaction() as cur:
+            for table in tables:
+                if table in blocks:
+                    result[table] = _merge(cur, table, *blocks[table], job_id=job_id, overwrite=overwrite)
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
     return result
 
 

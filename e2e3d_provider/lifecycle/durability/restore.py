@@ -7,6 +7,10 @@ checked against the backup's SHA-256 as it is fetched; each job's SUCCESS marker
 other object, and only over a set that is whole (its manifest the one the marker names, every file matching
 it): a set with kept conflicts or damaged files gets no marker, so no reader trusts it. A rerun after an
 interruption restores only what is still missing.
+
+A ``dry_run`` compares the same way and writes nothing: ``restored_objects``/``restored_bytes`` and the rows'
+``restored`` then count what would come back (the rows are merged in a transaction that is rolled back), and
+the SUCCESS markers of sets that are not whole yet are counted as if their sets came back whole.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ def run_restore(
     overwrite: bool = False,
     schema: bool = True,
     objects: bool = True,
+    dry_run: bool = False,
 ) -> RestoreResult:
     """Restore from ``backup_id`` (default: the latest complete backup) into the live buckets (``live``
     creates any that are missing) and the metadata schema; with ``job_id`` only that job's results,
@@ -102,13 +107,15 @@ def run_restore(
             target.storage.download_file(
                 target.bucket, snapshot_key(snapshot.backup_id, DUMP_NAME), dump, sha256=snapshot.dump_sha256
             )
-            result.rows = restore_schema(metadata, dump, job_id=job_id, overwrite=overwrite)
-            if job_id is None:  # the dump holds this backup as running: it completed
+            result.rows = restore_schema(metadata, dump, job_id=job_id, overwrite=overwrite, dry_run=dry_run)
+            if job_id is None and not dry_run:  # the dump holds this backup as running: it completed
                 metadata.finish_backup(
                     snapshot.backup_id, target.describe(), "complete", objects=snapshot.objects,
                     bytes=snapshot.bytes, covers_until=snapshot.covers_until,
                 )  # fmt: skip
-        if objects:
+        if objects and dry_run:
+            _restore_objects(target, live, spool, entries, job_id, overwrite, result, dry_run=True)
+        elif objects:
             try:
                 _restore_objects(target, live, spool, entries, job_id, overwrite, result)
             finally:  # what it wrote, counted afresh (the schema's restore brings no usage rows)
@@ -132,14 +139,17 @@ def _restore_objects(
     job_id: str | None,
     overwrite: bool,
     result: RestoreResult,
+    *,
+    dry_run: bool = False,
 ) -> None:
     buckets = sorted({e.bucket for e in entries})
     missing = [b for b in buckets if not live.bucket_exists(b)]
-    if missing:
+    if missing and not dry_run:
         live.bootstrap(buckets=tuple(b for b in DEFAULT_BUCKETS if b in missing) or tuple(missing))
     todo: list[CatalogEntry] = []
     for bucket in buckets:
-        listed = {o.key: o for o in live.list_objects(bucket, f"{job_id}/" if job_id else "")}
+        absent = dry_run and bucket in missing  # a bucket the restore would create holds nothing yet
+        listed = {} if absent else {o.key: o for o in live.list_objects(bucket, f"{job_id}/" if job_id else "")}
         for entry in (e for e in entries if e.bucket == bucket):
             found = listed.get(entry.key)
             if found is None:
@@ -153,6 +163,9 @@ def _restore_objects(
                 result.replaced.append(f"{bucket}/{entry.key}")
             else:
                 result.conflicts.append(f"{bucket}/{entry.key}")
+    if dry_run:
+        result.restored_objects, result.restored_bytes = len(todo), sum(e.size for e in todo)
+        return
     markers = [e for e in todo if e.key.rsplit("/", 1)[-1] == SUCCESS_NAME]
     rest = [e for e in todo if e.key.rsplit("/", 1)[-1] != SUCCESS_NAME]
     for batch in batches(rest, lambda entry: entry.size, BATCH_FILES, BATCH_BYTES):

@@ -20,6 +20,10 @@ archive copy was complete (``remove_output_after_archive``, retention) is not th
 
 A rolling scrub (``max_bytes``) stops at the first run boundary after it has read that many bytes (a run is
 read whole) and carries on from there the next time (``e2e3d.config`` ``scrub_cursor``).
+
+A scrub with ``repair=False`` only verifies (``e2e3d scrub --dry-run``): it reads and reports the same findings
+and writes nothing (no repair, no marker removed or put back, no finding, status, usage or cursor recorded); a
+run it would have tried to repair is reported in ``damaged`` if no repair were possible.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class _Scrubber:
     backup: BackupTarget | None
     spool: Path
     result: ScrubResult
+    repair: bool = True  # False: verify only, write nothing
 
     def run(self, job_id: str, stamp: str) -> None:
         """Scrub one run under its job's lock: no publish, archive or hygiene of the job runs meanwhile; a job
@@ -144,6 +149,8 @@ class _Scrubber:
         broken = [MANIFEST_NAME] if manifest is None else self._files(place, manifest)
         if broken:
             self._damage(place, vouching, broken)
+            return
+        if not self.repair:
             return
         if marker is None:  # whole: the marker goes back last
             self.storage.put_bytes(place.bucket, place.prefix + SUCCESS_NAME, vouching, "application/json")
@@ -223,7 +230,10 @@ class _Scrubber:
         return broken
 
     def _repair(self, place: _Place, relpath: str, sha: str, size: int | None) -> str | None:
-        """Put the bytes with ``sha`` back under the run's ``relpath``; returns where they came from."""
+        """Put the bytes with ``sha`` back under the run's ``relpath``; returns where they came from (None
+        when nothing could, or when only verifying)."""
+        if not self.repair:
+            return None
         bucket, key = place.bucket, place.prefix + relpath
         for version in self.storage.object_versions(bucket, key):
             if size is not None and version.size != size:
@@ -260,6 +270,9 @@ class _Scrubber:
             return False
 
     def _damage(self, place: _Place, marker: bytes | None, broken: list[str]) -> None:
+        if not self.repair:  # verify only: reported, nothing changed
+            self.result.damaged.append(place.job_id)
+            return
         self.storage.delete_object(place.bucket, place.prefix + SUCCESS_NAME)  # no reader trusts it now
         job = self.metadata.get_job(place.job_id, place.stamp)
         error = (
@@ -286,6 +299,8 @@ class _Scrubber:
             "repaired_from": source, "detail": detail,
         }  # fmt: skip
         self.result.findings.append(finding)
+        if not self.repair:
+            return
         self.metadata.record_scrub_findings([finding], usage=self._usage(place) if source else None)
         (log.warning if source else log.error)(
             "scrub: %s/%s %s; %s", place.bucket, key, problem, f"repaired from {source}" if source else "NOT repaired"
@@ -314,16 +329,18 @@ def scrub(
     backup: BackupTarget | None = None,
     job_id: str | None = None,
     max_bytes: int | None = None,
+    repair: bool = True,
 ) -> ScrubResult:
     """Scrub every published run (or ``job_id``'s), or with ``max_bytes`` a rolling share of them; see
-    the module. ``spool`` holds a content fetched from the backup on its way back."""
+    the module. ``spool`` holds a content fetched from the backup on its way back. With ``repair=False``
+    it only verifies and writes nothing (a rolling one starts at the saved cursor and leaves it)."""
     result = ScrubResult()
     rolling = max_bytes is not None and job_id is None
     saved = metadata.get_config(CONFIG_SCRUB_CURSOR) if rolling else None
     cursor: tuple[str, str] | None = (saved[0], saved[1]) if saved else None
     spool = spool / "scrub"
     spool.mkdir(parents=True, exist_ok=True)
-    scrubber = _Scrubber(storage, metadata, backup, spool, result)
+    scrubber = _Scrubber(storage, metadata, backup, spool, result, repair)
     try:
         while True:
             runs = metadata.published_runs(after=cursor, job_id=job_id)
@@ -332,7 +349,8 @@ def scrub(
             for run_job, stamp, _status in runs:
                 if rolling and max_bytes is not None and result.bytes_read >= max_bytes and result.runs:
                     result.complete_pass = False
-                    metadata.set_config(CONFIG_SCRUB_CURSOR, list(cursor) if cursor else None)
+                    if repair:
+                        metadata.set_config(CONFIG_SCRUB_CURSOR, list(cursor) if cursor else None)
                     return result
                 try:
                     scrubber.run(run_job, stamp)
@@ -340,7 +358,7 @@ def scrub(
                     log.error("scrub: job %s run %s could not be scrubbed: %s", run_job, stamp, err)
                     result.errors.append(f"{run_job}: {err}")
                 cursor = (run_job, stamp)
-        if rolling:
+        if rolling and repair:
             metadata.set_config(CONFIG_SCRUB_CURSOR, None)  # a whole pass: the next one starts over
     finally:
         shutil.rmtree(spool, ignore_errors=True)
