@@ -2,7 +2,8 @@
 
 :class:`Console` points the process's stdout and stderr (file descriptors 1 and 2, so Airflow's logs,
 warnings and child processes too) at a log file for its block, and writes its own lines to the terminal
-that was there before. A progress bar is drawn only when that terminal is a TTY.
+that was there before. Progress bars (rich's, one per transfer in flight) are drawn only when that terminal
+is a TTY.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
-BAR_WIDTH = 28
+from rich.filesize import decimal
 
 
 def state_dir() -> Path:
@@ -25,25 +25,24 @@ def state_dir() -> Path:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+    """``1.5 MB``: decimal units (rich's formatter); a negative size (a shrinking bucket) keeps its sign."""
+    return ("-" if n < 0 else "") + decimal(int(abs(n)))
 
 
 class Console:
-    """Route the process's output to ``log_path`` for the block; :meth:`say` and the progress bar reach the
-    terminal. With ``quiet=False`` nothing is redirected (the log file is not written)."""
+    """Route the process's output to ``log_path`` for the block; :meth:`say` and the progress bars reach the
+    terminal. With ``quiet=False`` nothing is redirected (the log file is not written); with ``bar=False``
+    no progress is drawn (``-q``, ``--json``)."""
 
-    def __init__(self, log_path: Path, *, quiet: bool = True) -> None:
+    def __init__(self, log_path: Path, *, quiet: bool = True, bar: bool = True) -> None:
         self.log_path = log_path
         self.quiet = quiet
+        self.bar = bar
         self._terminal: IO[str] = sys.stdout
         self._saved: list[int] = []
         self._lock = threading.Lock()
-        self._bar_shown = False
-        self._last_draw = 0.0
+        self._progress: Any = None  # rich.progress.Progress while a transfer is drawn
+        self._tasks: dict[str, Any] = {}
         self.tty = False
 
     def __enter__(self) -> Console:
@@ -65,7 +64,7 @@ class Console:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._clear_bar()
+        self._stop_progress()
         if not self._saved:
             return
         sys.stdout.flush()
@@ -78,37 +77,65 @@ class Console:
         self._terminal.close()
 
     def say(self, line: str = "") -> None:
-        """One line on the terminal (above the progress bar, if one is drawn)."""
+        """One line on the terminal (above the progress bars, if any are drawn)."""
         with self._lock:
-            self._clear_bar_locked()
+            if self._progress is not None:
+                self._progress.console.print(line, markup=False, highlight=False)
+                return
             self._terminal.write(line + "\n")
             self._terminal.flush()
 
     def progress(self, label: str, done: int, total: int, finished: bool) -> None:
-        """A transfer's progress (a :data:`~e2e3d_provider.core.transfer.PROGRESS_LISTENERS` callable)."""
-        if not self.tty:
+        """A transfer's progress (a :data:`~e2e3d_provider.core.transfer.PROGRESS_LISTENERS` callable): a rich
+        bar per transfer in flight, with its bytes, rate and time left; gone when it finishes."""
+        if not (self.tty and self.bar):
             return
         with self._lock:
-            now = time.monotonic()
+            task = self._tasks.get(label)
             if finished:
-                self._clear_bar_locked()
+                if task is not None:
+                    self._progress.remove_task(self._tasks.pop(label))
+                if not self._tasks:
+                    self._stop_progress_locked()
                 return
-            if now - self._last_draw < 0.1:
-                return
-            self._last_draw = now
-            share = done / total if total else 1.0
-            filled = int(BAR_WIDTH * min(share, 1.0))
-            text = f"  {label[:48]:<48} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} {human_bytes(done)}"
-            self._terminal.write("\r" + text[:160])
-            self._terminal.flush()
-            self._bar_shown = True
+            if self._progress is None:
+                self._progress = self._start_progress()
+            if task is None:
+                task = self._tasks[label] = self._progress.add_task(label[:48], total=total or None)
+            self._progress.update(task, completed=done, total=total or None)
 
-    def _clear_bar(self) -> None:
+    def _start_progress(self) -> Any:
+        from rich.console import Console as RichConsole
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        progress = Progress(
+            TextColumn("  {task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=RichConsole(file=self._terminal),
+            transient=True,  # the bars go; the command's own lines stay
+            redirect_stdout=False,  # fd 1 and 2 are the log file's: the bars never take them over
+            redirect_stderr=False,
+            refresh_per_second=8,
+        )
+        progress.start()
+        return progress
+
+    def _stop_progress(self) -> None:
         with self._lock:
-            self._clear_bar_locked()
+            self._stop_progress_locked()
 
-    def _clear_bar_locked(self) -> None:
-        if self._bar_shown:
-            self._terminal.write("\r\033[K")
-            self._terminal.flush()
-            self._bar_shown = False
+    def _stop_progress_locked(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._tasks.clear()
