@@ -61,7 +61,7 @@ def test_stack_env_prints_connection_exports(stack_info: stack.StackInfo | None)
     # the data root goes with the stack: the default /app/data does not exist on a developer machine
     assert f"export E2E3D_DATA_ROOT={Path(stack_info.base_dir) / 'data'}" in out
     status = subprocess.run(
-        [sys.executable, "-m", "e2e3d_provider.cli", "stack", "status", "--dir", stack_info.base_dir],
+        [sys.executable, "-m", "e2e3d_provider.cli", "stack", "status", "--json", "--dir", stack_info.base_dir],
         capture_output=True,
         text=True,
     )
@@ -171,7 +171,7 @@ def test_a_stack_directory_that_is_not_ours_is_refused(tmp_path: Path) -> None:
                 capture_output=True,
                 text=True,
             )
-            assert result.returncode == 2 and "refusing the stack" in result.stderr, (action, result.stderr)
+            assert result.returncode == 1 and "refusing the stack" in result.stderr, (action, result.stderr)
             assert "theirs" not in result.stdout
 
 
