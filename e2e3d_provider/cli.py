@@ -12,10 +12,19 @@ import argparse
 import logging
 import os
 import sys
+import warnings
+from collections.abc import Callable
 
 from e2e3d_provider import __version__
 from e2e3d_provider.commands import data, dev, durability, jobs, stack
-from e2e3d_provider.commands.output import EPILOG, EXIT_FAILURE, HelpFormatter, Output, add_global_options
+from e2e3d_provider.commands.output import (
+    EPILOG,
+    EXIT_FAILURE,
+    HelpFormatter,
+    Output,
+    add_common_options,
+    add_global_options,
+)
 from e2e3d_provider.exceptions import E2E3DError
 
 #: the subcommand modules, in the order ``e2e3d --help`` lists them; each has ``add_parser(sub)``
@@ -36,7 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.add_parser(sub)
+    _finish(parser)
     return parser
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand, however its module built it (``add_command`` or a plain ``sub.add_parser``), gets
+    the help formatter (defaults shown), the exit-status epilog and ``-q/-v``."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            child.formatter_class = HelpFormatter
+            child.epilog = child.epilog or EPILOG
+            if "-q" not in child._option_string_actions and "-v" not in child._option_string_actions:
+                add_common_options(child)
+            _finish(child)
 
 
 def log_level(out: Output) -> int:
@@ -48,42 +72,77 @@ def log_level(out: Output) -> int:
     return {0: logging.ERROR, 1: logging.INFO}.get(out.verbose, logging.DEBUG)
 
 
-def configure_logging(out: Output) -> None:
+def configure_logging(out: Output, airflow: bool = True) -> Callable[[], None]:
     """Set the log levels from ``-q/-v`` on stdlib logging and on Airflow's structlog (which renders the
-    stdlib records and its own to stderr). Airflow configures logging when it is first imported, replacing
-    what was set before, so Airflow is configured first (its level from ``-q/-v`` through the environment,
-    for this process only), then the levels are set again."""
+    stdlib records and its own), and send the logs to stderr. Airflow configures logging when it is first
+    imported, replacing what was set before, so Airflow is configured first (its level from ``-q/-v``
+    through the environment, for this process only), then the levels are set again. Returns what puts
+    everything back (``main`` called in a process that goes on: a test, a benchmark). With ``airflow=False``
+    (a command that never imports it) only the stdlib levels are set."""
     level = log_level(out)
-    name = logging.getLevelName(min(level, logging.CRITICAL))
+    if airflow:
+        _configure_airflow(logging.getLevelName(min(level, logging.CRITICAL)))
+    levels = {name: logging.getLogger(name).level for name in _LOGGERS}
+    for logger in _LOGGERS:
+        logging.getLogger(logger).setLevel(level)
+    shown = warnings.showwarning
+    logging.captureWarnings(True)  # a library's warnings.warn is a log record too: shown with -v
+    streams = _logs_to_stderr()
+
+    def restore() -> None:
+        logging.captureWarnings(False)
+        warnings.showwarning = shown
+        for logger, was in levels.items():
+            logging.getLogger(logger).setLevel(was)
+        for put_back in streams:
+            put_back()
+
+    return restore
+
+
+def _configure_airflow(level: str) -> None:
+    """Import Airflow (which configures its logging) with its level set to ``level`` for this process only."""
     saved = os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL")
-    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = name
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = level
     try:
         import airflow.settings  # noqa: F401  (configures logging)
-    finally:  # child processes (e2e3d demo, e2e3d airflow) keep the level they were given
+    finally:  # child processes keep the level they were given
         if saved is None:
             os.environ.pop("AIRFLOW__LOGGING__LOGGING_LEVEL", None)
         else:
             os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = saved
-    for logger in _LOGGERS:
-        logging.getLogger(logger).setLevel(level)
-    logging.captureWarnings(True)  # a library's warnings.warn is a log record too: shown with -v
-    _logs_to_stderr()
 
 
-def _logs_to_stderr() -> None:
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a log line is written (a test's capture is replaced between tests)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _logs_to_stderr() -> list[Callable[[], None]]:
     """Airflow renders its logs (and the stdlib records it takes over) on stdout; a command's stdout is its
-    result (a table, ``--json``), so the logs go to stderr. Best effort: Airflow's logging is not an API."""
+    result (a table, ``--json``), so the logs go to stderr. Best effort: Airflow's logging is not an API.
+    Returns what puts each stream back."""
+    undo: list[Callable[[], None]] = []
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            handler.setStream(sys.stderr)
+            was = handler.stream
+            handler.setStream(_Stderr())  # type: ignore[arg-type]
+            undo.append(lambda handler=handler, was=was: handler.setStream(was))
     try:
         import structlog
 
         factory = structlog.get_config().get("logger_factory")
         if getattr(factory, "io", False) is None:  # Airflow's LoggerFactory writing to the default, stdout
-            factory.io = sys.stderr
+            factory.io = _Stderr()
+            undo.append(lambda: setattr(factory, "io", None))
     except Exception:  # pragma: no cover - a structlog or Airflow that differs: the logs stay where they were
         pass
+    return undo
 
 
 def _complete(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # a usage error exits 2 here
     out = Output.of(args)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    configure_logging(out)
+    # demo and airflow set Airflow up themselves (its home, its database) before it is first imported; stack
+    # and dags never import it (``eval "$(e2e3d stack env)"`` stays instant)
+    airflow = getattr(args, "airflow", "configure")
+    restore_logging = (lambda: None) if airflow == "own" else configure_logging(out, airflow == "configure")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -129,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out.error(f"{type(err).__name__}: {err} (run with -vv for the traceback)")
         return EXIT_FAILURE
+    finally:
+        restore_logging()
 
 
 if __name__ == "__main__":

@@ -107,6 +107,31 @@ def test_each_command_module_adds_its_parser() -> None:
     assert {"e2e3d jobs", "e2e3d job", "e2e3d stack", "e2e3d scrub"} <= commands
 
 
+def test_a_command_module_built_with_plain_argparse_gets_the_shared_help_and_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A module may build its parsers with ``sub.add_parser`` (``e2e3d config``): the formatter, the epilog and
+    ``-q/-v`` still reach every one of them, nested ones included."""
+    import types
+
+    from e2e3d_provider import cli
+
+    def add_parser(sub: argparse._SubParsersAction) -> None:
+        group = sub.add_parser("planted", help="a group").add_subparsers(dest="planted_command", required=True)
+        leaf = group.add_parser("leaf", help="a leaf")
+        leaf.add_argument("--days", type=int, default=3, help="how many")
+        leaf.set_defaults(func=lambda args: 0, airflow="none")
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, types.SimpleNamespace(add_parser=add_parser)])
+    parsers = subparsers(build_parser())
+    for prog in ("e2e3d planted", "e2e3d planted leaf"):
+        assert {"-q", "-v"} <= set(parsers[prog]._option_string_actions), prog
+        assert "Exit status: 0 success" in " ".join(parsers[prog].format_help().split()), prog
+    assert "(default: 3)" in parsers["e2e3d planted leaf"].format_help()
+    assert undocumented(build_parser()) == []
+    assert cli.main(["planted", "leaf", "-q"]) == 0
+
+
 def test_version_help_and_a_usage_error(tmp_path: Path) -> None:
     version = run("--version")
     assert version.returncode == 0 and version.stdout.strip() == f"e2e3d {__version__}"

@@ -526,3 +526,42 @@ def test_scrub_still_leaves_a_run_whose_output_a_newer_run_owns(
         record_job_run(metadata, storage, unique_id, stamp, "terrain", "succeeded")
     result = scrub(StorageHook("minio_maintenance"), metadata, tmp_path / "spool", job_id=unique_id)
     assert result.findings == [] and result.runs == 1 and result.damaged == []
+
+
+def test_scrub_and_restore_dry_runs_change_nothing(drill: Drill, tmp_path: Path, capsys) -> None:
+    """``--dry-run`` reads and reports what a scrub would repair, or a restore bring back, and writes no object,
+    version, row, finding or cursor; the real scrub afterwards is the control (it changes what the dry run left)."""
+    d = drill
+    files = publish_job(d, tmp_path, "dry-runs")
+    run_backup(d.storage, d.target, d.metadata, d.spool)
+    prefix = output_prefix("dry-runs")
+    body = bytearray(files["texture/albedo.png"])
+    body[7] ^= 0xFF
+    d.storage.put_bytes("output", prefix + "texture/albedo.png", bytes(body))  # other bytes, same size
+    d.storage.delete_object("output", prefix + "mesh/model.mtl")  # a delete marker over it
+
+    def state() -> tuple:
+        listed = d.storage.client.list_objects("output", prefix=prefix, recursive=True, include_version=True)
+        versions = sorted((o.object_name, o.version_id, o.is_delete_marker) for o in listed)
+        rows = [table(d.metadata, name) for name in ("jobs", "job_files", "scrub_findings", "usage", "config")]
+        return versions, rows
+
+    args = ["--backup-conn-id", "drill_backup", "--minio-conn-id", "drill_s3", "--metadata-conn-id", "drill_pg"]
+    args += ["--spool", str(d.spool)]
+    before = state()
+    capsys.readouterr()
+    assert cli.main(["scrub", "--dry-run", "--json", "--job", "dry-runs", *args]) == 0
+    report = json.loads(capsys.readouterr().out)
+    found = sorted((f["key"].split("/", 1)[1], f["problem"], f["repairable_from"]) for f in report["findings"])
+    assert found == [("mesh/model.mtl", "missing", "version"), ("texture/albedo.png", "mismatch", "version")]
+    assert report["repaired"] == 0 and report["damaged"] == [] and report["dry_run"] is True
+    assert state() == before
+
+    assert cli.main(["restore", "--dry-run", "--json", "--job", "dry-runs", *args]) == 1  # albedo.png differs
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["restored_objects"] == 1 and plan["conflicts"] == [f"output/{prefix}texture/albedo.png"]
+    assert state() == before
+
+    assert cli.main(["scrub", "--job", "dry-runs", *args]) == 0  # the control: a real scrub repairs both
+    assert "2 repaired" in capsys.readouterr().out
+    assert state() != before

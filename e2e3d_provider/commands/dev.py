@@ -62,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description="Run the whole lifecycle DAG on the embedded stack with a sample dataset. Airflow's logs go "
         "to ~/.local/state/e2e3d/demo.log (-v shows them instead).",
     )
+    demo.set_defaults(airflow="own")  # it sets Airflow up (home, database) before importing it
     demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     demo.add_argument("--dir", help="stack directory (default with --keep-stack: the default stack dir)")
     demo.add_argument(
@@ -85,6 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "run a real Airflow (api-server, scheduler, dag-processor, triggerer) on the embedded stack",
         cmd_airflow,
     )
+    air.set_defaults(airflow="own")
     air.add_argument("--dir", help=STACK_DIR_HELP)
     air.add_argument("--user", default="admin", help="the UI/API user (SimpleAuthManager, role admin)")
     air.add_argument("--dags", action="append", default=[], help="another DAGs folder (repeatable)")

@@ -126,8 +126,11 @@ def cmd_scrub(args: argparse.Namespace) -> int:
         )
     out.emit({**done.to_xcom(), "findings": done.findings, "dry_run": args.dry_run})
     for f in done.findings:
-        fixed = f"repaired from {f['repaired_from']}" if f["repaired_from"] else "NOT repaired"
-        out.line(f"{f['bucket']}/{f['key']}: {f['problem']}, {'verify only' if args.dry_run else fixed}")
+        if args.dry_run:
+            fixed = f"repairable from {f['repairable_from']}" if f.get("repairable_from") else "no repair found"
+        else:
+            fixed = f"repaired from {f['repaired_from']}" if f["repaired_from"] else "NOT repaired"
+        out.line(f"{f['bucket']}/{f['key']}: {f['problem']}, {fixed}")
     out.line(
         f"{'dry run (verify only, nothing written): ' if args.dry_run else ''}scrubbed {done.runs} runs, "
         f"{done.files} files, {done.bytes_read} bytes read: {len(done.findings)} findings, {done.repaired} repaired, "
@@ -136,7 +139,7 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     )
     for job in done.damaged:
         if args.dry_run:
-            out.warn(f"DAMAGED: job {job} has files that do not match its manifest (a scrub would try to repair them)")
+            out.warn(f"DAMAGED: job {job} has files that nothing could repair; a scrub would withdraw its SUCCESS")
         else:
             out.warn(f"DAMAGED: job {job} lost its SUCCESS marker; restore it (e2e3d restore --job {job}) or rerun it")
     return EXIT_FAILURE if done.damaged else EXIT_OK

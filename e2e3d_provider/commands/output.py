@@ -19,7 +19,16 @@ from rich_argparse import ArgumentDefaultsRichHelpFormatter
 
 from e2e3d_provider.devstack.console import human_bytes
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "Output", "add_command", "add_group", "human_bytes"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Output",
+    "add_command",
+    "add_common_options",
+    "add_group",
+    "human_bytes",
+]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EPILOG = (
@@ -43,21 +52,19 @@ class HelpFormatter(ArgumentDefaultsRichHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _common_parent() -> argparse.ArgumentParser:
-    """``-q``/``-v`` on every subcommand; their defaults are suppressed so that ``e2e3d -v CMD`` (the option
-    before the command) is not reset by the subcommand's parser."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """``-q``/``-v`` on a subcommand (``cli.build_parser`` adds them to every one); their defaults are
+    suppressed so that ``e2e3d -v CMD`` (the option before the command) is not reset by the subcommand."""
+    parser.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only the result and errors"
     )
-    parent.add_argument(
+    parser.add_argument(
         "-v",
         "--verbose",
         action="count",
         default=argparse.SUPPRESS,
-        help="show the libraries' logs: -v warnings and info, -vv debug and tracebacks",
+        help="show the libraries' logs: -v info, -vv debug and tracebacks",
     )
-    return parent
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
@@ -92,8 +99,9 @@ def add_command(
     dry_run: bool = False,
     description: str | None = None,
 ) -> argparse.ArgumentParser:
-    """A subcommand's parser with the shared formatter, epilog and options; ``handler(args)`` runs it."""
-    parents = [_common_parent()]
+    """A subcommand's parser with the shared formatter, epilog and options (``-q/-v``, and ``--json`` and
+    ``--dry-run`` when asked); ``handler(args)`` runs it."""
+    parents = []
     if json:
         parents.append(_json_parent())
     if dry_run:
@@ -107,6 +115,7 @@ def add_command(
         formatter_class=HelpFormatter,
     )
     parser.set_defaults(func=handler, json=False, dry_run=False)
+    add_common_options(parser)
     return parser
 
 

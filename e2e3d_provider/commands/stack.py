@@ -79,6 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description="Run the embedded S3 server and PostgreSQL on loopback. status exits 1 when the stack is not "
         "running; env prints the connections as shell exports (eval them).",
     )
+    parser.set_defaults(airflow="none")  # eval "$(e2e3d stack env)" stays instant
     parser.add_argument(
         "action",
         choices=["up", "down", "status", "env"],

@@ -22,8 +22,10 @@ A rolling scrub (``max_bytes``) stops at the first run boundary after it has rea
 read whole) and carries on from there the next time (``e2e3d.config`` ``scrub_cursor``).
 
 A scrub with ``repair=False`` only verifies (``e2e3d scrub --dry-run``): it reads and reports the same findings
-and writes nothing (no repair, no marker removed or put back, no finding, status, usage or cursor recorded); a
-run it would have tried to repair is reported in ``damaged`` if no repair were possible.
+and writes nothing (no repair, no marker removed or put back, no finding, status, usage or cursor recorded).
+Each finding then says where a repair would come from (``repairable_from``, ``repaired_from`` stays None), and
+``damaged`` names the runs a scrub would find damaged (nothing to repair them from). A manifest that would be
+repaired is not read further: its files are checked by the scrub that repairs it.
 """
 
 from __future__ import annotations
@@ -145,7 +147,10 @@ class _Scrubber:
         assert vouching is not None
         manifest_sha = SuccessMarker.parse(vouching).manifest_sha256
         assert manifest_sha is not None  # it vouches for the run
-        manifest = self._manifest(place, manifest_sha)
+        try:
+            manifest = self._manifest(place, manifest_sha)
+        except _Repairable:
+            return
         broken = [MANIFEST_NAME] if manifest is None else self._files(place, manifest)
         if broken:
             self._damage(place, vouching, broken)
@@ -203,6 +208,8 @@ class _Scrubber:
             self._finding(place, MANIFEST_NAME, problem, source, "the manifest SUCCESS names")
             if source is None:
                 return None
+            if not self.repair:  # it would be repaired: its files are the repairing scrub's to check
+                raise _Repairable
             raw = self.storage.get_bytes(place.bucket, key)
         try:
             return Manifest.from_json(raw)
@@ -231,14 +238,14 @@ class _Scrubber:
 
     def _repair(self, place: _Place, relpath: str, sha: str, size: int | None) -> str | None:
         """Put the bytes with ``sha`` back under the run's ``relpath``; returns where they came from (None
-        when nothing could, or when only verifying)."""
-        if not self.repair:
-            return None
+        when nothing could). Only verifying, it returns where they would come from, and writes nothing."""
         bucket, key = place.bucket, place.prefix + relpath
         for version in self.storage.object_versions(bucket, key):
             if size is not None and version.size != size:
                 continue
             if self.storage.read_sha256(bucket, key, version.version_id) == sha:
+                if not self.repair:
+                    return "version"
                 self.storage.copy_object(bucket, key, bucket, key, version_id=version.version_id, size=version.size)
                 if self._holds(bucket, key, sha):
                     return "version"
@@ -249,10 +256,14 @@ class _Scrubber:
             and (size is None or copy.size == size)
             and self.storage.read_sha256(BUCKET_ARCHIVE, archived) == sha
         ):
+            if not self.repair:
+                return "archive"
             self.storage.copy_object(BUCKET_ARCHIVE, archived, bucket, key, size=copy.size)
             if self._holds(bucket, key, sha):
                 return "archive"
         if self.backup is not None and self.backup.storage.stat(self.backup.bucket, backup_blob_key(sha)):
+            if not self.repair:
+                return "backup"
             dest = self.spool / sha
             try:
                 self.backup.storage.download_file(self.backup.bucket, backup_blob_key(sha), dest, sha256=sha)
@@ -298,13 +309,19 @@ class _Scrubber:
             "job_id": place.job_id, "stamp": place.stamp, "bucket": place.bucket, "key": key, "problem": problem,
             "repaired_from": source, "detail": detail,
         }  # fmt: skip
-        self.result.findings.append(finding)
-        if not self.repair:
+        if not self.repair:  # nothing was repaired: where a repair would come from
+            finding.update(repaired_from=None, repairable_from=source)
+            self.result.findings.append(finding)
             return
+        self.result.findings.append(finding)
         self.metadata.record_scrub_findings([finding], usage=self._usage(place) if source else None)
         (log.warning if source else log.error)(
             "scrub: %s/%s %s; %s", place.bucket, key, problem, f"repaired from {source}" if source else "NOT repaired"
         )
+
+
+class _Repairable(Exception):
+    """Only verifying: the manifest would be repaired, so its files are not read against the broken one."""
 
 
 @dataclass(frozen=True)
