@@ -34,6 +34,7 @@ _LOGGERS = ("", "airflow", "e2e3d_provider", "urllib3", "botocore", "py.warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``e2e3d`` parser: every command module's subcommands (the docs' CLI page is generated from it)."""
     parser = argparse.ArgumentParser(
         prog="e2e3d",
         description="Run the embedded local stack, bootstrap storage and metadata, move data and look at jobs.",
@@ -158,6 +159,7 @@ def _complete(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``e2e3d`` with ``argv`` (default: the process's arguments); returns the exit status."""
     parser = build_parser()
     _complete(parser)
     args = parser.parse_args(argv)  # a usage error exits 2 here

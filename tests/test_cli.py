@@ -143,6 +143,17 @@ def test_version_help_and_a_usage_error(tmp_path: Path) -> None:
         assert "usage:" in usage.stderr.lower() and "Traceback" not in usage.stderr
 
 
+def test_shell_completion_offers_the_commands_and_their_options(tmp_path: Path) -> None:
+    """argcomplete (``eval "$(register-python-argcomplete e2e3d)"``) asks the command itself."""
+    answer = tmp_path / "completions"
+    for line, expected in (("e2e3d jo", {"jobs", "job"}), ("e2e3d jobs --st", {"--status"})):
+        env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line))}
+        env["_ARGCOMPLETE_STDOUT_FILENAME"] = str(answer)
+        assert subprocess.run([E2E3D], env=env, capture_output=True, timeout=60).returncode == 0
+        assert {word.strip() for word in answer.read_text().split("\x0b")} == expected, line
+    assert "PYTHON_ARGCOMPLETE_OK" in Path(sys.modules["e2e3d_provider.cli"].__file__).read_text()[:1024]
+
+
 def test_a_runtime_error_exits_1_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     env = no_connections(tmp_path)
     bad = run("fetch", "bad..id", str(tmp_path / "x"), env=env)

@@ -199,7 +199,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from e2e3d_provider.lifecycle.results.published import fetch_published
 
     out = Output.of(args)
-    result = fetch_published(StorageHook(args.minio_conn_id), args.job_id, args.directory, bucket=args.bucket)
+    with quiet_logs("fetch", out):
+        result = fetch_published(StorageHook(args.minio_conn_id), args.job_id, args.directory, bucket=args.bucket)
     out.emit({"job_id": args.job_id, "directory": args.directory, **result.to_dict()})
     out.line(
         f"job {args.job_id}: {result.files} files downloaded ({result.bytes} bytes), {result.skipped_files} "
