@@ -9,11 +9,13 @@ status: 0 success, 1 failure, 2 usage (argparse's own).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 from e2e3d_provider import __version__
 from e2e3d_provider.commands import data, dev, durability, jobs, stack
@@ -131,16 +133,15 @@ def _logs_to_stderr() -> list[Callable[[], None]]:
     undo: list[Callable[[], None]] = []
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            was = handler.stream
-            handler.setStream(_Stderr())  # type: ignore[arg-type]
-            undo.append(lambda handler=handler, was=was: handler.setStream(was))
+            handler.setStream(_Stderr())
+            undo.append(functools.partial(handler.setStream, sys.stdout))
     try:
         import structlog
 
-        factory = structlog.get_config().get("logger_factory")
+        factory: Any = structlog.get_config().get("logger_factory")
         if getattr(factory, "io", False) is None:  # Airflow's LoggerFactory writing to the default, stdout
             factory.io = _Stderr()
-            undo.append(lambda: setattr(factory, "io", None))
+            undo.append(functools.partial(setattr, factory, "io", None))
     except Exception:  # pragma: no cover - a structlog or Airflow that differs: the logs stay where they were
         pass
     return undo

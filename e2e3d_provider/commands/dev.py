@@ -53,7 +53,7 @@ def cmd_dags(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     demo = add_command(
         sub,
         "demo",

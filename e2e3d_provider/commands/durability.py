@@ -153,7 +153,7 @@ def _durability_arguments(parser: argparse.ArgumentParser, role: str, what: str)
     parser.add_argument("--spool", help="local folder for objects in passage (default: the temp dir)")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     backup = add_command(
         sub, "backup", "back up the metadata schema and the buckets to the backup target", cmd_backup, json=True
     )

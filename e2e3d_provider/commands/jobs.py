@@ -118,7 +118,7 @@ def cmd_job(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     jobs = add_command(sub, "jobs", "list job runs, most recently updated first", cmd_jobs, json=True)
     jobs.add_argument("--status", choices=STATUSES, help="only runs of this status (default: any)")
     jobs.add_argument("--dataset", help="only runs of this dataset (default: any)")

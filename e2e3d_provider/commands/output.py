@@ -90,7 +90,7 @@ def _dry_run_parent() -> argparse.ArgumentParser:
 
 
 def add_command(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    sub: argparse._SubParsersAction,
     name: str,
     help: str,
     handler: Callable[[argparse.Namespace], int],
@@ -120,10 +120,10 @@ def add_command(
 
 
 def add_group(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    sub: argparse._SubParsersAction,
     name: str,
     help: str,
-) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+) -> argparse._SubParsersAction:
     """A command with subcommands of its own (``e2e3d config get|set|list``): add each with :func:`add_command`."""
     parser = sub.add_parser(name, help=help, description=help, epilog=EPILOG, formatter_class=HelpFormatter)
     return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
