@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from e2e3d_provider import __version__
-from e2e3d_provider.commands import data, dev, durability, jobs, stack
+from e2e3d_provider.commands import config, data, dev, durability, jobs, stack
 from e2e3d_provider.commands.output import (
     EPILOG,
     EXIT_FAILURE,
@@ -30,7 +30,7 @@ from e2e3d_provider.commands.output import (
 from e2e3d_provider.exceptions import E2E3DError
 
 #: the subcommand modules, in the order ``e2e3d --help`` lists them; each has ``add_parser(sub)``
-COMMAND_MODULES = [stack, data, jobs, durability, dev]
+COMMAND_MODULES = [stack, data, jobs, durability, config, dev]
 #: loggers a CLI run quiets: Airflow's (and its structlog bridge's), ours, and the S3/HTTP clients'
 _LOGGERS = ("", "airflow", "e2e3d_provider", "urllib3", "botocore", "py.warnings")
 
