@@ -280,7 +280,7 @@ def test_static_keys_create_no_boto3_session(tmp_path: Path) -> None:
     )
     env = {**os.environ, "AIRFLOW_CONN_MINIO_STATIC": json.dumps(conn)}
     result = subprocess.run(  # not from the checkout: ``-c`` puts the working folder first on sys.path
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "none", result.stdout
