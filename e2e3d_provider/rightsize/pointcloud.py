@@ -141,9 +141,9 @@ def iter_points(
 
 def _arrow_installed() -> bool:
     """Whether pyarrow can be imported: an optional accelerator (the ``arrow`` extra, 170 MB), not a
-    requirement. Its multithreaded CSV reader parses single-spaced ASCII rows about 5x faster than the
-    numpy reader below (2 M points, 81 MB: 1.5-1.8 s against 8.4-8.7 s on 2 cores), which every install
-    has; reconstruction tools write binary PLY, which neither needs."""
+    requirement. Its multithreaded CSV reader parses single-spaced ASCII rows 5-8x faster than the
+    numpy reader below, which every install has (``python -m bench.ascii_ply``); reconstruction tools write
+    binary PLY, which neither needs."""
     try:
         import pyarrow.csv  # noqa: F401
     except ImportError:
