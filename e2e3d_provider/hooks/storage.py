@@ -52,6 +52,7 @@ from e2e3d_provider.core.retry import (
     MAX_DELAY,
     RetryPolicy,
     attempts_made,
+    is_transient,
     is_unreachable,
     seconds_spent,
     tls_failure,
@@ -79,6 +80,9 @@ MAX_SINGLE_COPY = 5 * 1024**3
 DELETE_BATCHES_IN_FLIGHT = 4
 #: the fewest versions delete_versions puts in one request when it spreads a list over several
 MIN_DELETE_BATCH = 50
+#: single DELETE ?versionId requests in flight at once on a server that deletes versions faster that way
+#: (StorageHook.deletes_versions_singly)
+SINGLE_DELETES_IN_FLIGHT = 16
 #: a bucket count is split into this many key ranges, listed side by side, when its prefix has at least
 #: COUNT_NAMES_PER_RANGE top-level names per range
 COUNT_PARTITIONS = 8
@@ -92,6 +96,8 @@ MAX_TOUCHED_UNITS = 100_000
 _CREATE_ONLY_CONDITION: dict[tuple[str, str], dict[str, str]] = {}
 #: (endpoint, bucket) -> whether that server lists incomplete uploads by prefix (lists_uploads_by_prefix)
 _PREFIX_LISTING: dict[tuple[str, str], bool] = {}
+#: endpoint -> whether that server deletes versions faster one request each (deletes_versions_singly)
+_SINGLE_DELETES: dict[str, bool] = {}
 _CONDITION_LOCK = threading.Lock()
 #: seconds a health probe (test_connection, health) retries: it reports the present, it does not wait
 PROBE_DEADLINE = 1.0
@@ -1005,10 +1011,15 @@ class StorageHook(BaseHook):
         request, ``parallel`` requests in flight, in the order given (list a key's older versions first: the
         server then never looks for a new current version of a key that is going whole). Returns what the
         server refused, as ``(key, version_id, error code)``, so a caller deleting many sets at once can tell
-        which ones are whole gone; a request that fails (after its retries) raises."""
+        which ones are whole gone; a request that fails (after its retries) raises. On a server that deletes
+        versions faster one request each (:meth:`deletes_versions_singly`: SeaweedFS) the versions go that way,
+        :data:`SINGLE_DELETES_IN_FLIGHT` requests in flight, with the same order within each key and the same
+        answer."""
         bucket = validate_bucket(bucket)
         targets = [DeleteObject(validate_relpath(key), version_id) for key, version_id in versions]
         self._touch(bucket, [target.name for target in targets])
+        if targets and self.deletes_versions_singly(bucket):
+            return self._delete_versions_singly(bucket, targets)
         refused: list[tuple[str, str | None, str]] = []
         lock = threading.Lock()
 
@@ -1023,6 +1034,61 @@ class StorageHook(BaseHook):
         size = min(1000, max(MIN_DELETE_BATCH, -(-len(targets) // max(1, parallel))))
         batches = [targets[start : start + size] for start in range(0, len(targets), size)]
         transfer.run_parallel(batches, delete, parallel, lambda batch: batch[0].name, self.translate)
+        return refused
+
+    def deletes_versions_singly(self, bucket: str) -> bool:
+        """Whether this server deletes stored versions faster with one ``DELETE ?versionId`` request each, many
+        in flight, than with multi-object deletes. SeaweedFS (4.48) does: it works through multi-object
+        deletes of versions at about the same rate however many requests are in flight (150-550 versions/s with
+        3 to 32 requests of 50 to 1,000 versions, on a bucket of 60,000 jobs), and answers 550-770 versions/s
+        to single deletes 16 to 32 in flight; on MinIO the multi-object delete is the fast way. Told by the
+        ``Server`` header of one unsigned HEAD of ``bucket`` (answered, if only with 403, with that header; a
+        HEAD of the endpoint's root is not: SeaweedFS answers 405 without it), asked once per endpoint; a server
+        that cannot be asked gets multi-object deletes (right everywhere)."""
+        endpoint = self.endpoint_url
+        with _CONDITION_LOCK:
+            if endpoint in _SINGLE_DELETES:
+                return _SINGLE_DELETES[endpoint]
+        try:
+            response = self.http.request("HEAD", f"{endpoint.rstrip('/')}/{validate_bucket(bucket)}")
+        except (urllib3.exceptions.HTTPError, OSError):
+            return False  # not remembered: the next call asks again
+        singly = response.headers.get("Server", "").startswith("SeaweedFS")
+        with _CONDITION_LOCK:
+            _SINGLE_DELETES[endpoint] = singly
+        return singly
+
+    def _delete_versions_singly(self, bucket: str, targets: list[DeleteObject]) -> list[tuple[str, str | None, str]]:
+        """:meth:`delete_versions` one request per version, :data:`SINGLE_DELETES_IN_FLIGHT` in flight: each key's
+        versions in turn in the order given (so a key's older versions still go before its current one), the
+        keys side by side; each request retried on its own. A version already gone counts as deleted (as a
+        multi-object delete reports it); any other refusal of the server is returned, not raised."""
+        by_key: dict[str, list[DeleteObject]] = {}
+        for target in targets:
+            by_key.setdefault(target.name, []).append(target)
+        refused: list[tuple[str, str | None, str]] = []
+        lock = threading.Lock()
+
+        def delete_one(target: DeleteObject) -> str | None:
+            try:
+                self.client.remove_object(bucket, target.name, version_id=target.version_id)
+            except S3Error as err:
+                if is_transient(err) or err.code in _AUTH_CODES - {"AccessDenied"}:
+                    raise  # retried, or the keys themselves are wrong: nothing of the list can go
+                if err.code not in ("NoSuchKey", "NoSuchVersion"):
+                    return err.code
+            return None
+
+        def delete_key(versions: list[DeleteObject]) -> None:
+            for target in versions:
+                what = f"delete {bucket}/{target.name} version {target.version_id}"
+                code = self._call(what, delete_one, target)
+                if code is not None:
+                    with lock:
+                        refused.append((target.name, target.version_id, code))
+
+        groups = list(by_key.values())
+        transfer.run_parallel(groups, delete_key, SINGLE_DELETES_IN_FLIGHT, lambda group: group[0].name, self.translate)
         return refused
 
     def _delete(self, bucket: str, targets: list[DeleteObject], what: str, parallel: int = 1) -> None:
