@@ -7,7 +7,8 @@ the cutoff, output not yet recorded removed; a run with a newer run of its job i
 (``output/<job_id>/`` is the newer run's), without a request. Each other run costs two requests, many runs
 in flight: a HEAD of its archive copy's SUCCESS and one version listing of ``output/<job_id>/`` (a GET of
 the output's marker only when the two markers differ). The page's sets are then deleted version by
-version with multi-object deletes across jobs (every SUCCESS version of the page first, then the rest),
+version across jobs (every SUCCESS version of the page first, then the rest): multi-object deletes, or one
+request a version many in flight on SeaweedFS, where that is the fast way (StorageHook.delete_versions),
 and each run whose set is gone is recorded with its emptied unit's zero usage in one transaction. While a
 page is deleted and recorded, the next page is already being checked.
 """
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 500
 #: runs checked at once (a HEAD in ``archive`` and a version listing in ``output`` each)
 CHECK_WORKERS = 16
-#: multi-object delete requests (1,000 versions each) in flight at once
+#: multi-object delete requests (1,000 versions each) in flight at once (SeaweedFS: single deletes instead,
+#: storage.SINGLE_DELETES_IN_FLIGHT of them)
 DELETE_WORKERS = 8
 
 
