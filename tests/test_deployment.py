@@ -15,7 +15,7 @@ import pytest
 from e2e3d_provider.devstack.airflow_deployment import AirflowDeployment
 from e2e3d_provider.devstack.demo import SAMPLE_DIR
 from e2e3d_provider.lifecycle.results.record import begin_run
-from e2e3d_provider.links import viewer_url
+from e2e3d_provider.links import DASHBOARD_PATH, results_url, viewer_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_server, pytest.mark.timeout(600)]
 
@@ -96,14 +96,18 @@ def test_reconstruction_dag_runs_end_to_end_through_the_rest_api(airflow_deploym
     assert job is not None and job["status"] in ("succeeded", "archived"), job
     assert storage.get_bytes("output", f"{job_id}/SUCCESS") is not None
 
-    # each lifecycle task's "View" link (pushed by the worker as the task ended, served by the api-server)
-    # names the run; the results API finds the run's job by it, as the viewer page does
+    # each lifecycle task's "View", "Results" and "Dashboard" links (pushed by the worker as the task ended,
+    # served by the api-server) name the run; the results API finds the run's job by it, as the viewer does
     run = f"/api/v2/dags/e2e3d_reconstruction/dagRuns/{quote(run_id, safe='')}/taskInstances"
     for task_id in ("input_present", "stage_in", "reconstruct", "right_size", "cleanup"):
         links = airflow_deployment.get(f"{run}/{task_id}/links")["extra_links"]
-        assert links == {"View": viewer_url("e2e3d_reconstruction", run_id)}, (task_id, links)
+        assert links == {
+            "View": viewer_url("e2e3d_reconstruction", run_id),
+            "Results": results_url("e2e3d_reconstruction", run_id),
+            "Dashboard": DASHBOARD_PATH,
+        }, (task_id, links)
     assert airflow_deployment.get(f"{run}/prepare/links")["extra_links"] == {}  # a plain @task
-    (owner,) = airflow_deployment.get("/e2e3d/api/v1/jobs?limit=1&" + links["View"].split("?", 1)[1])["jobs"]
+    (owner,) = airflow_deployment.get(links["Results"])["jobs"]  # the Results link, as the browser opens it
     assert (owner["job_id"], owner["stamp"], owner["dag_run_id"]) == (job_id, job["stamp"], run_id), owner
 
 
