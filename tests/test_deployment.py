@@ -211,10 +211,15 @@ def test_runs_marked_failed_or_succeeded_through_rest_fail_their_jobs_at_once(
     airflow_deployment.wait_for_dag(dag_id)
     airflow_deployment.unpause(dag_id)
     run_id = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": job_id})
+    triggered = time.monotonic()
     ok_run = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": marked_ok})
     for job in (job_id, marked_ok):
         _wait_for_job(metadata, job, "running", 90, "prepare")
-    # a second run of the same job while the first is in progress is refused, touching nothing of it
+    # a second run of the same job while the first is in progress is refused, touching nothing of it. Its
+    # trigger comes a second or more after the first's, so the two runs' stamps (the trigger time, to the
+    # second) differ: a second run queued in the same second is refused too, for sharing the run directory
+    # (``test_two_dag_runs_never_share_a_run_and_a_finished_run_is_not_redone``), a different reason.
+    time.sleep(max(0.0, 1.0 - (time.monotonic() - triggered)))
     second = airflow_deployment.trigger(dag_id, {"dataset": empty, "job_id": job_id})
     assert airflow_deployment.wait_for_run(dag_id, second, timeout=120) == "failed"
     second_states = airflow_deployment.task_states(dag_id, second)
