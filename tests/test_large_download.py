@@ -225,6 +225,65 @@ def test_a_very_large_download_goes_by_ranges_and_is_verified(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
 
 
+def _ranged_into(storage: StorageHook, bucket: str, key: str, size: int, dest: Path, lead: int | None):
+    """``object_io.get_ranged`` of the whole object in 8 MiB ranges, 4 in flight, sha256 on."""
+    stat = storage.stat(bucket, key)
+    assert stat is not None
+    plan = object_io.ranged_plan(size, 8 * MiB)
+    assert plan and len(plan) >= 4
+    return object_io.get_ranged(
+        storage.client, bucket, key, stat.etag, None, None, size, plan, 8 * MiB, dest, lambda f, _: f(),
+        sha=True, md5=False, lead=lead,
+    )  # fmt: skip
+
+
+def test_ranges_never_run_far_ahead_of_the_hash(
+    storage: StorageHook, ranged_object: tuple[str, str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ranges wait for the in-order hash to come within ``lead`` bytes of where they write (so on busy
+    cores the hash, the longest thread of work, keeps its share of the CPU), and still land whole."""
+    bucket, key, data = ranged_object
+    states: list[object_io._Filled] = []
+
+    class Recorded(object_io._Filled):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            states.append(self)
+
+    monkeypatch.setattr(object_io, "_Filled", Recorded)
+    lead = object_io.HASH_WINDOW
+    got = _ranged_into(storage, bucket, key, len(data), tmp_path / "paced.bin", lead)
+    assert got.sha256 == hashlib.sha256(data).hexdigest() and got.size == len(data)
+    assert (tmp_path / "paced.bin").read_bytes() == data
+    assert 0 < states[-1].most_ahead <= lead + object_io.SPLICE_CHUNK, states[-1].most_ahead / MiB
+
+
+def test_a_hash_that_fails_stops_the_ranges_waiting_for_it(
+    storage: StorageHook, ranged_object: tuple[str, str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranges held to the hash's lead would wait for it forever if it died: its failure gives the download up
+    at once, and it is that error that is raised."""
+    bucket, key, data = ranged_object
+
+    def broken(fd, length, hashes, state) -> None:
+        raise OSError("the hashing window could not be mapped")
+
+    monkeypatch.setattr(object_io, "_hash_file_as_written", broken)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _ranged_into(storage, bucket, key, len(data), tmp_path / "never.bin", object_io.HASH_WINDOW)
+        except BaseException as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the ranges still wait for a hash that failed"
+    assert isinstance(outcome[0], OSError) and "could not be mapped" in str(outcome[0]), outcome
+
+
 def test_ranges_line_up_with_a_multipart_etag_and_check_it(
     storage: StorageHook, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
