@@ -21,8 +21,10 @@ Every (shape, method, direction, repetition) runs in its own child process after
 round; the order of the methods rotates from one repetition to the next; the table gives medians (or
 the best, ``--stat best``), MB/s, files/s, the ratio to each baseline (x s5cmd is the target: >= 1.0) and
 the child's peak RSS, then the hook against s5cmd per shape and direction (s5cmd's seconds over the
-hook's: above 1 the hook is faster), with the load average seen while each shape ran (other work on the
-machine moves every number). ``--server``: the embedded stack's S3 server (MinIO is the user's binary or
+hook's: above 1 the hook is faster), with the median and range of the same ratio taken within each
+repetition (the two ran back to back, so the machine's drift between repetitions cancels: the range is how
+far one run's ratio moves) and the load average seen while each shape ran (other work on the machine moves
+every number). ``--server``: the embedded stack's S3 server (MinIO is the user's binary or
 the pinned test build). Never used as a test assertion.
 """
 
@@ -216,6 +218,13 @@ def measure(method: str, direction: str, src: Path, dest: Path, bucket: str, pre
     return result
 
 
+def paired_spread(ratios: list[float]) -> str:
+    """``median (lowest-highest)`` of per-repetition ratios, or ``-`` without any."""
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="mixed,tiny,big")
@@ -228,6 +237,7 @@ def main() -> int:
     methods = [m for m in METHODS if m in args.methods.split(",")]
     pick = statistics.median if args.stat == "median" else min
     loads: dict[str, list[float]] = {}
+    paired: dict[tuple[str, str], list[float]] = {}  # (shape, direction) -> s5cmd over hook, one per repetition
 
     with bench_environment("transfer", server=args.server) as base:
         from e2e3d_provider.hooks.storage import StorageHook
@@ -265,6 +275,9 @@ def main() -> int:
                         if direction == "upload" and method != "cp-r":
                             storage.delete_prefix(bucket, prefix)
             loads[shape].append(load_average())
+            for direction in ("upload", "download"):
+                ours, ref = times.get(("hook", direction), []), times.get(("s5cmd", direction), [])
+                paired[(shape, direction)] = [r / h for r, h in zip(ref, ours, strict=False)]
             for (method, direction), values in times.items():
                 peak = rss[(method, direction)]
                 rows.append((shape, direction, method, pick(values), files, total, peak))
@@ -293,15 +306,23 @@ def main() -> int:
             print(
                 f"\nhook against s5cmd on {args.server} (s5cmd's seconds over the hook's: above 1 the hook is faster)"
             )
-            print(f"{'shape':<7}{'up':>8}{'down':>8}{'hook RSS MB up/down':>22}   load average (1 min) from-to")
+            print(
+                f"{'shape':<7}{'up':>8}{'down':>8}{'paired up':>18}{'paired down':>18}{'hook RSS MB up/down':>22}"
+                "   load average (1 min) from-to"
+            )
             for shape in args.shapes.split(","):
-                cells, peaks = [], []
+                cells, spreads, peaks = [], [], []
                 for direction in ("upload", "download"):
                     hook, ref = by_key.get((shape, direction, "hook")), by_key.get((shape, direction, "s5cmd"))
                     cells.append(f"{ref[3] / hook[3]:>7.2f}x" if hook and ref else f"{'-':>8}")
+                    spreads.append(f"{paired_spread(paired.get((shape, direction), [])):>18}")
                     peaks.append(f"{hook[6]:.0f}" if hook else "-")
                 span = "-".join(f"{x:.1f}" for x in loads.get(shape, []))
-                print(f"{shape:<7}{''.join(cells)}{'/'.join(peaks):>22}   {span}")
+                print(f"{shape:<7}{''.join(cells)}{''.join(spreads)}{'/'.join(peaks):>22}   {span}")
+            print(
+                "paired: s5cmd's seconds over the hook's within each repetition (the two ran one after the other), "
+                "median (lowest-highest): how far one run's ratio moves on this machine"
+            )
         print(
             "\n"
             + json.dumps(
