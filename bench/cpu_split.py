@@ -1,13 +1,14 @@
 """Where the CPU of one large download goes: the S3 server's, s5cmd's, and the hook's, in one run.
 
-Run:  python -m bench.cpu_split [--mb 2000] [--repeat 3]
+Run:  python -m bench.cpu_split [--server seaweedfs|minio] [--mb 2000] [--repeat 3]
 
 One object of --mb MB is uploaded, then downloaded --repeat times by each client in turn (s5cmd, the
 hook with sha256 verification against a manifest value as StageIn does, the hook checking the object's
-own sha256): wall seconds, the client's CPU seconds (getrusage of this process or of the s5cmd child)
-and the server's (utime + stime of every SeaweedFS process, from /proc, before and after). On a
-machine whose cores are all busy, wall time is (server CPU + client CPU) / cores: this shows which of
-the two a gap comes from. Never a test assertion.
+own sha256), and the same file's SHA-256 alone from the page cache (what verification costs): wall
+seconds, the client's CPU seconds (getrusage of this process or of the s5cmd child) and the server's
+(utime + stime of every SeaweedFS or MinIO process, from /proc, before and after). On a machine whose
+cores are all busy, wall time is (server CPU + client CPU) / cores: this shows which of the two a gap
+comes from. Never a test assertion.
 """
 
 from __future__ import annotations
@@ -27,16 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import BENCH_CONN_ID, bench_environment
 from bench.transfer import MB, s5cmd
 
+#: the executables of the S3 servers the embedded stack runs
+SERVER_EXECUTABLES = (b"weed", b"minio")
+
 
 def server_cpu() -> float:
-    """CPU seconds used so far by every SeaweedFS process (``weed``) on this machine."""
+    """CPU seconds used so far by every S3 server process (SeaweedFS's ``weed``, ``minio``) on this machine."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if not (proc / "cmdline").read_bytes().split(b"\0")[0].endswith(b"weed"):
+            if not (proc / "cmdline").read_bytes().split(b"\0")[0].endswith(SERVER_EXECUTABLES):
                 continue
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -58,12 +62,18 @@ def measure(func: Callable[[Path], None], dest: Path) -> tuple[float, float, flo
     return time.perf_counter() - started, client_cpu() - client, server_cpu() - server
 
 
+def _hash_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        hashlib.file_digest(handle, "sha256")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--server", default="seaweedfs", choices=("seaweedfs", "minio"))
     args = parser.parse_args()
-    with bench_environment("cpu-split") as base:
+    with bench_environment("cpu-split", server=args.server) as base:
         from e2e3d_provider.hooks.storage import StorageHook
 
         storage = StorageHook(BENCH_CONN_ID)
@@ -84,12 +94,13 @@ def main() -> None:
                 "bench-cpu", "big/scan.bin", dest / "scan.bin", sha256=sha, size=size
             ),
             "hook, object's sha256": lambda dest: storage.download_file("bench-cpu", "big/scan.bin", dest / "scan.bin"),
+            "sha256 of the file alone": lambda dest: _hash_file(src),
         }
         rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in clients}
         for _ in range(args.repeat):
             for name, func in clients.items():
                 rows[name].append(measure(func, base / "dst"))
-        print(f"\n{args.mb} MB download, medians of {args.repeat}; CPU in seconds\n")
+        print(f"\n{args.mb} MB download from {args.server}, medians of {args.repeat}; CPU in seconds\n")
         print(f"{'client':24s} {'wall':>7s} {'client CPU':>11s} {'server CPU':>11s} {'x s5cmd':>8s}")
         base_wall = statistics.median(r[0] for r in rows["s5cmd"])
         for name, runs in rows.items():
