@@ -1,14 +1,14 @@
-"""Where the CPU of one large download goes: the S3 server's, s5cmd's, and the hook's, in one run.
+"""Where the CPU of a download goes: the S3 server's, s5cmd's, and the hook's, in one run.
 
-Run:  python -m bench.cpu_split [--server seaweedfs|minio] [--mb 2000] [--repeat 3]
+Run:  python -m bench.cpu_split [--server seaweedfs|minio] [--shape big|tiny|mixed] [--mb 2000] [--repeat 3]
 
-One object of --mb MB is uploaded, then downloaded --repeat times by each client in turn (s5cmd, the
-hook with sha256 verification against a manifest value as StageIn does, the hook checking the object's
-own sha256), and the same file's SHA-256 alone from the page cache (what verification costs): wall
-seconds, the client's CPU seconds (getrusage of this process or of the s5cmd child) and the server's
-(utime + stime of every SeaweedFS or MinIO process, from /proc, before and after). On a machine whose
-cores are all busy, wall time is (server CPU + client CPU) / cores: this shows which of the two a gap
-comes from. Never a test assertion.
+One object of --mb MB (or bench.transfer's tiny or mixed shape) is uploaded, then downloaded --repeat times
+by each client in turn (s5cmd, the hook with sha256 verification against a manifest's values as StageIn
+does, the hook checking the objects' own sha256 or ETags), and the same files' SHA-256 alone from the page
+cache (what verification costs): wall seconds, the client's CPU seconds (getrusage of this process or of
+the s5cmd child) and the server's (utime + stime of every SeaweedFS or MinIO process, from /proc, before and
+after). On a machine whose cores are all busy, wall time is (server CPU + client CPU) / cores: this shows
+which of the two a gap comes from. Never a test assertion.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import BENCH_CONN_ID, bench_environment
-from bench.transfer import MB, s5cmd
+from bench.transfer import MB, make_shape, s5cmd
 
 #: the executables of the S3 servers the embedded stack runs
 SERVER_EXECUTABLES = (b"weed", b"minio")
@@ -62,45 +62,50 @@ def measure(func: Callable[[Path], None], dest: Path) -> tuple[float, float, flo
     return time.perf_counter() - started, client_cpu() - client, server_cpu() - server
 
 
-def _hash_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        hashlib.file_digest(handle, "sha256")
+def _hash_files(paths: list[Path]) -> None:
+    for path in paths:
+        with open(path, "rb") as handle:
+            hashlib.file_digest(handle, "sha256")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=int, default=2000)
+    parser.add_argument("--mb", type=int, default=2000, help="the size of the one object (shape big)")
+    parser.add_argument("--shape", default="big", choices=("big", "tiny", "mixed"), help="as bench.transfer's")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--server", default="seaweedfs", choices=("seaweedfs", "minio"))
     args = parser.parse_args()
     with bench_environment("cpu-split", server=args.server) as base:
+        from e2e3d_provider.core.manifest import sha256_file
         from e2e3d_provider.hooks.storage import StorageHook
 
         storage = StorageHook(BENCH_CONN_ID)
         storage.bootstrap(buckets=("bench-cpu",), versioned=())
-        src = base / "src" / "scan.bin"
-        src.parent.mkdir()
-        digest = hashlib.sha256()
-        with open(src, "wb") as handle:
-            for _ in range(args.mb):
-                block = os.urandom(MB)
-                digest.update(block)
-                handle.write(block)
-        storage.upload_file(src, "bench-cpu", "big/scan.bin")
-        sha, size = digest.hexdigest(), args.mb * MB
+        src = base / "src"
+        if args.shape == "big":
+            src.mkdir()
+            with open(src / "scan.bin", "wb") as handle:
+                for _ in range(args.mb):
+                    handle.write(os.urandom(MB))
+        else:
+            make_shape(src, args.shape, 1.0)
+        files = sorted(path for path in src.rglob("*") if path.is_file())
+        expected = {path.relative_to(src).as_posix(): (path.stat().st_size, sha256_file(path)) for path in files}
+        storage.upload_dir(src, "bench-cpu", "data/")
         clients: dict[str, Callable[[Path], None]] = {
-            "s5cmd": lambda dest: s5cmd("download", src, dest, "bench-cpu", "big/"),
-            "hook, manifest sha256": lambda dest: storage.download_file(
-                "bench-cpu", "big/scan.bin", dest / "scan.bin", sha256=sha, size=size
+            "s5cmd": lambda dest: s5cmd("download", src, dest, "bench-cpu", "data/"),
+            "hook, manifest sha256": lambda dest: storage.download_prefix(
+                "bench-cpu", "data/", dest, expected=expected
             ),
-            "hook, object's sha256": lambda dest: storage.download_file("bench-cpu", "big/scan.bin", dest / "scan.bin"),
-            "sha256 of the file alone": lambda dest: _hash_file(src),
+            "hook, object's sha256": lambda dest: storage.download_prefix("bench-cpu", "data/", dest),
+            "sha256 of the files alone": lambda dest: _hash_files(files),
         }
         rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in clients}
         for _ in range(args.repeat):
             for name, func in clients.items():
                 rows[name].append(measure(func, base / "dst"))
-        print(f"\n{args.mb} MB download from {args.server}, medians of {args.repeat}; CPU in seconds\n")
+        what = f"{args.mb} MB" if args.shape == "big" else f"{args.shape} ({len(files)} files)"
+        print(f"\n{what} download from {args.server}, medians of {args.repeat}; CPU in seconds\n")
         print(f"{'client':24s} {'wall':>7s} {'client CPU':>11s} {'server CPU':>11s} {'x s5cmd':>8s}")
         base_wall = statistics.median(r[0] for r in rows["s5cmd"])
         for name, runs in rows.items():

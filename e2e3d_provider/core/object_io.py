@@ -69,7 +69,7 @@ RANGE_TARGET = 48 * 1024 * 1024
 #: download's longest single thread of work (1.2 s of a core for 2 GB): when the cores are all busy
 #: (the S3 server on the same machine), ranges running far ahead take the CPU it needs and it finishes
 #: alone after the last byte. Held to this lead, they leave it a core: 2 GB from MinIO on 2 cores,
-#: best of 3, 1.73-1.80 s against 1.88-1.92 s unpaced (s5cmd 1.59-1.98 s in the same runs).
+#: 3 rounds alternating, 1.73-1.80 s against 1.90-1.92 s unpaced (s5cmd 1.59-1.98 s in the same runs).
 HASH_LEAD = 256 * 1024 * 1024
 
 
