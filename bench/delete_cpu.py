@@ -29,7 +29,6 @@ import hmac
 import http.client
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -39,15 +38,10 @@ from urllib.parse import quote, urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import BENCH_CONN_ID, bench_environment
-from bench.cpu_split import server_cpu
+from bench.cpu_split import client_cpu, server_cpu
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 BUCKET = "output"
-
-
-def client_cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime
 
 
 class LeanSigner:
