@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import BENCH_CONN_ID, bench_environment
+from bench.common import BENCH_CONN_ID, Aside, bench_environment
 from bench.transfer import MB, make_shape, s5cmd
 
 #: the executables of the S3 servers the embedded stack runs
@@ -53,8 +52,8 @@ def client_cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def measure(func: Callable[[Path], None], dest: Path) -> tuple[float, float, float]:
-    shutil.rmtree(dest, ignore_errors=True)
+def measure(func: Callable[[Path], None], dest: Path, aside: Aside) -> tuple[float, float, float]:
+    aside.remove(dest)  # not deleted: see Aside
     dest.mkdir(parents=True)
     server, client, started = server_cpu(), client_cpu(), time.perf_counter()
     func(dest)
@@ -94,9 +93,10 @@ def main() -> None:
             "sha256 of the files alone": lambda dest: [sha256_file(path) for path in files],
         }
         rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in clients}
+        aside = Aside(base)
         for _ in range(args.repeat):
             for name, func in clients.items():
-                rows[name].append(measure(func, base / "dst"))
+                rows[name].append(measure(func, base / "dst", aside))
         what = f"{args.mb} MB" if args.shape == "big" else f"{args.shape} ({len(files)} files)"
         print(f"\n{what} download from {args.server}, medians of {args.repeat}; CPU in seconds\n")
         print(f"{'client':24s} {'wall':>7s} {'client CPU':>11s} {'server CPU':>11s} {'x s5cmd':>8s}")

@@ -40,10 +40,11 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import BENCH_CONN_ID, bench_environment
+from bench.common import ASIDE_MIN_FILES, BENCH_CONN_ID, Aside, bench_environment
 
 KB, MB = 1000, 1000 * 1000
 METHODS = ("seed-loop", "s5cmd", "obstore", "s3hook-loop", "cp-r", "hook", "operator")
@@ -243,6 +244,7 @@ def main() -> int:
         from e2e3d_provider.hooks.storage import StorageHook
 
         storage = StorageHook(BENCH_CONN_ID)
+        aside = Aside(base)
         rows = []
         for shape in args.shapes.split(","):
             src = base / f"src-{shape}"
@@ -264,17 +266,15 @@ def main() -> int:
                         if direction == "upload" and method == "cp-r":
                             prefix = ""
                         result = measure(method, direction, src, dest, bucket, prefix)
+                        aside.remove(dest)
+                        if direction == "upload" and method != "cp-r":
+                            aside.later(files > ASIDE_MIN_FILES, partial(storage.delete_prefix, bucket, prefix))
                         if rep < 0:
-                            shutil.rmtree(dest, ignore_errors=True)
-                            if direction == "upload" and method != "cp-r":
-                                storage.delete_prefix(bucket, prefix)
                             continue
                         times.setdefault((method, direction), []).append(result["seconds"])
                         rss[(method, direction)] = max(rss.get((method, direction), 0), result["rss_mb"])
-                        shutil.rmtree(dest, ignore_errors=True)
-                        if direction == "upload" and method != "cp-r":
-                            storage.delete_prefix(bucket, prefix)
             loads[shape].append(load_average())
+            aside.empty()
             for direction in ("upload", "download"):
                 ours, ref = times.get(("hook", direction), []), times.get(("s5cmd", direction), [])
                 paired[(shape, direction)] = [r / h for r, h in zip(ref, ours, strict=False)]
