@@ -167,3 +167,22 @@ def test_a_single_put_answered_with_another_etag_is_refused(
         publish_run(storage, tmp_path / "run", unique_id, STAMP, bucket)
     assert not storage.exists(bucket, f"{unique_id}/SUCCESS") and not (tmp_path / "run/SUCCESS").exists()
     assert not storage.exists(bucket, f"{unique_id}/metadata.json")
+
+
+def test_a_retried_small_download_replaces_its_partial_file_and_never_writes_through_a_link(tmp_path: Path) -> None:
+    """A small download no longer removes its temporary name before every attempt (a system call per
+    file): the write itself replaces what an earlier attempt left there, a link planted under that name
+    included, whose target is left as it was."""
+    from e2e3d_provider.core.object_io import write_new
+
+    partial = tmp_path / f".a.bin.1.f{PARTIAL_SUFFIX}"
+    write_new(partial, b"first attempt, cut short")
+    write_new(partial, b"second")
+    assert partial.read_bytes() == b"second"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    partial.unlink()
+    partial.symlink_to(victim)
+    write_new(partial, memoryview(b"third"))
+    assert not partial.is_symlink() and partial.read_bytes() == b"third"
+    assert victim.read_bytes() == b"keep"

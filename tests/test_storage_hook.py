@@ -25,6 +25,7 @@ from e2e3d_provider.exceptions import (
     StorageAuthError,
     StorageError,
     StorageUnreachableError,
+    UnsafePathError,
 )
 from e2e3d_provider.hooks.storage import StorageHook
 from tests.helpers import write_files
@@ -135,6 +136,29 @@ def test_a_transfer_that_moved_nothing_logs_no_throughput(
     summaries = [line for line in said if f"0 sent (0.0 MB), {len(files)} unchanged" in line]
     assert len(summaries) == 2, said  # upload and download each say what they left alone ...
     assert not [line for line in said if "MB/s" in line], said  # ... and no throughput
+
+
+def test_a_download_never_writes_through_a_link_at_a_target_or_on_the_way(
+    storage: StorageHook, bucket: str, tmp_path: Path
+) -> None:
+    """The targets are checked with one listing per folder (not a stat per file): a link planted at a
+    target file, or a linked folder on the way, is still refused before any byte is fetched."""
+    write_files(tmp_path / "src", {"a.jpg": b"a", "images/b.jpg": b"b"})
+    storage.upload_dir(tmp_path / "src", bucket, "ds")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"keep")
+    dest = tmp_path / "dst"
+    dest.mkdir()
+    (dest / "a.jpg").symlink_to(outside / "victim")
+    with pytest.raises(UnsafePathError, match=r"a\.jpg is a symbolic link"):
+        storage.download_prefix(bucket, "ds", dest)
+    (dest / "a.jpg").unlink()
+    (dest / "images").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePathError, match=r"images is a symbolic link"):
+        storage.download_prefix(bucket, "ds", dest)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"] and (outside / "victim").read_bytes() == b"keep"
+    assert sorted(p.name for p in dest.iterdir()) == ["images"]  # nothing fetched
 
 
 def test_download_mirror_removes_files_gone_from_the_prefix(storage: StorageHook, bucket: str, tmp_path: Path) -> None:

@@ -330,10 +330,39 @@ def refuse_links(root: Path, path: Path) -> None:
     for part in path.relative_to(root).parts:
         step = step / part
         if step.is_symlink():
-            raise UnsafePathError(
-                f"{step} is a symbolic link (to {os.readlink(step)}); nothing is read, written or removed through "
-                f"a link below {root}"
-            )
+            raise _link_error(root, step)
+
+
+def _link_error(root: Path, link: Path) -> UnsafePathError:
+    return UnsafePathError(
+        f"{link} is a symbolic link (to {os.readlink(link)}); nothing is read, written or removed through "
+        f"a link below {root}"
+    )
+
+
+def entries_below(root: Path, paths: Iterable[Path]) -> dict[Path, os.DirEntry[str]]:
+    """What is at each of ``paths`` (all below ``root``) now: path -> its directory entry, for those that
+    exist. Refuses a symbolic link on the way to any of them as :func:`refuse_links` does, but reads each
+    folder once (one listing) instead of a few system calls per path: a download of 10,000 small files
+    would otherwise spend more on checking its targets than on writing them."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in paths:
+        by_folder.setdefault(path.parent, []).append(path)
+    found: dict[Path, os.DirEntry[str]] = {}
+    for folder, members in by_folder.items():
+        refuse_links(root, folder)
+        try:
+            with os.scandir(folder) as listing:
+                entries = {entry.name: entry for entry in listing}
+        except FileNotFoundError:
+            continue  # made later, as a real folder
+        for path in members:
+            entry = entries.get(path.name)
+            if entry is not None:
+                if entry.is_symlink():
+                    raise _link_error(root, path)
+                found[path] = entry
+    return found
 
 
 def iter_run_files(run_dir: Path, *, links: bool = True) -> Iterator[tuple[str, Path]]:

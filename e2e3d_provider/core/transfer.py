@@ -42,7 +42,7 @@ from minio.error import S3Error
 from e2e3d_provider.core import etag as etags
 from e2e3d_provider.core import object_io
 from e2e3d_provider.core.layout import key_relpath, local_path_for, validate_relpath
-from e2e3d_provider.core.manifest import raise_unreadable, refuse_links, sha256_file
+from e2e3d_provider.core.manifest import entries_below, raise_unreadable, sha256_file
 from e2e3d_provider.core.object_io import SHA256_META, SMALL_READ_LIMIT
 from e2e3d_provider.core.retry import DEFAULT_RETRY, RetryPolicy
 from e2e3d_provider.exceptions import ChecksumMismatchError, SourceChangedError, TransferError
@@ -558,7 +558,6 @@ class Engine:
             await budget.release(hold)
 
     async def _whole(self, remote: RemoteObject, tmp: Path, *, sha: bool) -> object_io.Fetched:
-        tmp.unlink(missing_ok=True)  # a retry starts the file again
         return await object_io.get_small(self.store, remote.key, remote.version_id, tmp, sha=sha)
 
     def _streamed(
@@ -850,8 +849,8 @@ def download_prefix(
             f"download {engine.bucket}/{prefix} -> {local_dir}", len(planned), sum(o.size for _, o in planned)
         )
         targets = {rel: local_path_for(local_dir, rel) for rel, _ in planned}
-        for path in targets.values():  # a linked folder (or file) on the way would take the bytes elsewhere
-            refuse_links(local_dir, path)
+        # a linked folder (or file) on the way would take the bytes elsewhere; what is absent needs no compare
+        present = entries_below(local_dir, targets.values())
         for folder in {path.parent for path in targets.values()}:
             folder.mkdir(parents=True, exist_ok=True)
         budget = ByteBudget(engine.memory)
@@ -860,7 +859,7 @@ def download_prefix(
             rel, remote = item
             dest = targets[rel]
             want = expected[rel][1] if expected is not None else None
-            fetched = not engine.local_matches(dest, remote, want)
+            fetched = dest not in present or not engine.local_matches(dest, remote, want)
             if not fetched:
                 _record(result, lock, False, remote.size, remote.key)
             else:
