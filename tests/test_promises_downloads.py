@@ -78,18 +78,23 @@ def test_a_run_rebuilt_from_its_hand_off_replaces_a_same_size_file_with_other_by
     assert (elsewhere / "mesh/reconstructed_mesh.obj").read_bytes() == FILES["mesh/reconstructed_mesh.obj"]
 
 
-#: a download in a process of its own that SIGKILLs itself once bytes of the object are in its file
+#: a download in a process of its own that SIGKILLs itself once bytes of the object are written, before they
+#: have a name: a small object's in its unnamed file (at the link), or in the named temporary file where
+#: unnamed files cannot be made (``named``); a large one's in its partial file once 8 MiB are in
 KILLED_DOWNLOAD = textwrap.dedent(
     """
     import os, signal, sys
     from e2e3d_provider.core import object_io
     from e2e3d_provider.hooks.storage import StorageHook
 
-    bucket, key, dest, sha256, size = sys.argv[1:]
+    bucket, key, dest, sha256, size, way = sys.argv[1:]
     real_write_new, real_update = object_io.write_new, object_io._BodyHashes.update
     landed = [0]
 
-    def write_new(path, data):  # a small object: its bytes are written whole, then the process dies
+    def link(*args, **kwargs):  # the unnamed file holds the bytes; the process dies before it is linked
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def write_new(path, data):  # the named temporary file holds the bytes; the process dies before the rename
         real_write_new(path, data)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -99,16 +104,26 @@ KILLED_DOWNLOAD = textwrap.dedent(
         if landed[0] >= 8 * 1024 * 1024:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    object_io.write_new, object_io._BodyHashes.update = write_new, update
+    if way == "named":
+        object_io._link_unnamed = lambda dest, data: False
+    os.link, object_io.write_new, object_io._BodyHashes.update = link, write_new, update
     StorageHook().download_file(bucket, key, dest, sha256=sha256 or None, size=int(size) if size else None)
     print("the download finished: the kill point was never reached")
     """
 )
 
 
-@pytest.mark.parametrize(("size", "with_manifest"), [(300_000, True), (300_000, False), (24 * MiB, False)])
+@pytest.mark.parametrize(
+    ("size", "with_manifest", "way"),
+    [
+        (300_000, True, "unnamed"),
+        (300_000, False, "unnamed"),
+        (300_000, True, "named"),
+        (24 * MiB, False, "partial"),
+    ],
+)
 def test_a_download_killed_part_way_leaves_nothing_under_the_final_name(
-    storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str, size: int, with_manifest: bool
+    storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str, size: int, with_manifest: bool, way: str
 ) -> None:
     data = os.urandom(size)
     (tmp_path / "src").write_bytes(data)
@@ -117,18 +132,47 @@ def test_a_download_killed_part_way_leaves_nothing_under_the_final_name(
     dest = tmp_path / "dest" / "payload.bin"
     sha = hashlib.sha256(data).hexdigest() if with_manifest else ""
     killed = subprocess.run(
-        [sys.executable, "-P", "-c", KILLED_DOWNLOAD, bucket, key, str(dest), sha, str(size) if with_manifest else ""],
+        [
+            sys.executable,
+            "-P",
+            "-c",
+            KILLED_DOWNLOAD,
+            bucket,
+            key,
+            str(dest),
+            sha,
+            str(size) if with_manifest else "",
+            way,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr[-3000:]
     assert not dest.exists(), "a killed download left a file under its final name"
-    partial = [p for p in dest.parent.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
-    assert len(partial) == 1 and partial[0].stat().st_size > 0  # the kill came while bytes were landing
+    left = list(dest.parent.iterdir())
+    if way == "unnamed":  # its bytes were in a file with no name: nothing at all is left
+        assert left == []
+    else:  # the kill came while bytes were landing in the named temporary file
+        assert len(left) == 1 and left[0].name.endswith(PARTIAL_SUFFIX) and left[0].stat().st_size > 0
     # the next download is not fooled by what the killed one left
     assert storage.download_file(bucket, key, dest, sha256=sha or None, size=size if with_manifest else None)
     assert dest.read_bytes() == data
+
+
+def test_a_small_download_replaces_a_file_already_under_its_name_at_once(
+    storage: StorageHook, bucket: str, tmp_path: Path, unique_id: str
+) -> None:
+    """A damaged local copy is replaced by a rename over it (an unnamed file cannot be linked over a name):
+    the verified bytes land, and no temporary file is left."""
+    data = os.urandom(5000)
+    (tmp_path / "src").write_bytes(data)
+    storage.upload_file(tmp_path / "src", bucket, f"{unique_id}/a.bin")
+    dest = tmp_path / "dest" / "a.bin"
+    dest.parent.mkdir()
+    dest.write_bytes(b"damaged copy")
+    assert storage.download_file(bucket, f"{unique_id}/a.bin", dest)
+    assert dest.read_bytes() == data and [p.name for p in dest.parent.iterdir()] == ["a.bin"]
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ the final name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -68,6 +69,14 @@ SHA256_TAG = "sha256"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 T = TypeVar("T")
+
+
+def partial_path(dest: Path, token: int) -> Path:
+    """The temporary name a download writes ``dest`` under: hidden, in the same folder (so the rename is
+    atomic), naming the writing process (so a sweep can tell a dead writer's leftovers from a live one's)."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{token:x}{PARTIAL_SUFFIX}")
+
+
 Translate = Callable[[BaseException, str], BaseException]
 
 
@@ -512,40 +521,40 @@ class Engine:
     async def download(
         self, remote: RemoteObject, dest: Path, budget: ByteBudget, *, expected_sha256: str | None = None
     ) -> int:
-        """Fetch one object to ``dest`` through a temporary name in its folder; verify; rename.
+        """Fetch one object to ``dest``, verified before it appears there: a small one in memory, then placed
+        at once (:meth:`_small`); a large one through a temporary name in its folder, renamed once verified.
 
         With ``expected_sha256`` (a manifest's) the bytes must hash to it and have ``remote.size`` bytes,
         whatever the object's labels say. Otherwise: the ``x-amz-meta-sha256`` label if the object has
         one, else the server's ETag (single-part MD5, or the multipart ETag of the parts read when
         they line up with the upload's parts); an object none of these covers gets a warning."""
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(remote):x}{PARTIAL_SUFFIX}")
         large = remote.size > self.part_size
         hold = object_io.STREAM_CHUNK * (object_io.STREAM_QUEUE + 2) if large else remote.size
         await budget.acquire(hold)
+        if not large:
+            try:
+                return await self._small(remote, dest, expected_sha256)
+            finally:
+                await budget.release(hold)
+        tmp = partial_path(dest, id(remote))
         try:
-            if large:
-                ranges = object_io.ranged_plan(remote.size, self._part_size_of(remote), self.ranges_in_flight)
-                # the ranges must all be of one object: with no ETag to pin them to (a manifest gives none),
-                # a HEAD gives it (and the size the ranges are planned on: a manifest's may be out of date)
-                stat = await self._stat(remote) if not expected_sha256 or (ranges and not remote.etag) else None
-                label = stat.sha256 if stat and not expected_sha256 else None
-                pinned = remote
-                if ranges and not remote.etag:
-                    pinned = replace(remote, etag=stat.etag, size=stat.size) if stat and stat.etag else remote
-                    ranges = object_io.ranged_plan(pinned.size, self._part_size_of(pinned), self.ranges_in_flight)
-                    ranges = ranges if pinned.etag else None
-                part_size = self._part_size_of(pinned)
-                sha = bool(expected_sha256 or label)  # else the multipart ETag is what can be checked
-                if ranges:  # each range is retried on its own, from where it stopped
-                    got = await asyncio.to_thread(self._ranged, pinned, label, part_size, ranges, tmp, sha)
-                else:
-                    got = await self.retry.call_async(
-                        lambda: asyncio.to_thread(self._streamed, remote, label, part_size, tmp, sha),
-                        f"download {self.bucket}/{remote.key}",
-                    )
+            ranges = object_io.ranged_plan(remote.size, self._part_size_of(remote), self.ranges_in_flight)
+            # the ranges must all be of one object: with no ETag to pin them to (a manifest gives none),
+            # a HEAD gives it (and the size the ranges are planned on: a manifest's may be out of date)
+            stat = await self._stat(remote) if not expected_sha256 or (ranges and not remote.etag) else None
+            label = stat.sha256 if stat and not expected_sha256 else None
+            pinned = remote
+            if ranges and not remote.etag:
+                pinned = replace(remote, etag=stat.etag, size=stat.size) if stat and stat.etag else remote
+                ranges = object_io.ranged_plan(pinned.size, self._part_size_of(pinned), self.ranges_in_flight)
+                ranges = ranges if pinned.etag else None
+            part_size = self._part_size_of(pinned)
+            sha = bool(expected_sha256 or label)  # else the multipart ETag is what can be checked
+            if ranges:  # each range is retried on its own, from where it stopped
+                got = await asyncio.to_thread(self._ranged, pinned, label, part_size, ranges, tmp, sha)
             else:
                 got = await self.retry.call_async(
-                    lambda: self._whole(remote, tmp, sha=expected_sha256 is not None),
+                    lambda: asyncio.to_thread(self._streamed, remote, label, part_size, tmp, sha),
                     f"download {self.bucket}/{remote.key}",
                 )
             self._verify(remote, dest, got, expected_sha256)
@@ -557,8 +566,20 @@ class Engine:
         finally:
             await budget.release(hold)
 
-    async def _whole(self, remote: RemoteObject, tmp: Path, *, sha: bool) -> object_io.Fetched:
-        return await object_io.get_small(self.store, remote.key, remote.version_id, tmp, sha=sha)
+    async def _small(self, remote: RemoteObject, dest: Path, expected_sha256: str | None) -> int:
+        """One GET into memory, verified there, then placed under ``dest`` at once: bytes that fail
+        verification are never written anywhere."""
+        data, got = await self.retry.call_async(
+            lambda: object_io.get_small(self.store, remote.key, remote.version_id, sha=expected_sha256 is not None),
+            f"download {self.bucket}/{remote.key}",
+        )
+        self._verify(remote, dest, got, expected_sha256)
+        tmp = functools.partial(partial_path, dest, id(remote))
+        if got.size <= SMALL_READ_LIMIT:
+            object_io.place_new(dest, data, tmp)
+        else:  # up to a part: written off the loop, as it is read when uploaded
+            await asyncio.to_thread(object_io.place_new, dest, data, tmp)
+        return got.size
 
     def _streamed(
         self, remote: RemoteObject, label: str | None, part_size: int, tmp: Path, sha: bool

@@ -38,7 +38,7 @@ from e2e3d_provider.core.layout import (
 )
 from e2e3d_provider.core.local_paths import mirror_lock, reader_lock_path, remove_tree, writer_lock_path
 from e2e3d_provider.core.manifest import sha256_file
-from e2e3d_provider.core.transfer import PARTIAL_SUFFIX, TransferResult, iter_local_files
+from e2e3d_provider.core.transfer import PARTIAL_SUFFIX, TransferResult, iter_local_files, partial_path
 from e2e3d_provider.exceptions import MissingInputError
 from e2e3d_provider.hooks.storage import StorageHook
 from e2e3d_provider.lifecycle.inputs.datasets import dataset_view
@@ -98,7 +98,7 @@ def admit(root: Path, source: Path, sha256: str) -> Path:
 def place(source: Path, target: Path) -> None:
     """Make ``target`` a hard link to ``source`` (a copy where links cannot be made), atomically: a reader
     sees the old file or the new one, never a half-written one."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident():x}{PARTIAL_SUFFIX}")
+    tmp = partial_path(target, threading.get_ident())
     tmp.unlink(missing_ok=True)  # left by a crash
     try:
         try:
