@@ -249,3 +249,15 @@ def test_every_stack_command_refuses_a_symlinked_dir_instead_of_following_it(tmp
     )
     assert result.returncode != 0 and "symbolic link" in result.stderr, (result.stdout, result.stderr)
     assert list(target.iterdir()) == [] and stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+def test_seaweedfs_never_gets_a_port_it_reserves_for_the_admin_grpc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI once failed to start SeaweedFS: "port 53355 for Volume ... is reserved for gRPC calculation". mini
+    reserves admin port + 10000 for the admin's gRPC and refuses a given port equal to it; the admin port
+    was picked free and with +10000 free, but +10000 was one of the eight ports just picked (closed again,
+    so free). The free-port draws are faked to repeat that collision."""
+    draws = iter([[40001, 40002, 40003, 40004, 40005, 40006, 40007, 53355], [43355, 43356]])
+    monkeypatch.setattr(stack, "free_ports", lambda count: next(draws))
+    monkeypatch.setattr(stack, "port_pair_free", lambda port: True)
+    ports, admin = stack.seaweed_ports()
+    assert admin == 43356 and admin + 10000 not in ports and admin not in ports

@@ -291,7 +291,18 @@ def _check_policy(value: Any) -> None:
 
 
 def cmd_config_set(args: argparse.Namespace) -> int:
-    checked = _settable(args.key, args.value)
+    return _change(args, args.value)
+
+
+def cmd_config_unset(args: argparse.Namespace) -> int:
+    return _change(args, None)
+
+
+def _change(args: argparse.Namespace, raw: str | None) -> int:
+    """Set ``args.key`` to ``raw`` (checked against its declaration first), or unset it (``raw`` None: it
+    then reads its declared default); says what changes, and with ``--dry-run`` changes nothing."""
+    unset = raw is None
+    checked = _settable(args.key, raw)
     if isinstance(checked, int):
         return checked
     item, value = checked
@@ -299,28 +310,16 @@ def cmd_config_set(args: argparse.Namespace) -> int:
 
     metadata = MetadataHook(args.metadata_conn_id, retry_deadline=RETRY_DEADLINE)
     before = metadata.get_config(item.name, None)
-    change = f"{item.name}: {_shown(before)} -> {_shown(value)}"
+    after = f"default {_shown(item.default)}" if unset else _shown(value)
+    verb = "unset" if unset else "set"
+    change = f"{item.name}: {_shown(before)} -> {after}"
     if args.dry_run:
-        print(f"would set {PLATFORM_TABLE} {change} (dry run: nothing written)")
+        print(f"would {verb} {PLATFORM_TABLE} {change} (dry run: nothing {'removed' if unset else 'written'})")
         return EXIT_OK
-    metadata.set_config(item.name, value)
-    print(f"set {PLATFORM_TABLE} {change}")
-    return EXIT_OK
-
-
-def cmd_config_unset(args: argparse.Namespace) -> int:
-    checked = _settable(args.key, None)
-    if isinstance(checked, int):
-        return checked
-    item, _ = checked
-    from e2e3d_provider.hooks.metadata import MetadataHook
-
-    metadata = MetadataHook(args.metadata_conn_id, retry_deadline=RETRY_DEADLINE)
-    before = metadata.get_config(item.name, None)
-    change = f"{item.name}: {_shown(before)} -> default {_shown(item.default)}"
-    if args.dry_run:
-        print(f"would unset {PLATFORM_TABLE} {change} (dry run: nothing removed)")
+    if unset and not metadata.delete_config(item.name):
+        print(f"{item.name} was not set: it reads its default")
         return EXIT_OK
-    removed = metadata.delete_config(item.name)
-    print(f"unset {PLATFORM_TABLE} {change}" if removed else f"{item.name} was not set: it reads its default")
+    if not unset:
+        metadata.set_config(item.name, value)
+    print(f"{verb} {PLATFORM_TABLE} {change}")
     return EXIT_OK

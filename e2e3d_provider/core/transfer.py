@@ -12,9 +12,10 @@ A small object carries its SHA-256 as metadata (``x-amz-meta-sha256``, sent with
 one is streamed before its SHA-256 is known, so the hash goes into an object tag (``sha256``) of the
 version just written once the upload is complete.
 Download: a local file that gives the stored ETag (or, with a manifest, its sha256) is kept
-(read-through cache); otherwise the bytes go to a temporary name in the target folder, are checked
-against the manifest, the sha256 label (metadata, else tag) or the ETag, and only then renamed to
-the final name.
+(read-through cache); otherwise the bytes are checked against the manifest, the sha256 label
+(metadata, else tag) or the ETag before they appear under the final name: a small object in memory,
+then written into an unnamed file linked under its name; a large one in a temporary name in the target
+folder, renamed once checked.
 """
 
 from __future__ import annotations
@@ -69,15 +70,13 @@ SHA256_TAG = "sha256"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 T = TypeVar("T")
+Translate = Callable[[BaseException, str], BaseException]
 
 
 def partial_path(dest: Path, token: int) -> Path:
     """The temporary name a download writes ``dest`` under: hidden, in the same folder (so the rename is
     atomic), naming the writing process (so a sweep can tell a dead writer's leftovers from a live one's)."""
     return dest.with_name(f".{dest.name}.{os.getpid()}.{token:x}{PARTIAL_SUFFIX}")
-
-
-Translate = Callable[[BaseException, str], BaseException]
 
 
 @dataclass

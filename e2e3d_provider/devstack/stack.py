@@ -262,6 +262,16 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def seaweed_ports() -> tuple[list[int], int]:
+    """Eight distinct free ports for SeaweedFS mini's HTTP and gRPC listeners (each given explicitly), and
+    its admin port. mini computes the admin's gRPC port as admin + 10000, reserves it, and refuses to
+    start when one of the ports it is given is that one ("reserved for gRPC calculation"): so that port
+    must be free and none of the eight."""
+    ports = free_ports(8)
+    admin = next(p for p in free_ports(40) if p not in ports and p + 10000 not in ports and port_pair_free(p))
+    return ports, admin
+
+
 def port_pair_free(port: int) -> bool:
     """True if ``port`` and ``port + 10000`` can both be bound on 127.0.0.1."""
     if port + 10000 > 65535:
@@ -338,8 +348,7 @@ def start_seaweedfs(
         )
     write_secret(identities, json.dumps({"identities": entries}))
     write_weed_security(base, data)
-    ports = free_ports(8)
-    admin_port = next(p for p in free_ports(40) if p not in ports and port_pair_free(p))
+    ports, admin_port = seaweed_ports()
     s3, s3_grpc, master, master_grpc, filer, filer_grpc, volume, volume_grpc = ports
     args = [
         weed_binary(),

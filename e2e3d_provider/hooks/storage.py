@@ -1255,14 +1255,15 @@ class StorageHook(BaseHook):
         :meth:`note_counted`): a version listing on a bucket that has had versioning, else ListObjectsV2."""
         bucket = validate_bucket(bucket)
         started = datetime.now(UTC)
-        if self.versions_kept(bucket):
+        versioned = self.versions_kept(bucket)
+        if versioned:
             found = self.list_versions(bucket, unit)
         else:
             found = [
                 listing.Version(obj.key, None, (obj.etag or "").lower() or None, obj.size, True, False)
                 for obj in self.list_objects(bucket, unit)
             ]
-        return UnitListing(bucket, unit, self.versions_kept(bucket), found, started)
+        return UnitListing(bucket, unit, versioned, found, started)
 
     def note_counted(self, counts: UsageCounts | None) -> None:
         """Take ``counts`` (units whose totals a writer derived after its last write to them) as what the
