@@ -182,7 +182,7 @@ def test_compose_refuses_to_start_without_every_secret() -> None:
 
 def test_e2e3d_variables_set_are_exactly_those_the_code_reads() -> None:
     set_vars = {name for name in airflow_env() if name.startswith("E2E3D_")}
-    assert set_vars == code_env_vars() == {"E2E3D_DATA_ROOT"}
+    assert set_vars == code_env_vars() == {"E2E3D_DATA_ROOT", "E2E3D_EVENT_LOOP"}
 
 
 def test_env_example_documents_every_variable_the_compose_file_uses() -> None:

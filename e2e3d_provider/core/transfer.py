@@ -42,7 +42,7 @@ from minio.commonconfig import Tags
 from minio.error import S3Error
 
 from e2e3d_provider.core import etag as etags
-from e2e3d_provider.core import object_io
+from e2e3d_provider.core import event_loop, object_io
 from e2e3d_provider.core.layout import key_relpath, local_path_for, validate_relpath
 from e2e3d_provider.core.manifest import entries_below, raise_unreadable, sha256_file
 from e2e3d_provider.core.object_io import SHA256_META, SMALL_READ_LIMIT
@@ -683,10 +683,11 @@ class Engine:
 
 
 def run_engine(coro: Coroutine[Any, Any, T], translate: Translate | None = None, what: str = "") -> T:
-    """Run one transfer's coroutine to completion on a loop of its own (callers are synchronous); an
-    error comes out translated (the per-file ones already are)."""
+    """Run one transfer's coroutine to completion on a loop of its own (callers are synchronous; the loop is
+    uvloop's where installed, :mod:`~e2e3d_provider.core.event_loop`); an error comes out translated (the
+    per-file ones already are)."""
     try:
-        return asyncio.run(coro)
+        return event_loop.run(coro)
     except Exception as err:
         if translate is None:
             raise

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from e2e3d_provider.core import object_io
+from e2e3d_provider.core import event_loop, object_io
 from e2e3d_provider.core.layout import (
     BUCKET_ARCHIVE,
     BUCKET_OUTPUT,
@@ -156,4 +156,4 @@ def _put_all(storage: StorageHook, bucket: str, objects: dict[str, bytes], writt
 
         return dict(await asyncio.gather(*(one(key, body) for key, body in objects.items())))
 
-    return asyncio.run(run())
+    return event_loop.run(run())
