@@ -27,6 +27,7 @@ from e2e3d_provider.exceptions import RightSizeInputError
 from e2e3d_provider.lifecycle.results.rightsize import right_size_run
 from e2e3d_provider.rightsize import mesh as meshes
 from e2e3d_provider.rightsize import pointcloud as clouds
+from e2e3d_provider.rightsize import scratch
 from e2e3d_provider.rightsize import texture as textures
 from e2e3d_provider.rightsize.policy import RightSizePolicy
 from tests.helpers import digests
@@ -293,9 +294,13 @@ def test_the_worker_runs_only_right_sizing_functions_and_reports_a_bug_as_a_bug(
         )
 
 
-def test_the_worker_dies_with_the_process_that_started_it() -> None:
+def test_the_worker_dies_with_the_process_that_started_it_and_its_folder_goes_at_the_next_call() -> None:
     """A worker whose parent is killed outright (SIGKILL leaves it no chance to stop its children) does not
-    run on: Linux kills it (PR_SET_PDEATHSIG), once it has limited itself and started on the work."""
+    run on: Linux kills it (PR_SET_PDEATHSIG), once it has limited itself and started on the work. The folder
+    with its input, which the killed parent could not remove, is removed by the next call's sweep (it stayed
+    in TMPDIR for good before), while a folder a live process holds is kept."""
+    from e2e3d_provider.rightsize.worker import run_bounded
+
     script = (  # the identical faces keep the worker busy for 20 s or more
         "import numpy as np\n"
         "from e2e3d_provider.rightsize.worker import run_bounded\n"
@@ -312,12 +317,14 @@ def test_the_worker_dies_with_the_process_that_started_it() -> None:
             with contextlib.suppress(OSError):
                 if found and str(3 << 30) in Path(f"/proc/{found[0]}/limits").read_text():
                     child = int(found[0])
+                    folder = Path(os.readlink(f"/proc/{child}/cwd"))  # the worker runs in its private folder
                     break
             time.sleep(0.05)
         assert child is not None, "the worker did not start"
     finally:
         parent.kill()
         parent.wait()
+    assert folder.name.startswith(scratch.PREFIX) and (folder / "input.npz").exists()
     deadline = time.monotonic() + 10
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         with contextlib.suppress(OSError):
@@ -328,6 +335,20 @@ def test_the_worker_dies_with_the_process_that_started_it() -> None:
         if Path(f"/proc/{child}").exists():
             os.kill(child, signal.SIGKILL)
             pytest.fail(f"worker {child} outlived its parent")
+
+    # the killed parent could not remove the worker's folder (its input arrays): the next call's sweep does
+    assert folder.exists()
+    long_ago = time.time() - 2 * scratch.GRACE_SECONDS
+    with scratch.work_folder() as in_use:  # held by a live process: kept, however old
+        for path in (folder, in_use):
+            os.utime(path, (long_ago, long_ago))
+        with pytest.raises(RuntimeError, match="worker failed"):  # any call sweeps first, whatever its outcome
+            run_bounded(
+                "e2e3d_provider.rightsize.mesh:lod_chain_arrays", {}, {"nope": 1}, seconds=60, memory_bytes=1 << 30,
+                what="x",
+            )  # fmt: skip
+        assert in_use.exists() and not folder.exists()
+    assert not in_use.exists()
 
 
 def test_the_policy_takes_the_limits_and_refuses_nonsense() -> None:

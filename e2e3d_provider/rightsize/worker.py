@@ -5,7 +5,7 @@ meshoptimizer's simplifier and Draco's encoder are C++ and hold the interpreter 
 Python timeout cannot interrupt them, and some inputs (tens of thousands of identical faces) make them
 run for minutes. :func:`run_bounded` therefore calls a function of ``e2e3d_provider.rightsize`` in a fresh
 interpreter: numpy arrays in and out through ``.npz`` files in a private temporary folder (under
-``TMPDIR``), the child's
+``TMPDIR``; :mod:`~e2e3d_provider.rightsize.scratch` removes one a killed process left), the child's
 address space limited with ``RLIMIT_AS``, and the child killed when the wall-clock limit passes. A
 refusal inside the child (:class:`RightSizeInputError`), a kill, or running out of memory all come back
 as a :class:`RightSizeInputError` that names the limit, so the task fails once instead of retrying.
@@ -23,7 +23,6 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +30,7 @@ from typing import Any, cast
 import numpy as np
 
 from e2e3d_provider.exceptions import RightSizeInputError
+from e2e3d_provider.rightsize.scratch import work_folder
 
 #: only functions of these modules run in the worker
 ALLOWED_PREFIX = "e2e3d_provider.rightsize."
@@ -72,8 +72,7 @@ def run_bounded(
     if not module.startswith(ALLOWED_PREFIX) or not name.isidentifier():
         raise ValueError(f"the right-sizing worker runs functions of {ALLOWED_PREFIX}*, not {target!r}")
     time_setting, memory_setting = settings
-    with tempfile.TemporaryDirectory(prefix="e2e3d-rightsize-") as folder:
-        work = Path(folder)
+    with work_folder() as work:
         np.savez(work / "input.npz", **cast("dict[str, Any]", arrays))
         request = {
             "target": target,
