@@ -4,7 +4,8 @@ Run:  python -m bench.cpu_split [--server seaweedfs|minio] [--shape big|tiny|mix
 
 One object of --mb MB (or bench.transfer's tiny or mixed shape) is uploaded, then downloaded --repeat times
 by each client in turn (s5cmd, the hook with sha256 verification against a manifest's values as StageIn
-does, the hook checking the objects' own sha256 or ETags), and the same files' SHA-256 alone from the page
+does, the hook checking the objects' own sha256 or ETags, the same on asyncio's own event loop instead of
+uvloop's: ``E2E3D_EVENT_LOOP=asyncio``), and the same files' SHA-256 alone from the page
 cache (what verification costs): wall seconds, the client's CPU seconds (getrusage of this process or of
 the s5cmd child) and the server's (utime + stime of every SeaweedFS or MinIO process, from /proc, before and
 after). On a machine whose cores are all busy, wall time is (server CPU + client CPU) / cores: this shows
@@ -60,6 +61,19 @@ def measure(func: Callable[[Path], None], dest: Path, aside: Aside) -> tuple[flo
     return time.perf_counter() - started, client_cpu() - client, server_cpu() - server
 
 
+def on_loop(loop: str, func: Callable[[], object]) -> None:
+    """``func()`` with the transfers on ``loop`` (``E2E3D_EVENT_LOOP``, read at each transfer's start)."""
+    before = os.environ.get("E2E3D_EVENT_LOOP")
+    os.environ["E2E3D_EVENT_LOOP"] = loop
+    try:
+        func()
+    finally:
+        if before is None:
+            del os.environ["E2E3D_EVENT_LOOP"]
+        else:
+            os.environ["E2E3D_EVENT_LOOP"] = before
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=2000, help="the size of the one object (shape big)")
@@ -90,6 +104,9 @@ def main() -> None:
                 "bench-cpu", "data/", dest, expected=expected
             ),
             "hook, object's sha256": lambda dest: storage.download_prefix("bench-cpu", "data/", dest),
+            "hook, asyncio's loop": lambda dest: on_loop(
+                "asyncio", lambda: storage.download_prefix("bench-cpu", "data/", dest)
+            ),
             "sha256 of the files alone": lambda dest: [sha256_file(path) for path in files],
         }
         rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in clients}
