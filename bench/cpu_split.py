@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import BENCH_CONN_ID, Aside, bench_environment
@@ -61,17 +62,10 @@ def measure(func: Callable[[Path], None], dest: Path, aside: Aside) -> tuple[flo
     return time.perf_counter() - started, client_cpu() - client, server_cpu() - server
 
 
-def on_loop(loop: str, func: Callable[[], object]) -> None:
-    """``func()`` with the transfers on ``loop`` (``E2E3D_EVENT_LOOP``, read at each transfer's start)."""
-    before = os.environ.get("E2E3D_EVENT_LOOP")
-    os.environ["E2E3D_EVENT_LOOP"] = loop
-    try:
+def on_asyncio_loop(func: Callable[[], object]) -> None:
+    """``func()`` with the transfers on asyncio's own loop (``E2E3D_EVENT_LOOP``, read as each one starts)."""
+    with mock.patch.dict(os.environ, {"E2E3D_EVENT_LOOP": "asyncio"}):
         func()
-    finally:
-        if before is None:
-            del os.environ["E2E3D_EVENT_LOOP"]
-        else:
-            os.environ["E2E3D_EVENT_LOOP"] = before
 
 
 def main() -> None:
@@ -104,8 +98,8 @@ def main() -> None:
                 "bench-cpu", "data/", dest, expected=expected
             ),
             "hook, object's sha256": lambda dest: storage.download_prefix("bench-cpu", "data/", dest),
-            "hook, asyncio's loop": lambda dest: on_loop(
-                "asyncio", lambda: storage.download_prefix("bench-cpu", "data/", dest)
+            "hook, asyncio's loop": lambda dest: on_asyncio_loop(
+                lambda: storage.download_prefix("bench-cpu", "data/", dest)
             ),
             "sha256 of the files alone": lambda dest: [sha256_file(path) for path in files],
         }
