@@ -17,6 +17,15 @@ BENCH_CONN_ID = "minio_bench"
 ASIDE_MIN_FILES = 100
 
 
+def settle() -> None:
+    """Write back every dirty page before a timed run (``sync``, untimed), so that no run pays for the
+    write-back of the files the run before it wrote. After a 2 GB download the kernel holds 2 GB of dirty
+    pages and flushes them whenever its thresholds say, often in the middle of the next client's run:
+    without this, one client's 2 GB download ratio to the other moved between 0.60x and 1.58x from one
+    repetition to the next on this machine."""
+    os.sync()
+
+
 class Aside:
     """Frees the files timed runs leave behind only when the timing is over.
 

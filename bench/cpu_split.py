@@ -25,7 +25,7 @@ from pathlib import Path
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import BENCH_CONN_ID, Aside, bench_environment
+from bench.common import BENCH_CONN_ID, Aside, bench_environment, settle
 from bench.transfer import MB, make_shape, s5cmd
 
 #: the executables of the S3 servers the embedded stack runs
@@ -57,6 +57,7 @@ def client_cpu() -> float:
 def measure(func: Callable[[Path], None], dest: Path, aside: Aside) -> tuple[float, float, float]:
     aside.remove(dest)  # not deleted: see Aside
     dest.mkdir(parents=True)
+    settle()
     server, client, started = server_cpu(), client_cpu(), time.perf_counter()
     func(dest)
     return time.perf_counter() - started, client_cpu() - client, server_cpu() - server

@@ -44,7 +44,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ASIDE_MIN_FILES, BENCH_CONN_ID, Aside, bench_environment
+from bench.common import ASIDE_MIN_FILES, BENCH_CONN_ID, Aside, bench_environment, settle
 
 KB, MB = 1000, 1000 * 1000
 METHODS = ("seed-loop", "s5cmd", "obstore", "s3hook-loop", "cp-r", "hook", "operator")
@@ -265,6 +265,7 @@ def main() -> int:
                         prefix = f"{method}-{rep + 1}/" if direction == "upload" else "source/"
                         if direction == "upload" and method == "cp-r":
                             prefix = ""
+                        settle()
                         result = measure(method, direction, src, dest, bucket, prefix)
                         aside.remove(dest)
                         if direction == "upload" and method != "cp-r":

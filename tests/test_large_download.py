@@ -9,10 +9,13 @@ guarantees hold for it, a cut range is asked again from where it stopped, and me
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import itertools
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -337,6 +340,76 @@ def test_a_range_cut_with_no_attempt_left_fails_naming_it_and_leaves_nothing(
     assert "closed the connection after" in str(raised.value) or "after 1 attempt" in str(raised.value)
     assert proxy.cut == 1
     assert list((tmp_path / "dest").iterdir()) == [], "neither the file nor a partial one may stay"
+
+
+FULL_DISK_CHILD = """
+import json
+import os
+import sys
+from pathlib import Path
+from e2e3d_provider.core import object_io
+from e2e3d_provider.hooks.storage import StorageHook
+
+fetched = []
+real = object_io._fetch_range
+
+def recording(client, bucket, key, headers, version, start, end, *rest):
+    fetched.append(start)
+    return real(client, bucket, key, headers, version, start, end, *rest)
+
+object_io._fetch_range = recording
+dest = Path(sys.argv[3])
+try:
+    StorageHook(part_size=8 * 1024 * 1024).download_file(sys.argv[1], sys.argv[2], dest / "out.bin")
+    error = ""
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+print("RESULT", json.dumps({"error": error, "ranges": len(fetched), "left": os.listdir(dest)}))
+"""
+
+
+def test_a_ranged_download_too_big_for_the_disk_fails_before_any_range_and_leaves_nothing(
+    ranged_object: tuple[str, str, bytes], tmp_path: Path
+) -> None:
+    """The file gets its blocks before the first GET (``fallocate``): a disk without room for the object
+    says so at once, with nothing fetched and nothing left, not after filling up part-way. The disk is a
+    16 MiB tmpfs in a mount namespace of the child's own; the object is 40 MiB."""
+    bucket, key, data = ranged_object
+    assert object_io.ranged_plan(len(data), 8 * MiB)
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mount = f"mount -t tmpfs -o size=16m tmpfs {shlex.quote(str(disk))}"
+    script = f'{mount} && exec {shlex.quote(sys.executable)} -P -c "$0" "$@"'
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, FULL_DISK_CHILD, bucket, key, str(disk)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert "No space left on device" in result["error"] and "out.bin" in result["error"], result
+    assert result["ranges"] == 0, f"{result['ranges']} ranges were fetched into a disk that could not hold them"
+    assert result["left"] == [], "neither the file nor a partial one may stay"
+
+
+def test_a_ranged_download_where_the_disk_cannot_allocate_ahead_goes_into_a_sparse_file(
+    ranged_object: tuple[str, str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without ``fallocate`` (faked: it answers EOPNOTSUPP) still gets the object whole."""
+    bucket, key, data = ranged_object
+    refused: list[int] = []
+
+    def unsupported(fd: int, mode: int, offset: int, length: int) -> int:
+        refused.append(length)
+        ctypes.set_errno(errno.EOPNOTSUPP)
+        return -1
+
+    monkeypatch.setattr(object_io, "_fallocate", lambda: unsupported)
+    assert StorageHook(part_size=8 * MiB).download_file(bucket, key, tmp_path / "out.bin")
+    assert refused == [len(data)]
+    assert (tmp_path / "out.bin").read_bytes() == data
 
 
 KILLED_CHILD = """

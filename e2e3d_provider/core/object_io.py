@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import fcntl
 import functools
 import hashlib
@@ -73,6 +75,8 @@ RANGE_TARGET = 48 * 1024 * 1024
 #: alone after the last byte. Held to this lead, they leave it a core: 2 GB from MinIO on 2 cores,
 #: 3 rounds alternating, 1.73-1.80 s against 1.90-1.92 s unpaced (s5cmd 1.59-1.98 s in the same runs).
 HASH_LEAD = 256 * 1024 * 1024
+#: errors of ``fallocate(2)`` that mean only "this file system cannot allocate ahead" (a sparse file then)
+_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 
 
 @dataclass(frozen=True)
@@ -562,6 +566,35 @@ def get_streamed(
     return hashes.fetched(written, label, etag)
 
 
+def reserve(fd: int, size: int, path: Path) -> None:
+    """Make the new file ``fd`` ``size`` bytes long with its disk blocks allocated now (``fallocate(2)``),
+    so that a disk without room for the object fails here, before a byte is fetched (``OSError``
+    ``ENOSPC`` naming ``path``), and the ranges write into blocks already there: 2 GB from MinIO and
+    SeaweedFS on ext4 took 0.4-1.1 s less kernel CPU than into a sparse file, whose blocks are allocated
+    as the pages are written back (``python -m bench.cpu_split``, docs/performance.md). Where the file
+    system cannot allocate ahead, or off Linux, the file is made sparse (``ftruncate``) as before."""
+    allocate = _fallocate()
+    if allocate is not None:
+        if allocate(fd, 0, 0, size) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in _NO_FALLOCATE:
+            raise OSError(err, f"{os.strerror(err)}: cannot make room for {size} bytes", str(path))
+    os.ftruncate(fd, size)
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``fallocate(fd, mode, offset, len)``, or None where there is none (not Linux)."""
+    try:
+        func = ctypes.CDLL(None, use_errno=True).fallocate
+    except (AttributeError, OSError):
+        return None
+    func.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    func.restype = ctypes.c_int
+    return func
+
+
 def ranged_plan(size: int, part_size: int, in_flight: int = RANGES_IN_FLIGHT) -> list[tuple[int, int]] | None:
     """The ``(start, end)`` byte ranges to fetch an object of ``size`` bytes in, or None when one GET is
     the faster way (below :data:`RANGED_MIN`). Each range is a whole number of ``part_size`` parts (the
@@ -668,7 +701,7 @@ def get_ranged(
 
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        os.ftruncate(fd, size)  # the hashing thread maps windows of it as they are written
+        reserve(fd, size, tmp)  # the hashing thread maps windows of it as they are written
         workers_count = max(1, min(in_flight, len(ranges)))
         with ThreadPoolExecutor(workers_count + 1, thread_name_prefix="e2e3d-range") as pool:
             hashing = pool.submit(_hash_or_abandon, fd, size, hashes, state)
