@@ -14,7 +14,8 @@ The data path's per-object steps, each reading the local file once:
   ``splice`` (copied once, by the kernel) while a second thread hashes the file's page cache through a
   memory map; otherwise it is read in 1 MiB chunks while a second thread writes and hashes each one;
 * a very large object (:func:`ranged_plan` says which) is fetched as ranged GETs, a few in flight, each
-  pinned to the ETag and spliced (or written) into the file at its offset; one thread hashes the file's
+  pinned to the ETag and spliced (or written) at its offset into a file whose blocks are allocated before
+  the first GET (:func:`reserve`: a disk without room fails at once); one thread hashes the file's
   contiguous written prefix in order through a memory map, so the SHA-256 is still one pass over the
   whole file, and a range cut part-way is asked again from where it stopped (the caller's retry policy).
   Ranges are whole multiples of the upload's parts, so a multipart ETag's part MD5s still line up.
@@ -666,15 +667,15 @@ def get_ranged(
     in_flight: int = RANGES_IN_FLIGHT,
     lead: int | None = HASH_LEAD,
 ) -> Fetched:
-    """Fetch an object of ``size`` bytes into ``tmp`` (a new file) as ranged GETs, ``in_flight`` at once,
-    each pinned to ``etag`` (``If-Match``: the ranges are of one and the same object) and written at its
-    offset. One thread hashes the file's contiguous written prefix in order, through a memory map of the
-    page cache (the SHA-256 of the whole with ``sha``, one MD5 per ``part_size`` part with ``md5``), so
-    each byte is hashed once, in order, while the later ranges arrive. A range that fails is asked again
-    by ``retry(func, what)`` from the byte it stopped at; a range that fails for good stops the others and
-    its error is raised (``tmp`` is the caller's to remove). No range writes more than ``lead`` bytes past
-    what is hashed (:data:`HASH_LEAD`; None: no bound). Memory: the hashing window and one pipe per range
-    in flight, whatever the object's size."""
+    """Fetch an object of ``size`` bytes into ``tmp`` (a new file, its blocks allocated first: :func:`reserve`)
+    as ranged GETs, ``in_flight`` at once, each pinned to ``etag`` (``If-Match``: the ranges are of one and
+    the same object) and written at its offset. One thread hashes the file's contiguous written prefix in
+    order, through a memory map of the page cache (the SHA-256 of the whole with ``sha``, one MD5 per
+    ``part_size`` part with ``md5``), so each byte is hashed once, in order, while the later ranges arrive.
+    A range that fails is asked again by ``retry(func, what)`` from the byte it stopped at; a range that
+    fails for good stops the others and its error is raised (``tmp`` is the caller's to remove). No range
+    writes more than ``lead`` bytes past what is hashed (:data:`HASH_LEAD`; None: no bound). Memory: the
+    hashing window and one pipe per range in flight, whatever the object's size."""
     hashes = _BodyHashes(sha=sha, md5=md5, part_size=part_size)
     state = _Filled(ranges, lead)
     headers = {"If-Match": f'"{etag}"'} if etag else None
