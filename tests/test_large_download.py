@@ -501,3 +501,41 @@ def test_ranged_plan_gives_whole_parts_and_enough_ranges() -> None:
         assert all(a[1] == b[0] for a, b in itertools.pairwise(plan))
         assert all(start % part == 0 for start, _ in plan)
         assert len(plan) >= min(4, -(-size // part))
+
+
+def test_an_allocation_interrupted_by_a_signal_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fallocate`` answering EINTR (a signal came first, faked here) is asked again, and the file gets
+    its size with its blocks allocated; any other error names the file."""
+    real = object_io._fallocate()
+    assert real is not None, "Linux has fallocate"
+    calls: list[int] = []
+
+    def interrupted_once(fd: int, mode: int, offset: int, length: int) -> int:
+        calls.append(length)
+        if len(calls) == 1:
+            ctypes.set_errno(errno.EINTR)
+            return -1
+        return real(fd, mode, offset, length)
+
+    monkeypatch.setattr(object_io, "_fallocate", lambda: interrupted_once)
+    path = tmp_path / "scan.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    try:
+        object_io.reserve(fd, 3 * MiB, path)
+    finally:
+        os.close(fd)
+    assert calls == [3 * MiB, 3 * MiB]
+    assert path.stat().st_size == 3 * MiB and path.stat().st_blocks * 512 >= 3 * MiB, "allocated, not sparse"
+
+    def full(fd: int, mode: int, offset: int, length: int) -> int:
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    monkeypatch.setattr(object_io, "_fallocate", lambda: full)
+    fd = os.open(tmp_path / "other.bin", os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    try:
+        with pytest.raises(OSError, match=r"cannot make room for 3145728 bytes: '.*other\.bin'") as raised:
+            object_io.reserve(fd, 3 * MiB, tmp_path / "other.bin")
+    finally:
+        os.close(fd)
+    assert raised.value.errno == errno.ENOSPC

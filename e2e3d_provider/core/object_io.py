@@ -572,15 +572,19 @@ def reserve(fd: int, size: int, path: Path) -> None:
     so that a disk without room for the object fails here, before a byte is fetched (``OSError``
     ``ENOSPC`` naming ``path``), and the ranges write into blocks already there: 2 GB from MinIO and
     SeaweedFS on ext4 took 0.4-1.1 s less kernel CPU than into a sparse file, whose blocks are allocated
-    as the pages are written back (``python -m bench.cpu_split``, docs/performance.md). Where the file
-    system cannot allocate ahead, or off Linux, the file is made sparse (``ftruncate``) as before."""
+    as the pages are written back (alternating rounds in one process: docs/performance.md, "Allocated
+    blocks"). Where the file system cannot allocate ahead, or off Linux, the file is made sparse
+    (``ftruncate``) as before."""
     allocate = _fallocate()
     if allocate is not None:
-        if allocate(fd, 0, 0, size) == 0:
+        while allocate(fd, 0, 0, size) != 0:
+            err = ctypes.get_errno()
+            if err in _NO_FALLOCATE:
+                break
+            if err != errno.EINTR:  # EINTR: a signal came first; ask again
+                raise OSError(err, f"{os.strerror(err)}: cannot make room for {size} bytes", str(path))
+        else:
             return
-        err = ctypes.get_errno()
-        if err not in _NO_FALLOCATE:
-            raise OSError(err, f"{os.strerror(err)}: cannot make room for {size} bytes", str(path))
     os.ftruncate(fd, size)
 
 
